@@ -1,0 +1,23 @@
+//! Hangar's domain: typed identifiers, the machine state machine and the pure
+//! rules that turn a machine's configuration into a process to run.
+//!
+//! Nothing in this crate performs I/O or depends on an async runtime: every
+//! function is deterministic given its inputs, so the rules are tested with
+//! plain unit and property tests. The agent (`hangar-agent`) owns the I/O and
+//! executes the [`machine::Effect`]s that [`machine::apply`] returns.
+
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod exit;
+pub mod ids;
+pub mod machine;
+pub mod names;
+pub mod process;
+pub mod signal;
+
+pub use duration::GoDuration;
+pub use exit::ExitInfo;
+pub use ids::{AppName, EventId, InstanceId, MachineId};
+pub use machine::{MachineState, RestartPolicy};
+pub use signal::Signal;

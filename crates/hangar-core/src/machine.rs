@@ -1,0 +1,803 @@
+//! The machine state machine.
+//!
+//! One pure function, [`apply`], decides every change of a machine's state: it
+//! takes the machine as it is, the machine's policy (from its config) and one
+//! [`Input`] (a user request, an observation of the workload, or a timer), and
+//! returns either a [`Transition`] (the new machine, the events to record and
+//! the [`Effect`]s to carry out, in order) or a [`Denied`] reason.
+//!
+//! ```text
+//!                      POST /machines
+//!                            │
+//!                            ▼              prepare failed
+//!     skip_launch ┌───── created ───────────────────────────────► failed ◄──┐
+//!     (prepared)  │          │ prepared (image ready)               │       │
+//!                 ▼          ▼                          start       │       │
+//!     ┌──────► stopped ──► starting ◄─────────────────────────────┘       │
+//!     │   start   ▲ ▲      │   ▲  │                                        │
+//!     │           │ │      │   │  └── start failed / prepare failed ───────┘
+//!     │           │ │      │   │
+//!     │           │ │      │   └── exit + restart policy (after backoff)
+//!     │           │ │      ▼   │
+//!     │           │ │    started ─────── exit, no restart ────────┐
+//!     │           │ │      │ stop (signal, then SIGKILL on timeout)│
+//!     │           │ │      ▼                                       │
+//!     │           │ └─ stopping ─── exit ──► stopped ◄─────────────┘
+//!     │           │                          (auto_destroy: destroying)
+//!     │
+//!     any state ── destroy (running ones need force) ──► destroying ──► destroyed
+//! ```
+//!
+//! Ownership: exactly one task, the machine's runner in `hangar-agent`, calls
+//! [`apply`] for a given machine, persists the transition (state and events in
+//! one SQLite transaction) and only then executes its effects. Everyone else
+//! sends the runner a message. Crash recovery uses the same path: at startup
+//! the runner feeds [`Input::Resume`] with what the runtime reports, and the
+//! arms below decide how to continue.
+//!
+//! The `match` in [`apply`] lists every `(state, input)` pair without a
+//! wildcard arm, so a new state or input does not compile until each pair has
+//! been decided.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ExitInfo;
+use crate::signal::Signal;
+
+/// The lifecycle state of a machine. Wire names (Fly's) are given by
+/// [`MachineState::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineState {
+    /// Exists; its image is being prepared (or it was created with
+    /// `skip_launch` and is still being prepared).
+    Created,
+    /// Its workload is being started (including restart backoff).
+    Starting,
+    /// Its main process runs.
+    Started,
+    /// A stop signal was sent; waiting for the main process to exit.
+    Stopping,
+    /// Not running; can be started.
+    Stopped,
+    /// Being torn down.
+    Destroying,
+    /// Gone; the record is kept for `include_deleted` listings.
+    Destroyed,
+    /// Preparing or starting failed; can be started again or destroyed.
+    Failed,
+}
+
+impl MachineState {
+    /// Every state, in lifecycle order.
+    pub const ALL: &'static [MachineState] = &[
+        MachineState::Created,
+        MachineState::Starting,
+        MachineState::Started,
+        MachineState::Stopping,
+        MachineState::Stopped,
+        MachineState::Destroying,
+        MachineState::Destroyed,
+        MachineState::Failed,
+    ];
+
+    /// Fly's name for the state, as the API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Created => "created",
+            MachineState::Starting => "starting",
+            MachineState::Started => "started",
+            MachineState::Stopping => "stopping",
+            MachineState::Stopped => "stopped",
+            MachineState::Destroying => "destroying",
+            MachineState::Destroyed => "destroyed",
+            MachineState::Failed => "failed",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<MachineState> {
+        MachineState::ALL
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
+    }
+
+    /// Whether a workload may exist in this state (so destroy needs force).
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            MachineState::Starting | MachineState::Started | MachineState::Stopping
+        )
+    }
+}
+
+impl std::fmt::Display for MachineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the runner is waiting for inside a transient state. Not persisted:
+/// after a restart of `hangard` it is derived again from [`Input::Resume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Step {
+    /// Nothing in flight.
+    #[default]
+    Idle,
+    /// The image is being pulled or looked up.
+    Preparing,
+    /// The workload is being started.
+    Launching,
+    /// Waiting out the restart backoff before starting again.
+    Backoff,
+}
+
+/// The part of a machine that the state machine owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// The lifecycle state.
+    pub state: MachineState,
+    /// What is in flight within the state.
+    pub step: Step,
+    /// Restarts by the restart policy since the last start by a user.
+    pub restart_count: u32,
+    /// In `created`: start the workload once the image is ready (false for
+    /// `skip_launch`, which settles in `stopped`).
+    pub launch: bool,
+}
+
+impl Machine {
+    /// A machine that was just created.
+    pub fn new(launch: bool) -> Self {
+        Machine {
+            state: MachineState::Created,
+            step: Step::Idle,
+            restart_count: 0,
+            launch,
+        }
+    }
+}
+
+/// A machine's restart policy, `config.restart.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    /// Never restart.
+    No,
+    /// Restart whenever the main process exits, unless a user stopped it.
+    Always,
+    /// Restart up to `max_retries` times when the exit was not clean.
+    OnFailure,
+    /// Fly's spot-price policy; without a spot market it behaves as
+    /// `on-failure`.
+    SpotPrice,
+}
+
+impl RestartPolicy {
+    /// Parses Fly's names (`no`, `always`, `on-failure`, `spot-price`) and
+    /// flyctl's spellings (`never`, `on-fail`).
+    pub fn parse(s: &str) -> Option<RestartPolicy> {
+        match s {
+            "no" | "never" => Some(RestartPolicy::No),
+            "always" => Some(RestartPolicy::Always),
+            "on-failure" | "on-fail" => Some(RestartPolicy::OnFailure),
+            "spot-price" => Some(RestartPolicy::SpotPrice),
+            _ => None,
+        }
+    }
+
+    /// Fly's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::SpotPrice => "spot-price",
+        }
+    }
+}
+
+/// Fly's default `max_retries` for `on-failure`.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+/// Fly's default stop signal.
+pub const DEFAULT_STOP_SIGNAL: Signal = Signal::Int;
+/// Fly's default stop timeout.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest stop timeout Fly accepts.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The parts of a machine's config that steer the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// What to do when the main process exits by itself.
+    pub restart: RestartPolicy,
+    /// Most restarts in a row for `on-failure`.
+    pub max_retries: u32,
+    /// Destroy the machine once its main process has exited for good.
+    pub auto_destroy: bool,
+    /// Signal for a stop without an explicit signal.
+    pub stop_signal: Signal,
+    /// Time between the stop signal and SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            restart: RestartPolicy::OnFailure,
+            max_retries: DEFAULT_MAX_RETRIES,
+            auto_destroy: false,
+            stop_signal: DEFAULT_STOP_SIGNAL,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+}
+
+/// What the runtime reports about a machine's workload when `hangard` starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// The workload is running.
+    Running,
+    /// The workload ended while `hangard` was away.
+    Exited(ExitInfo),
+    /// There is no trace of a workload.
+    Absent,
+}
+
+/// A timer the runner can arm; at most one of each kind is armed at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timer {
+    /// The stop timeout: SIGKILL when it fires.
+    StopTimeout,
+    /// The restart backoff: start again when it fires.
+    RestartBackoff,
+    /// Retry a failed teardown.
+    DestroyRetry,
+}
+
+/// One input to the state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The runner (re)starts: after creation, or at `hangard` startup with
+    /// what the runtime observed.
+    Resume(Observed),
+    /// A user asks to start the machine.
+    Start,
+    /// A user asks to stop the machine.
+    Stop {
+        /// Signal to send instead of the configured one.
+        signal: Option<Signal>,
+        /// Time to wait before SIGKILL instead of the configured one.
+        timeout: Option<Duration>,
+    },
+    /// A user asks to destroy the machine.
+    Destroy {
+        /// Destroy even if it runs (`force=true` or `kill=true`).
+        force: bool,
+    },
+    /// The image is ready to run.
+    Prepared,
+    /// The image could not be made ready.
+    PrepareFailed(String),
+    /// The workload's main process runs.
+    WorkloadStarted,
+    /// The workload could not be started.
+    WorkloadStartFailed(String),
+    /// The workload's main process ended.
+    WorkloadExited(ExitInfo),
+    /// The workload and the machine's files are gone.
+    WorkloadDestroyed,
+    /// Tearing the workload down failed.
+    WorkloadDestroyFailed(String),
+    /// A timer fired.
+    TimerFired(Timer),
+}
+
+/// Something the runner must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Pull or look up the image; report [`Input::Prepared`] or
+    /// [`Input::PrepareFailed`].
+    PrepareImage,
+    /// Abandon an image preparation in flight.
+    CancelPrepare,
+    /// Start the workload; report [`Input::WorkloadStarted`] or
+    /// [`Input::WorkloadStartFailed`], then [`Input::WorkloadExited`] later.
+    StartWorkload,
+    /// Watch an adopted workload and report [`Input::WorkloadExited`].
+    WatchExit,
+    /// Send a signal to the workload's main process.
+    Signal(Signal),
+    /// Remove what is left of a finished (or stray) workload and reset the
+    /// root filesystem, without touching the machine's other files.
+    CleanupWorkload,
+    /// Kill the workload if needed and remove everything of the machine;
+    /// report [`Input::WorkloadDestroyed`] or [`Input::WorkloadDestroyFailed`].
+    DestroyWorkload,
+    /// Arm a timer.
+    ArmTimer(Timer, Duration),
+    /// Disarm a timer.
+    CancelTimer(Timer),
+}
+
+/// Who caused an event: a user's request or the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// A user's API request.
+    User,
+    /// Hangar itself (Fly calls this `flyd`).
+    Flyd,
+}
+
+/// An entry for the machine's event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Fly's event type: `launch`, `start`, `stop`, `exit`, `restart`,
+    /// `destroy`.
+    pub kind: &'static str,
+    /// The state the machine went to.
+    pub status: MachineState,
+    /// Who caused it.
+    pub source: Source,
+    /// For `exit` events: how the process ended.
+    pub exit: Option<ExitRecord>,
+    /// A failure message, or a note such as the max restart count.
+    pub message: Option<String>,
+}
+
+/// The `exit_event` of an `exit` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// How the process ended.
+    pub info: ExitInfo,
+    /// A user asked for the stop.
+    pub requested_stop: bool,
+    /// The restart policy is starting the machine again.
+    pub restarting: bool,
+    /// Restarts in a row so far (after this one, when restarting).
+    pub restart_count: u32,
+}
+
+impl EventRecord {
+    fn new(kind: &'static str, status: MachineState, source: Source) -> Self {
+        EventRecord {
+            kind,
+            status,
+            source,
+            exit: None,
+            message: None,
+        }
+    }
+
+    fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// The outcome of an accepted input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The machine after the input.
+    pub machine: Machine,
+    /// Events to record, oldest first, in the same commit as the state.
+    pub events: Vec<EventRecord>,
+    /// What to do, in order, after the commit.
+    pub effects: Vec<Effect>,
+}
+
+impl Transition {
+    /// Whether the input changed nothing and asks for nothing.
+    pub fn is_noop(&self, before: &Machine) -> bool {
+        self.machine == *before && self.events.is_empty() && self.effects.is_empty()
+    }
+}
+
+/// Why a request was refused. The API maps each reason to a status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Start is not possible from this state.
+    #[error("unable to start machine from current state: '{0}'")]
+    CannotStart(MachineState),
+    /// Stop is not possible from this state.
+    #[error("unable to stop machine from current state: '{0}'")]
+    CannotStop(MachineState),
+    /// The machine runs and the destroy was not forced.
+    #[error(
+        "unable to destroy machine, not currently stopped or suspended (state: '{0}'); use force=true to destroy it anyway"
+    )]
+    NotStopped(MachineState),
+}
+
+/// Delay before restart number `n` (1-based): 100 ms doubling up to 10 s.
+pub fn restart_backoff(n: u32) -> Duration {
+    let exp = n.saturating_sub(1).min(7);
+    Duration::from_millis(100u64 << exp).min(Duration::from_secs(10))
+}
+
+/// Decides what `input` does to machine `m` under `policy`.
+pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, Denied> {
+    use Input as I;
+    use MachineState as S;
+
+    let mut t = Transition {
+        machine: m.clone(),
+        events: Vec::new(),
+        effects: Vec::new(),
+    };
+    let state = m.state;
+
+    match (state, input) {
+        // ---- created: the image is being prepared --------------------------
+        (S::Created, I::Resume(observed)) => {
+            // A workload never ran in `created`; anything the runtime has is
+            // stale and goes. Then (re)start the preparation.
+            if observed != Observed::Absent {
+                t.effects.push(Effect::CleanupWorkload);
+            }
+            t.machine.step = Step::Preparing;
+            t.effects.push(Effect::PrepareImage);
+        }
+        (S::Created, I::Prepared) => {
+            if m.launch {
+                goto_launch(&mut t);
+            } else {
+                // skip_launch: settle in `stopped`, where flyctl waits for it.
+                t.machine.state = S::Stopped;
+                t.machine.step = Step::Idle;
+            }
+        }
+        (S::Created, I::PrepareFailed(error)) => fail(&mut t, "launch", error),
+        // Starting a skip_launch machine that is still being prepared: start
+        // it as soon as the image is ready.
+        (S::Created, I::Start) => {
+            if !m.launch {
+                t.machine.launch = true;
+                t.events
+                    .push(EventRecord::new("start", S::Created, Source::User));
+            }
+        }
+        (S::Created, I::Stop { .. }) => {
+            if m.launch {
+                t.machine.launch = false;
+            }
+        }
+        (S::Created, I::Destroy { .. }) => {
+            t.effects.push(Effect::CancelPrepare);
+            goto_destroy(&mut t, Source::User);
+        }
+        (
+            S::Created,
+            I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::WorkloadExited(_)
+            | I::WorkloadDestroyed
+            | I::WorkloadDestroyFailed(_)
+            | I::TimerFired(_),
+        ) => {}
+
+        // ---- starting ----------------------------------------------------------
+        (S::Starting, I::Resume(observed)) => match observed {
+            Observed::Running => {
+                t.machine.state = S::Started;
+                t.machine.step = Step::Idle;
+                t.effects.push(Effect::WatchExit);
+                t.events
+                    .push(EventRecord::new("start", S::Started, Source::Flyd));
+            }
+            Observed::Exited(info) => on_exit(&mut t, policy, info, false),
+            Observed::Absent => {
+                t.machine.step = Step::Preparing;
+                t.effects.push(Effect::PrepareImage);
+            }
+        },
+        (S::Starting, I::Prepared) => {
+            if m.step == Step::Preparing {
+                t.machine.step = Step::Launching;
+                t.effects.push(Effect::StartWorkload);
+            }
+        }
+        (S::Starting, I::PrepareFailed(error)) => {
+            if m.step == Step::Preparing {
+                fail(&mut t, "start", error);
+            }
+        }
+        (S::Starting, I::WorkloadStarted) => {
+            t.machine.state = S::Started;
+            t.machine.step = Step::Idle;
+            t.events
+                .push(EventRecord::new("start", S::Started, Source::Flyd));
+        }
+        (S::Starting, I::WorkloadStartFailed(error)) => fail(&mut t, "start", error),
+        // The process ended before its start was reported.
+        (S::Starting, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, false),
+        (S::Starting, I::TimerFired(Timer::RestartBackoff)) => {
+            if m.step == Step::Backoff {
+                t.machine.step = Step::Preparing;
+                t.effects.push(Effect::PrepareImage);
+            }
+        }
+        (S::Starting, I::TimerFired(Timer::StopTimeout | Timer::DestroyRetry)) => {}
+        (S::Starting, I::Start) => {}
+        (S::Starting, I::Stop { signal, timeout }) => match m.step {
+            // Nothing runs yet: stopping is immediate.
+            Step::Preparing | Step::Backoff | Step::Idle => {
+                t.effects.push(Effect::CancelPrepare);
+                t.effects.push(Effect::CancelTimer(Timer::RestartBackoff));
+                t.machine.state = S::Stopped;
+                t.machine.step = Step::Idle;
+                t.events
+                    .push(EventRecord::new("stop", S::Stopped, Source::User));
+            }
+            Step::Launching => goto_stopping(&mut t, policy, signal, timeout),
+        },
+        (S::Starting, I::Destroy { force }) => match m.step {
+            Step::Preparing | Step::Backoff | Step::Idle => {
+                t.effects.push(Effect::CancelPrepare);
+                t.effects.push(Effect::CancelTimer(Timer::RestartBackoff));
+                goto_destroy(&mut t, Source::User);
+            }
+            Step::Launching if force => goto_destroy(&mut t, Source::User),
+            Step::Launching => return Err(Denied::NotStopped(state)),
+        },
+        (S::Starting, I::WorkloadDestroyed | I::WorkloadDestroyFailed(_)) => {}
+
+        // ---- started -----------------------------------------------------------
+        (S::Started, I::Resume(observed)) => match observed {
+            Observed::Running => t.effects.push(Effect::WatchExit),
+            Observed::Exited(info) => on_exit(&mut t, policy, info, false),
+            Observed::Absent => on_exit(&mut t, policy, lost_workload(), false),
+        },
+        (S::Started, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, false),
+        (S::Started, I::Start) => {}
+        (S::Started, I::Stop { signal, timeout }) => goto_stopping(&mut t, policy, signal, timeout),
+        (S::Started, I::Destroy { force: true }) => goto_destroy(&mut t, Source::User),
+        (S::Started, I::Destroy { force: false }) => return Err(Denied::NotStopped(state)),
+        (
+            S::Started,
+            I::Prepared
+            | I::PrepareFailed(_)
+            | I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::WorkloadDestroyed
+            | I::WorkloadDestroyFailed(_)
+            | I::TimerFired(_),
+        ) => {}
+
+        // ---- stopping ----------------------------------------------------------
+        (S::Stopping, I::Resume(observed)) => match observed {
+            // The stop timer died with the old daemon: signal again and
+            // re-arm it.
+            Observed::Running => {
+                t.effects.push(Effect::WatchExit);
+                t.effects.push(Effect::Signal(policy.stop_signal));
+                t.effects
+                    .push(Effect::ArmTimer(Timer::StopTimeout, policy.stop_timeout));
+            }
+            Observed::Exited(info) => on_exit(&mut t, policy, info, true),
+            Observed::Absent => on_exit(&mut t, policy, lost_workload(), true),
+        },
+        (S::Stopping, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, true),
+        (S::Stopping, I::TimerFired(Timer::StopTimeout)) => {
+            t.effects.push(Effect::Signal(Signal::Kill));
+        }
+        (S::Stopping, I::TimerFired(Timer::RestartBackoff | Timer::DestroyRetry)) => {}
+        (S::Stopping, I::Start) => return Err(Denied::CannotStart(state)),
+        // A second stop with SIGKILL escalates; any other is already under way.
+        (S::Stopping, I::Stop { signal, .. }) => {
+            if signal == Some(Signal::Kill) {
+                t.effects.push(Effect::Signal(Signal::Kill));
+            }
+        }
+        (S::Stopping, I::Destroy { force: true }) => {
+            t.effects.push(Effect::CancelTimer(Timer::StopTimeout));
+            goto_destroy(&mut t, Source::User);
+        }
+        (S::Stopping, I::Destroy { force: false }) => return Err(Denied::NotStopped(state)),
+        (
+            S::Stopping,
+            I::Prepared
+            | I::PrepareFailed(_)
+            | I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::WorkloadDestroyed
+            | I::WorkloadDestroyFailed(_),
+        ) => {}
+
+        // ---- stopped and failed: nothing runs -------------------------------
+        (S::Stopped | S::Failed, I::Resume(observed)) => {
+            if observed != Observed::Absent {
+                t.effects.push(Effect::CleanupWorkload);
+            }
+        }
+        (S::Stopped | S::Failed, I::Start) => {
+            t.machine.state = S::Starting;
+            t.machine.step = Step::Preparing;
+            t.machine.restart_count = 0;
+            t.effects.push(Effect::PrepareImage);
+            t.events
+                .push(EventRecord::new("start", S::Starting, Source::User));
+        }
+        (S::Stopped | S::Failed, I::Stop { .. }) => {}
+        (S::Stopped | S::Failed, I::Destroy { .. }) => goto_destroy(&mut t, Source::User),
+        (
+            S::Stopped | S::Failed,
+            I::Prepared
+            | I::PrepareFailed(_)
+            | I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::WorkloadExited(_)
+            | I::WorkloadDestroyed
+            | I::WorkloadDestroyFailed(_)
+            | I::TimerFired(_),
+        ) => {}
+
+        // ---- destroying ----------------------------------------------------------
+        (S::Destroying, I::Resume(_)) => t.effects.push(Effect::DestroyWorkload),
+        (S::Destroying, I::WorkloadDestroyed) => {
+            t.machine.state = S::Destroyed;
+            t.machine.step = Step::Idle;
+            t.events
+                .push(EventRecord::new("destroy", S::Destroyed, Source::Flyd));
+        }
+        (S::Destroying, I::WorkloadDestroyFailed(error)) => {
+            t.events.push(
+                EventRecord::new("destroy", S::Destroying, Source::Flyd)
+                    .with_message(format!("teardown failed, retrying: {error}")),
+            );
+            t.effects.push(Effect::ArmTimer(
+                Timer::DestroyRetry,
+                Duration::from_secs(5),
+            ));
+        }
+        (S::Destroying, I::TimerFired(Timer::DestroyRetry)) => {
+            t.effects.push(Effect::DestroyWorkload);
+        }
+        (S::Destroying, I::Start) => return Err(Denied::CannotStart(state)),
+        (S::Destroying, I::Stop { .. } | I::Destroy { .. }) => {}
+        (
+            S::Destroying,
+            I::Prepared
+            | I::PrepareFailed(_)
+            | I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::WorkloadExited(_)
+            | I::TimerFired(Timer::StopTimeout | Timer::RestartBackoff),
+        ) => {}
+
+        // ---- destroyed: terminal --------------------------------------------------
+        (S::Destroyed, I::Start) => return Err(Denied::CannotStart(state)),
+        (S::Destroyed, I::Stop { .. }) => return Err(Denied::CannotStop(state)),
+        (
+            S::Destroyed,
+            I::Resume(_)
+            | I::Destroy { .. }
+            | I::Prepared
+            | I::PrepareFailed(_)
+            | I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::WorkloadExited(_)
+            | I::WorkloadDestroyed
+            | I::WorkloadDestroyFailed(_)
+            | I::TimerFired(_),
+        ) => {}
+    }
+    Ok(t)
+}
+
+/// Prepared and asked to run: start the workload.
+fn goto_launch(t: &mut Transition) {
+    t.machine.state = MachineState::Starting;
+    t.machine.step = Step::Launching;
+    t.machine.launch = false;
+    t.effects.push(Effect::StartWorkload);
+}
+
+fn goto_stopping(
+    t: &mut Transition,
+    policy: &Policy,
+    signal: Option<Signal>,
+    timeout: Option<Duration>,
+) {
+    t.machine.state = MachineState::Stopping;
+    t.machine.step = Step::Idle;
+    t.effects
+        .push(Effect::Signal(signal.unwrap_or(policy.stop_signal)));
+    t.effects.push(Effect::ArmTimer(
+        Timer::StopTimeout,
+        timeout.unwrap_or(policy.stop_timeout),
+    ));
+    t.events.push(EventRecord::new(
+        "stop",
+        MachineState::Stopping,
+        Source::User,
+    ));
+}
+
+fn goto_destroy(t: &mut Transition, source: Source) {
+    t.machine.state = MachineState::Destroying;
+    t.machine.step = Step::Idle;
+    t.effects.push(Effect::DestroyWorkload);
+    t.events.push(EventRecord::new(
+        "destroy",
+        MachineState::Destroying,
+        source,
+    ));
+}
+
+fn fail(t: &mut Transition, kind: &'static str, error: String) {
+    t.machine.state = MachineState::Failed;
+    t.machine.step = Step::Idle;
+    t.machine.launch = false;
+    t.effects.push(Effect::CleanupWorkload);
+    t.events
+        .push(EventRecord::new(kind, MachineState::Failed, Source::Flyd).with_message(error));
+}
+
+/// What is recorded when a workload vanished while `hangard` was down.
+fn lost_workload() -> ExitInfo {
+    ExitInfo {
+        exit_code: -1,
+        signal: None,
+        oom_killed: false,
+        exited_at_ms: 0,
+        error: Some("the machine's process ended while hangard was not running".into()),
+    }
+}
+
+/// The main process ended: record it, then restart, stop or destroy.
+fn on_exit(t: &mut Transition, policy: &Policy, info: ExitInfo, requested_stop: bool) {
+    t.effects.push(Effect::CancelTimer(Timer::StopTimeout));
+    t.effects.push(Effect::CleanupWorkload);
+    let count = t.machine.restart_count;
+    let restart = !requested_stop
+        && match policy.restart {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure | RestartPolicy::SpotPrice => {
+                !info.success() && count < policy.max_retries
+            }
+        };
+    let gave_up = !requested_stop
+        && !restart
+        && matches!(
+            policy.restart,
+            RestartPolicy::OnFailure | RestartPolicy::SpotPrice
+        )
+        && !info.success();
+
+    let mut event = EventRecord::new("exit", MachineState::Stopped, Source::Flyd);
+    if restart {
+        let n = count + 1;
+        t.machine.restart_count = n;
+        t.machine.state = MachineState::Starting;
+        t.machine.step = Step::Backoff;
+        t.effects
+            .push(Effect::ArmTimer(Timer::RestartBackoff, restart_backoff(n)));
+        event.status = MachineState::Starting;
+    } else {
+        t.machine.state = MachineState::Stopped;
+        t.machine.step = Step::Idle;
+        if gave_up {
+            event.message = Some(format!(
+                "machine has reached its max restart count ({})",
+                policy.max_retries
+            ));
+        }
+    }
+    event.exit = Some(ExitRecord {
+        info,
+        requested_stop,
+        restarting: restart,
+        restart_count: t.machine.restart_count,
+    });
+    t.events.push(event);
+    if !restart && policy.auto_destroy {
+        goto_destroy(t, Source::Flyd);
+    }
+}
+
+#[cfg(test)]
+mod tests;
