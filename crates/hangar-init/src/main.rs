@@ -1,1 +1,32 @@
-fn main() {}
+//! `hangar-init`: Hangar's own small process supervisor, in two roles.
+//!
+//! - **init** (`hangar-init [--uid N --gid N --groups G,G] -- ARGV...`): PID 1
+//!   inside a machine, as Fly runs its own init inside its VMs. It starts the
+//!   main process, forwards signals to it, reaps every zombie, and when the
+//!   main process ends it reports how on the status fd (fd 3), kills what is
+//!   left and exits with the same code. The same binary will be PID 1 of
+//!   microVMs.
+//! - **shim** (`hangar-init shim ...`): runs on the host, one per running
+//!   machine, in its own session, so a machine outlives `hangard`. It creates
+//!   and starts the container through the OCI runtime, becomes the container's
+//!   parent (child subreaper), writes its stdout and stderr to a bounded,
+//!   rotated JSON-lines log, and when the container ends writes `exit.json`,
+//!   deletes the container and exits. `hangard` watches the shim's pid.
+//!
+//! The binary is built statically (it is bind-mounted into images that have no
+//! libc of their own), so it depends on nothing but `libc` and serde.
+
+mod init;
+mod logfile;
+mod shim;
+mod sys;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = if args.first().map(String::as_str) == Some("shim") {
+        shim::main(&args[1..])
+    } else {
+        init::main(&args)
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,430 @@
+//! The shim role: the host-side parent of one machine's container.
+//!
+//! ```text
+//! hangard ──spawn──► shim (setsid, child subreaper)
+//!                     ├─ crun create (stdout/stderr/fd 3 = shim's pipes)
+//!                     ├─ crun start
+//!                     │    └─ reports {"pid":N} or {"error":"..."} on its stdout
+//!                     ├─ pipes ──► machine.log (JSON lines, rotated)
+//!                     ├─ waits for the container's init (pidfd)
+//!                     ├─ writes exit.json (exit code, signal, oom)
+//!                     └─ crun delete; exits
+//! ```
+//!
+//! The shim does not depend on `hangard` once started: if `hangard` exits or
+//! is killed, the shim goes on logging and records the exit, which the next
+//! `hangard` reads when it adopts the machine.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_core::ExitInfo;
+
+use crate::logfile::{LineBuffer, LogFile};
+use crate::sys::{self, WaitStatus};
+
+struct Options {
+    id: String,
+    runtime: PathBuf,
+    runtime_root: PathBuf,
+    bundle: PathBuf,
+    state_dir: PathBuf,
+    log: PathBuf,
+    log_max_bytes: u64,
+    oom_file: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let get = |name: &str| -> Result<Option<String>, String> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => args
+                .get(i + 1)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| format!("{name} needs a value")),
+            None => Ok(None),
+        }
+    };
+    let need = |name: &str| get(name)?.ok_or_else(|| format!("missing {name}"));
+    Ok(Options {
+        id: need("--id")?,
+        runtime: need("--runtime")?.into(),
+        runtime_root: need("--runtime-root")?.into(),
+        bundle: need("--bundle")?.into(),
+        state_dir: need("--state-dir")?.into(),
+        log: need("--log")?.into(),
+        log_max_bytes: need("--log-max-bytes")?
+            .parse()
+            .map_err(|_| "bad --log-max-bytes")?,
+        oom_file: get("--oom-file")?.map(PathBuf::from),
+    })
+}
+
+/// Files the shim keeps in its state directory.
+pub const SHIM_PID_FILE: &str = "shim.pid";
+/// Written when the container ended.
+pub const EXIT_FILE: &str = "exit.json";
+const CONTAINER_PID_FILE: &str = "container.pid";
+const RUNTIME_LOG: &str = "runtime.log";
+const SHIM_LOG: &str = "shim.log";
+
+/// Runs the shim; returns its exit code.
+pub fn main(args: &[String]) -> i32 {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("{}", serde_json::json!({ "error": format!("shim: {e}") }));
+            return 2;
+        }
+    };
+    // SAFETY: setsid and prctl have no memory-safety preconditions; signal()
+    // with SIG_IGN installs no handler code.
+    unsafe {
+        libc::setsid();
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    match run(&opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            shim_log(&opts, &format!("shim failed: {e}"));
+            1
+        }
+    }
+}
+
+fn run(o: &Options) -> io::Result<()> {
+    let _ = fs::remove_file(o.state_dir.join(EXIT_FILE));
+    write_atomic(
+        &o.state_dir.join(SHIM_PID_FILE),
+        format!("{} {}\n", std::process::id(), start_time("self")?).as_bytes(),
+    )?;
+
+    let (out_r, out_w) = sys::pipe()?;
+    let (err_r, err_w) = sys::pipe()?;
+    let (status_r, status_w) = sys::pipe()?;
+
+    // crun create: the container's stdio and fd 3 are the pipes' write ends.
+    let pid_file = o.state_dir.join(CONTAINER_PID_FILE);
+    let _ = fs::remove_file(&pid_file);
+    let mut create = runtime(o);
+    create
+        .arg("create")
+        .arg("--bundle")
+        .arg(&o.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg("--preserve-fds")
+        .arg("1")
+        .arg(&o.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w.try_clone()?))
+        .stderr(Stdio::from(err_w.try_clone()?));
+    let status_raw = status_w.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; fd 3 becomes the status pipe in the
+    // child (dup2 clears close-on-exec on the new fd).
+    unsafe {
+        create.pre_exec(move || {
+            sys::check(libc::dup2(status_raw, 3))?;
+            Ok(())
+        });
+    }
+    let created = create.status()?;
+    drop((out_w, err_w, status_w));
+    if !created.success() {
+        let msg = runtime_error(o, "create");
+        cleanup(o);
+        return report_failure(o, &msg);
+    }
+    let pid: libc::pid_t = fs::read_to_string(&pid_file)?
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other("bad container pid file"))?;
+    let pidfd = sys::pidfd_open(pid)?;
+
+    let started = runtime(o)
+        .arg("start")
+        .arg(&o.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !started.success() {
+        let msg = runtime_error(o, "start");
+        cleanup(o);
+        return report_failure(o, &msg);
+    }
+
+    // Tell hangard, then detach from it: nothing more goes to its pipe.
+    println!("{}", serde_json::json!({ "pid": pid }));
+    let _ = io::stdout().flush();
+    detach_stdio();
+
+    let mut log = LogFile::open(o.log.clone(), o.log_max_bytes)?;
+    let (wait, init_report) = pump(pid, pidfd, out_r, err_r, status_r, &mut log);
+
+    let mut info = match (wait, init_report) {
+        // init reported on its status fd: trust its account of the main process.
+        (WaitStatus::Exited(_), Some(report)) => report,
+        (WaitStatus::Exited(code), None) => ExitInfo {
+            exit_code: code,
+            ..ExitInfo::default()
+        },
+        (WaitStatus::Signaled(sig), _) => ExitInfo {
+            exit_code: 128 + sig,
+            signal: Some(sig),
+            ..ExitInfo::default()
+        },
+    };
+    info.exited_at_ms = sys::now_ms();
+    info.oom_killed = o.oom_file.as_deref().is_some_and(oom_killed);
+    write_atomic(
+        &o.state_dir.join(EXIT_FILE),
+        serde_json::to_string(&info)
+            .map_err(io::Error::other)?
+            .as_bytes(),
+    )?;
+    cleanup(o);
+    Ok(())
+}
+
+/// Moves the container's output into the log until its init exits; returns
+/// the init's wait status and the report it wrote on the status pipe.
+fn pump(
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    status_r: OwnedFd,
+    log: &mut LogFile,
+) -> (WaitStatus, Option<ExitInfo>) {
+    let mut streams: [(Option<File>, &str, LineBuffer); 2] = [
+        (Some(File::from(out_r)), "stdout", LineBuffer::default()),
+        (Some(File::from(err_r)), "stderr", LineBuffer::default()),
+    ];
+    let mut status_pipe = Some(File::from(status_r));
+    let mut status_bytes = Vec::new();
+    let mut exited: Option<WaitStatus> = None;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+
+    loop {
+        if let Some(deadline) = drain_deadline {
+            let open = streams.iter().any(|s| s.0.is_some()) || status_pipe.is_some();
+            if !open || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+        let fd_of = |f: &Option<File>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
+        for s in &streams {
+            fds.push(pollfd(fd_of(&s.0)));
+        }
+        fds.push(pollfd(fd_of(&status_pipe)));
+        fds.push(pollfd(if exited.is_none() {
+            pidfd.as_fd().as_raw_fd()
+        } else {
+            -1
+        }));
+        let timeout_ms = if drain_deadline.is_some() { 50 } else { 1000 };
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        for (i, s) in streams.iter_mut().enumerate() {
+            if fds[i].revents == 0 {
+                continue;
+            }
+            let (file, name, lines) = s;
+            match file.as_mut().map(|f| f.read(&mut buf)) {
+                Some(Ok(0)) | Some(Err(_)) => {
+                    lines.finish(|l| {
+                        let _ = log.write(name, l);
+                    });
+                    *file = None;
+                }
+                Some(Ok(k)) => lines.push(&buf[..k], |l| {
+                    let _ = log.write(name, l);
+                }),
+                None => {}
+            }
+        }
+        if fds[2].revents != 0 {
+            match status_pipe.as_mut().map(|f| f.read(&mut buf)) {
+                Some(Ok(0)) | Some(Err(_)) => status_pipe = None,
+                Some(Ok(k)) => status_bytes.extend_from_slice(&buf[..k]),
+                None => {}
+            }
+        }
+        if exited.is_none() && (fds[3].revents != 0 || n == 0) {
+            let status = match sys::try_wait(pid) {
+                Ok(Some((_, status))) => Some(status),
+                Ok(None) => None,
+                // Not our child after all (cannot happen for a subreaper);
+                // never spin on a readable pidfd.
+                Err(_) => Some(WaitStatus::Exited(255)),
+            };
+            if let Some(status) = status {
+                exited = Some(status);
+                // The namespace dies with its init; give the pipes a moment to
+                // deliver what was written last.
+                drain_deadline = Some(Instant::now() + Duration::from_millis(500));
+            }
+        }
+        // Reap any other orphan that was reparented to us.
+        while let Ok(Some(_)) = sys::try_wait(-1) {}
+    }
+    for (_, name, lines) in streams.iter_mut() {
+        lines.finish(|l| {
+            let _ = log.write(name, l);
+        });
+    }
+    let report = serde_json::from_slice::<ExitInfo>(
+        status_bytes.split(|&b| b == b'\n').next().unwrap_or(&[]),
+    )
+    .ok();
+    (exited.unwrap_or(WaitStatus::Exited(255)), report)
+}
+
+fn pollfd(fd: libc::c_int) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn runtime(o: &Options) -> Command {
+    let mut c = Command::new(&o.runtime);
+    c.arg("--root")
+        .arg(&o.runtime_root)
+        .arg(format!("--log={}", o.state_dir.join(RUNTIME_LOG).display()))
+        .arg("--log-format=json");
+    c
+}
+
+/// The last error message the OCI runtime logged.
+fn runtime_error(o: &Options, step: &str) -> String {
+    let text = fs::read_to_string(o.state_dir.join(RUNTIME_LOG)).unwrap_or_default();
+    let msg = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "error")
+        .and_then(|v| v["msg"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{} {step} failed", o.runtime.display()));
+    format!("container {step} failed: {msg}")
+}
+
+fn report_failure(o: &Options, msg: &str) -> io::Result<()> {
+    shim_log(o, msg);
+    println!("{}", serde_json::json!({ "error": msg }));
+    let _ = io::stdout().flush();
+    Ok(())
+}
+
+fn cleanup(o: &Options) {
+    let _ = runtime(o)
+        .arg("delete")
+        .arg("--force")
+        .arg(&o.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = fs::remove_file(o.state_dir.join(CONTAINER_PID_FILE));
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds, which we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn shim_log(o: &Options, msg: &str) {
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(o.state_dir.join(SHIM_LOG))
+    {
+        let _ = writeln!(f, "{} {} {msg}", sys::now_ms(), o.id);
+    }
+}
+
+/// Whether the memory cgroup's `oom_kill` counter is above zero (cgroup v1
+/// `memory.oom_control` and v2 `memory.events` both carry the line).
+fn oom_killed(path: &Path) -> bool {
+    fs::read_to_string(path).is_ok_and(|text| {
+        text.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks,
+/// which tells a live process from a later one that reused its pid.
+pub fn start_time(pid: &str) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces; fields resume after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("bad stat"))?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("bad stat"))
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_start_time() {
+        assert!(start_time("self").unwrap() > 0);
+    }
+
+    #[test]
+    fn oom_counter() {
+        let dir = std::env::temp_dir().join(format!("hangar-oom-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("memory.oom_control");
+        fs::write(&f, "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n").unwrap();
+        assert!(!oom_killed(&f));
+        fs::write(&f, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        assert!(oom_killed(&f));
+        assert!(!oom_killed(&dir.join("missing")));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
