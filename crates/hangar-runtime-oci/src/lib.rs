@@ -1,1 +1,517 @@
-//! hangar-runtime-oci
+//! Hangar's container driver: each machine is an OCI container run by `crun`
+//! (or `runc`) through the standard OCI runtime CLI, supervised by
+//! `hangar-init shim` so that it outlives `hangard`.
+//!
+//! Per machine, under `<machines>/<id>/`:
+//!
+//! ```text
+//! bundle/config.json    the OCI spec (see bundle.rs)
+//! bundle/rootfs/        overlay: image layers (lower) + upper/ (writable)
+//! upper/ work/          the machine's writable layer; wiped after every run,
+//!                       so each start begins from a clean root filesystem
+//! etc/hosts etc/hostname
+//! state/                the shim's: shim.pid, exit.json, runtime.log
+//! logs/machine.log      stdout/stderr as JSON lines, rotated by the shim
+//! ```
+//!
+//! Concurrency: the agent's runner for a machine is the only caller for that
+//! machine, so operations on one machine never overlap; the map of shim
+//! handles is the only state shared between machines.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod bundle;
+pub mod fsutil;
+pub mod host;
+mod user;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hangar_core::machine::Observed;
+use hangar_core::{ExitInfo, MachineId, Signal};
+use hangar_runtime::{Runtime, RuntimeError, WorkloadSpec};
+use tokio::io::AsyncBufReadExt;
+use tokio::io::unix::AsyncFd;
+
+pub use bundle::INIT_IN_GUEST;
+
+/// The static `hangar-init` executable (init and shim), built by `build.rs`.
+pub const INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hangar-init"));
+
+/// Writes [`INIT_BINARY`] to `<dir>/hangar-init` (atomically, only when the
+/// file there differs) and returns its path. Running machines keep the
+/// binary they started with.
+pub fn install_init(dir: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("hangar-init");
+    if std::fs::read(&path).is_ok_and(|cur| cur == INIT_BINARY) {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(".hangar-init.{}", std::process::id()));
+    std::fs::write(&tmp, INIT_BINARY)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Which OCI runtime binary to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OciFlavor {
+    /// crun (the default: about 3 ms per container start here).
+    Crun,
+    /// runc.
+    Runc,
+}
+
+impl OciFlavor {
+    /// The binary's name.
+    pub fn binary(self) -> &'static str {
+        match self {
+            OciFlavor::Crun => "crun",
+            OciFlavor::Runc => "runc",
+        }
+    }
+}
+
+/// Where things are and how to run them.
+#[derive(Debug, Clone)]
+pub struct OciConfig {
+    /// crun or runc.
+    pub flavor: OciFlavor,
+    /// Path of the runtime binary.
+    pub runtime_path: PathBuf,
+    /// The static `hangar-init` binary (init and shim).
+    pub init_path: PathBuf,
+    /// Per-machine directories live here.
+    pub machines_dir: PathBuf,
+    /// The OCI runtime's state root.
+    pub runtime_root: PathBuf,
+    /// Size at which a machine's log is rotated.
+    pub log_max_bytes: u64,
+    /// Parent of every machine's cgroup, e.g. `/hangar`.
+    pub cgroup_parent: String,
+}
+
+/// A live shim we can wait on.
+struct Shim {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+/// The container driver.
+pub struct OciRuntime {
+    cfg: OciConfig,
+    shims: Mutex<HashMap<MachineId, Arc<Shim>>>,
+    nofile: u64,
+}
+
+fn failed(op: &'static str, id: &MachineId, reason: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Failed {
+        op,
+        id: id.clone(),
+        reason: reason.to_string(),
+    }
+}
+
+impl OciRuntime {
+    /// A driver with this configuration; creates its directories.
+    pub fn new(cfg: OciConfig) -> io::Result<OciRuntime> {
+        std::fs::create_dir_all(&cfg.machines_dir)?;
+        std::fs::create_dir_all(&cfg.runtime_root)?;
+        if !cfg.init_path.is_file() {
+            return Err(io::Error::other(format!(
+                "init binary {} is missing",
+                cfg.init_path.display()
+            )));
+        }
+        Ok(OciRuntime {
+            cfg,
+            shims: Mutex::new(HashMap::new()),
+            nofile: bundle::host_nofile_hard(),
+        })
+    }
+
+    fn dir(&self, id: &MachineId) -> PathBuf {
+        self.cfg.machines_dir.join(id.as_str())
+    }
+
+    fn cgroup(&self, id: &MachineId) -> String {
+        format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), id)
+    }
+
+    /// The memory cgroup file that counts OOM kills (v1 or v2).
+    fn oom_file(&self, id: &MachineId) -> PathBuf {
+        let cg = self.cgroup(id);
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        if v1.is_dir() {
+            v1.join(cg.trim_start_matches('/'))
+                .join("memory.oom_control")
+        } else {
+            Path::new("/sys/fs/cgroup")
+                .join(cg.trim_start_matches('/'))
+                .join("memory.events")
+        }
+    }
+
+    fn runtime_cmd(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.cfg.runtime_path);
+        c.arg("--root").arg(&self.cfg.runtime_root);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn shim(&self, id: &MachineId) -> Option<Arc<Shim>> {
+        self.shims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn set_shim(&self, id: &MachineId, shim: Option<Shim>) {
+        let mut m = self.shims.lock().unwrap_or_else(|p| p.into_inner());
+        match shim {
+            Some(s) => m.insert(id.clone(), Arc::new(s)),
+            None => m.remove(id),
+        };
+    }
+
+    /// Prepares the root filesystem and bundle; returns the bundle dir.
+    fn prepare(&self, spec: &WorkloadSpec) -> Result<PathBuf, RuntimeError> {
+        let id = &spec.id;
+        let dir = self.dir(id);
+        let bundle_dir = dir.join("bundle");
+        let rootfs = bundle_dir.join("rootfs");
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        let err = |op: &'static str| move |e: io::Error| failed(op, id, e);
+        fsutil::unmount(&rootfs).map_err(err("unmount stale rootfs"))?;
+        fsutil::remove_tree(&upper).map_err(err("reset writable layer"))?;
+        fsutil::remove_tree(&work).map_err(err("reset writable layer"))?;
+        for d in [
+            &rootfs,
+            &upper,
+            &work,
+            &dir.join("state"),
+            &dir.join("logs"),
+            &dir.join("etc"),
+        ] {
+            std::fs::create_dir_all(d).map_err(err("create machine dirs"))?;
+        }
+        let mut lower = spec.layers.clone();
+        if lower.is_empty() {
+            let empty = dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(err("create machine dirs"))?;
+            lower.push(empty);
+        }
+        fsutil::mount_overlay(&lower, &upper, &work, &rootfs)
+            .map_err(err("mount root filesystem"))?;
+
+        let result = (|| {
+            let passwd = fsutil::read_in_root(&rootfs, "etc/passwd").unwrap_or_default();
+            let group = fsutil::read_in_root(&rootfs, "etc/group").unwrap_or_default();
+            let who = user::resolve(&spec.process.user, &passwd, &group)
+                .map_err(RuntimeError::InvalidSpec)?;
+            let hosts = dir.join("etc/hosts");
+            let hostname = dir.join("etc/hostname");
+            std::fs::write(
+                &hosts,
+                format!(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                    spec.hostname
+                ),
+            )
+            .map_err(err("write /etc/hosts"))?;
+            std::fs::write(&hostname, format!("{}\n", spec.hostname))
+                .map_err(err("write /etc/hostname"))?;
+            let cgroup = self.cgroup(id);
+            let config = bundle::config(
+                spec,
+                &who,
+                &bundle::BundlePaths {
+                    init: &self.cfg.init_path,
+                    hosts: &hosts,
+                    hostname: &hostname,
+                    cgroup: &cgroup,
+                },
+                self.nofile,
+            );
+            std::fs::write(
+                bundle_dir.join("config.json"),
+                serde_json::to_vec(&config).unwrap_or_default(),
+            )
+            .map_err(err("write config.json"))?;
+            Ok(bundle_dir.clone())
+        })();
+        if result.is_err() {
+            let _ = fsutil::unmount(&rootfs);
+        }
+        result
+    }
+
+    /// Adopts the machine's shim if it still runs (same pid, same start time).
+    fn adopt_shim(&self, id: &MachineId) -> Option<Shim> {
+        let text = std::fs::read_to_string(self.dir(id).join("state/shim.pid")).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: i32 = it.next()?.parse().ok()?;
+        let start: u64 = it.next()?.parse().ok()?;
+        if proc_start_time(pid)? != start {
+            return None;
+        }
+        let pidfd = pidfd_open(pid).ok()?;
+        // The pid may have ended between the check and the open.
+        (proc_start_time(pid)? == start).then_some(Shim { pid, pidfd })
+    }
+
+    fn read_exit(&self, id: &MachineId) -> Option<ExitInfo> {
+        let b = std::fs::read(self.dir(id).join("state/exit.json")).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// Removes cgroup directories the runtime left behind.
+    fn remove_cgroups(&self, id: &MachineId) {
+        let rel = self.cgroup(id);
+        let rel = rel.trim_start_matches('/');
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in rd.flatten() {
+                let p = e.path().join(rel);
+                if p.is_dir() {
+                    let _ = std::fs::remove_dir(&p);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
+    }
+}
+
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: the pidfd_open syscall takes a pid and flags and returns an fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until the process behind `pidfd` has ended, then reaps it if it
+/// is our child.
+async fn wait_pidfd(shim: &Shim) -> io::Result<()> {
+    let dup = shim.pidfd.try_clone()?;
+    // SAFETY: `dup` is an OwnedFd that stays open, unchanged, for as long as
+    // the AsyncFd owns it.
+    let afd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let _guard = afd.readable().await?;
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG on a pid; ECHILD (not our child) is fine.
+    unsafe { libc::waitpid(shim.pid, &mut status, libc::WNOHANG) };
+    Ok(())
+}
+
+/// Waits for a shim's end for at most `timeout`; true if it ended.
+async fn wait_pidfd_for(shim: &Shim, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, wait_pidfd(shim)).await,
+        Ok(Ok(()))
+    )
+}
+
+#[async_trait::async_trait]
+impl Runtime for OciRuntime {
+    fn name(&self) -> &'static str {
+        self.cfg.flavor.binary()
+    }
+
+    async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
+        let id = &spec.id;
+        if self.shim(id).is_some() {
+            return Err(failed("start", id, "a workload is already running"));
+        }
+        let bundle_dir = self.prepare(spec)?;
+        let dir = self.dir(id);
+        let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
+        cmd.arg("shim")
+            .arg("--id")
+            .arg(id.as_str())
+            .arg("--runtime")
+            .arg(&self.cfg.runtime_path)
+            .arg("--runtime-root")
+            .arg(&self.cfg.runtime_root)
+            .arg("--bundle")
+            .arg(&bundle_dir)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--log")
+            .arg(dir.join("logs/machine.log"))
+            .arg("--log-max-bytes")
+            .arg(self.cfg.log_max_bytes.to_string())
+            .arg("--oom-file")
+            .arg(self.oom_file(id))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
+        let pid = child.id().unwrap_or(0) as i32;
+        let pidfd = pidfd_open(pid).map_err(|e| failed("start", id, e))?;
+        let shim = Shim { pid, pidfd };
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| failed("start", id, "no shim stdout"))?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        // The shim lives on in its own session; tokio reaps it when it ends.
+        drop(child);
+        let report: serde_json::Value = match read {
+            Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        };
+        if report.get("pid").and_then(|p| p.as_i64()).is_some() {
+            self.set_shim(id, Some(shim));
+            return Ok(());
+        }
+        let reason = report
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| "the shim ended without starting the container".into());
+        wait_pidfd_for(&shim, Duration::from_secs(5)).await;
+        let _ = fsutil::unmount(&bundle_dir.join("rootfs"));
+        Err(failed("start", id, reason))
+    }
+
+    async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError> {
+        if self.shim(id).is_none() {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let out = self
+            .runtime_cmd()
+            .arg("kill")
+            .arg(id.as_str())
+            .arg(signal.name())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| failed("signal", id, e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            // Most often the container ended an instant ago.
+            Err(RuntimeError::NotRunning(id.clone()))
+        }
+    }
+
+    async fn wait(&self, id: &MachineId) -> Result<ExitInfo, RuntimeError> {
+        let shim = self
+            .shim(id)
+            .ok_or_else(|| RuntimeError::NotRunning(id.clone()))?;
+        wait_pidfd(&shim).await.map_err(|e| failed("wait", id, e))?;
+        Ok(self.read_exit(id).unwrap_or_else(|| ExitInfo {
+            exit_code: -1,
+            exited_at_ms: now_ms(),
+            error: Some(
+                "the machine's supervisor ended without recording how the machine ended".into(),
+            ),
+            ..ExitInfo::default()
+        }))
+    }
+
+    async fn observe(&self, id: &MachineId) -> Result<Observed, RuntimeError> {
+        if let Some(shim) = self.adopt_shim(id) {
+            self.set_shim(id, Some(shim));
+            return Ok(Observed::Running);
+        }
+        if let Some(info) = self.read_exit(id) {
+            return Ok(Observed::Exited(info));
+        }
+        Ok(Observed::Absent)
+    }
+
+    async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        let dir = self.dir(id);
+        if let Some(shim) = self.shim(id).or_else(|| self.adopt_shim(id).map(Arc::new)) {
+            let _ = self
+                .runtime_cmd()
+                .arg("kill")
+                .arg(id.as_str())
+                .arg("KILL")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if !wait_pidfd_for(&shim, Duration::from_secs(10)).await {
+                // SAFETY: kill on the shim's pid, verified by its pidfd above.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        shim.pidfd.as_raw_fd(),
+                        libc::SIGKILL,
+                        0,
+                        0,
+                    )
+                };
+                wait_pidfd_for(&shim, Duration::from_secs(5)).await;
+            }
+        }
+        self.set_shim(id, None);
+        let _ = self
+            .runtime_cmd()
+            .arg("delete")
+            .arg("--force")
+            .arg(id.as_str())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        self.remove_cgroups(id);
+        let rootfs = dir.join("bundle/rootfs");
+        fsutil::unmount(&rootfs).map_err(|e| failed("cleanup", id, e))?;
+        if fsutil::is_mounted(&rootfs) {
+            return Err(failed("cleanup", id, "root filesystem is still mounted"));
+        }
+        for d in ["upper", "work"] {
+            fsutil::remove_tree(&dir.join(d)).map_err(|e| failed("cleanup", id, e))?;
+        }
+        for f in ["state/exit.json", "state/container.pid", "state/shim.pid"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        self.cleanup(id).await?;
+        fsutil::remove_tree(&self.dir(id)).map_err(|e| failed("destroy", id, e))
+    }
+
+    fn log_path(&self, id: &MachineId) -> Option<PathBuf> {
+        Some(self.dir(id).join("logs/machine.log"))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,1 +1,109 @@
-//! hangar-runtime
+//! The boundary between Hangar's agent and whatever runs a machine's
+//! workload: containers through an OCI runtime today
+//! (`hangar-runtime-oci`), microVMs later. The agent sees only
+//! [`Runtime`]; [`fake::FakeRuntime`] stands in for it in fast tests of the
+//! agent's state handling.
+//!
+//! Contract, per machine id: at most one workload exists at a time.
+//! [`Runtime::start`] returns once the main process runs;
+//! [`Runtime::wait`] resolves when it has ended (also for a workload adopted
+//! after a restart of `hangard`); [`Runtime::cleanup`] leaves nothing running
+//! and resets the root filesystem; [`Runtime::destroy`] also removes every
+//! file of the machine. All are idempotent.
+
+#![forbid(unsafe_code)]
+
+pub mod fake;
+
+use std::path::PathBuf;
+
+use hangar_core::machine::Observed;
+use hangar_core::process::ProcessSpec;
+use hangar_core::{ExitInfo, MachineId, Signal};
+
+/// CPU class, as Fly sells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuKind {
+    /// Shared vCPUs: a smaller CPU weight.
+    Shared,
+    /// Dedicated vCPUs: full weight.
+    Performance,
+}
+
+/// Resource limits of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    /// vCPUs (CPU quota of `cpus` cores).
+    pub cpus: u32,
+    /// Memory limit in MiB.
+    pub memory_mb: u64,
+    /// CPU class.
+    pub cpu_kind: CpuKind,
+}
+
+/// Everything needed to start a machine's workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The machine.
+    pub id: MachineId,
+    /// Hostname inside the machine (Fly uses the machine id).
+    pub hostname: String,
+    /// The main process.
+    pub process: ProcessSpec,
+    /// Unpacked image layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// Limits.
+    pub resources: Resources,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The machine has no running workload.
+    #[error("machine {0} is not running")]
+    NotRunning(MachineId),
+    /// The workload cannot be built from the spec (for example, the image's
+    /// user does not exist in it). Reported to the user.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// An operation failed on the host.
+    #[error("{op} of machine {id} failed: {reason}")]
+    Failed {
+        /// The operation (start, signal, cleanup...).
+        op: &'static str,
+        /// The machine.
+        id: MachineId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A way of running machines.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Short name for logs (`crun`, `runc`, `fake`).
+    fn name(&self) -> &'static str;
+
+    /// Starts the workload; returns once its main process runs.
+    async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError>;
+
+    /// Sends a signal to the main process.
+    async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError>;
+
+    /// Resolves when the current workload has ended.
+    async fn wait(&self, id: &MachineId) -> Result<ExitInfo, RuntimeError>;
+
+    /// What exists of the machine's workload, for adoption at startup. A
+    /// running workload reported here can then be [`Runtime::wait`]ed on.
+    async fn observe(&self, id: &MachineId) -> Result<Observed, RuntimeError>;
+
+    /// Kills what runs, removes the finished workload and resets the root
+    /// filesystem; keeps the machine's logs.
+    async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError>;
+
+    /// [`Runtime::cleanup`], then removes every file of the machine.
+    async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError>;
+
+    /// Where the machine's log lives, if this runtime keeps one.
+    fn log_path(&self, id: &MachineId) -> Option<PathBuf>;
+}

@@ -1,0 +1,173 @@
+//! File system helpers: reading files inside a machine's root without
+//! following its symlinks out of it, and the overlay mount of a machine's
+//! root filesystem.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// Opens `rel` inside the directory `root` with `openat2(RESOLVE_IN_ROOT)`:
+/// absolute symlinks and `..` resolve against `root`, never the host.
+pub fn open_in_root(root: &Path, rel: &str) -> io::Result<File> {
+    let root_c = CString::new(root.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `root_c` is a valid C string; the returned fd is owned below.
+    let dirfd = unsafe {
+        libc::open(
+            root_c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dirfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dirfd` was just opened and is owned by nobody else.
+    let dir = unsafe { OwnedFd::from_raw_fd(dirfd) };
+    let path = CString::new(rel.trim_start_matches('/')).map_err(io::Error::other)?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 with a valid dirfd, C string and open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            std::os::fd::AsRawFd::as_raw_fd(&dir),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a fresh fd that we now own.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// Reads a text file inside `root` (empty when it does not exist), at most
+/// 1 MiB.
+pub fn read_in_root(root: &Path, rel: &str) -> io::Result<String> {
+    match open_in_root(root, rel) {
+        Ok(f) => {
+            let mut s = String::new();
+            f.take(1 << 20).read_to_string(&mut s)?;
+            Ok(s)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Mounts an overlay of `lower` (bottom first) under `upper` at `target`.
+pub fn mount_overlay(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> io::Result<()> {
+    for p in lower
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([upper, work, target])
+    {
+        let s = p.as_os_str().as_bytes();
+        if s.contains(&b',') || s.contains(&b':') {
+            return Err(io::Error::other(format!(
+                "path {} contains ',' or ':', which overlayfs cannot take",
+                p.display()
+            )));
+        }
+    }
+    // overlayfs lists the top layer first.
+    let lowerdir: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if data.len() >= 4000 {
+        return Err(io::Error::other(format!(
+            "the image has too many layers ({}) for one overlay mount",
+            lower.len()
+        )));
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Lazily unmounts `target`; not being mounted is fine.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a directory tree if it exists. Refuses to cross into a mount
+/// (a still-mounted root would otherwise lose the image's files).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `path` is a mount point (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.display().to_string();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| mp == want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_in_root_does_not_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/real"), "inside").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", root.join("etc/abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/hostname", root.join("etc/rel")).unwrap();
+        std::os::unix::fs::symlink("/etc/real", root.join("etc/inner")).unwrap();
+        assert_eq!(read_in_root(root, "etc/real").unwrap(), "inside");
+        assert_eq!(read_in_root(root, "/etc/inner").unwrap(), "inside");
+        // Both escapes resolve inside the root, where there is no such file.
+        assert_eq!(read_in_root(root, "etc/abs").unwrap(), "");
+        assert_eq!(read_in_root(root, "etc/rel").unwrap(), "");
+        assert_eq!(read_in_root(root, "../../etc/hostname").unwrap(), "");
+    }
+}

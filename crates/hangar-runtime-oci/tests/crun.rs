@@ -1,0 +1,292 @@
+//! The container driver with real crun, a real overlay root filesystem and an
+//! image imported into a real image store. Needs root and crun.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hangar_core::machine::Observed;
+use hangar_core::process::ProcessSpec;
+use hangar_core::{MachineId, Signal};
+use hangar_image::{Image, ImageStore, StoreOptions};
+use hangar_runtime::{CpuKind, Resources, Runtime, RuntimeError, WorkloadSpec};
+use hangar_runtime_oci::{OciConfig, OciFlavor, OciRuntime, host};
+use hangar_test_utils::image::{ImageBuilder, Layer};
+
+struct Env {
+    dir: tempfile::TempDir,
+    image: Image,
+}
+
+async fn env() -> Env {
+    hangar_test_utils::require_program("crun", "crun");
+    host::fix_hybrid_cgroups().expect("cgroup fix");
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(dir.path().join("images"), StoreOptions::default()).unwrap();
+    let archive = dir.path().join("img.tar");
+    let img = ImageBuilder::busybox()
+        .layer(Layer::new().file("etc/motd", b"from the image\n", 0o644))
+        .build();
+    std::fs::write(&archive, img.oci_archive(None)).unwrap();
+    let image = store
+        .import_archive(&archive, Some("test/bb:1"))
+        .await
+        .unwrap();
+    Env { dir, image }
+}
+
+fn runtime(dir: &Path) -> OciRuntime {
+    OciRuntime::new(OciConfig {
+        flavor: OciFlavor::Crun,
+        runtime_path: host::find_program("crun").unwrap(),
+        init_path: hangar_runtime_oci::install_init(&dir.join("bin")).unwrap(),
+        machines_dir: dir.join("machines"),
+        runtime_root: dir.join("run"),
+        log_max_bytes: 1 << 20,
+        cgroup_parent: "/hangar-test".into(),
+    })
+    .unwrap()
+}
+
+fn spec(env: &Env, script: &str) -> WorkloadSpec {
+    let id = MachineId::generate();
+    WorkloadSpec {
+        hostname: id.to_string(),
+        id,
+        process: ProcessSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: vec![
+                ("PATH".into(), "/bin".into()),
+                ("GREETING".into(), "hello".into()),
+            ],
+            cwd: "/tmp".into(),
+            user: String::new(),
+        },
+        layers: env.image.layers.clone(),
+        resources: Resources {
+            cpus: 1,
+            memory_mb: 256,
+            cpu_kind: CpuKind::Shared,
+        },
+    }
+}
+
+fn log(rt: &OciRuntime, id: &MachineId) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(rt.log_path(id).unwrap()).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["stream"].as_str().unwrap().to_owned(),
+                v["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn wait(rt: &OciRuntime, id: &MachineId) -> hangar_core::ExitInfo {
+    tokio::time::timeout(Duration::from_secs(20), rt.wait(id))
+        .await
+        .expect("exit in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn runs_captures_output_and_reports_exit_code() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let s = spec(
+        &env,
+        "echo $GREETING from $(hostname) in $(pwd); cat /etc/motd; echo oops >&2; exit 3",
+    );
+    rt.start(&s).await.unwrap();
+    let exit = wait(&rt, &s.id).await;
+    assert_eq!(exit.exit_code, 3);
+    assert_eq!(exit.signal, None);
+    assert!(!exit.oom_killed);
+    let lines = log(&rt, &s.id);
+    assert!(
+        lines.contains(&("stdout".into(), format!("hello from {} in /tmp", s.id))),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "from the image".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "oops".into())),
+        "{lines:?}"
+    );
+    rt.destroy(&s.id).await.unwrap();
+    assert!(!env.dir.path().join("machines").join(s.id.as_str()).exists());
+}
+
+#[tokio::test]
+async fn signals_reach_the_main_process_and_kill_works() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let s = spec(
+        &env,
+        "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.05; done",
+    );
+    rt.start(&s).await.unwrap();
+    hangar_test_utils::wait_until(Duration::from_secs(5), "ready", || async {
+        log(&rt, &s.id)
+            .iter()
+            .any(|(_, m)| m == "ready")
+            .then_some(())
+    })
+    .await;
+    rt.signal(&s.id, Signal::Term).await.unwrap();
+    let exit = wait(&rt, &s.id).await;
+    assert_eq!(exit.exit_code, 7);
+    rt.cleanup(&s.id).await.unwrap();
+
+    let s2 = spec(&env, "sleep 1000");
+    rt.start(&s2).await.unwrap();
+    rt.signal(&s2.id, Signal::Kill).await.unwrap();
+    let exit = wait(&rt, &s2.id).await;
+    assert_eq!((exit.exit_code, exit.signal), (137, Some(9)));
+    rt.destroy(&s2.id).await.unwrap();
+    assert!(matches!(
+        rt.signal(&s2.id, Signal::Term).await,
+        Err(RuntimeError::NotRunning(_))
+    ));
+}
+
+#[tokio::test]
+async fn memory_limit_kills_with_oom() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(
+        &env,
+        "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
+    );
+    s.resources.memory_mb = 32;
+    rt.start(&s).await.unwrap();
+    let exit = wait(&rt, &s.id).await;
+    assert!(exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.exit_code, 137);
+    rt.destroy(&s.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn runs_as_the_image_user_and_resets_the_rootfs() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(&env, "id; touch /tmp/was-here; ls /tmp");
+    s.process.user = "bob".into();
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    let lines = log(&rt, &s.id);
+    let id_line = &lines[0].1;
+    assert!(
+        id_line.starts_with("uid=1000(bob) gid=1000(bob) groups="),
+        "{lines:?}"
+    );
+    assert!(
+        id_line.contains("1000(bob)") && id_line.contains("50(staff)"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|(_, m)| m == "was-here"));
+    rt.cleanup(&s.id).await.unwrap();
+
+    // Next run: a clean root filesystem, and the image layer untouched.
+    s.process.argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "test ! -e /tmp/was-here && echo clean".into(),
+    ];
+    s.process.user = String::new();
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert!(log(&rt, &s.id).iter().any(|(_, m)| m == "clean"));
+    for l in &env.image.layers {
+        assert!(!l.join("tmp/was-here").exists());
+    }
+    rt.destroy(&s.id).await.unwrap();
+
+    let mut bad = spec(&env, "true");
+    bad.process.user = "nosuchuser".into();
+    let err = rt.start(&bad).await.unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::InvalidSpec(ref m) if m.contains("nosuchuser")),
+        "{err}"
+    );
+    rt.destroy(&bad.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_executable_exits_127() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(&env, "");
+    s.process.argv = vec!["/no/such/program".into()];
+    rt.start(&s).await.unwrap();
+    let exit = wait(&rt, &s.id).await;
+    assert_eq!(exit.exit_code, 127);
+    assert!(exit.error.unwrap().contains("/no/such/program"));
+    rt.destroy(&s.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_driver_adopts_running_machines_and_finds_missed_exits() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let long = spec(&env, "trap 'exit 5' INT; while true; do sleep 0.05; done");
+    let short = spec(&env, "exit 4");
+    rt.start(&long).await.unwrap();
+    rt.start(&short).await.unwrap();
+    wait(&rt, &short.id).await;
+    drop(rt); // hangard goes away; the machines do not
+
+    let rt2 = runtime(env.dir.path());
+    assert_eq!(rt2.observe(&long.id).await.unwrap(), Observed::Running);
+    match rt2.observe(&short.id).await.unwrap() {
+        Observed::Exited(info) => assert_eq!(info.exit_code, 4),
+        other => panic!("expected the missed exit, got {other:?}"),
+    }
+    assert_eq!(
+        rt2.observe(&MachineId::generate()).await.unwrap(),
+        Observed::Absent
+    );
+    rt2.signal(&long.id, Signal::Int).await.unwrap();
+    assert_eq!(wait(&rt2, &long.id).await.exit_code, 5);
+    for id in [&long.id, &short.id] {
+        rt2.destroy(id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn destroy_leaves_no_process_mount_or_cgroup() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let s = spec(&env, "sleep 1000");
+    rt.start(&s).await.unwrap();
+    let rootfs = env
+        .dir
+        .path()
+        .join("machines")
+        .join(s.id.as_str())
+        .join("bundle/rootfs");
+    assert!(hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    rt.destroy(&s.id).await.unwrap();
+    assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory/hangar-test")
+            .join(s.id.as_str())
+            .exists()
+    );
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(!ps.contains(s.id.as_str()), "leftover process for {}", s.id);
+    let list = std::process::Command::new("crun")
+        .arg("--root")
+        .arg(env.dir.path().join("run"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(s.id.as_str()));
+}

@@ -1,0 +1,221 @@
+//! An in-memory [`Runtime`] for fast tests of the agent.
+//!
+//! It records every call. A started workload "runs" until the test ends it
+//! with [`FakeRuntime::exit`], or until a signal arrives: SIGKILL ends it at
+//! once with code 137; other signals end it with `128 + n` unless the test
+//! made the workload ignore them ([`FakeRuntime::ignore_signals`]). Failures
+//! can be injected per operation with [`FakeRuntime::fail_next_start`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use hangar_core::machine::Observed;
+use hangar_core::{ExitInfo, MachineId, Signal};
+use tokio::sync::watch;
+
+use crate::{Runtime, RuntimeError, WorkloadSpec};
+
+/// A call the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `start` with this spec.
+    Start(WorkloadSpec),
+    /// `signal`.
+    Signal(MachineId, Signal),
+    /// `cleanup`.
+    Cleanup(MachineId),
+    /// `destroy`.
+    Destroy(MachineId),
+    /// `observe`.
+    Observe(MachineId),
+}
+
+struct Workload {
+    exit: watch::Sender<Option<ExitInfo>>,
+    ignore_signals: bool,
+}
+
+/// The fake runtime.
+#[derive(Default)]
+pub struct FakeRuntime {
+    calls: Mutex<Vec<Call>>,
+    workloads: Mutex<HashMap<MachineId, Workload>>,
+    fail_next_start: Mutex<Option<String>>,
+    observed: Mutex<HashMap<MachineId, Observed>>,
+}
+
+impl FakeRuntime {
+    /// A fake with nothing running.
+    pub fn new() -> FakeRuntime {
+        FakeRuntime::default()
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The number of `start` calls so far.
+    pub fn starts(&self) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Start(_)))
+            .count()
+    }
+
+    /// Whether the machine's workload runs.
+    pub fn is_running(&self, id: &MachineId) -> bool {
+        self.workloads
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|w| w.exit.borrow().is_none())
+    }
+
+    /// Ends the machine's workload as if its main process exited.
+    pub fn exit(&self, id: &MachineId, info: ExitInfo) {
+        if let Some(w) = self.workloads.lock().unwrap().get(id) {
+            let _ = w.exit.send(Some(info));
+        }
+    }
+
+    /// The next `start` fails with `reason`.
+    pub fn fail_next_start(&self, reason: &str) {
+        *self.fail_next_start.lock().unwrap() = Some(reason.to_owned());
+    }
+
+    /// The machine's workload ignores every signal but SIGKILL.
+    pub fn ignore_signals(&self, id: &MachineId) {
+        if let Some(w) = self.workloads.lock().unwrap().get_mut(id) {
+            w.ignore_signals = true;
+        }
+    }
+
+    /// What `observe` reports for a machine the fake did not start itself
+    /// (as after a restart of `hangard`). A `Running` workload is created.
+    pub fn set_observed(&self, id: &MachineId, observed: Observed) {
+        if observed == Observed::Running {
+            let (tx, _) = watch::channel(None);
+            self.workloads.lock().unwrap().insert(
+                id.clone(),
+                Workload {
+                    exit: tx,
+                    ignore_signals: false,
+                },
+            );
+        }
+        self.observed.lock().unwrap().insert(id.clone(), observed);
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+fn exit_code(code: i32, signal: Option<i32>) -> ExitInfo {
+    ExitInfo {
+        exit_code: code,
+        signal,
+        exited_at_ms: 1,
+        ..ExitInfo::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
+        self.record(Call::Start(spec.clone()));
+        if let Some(reason) = self.fail_next_start.lock().unwrap().take() {
+            return Err(RuntimeError::Failed {
+                op: "start",
+                id: spec.id.clone(),
+                reason,
+            });
+        }
+        let (tx, _) = watch::channel(None);
+        self.workloads.lock().unwrap().insert(
+            spec.id.clone(),
+            Workload {
+                exit: tx,
+                ignore_signals: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError> {
+        self.record(Call::Signal(id.clone(), signal));
+        let workloads = self.workloads.lock().unwrap();
+        let w = workloads
+            .get(id)
+            .filter(|w| w.exit.borrow().is_none())
+            .ok_or_else(|| RuntimeError::NotRunning(id.clone()))?;
+        if signal == Signal::Kill {
+            let _ = w.exit.send(Some(exit_code(137, Some(9))));
+        } else if !w.ignore_signals {
+            let n = signal.number();
+            let _ = w.exit.send(Some(exit_code(128 + n, Some(n))));
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, id: &MachineId) -> Result<ExitInfo, RuntimeError> {
+        let mut rx = self
+            .workloads
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|w| w.exit.subscribe())
+            .ok_or_else(|| RuntimeError::NotRunning(id.clone()))?;
+        loop {
+            if let Some(info) = rx.borrow_and_update().clone() {
+                return Ok(info);
+            }
+            if rx.changed().await.is_err() {
+                return Err(RuntimeError::NotRunning(id.clone()));
+            }
+        }
+    }
+
+    async fn observe(&self, id: &MachineId) -> Result<Observed, RuntimeError> {
+        self.record(Call::Observe(id.clone()));
+        if let Some(o) = self.observed.lock().unwrap().remove(id) {
+            return Ok(o);
+        }
+        let workloads = self.workloads.lock().unwrap();
+        Ok(match workloads.get(id) {
+            Some(w) => match w.exit.borrow().clone() {
+                None => Observed::Running,
+                Some(info) => Observed::Exited(info),
+            },
+            None => Observed::Absent,
+        })
+    }
+
+    async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        self.record(Call::Cleanup(id.clone()));
+        if let Some(w) = self.workloads.lock().unwrap().remove(id) {
+            if w.exit.borrow().is_none() {
+                let _ = w.exit.send(Some(exit_code(137, Some(9))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        self.record(Call::Destroy(id.clone()));
+        if let Some(w) = self.workloads.lock().unwrap().remove(id) {
+            let _ = w.exit.send(Some(exit_code(137, Some(9))));
+        }
+        Ok(())
+    }
+
+    fn log_path(&self, _id: &MachineId) -> Option<PathBuf> {
+        None
+    }
+}
