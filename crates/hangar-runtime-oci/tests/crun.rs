@@ -34,6 +34,29 @@ async fn env() -> Env {
     Env { dir, image }
 }
 
+/// A failing test must not leave containers, shims or mounts behind.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Ok(rd) = std::fs::read_dir(self.dir.path().join("machines")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let crun = |args: &[&str]| {
+                let _ = std::process::Command::new("crun")
+                    .arg("--root")
+                    .arg(self.dir.path().join("run"))
+                    .args(args)
+                    .output();
+            };
+            crun(&["kill", &id, "KILL"]);
+            std::thread::sleep(Duration::from_millis(100));
+            crun(&["delete", "--force", &id]);
+            let _ = hangar_runtime_oci::fsutil::unmount(&e.path().join("bundle/rootfs"));
+        }
+    }
+}
+
 fn runtime(dir: &Path) -> OciRuntime {
     OciRuntime::new(OciConfig {
         flavor: OciFlavor::Crun,
