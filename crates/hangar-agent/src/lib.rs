@@ -1,1 +1,520 @@
-//! hangar-agent
+//! Hangar's host agent: the machines of this host, their records in SQLite,
+//! and one runner task per machine (see [`runner`]) that alone changes that
+//! machine's state.
+//!
+//! Reads (get, list, events) come straight from the database, which every
+//! runner updates before it answers, so a machine is visible and current the
+//! instant a request that changed it returns. Writes go to the machine's
+//! runner as messages. At startup every machine that is not destroyed gets
+//! its runner back; the runner first asks the runtime what exists and
+//! resumes from there, so recovery after a crash of `hangard` takes the same
+//! path as everything else.
+
+#![forbid(unsafe_code)]
+
+pub mod images;
+mod runner;
+pub mod spec;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hangar_api_types::MachineConfig;
+use hangar_core::machine::{self, Machine as MachineCore};
+use hangar_core::{AppName, InstanceId, MachineId, MachineState, Signal};
+use hangar_runtime::Runtime;
+use tokio::sync::oneshot;
+
+pub use images::{ImageSource, ResolvedImage};
+pub use runner::Status;
+use runner::{Handle, Msg, Runner};
+pub use store::{AppRecord, EventRow, MachineRecord, Store};
+
+/// What can go wrong, by the HTTP status it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// 400: the request is malformed or a field is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 408: a wait ran out.
+    #[error("{0}")]
+    Timeout(String),
+    /// 409: a name is taken, or the resource is busy.
+    #[error("{0}")]
+    Conflict(String),
+    /// 412: the machine's state does not allow the request.
+    #[error("failed_precondition: {0}")]
+    Precondition(String),
+    /// 422: valid but unprocessable (e.g. a region this host lacks).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 500: the host failed; details are logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The data directory (the database lives here).
+    pub data_dir: PathBuf,
+    /// This host's region code.
+    pub region: String,
+}
+
+/// The one organization of a single-host installation.
+pub const DEFAULT_ORG: &str = "personal";
+
+/// State shared by the agent and its runners.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub runtime: Arc<dyn Runtime>,
+    pub images: Arc<dyn ImageSource>,
+    runners: Mutex<HashMap<MachineId, Handle>>,
+}
+
+impl Shared {
+    pub(crate) fn forget_runner(&self, id: &MachineId) {
+        self.runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    fn runner(&self, id: &MachineId) -> Option<Handle> {
+        self.runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// A new machine.
+#[derive(Debug, Clone, Default)]
+pub struct NewMachine {
+    /// Its config (image required).
+    pub config: MachineConfig,
+    /// Name; generated when absent.
+    pub name: Option<String>,
+    /// Region; this host's when absent.
+    pub region: Option<String>,
+    /// Create without starting.
+    pub skip_launch: bool,
+}
+
+/// A state a waiter can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// This state.
+    State(MachineState),
+    /// Any state that is not transient.
+    Settled,
+}
+
+impl WaitFor {
+    /// Parses Fly's names (`started`, `stopped`, `destroyed`, `failed`,
+    /// `settled`, and any other state name).
+    pub fn parse(s: &str) -> Option<WaitFor> {
+        if s == "settled" {
+            return Some(WaitFor::Settled);
+        }
+        MachineState::parse(s).map(WaitFor::State)
+    }
+
+    fn matches(self, s: MachineState) -> bool {
+        match self {
+            WaitFor::State(want) => want == s,
+            WaitFor::Settled => matches!(
+                s,
+                MachineState::Started
+                    | MachineState::Stopped
+                    | MachineState::Failed
+                    | MachineState::Destroyed
+            ),
+        }
+    }
+}
+
+/// The agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    shared: Arc<Shared>,
+    region: String,
+}
+
+impl Agent {
+    /// Opens the database and resumes every machine that is not destroyed.
+    pub async fn open(
+        cfg: AgentConfig,
+        runtime: Arc<dyn Runtime>,
+        images: Arc<dyn ImageSource>,
+    ) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            AgentError::Internal(format!("creating {}: {e}", cfg.data_dir.display()))
+        })?;
+        let store = Store::open(&cfg.data_dir.join("hangar.db"))?;
+        let shared = Arc::new(Shared {
+            store,
+            runtime,
+            images,
+            runners: Mutex::new(HashMap::new()),
+        });
+        let live = shared.store.live_machines()?;
+        tracing::info!(machines = live.len(), "resuming machines");
+        for rec in live {
+            let last = shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);
+            let id = rec.id.clone();
+            let handle = Runner::spawn(rec, shared.clone(), last);
+            shared
+                .runners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, handle);
+        }
+        Ok(Agent {
+            shared,
+            region: cfg.region,
+        })
+    }
+
+    /// This host's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The database (for read-only views).
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Stops every runner; the machines themselves keep running.
+    pub async fn shutdown(&self) {
+        let handles: Vec<Handle> = self
+            .shared
+            .runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for h in handles {
+            let _ = h.tx.send(Msg::Shutdown).await;
+        }
+    }
+
+    // ---- apps -------------------------------------------------------------------
+
+    /// Creates an app.
+    pub fn create_app(
+        &self,
+        name: &str,
+        org_slug: Option<&str>,
+        network: Option<&str>,
+    ) -> Result<AppRecord, AgentError> {
+        let name: AppName = name
+            .parse()
+            .map_err(|e: hangar_core::ids::IdError| AgentError::InvalidArgument(e.to_string()))?;
+        let org = org_slug.filter(|o| !o.is_empty()).unwrap_or(DEFAULT_ORG);
+        if org != DEFAULT_ORG {
+            return Err(AgentError::NotFound(format!(
+                "organization {org:?} not found; this installation has only {DEFAULT_ORG:?}"
+            )));
+        }
+        let rec = AppRecord {
+            id: random_app_id(),
+            name: name.to_string(),
+            org_slug: org.to_owned(),
+            network: network
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default")
+                .to_owned(),
+            internal_numeric_id: rand::random_range(1..i64::from(i32::MAX)),
+            created_at: store::now_rfc3339(),
+            machine_count: 0,
+        };
+        self.shared.store.insert_app(&rec)?;
+        Ok(rec)
+    }
+
+    /// An app by name.
+    pub fn get_app(&self, name: &str) -> Result<AppRecord, AgentError> {
+        self.shared
+            .store
+            .get_app(name)?
+            .ok_or_else(|| AgentError::NotFound(format!("app {name} not found")))
+    }
+
+    /// The apps of an organization.
+    pub fn list_apps(&self, org_slug: &str) -> Result<Vec<AppRecord>, AgentError> {
+        self.shared.store.list_apps(org_slug)
+    }
+
+    /// The app's status: `pending` until it has had a machine, then
+    /// `deployed`.
+    pub fn app_status(&self, name: &str) -> Result<String, AgentError> {
+        self.shared.store.app_status(name)
+    }
+
+    /// Deletes an app. With machines left it refuses, unless `force`, which
+    /// destroys them first.
+    pub async fn delete_app(&self, name: &str, force: bool) -> Result<(), AgentError> {
+        let app = self.get_app(name)?;
+        let machines = self.shared.store.list_machines(&app.name, false)?;
+        if !machines.is_empty() && !force {
+            return Err(AgentError::Precondition(format!(
+                "app {name} has {} machines; destroy them first or use force=true",
+                machines.len()
+            )));
+        }
+        for m in &machines {
+            self.destroy_machine(name, m.id.as_str(), true).await?;
+        }
+        for m in &machines {
+            self.wait_machine(
+                name,
+                m.id.as_str(),
+                &[WaitFor::State(MachineState::Destroyed)],
+                Duration::from_secs(60),
+            )
+            .await?;
+        }
+        self.shared.store.delete_app(name)
+    }
+
+    // ---- machines ----------------------------------------------------------------
+
+    /// Creates a machine and starts it (unless `skip_launch`). Returns once
+    /// the machine is recorded; preparing and starting continue in its runner.
+    pub async fn create_machine(
+        &self,
+        app: &str,
+        req: NewMachine,
+    ) -> Result<MachineRecord, AgentError> {
+        let app = self.get_app(app)?;
+        let config = spec::normalize(req.config)?;
+        let image_ref = self
+            .shared
+            .images
+            .parse(&config.image)
+            .map_err(AgentError::InvalidArgument)?;
+        let region = match req
+            .region
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+        {
+            None => self.region.clone(),
+            Some(r) if r == self.region => r.to_owned(),
+            Some(r) => {
+                return Err(AgentError::Unprocessable(format!(
+                    "Region '{r}' cannot host your machine: this installation has region '{}'",
+                    self.region
+                )));
+            }
+        };
+        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) if hangar_core::names::valid_machine_name(n) => n.to_owned(),
+            Some(n) => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "invalid machine name {n:?}: use up to 63 letters, digits, dashes and underscores"
+                )));
+            }
+            None => hangar_core::names::generate(),
+        };
+        let now = store::now_rfc3339();
+        let rec = MachineRecord {
+            id: MachineId::generate(),
+            app: app.name.clone(),
+            name,
+            region,
+            core: MachineCore::new(!req.skip_launch),
+            instance_id: InstanceId::generate().to_string(),
+            config,
+            image_ref: Some(image_ref),
+            private_ip: String::new(),
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let event = store::NewEvent {
+            kind: "launch".into(),
+            status: MachineState::Created.as_str().into(),
+            source: "user".into(),
+            request: None,
+        };
+        self.shared.store.insert_machine(&rec, &event)?;
+        let last = self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);
+        let handle = Runner::spawn(rec.clone(), self.shared.clone(), last);
+        self.shared
+            .runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), handle);
+        tracing::info!(machine = %rec.id, app = %rec.app, image = %rec.config.image, "machine created");
+        Ok(rec)
+    }
+
+    /// A machine of an app.
+    pub fn get_machine(&self, app: &str, id: &str) -> Result<MachineRecord, AgentError> {
+        self.get_app(app)?;
+        self.shared
+            .store
+            .get_machine(app, id)?
+            .ok_or_else(|| AgentError::NotFound(format!("machine {id} not found")))
+    }
+
+    /// An app's machines.
+    pub fn list_machines(
+        &self,
+        app: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<MachineRecord>, AgentError> {
+        self.get_app(app)?;
+        self.shared.store.list_machines(app, include_deleted)
+    }
+
+    /// A machine's events, newest first.
+    pub fn machine_events(
+        &self,
+        app: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, AgentError> {
+        let m = self.get_machine(app, id)?;
+        self.shared.store.events(&m.id, limit)
+    }
+
+    /// Sends a request to the machine's runner; a machine without one (it is
+    /// destroyed) answers from its record.
+    async fn request(
+        &self,
+        app: &str,
+        id: &str,
+        input: machine::Input,
+        msg: impl FnOnce(runner::Reply) -> Msg,
+    ) -> Result<MachineState, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        if let Some(h) = self.shared.runner(&rec.id) {
+            let (tx, rx) = oneshot::channel();
+            if h.tx.send(msg(tx)).await.is_ok() {
+                if let Ok(r) = rx.await {
+                    return r;
+                }
+            }
+        }
+        let rec = self.get_machine(app, id)?;
+        machine::apply(&rec.core, &spec::policy(&rec.config), input)
+            .map(|_| rec.core.state)
+            .map_err(|d| AgentError::Precondition(d.to_string()))
+    }
+
+    /// Starts a machine; returns the state it was in.
+    pub async fn start_machine(&self, app: &str, id: &str) -> Result<MachineState, AgentError> {
+        self.request(app, id, machine::Input::Start, Msg::Start)
+            .await
+    }
+
+    /// Stops a machine with an optional signal and timeout.
+    pub async fn stop_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Option<Signal>,
+        timeout: Option<Duration>,
+    ) -> Result<MachineState, AgentError> {
+        self.request(app, id, machine::Input::Stop { signal, timeout }, |reply| {
+            Msg::Stop {
+                signal,
+                timeout,
+                reply,
+            }
+        })
+        .await
+    }
+
+    /// Destroys a machine (`force` kills a running one).
+    pub async fn destroy_machine(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+    ) -> Result<MachineState, AgentError> {
+        self.request(app, id, machine::Input::Destroy { force }, |reply| {
+            Msg::Destroy { force, reply }
+        })
+        .await
+    }
+
+    /// Waits until the machine is in one of `states`, for at most `timeout`.
+    pub async fn wait_machine(
+        &self,
+        app: &str,
+        id: &str,
+        states: &[WaitFor],
+        timeout: Duration,
+    ) -> Result<Status, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        let want = |s: MachineState| states.iter().any(|w| w.matches(s));
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(h) = self.shared.runner(&rec.id) {
+            let mut rx = h.status.clone();
+            loop {
+                let st = rx.borrow_and_update().clone();
+                if want(st.state) {
+                    return Ok(st);
+                }
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    // The runner is gone (destroyed): the record is final.
+                    Ok(Err(_)) => break,
+                    Err(_) => return Err(timeout_error(states, st.state)),
+                }
+            }
+        }
+        let rec = self.get_machine(app, id)?;
+        let status = Status {
+            state: rec.core.state,
+            instance_id: rec.instance_id.clone(),
+            last_event: self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id),
+        };
+        if want(status.state) {
+            Ok(status)
+        } else {
+            Err(timeout_error(states, status.state))
+        }
+    }
+
+    /// Where the machine's log is, if the runtime keeps one.
+    pub fn log_path(&self, app: &str, id: &str) -> Result<Option<PathBuf>, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        Ok(self.shared.runtime.log_path(&rec.id))
+    }
+}
+
+fn timeout_error(states: &[WaitFor], current: MachineState) -> AgentError {
+    let want: Vec<&str> = states
+        .iter()
+        .map(|w| match w {
+            WaitFor::State(s) => s.as_str(),
+            WaitFor::Settled => "settled",
+        })
+        .collect();
+    AgentError::Timeout(format!(
+        "deadline_exceeded: machine failed to reach desired state, {}, currently {}",
+        want.join(","),
+        current
+    ))
+}
+
+fn random_app_id() -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    (0..16)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

@@ -1,1 +1,461 @@
-//! hangar-api-types
+//! Fly Machines API wire types, as `hangard` accepts and emits them.
+//!
+//! Field names and shapes follow Fly's OpenAPI document
+//! (`https://docs.machines.dev/spec/openapi3.json`) and what `fly-go` sends.
+//! Inputs are liberal (unknown fields, JSON nulls, numbers where strings are
+//! expected); outputs are strict (spec names only, absent rather than null).
+//!
+//! A machine's `config` must round-trip losslessly: clients GET it, edit one
+//! field and POST it back whole. The fields Hangar interprets are typed; every
+//! other field, at every level that has a typed struct, is kept verbatim in
+//! the struct's `extra` map and emitted again as received.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use hangar_core::GoDuration;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+/// Extra (uninterpreted) fields of an object, kept as received. JSON nulls
+/// are dropped: to Go clients a null and an absent field mean the same.
+pub type Extra = Map<String, Value>;
+
+fn drop_nulls<'de, D: Deserializer<'de>>(d: D) -> Result<Extra, D::Error> {
+    let mut m = Extra::deserialize(d)?;
+    m.retain(|_, v| !v.is_null());
+    Ok(m)
+}
+
+/// A string-to-string map that also takes numbers and booleans as values
+/// (`{"PORT": 8080}`), as a hand-written client may send them.
+fn loose_string_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    let raw: Option<BTreeMap<String, Value>> = Option::deserialize(d)?;
+    raw.map(|m| {
+        m.into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                Value::Number(n) => Ok((k, n.to_string())),
+                Value::Bool(b) => Ok((k, b.to_string())),
+                Value::Null => Ok((k, String::new())),
+                _ => Err(serde::de::Error::custom(format!(
+                    "value of {k:?} must be a string"
+                ))),
+            })
+            .collect()
+    })
+    .transpose()
+}
+
+/// `config.init`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineInit {
+    /// Replaces the image's ENTRYPOINT and CMD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's CMD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// Allocate a TTY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// Swap size (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_size_mb: Option<i64>,
+    /// Kernel arguments (microVMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_args: Option<Vec<String>>,
+    /// Other fields, kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    pub extra: Extra,
+}
+
+/// `config.guest`: the machine's size.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineGuest {
+    /// `shared` or `performance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_kind: Option<String>,
+    /// Number of vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<i64>,
+    /// Memory in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    /// GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<i64>,
+    /// GPU model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_kind: Option<String>,
+    /// Other fields, kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    pub extra: Extra,
+}
+
+/// `config.restart`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineRestart {
+    /// `no`, `always`, `on-failure` or `spot-price`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Restarts in a row for `on-failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i64>,
+    /// Other fields, kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    pub extra: Extra,
+}
+
+/// `config.stop_config`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopConfig {
+    /// Signal name (`SIGINT` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Time before SIGKILL (`"5s"` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// Other fields, kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    pub extra: Extra,
+}
+
+/// A machine's configuration (`fly.MachineConfig`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    /// The OCI image to run.
+    #[serde(default)]
+    pub image: String,
+    /// Environment variables.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "loose_string_map"
+    )]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Process overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<MachineInit>,
+    /// Size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<MachineGuest>,
+    /// User metadata.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "loose_string_map"
+    )]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<MachineRestart>,
+    /// Destroy once the main process has exited for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_destroy: Option<bool>,
+    /// How to stop the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_config: Option<StopConfig>,
+    /// `hourly`, `daily`, `weekly` or `monthly`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Deprecated size preset (e.g. `shared-cpu-1x`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Every other field of Fly's config (services, checks, mounts, files,
+    /// dns, processes, statics, metrics, ...), kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    pub extra: Extra,
+}
+
+/// `image_ref` of a machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// Registry host.
+    pub registry: String,
+    /// Repository.
+    pub repository: String,
+    /// Tag.
+    pub tag: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Image labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A machine event (`MachineEvent`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineEvent {
+    /// ULID.
+    pub id: String,
+    /// `launch`, `start`, `stop`, `exit`, `destroy`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The state the machine went to.
+    pub status: String,
+    /// `user` or `flyd`.
+    pub source: String,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    /// Details, e.g. `exit_event`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Value>,
+}
+
+/// A health check result (`CheckStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// Check name.
+    pub name: String,
+    /// `passing`, `warning` or `critical`.
+    pub status: String,
+    /// Last output.
+    pub output: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// A machine (`Machine`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// 14 hex characters.
+    pub id: String,
+    /// Unique within the app.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: String,
+    /// Region code.
+    pub region: String,
+    /// Current version (ULID).
+    pub instance_id: String,
+    /// Same as `instance_id` (newer name).
+    pub version: String,
+    /// Private (6PN) address, when networking is configured.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub private_ip: String,
+    /// Configuration (absent in summaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<MachineConfig>,
+    /// The image actually running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<ImageRef>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Recent events, newest first (absent in summaries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<MachineEvent>>,
+    /// Health checks (absent when the machine has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<CheckStatus>>,
+    /// `ok` while the host answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_status: Option<String>,
+    /// Lease nonce, only on create with `lease_ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// `POST /apps/{app}/machines` body (`CreateMachineRequest`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateMachineRequest {
+    /// The configuration; `image` is required.
+    #[serde(default)]
+    pub config: Option<MachineConfig>,
+    /// Unique name; generated when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Region; this host's when absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Create without starting; settles in `stopped`.
+    #[serde(default)]
+    pub skip_launch: Option<bool>,
+    /// Acquire a lease of this many seconds.
+    #[serde(default)]
+    pub lease_ttl: Option<i64>,
+    /// Fields Hangar does not use yet, accepted and ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `POST /apps` body (`CreateAppRequest`; `app_name` as in Fly's docs).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateAppRequest {
+    /// App name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// App name, as Fly's docs spell it.
+    #[serde(default)]
+    pub app_name: Option<String>,
+    /// Organization slug.
+    #[serde(default)]
+    pub org_slug: Option<String>,
+    /// Private network name.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Other fields, accepted and ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// An organization as apps report it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppOrganization {
+    /// Display name.
+    pub name: String,
+    /// Slug.
+    pub slug: String,
+    /// Numeric id.
+    pub internal_numeric_id: i64,
+}
+
+/// An app (`App`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `pending` (no machines yet) or `deployed`.
+    pub status: String,
+    /// Private network.
+    pub network: String,
+    /// Numeric id.
+    pub internal_numeric_id: i64,
+    /// Machines (not destroyed).
+    pub machine_count: i64,
+    /// Volumes.
+    pub volume_count: i64,
+    /// Owner.
+    pub organization: AppOrganization,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `GET /apps` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListAppsResponse {
+    /// Count.
+    pub total_apps: i64,
+    /// Apps.
+    pub apps: Vec<App>,
+}
+
+/// `POST .../stop` body (`StopRequest`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StopRequest {
+    /// Signal name or number.
+    #[serde(default)]
+    pub signal: Option<Value>,
+    /// Go duration string or nanoseconds.
+    #[serde(default)]
+    pub timeout: Option<Value>,
+    /// Other fields (fly-go sends `id`), ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `GET .../wait` response (`WaitMachineResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitMachineResponse {
+    /// Always true.
+    pub ok: bool,
+    /// The state reached.
+    pub state: String,
+    /// The machine's version.
+    pub version: String,
+    /// The newest event's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+/// `POST .../start` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartResponse {
+    /// State before the start.
+    pub previous_state: String,
+    /// Always false here.
+    pub migrated: bool,
+    /// Always empty here.
+    pub new_host: String,
+}
+
+/// `{"ok": true}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OkResponse {
+    /// Always true.
+    pub ok: bool,
+}
+
+/// The error body (`ErrorResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: String,
+    /// Machine-readable status (`unknown`, `insufficient_capacity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+/// An image in Hangar's store (API extension, `GET /v1/images`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// The name it is filed under.
+    pub name: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// `registry` or `import`.
+    pub source: String,
+    /// Number of layers.
+    pub layers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_roundtrips_unknown_fields_at_every_level() {
+        let input = serde_json::json!({
+            "image": "nginx",
+            "env": {"PORT": 8080, "NAME": "x"},
+            "init": {"cmd": ["a"], "future_flag": 1},
+            "guest": {"cpus": 2, "memory_mb": 512, "cpu_kind": "shared", "persist_rootfs": "always"},
+            "restart": {"policy": "always", "gpu_bid_price": 1.5},
+            "stop_config": {"signal": "SIGTERM", "timeout": 10000000000u64},
+            "services": [{"internal_port": 80, "ports": [{"port": 443, "handlers": ["tls", "http"]}]}],
+            "mounts": [{"volume": "vol_x", "path": "/data"}],
+            "brand_new_field": {"nested": true},
+            "dns": null,
+        });
+        let c: MachineConfig = serde_json::from_value(input).unwrap();
+        assert_eq!(c.env.as_ref().unwrap()["PORT"], "8080");
+        let out = serde_json::to_value(&c).unwrap();
+        assert_eq!(out["init"]["future_flag"], 1);
+        assert_eq!(out["guest"]["persist_rootfs"], "always");
+        assert_eq!(out["restart"]["gpu_bid_price"], 1.5);
+        assert_eq!(out["stop_config"]["timeout"], "10s");
+        assert_eq!(out["services"][0]["ports"][0]["handlers"][1], "http");
+        assert_eq!(out["brand_new_field"]["nested"], true);
+        assert!(out.get("dns").is_none());
+        // And once more: stable.
+        let again: MachineConfig = serde_json::from_value(out.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&again).unwrap(), out);
+    }
+
+    #[test]
+    fn bad_env_values_are_refused() {
+        let r: Result<MachineConfig, _> =
+            serde_json::from_value(serde_json::json!({"image": "x", "env": {"A": [1]}}));
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! The agent's view of images: a trait so tests can use an in-memory source,
+//! implemented for Hangar's real image store.
+
+use std::path::PathBuf;
+
+use hangar_api_types::ImageRef;
+use hangar_core::process::ImageProcess;
+
+/// An image ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedImage {
+    /// What the machine reports as `image_ref`.
+    pub image_ref: ImageRef,
+    /// Process defaults.
+    pub process: ImageProcess,
+    /// Unpacked layers, bottom first.
+    pub layers: Vec<PathBuf>,
+}
+
+/// Where images come from.
+#[async_trait::async_trait]
+pub trait ImageSource: Send + Sync + 'static {
+    /// Checks a reference without fetching anything; returns the
+    /// `image_ref` a new machine starts with (digest empty unless pinned).
+    fn parse(&self, image: &str) -> Result<ImageRef, String>;
+
+    /// Makes the image available locally (pulling if needed).
+    async fn resolve(&self, image: &str) -> Result<ResolvedImage, String>;
+}
+
+#[async_trait::async_trait]
+impl ImageSource for hangar_image::ImageStore {
+    fn parse(&self, image: &str) -> Result<ImageRef, String> {
+        let n = hangar_image::ImageName::parse(image).map_err(|e| e.to_string())?;
+        Ok(ImageRef {
+            registry: n.registry,
+            repository: n.repository,
+            tag: n.tag.unwrap_or_default(),
+            digest: n.digest.unwrap_or_default(),
+            labels: Default::default(),
+        })
+    }
+
+    async fn resolve(&self, image: &str) -> Result<ResolvedImage, String> {
+        let img = hangar_image::ImageStore::resolve(self, image)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ResolvedImage {
+            image_ref: ImageRef {
+                registry: img.registry.clone(),
+                repository: img.repository.clone(),
+                tag: img.tag.clone().unwrap_or_default(),
+                digest: img.digest.clone(),
+                labels: img.config.labels.clone(),
+            },
+            process: ImageProcess {
+                entrypoint: img.config.entrypoint.clone(),
+                cmd: img.config.cmd.clone(),
+                env: img.config.env.clone(),
+                working_dir: img.config.working_dir.clone(),
+                user: img.config.user.clone(),
+            },
+            layers: img.layers,
+        })
+    }
+}

@@ -1,0 +1,453 @@
+//! One task per machine: the only code that changes a machine's state.
+//!
+//! ```text
+//!   API handlers ──Msg::{Start,Stop,Destroy} + oneshot reply──►┐
+//!   prepare task ──Msg::Prepared{gen}──────────────────────────►│ Runner
+//!   exit watcher ──Msg::Exited{gen}────────────────────────────►│  apply() → commit → reply → effects
+//!   timers (in the runner's select loop) ──────────────────────►┘
+//!                                   │
+//!                                   └─ watch::Sender<Status> ──► wait endpoint, list
+//! ```
+//!
+//! For each input the runner calls [`hangar_core::machine::apply`], commits
+//! the new state and its events to SQLite, publishes the new status, answers
+//! the request (if any), and only then carries out the effects, in order.
+//! Effects that finish quickly (start, signal, cleanup, destroy) run inline and
+//! feed their outcome back as the next input; slow ones (image pulls) and
+//! waits (process exits) run in tasks that post a message back, tagged with a
+//! generation so that an answer to a cancelled effect is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_core::machine::{self, Effect, EventRecord, Input, Observed, Source, Timer};
+use hangar_core::{ExitInfo, MachineState, Signal};
+use hangar_runtime::WorkloadSpec;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::images::ResolvedImage;
+use crate::store::{MachineRecord, NewEvent};
+use crate::{AgentError, Shared, spec};
+
+/// A reply to a request: the state before it.
+pub(crate) type Reply = oneshot::Sender<Result<MachineState, AgentError>>;
+
+/// Messages to a runner.
+pub(crate) enum Msg {
+    Start(Reply),
+    Stop {
+        signal: Option<Signal>,
+        timeout: Option<Duration>,
+        reply: Reply,
+    },
+    Destroy {
+        force: bool,
+        reply: Reply,
+    },
+    Prepared {
+        generation: u64,
+        result: Result<ResolvedImage, String>,
+    },
+    Exited {
+        generation: u64,
+        info: ExitInfo,
+    },
+    Shutdown,
+}
+
+/// What the runner publishes after every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Current state.
+    pub state: MachineState,
+    /// Current version.
+    pub instance_id: String,
+    /// Newest event id.
+    pub last_event: Option<String>,
+}
+
+/// How others reach a runner.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub tx: mpsc::Sender<Msg>,
+    pub status: watch::Receiver<Status>,
+}
+
+pub(crate) struct Runner {
+    rec: MachineRecord,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Msg>,
+    tx: mpsc::Sender<Msg>,
+    status: watch::Sender<Status>,
+    image: Option<ResolvedImage>,
+    prepare: Option<JoinHandle<()>>,
+    prepare_gen: u64,
+    exit_gen: u64,
+    timers: HashMap<Timer, Instant>,
+}
+
+impl Runner {
+    /// Starts the runner task for `rec`; `last_event` seeds its status.
+    pub(crate) fn spawn(
+        rec: MachineRecord,
+        shared: Arc<Shared>,
+        last_event: Option<String>,
+    ) -> Handle {
+        let (tx, rx) = mpsc::channel(64);
+        let (status, status_rx) = watch::channel(Status {
+            state: rec.core.state,
+            instance_id: rec.instance_id.clone(),
+            last_event,
+        });
+        let runner = Runner {
+            rec,
+            shared,
+            rx,
+            tx: tx.clone(),
+            status,
+            image: None,
+            prepare: None,
+            prepare_gen: 0,
+            exit_gen: 0,
+            timers: HashMap::new(),
+        };
+        tokio::spawn(runner.run());
+        Handle {
+            tx,
+            status: status_rx,
+        }
+    }
+
+    async fn run(mut self) {
+        let id = self.rec.id.clone();
+        let observed = match self.shared.runtime.observe(&id).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(machine = %id, error = %e, "cannot observe the machine's workload");
+                Observed::Absent
+            }
+        };
+        if observed != Observed::Absent {
+            tracing::info!(machine = %id, state = %self.rec.core.state, ?observed, "adopting workload");
+        }
+        self.handle(Input::Resume(observed), None).await;
+
+        while self.rec.core.state != MachineState::Destroyed {
+            let next = self
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(t, at)| (*t, *at));
+            let msg = tokio::select! {
+                m = self.rx.recv() => m,
+                _ = sleep_until(next.map(|(_, at)| at)) => {
+                    if let Some((timer, _)) = next {
+                        self.timers.remove(&timer);
+                        self.handle(Input::TimerFired(timer), None).await;
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                None | Some(Msg::Shutdown) => break,
+                Some(Msg::Start(reply)) => self.handle(Input::Start, Some(reply)).await,
+                Some(Msg::Stop {
+                    signal,
+                    timeout,
+                    reply,
+                }) => {
+                    self.handle(Input::Stop { signal, timeout }, Some(reply))
+                        .await
+                }
+                Some(Msg::Destroy { force, reply }) => {
+                    self.handle(Input::Destroy { force }, Some(reply)).await
+                }
+                Some(Msg::Prepared { generation, result }) => {
+                    if generation != self.prepare_gen {
+                        continue;
+                    }
+                    self.prepare = None;
+                    let input = match result {
+                        Ok(img) => {
+                            self.remember_image(img);
+                            Input::Prepared
+                        }
+                        Err(e) => Input::PrepareFailed(e),
+                    };
+                    self.handle(input, None).await;
+                }
+                Some(Msg::Exited { generation, info }) => {
+                    if generation == self.exit_gen {
+                        self.handle(Input::WorkloadExited(info), None).await;
+                    }
+                }
+            }
+        }
+        if let Some(p) = self.prepare.take() {
+            p.abort();
+        }
+        if self.rec.core.state == MachineState::Destroyed {
+            self.shared.forget_runner(&id);
+        }
+    }
+
+    fn remember_image(&mut self, img: ResolvedImage) {
+        if self.rec.image_ref.as_ref() != Some(&img.image_ref) {
+            if let Err(e) = self
+                .shared
+                .store
+                .set_image_ref(&self.rec.id, &img.image_ref)
+            {
+                tracing::error!(machine = %self.rec.id, error = %e, "cannot record image_ref");
+            }
+            self.rec.image_ref = Some(img.image_ref.clone());
+        }
+        self.image = Some(img);
+    }
+
+    /// Applies `first` and every input its effects produce.
+    async fn handle(&mut self, first: Input, mut reply: Option<Reply>) {
+        let mut queue = VecDeque::from([first]);
+        while let Some(input) = queue.pop_front() {
+            let policy = spec::policy(&self.rec.config);
+            let before = self.rec.core.state;
+            let t = match machine::apply(&self.rec.core, &policy, input) {
+                Ok(t) => t,
+                Err(denied) => {
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(Err(AgentError::Precondition(denied.to_string())));
+                    }
+                    continue;
+                }
+            };
+            if !t.is_noop(&self.rec.core) {
+                let events: Vec<NewEvent> = t.events.iter().map(new_event).collect();
+                match self
+                    .shared
+                    .store
+                    .commit_transition(&self.rec.id, &t.machine, &events)
+                {
+                    Ok(last) => {
+                        self.rec.core = t.machine.clone();
+                        let state = self.rec.core.state;
+                        self.status.send_modify(|s| {
+                            s.state = state;
+                            if !last.is_empty() {
+                                s.last_event = Some(last);
+                            }
+                        });
+                        if before != state {
+                            tracing::info!(machine = %self.rec.id, from = %before, to = %state, "state");
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing happened: no effects without a commit.
+                        tracing::error!(machine = %self.rec.id, error = %e, "cannot commit transition");
+                        if let Some(r) = reply.take() {
+                            let _ = r.send(Err(e));
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(r) = reply.take() {
+                let _ = r.send(Ok(before));
+            }
+            for effect in t.effects {
+                if let Some(next) = self.execute(effect).await {
+                    queue.push_back(next);
+                }
+            }
+        }
+    }
+
+    async fn execute(&mut self, effect: Effect) -> Option<Input> {
+        let id = self.rec.id.clone();
+        let rt = self.shared.runtime.clone();
+        match effect {
+            Effect::PrepareImage => {
+                self.prepare_gen += 1;
+                let reference = self.image_reference();
+                // The image this machine ran before is still at hand.
+                if let Some(img) = &self.image {
+                    if pinned(&img.image_ref) == reference {
+                        return Some(Input::Prepared);
+                    }
+                }
+                let images = self.shared.images.clone();
+                let tx = self.tx.clone();
+                let generation = self.prepare_gen;
+                self.prepare = Some(tokio::spawn(async move {
+                    let result = images.resolve(&reference).await;
+                    let _ = tx.send(Msg::Prepared { generation, result }).await;
+                }));
+                None
+            }
+            Effect::CancelPrepare => {
+                self.prepare_gen += 1;
+                if let Some(p) = self.prepare.take() {
+                    p.abort();
+                }
+                None
+            }
+            Effect::StartWorkload => {
+                let spec = match self.workload_spec() {
+                    Ok(s) => s,
+                    Err(e) => return Some(Input::WorkloadStartFailed(e)),
+                };
+                match rt.start(&spec).await {
+                    Ok(()) => {
+                        self.watch_exit();
+                        Some(Input::WorkloadStarted)
+                    }
+                    Err(e) => Some(Input::WorkloadStartFailed(e.to_string())),
+                }
+            }
+            Effect::WatchExit => {
+                self.watch_exit();
+                None
+            }
+            Effect::Signal(sig) => {
+                if let Err(e) = rt.signal(&id, sig).await {
+                    tracing::debug!(machine = %id, error = %e, "signal not delivered");
+                }
+                None
+            }
+            Effect::CleanupWorkload => {
+                self.exit_gen += 1;
+                if let Err(e) = rt.cleanup(&id).await {
+                    tracing::error!(machine = %id, error = %e, "cleanup failed");
+                }
+                None
+            }
+            Effect::DestroyWorkload => {
+                self.exit_gen += 1;
+                match rt.destroy(&id).await {
+                    Ok(()) => Some(Input::WorkloadDestroyed),
+                    Err(e) => Some(Input::WorkloadDestroyFailed(e.to_string())),
+                }
+            }
+            Effect::ArmTimer(timer, after) => {
+                self.timers.insert(timer, Instant::now() + after);
+                None
+            }
+            Effect::CancelTimer(timer) => {
+                self.timers.remove(&timer);
+                None
+            }
+        }
+    }
+
+    /// The reference to prepare: the digest pulled before, so that a
+    /// machine keeps running the image it was created with (and restarts
+    /// need no registry), else the configured name.
+    fn image_reference(&self) -> String {
+        match &self.rec.image_ref {
+            Some(r) if !r.digest.is_empty() => pinned(r),
+            _ => self.rec.config.image.clone(),
+        }
+    }
+
+    fn watch_exit(&mut self) {
+        self.exit_gen += 1;
+        let generation = self.exit_gen;
+        let rt = self.shared.runtime.clone();
+        let tx = self.tx.clone();
+        let id = self.rec.id.clone();
+        tokio::spawn(async move {
+            let info = rt.wait(&id).await.unwrap_or_else(|e| ExitInfo {
+                exit_code: -1,
+                exited_at_ms: crate::store::now_ms(),
+                error: Some(e.to_string()),
+                ..ExitInfo::default()
+            });
+            let _ = tx.send(Msg::Exited { generation, info }).await;
+        });
+    }
+
+    fn workload_spec(&self) -> Result<WorkloadSpec, String> {
+        let img = self
+            .image
+            .as_ref()
+            .ok_or_else(|| "the image is not prepared".to_string())?;
+        let c = &self.rec.config;
+        let resources = spec::resources(c);
+        let reserved = spec::Reserved {
+            app: &self.rec.app,
+            machine_id: self.rec.id.as_str(),
+            region: &self.rec.region,
+            image: &c.image,
+            version: &self.rec.instance_id,
+            memory_mb: resources.memory_mb,
+            metadata: c.metadata.as_ref(),
+        };
+        let process = hangar_core::process::resolve(
+            &img.process,
+            &spec::init_overrides(c),
+            &c.env.clone().unwrap_or_default(),
+            &reserved.env(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(WorkloadSpec {
+            id: self.rec.id.clone(),
+            hostname: self.rec.id.to_string(),
+            process,
+            layers: img.layers.clone(),
+            resources,
+        })
+    }
+}
+
+fn pinned(r: &hangar_api_types::ImageRef) -> String {
+    format!("{}/{}@{}", r.registry, r.repository, r.digest)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stored form of an event, in Fly's shape.
+fn new_event(e: &EventRecord) -> NewEvent {
+    let mut request = serde_json::Map::new();
+    if let Some(x) = &e.exit {
+        let signal = x.info.signal.unwrap_or(-1);
+        let exited_at =
+            std::time::UNIX_EPOCH + Duration::from_millis(x.info.exited_at_ms.max(0) as u64);
+        request.insert(
+            "exit_event".into(),
+            serde_json::json!({
+                "requested_stop": x.requested_stop,
+                "restarting": x.restarting,
+                "guest_exit_code": x.info.exit_code,
+                "guest_signal": signal,
+                "guest_error": x.info.error.clone().unwrap_or_default(),
+                "exit_code": x.info.exit_code,
+                "signal": signal,
+                "error": x.info.error.clone().unwrap_or_default(),
+                "oom_killed": x.info.oom_killed,
+                "exited_at": humantime::format_rfc3339_millis(exited_at).to_string(),
+            }),
+        );
+        request.insert("restart_count".into(), x.restart_count.into());
+        if let Some(m) = &e.message {
+            request.insert("message".into(), m.clone().into());
+        }
+    } else if let Some(m) = &e.message {
+        request.insert("error".into(), m.clone().into());
+    }
+    NewEvent {
+        kind: e.kind.into(),
+        status: e.status.as_str().into(),
+        source: match e.source {
+            Source::User => "user".into(),
+            Source::Flyd => "flyd".into(),
+        },
+        request: (!request.is_empty()).then_some(serde_json::Value::Object(request)),
+    }
+}

@@ -1,0 +1,399 @@
+//! From a machine's config (Fly's `MachineConfig`) to what the domain needs:
+//! validation with clear messages, defaults filled in the way Fly fills them,
+//! and the derived policy, resources and process overrides.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hangar_api_types::{MachineConfig, MachineGuest, MachineInit};
+use hangar_core::machine::{
+    DEFAULT_MAX_RETRIES, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT, Policy,
+};
+use hangar_core::process::InitOverrides;
+use hangar_core::{RestartPolicy, Signal};
+use hangar_runtime::{CpuKind, Resources};
+
+use crate::AgentError;
+
+fn invalid(msg: impl Into<String>) -> AgentError {
+    AgentError::InvalidArgument(msg.into())
+}
+
+/// Fly's guest presets: `shared-cpu-Nx` (N x 256 MB) and
+/// `performance-Nx` (N x 2048 MB).
+pub fn preset(size: &str) -> Option<MachineGuest> {
+    let (kind, n, per_cpu) = if let Some(n) = size.strip_prefix("shared-cpu-") {
+        ("shared", n, 256)
+    } else if let Some(n) = size.strip_prefix("performance-") {
+        ("performance", n, 2048)
+    } else {
+        return None;
+    };
+    let cpus: i64 = n.strip_suffix('x')?.parse().ok()?;
+    let allowed: &[i64] = if kind == "shared" {
+        &[1, 2, 4, 6, 8]
+    } else {
+        &[1, 2, 4, 6, 8, 10, 12, 14, 16]
+    };
+    allowed.contains(&cpus).then(|| MachineGuest {
+        cpu_kind: Some(kind.into()),
+        cpus: Some(cpus),
+        memory_mb: Some(cpus * per_cpu),
+        ..MachineGuest::default()
+    })
+}
+
+/// Validates a config and fills Fly's defaults (`guest` from `size` or
+/// `shared-cpu-1x`, an empty `init`). `image` must already be checked by
+/// the caller (it needs the image store's parser).
+pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
+    if c.image.trim().is_empty() {
+        return Err(invalid("config.image is required"));
+    }
+    c.image = c.image.trim().to_owned();
+
+    // Guest: explicit fields win over a preset; missing fields get defaults.
+    let mut guest = c.guest.take().unwrap_or_default();
+    if let Some(size) = c.size.as_deref().filter(|s| !s.is_empty()) {
+        let p = preset(size).ok_or_else(|| {
+            invalid(format!(
+                "invalid size {size:?}: use shared-cpu-{{1,2,4,6,8}}x or performance-{{1,2,4,...,16}}x"
+            ))
+        })?;
+        guest.cpu_kind = guest.cpu_kind.or(p.cpu_kind);
+        guest.cpus = guest.cpus.or(p.cpus);
+        guest.memory_mb = guest.memory_mb.or(p.memory_mb);
+    }
+    let kind = guest.cpu_kind.clone().unwrap_or_else(|| "shared".into());
+    if kind != "shared" && kind != "performance" {
+        return Err(invalid(format!(
+            "invalid guest.cpu_kind {kind:?}: must be \"shared\" or \"performance\""
+        )));
+    }
+    let cpus = guest.cpus.unwrap_or(1);
+    if !(1..=128).contains(&cpus) {
+        return Err(invalid(format!(
+            "invalid guest.cpus {cpus}: must be between 1 and 128"
+        )));
+    }
+    let per_cpu = if kind == "shared" { 256 } else { 2048 };
+    let memory = guest.memory_mb.unwrap_or(cpus * per_cpu);
+    if !(32..=1 << 20).contains(&memory) {
+        return Err(invalid(format!(
+            "invalid guest.memory_mb {memory}: must be between 32 and 1048576"
+        )));
+    }
+    if guest.gpus.unwrap_or(0) > 0 || guest.gpu_kind.as_deref().is_some_and(|k| !k.is_empty()) {
+        return Err(invalid(format!(
+            "GPUs are not available on this host (guest.gpu_kind {:?}, guest.gpus {})",
+            guest.gpu_kind.as_deref().unwrap_or(""),
+            guest.gpus.unwrap_or(0)
+        )));
+    }
+    guest.cpu_kind = Some(kind);
+    guest.cpus = Some(cpus);
+    guest.memory_mb = Some(memory);
+    c.guest = Some(guest);
+
+    if c.init.is_none() {
+        c.init = Some(MachineInit::default());
+    }
+    if let Some(init) = &c.init {
+        for (field, v) in [
+            ("exec", &init.exec),
+            ("entrypoint", &init.entrypoint),
+            ("cmd", &init.cmd),
+        ] {
+            if v.iter().flatten().any(|a| a.contains('\0')) {
+                return Err(invalid(format!("config.init.{field} contains a NUL byte")));
+            }
+        }
+    }
+
+    if let Some(env) = &c.env {
+        for (k, v) in env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(invalid(format!("invalid environment variable name {k:?}")));
+            }
+            if v.contains('\0') {
+                return Err(invalid(format!(
+                    "environment variable {k} contains a NUL byte"
+                )));
+            }
+        }
+    }
+    if let Some(md) = &c.metadata {
+        for k in md.keys() {
+            if k.is_empty() || k.len() > 256 {
+                return Err(invalid(format!("invalid metadata key {k:?}")));
+            }
+        }
+    }
+    if let Some(r) = &c.restart {
+        if let Some(p) = r.policy.as_deref().filter(|p| !p.is_empty()) {
+            if RestartPolicy::parse(p).is_none() {
+                return Err(invalid(format!(
+                    "invalid restart.policy {p:?}: must be no, always, on-failure or spot-price"
+                )));
+            }
+        }
+        if r.max_retries.is_some_and(|n| n < 0) {
+            return Err(invalid("restart.max_retries must not be negative"));
+        }
+    }
+    if let Some(s) = &c.stop_config {
+        if let Some(sig) = s.signal.as_deref().filter(|s| !s.is_empty()) {
+            sig.parse::<Signal>()
+                .map_err(|_| invalid(format!("invalid stop_config.signal {sig:?}")))?;
+        }
+        if let Some(t) = s.timeout {
+            if t.get() > MAX_STOP_TIMEOUT {
+                return Err(invalid(format!(
+                    "stop_config.timeout {t} is longer than the maximum of 5m0s"
+                )));
+            }
+        }
+    }
+    if let Some(s) = c.schedule.as_deref().filter(|s| !s.is_empty()) {
+        if !["hourly", "daily", "weekly", "monthly"].contains(&s) {
+            return Err(invalid(format!(
+                "invalid schedule {s:?}: must be hourly, daily, weekly or monthly"
+            )));
+        }
+    }
+    Ok(c)
+}
+
+/// The state machine's policy for a (normalized) config.
+pub fn policy(c: &MachineConfig) -> Policy {
+    let restart = c.restart.as_ref();
+    Policy {
+        restart: restart
+            .and_then(|r| r.policy.as_deref())
+            .and_then(RestartPolicy::parse)
+            .unwrap_or(RestartPolicy::OnFailure),
+        max_retries: restart
+            .and_then(|r| r.max_retries)
+            .map(|n| n.clamp(0, i64::from(u32::MAX)) as u32)
+            .unwrap_or(DEFAULT_MAX_RETRIES),
+        auto_destroy: c.auto_destroy.unwrap_or(false),
+        stop_signal: c
+            .stop_config
+            .as_ref()
+            .and_then(|s| s.signal.as_deref())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_STOP_SIGNAL),
+        stop_timeout: c
+            .stop_config
+            .as_ref()
+            .and_then(|s| s.timeout)
+            .map(|t| t.get())
+            .unwrap_or(DEFAULT_STOP_TIMEOUT),
+    }
+}
+
+/// Resource limits of a (normalized) config.
+pub fn resources(c: &MachineConfig) -> Resources {
+    let g = c.guest.clone().unwrap_or_default();
+    Resources {
+        cpus: g.cpus.unwrap_or(1).clamp(1, 128) as u32,
+        memory_mb: g.memory_mb.unwrap_or(256).max(32) as u64,
+        cpu_kind: if g.cpu_kind.as_deref() == Some("performance") {
+            CpuKind::Performance
+        } else {
+            CpuKind::Shared
+        },
+    }
+}
+
+/// The `init` overrides of a config.
+pub fn init_overrides(c: &MachineConfig) -> InitOverrides {
+    let init = c.init.clone().unwrap_or_default();
+    InitOverrides {
+        exec: init.exec,
+        entrypoint: init.entrypoint,
+        cmd: init.cmd,
+    }
+}
+
+/// The `FLY_*` variables Fly sets inside every machine.
+pub struct Reserved<'a> {
+    /// App name.
+    pub app: &'a str,
+    /// Machine id.
+    pub machine_id: &'a str,
+    /// Region.
+    pub region: &'a str,
+    /// The image as configured.
+    pub image: &'a str,
+    /// Current version.
+    pub version: &'a str,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Metadata (for the process group).
+    pub metadata: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Reserved<'_> {
+    /// The variables.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
+            ("FLY_APP_NAME".into(), self.app.into()),
+            ("FLY_MACHINE_ID".into(), self.machine_id.into()),
+            ("FLY_ALLOC_ID".into(), self.machine_id.into()),
+            ("FLY_REGION".into(), self.region.into()),
+            ("FLY_IMAGE_REF".into(), self.image.into()),
+            ("FLY_MACHINE_VERSION".into(), self.version.into()),
+            ("FLY_VM_MEMORY_MB".into(), self.memory_mb.to_string()),
+        ];
+        if let Some(group) = self.metadata.and_then(|m| m.get("fly_process_group")) {
+            v.push(("FLY_PROCESS_GROUP".into(), group.clone()));
+        }
+        v
+    }
+}
+
+/// A stop request's timeout, from Fly's encodings: a Go duration string
+/// (`"10s"`), integer nanoseconds (fly-go's Duration), or a bare number of
+/// seconds as a string (`"10"`).
+pub fn parse_timeout(v: &serde_json::Value) -> Result<Duration, AgentError> {
+    let d = match v {
+        serde_json::Value::String(s) => hangar_core::GoDuration::parse(s)
+            .map_err(|e| invalid(format!("invalid timeout: {e}")))?
+            .get(),
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(ns) => Duration::from_nanos(ns),
+            None => return Err(invalid(format!("invalid timeout {n}"))),
+        },
+        other => return Err(invalid(format!("invalid timeout {other}"))),
+    };
+    if d > MAX_STOP_TIMEOUT {
+        return Err(invalid(format!(
+            "timeout {} is longer than the maximum of 5m0s",
+            hangar_core::GoDuration(d)
+        )));
+    }
+    Ok(d)
+}
+
+/// A signal from a request: a name or a number.
+pub fn parse_signal(v: &serde_json::Value) -> Result<Signal, AgentError> {
+    serde_json::from_value::<Signal>(v.clone()).map_err(|_| invalid(format!("invalid signal {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(v: serde_json::Value) -> MachineConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn fills_guest_defaults_and_presets() {
+        let c = normalize(cfg(serde_json::json!({"image": "busybox"}))).unwrap();
+        let g = c.guest.unwrap();
+        assert_eq!(
+            (g.cpu_kind.as_deref(), g.cpus, g.memory_mb),
+            (Some("shared"), Some(1), Some(256))
+        );
+        assert!(c.init.is_some());
+        let c = normalize(cfg(
+            serde_json::json!({"image": "x", "size": "performance-2x"}),
+        ))
+        .unwrap();
+        let g = c.guest.unwrap();
+        assert_eq!(
+            (g.cpu_kind.as_deref(), g.cpus, g.memory_mb),
+            (Some("performance"), Some(2), Some(4096))
+        );
+        let c = normalize(cfg(serde_json::json!({"image": "x", "guest": {"cpus": 2}}))).unwrap();
+        assert_eq!(c.guest.unwrap().memory_mb, Some(512));
+    }
+
+    #[test]
+    fn refuses_bad_fields_with_clear_messages() {
+        let cases = [
+            (serde_json::json!({}), "config.image is required"),
+            (
+                serde_json::json!({"image": "x", "guest": {"cpu_kind": "turbo"}}),
+                "cpu_kind",
+            ),
+            (
+                serde_json::json!({"image": "x", "guest": {"cpus": 0}}),
+                "guest.cpus",
+            ),
+            (
+                serde_json::json!({"image": "x", "guest": {"memory_mb": 1}}),
+                "memory_mb",
+            ),
+            (
+                serde_json::json!({"image": "x", "guest": {"gpu_kind": "a100-pcie-40gb"}}),
+                "GPUs",
+            ),
+            (
+                serde_json::json!({"image": "x", "size": "huge"}),
+                "invalid size",
+            ),
+            (
+                serde_json::json!({"image": "x", "restart": {"policy": "sometimes"}}),
+                "restart.policy",
+            ),
+            (
+                serde_json::json!({"image": "x", "stop_config": {"signal": "SIGNOPE"}}),
+                "stop_config.signal",
+            ),
+            (
+                serde_json::json!({"image": "x", "stop_config": {"timeout": "10m"}}),
+                "stop_config.timeout",
+            ),
+            (
+                serde_json::json!({"image": "x", "env": {"A=B": "c"}}),
+                "environment variable name",
+            ),
+            (
+                serde_json::json!({"image": "x", "schedule": "yearly"}),
+                "schedule",
+            ),
+        ];
+        for (v, want) in cases {
+            let err = normalize(cfg(v.clone())).unwrap_err().to_string();
+            assert!(err.contains(want), "{v}: {err}");
+        }
+    }
+
+    #[test]
+    fn derives_policy() {
+        let c = cfg(
+            serde_json::json!({"image": "x", "restart": {"policy": "always"}, "auto_destroy": true,
+            "stop_config": {"signal": "SIGTERM", "timeout": "30s"}}),
+        );
+        let p = policy(&c);
+        assert_eq!(p.restart, RestartPolicy::Always);
+        assert!(p.auto_destroy);
+        assert_eq!(p.stop_signal, Signal::Term);
+        assert_eq!(p.stop_timeout, Duration::from_secs(30));
+        let p = policy(&cfg(serde_json::json!({"image": "x"})));
+        assert_eq!((p.restart, p.max_retries), (RestartPolicy::OnFailure, 10));
+    }
+
+    #[test]
+    fn parses_timeouts_and_signals() {
+        assert_eq!(
+            parse_timeout(&serde_json::json!("10s")).unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            parse_timeout(&serde_json::json!(2_000_000_000u64)).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert!(parse_timeout(&serde_json::json!("-1s")).is_err());
+        assert!(parse_timeout(&serde_json::json!("1h")).is_err());
+        assert_eq!(parse_signal(&serde_json::json!(9)).unwrap(), Signal::Kill);
+        assert_eq!(
+            parse_signal(&serde_json::json!("SIGTERM")).unwrap(),
+            Signal::Term
+        );
+        assert!(parse_signal(&serde_json::json!("SIGFOO")).is_err());
+    }
+}

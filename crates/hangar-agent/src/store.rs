@@ -1,0 +1,654 @@
+//! The agent's state in an embedded SQLite database (WAL mode).
+//!
+//! Every write is one transaction: a machine's state change and the events
+//! it produced commit together, before the API answers. Schema migrations are
+//! the numbered files in `migrations/`, applied in order and recorded in
+//! `PRAGMA user_version`.
+//!
+//! The connection sits behind a mutex; every statement is short (indexed
+//! lookups and single-row writes), so callers hold it for microseconds.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hangar_api_types::{ImageRef, MachineConfig};
+use hangar_core::machine::Machine as MachineCore;
+use hangar_core::{MachineId, MachineState};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::AgentError;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// Events kept per machine; older ones are pruned.
+const EVENTS_KEPT: i64 = 200;
+
+/// An app row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    /// Random id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Organization slug.
+    pub org_slug: String,
+    /// Private network name.
+    pub network: String,
+    /// Numeric id.
+    pub internal_numeric_id: i64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Machines that are not destroyed.
+    pub machine_count: i64,
+}
+
+/// A machine row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineRecord {
+    /// Id.
+    pub id: MachineId,
+    /// App name.
+    pub app: String,
+    /// Unique name within the app.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// The state machine's part.
+    pub core: MachineCore,
+    /// Current version.
+    pub instance_id: String,
+    /// Current config.
+    pub config: MachineConfig,
+    /// The image actually pulled.
+    pub image_ref: Option<ImageRef>,
+    /// Private address.
+    pub private_ip: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// An event row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// ULID.
+    pub id: String,
+    /// Type.
+    pub kind: String,
+    /// Status.
+    pub status: String,
+    /// `user` or `flyd`.
+    pub source: String,
+    /// Unix ms.
+    pub timestamp: i64,
+    /// Details.
+    pub request: Option<serde_json::Value>,
+}
+
+/// The database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db(e: rusqlite::Error) -> AgentError {
+    AgentError::Internal(format!("database: {e}"))
+}
+
+fn json_err(e: serde_json::Error) -> AgentError {
+    AgentError::Internal(format!("stored JSON: {e}"))
+}
+
+/// Current time, RFC 3339 to the second, as Fly formats it.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn state_from_db(s: &str) -> rusqlite::Result<MachineState> {
+    MachineState::parse(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown machine state {s:?}").into(),
+        )
+    })
+}
+
+const MACHINE_COLUMNS: &str = "id, app_name, name, region, state, restart_count, launch, instance_id, config, image_ref, private_ip, created_at, updated_at";
+
+fn machine_from_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(MachineRecord, String, Option<String>)> {
+    let id: String = r.get(0)?;
+    let config: String = r.get(8)?;
+    let image_ref: Option<String> = r.get(9)?;
+    let state: String = r.get(4)?;
+    Ok((
+        MachineRecord {
+            id: id.parse().map_err(|e: hangar_core::ids::IdError| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?,
+            app: r.get(1)?,
+            name: r.get(2)?,
+            region: r.get(3)?,
+            core: MachineCore {
+                state: state_from_db(&state)?,
+                step: Default::default(),
+                restart_count: r.get::<_, i64>(5)? as u32,
+                launch: r.get::<_, i64>(6)? != 0,
+            },
+            instance_id: r.get(7)?,
+            config: MachineConfig::default(),
+            image_ref: None,
+            private_ip: r.get(10)?,
+            created_at: r.get(11)?,
+            updated_at: r.get(12)?,
+        },
+        config,
+        image_ref,
+    ))
+}
+
+fn finish_machine(
+    (mut m, config, image_ref): (MachineRecord, String, Option<String>),
+) -> Result<MachineRecord, AgentError> {
+    m.config = serde_json::from_str(&config).map_err(json_err)?;
+    m.image_ref = image_ref
+        .map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(json_err)?;
+    Ok(m)
+}
+
+/// A new event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Type.
+    pub kind: String,
+    /// Status.
+    pub status: String,
+    /// Source.
+    pub source: String,
+    /// Details.
+    pub request: Option<serde_json::Value>,
+}
+
+impl Store {
+    /// Opens (creating) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Store, AgentError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(db)?;
+        let store = Store {
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), AgentError> {
+        let mut conn = self.conn();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(AgentError::Internal(format!(
+                "the database is at schema version {version}, newer than this hangard knows ({}); refusing to touch it",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(db)?;
+            tx.execute_batch(sql).map_err(db)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            tracing::info!(version = i + 1, "applied database migration");
+        }
+        Ok(())
+    }
+
+    // ---- apps ----------------------------------------------------------------
+
+    /// Inserts an app; `Conflict` when the name is taken.
+    pub fn insert_app(&self, app: &AppRecord) -> Result<(), AgentError> {
+        let r = self.conn().execute(
+            "INSERT INTO apps (id, name, org_slug, network, status, internal_numeric_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+            params![
+                app.id,
+                app.name,
+                app.org_slug,
+                app.network,
+                app.internal_numeric_id,
+                app.created_at
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(AgentError::Conflict(format!(
+                    "app name {:?} is already taken",
+                    app.name
+                )))
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    fn app_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
+        Ok(AppRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            org_slug: r.get(2)?,
+            network: r.get(3)?,
+            internal_numeric_id: r.get(4)?,
+            created_at: r.get(5)?,
+            machine_count: r.get(6)?,
+        })
+    }
+
+    const APP_SELECT: &'static str =
+        "SELECT a.id, a.name, a.org_slug, a.network, a.internal_numeric_id, a.created_at,
+            (SELECT COUNT(*) FROM machines m WHERE m.app_name = a.name AND m.state != 'destroyed')
+         FROM apps a";
+
+    /// The app named `name`.
+    pub fn get_app(&self, name: &str) -> Result<Option<AppRecord>, AgentError> {
+        self.conn()
+            .query_row(
+                &format!("{} WHERE a.name = ?1", Self::APP_SELECT),
+                params![name],
+                Self::app_from_row,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    /// Apps of an organization, by name.
+    pub fn list_apps(&self, org_slug: &str) -> Result<Vec<AppRecord>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "{} WHERE a.org_slug = ?1 ORDER BY a.name",
+                Self::APP_SELECT
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![org_slug], Self::app_from_row)
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    /// Deletes an app and the records of its destroyed machines.
+    pub fn delete_app(&self, name: &str) -> Result<(), AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let live: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM machines WHERE app_name = ?1 AND state != 'destroyed'",
+                params![name],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if live > 0 {
+            return Err(AgentError::Conflict(format!(
+                "app {name} still has {live} machines"
+            )));
+        }
+        tx.execute("DELETE FROM machines WHERE app_name = ?1", params![name])
+            .map_err(db)?;
+        tx.execute("DELETE FROM apps WHERE name = ?1", params![name])
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Marks an app `deployed` (it has had a machine).
+    pub fn set_app_status(&self, name: &str, status: &str) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "UPDATE apps SET status = ?2 WHERE name = ?1",
+                params![name, status],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The app's status column.
+    pub fn app_status(&self, name: &str) -> Result<String, AgentError> {
+        self.conn()
+            .query_row(
+                "SELECT status FROM apps WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .map_err(db)
+    }
+
+    // ---- machines -------------------------------------------------------------
+
+    /// Inserts a new machine, its first version and its first event.
+    pub fn insert_machine(&self, m: &MachineRecord, event: &NewEvent) -> Result<(), AgentError> {
+        let config = serde_json::to_string(&m.config).map_err(json_err)?;
+        let image_ref = m
+            .image_ref
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(json_err)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let r = tx.execute(
+            &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            params![
+                m.id.as_str(),
+                m.app,
+                m.name,
+                m.region,
+                m.core.state.as_str(),
+                m.core.restart_count,
+                m.core.launch as i64,
+                m.instance_id,
+                config,
+                image_ref,
+                m.private_ip,
+                m.created_at,
+                m.updated_at
+            ],
+        );
+        match r {
+            Ok(_) => {}
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(AgentError::Conflict(format!(
+                    "a machine named {:?} already exists in app {}",
+                    m.name, m.app
+                )));
+            }
+            Err(e) => return Err(db(e)),
+        }
+        tx.execute(
+            "INSERT INTO machine_versions (machine_id, version, config, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![m.id.as_str(), m.instance_id, config, m.created_at],
+        )
+        .map_err(db)?;
+        insert_event(&tx, &m.id, event)?;
+        tx.execute(
+            "UPDATE apps SET status = 'deployed' WHERE name = ?1",
+            params![m.app],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// One machine of an app.
+    pub fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>, AgentError> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE app_name = ?1 AND id = ?2"),
+                params![app, id],
+                machine_from_row,
+            )
+            .optional()
+            .map_err(db)?;
+        row.map(finish_machine).transpose()
+    }
+
+    /// An app's machines, oldest first.
+    pub fn list_machines(
+        &self,
+        app: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<MachineRecord>, AgentError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {MACHINE_COLUMNS} FROM machines WHERE app_name = ?1 {} ORDER BY created_at, id",
+            if include_deleted {
+                ""
+            } else {
+                "AND state != 'destroyed'"
+            }
+        );
+        let mut st = conn.prepare(&sql).map_err(db)?;
+        let rows: Vec<_> = st
+            .query_map(params![app], machine_from_row)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        rows.into_iter().map(finish_machine).collect()
+    }
+
+    /// Every machine that is not destroyed (for reconciliation at startup).
+    pub fn live_machines(&self) -> Result<Vec<MachineRecord>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {MACHINE_COLUMNS} FROM machines WHERE state != 'destroyed' ORDER BY created_at"
+            ))
+            .map_err(db)?;
+        let rows: Vec<_> = st
+            .query_map([], machine_from_row)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        rows.into_iter().map(finish_machine).collect()
+    }
+
+    /// Commits a state transition and its events in one transaction.
+    pub fn commit_transition(
+        &self,
+        id: &MachineId,
+        core: &MachineCore,
+        events: &[NewEvent],
+    ) -> Result<String, AgentError> {
+        let now = now_rfc3339();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "UPDATE machines SET state = ?2, restart_count = ?3, launch = ?4, updated_at = ?5 WHERE id = ?1",
+            params![
+                id.as_str(),
+                core.state.as_str(),
+                core.restart_count,
+                core.launch as i64,
+                now
+            ],
+        )
+        .map_err(db)?;
+        let mut last = String::new();
+        for e in events {
+            last = insert_event(&tx, id, e)?;
+        }
+        if !events.is_empty() {
+            tx.execute(
+                "DELETE FROM machine_events WHERE machine_id = ?1 AND seq <= (
+                    SELECT seq FROM machine_events WHERE machine_id = ?1
+                    ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                params![id.as_str(), EVENTS_KEPT],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(last)
+    }
+
+    /// Records the image a machine actually runs.
+    pub fn set_image_ref(&self, id: &MachineId, image_ref: &ImageRef) -> Result<(), AgentError> {
+        let s = serde_json::to_string(image_ref).map_err(json_err)?;
+        self.conn()
+            .execute(
+                "UPDATE machines SET image_ref = ?2 WHERE id = ?1",
+                params![id.as_str(), s],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// A machine's events, newest first.
+    pub fn events(&self, id: &MachineId, limit: usize) -> Result<Vec<EventRow>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, type, status, source, timestamp, request FROM machine_events
+                 WHERE machine_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![id.as_str(), limit as i64], |r| {
+                let request: Option<String> = r.get(5)?;
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    status: r.get(2)?,
+                    source: r.get(3)?,
+                    timestamp: r.get(4)?,
+                    request: request.and_then(|s| serde_json::from_str(&s).ok()),
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+}
+
+fn insert_event(
+    tx: &rusqlite::Transaction<'_>,
+    id: &MachineId,
+    e: &NewEvent,
+) -> Result<String, AgentError> {
+    let event_id = hangar_core::EventId::generate().to_string();
+    let request = e
+        .request
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(json_err)?;
+    tx.execute(
+        "INSERT INTO machine_events (id, machine_id, type, status, source, timestamp, request)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            event_id,
+            id.as_str(),
+            e.kind,
+            e.status,
+            e.source,
+            now_ms(),
+            request
+        ],
+    )
+    .map_err(db)?;
+    Ok(event_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str) -> AppRecord {
+        AppRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            org_slug: "personal".into(),
+            network: "default".into(),
+            internal_numeric_id: 1,
+            created_at: now_rfc3339(),
+            machine_count: 0,
+        }
+    }
+
+    fn machine(app: &str, name: &str) -> MachineRecord {
+        MachineRecord {
+            id: MachineId::generate(),
+            app: app.into(),
+            name: name.into(),
+            region: "local".into(),
+            core: MachineCore::new(true),
+            instance_id: hangar_core::InstanceId::generate().to_string(),
+            config: serde_json::from_value(serde_json::json!({"image": "busybox", "x": 1}))
+                .unwrap(),
+            image_ref: None,
+            private_ip: String::new(),
+            created_at: now_rfc3339(),
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    fn ev(kind: &str) -> NewEvent {
+        NewEvent {
+            kind: kind.into(),
+            status: "created".into(),
+            source: "user".into(),
+            request: None,
+        }
+    }
+
+    #[test]
+    fn machines_persist_across_reopen_with_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hangar.db");
+        let s = Store::open(&path).unwrap();
+        s.insert_app(&app("a")).unwrap();
+        assert!(matches!(
+            s.insert_app(&app("a")),
+            Err(AgentError::Conflict(_))
+        ));
+        let m = machine("a", "m1");
+        s.insert_machine(&m, &ev("launch")).unwrap();
+        assert!(matches!(
+            s.insert_machine(&machine("a", "m1"), &ev("launch")),
+            Err(AgentError::Conflict(_))
+        ));
+        let mut core = m.core.clone();
+        core.state = MachineState::Started;
+        s.commit_transition(&m.id, &core, &[ev("start")]).unwrap();
+        drop(s);
+
+        let s = Store::open(&path).unwrap();
+        let got = s.get_machine("a", m.id.as_str()).unwrap().unwrap();
+        assert_eq!(got.core.state, MachineState::Started);
+        assert_eq!(got.config.extra["x"], 1);
+        let kinds: Vec<String> = s
+            .events(&m.id, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, vec!["start", "launch"]);
+        assert_eq!(s.get_app("a").unwrap().unwrap().machine_count, 1);
+        assert!(matches!(s.delete_app("a"), Err(AgentError::Conflict(_))));
+    }
+
+    #[test]
+    fn events_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.insert_app(&app("a")).unwrap();
+        let m = machine("a", "m");
+        s.insert_machine(&m, &ev("launch")).unwrap();
+        for _ in 0..(EVENTS_KEPT + 20) {
+            s.commit_transition(&m.id, &m.core, &[ev("exit")]).unwrap();
+        }
+        assert_eq!(s.events(&m.id, 1000).unwrap().len() as i64, EVENTS_KEPT);
+    }
+}

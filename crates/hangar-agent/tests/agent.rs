@@ -1,0 +1,533 @@
+//! The agent with its real SQLite store and runners, over the fake runtime
+//! and an in-memory image source: lifecycle, policies, failures, recovery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hangar_agent::{
+    Agent, AgentConfig, AgentError, ImageSource, NewMachine, ResolvedImage, WaitFor,
+};
+use hangar_api_types::{ImageRef, MachineConfig};
+use hangar_core::machine::Observed;
+use hangar_core::process::ImageProcess;
+use hangar_core::{ExitInfo, MachineState, Signal};
+use hangar_runtime::fake::{Call, FakeRuntime};
+
+struct Images;
+
+#[async_trait::async_trait]
+impl ImageSource for Images {
+    fn parse(&self, image: &str) -> Result<ImageRef, String> {
+        if image.contains(' ') {
+            return Err(format!("invalid image reference {image:?}"));
+        }
+        Ok(ImageRef {
+            registry: "test".into(),
+            repository: image.into(),
+            ..ImageRef::default()
+        })
+    }
+
+    async fn resolve(&self, image: &str) -> Result<ResolvedImage, String> {
+        if image.contains("missing") {
+            return Err(format!("image {image} not found"));
+        }
+        Ok(ResolvedImage {
+            image_ref: ImageRef {
+                registry: "test".into(),
+                repository: image
+                    .split('@')
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("test/")
+                    .into(),
+                tag: "latest".into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+                labels: Default::default(),
+            },
+            process: ImageProcess {
+                cmd: vec!["/bin/sh".into()],
+                ..ImageProcess::default()
+            },
+            layers: vec![],
+        })
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    rt: Arc<FakeRuntime>,
+    agent: Agent,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
+    let agent = open(&dir, &rt).await;
+    agent.create_app("app", None, None).unwrap();
+    Env { dir, rt, agent }
+}
+
+async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
+    Agent::open(
+        AgentConfig {
+            data_dir: dir.path().to_owned(),
+            region: "local".into(),
+        },
+        rt.clone(),
+        Arc::new(Images),
+    )
+    .await
+    .unwrap()
+}
+
+fn config(v: serde_json::Value) -> MachineConfig {
+    serde_json::from_value(v).unwrap()
+}
+
+fn new_machine(v: serde_json::Value) -> NewMachine {
+    NewMachine {
+        config: config(v),
+        ..NewMachine::default()
+    }
+}
+
+async fn wait(agent: &Agent, id: &str, state: MachineState) {
+    agent
+        .wait_machine("app", id, &[WaitFor::State(state)], Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {state}: {e}"));
+}
+
+fn kinds(agent: &Agent, id: &str) -> Vec<(String, String)> {
+    let mut v: Vec<_> = agent
+        .machine_events("app", id, 50)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.status))
+        .collect();
+    v.reverse();
+    v
+}
+
+fn ev(k: &str, s: &str) -> (String, String) {
+    (k.into(), s.into())
+}
+
+#[tokio::test]
+async fn create_starts_and_stop_stops() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({"image": "busybox", "env": {"A": "1"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(m.core.state, MachineState::Created);
+    // Visible the instant create returns.
+    assert_eq!(
+        e.agent.get_machine("app", m.id.as_str()).unwrap().name,
+        m.name
+    );
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let spec =
+        e.rt.calls()
+            .into_iter()
+            .find_map(|c| match c {
+                Call::Start(s) => Some(s),
+                _ => None,
+            })
+            .unwrap();
+    assert_eq!(spec.process.argv, vec!["/bin/sh"]);
+    assert!(spec.process.env.contains(&("A".into(), "1".into())));
+    assert!(
+        spec.process
+            .env
+            .contains(&("FLY_MACHINE_ID".into(), m.id.to_string()))
+    );
+    assert_eq!(spec.resources.memory_mb, 256);
+    let got = e.agent.get_machine("app", m.id.as_str()).unwrap();
+    assert_eq!(
+        got.image_ref.unwrap().digest,
+        format!("sha256:{}", "a".repeat(64))
+    );
+
+    let prev = e
+        .agent
+        .stop_machine("app", m.id.as_str(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(prev, MachineState::Started);
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    assert!(
+        e.rt.calls()
+            .contains(&Call::Signal(m.id.clone(), Signal::Int))
+    );
+    assert_eq!(
+        kinds(&e.agent, m.id.as_str()),
+        vec![
+            ev("launch", "created"),
+            ev("start", "started"),
+            ev("stop", "stopping"),
+            ev("exit", "stopped")
+        ]
+    );
+    let exit = &e.agent.machine_events("app", m.id.as_str(), 1).unwrap()[0];
+    let x = &exit.request.as_ref().unwrap()["exit_event"];
+    assert_eq!(x["requested_stop"], true);
+    assert_eq!(x["exit_code"], 130);
+
+    // And start again.
+    assert_eq!(
+        e.agent.start_machine("app", m.id.as_str()).await.unwrap(),
+        MachineState::Stopped
+    );
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    assert_eq!(e.rt.starts(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_kills_after_the_timeout() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({
+                "image": "busybox", "stop_config": {"signal": "SIGTERM", "timeout": "30s"}
+            })),
+        )
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    e.rt.ignore_signals(&m.id);
+    e.agent
+        .stop_machine("app", m.id.as_str(), None, None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(
+        e.agent
+            .get_machine("app", m.id.as_str())
+            .unwrap()
+            .core
+            .state,
+        MachineState::Stopping
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    let signals: Vec<Signal> =
+        e.rt.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Signal(_, s) => Some(s),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(signals, vec![Signal::Term, Signal::Kill]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_failure_restarts_then_gives_up() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({
+                "image": "busybox", "restart": {"policy": "on-failure", "max_retries": 2}
+            })),
+        )
+        .await
+        .unwrap();
+    for n in 0..3 {
+        wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+        assert_eq!(e.rt.starts(), n + 1);
+        e.rt.exit(
+            &m.id,
+            ExitInfo {
+                exit_code: 1,
+                exited_at_ms: 1,
+                ..ExitInfo::default()
+            },
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    let last = &e.agent.machine_events("app", m.id.as_str(), 1).unwrap()[0];
+    assert_eq!(
+        last.request.as_ref().unwrap()["message"],
+        "machine has reached its max restart count (2)"
+    );
+    assert_eq!(last.request.as_ref().unwrap()["restart_count"], 2);
+}
+
+#[tokio::test]
+async fn skip_launch_settles_stopped_then_starts() {
+    let e = env().await;
+    let mut nm = new_machine(serde_json::json!({"image": "busybox"}));
+    nm.skip_launch = true;
+    let m = e.agent.create_machine("app", nm).await.unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    assert_eq!(e.rt.starts(), 0);
+    e.agent.start_machine("app", m.id.as_str()).await.unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+}
+
+#[tokio::test]
+async fn destroy_needs_force_while_running() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let err = e
+        .agent
+        .destroy_machine("app", m.id.as_str(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Precondition(ref s) if s.contains("not currently stopped")),
+        "{err}"
+    );
+    e.agent
+        .destroy_machine("app", m.id.as_str(), true)
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
+    assert!(e.rt.calls().contains(&Call::Destroy(m.id.clone())));
+    // Waiting for destroyed on a destroyed machine succeeds; starting it is refused.
+    wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
+    let err = e
+        .agent
+        .start_machine("app", m.id.as_str())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Precondition(_)), "{err}");
+    assert!(e.agent.list_machines("app", false).unwrap().is_empty());
+    assert_eq!(e.agent.list_machines("app", true).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn pull_failure_fails_the_machine() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({"image": "missing/image"})),
+        )
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Failed).await;
+    let last = &e.agent.machine_events("app", m.id.as_str(), 1).unwrap()[0];
+    assert_eq!(
+        (last.kind.as_str(), last.status.as_str()),
+        ("launch", "failed")
+    );
+    assert!(
+        last.request.as_ref().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not found")
+    );
+    // A failed machine can be destroyed without force.
+    e.agent
+        .destroy_machine("app", m.id.as_str(), false)
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
+}
+
+#[tokio::test]
+async fn start_failure_fails_the_machine() {
+    let e = env().await;
+    e.rt.fail_next_start("crun exploded");
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Failed).await;
+    e.agent.start_machine("app", m.id.as_str()).await.unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+}
+
+#[tokio::test]
+async fn auto_destroy_destroys_after_exit() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({
+                "image": "busybox", "auto_destroy": true, "restart": {"policy": "no"}
+            })),
+        )
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    e.rt.exit(
+        &m.id,
+        ExitInfo {
+            exit_code: 0,
+            exited_at_ms: 1,
+            ..ExitInfo::default()
+        },
+    );
+    wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let e = env().await;
+    let err = e
+        .agent
+        .create_machine("nope", new_machine(serde_json::json!({"image": "x"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::NotFound(_)), "{err}");
+    let err = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::InvalidArgument("config.image is required".into())
+    );
+    let err = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({"image": "has space"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::InvalidArgument(_)), "{err}");
+    let mut nm = new_machine(serde_json::json!({"image": "x"}));
+    nm.region = Some("ams".into());
+    let err = e.agent.create_machine("app", nm).await.unwrap_err();
+    assert!(
+        matches!(err, AgentError::Unprocessable(ref s) if s.contains("ams")),
+        "{err}"
+    );
+    let mut nm = new_machine(serde_json::json!({"image": "x"}));
+    nm.name = Some("../etc".into());
+    assert!(matches!(
+        e.agent.create_machine("app", nm).await,
+        Err(AgentError::InvalidArgument(_))
+    ));
+    let mut nm = new_machine(serde_json::json!({"image": "x"}));
+    nm.name = Some("web".into());
+    e.agent.create_machine("app", nm.clone()).await.unwrap();
+    assert!(matches!(
+        e.agent.create_machine("app", nm).await,
+        Err(AgentError::Conflict(_))
+    ));
+    assert!(matches!(
+        e.agent.get_machine("app", "00000000000000"),
+        Err(AgentError::NotFound(_))
+    ));
+    assert!(matches!(
+        e.agent.create_app("app", None, None),
+        Err(AgentError::Conflict(_))
+    ));
+    assert!(matches!(
+        e.agent.create_app("Bad_Name", None, None),
+        Err(AgentError::InvalidArgument(_))
+    ));
+    let err = e.agent.delete_app("app", false).await.unwrap_err();
+    assert!(matches!(err, AgentError::Precondition(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_times_out_with_fly_message() {
+    let e = env().await;
+    let mut nm = new_machine(serde_json::json!({"image": "busybox"}));
+    nm.skip_launch = true;
+    let m = e.agent.create_machine("app", nm).await.unwrap();
+    let err = e
+        .agent
+        .wait_machine(
+            "app",
+            m.id.as_str(),
+            &[WaitFor::State(MachineState::Started)],
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        AgentError::Timeout(
+            "deadline_exceeded: machine failed to reach desired state, started, currently stopped"
+                .into()
+        )
+    );
+}
+
+#[tokio::test]
+async fn restart_of_hangard_adopts_and_records_missed_exits() {
+    let e = env().await;
+    let a = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    let b = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({"image": "busybox", "restart": {"policy": "no"}})),
+        )
+        .await
+        .unwrap();
+    wait(&e.agent, a.id.as_str(), MachineState::Started).await;
+    wait(&e.agent, b.id.as_str(), MachineState::Started).await;
+    e.agent.shutdown().await;
+    drop(e.agent);
+
+    // While hangard is away, `b` exits.
+    e.rt.set_observed(
+        &b.id,
+        Observed::Exited(ExitInfo {
+            exit_code: 3,
+            exited_at_ms: 1,
+            ..ExitInfo::default()
+        }),
+    );
+    let agent = open(&e.dir, &e.rt).await;
+    wait(&agent, b.id.as_str(), MachineState::Stopped).await;
+    let last = &agent.machine_events("app", b.id.as_str(), 1).unwrap()[0];
+    assert_eq!(last.kind, "exit");
+    assert_eq!(last.request.as_ref().unwrap()["exit_event"]["exit_code"], 3);
+    // `a` is adopted as it runs: no new start.
+    wait(&agent, a.id.as_str(), MachineState::Started).await;
+    assert_eq!(e.rt.starts(), 2);
+    agent
+        .stop_machine("app", a.id.as_str(), None, None)
+        .await
+        .unwrap();
+    wait(&agent, a.id.as_str(), MachineState::Stopped).await;
+}
+
+#[tokio::test]
+async fn app_delete_with_force_destroys_machines() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    e.agent.delete_app("app", true).await.unwrap();
+    assert!(matches!(
+        e.agent.get_app("app"),
+        Err(AgentError::NotFound(_))
+    ));
+    assert!(!e.rt.is_running(&m.id));
+}
