@@ -49,7 +49,7 @@ pub(crate) enum Msg {
     },
     Prepared {
         generation: u64,
-        result: Result<ResolvedImage, String>,
+        result: Box<Result<ResolvedImage, String>>,
     },
     Exited {
         generation: u64,
@@ -170,7 +170,7 @@ impl Runner {
                         continue;
                     }
                     self.prepare = None;
-                    let input = match result {
+                    let input = match *result {
                         Ok(img) => {
                             self.remember_image(img);
                             Input::Prepared
@@ -282,7 +282,12 @@ impl Runner {
                 let generation = self.prepare_gen;
                 self.prepare = Some(tokio::spawn(async move {
                     let result = images.resolve(&reference).await;
-                    let _ = tx.send(Msg::Prepared { generation, result }).await;
+                    let _ = tx
+                        .send(Msg::Prepared {
+                            generation,
+                            result: Box::new(result),
+                        })
+                        .await;
                 }));
                 None
             }
