@@ -64,3 +64,51 @@ impl ImageSource for hangar_image::ImageStore {
         })
     }
 }
+
+/// An in-memory [`ImageSource`] for tests: every reference resolves to a
+/// one-layer-less image running `/bin/sh`, except references containing
+/// `missing`, which fail as an unknown image would.
+pub mod fake {
+    use super::*;
+
+    /// The fake source.
+    #[derive(Debug, Default)]
+    pub struct FakeImages;
+
+    #[async_trait::async_trait]
+    impl ImageSource for FakeImages {
+        fn parse(&self, image: &str) -> Result<ImageRef, String> {
+            if image.contains(char::is_whitespace) || image.chars().any(|c| c.is_ascii_uppercase())
+            {
+                return Err(format!("invalid image reference {image:?}"));
+            }
+            Ok(ImageRef {
+                registry: "test".into(),
+                repository: image.into(),
+                ..ImageRef::default()
+            })
+        }
+
+        async fn resolve(&self, image: &str) -> Result<ResolvedImage, String> {
+            if image.contains("missing") {
+                return Err(format!("image {image} not found"));
+            }
+            let repository = image.split('@').next().unwrap_or(image);
+            let repository = repository.strip_prefix("test/").unwrap_or(repository);
+            Ok(ResolvedImage {
+                image_ref: ImageRef {
+                    registry: "test".into(),
+                    repository: repository.into(),
+                    tag: "latest".into(),
+                    digest: format!("sha256:{}", "a".repeat(64)),
+                    labels: Default::default(),
+                },
+                process: ImageProcess {
+                    cmd: vec!["/bin/sh".into()],
+                    ..ImageProcess::default()
+                },
+                layers: vec![],
+            })
+        }
+    }
+}

@@ -4,55 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hangar_agent::{
-    Agent, AgentConfig, AgentError, ImageSource, NewMachine, ResolvedImage, WaitFor,
-};
-use hangar_api_types::{ImageRef, MachineConfig};
+use hangar_agent::images::fake::FakeImages;
+use hangar_agent::{Agent, AgentConfig, AgentError, NewMachine, WaitFor};
+use hangar_api_types::MachineConfig;
 use hangar_core::machine::Observed;
-use hangar_core::process::ImageProcess;
 use hangar_core::{ExitInfo, MachineState, Signal};
 use hangar_runtime::fake::{Call, FakeRuntime};
-
-struct Images;
-
-#[async_trait::async_trait]
-impl ImageSource for Images {
-    fn parse(&self, image: &str) -> Result<ImageRef, String> {
-        if image.contains(' ') {
-            return Err(format!("invalid image reference {image:?}"));
-        }
-        Ok(ImageRef {
-            registry: "test".into(),
-            repository: image.into(),
-            ..ImageRef::default()
-        })
-    }
-
-    async fn resolve(&self, image: &str) -> Result<ResolvedImage, String> {
-        if image.contains("missing") {
-            return Err(format!("image {image} not found"));
-        }
-        Ok(ResolvedImage {
-            image_ref: ImageRef {
-                registry: "test".into(),
-                repository: image
-                    .split('@')
-                    .next()
-                    .unwrap()
-                    .trim_start_matches("test/")
-                    .into(),
-                tag: "latest".into(),
-                digest: format!("sha256:{}", "a".repeat(64)),
-                labels: Default::default(),
-            },
-            process: ImageProcess {
-                cmd: vec!["/bin/sh".into()],
-                ..ImageProcess::default()
-            },
-            layers: vec![],
-        })
-    }
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -75,7 +32,7 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
             region: "local".into(),
         },
         rt.clone(),
-        Arc::new(Images),
+        Arc::new(FakeImages),
     )
     .await
     .unwrap()

@@ -1,0 +1,72 @@
+//! `/v1/apps`.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use hangar_api_types::{App, CreateAppRequest, ListAppsResponse};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Params};
+use crate::{ApiState, views};
+
+fn view(s: &ApiState, rec: &hangar_agent::AppRecord) -> ApiResult<App> {
+    Ok(views::app(rec, s.agent.app_status(&rec.name)?))
+}
+
+/// `GET /v1/apps?org_slug=`.
+pub async fn list(
+    State(s): State<ApiState>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<ListAppsResponse>> {
+    let p = Params::parse(q.as_deref());
+    let org = p
+        .get("org_slug")
+        .filter(|o| !o.is_empty())
+        .unwrap_or(hangar_agent::DEFAULT_ORG);
+    let apps = s
+        .agent
+        .list_apps(org)?
+        .iter()
+        .map(|a| view(&s, a))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(ListAppsResponse {
+        total_apps: apps.len() as i64,
+        apps,
+    }))
+}
+
+/// `POST /v1/apps` (accepts `name` or `app_name`).
+pub async fn create(
+    State(s): State<ApiState>,
+    Body(req): Body<CreateAppRequest>,
+) -> ApiResult<(StatusCode, Json<App>)> {
+    let name = req
+        .name
+        .as_deref()
+        .or(req.app_name.as_deref())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::BadRequest("app name is required (`name` or `app_name`)".into())
+        })?;
+    let rec = s
+        .agent
+        .create_app(name, req.org_slug.as_deref(), req.network.as_deref())?;
+    Ok((StatusCode::CREATED, Json(view(&s, &rec)?)))
+}
+
+/// `GET /v1/apps/{app}`.
+pub async fn get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult<Json<App>> {
+    let rec = s.agent.get_app(&app)?;
+    Ok(Json(view(&s, &rec)?))
+}
+
+/// `DELETE /v1/apps/{app}?force=`.
+pub async fn delete(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<StatusCode> {
+    let force = Params::parse(q.as_deref()).bool("force")?;
+    s.agent.delete_app(&app, force).await?;
+    Ok(StatusCode::ACCEPTED)
+}

@@ -1,0 +1,72 @@
+//! The one place where failures become HTTP responses: Fly's status codes
+//! and its body `{"error": "..."}`. Internal failures are logged with their
+//! details and answered with a generic message, never with paths or driver
+//! output.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hangar_agent::AgentError;
+use hangar_api_types::ErrorResponse;
+
+/// An API failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A failure of the agent.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 400 raised by the HTTP layer (bad JSON, bad query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404 raised by the HTTP layer (no such route).
+    #[error("{0}")]
+    NotFound(String),
+    /// 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Agent(e) => match e {
+                AgentError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+                AgentError::NotFound(_) => StatusCode::NOT_FOUND,
+                AgentError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                AgentError::Conflict(_) => StatusCode::CONFLICT,
+                AgentError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+                AgentError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Agent(AgentError::Internal(detail)) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error; see hangard's log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let body = ErrorResponse {
+            error: message,
+            status: None,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Handler result.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,94 @@
+//! Hangar's image extension (paths Fly's API does not use):
+//! `GET /v1/hangar/images` and `POST /v1/hangar/images/import?name=` with an
+//! OCI layout, OCI archive or Docker archive as a tar body.
+
+use axum::Json;
+use axum::body::Body as HttpBody;
+use axum::extract::{RawQuery, State};
+use futures::StreamExt;
+use hangar_api_types::ImageSummary;
+use tokio::io::AsyncWriteExt;
+
+use crate::ApiState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Params;
+
+fn store(s: &ApiState) -> ApiResult<&hangar_image::ImageStore> {
+    s.images
+        .as_deref()
+        .ok_or_else(|| ApiError::NotFound("this hangard has no image store".into()))
+}
+
+fn image_error(e: hangar_image::ImageError) -> ApiError {
+    if e.is_user_error() {
+        ApiError::BadRequest(e.to_string())
+    } else {
+        ApiError::Agent(hangar_agent::AgentError::Internal(e.to_string()))
+    }
+}
+
+/// `GET /v1/hangar/images`.
+pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<Vec<ImageSummary>>> {
+    let images = store(&s)?.list().map_err(image_error)?;
+    Ok(Json(
+        images
+            .into_iter()
+            .map(|i| ImageSummary {
+                name: i.name,
+                digest: i.digest,
+                source: i.source,
+                layers: i.layers,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /v1/hangar/images/import?name=NAME:TAG`, body: a tar stream.
+pub async fn import(
+    State(s): State<ApiState>,
+    RawQuery(q): RawQuery,
+    body: HttpBody,
+) -> ApiResult<Json<ImageSummary>> {
+    let images = store(&s)?;
+    let name = Params::parse(q.as_deref())
+        .get("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let path = images.scratch_path("upload");
+    let result = async {
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
+            ApiError::Agent(hangar_agent::AgentError::Internal(format!(
+                "upload file: {e}"
+            )))
+        })?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("reading the upload: {e}")))?;
+            file.write_all(&chunk).await.map_err(|e| {
+                ApiError::Agent(hangar_agent::AgentError::Internal(format!(
+                    "upload file: {e}"
+                )))
+            })?;
+        }
+        file.flush().await.ok();
+        let img = images
+            .import_archive(&path, name.as_deref())
+            .await
+            .map_err(image_error)?;
+        Ok(Json(ImageSummary {
+            name: format!(
+                "{}/{}:{}",
+                img.registry,
+                img.repository,
+                img.tag.clone().unwrap_or_else(|| "latest".into())
+            ),
+            digest: img.digest,
+            source: "import".into(),
+            layers: img.layers.len(),
+        }))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    result
+}
