@@ -464,10 +464,24 @@ impl Agent {
         let deadline = tokio::time::Instant::now() + timeout;
         if let Some(h) = self.shared.runner(&rec.id) {
             let mut rx = h.status.clone();
+            let start = rx.borrow_and_update().entered;
             loop {
                 let st = rx.borrow_and_update().clone();
                 if want(st.state) {
                     return Ok(st);
+                }
+                if let Some(e) = self.hopeless(&rec.id, st.state, &want)? {
+                    return Err(e);
+                }
+                // A wanted state came and went since the wait began.
+                if let Some(passed) = MachineState::ALL
+                    .iter()
+                    .find(|s| want(**s) && st.entered[s.index()] > start[s.index()])
+                {
+                    return Ok(Status {
+                        state: *passed,
+                        ..st
+                    });
                 }
                 match tokio::time::timeout_at(deadline, rx.changed()).await {
                     Ok(Ok(())) => continue,
@@ -482,12 +496,39 @@ impl Agent {
             state: rec.core.state,
             instance_id: rec.instance_id.clone(),
             last_event: self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id),
+            entered: [0; MachineState::ALL.len()],
         };
         if want(status.state) {
             Ok(status)
         } else {
-            Err(timeout_error(states, status.state))
+            Err(self
+                .hopeless(&rec.id, status.state, &want)?
+                .unwrap_or_else(|| timeout_error(states, status.state)))
         }
+    }
+
+    /// A machine that is `failed` or `destroyed` will not reach another state
+    /// by itself: a waiter learns why at once instead of at the deadline.
+    fn hopeless(
+        &self,
+        id: &MachineId,
+        current: MachineState,
+        want: &dyn Fn(MachineState) -> bool,
+    ) -> Result<Option<AgentError>, AgentError> {
+        if want(current) || !matches!(current, MachineState::Failed | MachineState::Destroyed) {
+            return Ok(None);
+        }
+        let reason = self.shared.store.events(id, 10)?.into_iter().find_map(|e| {
+            e.request?
+                .get("error")
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        });
+        Ok(Some(AgentError::Precondition(match reason {
+            Some(r) => format!("machine is {current} and will not reach the desired state: {r}"),
+            None => format!("machine is {current} and will not reach the desired state"),
+        })))
     }
 
     /// Where the machine's log is, if the runtime keeps one.

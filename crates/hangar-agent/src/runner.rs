@@ -67,6 +67,10 @@ pub struct Status {
     pub instance_id: String,
     /// Newest event id.
     pub last_event: Option<String>,
+    /// How often the machine entered each state (indexed by
+    /// [`MachineState::index`]) while this runner ran: a waiter that
+    /// subscribed late still learns that a brief state was passed through.
+    pub entered: [u64; MachineState::ALL.len()],
 }
 
 /// How others reach a runner.
@@ -101,6 +105,7 @@ impl Runner {
             state: rec.core.state,
             instance_id: rec.instance_id.clone(),
             last_event,
+            entered: [0; MachineState::ALL.len()],
         });
         let runner = Runner {
             rec,
@@ -234,6 +239,9 @@ impl Runner {
                         self.rec.core = t.machine.clone();
                         let state = self.rec.core.state;
                         self.status.send_modify(|s| {
+                            if s.state != state {
+                                s.entered[state.index()] += 1;
+                            }
                             s.state = state;
                             if !last.is_empty() {
                                 s.last_event = Some(last);

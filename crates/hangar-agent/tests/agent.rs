@@ -286,6 +286,21 @@ async fn pull_failure_fails_the_machine() {
         (last.kind.as_str(), last.status.as_str()),
         ("launch", "failed")
     );
+    // Waiting for `started` fails at once, with the reason.
+    let err = e
+        .agent
+        .wait_machine(
+            "app",
+            m.id.as_str(),
+            &[WaitFor::State(MachineState::Started)],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Precondition(ref s) if s.contains("failed") && s.contains("not found")),
+        "{err}"
+    );
     assert!(
         last.request.as_ref().unwrap()["error"]
             .as_str()
@@ -487,4 +502,44 @@ async fn app_delete_with_force_destroys_machines() {
         Err(AgentError::NotFound(_))
     ));
     assert!(!e.rt.is_running(&m.id));
+}
+
+#[tokio::test]
+async fn wait_sees_a_state_that_came_and_went() {
+    let e = env().await;
+    let mut nm = new_machine(serde_json::json!({"image": "busybox", "restart": {"policy": "no"}}));
+    nm.skip_launch = true;
+    let m = e.agent.create_machine("app", nm).await.unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    let agent = e.agent.clone();
+    let id = m.id.to_string();
+    let waiter = tokio::spawn(async move {
+        agent
+            .wait_machine(
+                "app",
+                &id,
+                &[WaitFor::State(MachineState::Started)],
+                Duration::from_secs(10),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    e.agent.start_machine("app", m.id.as_str()).await.unwrap();
+    // Exit the instant it starts: the waiter may only ever see `stopped`.
+    for _ in 0..500 {
+        if e.rt.is_running(&m.id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    e.rt.exit(
+        &m.id,
+        ExitInfo {
+            exit_code: 0,
+            exited_at_ms: 1,
+            ..ExitInfo::default()
+        },
+    );
+    let st = waiter.await.unwrap().unwrap();
+    assert_eq!(st.state, MachineState::Started);
 }

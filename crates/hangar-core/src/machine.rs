@@ -97,6 +97,14 @@ impl MachineState {
         }
     }
 
+    /// The state's position in [`MachineState::ALL`].
+    pub fn index(self) -> usize {
+        MachineState::ALL
+            .iter()
+            .position(|s| *s == self)
+            .unwrap_or_default()
+    }
+
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<MachineState> {
         MachineState::ALL

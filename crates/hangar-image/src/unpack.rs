@@ -50,6 +50,32 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// After its inner reader ends, yields the zero blocks that complete a tar
+/// stream (padding plus the two-block end marker). Some writers (umoci 0.4)
+/// omit them; like `umoci unpack`, Hangar accepts such layers. The zeros are
+/// not part of the layer's digest: the hashing reader sits inside.
+struct ZeroTail<R> {
+    inner: R,
+    ended: bool,
+    zeros_left: usize,
+}
+
+impl<R: Read> Read for ZeroTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.ended {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.ended = true;
+        }
+        let n = buf.len().min(self.zeros_left);
+        buf[..n].fill(0);
+        self.zeros_left -= n;
+        Ok(n)
+    }
+}
+
 /// `sha256:<hex>` of a file.
 pub(crate) fn file_digest(path: &Path) -> io::Result<String> {
     HashingReader::new(BufReader::new(File::open(path)?)).finish()
@@ -110,7 +136,11 @@ fn unpack_into(blob: &Path, diff_id: &str, root: &Path) -> Result<(), ImageError
     };
     let reader =
         HashingReader::new(decompressed(blob).map_err(|e| ImageError::io("open layer", blob, e))?);
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(ZeroTail {
+        inner: reader,
+        ended: false,
+        zeros_left: 512 + 1024,
+    });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_unpack_xattrs(true);
@@ -125,8 +155,16 @@ fn unpack_into(blob: &Path, diff_id: &str, root: &Path) -> Result<(), ImageError
             .path()
             .map_err(|e| layer_err(format!("bad path: {e}")))?
             .into_owned();
-        let rel = clean_relative(&path)
-            .ok_or_else(|| layer_err(format!("entry {} escapes the layer root", path.display())))?;
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(layer_err(format!(
+                "entry {} escapes the layer root",
+                path.display()
+            )));
+        }
+        // The layer's own root (`./`, as umoci writes it) has nothing to unpack.
+        let Some(rel) = clean_relative(&path) else {
+            continue;
+        };
         let name = rel
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -159,6 +197,7 @@ fn unpack_into(blob: &Path, diff_id: &str, root: &Path) -> Result<(), ImageError
     }
     let digest = archive
         .into_inner()
+        .inner
         .finish()
         .map_err(|e| layer_err(format!("reading layer: {e}")))?;
     if digest != diff_id {
@@ -328,6 +367,47 @@ mod tests {
             assert_eq!(got, 1);
             assert_eq!(buf[0], b'y');
         }
+    }
+
+    #[test]
+    fn root_entry_is_skipped_and_dotdot_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_with(&[("./", None), ("./etc/", None), ("./etc/x", Some(b"1"))]);
+        let blob = dir.path().join("blob");
+        fs::write(&blob, &layer).unwrap();
+        unpack_layer(&blob, &sha(&layer), &dir.path().join("l")).unwrap();
+        assert_eq!(fs::read(dir.path().join("l/etc/x")).unwrap(), b"1");
+
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(1);
+        h.set_mode(0o644);
+        // tar::Builder refuses `..` itself, so write the name by hand.
+        h.as_gnu_mut().unwrap().name[..8].copy_from_slice(b"../evil\0");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let evil = b.into_inner().unwrap();
+        fs::write(&blob, &evil).unwrap();
+        let err = unpack_layer(&blob, &sha(&evil), &dir.path().join("l2")).unwrap_err();
+        assert!(err.to_string().contains("escapes"), "{err}");
+        assert!(!dir.path().join("evil").exists());
+    }
+
+    #[test]
+    fn accepts_a_tar_without_its_end_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = tar_with(&[("www/", None), ("www/index.html", Some(b"<h1>hi</h1>\n"))]);
+        // Cut right after the last file's bytes, as umoci 0.4 writes it.
+        let cut = 512 + 512 + 12;
+        let layer = &full[..cut];
+        let blob = dir.path().join("blob");
+        fs::write(&blob, gz(layer)).unwrap();
+        unpack_layer(&blob, &sha(layer), &dir.path().join("l")).unwrap();
+        assert_eq!(
+            fs::read(dir.path().join("l/www/index.html")).unwrap(),
+            b"<h1>hi</h1>\n"
+        );
     }
 
     #[test]

@@ -1,1 +1,209 @@
-fn main() {}
+//! `hangard`: the Hangar daemon.
+//!
+//! Serves Fly's Machines API on `--listen` (127.0.0.1:4280 by default) and
+//! runs each machine from an OCI image as a container (crun by default),
+//! keeping its state in `<data-dir>/hangar.db`. Runs as root. Machines
+//! outlive the daemon: stopping or killing `hangard` leaves them running, and
+//! the next `hangard` adopts them.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hangar_agent::{Agent, AgentConfig};
+use hangar_api::{ApiState, Auth};
+use hangar_image::{Credentials, ImageStore, StoreOptions};
+use hangar_runtime_oci::{OciConfig, OciFlavor, OciRuntime, host};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeArg {
+    Crun,
+    Runc,
+}
+
+/// The Hangar daemon: Fly-compatible machines on your own Linux host.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Where state, images and machines live.
+    #[arg(long, env = "HANGAR_DATA_DIR", default_value = "/var/lib/hangar")]
+    data_dir: PathBuf,
+    /// Address of the Machines API.
+    #[arg(long, env = "HANGAR_LISTEN", default_value = "127.0.0.1:4280")]
+    listen: SocketAddr,
+    /// This host's region code.
+    #[arg(long, env = "HANGAR_REGION", default_value = "local")]
+    region: String,
+    /// The OCI runtime that runs containers.
+    #[arg(long, env = "HANGAR_RUNTIME", value_enum, default_value = "crun")]
+    runtime: RuntimeArg,
+    /// A registry (HOST:PORT) reached over plain HTTP; repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "HANGAR_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure_registries: Vec<String>,
+    /// Registry credentials in Docker's config.json format (`auths`).
+    #[arg(long, env = "HANGAR_REGISTRY_AUTH_FILE")]
+    registry_auth_file: Option<PathBuf>,
+    /// Size at which a machine's log file is rotated (bytes).
+    #[arg(long, env = "HANGAR_LOG_MAX_BYTES", default_value_t = 10 << 20)]
+    log_max_bytes: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("hangard must run as root (it mounts file systems and creates containers)");
+    }
+    let data = check_data_dir(&args.data_dir)?;
+    let _lock = lock(&data)?;
+    let token_file = admin_token(&data)?;
+    tracing::info!(path = %token_file.display(), "admin token (give it as HANGAR_API_TOKEN, or run hangar as root on this host)");
+    let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
+
+    let flavor = match args.runtime {
+        RuntimeArg::Crun => OciFlavor::Crun,
+        RuntimeArg::Runc => OciFlavor::Runc,
+    };
+    let runtime_path = host::find_program(flavor.binary()).with_context(|| {
+        format!(
+            "{} not found on PATH: apt-get install -y {}",
+            flavor.binary(),
+            flavor.binary()
+        )
+    })?;
+    if flavor == OciFlavor::Crun {
+        let moved = host::fix_hybrid_cgroups().context("preparing cgroups for crun")?;
+        if !moved.is_empty() {
+            tracing::info!(controllers = ?moved, "moved cgroup controllers off cgroup2 (crun cannot run on a hybrid layout otherwise)");
+        }
+    }
+    let init_path =
+        hangar_runtime_oci::install_init(&data.join("bin")).context("installing hangar-init")?;
+    let runtime = OciRuntime::new(OciConfig {
+        flavor,
+        runtime_path,
+        init_path,
+        machines_dir: data.join("machines"),
+        runtime_root: data.join("run").join(flavor.binary()),
+        log_max_bytes: args.log_max_bytes,
+        cgroup_parent: "/hangar".into(),
+    })
+    .context("setting up the container runtime")?;
+
+    let credentials = match &args.registry_auth_file {
+        Some(p) => Credentials::from_docker_config(p)?,
+        None => Credentials::default(),
+    };
+    let images = Arc::new(ImageStore::open(
+        data.join("images"),
+        StoreOptions {
+            insecure_registries: args.insecure_registries.clone(),
+            credentials,
+        },
+    )?);
+    let agent = Agent::open(
+        AgentConfig {
+            data_dir: data.clone(),
+            region: args.region.clone(),
+        },
+        Arc::new(runtime),
+        images.clone(),
+    )
+    .await?;
+
+    let app = hangar_api::router(ApiState {
+        agent: agent.clone(),
+        images: Some(images),
+        auth: Arc::new(Auth::new(token)),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, region = %args.region, runtime = flavor.binary(), data_dir = %data.display(), "hangard ready");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    agent.shutdown().await;
+    tracing::info!("hangard stopped; machines keep running");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// The data dir must be absolute, and free of `,` and `:` (overlayfs mount
+/// options cannot carry them).
+fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if !dir.is_absolute() {
+        bail!("--data-dir must be an absolute path, not {}", dir.display());
+    }
+    let s = dir.to_string_lossy();
+    if s.contains(',') || s.contains(':') {
+        bail!("--data-dir must not contain ',' or ':' ({s})");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir.to_owned())
+}
+
+/// One hangard per data dir.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("hangard.lock"))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another hangard is using {}", dir.display());
+    }
+    Ok(f)
+}
+
+/// Creates the admin token on first start (0600); returns its path.
+fn admin_token(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    let path = dir.join("admin-token");
+    if !path.exists() {
+        let bytes: [u8; 24] = rand::random();
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        writeln!(f, "hangar_{}", hex::encode(bytes))?;
+        f.sync_all()?;
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
