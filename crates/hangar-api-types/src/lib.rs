@@ -265,22 +265,22 @@ pub struct Machine {
 }
 
 /// `POST /apps/{app}/machines` body (`CreateMachineRequest`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateMachineRequest {
     /// The configuration; `image` is required.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<MachineConfig>,
     /// Unique name; generated when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Region; this host's when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Create without starting; settles in `stopped`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_launch: Option<bool>,
     /// Acquire a lease of this many seconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<i64>,
     /// Fields Hangar does not use yet, accepted and ignored.
     #[serde(flatten)]
@@ -288,19 +288,19 @@ pub struct CreateMachineRequest {
 }
 
 /// `POST /apps` body (`CreateAppRequest`; `app_name` as in Fly's docs).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateAppRequest {
     /// App name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// App name, as Fly's docs spell it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_name: Option<String>,
     /// Organization slug.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_slug: Option<String>,
     /// Private network name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     /// Other fields, accepted and ignored.
     #[serde(flatten)]
@@ -351,13 +351,13 @@ pub struct ListAppsResponse {
 }
 
 /// `POST .../stop` body (`StopRequest`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StopRequest {
     /// Signal name or number.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<Value>,
     /// Go duration string or nanoseconds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Value>,
     /// Other fields (fly-go sends `id`), ignored.
     #[serde(flatten)]

@@ -1,1 +1,397 @@
-//! hangar-client
+//! A typed client for the Machines API as `hangard` serves it (and, for the
+//! Fly-compatible part, as Fly does). Used by the `hangar` CLI and the
+//! end-to-end tests.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hangar_api_types::{
+    App, CreateAppRequest, CreateMachineRequest, ErrorResponse, ImageSummary, ListAppsResponse,
+    Machine, MachineEvent, StartResponse, WaitMachineResponse,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// Default API address.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:4280";
+/// Default data directory of a local `hangard` (where its admin token is).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/hangar";
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's `error` message.
+        message: String,
+    },
+    /// The API could not be reached.
+    #[error("cannot reach hangard at {url}: {reason}")]
+    Transport {
+        /// Base URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The client is not configured (no token...).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for API errors.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Filters of a machine listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListMachines {
+    /// Include destroyed machines.
+    pub include_deleted: bool,
+    /// Only this region.
+    pub region: Option<String>,
+    /// Only these states.
+    pub states: Vec<String>,
+    /// Omit config and events.
+    pub summary: bool,
+    /// Only machines with these metadata values.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// The client.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// Finds the token: `HANGAR_API_TOKEN`, then `FLY_API_TOKEN`, then the
+/// admin token of a local `hangard` (readable by root), in
+/// `$HANGAR_DATA_DIR` or `/var/lib/hangar`.
+pub fn discover_token() -> Result<String, ClientError> {
+    for var in ["HANGAR_API_TOKEN", "FLY_API_TOKEN"] {
+        if let Ok(t) = std::env::var(var) {
+            if !t.trim().is_empty() {
+                return Ok(t.trim().to_owned());
+            }
+        }
+    }
+    let dir = std::env::var_os("HANGAR_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let file = dir.join("admin-token");
+    match std::fs::read_to_string(&file) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) => Err(ClientError::Config(format!("{} is empty", file.display()))),
+        Err(e) => Err(ClientError::Config(format!(
+            "no API token: set HANGAR_API_TOKEN (or FLY_API_TOKEN), or run as root on the hangard host ({}: {e})",
+            file.display()
+        ))),
+    }
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:4280`) with `token`.
+    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Client {
+        Client {
+            base: base.into().trim_end_matches('/').to_owned(),
+            token: token.into(),
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A client configured from the environment: `HANGAR_API_URL` (default
+    /// `http://127.0.0.1:4280`) and [`discover_token`].
+    pub fn from_env() -> Result<Client, ClientError> {
+        let base = std::env::var("HANGAR_API_URL").unwrap_or_else(|_| DEFAULT_URL.into());
+        Ok(Client::new(base, discover_token()?))
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/v1{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorResponse>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)));
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(body).map_err(|e| ClientError::Api {
+            status: status.as_u16(),
+            message: format!("unexpected response: {e}"),
+        })
+    }
+
+    // ---- apps ----
+
+    /// `POST /v1/apps`.
+    pub async fn create_app(&self, name: &str) -> Result<App, ClientError> {
+        let req = CreateAppRequest {
+            name: Some(name.into()),
+            org_slug: Some("personal".into()),
+            ..CreateAppRequest::default()
+        };
+        self.send(self.request(Method::POST, "/apps").json(&req))
+            .await
+    }
+
+    /// `GET /v1/apps`.
+    pub async fn list_apps(&self) -> Result<ListAppsResponse, ClientError> {
+        self.send(self.request(Method::GET, "/apps?org_slug=personal"))
+            .await
+    }
+
+    /// `GET /v1/apps/{app}`.
+    pub async fn get_app(&self, app: &str) -> Result<App, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}")))
+            .await
+    }
+
+    /// `DELETE /v1/apps/{app}`.
+    pub async fn delete_app(&self, app: &str, force: bool) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::DELETE, &format!("/apps/{app}?force={force}")),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- machines ----
+
+    /// `POST /v1/apps/{app}/machines`.
+    pub async fn create_machine(
+        &self,
+        app: &str,
+        req: &CreateMachineRequest,
+    ) -> Result<Machine, ClientError> {
+        self.send(
+            self.request(Method::POST, &format!("/apps/{app}/machines"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/machines`.
+    pub async fn list_machines(
+        &self,
+        app: &str,
+        f: &ListMachines,
+    ) -> Result<Vec<Machine>, ClientError> {
+        let mut q: Vec<(String, String)> = Vec::new();
+        if f.include_deleted {
+            q.push(("include_deleted".into(), "true".into()));
+        }
+        if f.summary {
+            q.push(("summary".into(), "true".into()));
+        }
+        if let Some(r) = &f.region {
+            q.push(("region".into(), r.clone()));
+        }
+        if !f.states.is_empty() {
+            q.push(("state".into(), f.states.join(",")));
+        }
+        for (k, v) in &f.metadata {
+            q.push((format!("metadata.{k}"), v.clone()));
+        }
+        self.send(
+            self.request(Method::GET, &format!("/apps/{app}/machines"))
+                .query(&q),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/machines/{id}`.
+    pub async fn get_machine(&self, app: &str, id: &str) -> Result<Machine, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/machines/{id}")))
+            .await
+    }
+
+    /// `POST .../start`.
+    pub async fn start_machine(&self, app: &str, id: &str) -> Result<StartResponse, ClientError> {
+        self.send(self.request(Method::POST, &format!("/apps/{app}/machines/{id}/start")))
+            .await
+    }
+
+    /// `POST .../stop`.
+    pub async fn stop_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Option<&str>,
+        timeout: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let mut body = serde_json::Map::new();
+        if let Some(s) = signal {
+            body.insert("signal".into(), s.into());
+        }
+        if let Some(t) = timeout {
+            body.insert("timeout".into(), t.into());
+        }
+        self.send::<serde_json::Value>(
+            self.request(Method::POST, &format!("/apps/{app}/machines/{id}/stop"))
+                .json(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `DELETE .../{id}?force=`.
+    pub async fn destroy_machine(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+    ) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(self.request(
+            Method::DELETE,
+            &format!("/apps/{app}/machines/{id}?force={force}"),
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    /// `GET .../wait`, repeated past the API's 60-second limit until
+    /// `timeout`.
+    pub async fn wait_machine(
+        &self,
+        app: &str,
+        id: &str,
+        states: &[&str],
+        timeout: Duration,
+    ) -> Result<WaitMachineResponse, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let secs = left.as_secs().clamp(1, 60);
+            let q: Vec<(&str, String)> = states
+                .iter()
+                .map(|s| ("state", (*s).to_owned()))
+                .chain([("timeout", secs.to_string())])
+                .collect();
+            let r = self
+                .send(
+                    self.request(Method::GET, &format!("/apps/{app}/machines/{id}/wait"))
+                        .query(&q),
+                )
+                .await;
+            match r {
+                Err(ClientError::Api { status, .. })
+                    if status == StatusCode::REQUEST_TIMEOUT.as_u16()
+                        && tokio::time::Instant::now() + Duration::from_millis(500) < deadline =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `GET .../events`.
+    pub async fn machine_events(
+        &self,
+        app: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<MachineEvent>, ClientError> {
+        self.send(self.request(
+            Method::GET,
+            &format!("/apps/{app}/machines/{id}/events?limit={limit}"),
+        ))
+        .await
+    }
+
+    // ---- images (Hangar extension) ----
+
+    /// `GET /v1/hangar/images`.
+    pub async fn list_images(&self) -> Result<Vec<ImageSummary>, ClientError> {
+        self.send(self.request(Method::GET, "/hangar/images")).await
+    }
+
+    /// Uploads an image archive (tar file) to `POST /v1/hangar/images/import`.
+    pub async fn import_image_file(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+    ) -> Result<ImageSummary, ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Config(format!("{}: {e}", path.display())))?;
+        let len = file.metadata().await.map(|m| m.len()).ok();
+        let stream = tokio_util::io::ReaderStream::new(file);
+        self.import_image_stream(reqwest::Body::wrap_stream(stream), len, name)
+            .await
+    }
+
+    /// Uploads an image archive from a body.
+    pub async fn import_image_stream(
+        &self,
+        body: reqwest::Body,
+        len: Option<u64>,
+        name: Option<&str>,
+    ) -> Result<ImageSummary, ClientError> {
+        let mut rb = self
+            .request(Method::POST, "/hangar/images/import")
+            .header("content-type", "application/x-tar")
+            .body(body);
+        if let Some(n) = name {
+            rb = rb.query(&[("name", n)]);
+        }
+        if let Some(l) = len {
+            rb = rb.header("content-length", l);
+        }
+        self.send(rb).await
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

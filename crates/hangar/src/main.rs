@@ -1,1 +1,78 @@
-fn main() {}
+//! `hangar`: the Hangar CLI, shaped like flyctl.
+//!
+//! It talks to `hangard` over the Machines API: the address comes from
+//! `--api-url` or `HANGAR_API_URL` (default `http://127.0.0.1:4280`), the
+//! token from `--token`, `HANGAR_API_TOKEN`, `FLY_API_TOKEN`, or, when run as
+//! root on the `hangard` host, its admin token file.
+
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Run Fly-style machines on your own hosts.
+#[derive(Debug, Parser)]
+#[command(name = "hangar", version, about, propagate_version = true)]
+pub struct Cli {
+    /// hangard's API address.
+    #[arg(long, global = true, env = "HANGAR_API_URL", default_value = hangar_client::DEFAULT_URL)]
+    api_url: String,
+    /// API token (default: HANGAR_API_TOKEN, FLY_API_TOKEN, or the local admin token).
+    #[arg(long, global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage apps.
+    #[command(subcommand, alias = "app")]
+    Apps(cmd::apps::AppsCmd),
+    /// Manage machines.
+    #[command(subcommand, alias = "machines", alias = "m")]
+    Machine(cmd::machine::MachineCmd),
+    /// Manage images in hangard's store.
+    #[command(subcommand, alias = "images")]
+    Image(cmd::image::ImageCmd),
+}
+
+impl Cli {
+    fn client(&self) -> anyhow::Result<hangar_client::Client> {
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => hangar_client::discover_token()?,
+        };
+        Ok(hangar_client::Client::new(&self.api_url, token))
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        let client = cli.client()?;
+        let out = output::Output { json: cli.json };
+        match &cli.command {
+            Command::Apps(c) => cmd::apps::run(c, &client, &out).await,
+            Command::Machine(c) => cmd::machine::run(c, &client, &out).await,
+            Command::Image(c) => cmd::image::run(c, &client, &out).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}

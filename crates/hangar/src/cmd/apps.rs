@@ -1,0 +1,70 @@
+//! `hangar apps create|list|destroy`.
+
+use clap::Subcommand;
+use hangar_client::Client;
+
+use crate::output::Output;
+
+/// App commands.
+#[derive(Debug, Subcommand)]
+pub enum AppsCmd {
+    /// Create an app.
+    Create {
+        /// App name (lowercase letters, digits, dashes).
+        name: String,
+    },
+    /// List apps.
+    #[command(alias = "ls")]
+    List,
+    /// Destroy an app.
+    #[command(alias = "delete", alias = "rm")]
+    Destroy {
+        /// App name.
+        name: String,
+        /// Destroy its machines too.
+        #[arg(long)]
+        force: bool,
+        /// Accepted for flyctl compatibility (no prompt is shown).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// Runs an app command.
+pub async fn run(cmd: &AppsCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        AppsCmd::Create { name } => {
+            let app = c.create_app(name).await?;
+            if out.json {
+                return out.print_json(&app);
+            }
+            println!("New app created: {}", app.name);
+        }
+        AppsCmd::List => {
+            let apps = c.list_apps().await?;
+            if out.json {
+                return out.print_json(&apps.apps);
+            }
+            out.table(
+                &["NAME", "OWNER", "STATUS", "MACHINES", "CREATED"],
+                apps.apps
+                    .into_iter()
+                    .map(|a| {
+                        vec![
+                            a.name,
+                            a.organization.slug,
+                            a.status,
+                            a.machine_count.to_string(),
+                            a.created_at,
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        AppsCmd::Destroy { name, force, .. } => {
+            c.delete_app(name, *force).await?;
+            println!("Destroyed app {name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! `hangar image import|list`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use hangar_client::Client;
+
+use crate::output::{Output, spinner};
+
+/// Image commands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Load an OCI image layout (a directory, as umoci or `skopeo copy ... oci:DIR` write it),
+    /// an OCI archive or a Docker archive into hangard's store.
+    Import {
+        /// Directory or tar file.
+        path: PathBuf,
+        /// Name to file it under (NAME[:TAG]); defaults to the name the archive carries.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List stored images.
+    #[command(alias = "ls")]
+    List,
+}
+
+/// Runs an image command.
+pub async fn run(cmd: &ImageCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Import { path, name } => {
+            let pb = spinner(format!("Importing {}", path.display()));
+            let result = import(c, path, name.as_deref()).await;
+            pb.finish_and_clear();
+            let img = result?;
+            if out.json {
+                return out.print_json(&img);
+            }
+            println!(
+                "Imported {} ({}, {} layers)",
+                img.name, img.digest, img.layers
+            );
+        }
+        ImageCmd::List => {
+            let images = c.list_images().await?;
+            if out.json {
+                return out.print_json(&images);
+            }
+            out.table(
+                &["NAME", "DIGEST", "SOURCE", "LAYERS"],
+                images
+                    .into_iter()
+                    .map(|i| vec![i.name, i.digest, i.source, i.layers.to_string()])
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn import(
+    c: &Client,
+    path: &Path,
+    name: Option<&str>,
+) -> anyhow::Result<hangar_api_types::ImageSummary> {
+    if path.is_dir() {
+        // An OCI layout directory: send it as a tar stream.
+        let tmp = tempfile::NamedTempFile::new()?;
+        {
+            let mut b = tar::Builder::new(tmp.as_file());
+            b.follow_symlinks(false);
+            b.append_dir_all(".", path)?;
+            b.finish()?;
+        }
+        Ok(c.import_image_file(tmp.path(), name).await?)
+    } else if path.is_file() {
+        Ok(c.import_image_file(path, name).await?)
+    } else {
+        anyhow::bail!("{} is neither a directory nor a file", path.display())
+    }
+}

@@ -1,0 +1,625 @@
+//! `hangar machine run|create|list|status|start|stop|destroy|wait`, with
+//! flyctl's flags and defaults.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use hangar_api_types::{
+    CreateMachineRequest, Machine, MachineConfig, MachineGuest, MachineInit, MachineRestart,
+};
+use hangar_client::{Client, ClientError, ListMachines};
+
+use crate::output::{Output, spinner};
+
+/// The app flag, as flyctl spells it.
+#[derive(Debug, Args)]
+pub struct AppArg {
+    /// App name.
+    #[arg(long, short = 'a', env = "HANGAR_APP")]
+    app: Option<String>,
+}
+
+impl AppArg {
+    fn get(&self) -> anyhow::Result<&str> {
+        self.app
+            .as_deref()
+            .context("no app given: use --app NAME (or set HANGAR_APP)")
+    }
+}
+
+/// Flags shared by `run` and `create`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The image to run (e.g. `nginx`, `registry:5000/team/app:v2`).
+    image: String,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    #[command(flatten)]
+    app: AppArg,
+    /// Machine name.
+    #[arg(long, short = 'n')]
+    name: Option<String>,
+    /// Region.
+    #[arg(long, short = 'r')]
+    region: Option<String>,
+    /// Environment variable NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Metadata NAME=VALUE (repeatable).
+    #[arg(long = "metadata", short = 'm')]
+    metadata: Vec<String>,
+    /// Replace the image's ENTRYPOINT (shell words).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long = "vm-cpus", alias = "cpus")]
+    vm_cpus: Option<i64>,
+    /// Memory in MB (or with a unit: 512mb, 1gb).
+    #[arg(long = "vm-memory", alias = "memory")]
+    vm_memory: Option<String>,
+    /// `shared` or `performance`.
+    #[arg(long = "vm-cpu-kind")]
+    vm_cpu_kind: Option<String>,
+    /// A size preset (shared-cpu-1x ... performance-16x).
+    #[arg(long = "vm-size", alias = "size")]
+    vm_size: Option<String>,
+    /// Restart policy: no, always, on-fail.
+    #[arg(long)]
+    restart: Option<String>,
+    /// Destroy the machine when its main process exits.
+    #[arg(long)]
+    rm: bool,
+    /// Return once the machine is created; do not wait for it.
+    #[arg(long, short = 'd')]
+    detach: bool,
+}
+
+/// Machine commands.
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    /// Create and start a machine.
+    Run(RunArgs),
+    /// Create a machine without starting it.
+    Create(RunArgs),
+    /// List an app's machines.
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        app: AppArg,
+        /// Include destroyed machines.
+        #[arg(long)]
+        all: bool,
+        /// Only IDs, one per line.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Show a machine's details and recent events.
+    Status {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+        /// Also print the machine's config.
+        #[arg(long, short = 'd')]
+        display_config: bool,
+    },
+    /// Start machines.
+    Start {
+        /// Machine IDs or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Stop machines.
+    Stop {
+        /// Machine IDs or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+        /// Signal to send (default: the machine's stop_config.signal, SIGINT).
+        #[arg(long, short = 's')]
+        signal: Option<String>,
+        /// Seconds (or a duration such as 30s) before SIGKILL.
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// Destroy a machine.
+    #[command(alias = "remove", alias = "rm")]
+    Destroy {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+        /// Kill it if it runs.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Wait for a machine to reach a state.
+    Wait {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+        /// The state to wait for.
+        #[arg(long, default_value = "started")]
+        state: String,
+        /// How long to wait (e.g. 60s, 5m).
+        #[arg(long = "wait-timeout", alias = "timeout", default_value = "5m")]
+        wait_timeout: String,
+    },
+}
+
+/// Runs a machine command.
+pub async fn run(cmd: &MachineCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        MachineCmd::Run(args) => run_machine(args, c, out, true).await,
+        MachineCmd::Create(args) => run_machine(args, c, out, false).await,
+        MachineCmd::List { app, all, quiet } => {
+            let app = app.get()?;
+            let machines = c
+                .list_machines(
+                    app,
+                    &ListMachines {
+                        include_deleted: *all,
+                        ..ListMachines::default()
+                    },
+                )
+                .await?;
+            if out.json {
+                return out.print_json(&machines);
+            }
+            if *quiet {
+                machines.iter().for_each(|m| println!("{}", m.id));
+                return Ok(());
+            }
+            if machines.is_empty() {
+                println!("No machines in app {app}");
+                return Ok(());
+            }
+            out.table(
+                &[
+                    "ID", "NAME", "STATE", "REGION", "IMAGE", "CREATED", "UPDATED",
+                ],
+                machines
+                    .into_iter()
+                    .map(|m| {
+                        vec![
+                            m.id,
+                            m.name,
+                            m.state,
+                            m.region,
+                            m.config.map(|c| c.image).unwrap_or_default(),
+                            m.created_at,
+                            m.updated_at,
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        MachineCmd::Status {
+            id,
+            app,
+            display_config,
+        } => {
+            let app = app.get()?;
+            let id = resolve(c, app, id).await?;
+            let m = c.get_machine(app, &id).await?;
+            if out.json {
+                return out.print_json(&m);
+            }
+            print_status(&m, out, *display_config)
+        }
+        MachineCmd::Start { ids, app } => {
+            let app = app.get()?;
+            for id in ids {
+                let id = resolve(c, app, id).await?;
+                let r = c.start_machine(app, &id).await?;
+                if out.json {
+                    out.print_json(&r)?;
+                } else {
+                    println!("{id} has been started (was {})", r.previous_state);
+                }
+            }
+            Ok(())
+        }
+        MachineCmd::Stop {
+            ids,
+            app,
+            signal,
+            timeout,
+        } => {
+            let app = app.get()?;
+            let timeout = timeout.as_deref().map(|t| {
+                if t.chars().all(|ch| ch.is_ascii_digit()) {
+                    format!("{t}s")
+                } else {
+                    t.to_owned()
+                }
+            });
+            for id in ids {
+                let id = resolve(c, app, id).await?;
+                c.stop_machine(app, &id, signal.as_deref(), timeout.as_deref())
+                    .await?;
+                println!(
+                    "Sent {} to machine {id}",
+                    signal.as_deref().unwrap_or("stop")
+                );
+            }
+            Ok(())
+        }
+        MachineCmd::Destroy { id, app, force } => {
+            let app = app.get()?;
+            let id = resolve(c, app, id).await?;
+            c.destroy_machine(app, &id, *force).await?;
+            let pb = spinner(format!("Destroying machine {id}"));
+            let r = c
+                .wait_machine(app, &id, &["destroyed"], Duration::from_secs(60))
+                .await;
+            pb.finish_and_clear();
+            r?;
+            println!("Machine {id} was destroyed");
+            Ok(())
+        }
+        MachineCmd::Wait {
+            id,
+            app,
+            state,
+            wait_timeout,
+        } => {
+            let app = app.get()?;
+            let id = resolve(c, app, id).await?;
+            let timeout = parse_duration(wait_timeout)?;
+            let pb = spinner(format!("Waiting for machine {id} to reach {state}"));
+            let r = c.wait_machine(app, &id, &[state], timeout).await;
+            pb.finish_and_clear();
+            let r = r?;
+            if out.json {
+                return out.print_json(&r);
+            }
+            println!("Machine {id} is {}", r.state);
+            Ok(())
+        }
+    }
+}
+
+/// A machine ID, or the ID of the app's machine with that name.
+async fn resolve(c: &Client, app: &str, id_or_name: &str) -> anyhow::Result<String> {
+    let is_id = id_or_name.len() == 14 && id_or_name.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_id {
+        return Ok(id_or_name.to_owned());
+    }
+    let machines = c.list_machines(app, &ListMachines::default()).await?;
+    machines
+        .into_iter()
+        .find(|m| m.name == id_or_name)
+        .map(|m| m.id)
+        .with_context(|| format!("no machine with ID or name {id_or_name:?} in app {app}"))
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("invalid duration {s:?}"))?;
+    Ok(match unit {
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "ms" => Duration::from_millis(n),
+        _ => bail!("invalid duration {s:?} (use e.g. 30s, 5m)"),
+    })
+}
+
+/// `512`, `512mb`, `1gb`, `1GB` as MB.
+fn parse_memory(s: &str) -> anyhow::Result<i64> {
+    let l = s.trim().to_ascii_lowercase();
+    let (num, mult) = if let Some(n) = l.strip_suffix("gb").or_else(|| l.strip_suffix('g')) {
+        (n, 1024)
+    } else if let Some(n) = l.strip_suffix("mb").or_else(|| l.strip_suffix('m')) {
+        (n, 1)
+    } else {
+        (l.as_str(), 1)
+    };
+    let n: i64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid memory size {s:?} (use MB, e.g. 512, or 1gb)"))?;
+    Ok(n * mult)
+}
+
+fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    list.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("invalid {what} {kv:?}: use NAME=VALUE"))
+        })
+        .collect()
+}
+
+/// The machine config flyctl's `machine run` builds from its flags.
+fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
+    let mut c = MachineConfig {
+        image: args.image.clone(),
+        ..MachineConfig::default()
+    };
+    let env = pairs(&args.env, "--env")?;
+    if !env.is_empty() {
+        c.env = Some(env);
+    }
+    let md = pairs(&args.metadata, "--metadata")?;
+    if !md.is_empty() {
+        c.metadata = Some(md);
+    }
+    let mut init = MachineInit::default();
+    if !args.command.is_empty() {
+        init.cmd = Some(args.command.clone());
+    }
+    if let Some(ep) = &args.entrypoint {
+        init.entrypoint =
+            Some(shlex::split(ep).with_context(|| format!("invalid --entrypoint {ep:?}"))?);
+    }
+    c.init = Some(init);
+    if args.vm_cpus.is_some() || args.vm_memory.is_some() || args.vm_cpu_kind.is_some() {
+        c.guest = Some(MachineGuest {
+            cpus: args.vm_cpus,
+            memory_mb: args.vm_memory.as_deref().map(parse_memory).transpose()?,
+            cpu_kind: args.vm_cpu_kind.clone(),
+            ..MachineGuest::default()
+        });
+    }
+    c.size = args.vm_size.clone();
+    // flyctl: `always` for `machine run`, `no` with --rm.
+    let policy = match (&args.restart, args.rm) {
+        (_, true) => Some("no".to_owned()),
+        (Some(p), false) => Some(match p.as_str() {
+            "on-fail" | "on-failure" => "on-failure".to_owned(),
+            "no" | "never" => "no".to_owned(),
+            "always" => "always".to_owned(),
+            other => bail!("invalid --restart {other:?}: use no, always or on-fail"),
+        }),
+        (None, false) if run => Some("always".to_owned()),
+        (None, false) => None,
+    };
+    if let Some(policy) = policy {
+        c.restart = Some(MachineRestart {
+            policy: Some(policy),
+            ..MachineRestart::default()
+        });
+    }
+    if args.rm {
+        c.auto_destroy = Some(true);
+    }
+    Ok(c)
+}
+
+async fn run_machine(args: &RunArgs, c: &Client, out: &Output, start: bool) -> anyhow::Result<()> {
+    let app = args.app.get()?;
+    match c.get_app(app).await {
+        Ok(_) => {}
+        Err(ClientError::Api { status: 404, .. }) => {
+            c.create_app(app).await?;
+            if !out.json {
+                println!("Created app {app}");
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let req = CreateMachineRequest {
+        config: Some(config_from(args, start)?),
+        name: args.name.clone(),
+        region: args.region.clone(),
+        skip_launch: (!start).then_some(true),
+        ..CreateMachineRequest::default()
+    };
+    let m = c.create_machine(app, &req).await?;
+    let id = m.id.clone();
+    if !args.detach {
+        let (want, verb) = if start {
+            ("started", "start")
+        } else {
+            ("stopped", "be created")
+        };
+        let pb = spinner(format!("Waiting for machine {id} to {verb}"));
+        let r = c
+            .wait_machine(app, &id, &[want], Duration::from_secs(300))
+            .await;
+        pb.finish_and_clear();
+        if let Err(e) = r {
+            bail!("machine {id} did not {verb}: {e}");
+        }
+    }
+    let m = c.get_machine(app, &id).await?;
+    if out.json {
+        return out.print_json(&m);
+    }
+    println!(
+        "Machine {} ({}) {}",
+        m.id,
+        m.name,
+        if start { "is launched" } else { "is created" }
+    );
+    println!(" App:         {app}");
+    println!(" Instance ID: {}", m.instance_id);
+    println!(" State:       {}", m.state);
+    println!(
+        " Image:       {}",
+        m.config.as_ref().map(|c| c.image.as_str()).unwrap_or("")
+    );
+    Ok(())
+}
+
+fn print_status(m: &Machine, out: &Output, display_config: bool) -> anyhow::Result<()> {
+    let image = m
+        .image_ref
+        .as_ref()
+        .map(|r| {
+            let tag = if r.tag.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", r.tag)
+            };
+            let digest = if r.digest.is_empty() {
+                String::new()
+            } else {
+                format!("@{}", r.digest)
+            };
+            format!("{}/{}{tag}{digest}", r.registry, r.repository)
+        })
+        .unwrap_or_default();
+    println!("Machine ID:  {}", m.id);
+    println!("Name:        {}", m.name);
+    println!("State:       {}", m.state);
+    println!("Region:      {}", m.region);
+    println!("Image:       {image}");
+    println!("Instance ID: {}", m.instance_id);
+    println!("Created:     {}", m.created_at);
+    println!("Updated:     {}", m.updated_at);
+    if let Some(g) = m.config.as_ref().and_then(|c| c.guest.as_ref()) {
+        println!(
+            "Size:        {} x{} CPU, {} MB",
+            g.cpu_kind.as_deref().unwrap_or("shared"),
+            g.cpus.unwrap_or(1),
+            g.memory_mb.unwrap_or(256)
+        );
+    }
+    println!();
+    println!("Event Logs");
+    let rows = m
+        .events
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let info = e
+                .request
+                .as_ref()
+                .map(|r| {
+                    if let Some(x) = r.get("exit_event") {
+                        format!(
+                            "exit_code={},oom_killed={},requested_stop={}",
+                            x["exit_code"], x["oom_killed"], x["requested_stop"]
+                        )
+                    } else if let Some(err) = r.get("error").and_then(|v| v.as_str()) {
+                        err.to_owned()
+                    } else {
+                        String::new()
+                    }
+                })
+                .unwrap_or_default();
+            vec![e.status, e.kind, e.source, format_ms(e.timestamp), info]
+        })
+        .collect();
+    out.table(&["STATE", "EVENT", "SOURCE", "TIMESTAMP", "INFO"], rows);
+    if display_config {
+        println!();
+        println!("Config:");
+        println!("{}", serde_json::to_string_pretty(&m.config)?);
+    }
+    Ok(())
+}
+
+/// Unix milliseconds as `2026-11-22T01:02:03.456Z`.
+fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> RunArgs {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            r: RunArgs,
+        }
+        T::parse_from(std::iter::once("t").chain(args.iter().copied())).r
+    }
+
+    #[test]
+    fn run_flags_build_flyctl_config() {
+        let a = parse(&[
+            "busybox",
+            "-a",
+            "app",
+            "-e",
+            "A=1",
+            "--metadata",
+            "role=web",
+            "--entrypoint",
+            "/bin/sh -c",
+            "--vm-cpus",
+            "2",
+            "--vm-memory",
+            "1gb",
+            "echo",
+            "hi",
+            "--there",
+        ]);
+        let c = config_from(&a, true).unwrap();
+        assert_eq!(c.image, "busybox");
+        assert_eq!(c.env.unwrap()["A"], "1");
+        assert_eq!(c.metadata.unwrap()["role"], "web");
+        let init = c.init.unwrap();
+        assert_eq!(init.entrypoint.unwrap(), vec!["/bin/sh", "-c"]);
+        assert_eq!(init.cmd.unwrap(), vec!["echo", "hi", "--there"]);
+        let g = c.guest.unwrap();
+        assert_eq!((g.cpus, g.memory_mb), (Some(2), Some(1024)));
+        assert_eq!(c.restart.unwrap().policy.as_deref(), Some("always"));
+
+        let c = config_from(&parse(&["busybox", "--rm"]), true).unwrap();
+        assert_eq!(c.restart.unwrap().policy.as_deref(), Some("no"));
+        assert_eq!(c.auto_destroy, Some(true));
+        let c = config_from(&parse(&["busybox", "--restart", "on-fail"]), true).unwrap();
+        assert_eq!(c.restart.unwrap().policy.as_deref(), Some("on-failure"));
+        assert!(config_from(&parse(&["busybox", "--restart", "sometimes"]), true).is_err());
+        assert!(config_from(&parse(&["busybox", "-e", "NOEQUALS"]), true).is_err());
+        // `machine create` leaves the API's default policy.
+        assert!(
+            config_from(&parse(&["busybox"]), false)
+                .unwrap()
+                .restart
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_memory("512").unwrap(), 512);
+        assert_eq!(parse_memory("2GB").unwrap(), 2048);
+        assert!(parse_memory("lots").is_err());
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

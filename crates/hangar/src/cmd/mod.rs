@@ -1,0 +1,6 @@
+//! One module per command group; each command parses, calls the client,
+//! prints.
+
+pub mod apps;
+pub mod image;
+pub mod machine;
