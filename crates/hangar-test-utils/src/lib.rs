@@ -4,9 +4,11 @@
 //! `docker-registry` on a free loopback port; [`image`] builds OCI images
 //! from the host's static busybox (no download) and pushes them with the
 //! distribution API, or writes them as OCI layouts and Docker archives for
-//! import. Missing prerequisites are reported with the command that installs
+//! import; [`daemon::Daemon`] runs a real `hangard` on a free port. Missing
+//! prerequisites are reported with the command that installs
 //! them, and fail the test: a green run never means "skipped".
 
+pub mod daemon;
 pub mod image;
 pub mod registry;
 

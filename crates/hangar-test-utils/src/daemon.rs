@@ -1,0 +1,224 @@
+//! A real `hangard` for end-to-end tests: its own data dir, a free loopback
+//! port, real crun. The binaries are built (if stale) on first use with the
+//! same cargo that runs the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hangar_client::Client;
+
+/// Paths of the freshly built `hangard` and `hangar` binaries.
+pub fn binaries() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .and_then(Path::parent)
+            .expect("workspace root")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(&workspace)
+            .args([
+                "build", "--quiet", "--bins", "-p", "hangard", "-p", "hangar",
+            ])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building hangard and hangar failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace.join("target"));
+        let dir = target.join("debug");
+        (dir.join("hangard"), dir.join("hangar"))
+    })
+}
+
+/// A running `hangard`; killed (SIGKILL) and its machines destroyed on drop.
+pub struct Daemon {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts a daemon with extra flags (e.g. `--insecure-registry`).
+    pub async fn start(extra_args: &[String]) -> Daemon {
+        crate::require_program("crun", "crun");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut d = Daemon {
+            data_dir: dir.path().join("data"),
+            url: String::new(),
+            token: String::new(),
+            port: crate::free_port(),
+            extra_args: extra_args.to_vec(),
+            child: None,
+            _dir: dir,
+        };
+        d.url = format!("http://127.0.0.1:{}", d.port);
+        d.spawn().await;
+        d
+    }
+
+    /// Starts a daemon that may pull from `registry` over plain HTTP.
+    pub async fn with_registry(registry: &str) -> Daemon {
+        Daemon::start(&["--insecure-registry".into(), registry.into()]).await
+    }
+
+    async fn spawn(&mut self) {
+        let (hangard, _) = binaries();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("hangard.log"))
+            .expect("log file");
+        let child = Command::new(hangard)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting hangard");
+        self.child = Some(child);
+        let token_file = self.data_dir.join("admin-token");
+        let url = format!("{}/v1/apps?org_slug=personal", self.url);
+        let http = reqwest::Client::new();
+        let token = crate::wait_until(Duration::from_secs(30), "hangard to serve", || {
+            let http = http.clone();
+            let url = url.clone();
+            let token_file = token_file.clone();
+            async move {
+                let token = std::fs::read_to_string(&token_file).ok()?.trim().to_owned();
+                let r = http.get(&url).bearer_auth(&token).send().await.ok()?;
+                r.status().is_success().then_some(token)
+            }
+        })
+        .await;
+        self.token = token;
+    }
+
+    /// A client for this daemon.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, &self.token)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("hangard.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on our child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let status = c.wait().expect("waiting for hangard");
+            assert!(status.success(), "hangard exited with {status} on SIGTERM");
+        }
+    }
+
+    /// SIGKILLs the daemon, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same data dir and port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Runs the `hangar` CLI against this daemon; returns (success, stdout,
+    /// stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let (_, hangar) = binaries();
+        let out = Command::new(hangar)
+            .args(args)
+            .env("HANGAR_API_URL", &self.url)
+            .env("HANGAR_API_TOKEN", &self.token)
+            .env_remove("HANGAR_APP")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running hangar");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The machine's log lines as `(stream, message)`.
+    pub fn machine_log(&self, id: &str) -> Vec<(String, String)> {
+        let path = self
+            .data_dir
+            .join("machines")
+            .join(id)
+            .join("logs/machine.log");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                (
+                    v["stream"].as_str().unwrap_or_default().to_owned(),
+                    v["message"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    /// Leaves nothing running: the daemon is killed, then every container of
+    /// its data dir is killed and deleted and its root unmounted.
+    fn drop(&mut self) {
+        self.kill();
+        let machines = self.data_dir.join("machines");
+        let Ok(rd) = std::fs::read_dir(&machines) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            for runtime in ["crun", "runc"] {
+                let root = self.data_dir.join("run").join(runtime);
+                if !root.exists() {
+                    continue;
+                }
+                let run = |args: &[&str]| {
+                    let _ = Command::new(runtime)
+                        .arg("--root")
+                        .arg(&root)
+                        .args(args)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                };
+                run(&["kill", &id, "KILL"]);
+                std::thread::sleep(Duration::from_millis(100));
+                run(&["delete", "--force", &id]);
+            }
+            let rootfs = e.path().join("bundle/rootfs");
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&rootfs)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
