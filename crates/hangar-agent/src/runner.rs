@@ -336,6 +336,20 @@ impl Runner {
                 }
                 None
             }
+            Effect::Prewarm => {
+                // Only with the image at hand: never pull for a stopped machine.
+                if self.image.is_some() {
+                    match self.workload_spec() {
+                        Ok(spec) => {
+                            if let Err(e) = rt.prewarm(&spec).await {
+                                tracing::debug!(machine = %id, error = %e, "prewarm failed");
+                            }
+                        }
+                        Err(e) => tracing::debug!(machine = %id, error = %e, "nothing to prewarm"),
+                    }
+                }
+                None
+            }
             Effect::DestroyWorkload => {
                 self.exit_gen += 1;
                 match rt.destroy(&id).await {

@@ -321,6 +321,10 @@ pub enum Effect {
     /// Remove what is left of a finished (or stray) workload and reset the
     /// root filesystem, without touching the machine's other files.
     CleanupWorkload,
+    /// Get the root filesystem and bundle of the next start ready now, while
+    /// the machine rests in `stopped` (nothing runs; the writable layer is
+    /// fresh), so that the start does less. Best effort.
+    Prewarm,
     /// Kill the workload if needed and remove everything of the machine;
     /// report [`Input::WorkloadDestroyed`] or [`Input::WorkloadDestroyFailed`].
     DestroyWorkload,
@@ -455,6 +459,7 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
                 // skip_launch: settle in `stopped`, where flyctl waits for it.
                 t.machine.state = S::Stopped;
                 t.machine.step = Step::Idle;
+                t.effects.push(Effect::Prewarm);
             }
         }
         (S::Created, I::PrepareFailed(error)) => fail(&mut t, "launch", error),
@@ -802,8 +807,12 @@ fn on_exit(t: &mut Transition, policy: &Policy, info: ExitInfo, requested_stop: 
         restart_count: t.machine.restart_count,
     });
     t.events.push(event);
-    if !restart && policy.auto_destroy {
-        goto_destroy(t, Source::Flyd);
+    if !restart {
+        if policy.auto_destroy {
+            goto_destroy(t, Source::Flyd);
+        } else {
+            t.effects.push(Effect::Prewarm);
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub struct InitOverrides {
 }
 
 /// The process a machine runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProcessSpec {
     /// Program and arguments; never empty.
     pub argv: Vec<String>,

@@ -891,8 +891,16 @@ impl Inner {
             config: image_config,
             layers,
         };
-        self.write_record(&rec)?;
-        if name.tag.is_some() {
+        // A tag that still names the image we have needs no new records.
+        let known = self.read_record(&digest)?.is_some();
+        let current = name.tag.is_none()
+            || self
+                .read_ref(&name.key())?
+                .is_some_and(|r| r.digest == digest && r.source == Source::Registry);
+        if !known {
+            self.write_record(&rec)?;
+        }
+        if !current {
             self.write_ref(
                 &name.key(),
                 &RefEntry {

@@ -7,8 +7,8 @@
 //!   left and exits with the same code. The same binary will be PID 1 of
 //!   microVMs.
 //! - **shim** (`hangar-init shim ...`): runs on the host, one per running
-//!   machine, in its own session, so a machine outlives `hangard`. It creates
-//!   and starts the container through the OCI runtime, becomes the container's
+//!   machine, in its own session, so a machine outlives `hangard`. It starts
+//!   the container through the OCI runtime (`run --detach`), becomes the container's
 //!   parent (child subreaper), writes its stdout and stderr to a bounded,
 //!   rotated JSON-lines log, and when the container ends writes `exit.json`,
 //!   deletes the container and exits. `hangard` watches the shim's pid.

@@ -2,8 +2,7 @@
 //!
 //! ```text
 //! hangard ──spawn──► shim (setsid, child subreaper)
-//!                     ├─ crun create (stdout/stderr/fd 3 = shim's pipes)
-//!                     ├─ crun start
+//!                     ├─ crun run --detach (stdout/stderr/fd 3 = shim's pipes)
 //!                     │    └─ reports {"pid":N} or {"error":"..."} on its stdout
 //!                     ├─ pipes ──► machine.log (JSON lines, rotated)
 //!                     ├─ waits for the container's init (pidfd)
@@ -110,12 +109,15 @@ fn run(o: &Options) -> io::Result<()> {
     let (err_r, err_w) = sys::pipe()?;
     let (status_r, status_w) = sys::pipe()?;
 
-    // crun create: the container's stdio and fd 3 are the pipes' write ends.
+    // `run --detach` (create and start in one runtime process: the network
+    // namespace is made beforehand, so nothing needs to happen in between).
+    // The container's stdio and fd 3 are the pipes' write ends.
     let pid_file = o.state_dir.join(CONTAINER_PID_FILE);
     let _ = fs::remove_file(&pid_file);
     let mut create = runtime(o);
     create
-        .arg("create")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(&o.bundle)
         .arg("--pid-file")
@@ -135,10 +137,15 @@ fn run(o: &Options) -> io::Result<()> {
             Ok(())
         });
     }
-    let created = create.status()?;
+    let runtime_started = std::time::Instant::now();
+    let started = create.status()?;
+    let runtime_ms = runtime_started.elapsed().as_secs_f64() * 1e3;
+    // The Command still holds copies of the pipes' write ends: drop them all,
+    // or the pipes never reach EOF when the container ends.
+    drop(create);
     drop((out_w, err_w, status_w));
-    if !created.success() {
-        let msg = runtime_error(o, "create");
+    if !started.success() {
+        let msg = runtime_error(o, "start");
         cleanup(o);
         return report_failure(o, &msg);
     }
@@ -146,23 +153,15 @@ fn run(o: &Options) -> io::Result<()> {
         .trim()
         .parse()
         .map_err(|_| io::Error::other("bad container pid file"))?;
+    // The container's init is our child now (we are its subreaper), so the
+    // pidfd works even if it has already exited.
     let pidfd = sys::pidfd_open(pid)?;
 
-    let started = runtime(o)
-        .arg("start")
-        .arg(&o.id)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !started.success() {
-        let msg = runtime_error(o, "start");
-        cleanup(o);
-        return report_failure(o, &msg);
-    }
-
     // Tell hangard, then detach from it: nothing more goes to its pipe.
-    println!("{}", serde_json::json!({ "pid": pid }));
+    println!(
+        "{}",
+        serde_json::json!({ "pid": pid, "runtime_ms": runtime_ms })
+    );
     let _ = io::stdout().flush();
     detach_stdio();
 
@@ -396,12 +395,14 @@ pub fn start_time(pid: &str) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("bad stat"))
 }
 
+/// Replaces `path` atomically. No fsync: these files must survive a crash of
+/// `hangard`, not of the host (after which no container survives either), and
+/// an fsync would sit on every machine start.
 fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
     }
     fs::rename(&tmp, path)
 }

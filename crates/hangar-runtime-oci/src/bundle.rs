@@ -2,7 +2,8 @@
 //!
 //! PID 1 is `hangar-init`, bind-mounted read-only at `/.hangar/init`; it runs
 //! the machine's process as the image's user. The container gets its own pid,
-//! mount, ipc, uts, network and cgroup namespaces (hostname = machine id),
+//! mount, ipc, uts and cgroup namespaces (hostname = machine id) and joins the
+//! machine's own network namespace (see netns.rs),
 //! Docker's default capability set, the cgroup limits of its guest size, and
 //! file descriptor limits equal to the host's hard limit (root here cannot
 //! raise hard limits).
@@ -45,6 +46,8 @@ pub struct BundlePaths<'a> {
     pub hostname: &'a Path,
     /// The container's cgroup path, e.g. `/hangar/<id>`.
     pub cgroup: &'a str,
+    /// The machine's pinned network namespace.
+    pub netns: &'a Path,
 }
 
 /// The host's hard `RLIMIT_NOFILE`.
@@ -133,7 +136,7 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
         ],
         "linux": {
             "namespaces": [
-                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                {"type": "pid"}, {"type": "network", "path": paths.netns}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             ],
             "cgroupsPath": paths.cgroup,
@@ -187,6 +190,7 @@ mod tests {
             hosts: p,
             hostname: p,
             cgroup: "/hangar/0123456789abcd",
+            netns: p,
         };
         let who = Identity {
             uid: 1000,

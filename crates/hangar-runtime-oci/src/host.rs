@@ -41,3 +41,52 @@ pub fn fix_hybrid_cgroups() -> io::Result<Vec<String>> {
     }
     Ok(moved)
 }
+
+/// Turns on the cgroup2 `favordynmods` mount option when the kernel has it
+/// and it is off. Every container start moves a task into its cgroups; that
+/// write takes the global `cgroup_threadgroup_rwsem`, whose writer side waits
+/// for an RCU grace period (several milliseconds, the largest single cost of
+/// a container start on this kind of host). `favordynmods` makes it cheap at
+/// the price of slightly costlier fork and exit (see the kernel's
+/// cgroup-v2 documentation), the right trade for a host that starts
+/// containers. The option is global and lasts until reboot. Returns whether
+/// it changed anything.
+pub fn favor_dynamic_cgroups() -> io::Result<bool> {
+    let features = std::fs::read_to_string("/sys/kernel/cgroup/features").unwrap_or_default();
+    if !features.split_whitespace().any(|f| f == "favordynmods") {
+        return Ok(false);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    // Fields: ... mount point (5th) ... " - " fstype source super-options.
+    let Some((mount_point, super_opts)) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        (r.next()? == "cgroup2").then(|| {
+            (
+                left.split_whitespace().nth(4).map(str::to_owned),
+                r.nth(1).map(str::to_owned),
+            )
+        })
+    }) else {
+        return Ok(false);
+    };
+    let (Some(mount_point), Some(super_opts)) = (mount_point, super_opts) else {
+        return Ok(false);
+    };
+    if super_opts.split(',').any(|o| o == "favordynmods") {
+        return Ok(false);
+    }
+    // util-linux's mount merges the current options into the remount.
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,favordynmods", &mount_point])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    if !status.status.success() {
+        return Err(io::Error::other(format!(
+            "remounting {mount_point} with favordynmods: {}",
+            String::from_utf8_lossy(&status.stderr).trim()
+        )));
+    }
+    Ok(true)
+}

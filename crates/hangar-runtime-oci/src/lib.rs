@@ -23,6 +23,7 @@
 mod bundle;
 pub mod fsutil;
 pub mod host;
+pub mod netns;
 mod user;
 
 use std::collections::HashMap;
@@ -109,6 +110,9 @@ struct Shim {
 pub struct OciRuntime {
     cfg: OciConfig,
     shims: Mutex<HashMap<MachineId, Arc<Shim>>>,
+    /// Machines whose root filesystem and bundle are ready for the next
+    /// start, with the hash of the spec they were prepared for.
+    prepared: Mutex<HashMap<MachineId, u64>>,
     nofile: u64,
 }
 
@@ -134,6 +138,7 @@ impl OciRuntime {
         Ok(OciRuntime {
             cfg,
             shims: Mutex::new(HashMap::new()),
+            prepared: Mutex::new(HashMap::new()),
             nofile: bundle::host_nofile_hard(),
         })
     }
@@ -183,14 +188,31 @@ impl OciRuntime {
         };
     }
 
+    /// Takes the record of a prewarmed bundle; true if it was made for
+    /// exactly this spec.
+    fn take_prepared(&self, spec: &WorkloadSpec) -> bool {
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&spec.id);
+        prepared == Some(spec_hash(spec))
+    }
+
     /// Prepares the root filesystem and bundle; returns the bundle dir.
     fn prepare(&self, spec: &WorkloadSpec) -> Result<PathBuf, RuntimeError> {
         let id = &spec.id;
         let dir = self.dir(id);
         let bundle_dir = dir.join("bundle");
+        if self.take_prepared(spec) && fsutil::is_mounted(&bundle_dir.join("rootfs")) {
+            return Ok(bundle_dir);
+        }
         let rootfs = bundle_dir.join("rootfs");
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let err = |op: &'static str| move |e: io::Error| failed(op, id, e);
+        std::fs::create_dir_all(&dir).map_err(err("create machine dirs"))?;
+        let netns_path = dir.join("netns");
+        netns::ensure(&netns_path).map_err(err("create network namespace"))?;
         fsutil::unmount(&rootfs).map_err(err("unmount stale rootfs"))?;
         fsutil::remove_tree(&upper).map_err(err("reset writable layer"))?;
         fsutil::remove_tree(&work).map_err(err("reset writable layer"))?;
@@ -239,6 +261,7 @@ impl OciRuntime {
                     hosts: &hosts,
                     hostname: &hostname,
                     cgroup: &cgroup,
+                    netns: &netns_path,
                 },
                 self.nofile,
             );
@@ -278,6 +301,13 @@ impl OciRuntime {
     fn remove_cgroups(&self, id: &MachineId) {
         let rel = self.cgroup(id);
         let rel = rel.trim_start_matches('/');
+        let left = ["memory", "pids", "cpu", "unified"]
+            .iter()
+            .any(|c| Path::new("/sys/fs/cgroup").join(c).join(rel).exists())
+            || Path::new("/sys/fs/cgroup").join(rel).exists();
+        if !left {
+            return;
+        }
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
             for e in rd.flatten() {
                 let p = e.path().join(rel);
@@ -288,6 +318,13 @@ impl OciRuntime {
         }
         let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
     }
+}
+
+fn spec_hash(spec: &WorkloadSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    spec.hash(&mut h);
+    h.finish()
 }
 
 fn proc_start_time(pid: i32) -> Option<u64> {
@@ -340,7 +377,9 @@ impl Runtime for OciRuntime {
         if self.shim(id).is_some() {
             return Err(failed("start", id, "a workload is already running"));
         }
+        let t0 = std::time::Instant::now();
         let bundle_dir = self.prepare(spec)?;
+        let prepared = t0.elapsed();
         let dir = self.dir(id);
         let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
         cmd.arg("shim")
@@ -367,6 +406,7 @@ impl Runtime for OciRuntime {
         let mut child = cmd
             .spawn()
             .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
+        let spawned = t0.elapsed();
         let pid = child.id().unwrap_or(0) as i32;
         let pidfd = pidfd_open(pid).map_err(|e| failed("start", id, e))?;
         let shim = Shim { pid, pidfd };
@@ -388,6 +428,14 @@ impl Runtime for OciRuntime {
         };
         if report.get("pid").and_then(|p| p.as_i64()).is_some() {
             self.set_shim(id, Some(shim));
+            tracing::debug!(
+                machine = %id,
+                prepare_ms = prepared.as_secs_f64() * 1e3,
+                spawned_ms = spawned.as_secs_f64() * 1e3,
+                runtime_ms = report.get("runtime_ms").and_then(|v| v.as_f64()).unwrap_or_default(),
+                total_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "container started"
+            );
             return Ok(());
         }
         let reason = report
@@ -398,6 +446,18 @@ impl Runtime for OciRuntime {
         wait_pidfd_for(&shim, Duration::from_secs(5)).await;
         let _ = fsutil::unmount(&bundle_dir.join("rootfs"));
         Err(failed("start", id, reason))
+    }
+
+    async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
+        if self.shim(&spec.id).is_some() {
+            return Ok(());
+        }
+        self.prepare(spec)?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(spec.id.clone(), spec_hash(spec));
+        Ok(())
     }
 
     async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError> {
@@ -475,15 +535,23 @@ impl Runtime for OciRuntime {
             }
         }
         self.set_shim(id, None);
-        let _ = self
-            .runtime_cmd()
-            .arg("delete")
-            .arg("--force")
-            .arg(id.as_str())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        // The shim deletes the container when it ends normally; only a
+        // container the runtime still knows about needs deleting here.
+        if self.cfg.runtime_root.join(id.as_str()).exists() {
+            let _ = self
+                .runtime_cmd()
+                .arg("delete")
+                .arg("--force")
+                .arg(id.as_str())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+        }
         self.remove_cgroups(id);
         let rootfs = dir.join("bundle/rootfs");
         fsutil::unmount(&rootfs).map_err(|e| failed("cleanup", id, e))?;
@@ -501,7 +569,9 @@ impl Runtime for OciRuntime {
 
     async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
         self.cleanup(id).await?;
-        fsutil::remove_tree(&self.dir(id)).map_err(|e| failed("destroy", id, e))
+        let dir = self.dir(id);
+        netns::remove(&dir.join("netns")).map_err(|e| failed("destroy", id, e))?;
+        fsutil::remove_tree(&dir).map_err(|e| failed("destroy", id, e))
     }
 
     fn log_path(&self, id: &MachineId) -> Option<PathBuf> {

@@ -53,6 +53,7 @@ impl Drop for Env {
             std::thread::sleep(Duration::from_millis(100));
             crun(&["delete", "--force", &id]);
             let _ = hangar_runtime_oci::fsutil::unmount(&e.path().join("bundle/rootfs"));
+            let _ = hangar_runtime_oci::netns::remove(&e.path().join("netns"));
         }
     }
 }
@@ -294,6 +295,12 @@ async fn destroy_leaves_no_process_mount_or_cgroup() {
     assert!(hangar_runtime_oci::fsutil::is_mounted(&rootfs));
     rt.destroy(&s.id).await.unwrap();
     assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(s.id.as_str()),
+        "a mount of {} is left",
+        s.id
+    );
     assert!(
         !Path::new("/sys/fs/cgroup/memory/hangar-test")
             .join(s.id.as_str())
@@ -312,4 +319,61 @@ async fn destroy_leaves_no_process_mount_or_cgroup() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&list.stdout).contains(s.id.as_str()));
+}
+
+#[tokio::test]
+async fn prewarmed_starts_use_a_clean_root_and_the_current_spec() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(&env, "touch /tmp/dirty; echo run=$RUN");
+    s.process.env.push(("RUN".into(), "one".into()));
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    rt.cleanup(&s.id).await.unwrap();
+
+    // Prewarmed for the same spec: mounted and ready, nothing running.
+    rt.prewarm(&s).await.unwrap();
+    let rootfs = env
+        .dir
+        .path()
+        .join("machines")
+        .join(s.id.as_str())
+        .join("bundle/rootfs");
+    assert!(hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    assert!(
+        !rootfs.join("tmp/dirty").exists(),
+        "the prewarmed root is not clean"
+    );
+    s.process.argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "test ! -e /tmp/dirty && echo clean run=$RUN".into(),
+    ];
+    // A changed spec (new command) is prepared afresh, not taken from the prewarm.
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert!(
+        log(&rt, &s.id).iter().any(|(_, m)| m == "clean run=one"),
+        "{:?}",
+        log(&rt, &s.id)
+    );
+    rt.cleanup(&s.id).await.unwrap();
+
+    rt.prewarm(&s).await.unwrap();
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert_eq!(
+        log(&rt, &s.id)
+            .iter()
+            .filter(|(_, m)| m == "clean run=one")
+            .count(),
+        2
+    );
+
+    // A prewarmed, stopped machine is destroyed without leftovers.
+    rt.cleanup(&s.id).await.unwrap();
+    rt.prewarm(&s).await.unwrap();
+    rt.destroy(&s.id).await.unwrap();
+    assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    assert!(!env.dir.path().join("machines").join(s.id.as_str()).exists());
 }

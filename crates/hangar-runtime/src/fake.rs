@@ -29,6 +29,8 @@ pub enum Call {
     Destroy(MachineId),
     /// `observe`.
     Observe(MachineId),
+    /// `prewarm`.
+    Prewarm(MachineId),
 }
 
 struct Workload {
@@ -145,6 +147,11 @@ impl Runtime for FakeRuntime {
                 ignore_signals: false,
             },
         );
+        Ok(())
+    }
+
+    async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
+        self.record(Call::Prewarm(spec.id.clone()));
         Ok(())
     }
 

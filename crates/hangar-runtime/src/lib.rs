@@ -22,7 +22,7 @@ use hangar_core::process::ProcessSpec;
 use hangar_core::{ExitInfo, MachineId, Signal};
 
 /// CPU class, as Fly sells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CpuKind {
     /// Shared vCPUs: a smaller CPU weight.
     Shared,
@@ -31,7 +31,7 @@ pub enum CpuKind {
 }
 
 /// Resource limits of a workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Resources {
     /// vCPUs (CPU quota of `cpus` cores).
     pub cpus: u32,
@@ -42,7 +42,7 @@ pub struct Resources {
 }
 
 /// Everything needed to start a machine's workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WorkloadSpec {
     /// The machine.
     pub id: MachineId,
@@ -86,6 +86,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Starts the workload; returns once its main process runs.
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError>;
+
+    /// Gets everything for a later [`Runtime::start`] of `spec` ready now,
+    /// without running anything, so that the start does less. A start with a
+    /// different spec, or after [`Runtime::cleanup`], prepares afresh. The
+    /// default does nothing.
+    async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
+        let _ = spec;
+        Ok(())
+    }
 
     /// Sends a signal to the main process.
     async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError>;

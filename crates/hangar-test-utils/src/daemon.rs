@@ -9,10 +9,14 @@ use std::time::Duration;
 
 use hangar_client::Client;
 
-/// Paths of the freshly built `hangard` and `hangar` binaries.
+/// Paths of the freshly built `hangard` and `hangar` binaries, or of those
+/// in `$HANGAR_BIN_DIR` when set (the benchmark uses release builds).
 pub fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("HANGAR_BIN_DIR").map(PathBuf::from) {
+            return (dir.join("hangard"), dir.join("hangar"));
+        }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .and_then(Path::parent)
@@ -115,6 +119,11 @@ impl Daemon {
         Client::new(&self.url, &self.token)
     }
 
+    /// The data dir's machine directory of `id`.
+    pub fn machine_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("machines").join(id)
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("hangard.log")).unwrap_or_default()
@@ -213,12 +222,13 @@ impl Drop for Daemon {
                 std::thread::sleep(Duration::from_millis(100));
                 run(&["delete", "--force", &id]);
             }
-            let rootfs = e.path().join("bundle/rootfs");
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&rootfs)
-                .stderr(Stdio::null())
-                .status();
+            for m in ["bundle/rootfs", "netns"] {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(e.path().join(m))
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
     }
 }

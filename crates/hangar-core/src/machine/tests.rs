@@ -66,7 +66,7 @@ fn skip_launch_settles_in_stopped() {
         vec![Input::Resume(Observed::Absent), Input::Prepared],
     );
     assert_eq!(m.state, MachineState::Stopped);
-    assert_eq!(effects, vec![Effect::PrepareImage]);
+    assert_eq!(effects, vec![Effect::PrepareImage, Effect::Prewarm]);
 }
 
 #[test]
@@ -127,6 +127,18 @@ fn stop_signals_then_kills_on_timeout() {
     assert_eq!(t2.effects, vec![Effect::Signal(Signal::Kill)]);
     let t3 = apply(&t2.machine, &p, Input::WorkloadExited(exit(137))).unwrap();
     assert_eq!(t3.machine.state, MachineState::Stopped);
+    // Cleaned up first, then the next start is prepared.
+    let cleanup = t3
+        .effects
+        .iter()
+        .position(|e| *e == Effect::CleanupWorkload)
+        .unwrap();
+    let prewarm = t3
+        .effects
+        .iter()
+        .position(|e| *e == Effect::Prewarm)
+        .unwrap();
+    assert!(cleanup < prewarm);
     let e = &t3.events[0];
     let x = e.exit.as_ref().unwrap();
     assert!(x.requested_stop && !x.restarting);
@@ -253,6 +265,7 @@ fn auto_destroy_destroys_after_final_exit() {
     .unwrap();
     assert_eq!(t.machine.state, MachineState::Destroying);
     assert!(t.effects.contains(&Effect::DestroyWorkload));
+    assert!(!t.effects.contains(&Effect::Prewarm));
     let kinds: Vec<_> = t.events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec!["exit", "destroy"]);
     let t = apply(&t.machine, &p, Input::WorkloadDestroyed).unwrap();

@@ -1,0 +1,341 @@
+//! Machine start latency, hangard beside its baselines, in one run:
+//!
+//! - hangard, create → started: `POST /machines`, then `GET .../wait?state=started`;
+//! - hangard, stopped → started: `POST .../start`, then the same wait;
+//! - raw crun: overlay mount of the same image layers + `crun create` +
+//!   `crun start` of an equivalent bundle (hangard's own config.json:
+//!   hangar-init as PID 1 running `sleep`, same mounts, limits, namespaces);
+//! - `podman run -d` of the same image (with the flags this kind of host
+//!   needs, see the runtime notes), when podman is installed.
+//!
+//! Each container runs `sleep` and is torn down outside the timed section.
+//! Prints median, p95 and min of every series and the ratios the Foundation
+//! issue sets as goals. Run it through `bench/run.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hangar_api_types::{CreateMachineRequest, MachineConfig};
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::registry::Registry;
+
+struct Series {
+    name: &'static str,
+    ms: Vec<f64>,
+}
+
+impl Series {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.ms.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+    fn p95(&self) -> f64 {
+        let v = self.sorted();
+        v[((v.len() as f64 * 0.95).ceil() as usize)
+            .saturating_sub(1)
+            .min(v.len() - 1)]
+    }
+    fn min(&self) -> f64 {
+        self.sorted()[0]
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs a command whose children may keep its stdio open (`crun create`
+/// leaves the container holding it): only the exit status is awaited.
+fn run_quiet(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(30);
+    let reg = Registry::start().await;
+    let image = ImageBuilder::busybox().build();
+    reg.push("bench/bb", "v1", &image).await;
+    let image_ref = format!("{}/bench/bb:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app("bench").await?;
+    let config: MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": image_ref,
+        "init": {"cmd": ["/bin/sleep", "100000"]},
+        "restart": {"policy": "no"},
+    }))?;
+    let req = CreateMachineRequest {
+        config: Some(config),
+        ..CreateMachineRequest::default()
+    };
+    let wait = |id: String, state: &'static str| {
+        let c = c.clone();
+        async move {
+            c.wait_machine("bench", &id, &[state], Duration::from_secs(60))
+                .await
+                .with_context(|| format!("waiting for {state}"))
+        }
+    };
+
+    // Warm up: the first create pulls the image.
+    let keeper = c.create_machine("bench", &req).await?.id;
+    wait(keeper.clone(), "started").await?;
+
+    let mut create = Series {
+        name: "hangard create -> started",
+        ms: vec![],
+    };
+    for _ in 0..runs {
+        let t = Instant::now();
+        let id = c.create_machine("bench", &req).await?.id;
+        wait(id.clone(), "started").await?;
+        create.ms.push(ms(t.elapsed()));
+        c.destroy_machine("bench", &id, true).await?;
+        wait(id, "destroyed").await?;
+    }
+
+    let mut restart = Series {
+        name: "hangard stopped -> started",
+        ms: vec![],
+    };
+    for _ in 0..runs {
+        c.stop_machine("bench", &keeper, Some("SIGKILL"), None)
+            .await?;
+        wait(keeper.clone(), "stopped").await?;
+        let t = Instant::now();
+        c.start_machine("bench", &keeper).await?;
+        wait(keeper.clone(), "started").await?;
+        restart.ms.push(ms(t.elapsed()));
+    }
+
+    // The equivalent bundle: hangard's own spec, the process run directly.
+    let bundle_cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        d.machine_dir(&keeper).join("bundle/config.json"),
+    )?)?;
+    let layers: Vec<PathBuf> = std::fs::read_dir(d.data_dir.join("images/layers"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    let raw = raw_crun(&bundle_cfg, &layers, runs, &d)?;
+    c.destroy_machine("bench", &keeper, true).await?;
+
+    let podman = podman(&image_ref, runs)?;
+
+    println!();
+    println!("machine start latency, {runs} runs each, ms (median / p95 / min)");
+    let mut all = vec![&create, &restart, &raw];
+    if let Some(p) = &podman {
+        all.push(p);
+    }
+    for s in &all {
+        println!(
+            "  {:<34} {:>8.2} {:>8.2} {:>8.2}",
+            s.name,
+            s.median(),
+            s.p95(),
+            s.min()
+        );
+    }
+    println!();
+    println!(
+        "  stopped->started / raw crun      {:.2}x  (goal: <= 1.5x)",
+        restart.median() / raw.median()
+    );
+    println!(
+        "  create->started / raw crun       {:.2}x",
+        create.median() / raw.median()
+    );
+    match &podman {
+        Some(p) => println!(
+            "  stopped->started / podman run    {:.2}x  (goal: < 0.25x)",
+            restart.median() / p.median()
+        ),
+        None => println!("  podman not installed: no podman figure (apt-get install podman)"),
+    }
+    Ok(())
+}
+
+fn raw_crun(
+    cfg: &serde_json::Value,
+    layers: &[PathBuf],
+    runs: usize,
+    d: &Daemon,
+) -> anyhow::Result<Series> {
+    let crun = "crun";
+    let work = tempfile::tempdir()?;
+    let root = work.path().join("run");
+    let bundle = work.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs"))?;
+    // Exactly hangard's bundle (hangar-init as PID 1 running `sleep`, the
+    // same mounts, limits and namespaces), with its own cgroup path and
+    // copies of the files hangard bind-mounts into it.
+    let mut cfg = cfg.clone();
+    let mounts: Vec<serde_json::Value> = cfg["mounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut m| {
+            if let Some(src) = m["source"]
+                .as_str()
+                .filter(|s| s.starts_with(d.data_dir.to_str().unwrap_or("-")))
+            {
+                let copy = work
+                    .path()
+                    .join(Path::new(src).file_name().unwrap_or_default());
+                let _ = std::fs::copy(src, &copy);
+                m["source"] = copy.display().to_string().into();
+            }
+            m
+        })
+        .collect();
+    cfg["mounts"] = mounts.into();
+    let mut series = Series {
+        name: "raw crun create+start (+overlay)",
+        ms: vec![],
+    };
+    for i in 0..runs {
+        let id = format!("bench-raw-{}-{i}", std::process::id());
+        cfg["linux"]["cgroupsPath"] = format!("/hangar-bench/{id}").into();
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&cfg)?)?;
+        let upper = work.path().join("upper");
+        let wdir = work.path().join("work");
+        let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+        let t = Instant::now();
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&wdir)?;
+        nix::mount::mount(
+            Some("overlay"),
+            &bundle.join("rootfs"),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(
+                format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower.join(":"),
+                    upper.display(),
+                    wdir.display()
+                )
+                .as_str(),
+            ),
+        )?;
+        run_quiet(
+            Command::new(crun)
+                .arg("--root")
+                .arg(&root)
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(&id),
+        )?;
+        run_quiet(
+            Command::new(crun)
+                .arg("--root")
+                .arg(&root)
+                .args(["start", &id]),
+        )?;
+        series.ms.push(ms(t.elapsed()));
+        run_quiet(
+            Command::new(crun)
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", &id, "KILL"]),
+        )?;
+        std::thread::sleep(Duration::from_millis(20));
+        run_quiet(
+            Command::new(crun)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id]),
+        )?;
+        nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH)?;
+        std::fs::remove_dir_all(&upper)?;
+        std::fs::remove_dir_all(&wdir)?;
+    }
+    Ok(series)
+}
+
+fn podman(image: &str, runs: usize) -> anyhow::Result<Option<Series>> {
+    if Command::new("podman")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let work = tempfile::tempdir()?;
+    let base = |cmd: &mut Command| {
+        cmd.arg("--root")
+            .arg(work.path().join("root"))
+            .arg("--runroot")
+            .arg(work.path().join("runroot"))
+            .args(["--cgroup-manager=cgroupfs", "--events-backend=file"]);
+    };
+    let mut pull = Command::new("podman");
+    base(&mut pull);
+    run(pull.args(["pull", "-q", "--tls-verify=false", image]))?;
+    let mut series = Series {
+        name: "podman run -d",
+        ms: vec![],
+    };
+    for _ in 0..runs {
+        let mut cmd = Command::new("podman");
+        base(&mut cmd);
+        cmd.args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=32768:32768",
+            image,
+            "/bin/sleep",
+            "100000",
+        ]);
+        let t = Instant::now();
+        let id = run(&mut cmd)?;
+        series.ms.push(ms(t.elapsed()));
+        let mut rm = Command::new("podman");
+        base(&mut rm);
+        run(rm.args(["rm", "-f", "-t", "0", &id]))?;
+    }
+    Ok(Some(series))
+}

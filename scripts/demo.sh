@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Sets up and starts hangard with a ready-to-try demo, on a fresh Debian 12
+# machine with Rust installed: installs crun, builds and installs hangard and
+# hangar to /usr/local/bin, starts hangard (data in /var/lib/hangar, API on
+# 127.0.0.1:4280), builds a small image from busybox-static with umoci (no
+# download), imports it as demo:latest and runs a machine from it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    exec sudo -E "$0" "$@"
+fi
+
+DATA_DIR=${HANGAR_DATA_DIR:-/var/lib/hangar}
+LISTEN=${HANGAR_LISTEN:-127.0.0.1:4280}
+LOG=${HANGAR_LOG:-/var/log/hangard.log}
+export HANGAR_DATA_DIR=$DATA_DIR HANGAR_API_URL="http://$LISTEN"
+
+packages=(crun busybox-static umoci ca-certificates curl)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "==> building hangard and hangar (release)"
+cargo build --release --bins --quiet
+install -m 0755 target/release/hangard target/release/hangar /usr/local/bin/
+
+if curl -fsS -o /dev/null -H "Authorization: Bearer $(cat "$DATA_DIR/admin-token" 2>/dev/null)" \
+    "http://$LISTEN/v1/apps?org_slug=personal" 2>/dev/null; then
+    echo "==> hangard already runs on $LISTEN"
+else
+    echo "==> starting hangard on $LISTEN (data: $DATA_DIR, log: $LOG)"
+    setsid nohup /usr/local/bin/hangard --data-dir "$DATA_DIR" --listen "$LISTEN" >>"$LOG" 2>&1 </dev/null &
+    for _ in $(seq 1 100); do
+        if [ -s "$DATA_DIR/admin-token" ] && curl -fsS -o /dev/null \
+            -H "Authorization: Bearer $(cat "$DATA_DIR/admin-token")" \
+            "http://$LISTEN/v1/apps?org_slug=personal" 2>/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+fi
+
+echo "==> building the demo image from busybox-static"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/www"
+cp /bin/busybox "$work/rootfs/bin/busybox"
+for applet in $("$work/rootfs/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$work/rootfs/bin/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$work/rootfs/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$work/rootfs/etc/group"
+echo '<h1>hello from hangar</h1>' >"$work/rootfs/www/index.html"
+umoci init --layout "$work/image" >/dev/null
+umoci new --image "$work/image:latest" >/dev/null
+umoci insert --image "$work/image:latest" "$work/rootfs" / >/dev/null
+umoci config --image "$work/image:latest" --os linux --architecture amd64 \
+    --config.cmd /bin/sh --config.env PATH=/bin --config.workingdir / >/dev/null
+umoci gc --layout "$work/image" >/dev/null
+hangar image import "$work/image" --name demo:latest
+
+if hangar machine status hello --app demo >/dev/null 2>&1; then
+    echo "==> the demo machine already exists"
+else
+    echo "==> running the demo machine"
+    hangar machine run demo:latest --app demo --name hello \
+        --env GREETING="hello from hangar" \
+        sh -c 'while true; do echo "$GREETING: machine $FLY_MACHINE_ID, $(date)"; sleep 5; done'
+fi
+id=$(hangar machine list --app demo --quiet | head -n1)
+cat <<EOT
+
+Hangar is running. Try:
+  hangar machine list --app demo
+  hangar machine status hello --app demo
+  tail -f $DATA_DIR/machines/$id/logs/machine.log
+  hangar machine stop hello --app demo && hangar machine start hello --app demo
+  hangar machine run demo:latest --app demo --rm echo one-off
+  curl -H "Authorization: Bearer \$(cat $DATA_DIR/admin-token)" http://$LISTEN/v1/apps/demo/machines
+EOT

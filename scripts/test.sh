@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs Hangar's whole test suite: unit, component, API and end-to-end tests
+# (real crun and runc, a real registry on loopback, real SQLite).
+#
+# Works on a fresh Debian 12 machine with Rust installed: it installs the
+# system packages the tests need. Needs root (containers, mounts, cgroups).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    exec sudo -E "$0" "$@"
+fi
+
+# crun/runc run the machines; docker-registry serves test images; the test
+# images are built from busybox-static; ps and mount come from procps and
+# util-linux.
+packages=(crun runc docker-registry busybox-static procps util-linux ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+echo "==> building"
+cargo build --workspace --bins --quiet
+echo "==> testing"
+cargo test --workspace "$@"
