@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod images;
+mod ops;
 mod runner;
 pub mod spec;
 pub mod store;
@@ -29,9 +30,10 @@ use hangar_runtime::Runtime;
 use tokio::sync::oneshot;
 
 pub use images::{ImageSource, ResolvedImage};
+pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;
 use runner::{Handle, Msg, Runner};
-pub use store::{AppRecord, EventRow, MachineRecord, Store};
+pub use store::{AppRecord, EventRow, LeaseRow, MachineRecord, Store, TokenRow};
 
 /// What can go wrong, by the HTTP status it maps to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +89,7 @@ impl Shared {
             .remove(id);
     }
 
-    fn runner(&self, id: &MachineId) -> Option<Handle> {
+    pub(crate) fn runner(&self, id: &MachineId) -> Option<Handle> {
         self.runners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -145,7 +147,7 @@ impl WaitFor {
 /// The agent. Cheap to clone.
 #[derive(Clone)]
 pub struct Agent {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     region: String,
 }
 
@@ -274,7 +276,8 @@ impl Agent {
             )));
         }
         for m in &machines {
-            self.destroy_machine(name, m.id.as_str(), true).await?;
+            self.destroy_machine(name, m.id.as_str(), true, None)
+                .await?;
         }
         for m in &machines {
             self.wait_machine(
@@ -341,6 +344,8 @@ impl Agent {
             private_ip: String::new(),
             created_at: now.clone(),
             updated_at: now,
+            cordoned: false,
+            updated_at_ms: store::now_ms(),
         };
         let event = store::NewEvent {
             kind: "launch".into(),
@@ -392,7 +397,7 @@ impl Agent {
 
     /// Sends a request to the machine's runner; a machine without one (it is
     /// destroyed) answers from its record.
-    async fn request(
+    pub(crate) async fn request(
         &self,
         app: &str,
         id: &str,
@@ -411,11 +416,18 @@ impl Agent {
         let rec = self.get_machine(app, id)?;
         machine::apply(&rec.core, &spec::policy(&rec.config), input)
             .map(|_| rec.core.state)
-            .map_err(|d| AgentError::Precondition(d.to_string()))
+            .map_err(denied)
     }
 
-    /// Starts a machine; returns the state it was in.
-    pub async fn start_machine(&self, app: &str, id: &str) -> Result<MachineState, AgentError> {
+    /// Starts a machine; returns the state it was in. `nonce` is the
+    /// request's `fly-machine-lease-nonce`, needed while the machine is leased.
+    pub async fn start_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<MachineState, AgentError> {
+        self.check_lease(app, id, nonce)?;
         self.request(app, id, machine::Input::Start, Msg::Start)
             .await
     }
@@ -427,7 +439,9 @@ impl Agent {
         id: &str,
         signal: Option<Signal>,
         timeout: Option<Duration>,
+        nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
+        self.check_lease(app, id, nonce)?;
         self.request(app, id, machine::Input::Stop { signal, timeout }, |reply| {
             Msg::Stop {
                 signal,
@@ -438,13 +452,17 @@ impl Agent {
         .await
     }
 
-    /// Destroys a machine (`force` kills a running one).
+    /// Destroys a machine (`force` kills a running one, leased or not).
     pub async fn destroy_machine(
         &self,
         app: &str,
         id: &str,
         force: bool,
+        nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
+        if !force {
+            self.check_lease(app, id, nonce)?;
+        }
         self.request(app, id, machine::Input::Destroy { force }, |reply| {
             Msg::Destroy { force, reply }
         })
@@ -535,6 +553,15 @@ impl Agent {
     pub fn log_path(&self, app: &str, id: &str) -> Result<Option<PathBuf>, AgentError> {
         let rec = self.get_machine(app, id)?;
         Ok(self.shared.runtime.log_path(&rec.id))
+    }
+}
+
+/// A refusal of the state machine, as the API reports it: 409 when the
+/// machine is busy with another operation, 412 otherwise.
+pub(crate) fn denied(d: machine::Denied) -> AgentError {
+    match d {
+        machine::Denied::Busy(_) => AgentError::Conflict(d.to_string()),
+        _ => AgentError::Precondition(d.to_string()),
     }
 }
 

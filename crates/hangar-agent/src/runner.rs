@@ -17,7 +17,7 @@
 //! waits (process exits) run in tasks that post a message back, tagged with a
 //! generation so that an answer to a cancelled effect is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::images::ResolvedImage;
-use crate::store::{MachineRecord, NewEvent};
+use crate::store::{MachineRecord, NewEvent, NewVersion};
 use crate::{AgentError, Shared, spec};
 
 /// A reply to a request: the state before it.
@@ -45,6 +45,27 @@ pub(crate) enum Msg {
     },
     Destroy {
         force: bool,
+        reply: Reply,
+    },
+    Restart {
+        signal: Option<Signal>,
+        timeout: Option<Duration>,
+        reply: Reply,
+    },
+    Suspend(Reply),
+    Signal {
+        signal: Signal,
+        reply: Reply,
+    },
+    /// A new config version: committed with the transition it causes.
+    Update {
+        version: Box<NewVersion>,
+        launch: bool,
+        reply: Reply,
+    },
+    /// Metadata changes (`None` removes a key); no new version.
+    Metadata {
+        changes: BTreeMap<String, Option<String>>,
         reply: Reply,
     },
     Prepared {
@@ -91,6 +112,8 @@ pub(crate) struct Runner {
     prepare_gen: u64,
     exit_gen: u64,
     timers: HashMap<Timer, Instant>,
+    /// The version an `Update` message brings, committed with its transition.
+    pending_version: Option<NewVersion>,
 }
 
 impl Runner {
@@ -118,6 +141,7 @@ impl Runner {
             prepare_gen: 0,
             exit_gen: 0,
             timers: HashMap::new(),
+            pending_version: None,
         };
         tokio::spawn(runner.run());
         Handle {
@@ -170,6 +194,31 @@ impl Runner {
                 Some(Msg::Destroy { force, reply }) => {
                     self.handle(Input::Destroy { force }, Some(reply)).await
                 }
+                Some(Msg::Restart {
+                    signal,
+                    timeout,
+                    reply,
+                }) => {
+                    self.handle(Input::Restart { signal, timeout }, Some(reply))
+                        .await
+                }
+                Some(Msg::Suspend(reply)) => self.handle(Input::Suspend, Some(reply)).await,
+                Some(Msg::Signal { signal, reply }) => {
+                    self.handle(Input::Signal(signal), Some(reply)).await
+                }
+                Some(Msg::Update {
+                    version,
+                    launch,
+                    reply,
+                }) => {
+                    self.pending_version = Some(*version);
+                    self.handle(Input::Update { launch }, Some(reply)).await;
+                    self.pending_version = None;
+                }
+                Some(Msg::Metadata { changes, reply }) => {
+                    let r = self.set_metadata(changes);
+                    let _ = reply.send(r);
+                }
                 Some(Msg::Prepared { generation, result }) => {
                     if generation != self.prepare_gen {
                         continue;
@@ -199,6 +248,34 @@ impl Runner {
         }
     }
 
+    /// Applies metadata changes to the current config (no new version, no
+    /// restart: they reach the process at its next start, as on Fly).
+    fn set_metadata(
+        &mut self,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<MachineState, AgentError> {
+        let mut config = self.rec.config.clone();
+        let md = config.metadata.get_or_insert_with(BTreeMap::new);
+        for (k, v) in changes {
+            match v.filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    md.insert(k, v);
+                }
+                None => {
+                    md.remove(&k);
+                }
+            }
+        }
+        if md.is_empty() {
+            config.metadata = None;
+        }
+        self.shared
+            .store
+            .set_config(&self.rec.id, &self.rec.instance_id, &config)?;
+        self.rec.config = config;
+        Ok(self.rec.core.state)
+    }
+
     fn remember_image(&mut self, img: ResolvedImage) {
         if self.rec.image_ref.as_ref() != Some(&img.image_ref) {
             if let Err(e) = self
@@ -223,22 +300,35 @@ impl Runner {
                 Ok(t) => t,
                 Err(denied) => {
                     if let Some(r) = reply.take() {
-                        let _ = r.send(Err(AgentError::Precondition(denied.to_string())));
+                        let _ = r.send(Err(crate::denied(denied)));
                     }
                     continue;
                 }
             };
-            if !t.is_noop(&self.rec.core) {
+            // A new version is committed with the first transition it causes.
+            let version = self.pending_version.take();
+            if !t.is_noop(&self.rec.core) || version.is_some() {
                 let events: Vec<NewEvent> = t.events.iter().map(new_event).collect();
-                match self
-                    .shared
-                    .store
-                    .commit_transition(&self.rec.id, &t.machine, &events)
-                {
+                match self.shared.store.commit_transition(
+                    &self.rec.id,
+                    &t.machine,
+                    &events,
+                    version.as_ref(),
+                ) {
                     Ok(last) => {
                         self.rec.core = t.machine.clone();
+                        if let Some(v) = version {
+                            // The new config may name another image: resolve
+                            // it afresh (a tag is looked up again, as Fly does).
+                            self.rec.instance_id = v.instance_id;
+                            self.rec.config = v.config;
+                            self.rec.image_ref = Some(v.image_ref);
+                            self.image = None;
+                        }
                         let state = self.rec.core.state;
+                        let instance_id = self.rec.instance_id.clone();
                         self.status.send_modify(|s| {
+                            s.instance_id = instance_id;
                             if s.state != state {
                                 s.entered[state.index()] += 1;
                             }
@@ -336,6 +426,14 @@ impl Runner {
                 }
                 None
             }
+            Effect::Freeze => match rt.freeze(&id).await {
+                Ok(()) => Some(Input::Frozen),
+                Err(e) => Some(Input::FreezeFailed(e.to_string())),
+            },
+            Effect::Thaw => match rt.thaw(&id).await {
+                Ok(()) => Some(Input::Thawed),
+                Err(e) => Some(Input::ThawFailed(e.to_string())),
+            },
             Effect::Prewarm => {
                 // Only with the image at hand: never pull for a stopped machine.
                 if self.image.is_some() {

@@ -18,7 +18,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::AgentError;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_leases_tokens.sql"),
+];
 
 /// Events kept per machine; older ones are pruned.
 const EVENTS_KEPT: i64 = 200;
@@ -67,6 +70,36 @@ pub struct MachineRecord {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// Left out of proxy rotation.
+    pub cordoned: bool,
+    /// Last change, Unix milliseconds.
+    pub updated_at_ms: i64,
+}
+
+/// A machine's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// The holder's proof.
+    pub nonce: String,
+    /// Who holds it.
+    pub owner: String,
+    /// Why.
+    pub description: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The machine's version when acquired.
+    pub version: String,
+}
+
+/// An app-scoped token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Id.
+    pub id: String,
+    /// The app it may act on.
+    pub app: String,
+    /// Unix seconds, if it expires.
+    pub expires_at: Option<i64>,
 }
 
 /// An event row.
@@ -123,7 +156,7 @@ fn state_from_db(s: &str) -> rusqlite::Result<MachineState> {
     })
 }
 
-const MACHINE_COLUMNS: &str = "id, app_name, name, region, state, restart_count, launch, instance_id, config, image_ref, private_ip, created_at, updated_at";
+const MACHINE_COLUMNS: &str = "id, app_name, name, region, state, restart_count, launch, instance_id, config, image_ref, private_ip, created_at, updated_at, cordoned, updated_at_ms";
 
 fn machine_from_row(
     r: &rusqlite::Row<'_>,
@@ -152,6 +185,8 @@ fn machine_from_row(
             private_ip: r.get(10)?,
             created_at: r.get(11)?,
             updated_at: r.get(12)?,
+            cordoned: r.get::<_, i64>(13)? != 0,
+            updated_at_ms: r.get(14)?,
         },
         config,
         image_ref,
@@ -167,6 +202,17 @@ fn finish_machine(
         .transpose()
         .map_err(json_err)?;
     Ok(m)
+}
+
+/// A new config version of a machine.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    /// The new `instance_id`.
+    pub instance_id: String,
+    /// The new config.
+    pub config: MachineConfig,
+    /// The image reference it starts from (digest unknown until pulled).
+    pub image_ref: ImageRef,
 }
 
 /// A new event to record.
@@ -359,7 +405,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let r = tx.execute(
-            &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
             params![
                 m.id.as_str(),
                 m.app,
@@ -373,7 +419,9 @@ impl Store {
                 image_ref,
                 m.private_ip,
                 m.created_at,
-                m.updated_at
+                m.updated_at,
+                m.cordoned as i64,
+                now_ms()
             ],
         );
         match r {
@@ -456,27 +504,44 @@ impl Store {
         rows.into_iter().map(finish_machine).collect()
     }
 
-    /// Commits a state transition and its events in one transaction.
+    /// Commits a state transition and its events in one transaction; with
+    /// `version`, the machine's new config version too.
     pub fn commit_transition(
         &self,
         id: &MachineId,
         core: &MachineCore,
         events: &[NewEvent],
+        version: Option<&NewVersion>,
     ) -> Result<String, AgentError> {
         let now = now_rfc3339();
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         tx.execute(
-            "UPDATE machines SET state = ?2, restart_count = ?3, launch = ?4, updated_at = ?5 WHERE id = ?1",
+            "UPDATE machines SET state = ?2, restart_count = ?3, launch = ?4, updated_at = ?5, updated_at_ms = ?6 WHERE id = ?1",
             params![
                 id.as_str(),
                 core.state.as_str(),
                 core.restart_count,
                 core.launch as i64,
-                now
+                now,
+                now_ms()
             ],
         )
         .map_err(db)?;
+        if let Some(v) = version {
+            let config = serde_json::to_string(&v.config).map_err(json_err)?;
+            let image_ref = serde_json::to_string(&v.image_ref).map_err(json_err)?;
+            tx.execute(
+                "UPDATE machines SET instance_id = ?2, config = ?3, image_ref = ?4 WHERE id = ?1",
+                params![id.as_str(), v.instance_id, config, image_ref],
+            )
+            .map_err(db)?;
+            tx.execute(
+                "INSERT INTO machine_versions (machine_id, version, config, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id.as_str(), v.instance_id, config, now],
+            )
+            .map_err(db)?;
+        }
         let mut last = String::new();
         for e in events {
             last = insert_event(&tx, id, e)?;
@@ -504,6 +569,176 @@ impl Store {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    /// A machine's config versions, newest first: `(version, config)`.
+    pub fn versions(&self, id: &MachineId) -> Result<Vec<(String, MachineConfig)>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT version, config FROM machine_versions WHERE machine_id = ?1 ORDER BY rowid DESC")
+            .map_err(db)?;
+        let rows: Vec<(String, String)> = st
+            .query_map(params![id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|(v, c)| Ok((v, serde_json::from_str(&c).map_err(json_err)?)))
+            .collect()
+    }
+
+    /// Replaces the current config in place (metadata changes, which make no
+    /// new version); also rewrites the current version's row.
+    pub fn set_config(
+        &self,
+        id: &MachineId,
+        instance_id: &str,
+        config: &MachineConfig,
+    ) -> Result<(), AgentError> {
+        let c = serde_json::to_string(config).map_err(json_err)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "UPDATE machines SET config = ?2, updated_at = ?3, updated_at_ms = ?4 WHERE id = ?1",
+            params![id.as_str(), c, now_rfc3339(), now_ms()],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE machine_versions SET config = ?3 WHERE machine_id = ?1 AND version = ?2",
+            params![id.as_str(), instance_id, c],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Cordons or uncordons a machine.
+    pub fn set_cordoned(&self, id: &MachineId, cordoned: bool) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET cordoned = ?2, updated_at = ?3, updated_at_ms = ?4 WHERE id = ?1",
+                params![id.as_str(), cordoned as i64, now_rfc3339(), now_ms()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The machine's lease, if one is held and has not expired.
+    pub fn lease(&self, id: &MachineId) -> Result<Option<LeaseRow>, AgentError> {
+        let now = now_ms() / 1000;
+        self.conn()
+            .query_row(
+                "SELECT nonce, owner, description, expires_at, version FROM leases WHERE machine_id = ?1 AND expires_at > ?2",
+                params![id.as_str(), now],
+                |r| {
+                    Ok(LeaseRow {
+                        nonce: r.get(0)?,
+                        owner: r.get(1)?,
+                        description: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        version: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    /// Stores (or replaces) the machine's lease.
+    pub fn put_lease(&self, id: &MachineId, lease: &LeaseRow) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "INSERT INTO leases (machine_id, nonce, owner, description, expires_at, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(machine_id) DO UPDATE SET nonce = ?2, owner = ?3, description = ?4, expires_at = ?5, version = ?6",
+                params![id.as_str(), lease.nonce, lease.owner, lease.description, lease.expires_at, lease.version],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Drops the machine's lease.
+    pub fn delete_lease(&self, id: &MachineId) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "DELETE FROM leases WHERE machine_id = ?1",
+                params![id.as_str()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Stores an app-scoped token by its hash.
+    pub fn insert_token(
+        &self,
+        id: &str,
+        hash: &str,
+        app: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "INSERT INTO tokens (id, hash, app_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, hash, app, now_rfc3339(), expires_at],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The token with this hash, unless it expired.
+    pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, AgentError> {
+        let now = now_ms() / 1000;
+        self.conn()
+            .query_row(
+                "SELECT id, app_name, expires_at FROM tokens WHERE hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                params![hash, now],
+                |r| {
+                    Ok(TokenRow {
+                        id: r.get(0)?,
+                        app: r.get(1)?,
+                        expires_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    /// Machines of every app of an organization, ordered by last change
+    /// then id, after `(updated_at_ms, id)` when paging.
+    pub fn org_machines(
+        &self,
+        org: &str,
+        include_deleted: bool,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<Vec<MachineRecord>, AgentError> {
+        let conn = self.conn();
+        let (after_ms, after_id) = after.unwrap_or((-1, String::new()));
+        let sql = format!(
+            "SELECT {} FROM machines m JOIN apps a ON a.name = m.app_name
+             WHERE a.org_slug = ?1 {} AND (m.updated_at_ms > ?2 OR (m.updated_at_ms = ?2 AND m.id > ?3))
+             ORDER BY m.updated_at_ms, m.id LIMIT ?4",
+            MACHINE_COLUMNS
+                .split(", ")
+                .map(|c| format!("m.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if include_deleted {
+                ""
+            } else {
+                "AND m.state != 'destroyed'"
+            }
+        );
+        let mut st = conn.prepare(&sql).map_err(db)?;
+        let rows: Vec<_> = st
+            .query_map(
+                params![org, after_ms, after_id, limit as i64],
+                machine_from_row,
+            )
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        rows.into_iter().map(finish_machine).collect()
     }
 
     /// A machine's events, newest first.
@@ -591,6 +826,8 @@ mod tests {
             private_ip: String::new(),
             created_at: now_rfc3339(),
             updated_at: now_rfc3339(),
+            cordoned: false,
+            updated_at_ms: 0,
         }
     }
 
@@ -621,7 +858,8 @@ mod tests {
         ));
         let mut core = m.core.clone();
         core.state = MachineState::Started;
-        s.commit_transition(&m.id, &core, &[ev("start")]).unwrap();
+        s.commit_transition(&m.id, &core, &[ev("start")], None)
+            .unwrap();
         drop(s);
 
         let s = Store::open(&path).unwrap();
@@ -647,7 +885,8 @@ mod tests {
         let m = machine("a", "m");
         s.insert_machine(&m, &ev("launch")).unwrap();
         for _ in 0..(EVENTS_KEPT + 20) {
-            s.commit_transition(&m.id, &m.core, &[ev("exit")]).unwrap();
+            s.commit_transition(&m.id, &m.core, &[ev("exit")], None)
+                .unwrap();
         }
         assert_eq!(s.events(&m.id, 1000).unwrap().len() as i64, EVENTS_KEPT);
     }

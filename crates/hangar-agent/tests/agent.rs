@@ -113,7 +113,7 @@ async fn create_starts_and_stop_stops() {
 
     let prev = e
         .agent
-        .stop_machine("app", m.id.as_str(), None, None)
+        .stop_machine("app", m.id.as_str(), None, None, None)
         .await
         .unwrap();
     assert_eq!(prev, MachineState::Started);
@@ -138,7 +138,10 @@ async fn create_starts_and_stop_stops() {
 
     // And start again.
     assert_eq!(
-        e.agent.start_machine("app", m.id.as_str()).await.unwrap(),
+        e.agent
+            .start_machine("app", m.id.as_str(), None)
+            .await
+            .unwrap(),
         MachineState::Stopped
     );
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
@@ -161,7 +164,7 @@ async fn stop_kills_after_the_timeout() {
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
     e.rt.ignore_signals(&m.id);
     e.agent
-        .stop_machine("app", m.id.as_str(), None, None)
+        .stop_machine("app", m.id.as_str(), None, None, None)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(29)).await;
@@ -229,7 +232,10 @@ async fn skip_launch_settles_stopped_then_starts() {
     let m = e.agent.create_machine("app", nm).await.unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
     assert_eq!(e.rt.starts(), 0);
-    e.agent.start_machine("app", m.id.as_str()).await.unwrap();
+    e.agent
+        .start_machine("app", m.id.as_str(), None)
+        .await
+        .unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
 }
 
@@ -244,7 +250,7 @@ async fn destroy_needs_force_while_running() {
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
     let err = e
         .agent
-        .destroy_machine("app", m.id.as_str(), false)
+        .destroy_machine("app", m.id.as_str(), false, None)
         .await
         .unwrap_err();
     assert!(
@@ -252,7 +258,7 @@ async fn destroy_needs_force_while_running() {
         "{err}"
     );
     e.agent
-        .destroy_machine("app", m.id.as_str(), true)
+        .destroy_machine("app", m.id.as_str(), true, None)
         .await
         .unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
@@ -261,7 +267,7 @@ async fn destroy_needs_force_while_running() {
     wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
     let err = e
         .agent
-        .start_machine("app", m.id.as_str())
+        .start_machine("app", m.id.as_str(), None)
         .await
         .unwrap_err();
     assert!(matches!(err, AgentError::Precondition(_)), "{err}");
@@ -309,7 +315,7 @@ async fn pull_failure_fails_the_machine() {
     );
     // A failed machine can be destroyed without force.
     e.agent
-        .destroy_machine("app", m.id.as_str(), false)
+        .destroy_machine("app", m.id.as_str(), false, None)
         .await
         .unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Destroyed).await;
@@ -325,7 +331,10 @@ async fn start_failure_fails_the_machine() {
         .await
         .unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Failed).await;
-    e.agent.start_machine("app", m.id.as_str()).await.unwrap();
+    e.agent
+        .start_machine("app", m.id.as_str(), None)
+        .await
+        .unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
 }
 
@@ -481,7 +490,7 @@ async fn restart_of_hangard_adopts_and_records_missed_exits() {
     wait(&agent, a.id.as_str(), MachineState::Started).await;
     assert_eq!(e.rt.starts(), 2);
     agent
-        .stop_machine("app", a.id.as_str(), None, None)
+        .stop_machine("app", a.id.as_str(), None, None, None)
         .await
         .unwrap();
     wait(&agent, a.id.as_str(), MachineState::Stopped).await;
@@ -524,7 +533,10 @@ async fn wait_sees_a_state_that_came_and_went() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    e.agent.start_machine("app", m.id.as_str()).await.unwrap();
+    e.agent
+        .start_machine("app", m.id.as_str(), None)
+        .await
+        .unwrap();
     // Exit the instant it starts: the waiter may only ever see `stopped`.
     for _ in 0..500 {
         if e.rt.is_running(&m.id) {
@@ -542,4 +554,310 @@ async fn wait_sees_a_state_that_came_and_went() {
     );
     let st = waiter.await.unwrap().unwrap();
     assert_eq!(st.state, MachineState::Started);
+}
+
+#[tokio::test]
+async fn update_replaces_a_running_machine_with_a_new_version() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({"image": "busybox", "env": {"V": "1"}})),
+        )
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let upd = |v: &str, current: Option<String>, skip: bool| hangar_agent::UpdateMachine {
+        config: config(serde_json::json!({"image": "busybox", "env": {"V": v}})),
+        current_version: current,
+        skip_launch: skip,
+        ..Default::default()
+    };
+    // A stale current_version is refused.
+    let err = e
+        .agent
+        .update_machine(
+            "app",
+            m.id.as_str(),
+            upd("2", Some("01ARZ3NDEKTSV4RRFFQ69G5FAV".into()), false),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Precondition(ref s) if s.contains("version mismatch")),
+        "{err}"
+    );
+
+    let updated = e
+        .agent
+        .update_machine(
+            "app",
+            m.id.as_str(),
+            upd("2", Some(m.instance_id.clone()), false),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_ne!(updated.instance_id, m.instance_id);
+    assert_eq!(updated.config.env.as_ref().unwrap()["V"], "2");
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let specs: Vec<_> =
+        e.rt.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Start(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(specs.len(), 2);
+    assert!(specs[1].process.env.contains(&("V".into(), "2".into())));
+    assert!(
+        specs[1]
+            .process
+            .env
+            .contains(&("FLY_MACHINE_VERSION".into(), updated.instance_id.clone()))
+    );
+    let versions = e.agent.machine_versions("app", m.id.as_str()).unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0].0, updated.instance_id);
+    let kinds = kinds(&e.agent, m.id.as_str());
+    assert!(kinds.contains(&ev("update", "replacing")), "{kinds:?}");
+
+    // skip_launch: the new version rests stopped.
+    e.agent
+        .update_machine("app", m.id.as_str(), upd("3", None, true), None)
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    assert_eq!(e.rt.starts(), 2);
+    // Names cannot change.
+    let mut bad = upd("4", None, false);
+    bad.name = Some("other".into());
+    assert!(matches!(
+        e.agent
+            .update_machine("app", m.id.as_str(), bad, None)
+            .await,
+        Err(AgentError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn restart_suspend_and_signal() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    let id = m.id.as_str();
+    wait(&e.agent, id, MachineState::Started).await;
+    e.agent
+        .restart_machine("app", id, Some(Signal::Term), None, None)
+        .await
+        .unwrap();
+    wait(&e.agent, id, MachineState::Started).await;
+    assert_eq!(e.rt.starts(), 2);
+
+    e.rt.ignore_signals(&m.id);
+    e.agent
+        .signal_machine("app", id, Signal::Usr1)
+        .await
+        .unwrap();
+    assert!(
+        e.rt.calls()
+            .contains(&Call::Signal(m.id.clone(), Signal::Usr1))
+    );
+
+    e.agent.suspend_machine("app", id, None).await.unwrap();
+    wait(&e.agent, id, MachineState::Suspended).await;
+    assert!(e.rt.calls().contains(&Call::Freeze(m.id.clone())));
+    e.agent.start_machine("app", id, None).await.unwrap();
+    wait(&e.agent, id, MachineState::Started).await;
+    assert!(e.rt.calls().contains(&Call::Thaw(m.id.clone())));
+    assert_eq!(e.rt.starts(), 2, "a resume is not a new start");
+
+    e.agent
+        .stop_machine("app", id, None, None, None)
+        .await
+        .unwrap();
+    // The machine ignores signals now: SIGKILL after the timeout.
+    wait(&e.agent, id, MachineState::Stopped).await;
+    let err = e
+        .agent
+        .signal_machine("app", id, Signal::Usr1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Precondition(ref s) if s.contains("not running")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn leases_guard_mutations() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    let id = m.id.as_str();
+    wait(&e.agent, id, MachineState::Started).await;
+    let (lease, new) = e
+        .agent
+        .acquire_lease("app", id, Duration::from_secs(30), "deploy", "alice", None)
+        .unwrap();
+    assert!(new && lease.nonce.len() == 12);
+    // Someone else cannot take it, nor act without the nonce.
+    assert!(matches!(
+        e.agent
+            .acquire_lease("app", id, Duration::from_secs(30), "", "bob", None),
+        Err(AgentError::Conflict(_))
+    ));
+    let err = e
+        .agent
+        .stop_machine("app", id, None, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::Conflict(ref s) if s.contains("fly-machine-lease-nonce")),
+        "{err}"
+    );
+    assert!(matches!(
+        e.agent.cordon_machine("app", id, true, Some("wrong")),
+        Err(AgentError::Conflict(_))
+    ));
+    // With the nonce it works, and the holder can refresh it.
+    e.agent
+        .cordon_machine("app", id, true, Some(&lease.nonce))
+        .unwrap();
+    assert!(e.agent.get_machine("app", id).unwrap().cordoned);
+    let (refreshed, new) = e
+        .agent
+        .acquire_lease(
+            "app",
+            id,
+            Duration::from_secs(60),
+            "",
+            "alice",
+            Some(&lease.nonce),
+        )
+        .unwrap();
+    assert!(!new && refreshed.expires_at > lease.expires_at);
+    // A forced destroy ignores the lease; a plain one does not.
+    assert!(matches!(
+        e.agent.destroy_machine("app", id, false, None).await,
+        Err(AgentError::Conflict(_))
+    ));
+    assert!(matches!(
+        e.agent.release_lease("app", id, None),
+        Err(AgentError::InvalidArgument(_))
+    ));
+    e.agent
+        .release_lease("app", id, Some(&lease.nonce))
+        .unwrap();
+    assert!(e.agent.get_lease("app", id).unwrap().is_none());
+    assert!(matches!(
+        e.agent.release_lease("app", id, Some(&lease.nonce)),
+        Err(AgentError::NotFound(_))
+    ));
+    e.agent
+        .acquire_lease("app", id, Duration::from_secs(30), "", "bob", None)
+        .unwrap();
+    e.agent
+        .destroy_machine("app", id, true, None)
+        .await
+        .unwrap();
+    wait(&e.agent, id, MachineState::Destroyed).await;
+}
+
+#[tokio::test]
+async fn metadata_changes_without_a_new_version() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({"image": "busybox", "metadata": {"a": "1"}})),
+        )
+        .await
+        .unwrap();
+    let id = m.id.as_str();
+    let mut changes = std::collections::BTreeMap::new();
+    changes.insert("b".to_string(), Some("2".to_string()));
+    changes.insert("a".to_string(), None);
+    e.agent
+        .update_metadata("app", id, changes.clone(), Some(&m.instance_id))
+        .await
+        .unwrap();
+    let md = e.agent.get_metadata("app", id).unwrap();
+    assert_eq!(
+        md.into_iter().collect::<Vec<_>>(),
+        vec![("b".to_string(), "2".to_string())]
+    );
+    assert_eq!(
+        e.agent.get_machine("app", id).unwrap().instance_id,
+        m.instance_id
+    );
+    let err = e
+        .agent
+        .update_metadata("app", id, changes, Some("01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Precondition(_)), "{err}");
+    // It reaches the process at the next start.
+    wait(&e.agent, id, MachineState::Started).await;
+    let mut pg = std::collections::BTreeMap::new();
+    pg.insert("fly_process_group".to_string(), Some("worker".to_string()));
+    e.agent.update_metadata("app", id, pg, None).await.unwrap();
+    e.agent
+        .restart_machine("app", id, None, None, None)
+        .await
+        .unwrap();
+    wait(&e.agent, id, MachineState::Started).await;
+    let last =
+        e.rt.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Start(s) => Some(s),
+                _ => None,
+            })
+            .next_back()
+            .unwrap();
+    assert!(
+        last.process
+            .env
+            .contains(&("FLY_PROCESS_GROUP".into(), "worker".into()))
+    );
+}
+
+#[tokio::test]
+async fn app_tokens_and_org_listing() {
+    let e = env().await;
+    let token = e.agent.create_app_token("app", None).unwrap();
+    assert_eq!(e.agent.app_token(&token).unwrap().unwrap().app, "app");
+    assert!(e.agent.app_token("hangar_app_nope").unwrap().is_none());
+    for _ in 0..3 {
+        e.agent
+            .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+            .await
+            .unwrap();
+    }
+    let page = e
+        .agent
+        .org_machines("personal", false, None, None, 2)
+        .unwrap();
+    assert_eq!(page.machines.len(), 2);
+    let next = e
+        .agent
+        .org_machines("personal", false, page.next_cursor.as_deref(), None, 2)
+        .unwrap();
+    assert_eq!(next.machines.len(), 1);
+    assert!(next.next_cursor.is_none());
+    assert!(matches!(
+        e.agent.org_machines("other", false, None, None, 10),
+        Err(AgentError::NotFound(_))
+    ));
 }

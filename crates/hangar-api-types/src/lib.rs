@@ -262,6 +262,9 @@ pub struct Machine {
     /// Lease nonce, only on create with `lease_ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// Out of proxy rotation (fly-go's `cordoned`; only shown when true).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
 }
 
 /// `POST /apps/{app}/machines` body (`CreateMachineRequest`).
@@ -458,4 +461,351 @@ mod tests {
             serde_json::from_value(serde_json::json!({"image": "x", "env": {"A": [1]}}));
         assert!(r.is_err());
     }
+}
+
+/// `POST /apps/{app}/machines/{id}` body (`UpdateMachineRequest`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateMachineRequest {
+    /// The new config (image required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<MachineConfig>,
+    /// The version the client last saw (optimistic check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+    /// Leave the machine stopped with the new config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_launch: Option<bool>,
+    /// Must match the machine's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Must match the machine's region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Other fields, accepted and ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One version of a machine's config (`MachineVersion`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineVersion {
+    /// The version id.
+    pub version: String,
+    /// Its config.
+    pub user_config: MachineConfig,
+}
+
+/// `POST .../signal` body (`SignalRequest`); a name or, as fly-go sends it,
+/// a number.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SignalRequest {
+    /// The signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Value>,
+    /// Other fields, ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `POST .../restart` body (Fly takes these as query parameters too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestartRequest {
+    /// Stop signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Value>,
+    /// Time before SIGKILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Value>,
+    /// Kill at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_stop: Option<bool>,
+    /// Other fields, ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `POST .../exec` body (`MachineExecRequest`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MachineExecRequest {
+    /// Program and arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Deprecated: a command line, split into words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// Standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Seconds before the command is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    /// A container of a multi-container machine (none here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Other fields, ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `POST .../exec` response (`flydv1.ExecResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// Exit code.
+    pub exit_code: i32,
+    /// The signal that killed it, 0 if none.
+    pub exit_signal: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// A machine lease (`Lease`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The holder's proof; absent when shown to someone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Who holds it.
+    pub owner: String,
+    /// Why.
+    pub description: String,
+    /// The machine version when acquired.
+    pub version: String,
+}
+
+/// Fly's lease envelope: `{"status": "success", "data": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseEnvelope<T> {
+    /// Always `success`.
+    pub status: String,
+    /// The lease (or `{"ok": true}`).
+    pub data: T,
+}
+
+/// `POST .../lease` body (`CreateLeaseRequest`); fly-go sends `?ttl=` instead.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateLeaseRequest {
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Other fields, ignored.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `PUT/PATCH .../metadata` body (`updateMetadataRequest`); a null or empty
+/// value removes the key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateMetadataRequest {
+    /// Changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, Option<String>>>,
+    /// Only if the machine is still at this version (else 412).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_version: Option<String>,
+    /// Accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+/// `POST .../metadata/{key}` body (`upsertMetadataKeyRequest`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpsertMetadataKeyRequest {
+    /// The value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+/// `GET .../metadata/{key}` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetadataValueResponse {
+    /// The value.
+    pub value: String,
+}
+
+/// `GET/PUT .../memory` response (`main.memoryResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryResponse {
+    /// The limit, MiB.
+    pub limit_mb: i64,
+    /// Not in use, MiB.
+    pub available_mb: i64,
+}
+
+/// `PUT .../memory` body (`main.setMemoryLimitRequest`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SetMemoryLimitRequest {
+    /// The new limit, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_mb: Option<i64>,
+}
+
+/// A listening socket of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenSocket {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// `address:port`.
+    pub address: String,
+}
+
+/// A process of a machine (`ProcessStat`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStat {
+    /// Pid inside the machine.
+    pub pid: i32,
+    /// Start time, Unix milliseconds.
+    pub stime: u64,
+    /// Running time, milliseconds.
+    pub rtime: u64,
+    /// Command line.
+    pub command: String,
+    /// Working directory.
+    pub directory: String,
+    /// CPU time used, milliseconds.
+    pub cpu: u64,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// Listening sockets.
+    pub listen_sockets: Vec<ListenSocket>,
+}
+
+/// The `config` of an org listing entry (`MachineOverviewConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineOverviewConfig {
+    /// Image.
+    pub image: String,
+    /// Size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<MachineGuest>,
+    /// Metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// A machine in the organization-wide listing (`OrgMachine`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgMachine {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: String,
+    /// Region.
+    pub region: String,
+    /// App.
+    pub app_name: String,
+    /// Private address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub private_ip: String,
+    /// Deprecated alias of `version`.
+    pub instance_id: String,
+    /// Version.
+    pub version: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Absent in summaries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<MachineOverviewConfig>,
+}
+
+/// `GET /orgs/{org}/machines` response (`OrgMachinesResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrgMachinesResponse {
+    /// The page.
+    pub machines: Vec<OrgMachine>,
+    /// Cursor of the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Id of the page's last machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_machine_id: Option<String>,
+    /// `updated_at` of the page's last machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_at: Option<String>,
+    /// Regions that did not answer (none here).
+    pub error_regions: Vec<String>,
+}
+
+/// A region (`main.regionRow`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionRow {
+    /// Code.
+    pub code: String,
+    /// Name.
+    pub name: String,
+    /// Latitude.
+    pub latitude: f64,
+    /// Longitude.
+    pub longitude: f64,
+    /// Whether it has a gateway.
+    pub gateway_available: bool,
+    /// Whether it needs a paid plan.
+    pub requires_paid_plan: bool,
+    /// Whether it is deprecated.
+    pub deprecated: bool,
+    /// Geographic area.
+    pub geo_region: String,
+}
+
+/// `GET /platform/regions` response (`main.regionResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionResponse {
+    /// Regions of this installation.
+    pub regions: Vec<RegionRow>,
+    /// The nearest one.
+    pub nearest: String,
+}
+
+/// A token, as `GET /tokens/current` describes it (`main.tokenInfo`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Id.
+    pub token_id: String,
+    /// Organization slug.
+    pub org_slug: String,
+    /// Organization name.
+    pub organization: String,
+    /// Apps it is limited to (empty: all).
+    pub apps: Vec<String>,
+    /// User, for user tokens.
+    pub user: String,
+    /// Machine it is restricted to.
+    pub restricted_to_machine: String,
+    /// Machine making the request.
+    pub source_machine_id: String,
+}
+
+/// `GET /tokens/current` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurrentTokenResponse {
+    /// The tokens of the request.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `POST /apps/{app}/deploy_token` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateAppDeployTokenRequest {
+    /// Lifetime as a Go duration (e.g. `720h`); none: no expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<String>,
+}
+
+/// `POST /apps/{app}/deploy_token` response (`CreateAppResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateAppResponse {
+    /// The token.
+    pub token: String,
 }

@@ -18,6 +18,9 @@ pub enum ApiError {
     /// 401.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the token may not act on this resource.
+    #[error("{0}")]
+    Forbidden(String),
     /// 400 raised by the HTTP layer (bad JSON, bad query).
     #[error("{0}")]
     BadRequest(String),
@@ -43,6 +46,7 @@ impl ApiError {
                 AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -13,7 +13,9 @@ mod apps;
 pub mod error;
 mod extract;
 mod images;
+mod machine_ops;
 mod machines;
+mod platform;
 mod views;
 
 use std::sync::Arc;
@@ -40,6 +42,30 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
 }
 
+/// Who a request acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The installation's admin token: everything.
+    Admin,
+    /// An app-scoped (deploy) token: that app only.
+    App {
+        /// The app.
+        app: String,
+        /// The token's id.
+        token_id: String,
+    },
+}
+
+impl Principal {
+    /// The name leases record as their owner.
+    pub fn owner(&self) -> String {
+        match self {
+            Principal::Admin => "admin".into(),
+            Principal::App { token_id, .. } => token_id.clone(),
+        }
+    }
+}
+
 /// Token checking.
 pub struct Auth {
     admin_token: String,
@@ -53,7 +79,54 @@ impl Auth {
         }
     }
 
-    /// Checks an `Authorization` header value.
+    /// Checks an `Authorization` header value against the admin token and
+    /// the agent's app-scoped tokens.
+    pub fn principal(
+        &self,
+        header: Option<&HeaderValue>,
+        agent: &Agent,
+    ) -> Result<Principal, ApiError> {
+        if self.check(header).is_ok() {
+            return Ok(Principal::Admin);
+        }
+        self.check_scheme(header)?;
+        let value = header.and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let tokens = value
+            .trim()
+            .split_once(' ')
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        for t in tokens.split(',').map(str::trim) {
+            if let Some(row) = agent.app_token(t)? {
+                return Ok(Principal::App {
+                    app: row.app,
+                    token_id: row.id,
+                });
+            }
+        }
+        Err(ApiError::Unauthorized(
+            "Authenticate: token validation error".into(),
+        ))
+    }
+
+    fn check_scheme(&self, header: Option<&HeaderValue>) -> Result<(), ApiError> {
+        let value = header.and_then(|h| h.to_str().ok()).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "Authenticate: missing Authorization header (use \"Bearer <token>\")".into(),
+            )
+        })?;
+        let (scheme, _) = value.trim().split_once(' ').ok_or_else(|| {
+            ApiError::Unauthorized("Authenticate: malformed Authorization header".into())
+        })?;
+        if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("flyv1") {
+            return Err(ApiError::Unauthorized(format!(
+                "Authenticate: unsupported scheme {scheme:?} (use Bearer or FlyV1)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks an `Authorization` header value against the admin token.
     pub fn check(&self, header: Option<&HeaderValue>) -> Result<(), ApiError> {
         let value = header.and_then(|h| h.to_str().ok()).ok_or_else(|| {
             ApiError::Unauthorized(
@@ -99,12 +172,66 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/apps/{app}/machines/{id}",
-            get(machines::get).delete(machines::destroy),
+            get(machines::get)
+                .post(machine_ops::update)
+                .delete(machines::destroy),
         )
         .route("/apps/{app}/machines/{id}/start", post(machines::start))
         .route("/apps/{app}/machines/{id}/stop", post(machines::stop))
         .route("/apps/{app}/machines/{id}/wait", get(machines::wait))
         .route("/apps/{app}/machines/{id}/events", get(machines::events))
+        .route(
+            "/apps/{app}/machines/{id}/versions",
+            get(machine_ops::versions),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/restart",
+            post(machine_ops::restart),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/signal",
+            post(machine_ops::signal),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/suspend",
+            post(machine_ops::suspend),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/cordon",
+            post(machine_ops::cordon),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/uncordon",
+            post(machine_ops::uncordon),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/lease",
+            get(machine_ops::get_lease)
+                .post(machine_ops::acquire_lease)
+                .delete(machine_ops::release_lease),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/metadata",
+            get(machine_ops::get_metadata)
+                .put(machine_ops::update_metadata)
+                .patch(machine_ops::update_metadata),
+        )
+        .route(
+            "/apps/{app}/machines/{id}/metadata/{key}",
+            get(machine_ops::get_metadata_key)
+                .post(machine_ops::set_metadata_key)
+                .delete(machine_ops::delete_metadata_key),
+        )
+        .route("/apps/{app}/machines/{id}/exec", post(machine_ops::exec))
+        .route("/apps/{app}/machines/{id}/ps", get(machine_ops::ps))
+        .route(
+            "/apps/{app}/machines/{id}/memory",
+            get(machine_ops::memory).put(machine_ops::set_memory),
+        )
+        .route("/apps/{app}/deploy_token", post(platform::deploy_token))
+        .route("/orgs/{org}/machines", get(platform::org_machines))
+        .route("/platform/regions", get(platform::regions))
+        .route("/tokens/current", get(platform::current_token))
         .route("/hangar/images", get(images::list))
         .route(
             "/hangar/images/import",
@@ -127,11 +254,32 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn authenticate(State(s): State<ApiState>, req: Request, next: Next) -> Response {
-    match s.auth.check(req.headers().get(http::header::AUTHORIZATION)) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let principal = match s
+        .auth
+        .principal(req.headers().get(http::header::AUTHORIZATION), &s.agent)
+    {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Principal::App { app, .. } = &principal {
+        if !app_token_may(app, req.uri().path()) {
+            return ApiError::Forbidden(format!("this token may act on app {app} only"))
+                .into_response();
+        }
     }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// What an app-scoped token may reach: its app and what lies below it, and
+/// the read-only platform endpoints.
+fn app_token_may(app: &str, path: &str) -> bool {
+    let own = format!("/v1/apps/{app}");
+    path == own
+        || path.starts_with(&format!("{own}/"))
+        || path == "/v1/tokens/current"
+        || path == "/v1/platform/regions"
 }
 
 /// Tags every response with `fly-request-id` and logs the request (never its
@@ -157,6 +305,16 @@ async fn request_id(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_tokens_reach_their_app_only() {
+        assert!(app_token_may("web", "/v1/apps/web"));
+        assert!(app_token_may("web", "/v1/apps/web/machines/x/start"));
+        assert!(!app_token_may("web", "/v1/apps/webby/machines"));
+        assert!(!app_token_may("web", "/v1/apps"));
+        assert!(!app_token_may("web", "/v1/orgs/personal/machines"));
+        assert!(app_token_may("web", "/v1/tokens/current"));
+    }
 
     #[test]
     fn auth_schemes() {

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use hangar_agent::{NewMachine, WaitFor};
 use hangar_api_types::{
     CreateMachineRequest, Machine, MachineEvent, OkResponse, StartResponse, StopRequest,
@@ -13,7 +15,8 @@ use hangar_core::MachineState;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params};
-use crate::{ApiState, views};
+use crate::machine_ops::nonce;
+use crate::{ApiState, Principal, views};
 
 fn full_view(s: &ApiState, rec: hangar_agent::MachineRecord) -> ApiResult<Machine> {
     let events = s.agent.store().events(&rec.id, views::MACHINE_EVENTS)?;
@@ -63,12 +66,20 @@ pub async fn list(
     Ok(Json(out))
 }
 
-/// `POST /v1/apps/{app}/machines`.
+/// `POST /v1/apps/{app}/machines`; with `lease_ttl` the machine comes back
+/// leased, its `nonce` in the response.
 pub async fn create(
     State(s): State<ApiState>,
     Path(app): Path<String>,
+    Extension(who): Extension<Principal>,
     Body(req): Body<CreateMachineRequest>,
 ) -> ApiResult<Json<Machine>> {
+    let lease_ttl = req.lease_ttl.filter(|t| *t != 0);
+    if lease_ttl.is_some_and(|t| t < 0) {
+        return Err(ApiError::BadRequest(
+            "invalid_argument: lease_ttl must be positive".into(),
+        ));
+    }
     let config = req
         .config
         .ok_or_else(|| ApiError::BadRequest("config is required (with config.image)".into()))?;
@@ -84,7 +95,25 @@ pub async fn create(
             },
         )
         .await?;
-    Ok(Json(full_view(&s, rec)?))
+    let nonce = match lease_ttl {
+        Some(ttl) => Some(
+            s.agent
+                .acquire_lease(
+                    &app,
+                    rec.id.as_str(),
+                    Duration::from_secs(ttl as u64),
+                    "",
+                    &who.owner(),
+                    None,
+                )?
+                .0
+                .nonce,
+        ),
+        None => None,
+    };
+    let mut m = full_view(&s, rec)?;
+    m.nonce = nonce;
+    Ok(Json(m))
 }
 
 /// `GET /v1/apps/{app}/machines/{id}`.
@@ -100,8 +129,12 @@ pub async fn get(
 pub async fn start(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<StartResponse>> {
-    let prev = s.agent.start_machine(&app, &id).await?;
+    let prev = s
+        .agent
+        .start_machine(&app, &id, nonce(&headers).as_deref())
+        .await?;
     Ok(Json(StartResponse {
         previous_state: prev.as_str().into(),
         migrated: false,
@@ -113,6 +146,7 @@ pub async fn start(
 pub async fn stop(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
     Body(req): Body<StopRequest>,
 ) -> ApiResult<Json<OkResponse>> {
     let signal = req
@@ -127,7 +161,9 @@ pub async fn stop(
         .filter(|v| !v.is_null() && v.as_str() != Some(""))
         .map(hangar_agent::spec::parse_timeout)
         .transpose()?;
-    s.agent.stop_machine(&app, &id, signal, timeout).await?;
+    s.agent
+        .stop_machine(&app, &id, signal, timeout, nonce(&headers).as_deref())
+        .await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -136,10 +172,13 @@ pub async fn destroy(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> ApiResult<Json<OkResponse>> {
     let p = Params::parse(q.as_deref());
     let force = p.bool("force")? || p.bool("kill")?;
-    s.agent.destroy_machine(&app, &id, force).await?;
+    s.agent
+        .destroy_machine(&app, &id, force, nonce(&headers).as_deref())
+        .await?;
     Ok(Json(OkResponse { ok: true }))
 }
 
@@ -151,11 +190,13 @@ pub async fn wait(
 ) -> ApiResult<Json<WaitMachineResponse>> {
     let p = Params::parse(q.as_deref());
     let names = p.all("state");
+    // `replaced` only describes older versions (handled below).
     let states = if names.is_empty() {
         vec![WaitFor::State(MachineState::Started)]
     } else {
         names
             .iter()
+            .filter(|n| n.as_str() != "replaced")
             .map(|n| {
                 WaitFor::parse(n).ok_or_else(|| {
                     ApiError::BadRequest(format!("invalid_argument: unknown state {n:?}"))
@@ -185,6 +226,7 @@ pub async fn wait(
             secs
         }
     };
+    let mut version = None;
     for key in ["version", "instance_id"] {
         if let Some(v) = p.get(key).filter(|v| !v.is_empty()) {
             v.parse::<hangar_core::InstanceId>().map_err(|_| {
@@ -192,7 +234,19 @@ pub async fn wait(
                     "invalid_argument: {key} must be a 26-character version id"
                 ))
             })?;
+            version = Some(v.to_owned());
         }
+    }
+    // An older version of the machine is `replaced`: it has stopped for good.
+    if let Some(v) = version {
+        if v != s.agent.get_machine(&app, &id)?.instance_id {
+            return wait_replaced(&s, &app, &id, v, &names);
+        }
+    }
+    if states.is_empty() {
+        return Err(ApiError::Agent(hangar_agent::AgentError::Precondition(
+            "the current version is not replaced; wait on the version an update replaced".into(),
+        )));
     }
     let st = s
         .agent
@@ -203,6 +257,41 @@ pub async fn wait(
         state: st.state.as_str().into(),
         version: st.instance_id,
         event_id: st.last_event,
+    }))
+}
+
+/// A wait on a version that an update replaced.
+fn wait_replaced(
+    s: &ApiState,
+    app: &str,
+    id: &str,
+    version: String,
+    wanted: &[String],
+) -> ApiResult<Json<WaitMachineResponse>> {
+    let known = s
+        .agent
+        .machine_versions(app, id)?
+        .iter()
+        .any(|(v, _)| *v == version);
+    if !known {
+        return Err(ApiError::NotFound(format!(
+            "version {version} of machine {id} not found"
+        )));
+    }
+    let reached = wanted.is_empty()
+        || wanted
+            .iter()
+            .any(|n| matches!(n.as_str(), "replaced" | "stopped" | "destroyed" | "settled"));
+    if !reached {
+        return Err(ApiError::Agent(hangar_agent::AgentError::Precondition(
+            format!("version {version} was replaced and will not reach the desired state"),
+        )));
+    }
+    Ok(Json(WaitMachineResponse {
+        ok: true,
+        state: "replaced".into(),
+        version,
+        event_id: None,
     }))
 }
 

@@ -58,5 +58,6 @@ pub fn machine(rec: MachineRecord, events: Option<Vec<EventRow>>) -> Machine {
         checks: None,
         host_status: (!summary).then(|| "ok".into()),
         nonce: None,
+        cordoned: rec.cordoned,
     }
 }

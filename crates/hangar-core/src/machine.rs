@@ -17,9 +17,13 @@
 //!     │   start   ▲ ▲      │   ▲  │                                        │
 //!     │           │ │      │   │  └── start failed / prepare failed ───────┘
 //!     │           │ │      │   │
-//!     │           │ │      │   └── exit + restart policy (after backoff)
+//!     │           │ │      │   └── exit + restart policy (after backoff),
+//!     │           │ │      │       or exit of a restart or update
 //!     │           │ │      ▼   │
 //!     │           │ │    started ─────── exit, no restart ────────┐
+//!     │           │ │      │ │ ├─ restart ─► restarting ─exit─► starting
+//!     │           │ │      │ │ └─ update ──► replacing ──exit─► starting (or stopped)
+//!     │           │ │      │ └─ suspend ─► suspending ─frozen─► suspended ─start─► starting (thaw)
 //!     │           │ │      │ stop (signal, then SIGKILL on timeout)│
 //!     │           │ │      ▼                                       │
 //!     │           │ └─ stopping ─── exit ──► stopped ◄─────────────┘
@@ -62,6 +66,14 @@ pub enum MachineState {
     Stopping,
     /// Not running; can be started.
     Stopped,
+    /// Restarting on request: stopping the main process to start it again.
+    Restarting,
+    /// Updating: stopping the old version's process to start the new one.
+    Replacing,
+    /// Being suspended (its processes frozen).
+    Suspending,
+    /// Suspended: processes frozen in memory; a start resumes them.
+    Suspended,
     /// Being torn down.
     Destroying,
     /// Gone; the record is kept for `include_deleted` listings.
@@ -78,6 +90,10 @@ impl MachineState {
         MachineState::Started,
         MachineState::Stopping,
         MachineState::Stopped,
+        MachineState::Restarting,
+        MachineState::Replacing,
+        MachineState::Suspending,
+        MachineState::Suspended,
         MachineState::Destroying,
         MachineState::Destroyed,
         MachineState::Failed,
@@ -91,6 +107,10 @@ impl MachineState {
             MachineState::Started => "started",
             MachineState::Stopping => "stopping",
             MachineState::Stopped => "stopped",
+            MachineState::Restarting => "restarting",
+            MachineState::Replacing => "replacing",
+            MachineState::Suspending => "suspending",
+            MachineState::Suspended => "suspended",
             MachineState::Destroying => "destroying",
             MachineState::Destroyed => "destroyed",
             MachineState::Failed => "failed",
@@ -117,7 +137,12 @@ impl MachineState {
     pub fn is_running(self) -> bool {
         matches!(
             self,
-            MachineState::Starting | MachineState::Started | MachineState::Stopping
+            MachineState::Starting
+                | MachineState::Started
+                | MachineState::Stopping
+                | MachineState::Restarting
+                | MachineState::Replacing
+                | MachineState::Suspending
         )
     }
 }
@@ -141,6 +166,8 @@ pub enum Step {
     Launching,
     /// Waiting out the restart backoff before starting again.
     Backoff,
+    /// Resuming a suspended workload.
+    Thawing,
 }
 
 /// The part of a machine that the state machine owns.
@@ -153,7 +180,8 @@ pub struct Machine {
     /// Restarts by the restart policy since the last start by a user.
     pub restart_count: u32,
     /// In `created`: start the workload once the image is ready (false for
-    /// `skip_launch`, which settles in `stopped`).
+    /// `skip_launch`, which settles in `stopped`). In `replacing`: start the
+    /// new version once the old one has stopped.
     pub launch: bool,
 }
 
@@ -280,6 +308,22 @@ pub enum Input {
         /// Time to wait before SIGKILL instead of the configured one.
         timeout: Option<Duration>,
     },
+    /// A user asks to restart the machine (stop, then start again).
+    Restart {
+        /// Signal to send instead of the configured one.
+        signal: Option<Signal>,
+        /// Time to wait before SIGKILL instead of the configured one.
+        timeout: Option<Duration>,
+    },
+    /// A user replaced the machine's config (the agent has swapped it in).
+    Update {
+        /// Run the new version (false for `skip_launch`).
+        launch: bool,
+    },
+    /// A user asks to suspend the machine.
+    Suspend,
+    /// A user sends a signal to the main process.
+    Signal(Signal),
     /// A user asks to destroy the machine.
     Destroy {
         /// Destroy even if it runs (`force=true` or `kill=true`).
@@ -295,6 +339,14 @@ pub enum Input {
     WorkloadStartFailed(String),
     /// The workload's main process ended.
     WorkloadExited(ExitInfo),
+    /// The workload's processes are frozen.
+    Frozen,
+    /// Freezing the workload failed.
+    FreezeFailed(String),
+    /// The workload's processes run again.
+    Thawed,
+    /// Thawing the workload failed.
+    ThawFailed(String),
     /// The workload and the machine's files are gone.
     WorkloadDestroyed,
     /// Tearing the workload down failed.
@@ -318,6 +370,12 @@ pub enum Effect {
     WatchExit,
     /// Send a signal to the workload's main process.
     Signal(Signal),
+    /// Freeze the workload's processes; report [`Input::Frozen`] or
+    /// [`Input::FreezeFailed`].
+    Freeze,
+    /// Thaw the workload's processes; report [`Input::Thawed`] or
+    /// [`Input::ThawFailed`].
+    Thaw,
     /// Remove what is left of a finished (or stray) workload and reset the
     /// root filesystem, without touching the machine's other files.
     CleanupWorkload,
@@ -421,6 +479,16 @@ pub enum Denied {
         "unable to destroy machine, not currently stopped or suspended (state: '{0}'); use force=true to destroy it anyway"
     )]
     NotStopped(MachineState),
+    /// The request needs a running machine.
+    #[error("machine is not running (state: '{0}')")]
+    NotRunning(MachineState),
+    /// Another operation is under way; the request may succeed once the
+    /// machine settles.
+    #[error("machine is busy (state: '{0}'); try again once it settles")]
+    Busy(MachineState),
+    /// The machine is gone.
+    #[error("machine is destroyed")]
+    Destroyed,
 }
 
 /// Delay before restart number `n` (1-based): 100 ms doubling up to 10 s.
@@ -465,18 +533,24 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
         (S::Created, I::PrepareFailed(error)) => fail(&mut t, "launch", error),
         // Starting a skip_launch machine that is still being prepared: start
         // it as soon as the image is ready.
-        (S::Created, I::Start) => {
+        (S::Created, I::Start | I::Restart { .. }) => {
             if !m.launch {
                 t.machine.launch = true;
                 t.events
                     .push(EventRecord::new("start", S::Created, Source::User));
             }
         }
-        (S::Created, I::Stop { .. }) => {
-            if m.launch {
-                t.machine.launch = false;
-            }
+        (S::Created, I::Stop { .. }) => t.machine.launch = false,
+        // The new config needs its own image.
+        (S::Created, I::Update { launch }) => {
+            t.machine.launch = launch;
+            t.machine.step = Step::Preparing;
+            t.effects.push(Effect::CancelPrepare);
+            t.effects.push(Effect::PrepareImage);
+            t.events
+                .push(EventRecord::new("update", S::Created, Source::User));
         }
+        (S::Created, I::Suspend | I::Signal(_)) => return Err(Denied::NotRunning(state)),
         (S::Created, I::Destroy { .. }) => {
             t.effects.push(Effect::CancelPrepare);
             goto_destroy(&mut t, Source::User);
@@ -486,6 +560,10 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             I::WorkloadStarted
             | I::WorkloadStartFailed(_)
             | I::WorkloadExited(_)
+            | I::Frozen
+            | I::FreezeFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_)
             | I::TimerFired(_),
@@ -493,10 +571,12 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
 
         // ---- starting ----------------------------------------------------------
         (S::Starting, I::Resume(observed)) => match observed {
+            // Thawing is idempotent: a resume that was cut short finishes.
             Observed::Running => {
                 t.machine.state = S::Started;
                 t.machine.step = Step::Idle;
                 t.effects.push(Effect::WatchExit);
+                t.effects.push(Effect::Thaw);
                 t.events
                     .push(EventRecord::new("start", S::Started, Source::Flyd));
             }
@@ -526,6 +606,29 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
         (S::Starting, I::WorkloadStartFailed(error)) => fail(&mut t, "start", error),
         // The process ended before its start was reported.
         (S::Starting, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, false),
+        (S::Starting, I::Thawed) => {
+            if m.step == Step::Thawing {
+                t.machine.state = S::Started;
+                t.machine.step = Step::Idle;
+                t.events.push(
+                    EventRecord::new("start", S::Started, Source::Flyd).with_message("resumed"),
+                );
+            }
+        }
+        // Resuming failed: start from scratch instead, as Fly falls back to a
+        // cold boot when a snapshot cannot be restored.
+        (S::Starting, I::ThawFailed(error)) => {
+            if m.step == Step::Thawing {
+                t.machine.step = Step::Preparing;
+                t.effects.push(Effect::CleanupWorkload);
+                t.effects.push(Effect::PrepareImage);
+                t.events.push(
+                    EventRecord::new("start", S::Starting, Source::Flyd)
+                        .with_message(format!("resume failed, starting afresh: {error}")),
+                );
+            }
+        }
+        (S::Starting, I::Frozen | I::FreezeFailed(_)) => {}
         (S::Starting, I::TimerFired(Timer::RestartBackoff)) => {
             if m.step == Step::Backoff {
                 t.machine.step = Step::Preparing;
@@ -533,7 +636,7 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             }
         }
         (S::Starting, I::TimerFired(Timer::StopTimeout | Timer::DestroyRetry)) => {}
-        (S::Starting, I::Start) => {}
+        (S::Starting, I::Start | I::Restart { .. }) => {}
         (S::Starting, I::Stop { signal, timeout }) => match m.step {
             // Nothing runs yet: stopping is immediate.
             Step::Preparing | Step::Backoff | Step::Idle => {
@@ -544,16 +647,28 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
                 t.events
                     .push(EventRecord::new("stop", S::Stopped, Source::User));
             }
-            Step::Launching => goto_stopping(&mut t, policy, signal, timeout),
+            Step::Launching | Step::Thawing => goto_stopping(&mut t, policy, signal, timeout),
         },
+        // Updating a machine that crash-loops (or waits for its image) is how
+        // users fix it: take the new config right away.
+        (S::Starting, I::Update { launch }) => match m.step {
+            Step::Preparing | Step::Backoff | Step::Idle => {
+                t.effects.push(Effect::CancelPrepare);
+                t.effects.push(Effect::CancelTimer(Timer::RestartBackoff));
+                t.machine.restart_count = 0;
+                goto_updated(&mut t, launch);
+            }
+            Step::Launching | Step::Thawing => return Err(Denied::Busy(state)),
+        },
+        (S::Starting, I::Suspend | I::Signal(_)) => return Err(Denied::NotRunning(state)),
         (S::Starting, I::Destroy { force }) => match m.step {
             Step::Preparing | Step::Backoff | Step::Idle => {
                 t.effects.push(Effect::CancelPrepare);
                 t.effects.push(Effect::CancelTimer(Timer::RestartBackoff));
                 goto_destroy(&mut t, Source::User);
             }
-            Step::Launching if force => goto_destroy(&mut t, Source::User),
-            Step::Launching => return Err(Denied::NotStopped(state)),
+            Step::Launching | Step::Thawing if force => goto_destroy(&mut t, Source::User),
+            Step::Launching | Step::Thawing => return Err(Denied::NotStopped(state)),
         },
         (S::Starting, I::WorkloadDestroyed | I::WorkloadDestroyFailed(_)) => {}
 
@@ -566,6 +681,27 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
         (S::Started, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, false),
         (S::Started, I::Start) => {}
         (S::Started, I::Stop { signal, timeout }) => goto_stopping(&mut t, policy, signal, timeout),
+        (S::Started, I::Restart { signal, timeout }) => {
+            t.machine.state = S::Restarting;
+            t.machine.restart_count = 0;
+            push_stop(&mut t, policy, signal, timeout);
+            t.events
+                .push(EventRecord::new("restart", S::Restarting, Source::User));
+        }
+        (S::Started, I::Update { launch }) => {
+            t.machine.state = S::Replacing;
+            t.machine.launch = launch;
+            push_stop(&mut t, policy, None, None);
+            t.events
+                .push(EventRecord::new("update", S::Replacing, Source::User));
+        }
+        (S::Started, I::Suspend) => {
+            t.machine.state = S::Suspending;
+            t.effects.push(Effect::Freeze);
+            t.events
+                .push(EventRecord::new("suspend", S::Suspending, Source::User));
+        }
+        (S::Started, I::Signal(sig)) => t.effects.push(Effect::Signal(sig)),
         (S::Started, I::Destroy { force: true }) => goto_destroy(&mut t, Source::User),
         (S::Started, I::Destroy { force: false }) => return Err(Denied::NotStopped(state)),
         (
@@ -574,50 +710,161 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::PrepareFailed(_)
             | I::WorkloadStarted
             | I::WorkloadStartFailed(_)
+            | I::Frozen
+            | I::FreezeFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_)
             | I::TimerFired(_),
         ) => {}
 
-        // ---- stopping ----------------------------------------------------------
-        (S::Stopping, I::Resume(observed)) => match observed {
+        // ---- stopping, restarting, replacing: waiting for the process to end --
+        (S::Stopping | S::Restarting | S::Replacing, I::Resume(observed)) => match observed {
             // The stop timer died with the old daemon: signal again and
             // re-arm it.
             Observed::Running => {
                 t.effects.push(Effect::WatchExit);
-                t.effects.push(Effect::Signal(policy.stop_signal));
-                t.effects
-                    .push(Effect::ArmTimer(Timer::StopTimeout, policy.stop_timeout));
+                push_stop(&mut t, policy, None, None);
             }
-            Observed::Exited(info) => on_exit(&mut t, policy, info, true),
-            Observed::Absent => on_exit(&mut t, policy, lost_workload(), true),
+            Observed::Exited(info) => after_stop(&mut t, policy, info),
+            Observed::Absent => after_stop(&mut t, policy, lost_workload()),
         },
-        (S::Stopping, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, true),
-        (S::Stopping, I::TimerFired(Timer::StopTimeout)) => {
+        (S::Stopping | S::Restarting | S::Replacing, I::WorkloadExited(info)) => {
+            after_stop(&mut t, policy, info)
+        }
+        (S::Stopping | S::Restarting | S::Replacing, I::TimerFired(Timer::StopTimeout)) => {
             t.effects.push(Effect::Signal(Signal::Kill));
         }
-        (S::Stopping, I::TimerFired(Timer::RestartBackoff | Timer::DestroyRetry)) => {}
-        (S::Stopping, I::Start) => return Err(Denied::CannotStart(state)),
+        (
+            S::Stopping | S::Restarting | S::Replacing,
+            I::TimerFired(Timer::RestartBackoff | Timer::DestroyRetry),
+        ) => {}
+        (S::Stopping, I::Start | I::Restart { .. }) => return Err(Denied::CannotStart(state)),
+        (S::Restarting, I::Start | I::Restart { .. }) => {}
+        // A start during an update: run the new version even if the update
+        // said skip_launch.
+        (S::Replacing, I::Start | I::Restart { .. }) => t.machine.launch = true,
         // A second stop with SIGKILL escalates; any other is already under way.
         (S::Stopping, I::Stop { signal, .. }) => {
             if signal == Some(Signal::Kill) {
                 t.effects.push(Effect::Signal(Signal::Kill));
             }
         }
-        (S::Stopping, I::Destroy { force: true }) => {
+        // A stop while restarting or replacing: end stopped.
+        (S::Restarting | S::Replacing, I::Stop { signal, .. }) => {
+            t.machine.state = S::Stopping;
+            if signal == Some(Signal::Kill) {
+                t.effects.push(Effect::Signal(Signal::Kill));
+            }
+            t.events
+                .push(EventRecord::new("stop", S::Stopping, Source::User));
+        }
+        (S::Stopping | S::Restarting | S::Replacing, I::Update { .. } | I::Suspend) => {
+            return Err(Denied::Busy(state));
+        }
+        (S::Stopping | S::Restarting | S::Replacing, I::Signal(sig)) => {
+            t.effects.push(Effect::Signal(sig));
+        }
+        (S::Stopping | S::Restarting | S::Replacing, I::Destroy { force: true }) => {
             t.effects.push(Effect::CancelTimer(Timer::StopTimeout));
             goto_destroy(&mut t, Source::User);
         }
-        (S::Stopping, I::Destroy { force: false }) => return Err(Denied::NotStopped(state)),
+        (S::Stopping | S::Restarting | S::Replacing, I::Destroy { force: false }) => {
+            return Err(Denied::NotStopped(state));
+        }
         (
-            S::Stopping,
+            S::Stopping | S::Restarting | S::Replacing,
             I::Prepared
             | I::PrepareFailed(_)
             | I::WorkloadStarted
             | I::WorkloadStartFailed(_)
+            | I::Frozen
+            | I::FreezeFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_),
         ) => {}
+
+        // ---- suspending and suspended -------------------------------------------
+        (S::Suspending | S::Suspended, I::Resume(observed)) => match observed {
+            Observed::Running => {
+                t.effects.push(Effect::WatchExit);
+                if state == S::Suspending {
+                    t.effects.push(Effect::Freeze);
+                }
+            }
+            Observed::Exited(info) => on_exit(&mut t, policy, info, false),
+            Observed::Absent => on_exit(&mut t, policy, lost_workload(), false),
+        },
+        (S::Suspending, I::Frozen) => {
+            t.machine.state = S::Suspended;
+            t.events
+                .push(EventRecord::new("suspend", S::Suspended, Source::Flyd));
+        }
+        (S::Suspending, I::FreezeFailed(error)) => {
+            t.machine.state = S::Started;
+            t.events.push(
+                EventRecord::new("suspend", S::Started, Source::Flyd)
+                    .with_message(format!("suspend failed: {error}")),
+            );
+        }
+        (S::Suspending | S::Suspended, I::WorkloadExited(info)) => {
+            on_exit(&mut t, policy, info, false)
+        }
+        (S::Suspending, I::Suspend) => {}
+        (
+            S::Suspending,
+            I::Start | I::Stop { .. } | I::Restart { .. } | I::Update { .. } | I::Signal(_),
+        ) => return Err(Denied::Busy(state)),
+        (S::Suspending, I::Destroy { force: true }) => goto_destroy(&mut t, Source::User),
+        (S::Suspending, I::Destroy { force: false }) => return Err(Denied::NotStopped(state)),
+        (S::Suspended, I::Start) => {
+            t.machine.state = S::Starting;
+            t.machine.step = Step::Thawing;
+            t.effects.push(Effect::Thaw);
+            t.events
+                .push(EventRecord::new("start", S::Starting, Source::User));
+        }
+        // Stop, restart or update of a suspended machine discard its frozen
+        // processes: SIGKILL is delivered as they thaw.
+        (S::Suspended, I::Stop { .. }) => {
+            t.machine.state = S::Stopping;
+            push_kill_frozen(&mut t, policy);
+            t.events
+                .push(EventRecord::new("stop", S::Stopping, Source::User));
+        }
+        (S::Suspended, I::Restart { .. }) => {
+            t.machine.state = S::Restarting;
+            push_kill_frozen(&mut t, policy);
+            t.events
+                .push(EventRecord::new("restart", S::Restarting, Source::User));
+        }
+        (S::Suspended, I::Update { launch }) => {
+            t.machine.state = S::Replacing;
+            t.machine.launch = launch;
+            push_kill_frozen(&mut t, policy);
+            t.events
+                .push(EventRecord::new("update", S::Replacing, Source::User));
+        }
+        (S::Suspended, I::Suspend) => {}
+        (S::Suspended, I::Signal(_)) => return Err(Denied::NotRunning(state)),
+        // As Fly allows, a suspended machine is destroyed without force.
+        (S::Suspended, I::Destroy { .. }) => goto_destroy(&mut t, Source::User),
+        (
+            S::Suspending | S::Suspended,
+            I::Prepared
+            | I::PrepareFailed(_)
+            | I::WorkloadStarted
+            | I::WorkloadStartFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
+            | I::WorkloadDestroyed
+            | I::WorkloadDestroyFailed(_)
+            | I::TimerFired(_),
+        ) => {}
+        (S::Suspended, I::Frozen | I::FreezeFailed(_)) => {}
 
         // ---- stopped and failed: nothing runs -------------------------------
         (S::Stopped | S::Failed, I::Resume(observed)) => {
@@ -625,7 +872,7 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
                 t.effects.push(Effect::CleanupWorkload);
             }
         }
-        (S::Stopped | S::Failed, I::Start) => {
+        (S::Stopped | S::Failed, I::Start | I::Restart { .. }) => {
             t.machine.state = S::Starting;
             t.machine.step = Step::Preparing;
             t.machine.restart_count = 0;
@@ -634,6 +881,13 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
                 .push(EventRecord::new("start", S::Starting, Source::User));
         }
         (S::Stopped | S::Failed, I::Stop { .. }) => {}
+        (S::Stopped | S::Failed, I::Update { launch }) => {
+            t.machine.restart_count = 0;
+            goto_updated(&mut t, launch);
+        }
+        (S::Stopped | S::Failed, I::Suspend | I::Signal(_)) => {
+            return Err(Denied::NotRunning(state));
+        }
         (S::Stopped | S::Failed, I::Destroy { .. }) => goto_destroy(&mut t, Source::User),
         (
             S::Stopped | S::Failed,
@@ -642,6 +896,10 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::WorkloadStarted
             | I::WorkloadStartFailed(_)
             | I::WorkloadExited(_)
+            | I::Frozen
+            | I::FreezeFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_)
             | I::TimerFired(_),
@@ -668,7 +926,9 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
         (S::Destroying, I::TimerFired(Timer::DestroyRetry)) => {
             t.effects.push(Effect::DestroyWorkload);
         }
-        (S::Destroying, I::Start) => return Err(Denied::CannotStart(state)),
+        (S::Destroying, I::Start | I::Restart { .. }) => return Err(Denied::CannotStart(state)),
+        (S::Destroying, I::Update { .. }) => return Err(Denied::Busy(state)),
+        (S::Destroying, I::Suspend | I::Signal(_)) => return Err(Denied::NotRunning(state)),
         (S::Destroying, I::Stop { .. } | I::Destroy { .. }) => {}
         (
             S::Destroying,
@@ -677,12 +937,18 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::WorkloadStarted
             | I::WorkloadStartFailed(_)
             | I::WorkloadExited(_)
+            | I::Frozen
+            | I::FreezeFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
             | I::TimerFired(Timer::StopTimeout | Timer::RestartBackoff),
         ) => {}
 
         // ---- destroyed: terminal --------------------------------------------------
-        (S::Destroyed, I::Start) => return Err(Denied::CannotStart(state)),
+        (S::Destroyed, I::Start | I::Restart { .. }) => return Err(Denied::CannotStart(state)),
         (S::Destroyed, I::Stop { .. }) => return Err(Denied::CannotStop(state)),
+        (S::Destroyed, I::Update { .. }) => return Err(Denied::Destroyed),
+        (S::Destroyed, I::Suspend | I::Signal(_)) => return Err(Denied::NotRunning(state)),
         (
             S::Destroyed,
             I::Resume(_)
@@ -692,12 +958,101 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::WorkloadStarted
             | I::WorkloadStartFailed(_)
             | I::WorkloadExited(_)
+            | I::Frozen
+            | I::FreezeFailed(_)
+            | I::Thawed
+            | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_)
             | I::TimerFired(_),
         ) => {}
     }
     Ok(t)
+}
+
+/// The stop signal and its SIGKILL timer.
+fn push_stop(
+    t: &mut Transition,
+    policy: &Policy,
+    signal: Option<Signal>,
+    timeout: Option<Duration>,
+) {
+    t.effects
+        .push(Effect::Signal(signal.unwrap_or(policy.stop_signal)));
+    t.effects.push(Effect::ArmTimer(
+        Timer::StopTimeout,
+        timeout.unwrap_or(policy.stop_timeout),
+    ));
+}
+
+/// A frozen workload is killed: SIGKILL is queued, then the thaw delivers it.
+fn push_kill_frozen(t: &mut Transition, policy: &Policy) {
+    t.effects.push(Effect::Signal(Signal::Kill));
+    t.effects.push(Effect::Thaw);
+    t.effects
+        .push(Effect::ArmTimer(Timer::StopTimeout, policy.stop_timeout));
+}
+
+/// A machine with nothing running took a new config: run it, or rest in
+/// `stopped` with the next start prepared.
+fn goto_updated(t: &mut Transition, launch: bool) {
+    t.machine.launch = false;
+    if launch {
+        t.machine.state = MachineState::Starting;
+        t.machine.step = Step::Preparing;
+        t.effects.push(Effect::PrepareImage);
+    } else {
+        t.machine.state = MachineState::Stopped;
+        t.machine.step = Step::Idle;
+        t.effects.push(Effect::Prewarm);
+    }
+    let status = t.machine.state;
+    t.events
+        .push(EventRecord::new("update", status, Source::User));
+}
+
+/// The process ended after a stop, restart or update asked it to.
+fn after_stop(t: &mut Transition, policy: &Policy, info: ExitInfo) {
+    match t.machine.state {
+        MachineState::Restarting => {
+            restart_exit(t, info, true);
+        }
+        MachineState::Replacing => {
+            let launch = t.machine.launch;
+            restart_exit(t, info, launch);
+            if !launch {
+                t.effects.push(Effect::Prewarm);
+            }
+        }
+        _ => on_exit(t, policy, info, true),
+    }
+}
+
+/// Records a requested exit and starts again (`start`) or rests in `stopped`.
+fn restart_exit(t: &mut Transition, info: ExitInfo, start: bool) {
+    t.effects.push(Effect::CancelTimer(Timer::StopTimeout));
+    t.effects.push(Effect::CleanupWorkload);
+    t.machine.launch = false;
+    let next = if start {
+        MachineState::Starting
+    } else {
+        MachineState::Stopped
+    };
+    let mut event = EventRecord::new("exit", next, Source::Flyd);
+    event.exit = Some(ExitRecord {
+        info,
+        requested_stop: true,
+        restarting: start,
+        restart_count: t.machine.restart_count,
+    });
+    t.events.push(event);
+    t.machine.state = next;
+    if start {
+        t.machine.step = Step::Preparing;
+        t.effects.push(Effect::PrepareImage);
+    } else {
+        t.machine.step = Step::Idle;
+    }
 }
 
 /// Prepared and asked to run: start the workload.
@@ -716,12 +1071,7 @@ fn goto_stopping(
 ) {
     t.machine.state = MachineState::Stopping;
     t.machine.step = Step::Idle;
-    t.effects
-        .push(Effect::Signal(signal.unwrap_or(policy.stop_signal)));
-    t.effects.push(Effect::ArmTimer(
-        Timer::StopTimeout,
-        timeout.unwrap_or(policy.stop_timeout),
-    ));
+    push_stop(t, policy, signal, timeout);
     t.events.push(EventRecord::new(
         "stop",
         MachineState::Stopping,

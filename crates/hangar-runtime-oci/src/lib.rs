@@ -21,9 +21,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bundle;
+mod exec;
 pub mod fsutil;
 pub mod host;
 pub mod netns;
+mod procs;
 mod user;
 
 use std::collections::HashMap;
@@ -36,7 +38,9 @@ use std::time::Duration;
 
 use hangar_core::machine::Observed;
 use hangar_core::{ExitInfo, MachineId, Signal};
-use hangar_runtime::{Runtime, RuntimeError, WorkloadSpec};
+use hangar_runtime::{
+    ExecOutput, ExecRequest, MemoryInfo, ProcessInfo, Runtime, RuntimeError, WorkloadSpec,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
@@ -149,6 +153,59 @@ impl OciRuntime {
 
     fn cgroup(&self, id: &MachineId) -> String {
         format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), id)
+    }
+
+    /// The machine's cgroup directory for `controller` (v1), or its unified
+    /// directory (v2).
+    fn cgroup_dir(&self, controller: &str) -> PathBuf {
+        let cg = self.cgroup_rel();
+        let v1 = Path::new("/sys/fs/cgroup").join(controller);
+        if v1.is_dir() {
+            v1.join(cg)
+        } else {
+            Path::new("/sys/fs/cgroup").join(cg)
+        }
+    }
+
+    fn cgroup_rel(&self) -> String {
+        self.cfg.cgroup_parent.trim_matches('/').to_owned()
+    }
+
+    /// Whether the machine's processes are frozen.
+    fn is_frozen(&self, id: &MachineId) -> bool {
+        let cg = self.cgroup(id);
+        let rel = cg.trim_start_matches('/');
+        let v1 = Path::new("/sys/fs/cgroup/freezer")
+            .join(rel)
+            .join("freezer.state");
+        let v2 = Path::new("/sys/fs/cgroup").join(rel).join("cgroup.freeze");
+        std::fs::read_to_string(v1).is_ok_and(|s| s.trim() == "FROZEN")
+            || std::fs::read_to_string(v2).is_ok_and(|s| s.trim() == "1")
+    }
+
+    async fn runtime_op(
+        &self,
+        id: &MachineId,
+        op: &'static str,
+        args: &[&str],
+    ) -> Result<(), RuntimeError> {
+        if self.shim(id).is_none() {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let out = self
+            .runtime_cmd()
+            .args(args)
+            .arg(id.as_str())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| failed(op, id, e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failed(op, id, String::from_utf8_lossy(&out.stderr).trim()))
+        }
     }
 
     /// The memory cgroup file that counts OOM kills (v1 or v2).
@@ -460,6 +517,58 @@ impl Runtime for OciRuntime {
         Ok(())
     }
 
+    async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        self.runtime_op(id, "freeze", &["pause"]).await
+    }
+
+    async fn thaw(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        if !self.is_frozen(id) {
+            return Ok(());
+        }
+        self.runtime_op(id, "thaw", &["resume"]).await
+    }
+
+    async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        exec::run(self, id, req).await
+    }
+
+    async fn processes(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        if self.shim(id).is_none() {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let dir = self.cgroup_dir("memory").join(id.as_str());
+        let pids = procs::cgroup_pids(&dir);
+        Ok(tokio::task::spawn_blocking(move || procs::describe(&pids))
+            .await
+            .unwrap_or_default())
+    }
+
+    async fn memory(&self, id: &MachineId) -> Result<MemoryInfo, RuntimeError> {
+        if self.shim(id).is_none() {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let dir = self.cgroup_dir("memory").join(id.as_str());
+        let read = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                std::fs::read_to_string(dir.join(n))
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        };
+        let limit = read(&["memory.limit_in_bytes", "memory.max"]).unwrap_or(0);
+        let usage = read(&["memory.usage_in_bytes", "memory.current"]).unwrap_or(0);
+        Ok(MemoryInfo {
+            limit_mb: limit >> 20,
+            usage_mb: usage >> 20,
+        })
+    }
+
+    async fn set_memory_limit(&self, id: &MachineId, limit_mb: u64) -> Result<(), RuntimeError> {
+        let bytes = (limit_mb << 20).to_string();
+        self.runtime_op(id, "memory limit", &["update", "--memory", &bytes])
+            .await
+    }
+
     async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError> {
         if self.shim(id).is_none() {
             return Err(RuntimeError::NotRunning(id.clone()));
@@ -511,6 +620,17 @@ impl Runtime for OciRuntime {
     async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
         if let Some(shim) = self.shim(id).or_else(|| self.adopt_shim(id).map(Arc::new)) {
+            // SIGKILL reaches frozen processes only once they thaw.
+            if self.is_frozen(id) {
+                let _ = self
+                    .runtime_cmd()
+                    .arg("resume")
+                    .arg(id.as_str())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
             let _ = self
                 .runtime_cmd()
                 .arg("kill")

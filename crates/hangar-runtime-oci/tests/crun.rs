@@ -377,3 +377,111 @@ async fn prewarmed_starts_use_a_clean_root_and_the_current_spec() {
     assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
     assert!(!env.dir.path().join("machines").join(s.id.as_str()).exists());
 }
+
+#[tokio::test]
+async fn freeze_thaw_exec_ps_and_memory() {
+    use hangar_runtime::ExecRequest;
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(
+        &env,
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+    );
+    s.resources.memory_mb = 128;
+    rt.start(&s).await.unwrap();
+    let count = || async {
+        let out = rt
+            .exec(
+                &s.id,
+                &ExecRequest {
+                    argv: vec!["cat".into(), "/tmp/count".into()],
+                    stdin: None,
+                    timeout: Duration::from_secs(5),
+                },
+            )
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Frozen: the counter stands still; thawed: it moves again.
+    rt.freeze(&s.id).await.unwrap();
+    let a = std::fs::read_to_string(
+        env.dir
+            .path()
+            .join("machines")
+            .join(s.id.as_str())
+            .join("bundle/rootfs/tmp/count"),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = std::fs::read_to_string(
+        env.dir
+            .path()
+            .join("machines")
+            .join(s.id.as_str())
+            .join("bundle/rootfs/tmp/count"),
+    )
+    .unwrap();
+    assert_eq!(a, b, "a frozen machine kept running");
+    rt.thaw(&s.id).await.unwrap();
+    let before = count().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(count().await > before);
+
+    // exec: env and cwd of the machine, stdin, exit codes, timeouts.
+    let out = rt
+        .exec(
+            &s.id,
+            &ExecRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo $GREETING in $(pwd); cat; echo err >&2; exit 3".into(),
+                ],
+                stdin: Some(b"from stdin\n".to_vec()),
+                timeout: Duration::from_secs(5),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello in /tmp\nfrom stdin\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!((out.exit_code, out.timed_out), (3, false));
+    let out = rt
+        .exec(
+            &s.id,
+            &ExecRequest {
+                argv: vec!["sleep".into(), "30".into()],
+                stdin: None,
+                timeout: Duration::from_millis(300),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(out.timed_out);
+
+    // ps: the init, the shell, pids as the machine sees them.
+    let ps = rt.processes(&s.id).await.unwrap();
+    assert_eq!(ps[0].pid, 1, "{ps:?}");
+    assert!(ps[0].command.starts_with("/.hangar/init"));
+    assert!(ps.iter().any(|p| p.command.starts_with("/bin/sh -c")));
+
+    // memory: the limit, and a live change.
+    let m = rt.memory(&s.id).await.unwrap();
+    assert_eq!(m.limit_mb, 128);
+    rt.set_memory_limit(&s.id, 256).await.unwrap();
+    assert_eq!(rt.memory(&s.id).await.unwrap().limit_mb, 256);
+
+    // A frozen machine is still destroyed cleanly.
+    rt.freeze(&s.id).await.unwrap();
+    rt.destroy(&s.id).await.unwrap();
+    assert!(!env.dir.path().join("machines").join(s.id.as_str()).exists());
+}

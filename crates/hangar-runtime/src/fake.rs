@@ -31,6 +31,12 @@ pub enum Call {
     Observe(MachineId),
     /// `prewarm`.
     Prewarm(MachineId),
+    /// `freeze`.
+    Freeze(MachineId),
+    /// `thaw`.
+    Thaw(MachineId),
+    /// `exec`.
+    Exec(MachineId, Vec<String>),
 }
 
 struct Workload {
@@ -148,6 +154,40 @@ impl Runtime for FakeRuntime {
             },
         );
         Ok(())
+    }
+
+    async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        self.record(Call::Freeze(id.clone()));
+        if !self.is_running(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn thaw(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        self.record(Call::Thaw(id.clone()));
+        Ok(())
+    }
+
+    /// Echoes: `echo ARGS` prints them; anything else exits 0 silently.
+    async fn exec(
+        &self,
+        id: &MachineId,
+        req: &crate::ExecRequest,
+    ) -> Result<crate::ExecOutput, RuntimeError> {
+        self.record(Call::Exec(id.clone(), req.argv.clone()));
+        if !self.is_running(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let stdout = if req.argv.first().map(String::as_str) == Some("echo") {
+            format!("{}\n", req.argv[1..].join(" ")).into_bytes()
+        } else {
+            Vec::new()
+        };
+        Ok(crate::ExecOutput {
+            stdout,
+            ..crate::ExecOutput::default()
+        })
     }
 
     async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {

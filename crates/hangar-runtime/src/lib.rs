@@ -56,6 +56,62 @@ pub struct WorkloadSpec {
     pub resources: Resources,
 }
 
+/// A command to run inside a running machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Bytes for its standard input.
+    pub stdin: Option<Vec<u8>>,
+    /// Kill it after this long.
+    pub timeout: std::time::Duration,
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutput {
+    /// Exit code (`128 + n` when killed by signal `n`).
+    pub exit_code: i32,
+    /// The signal that killed it, if any.
+    pub exit_signal: Option<i32>,
+    /// Standard output (capped).
+    pub stdout: Vec<u8>,
+    /// Standard error (capped).
+    pub stderr: Vec<u8>,
+    /// It ran out of time and was killed.
+    pub timed_out: bool,
+}
+
+/// A process of a running machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcessInfo {
+    /// Pid inside the machine.
+    pub pid: i32,
+    /// Start time, Unix milliseconds.
+    pub start_ms: u64,
+    /// Time since start, milliseconds.
+    pub run_ms: u64,
+    /// Command line.
+    pub command: String,
+    /// Working directory.
+    pub directory: String,
+    /// CPU time used, milliseconds.
+    pub cpu_ms: u64,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// Listening sockets: `(proto, address)`.
+    pub listen: Vec<(String, String)>,
+}
+
+/// Memory of a running machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryInfo {
+    /// The limit, MiB.
+    pub limit_mb: u64,
+    /// In use, MiB.
+    pub usage_mb: u64,
+}
+
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -96,6 +152,38 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Freezes every process of the workload (suspend).
+    async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        Err(unsupported(id, "freeze"))
+    }
+
+    /// Thaws a frozen workload (resume).
+    async fn thaw(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        Err(unsupported(id, "thaw"))
+    }
+
+    /// Runs a command inside the running workload.
+    async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
+        let _ = req;
+        Err(unsupported(id, "exec"))
+    }
+
+    /// The workload's processes.
+    async fn processes(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, RuntimeError> {
+        Err(unsupported(id, "ps"))
+    }
+
+    /// The workload's memory limit and use.
+    async fn memory(&self, id: &MachineId) -> Result<MemoryInfo, RuntimeError> {
+        Err(unsupported(id, "memory"))
+    }
+
+    /// Changes the running workload's memory limit.
+    async fn set_memory_limit(&self, id: &MachineId, limit_mb: u64) -> Result<(), RuntimeError> {
+        let _ = limit_mb;
+        Err(unsupported(id, "memory limit"))
+    }
+
     /// Sends a signal to the main process.
     async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError>;
 
@@ -115,4 +203,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Where the machine's log lives, if this runtime keeps one.
     fn log_path(&self, id: &MachineId) -> Option<PathBuf>;
+}
+
+fn unsupported(id: &MachineId, op: &'static str) -> RuntimeError {
+    RuntimeError::Failed {
+        op,
+        id: id.clone(),
+        reason: "not supported by this runtime".into(),
+    }
 }

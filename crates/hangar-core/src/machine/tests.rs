@@ -411,6 +411,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         Step::Preparing,
         Step::Launching,
         Step::Backoff,
+        Step::Thawing,
     ])
 }
 
@@ -435,6 +436,17 @@ fn arb_input() -> impl Strategy<Value = Input> {
         Just(Input::TimerFired(Timer::StopTimeout)),
         Just(Input::TimerFired(Timer::RestartBackoff)),
         Just(Input::TimerFired(Timer::DestroyRetry)),
+        Just(Input::Restart {
+            signal: None,
+            timeout: None
+        }),
+        any::<bool>().prop_map(|launch| Input::Update { launch }),
+        Just(Input::Suspend),
+        Just(Input::Signal(Signal::Usr1)),
+        Just(Input::Frozen),
+        Just(Input::FreezeFailed("x".into())),
+        Just(Input::Thawed),
+        Just(Input::ThawFailed("x".into())),
     ]
 }
 
@@ -501,11 +513,219 @@ proptest! {
                 Err(denied) => {
                     // Only user requests are ever refused.
                     prop_assert!(
-                        matches!(input, Input::Start | Input::Stop { .. } | Input::Destroy { .. }),
+                        matches!(
+                            input,
+                            Input::Start
+                                | Input::Stop { .. }
+                                | Input::Destroy { .. }
+                                | Input::Restart { .. }
+                                | Input::Update { .. }
+                                | Input::Suspend
+                                | Input::Signal(_)
+                        ),
                         "{:?} denied: {}", input, denied
                     );
                 }
             }
         }
     }
+}
+
+#[test]
+fn restart_stops_then_starts_again() {
+    let p = Policy::default();
+    let m = at(MachineState::Started, Step::Idle);
+    let t = apply(
+        &m,
+        &p,
+        Input::Restart {
+            signal: Some(Signal::Term),
+            timeout: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Restarting);
+    assert_eq!(t.effects[0], Effect::Signal(Signal::Term));
+    assert_eq!(
+        (t.events[0].kind, t.events[0].status),
+        ("restart", MachineState::Restarting)
+    );
+    let t = apply(&t.machine, &p, Input::WorkloadExited(exit(143))).unwrap();
+    assert_eq!(t.machine.state, MachineState::Starting);
+    assert!(t.effects.contains(&Effect::PrepareImage));
+    let x = t.events[0].exit.as_ref().unwrap();
+    assert!(x.requested_stop && x.restarting);
+    let (m, _, _) = run(t.machine, &p, vec![Input::Prepared, Input::WorkloadStarted]);
+    assert_eq!(m.state, MachineState::Started);
+    // A stopped machine restarts by starting.
+    let t = apply(
+        &at(MachineState::Stopped, Step::Idle),
+        &p,
+        Input::Restart {
+            signal: None,
+            timeout: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Starting);
+}
+
+#[test]
+fn update_of_a_running_machine_replaces_it() {
+    let p = Policy::default();
+    let t = apply(
+        &at(MachineState::Started, Step::Idle),
+        &p,
+        Input::Update { launch: true },
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Replacing);
+    assert_eq!(
+        (t.events[0].kind, t.events[0].status),
+        ("update", MachineState::Replacing)
+    );
+    let t = apply(&t.machine, &p, Input::WorkloadExited(exit(130))).unwrap();
+    assert_eq!(t.machine.state, MachineState::Starting);
+    assert!(t.effects.contains(&Effect::PrepareImage));
+
+    // skip_launch: the new version rests stopped, prepared.
+    let t = apply(
+        &at(MachineState::Started, Step::Idle),
+        &p,
+        Input::Update { launch: false },
+    )
+    .unwrap();
+    let t = apply(&t.machine, &p, Input::WorkloadExited(exit(130))).unwrap();
+    assert_eq!(t.machine.state, MachineState::Stopped);
+    assert!(t.effects.contains(&Effect::Prewarm));
+}
+
+#[test]
+fn update_of_a_stopped_or_crashlooping_machine() {
+    let p = Policy::default();
+    let t = apply(
+        &at(MachineState::Stopped, Step::Idle),
+        &p,
+        Input::Update { launch: true },
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Starting);
+    assert_eq!(t.effects, vec![Effect::PrepareImage]);
+    let t = apply(
+        &at(MachineState::Stopped, Step::Idle),
+        &p,
+        Input::Update { launch: false },
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Stopped);
+    assert_eq!(
+        (t.events[0].kind, t.events[0].status),
+        ("update", MachineState::Stopped)
+    );
+    // In restart backoff: the fix applies at once.
+    let mut m = at(MachineState::Starting, Step::Backoff);
+    m.restart_count = 7;
+    let t = apply(&m, &p, Input::Update { launch: true }).unwrap();
+    assert_eq!(
+        (t.machine.state, t.machine.restart_count),
+        (MachineState::Starting, 0)
+    );
+    assert!(
+        t.effects
+            .contains(&Effect::CancelTimer(Timer::RestartBackoff))
+    );
+    assert!(t.effects.contains(&Effect::PrepareImage));
+    // While the workload is being launched: busy.
+    assert_eq!(
+        apply(
+            &at(MachineState::Starting, Step::Launching),
+            &p,
+            Input::Update { launch: true }
+        ),
+        Err(Denied::Busy(MachineState::Starting))
+    );
+}
+
+#[test]
+fn suspend_freezes_and_start_thaws() {
+    let p = Policy::default();
+    let t = apply(&at(MachineState::Started, Step::Idle), &p, Input::Suspend).unwrap();
+    assert_eq!(
+        (t.machine.state, t.effects.clone()),
+        (MachineState::Suspending, vec![Effect::Freeze])
+    );
+    let t = apply(&t.machine, &p, Input::Frozen).unwrap();
+    assert_eq!(t.machine.state, MachineState::Suspended);
+    let t = apply(&t.machine, &p, Input::Start).unwrap();
+    assert_eq!(
+        (t.machine.state, t.machine.step),
+        (MachineState::Starting, Step::Thawing)
+    );
+    assert_eq!(t.effects, vec![Effect::Thaw]);
+    let t = apply(&t.machine, &p, Input::Thawed).unwrap();
+    assert_eq!(t.machine.state, MachineState::Started);
+    assert_eq!(t.events[0].message.as_deref(), Some("resumed"));
+    // A failed freeze leaves it running; a failed thaw starts afresh.
+    let t = apply(
+        &at(MachineState::Suspending, Step::Idle),
+        &p,
+        Input::FreezeFailed("no".into()),
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Started);
+    let t = apply(
+        &at(MachineState::Starting, Step::Thawing),
+        &p,
+        Input::ThawFailed("no".into()),
+    )
+    .unwrap();
+    assert_eq!(t.machine.step, Step::Preparing);
+    assert!(t.effects.contains(&Effect::PrepareImage));
+}
+
+#[test]
+fn suspended_machines_stop_and_destroy_without_force() {
+    let p = Policy::default();
+    let m = at(MachineState::Suspended, Step::Idle);
+    let t = apply(
+        &m,
+        &p,
+        Input::Stop {
+            signal: None,
+            timeout: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(t.machine.state, MachineState::Stopping);
+    assert_eq!(
+        &t.effects[..2],
+        &[Effect::Signal(Signal::Kill), Effect::Thaw]
+    );
+    let t = apply(&m, &p, Input::Destroy { force: false }).unwrap();
+    assert_eq!(t.machine.state, MachineState::Destroying);
+    assert_eq!(
+        apply(&m, &p, Input::Signal(Signal::Usr1)),
+        Err(Denied::NotRunning(MachineState::Suspended))
+    );
+}
+
+#[test]
+fn signals_only_reach_running_machines() {
+    let p = Policy::default();
+    let t = apply(
+        &at(MachineState::Started, Step::Idle),
+        &p,
+        Input::Signal(Signal::Usr1),
+    )
+    .unwrap();
+    assert_eq!(t.effects, vec![Effect::Signal(Signal::Usr1)]);
+    assert!(t.events.is_empty());
+    assert_eq!(
+        apply(
+            &at(MachineState::Stopped, Step::Idle),
+            &p,
+            Input::Signal(Signal::Usr1)
+        ),
+        Err(Denied::NotRunning(MachineState::Stopped))
+    );
 }

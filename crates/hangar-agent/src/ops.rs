@@ -1,0 +1,556 @@
+//! The rest of the Machines API's operations: update and versions, restart,
+//! suspend, signal, cordon, leases, metadata, exec/ps/memory, the
+//! organization-wide listing, and app-scoped tokens.
+//!
+//! Leases (Fly's optimistic locks): a machine has at most one unexpired
+//! lease; while it is held, update, start, stop, restart, suspend, cordon,
+//! uncordon and destroy need the holder's nonce (`fly-machine-lease-nonce`),
+//! except a forced destroy. Leases live in SQLite and expire by time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hangar_api_types::MachineConfig;
+use hangar_core::machine;
+use hangar_core::{InstanceId, MachineState, Signal};
+use hangar_runtime::{ExecOutput, ExecRequest, MemoryInfo, ProcessInfo, RuntimeError};
+use tokio::sync::oneshot;
+
+use crate::runner::Msg;
+use crate::store::{self, LeaseRow, MachineRecord, NewVersion};
+use crate::{Agent, AgentError, spec};
+
+/// A full config replacement (`POST /apps/{app}/machines/{id}`).
+#[derive(Debug, Clone, Default)]
+pub struct UpdateMachine {
+    /// The new config (image required).
+    pub config: MachineConfig,
+    /// Optimistic check: the version the client last saw.
+    pub current_version: Option<String>,
+    /// Leave the machine stopped with the new config.
+    pub skip_launch: bool,
+    /// Must match the machine's name if given (names are immutable).
+    pub name: Option<String>,
+    /// Must match the machine's region if given.
+    pub region: Option<String>,
+}
+
+/// A page of the organization-wide machine listing.
+#[derive(Debug, Clone)]
+pub struct OrgMachines {
+    /// The machines, ordered by last change.
+    pub machines: Vec<MachineRecord>,
+    /// Opaque cursor for the next page, if the page was full.
+    pub next_cursor: Option<String>,
+}
+
+/// Longest lease.
+const MAX_LEASE_TTL: u64 = 3600;
+
+fn now_secs() -> i64 {
+    store::now_ms() / 1000
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+impl Agent {
+    /// Refuses a guarded request on a leased machine without its nonce.
+    pub(crate) fn check_lease(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        match self.shared.store.lease(&rec.id)? {
+            Some(l) if nonce != Some(l.nonce.as_str()) => Err(AgentError::Conflict(format!(
+                "machine {} is leased by {} until {}; send its nonce in the fly-machine-lease-nonce header",
+                rec.id,
+                l.owner,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(l.expires_at.max(0) as u64)
+                )
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn send(
+        &self,
+        rec: &MachineRecord,
+        msg: impl FnOnce(oneshot::Sender<Result<MachineState, AgentError>>) -> Msg,
+    ) -> Result<MachineState, AgentError> {
+        let h = self
+            .shared
+            .runner(&rec.id)
+            .ok_or_else(|| AgentError::Precondition(machine::Denied::Destroyed.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        h.tx.send(msg(tx))
+            .await
+            .map_err(|_| AgentError::Precondition(machine::Denied::Destroyed.to_string()))?;
+        rx.await
+            .map_err(|_| AgentError::Precondition(machine::Denied::Destroyed.to_string()))?
+    }
+
+    // ---- update and versions ----------------------------------------------------
+
+    /// Replaces a machine's config with a new version and (unless
+    /// `skip_launch`) runs it: a running machine is stopped and started again.
+    pub async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: UpdateMachine,
+        nonce: Option<&str>,
+    ) -> Result<MachineRecord, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.check_lease(app, id, nonce)?;
+        if let Some(v) = req.current_version.as_deref().filter(|v| !v.is_empty()) {
+            if v != rec.instance_id {
+                return Err(AgentError::Precondition(format!(
+                    "machine version mismatch: current version is {}, not {v}",
+                    rec.instance_id
+                )));
+            }
+        }
+        if let Some(n) = req.name.as_deref().filter(|n| !n.is_empty()) {
+            if n != rec.name {
+                return Err(AgentError::InvalidArgument(format!(
+                    "a machine's name cannot change ({} to {n})",
+                    rec.name
+                )));
+            }
+        }
+        if let Some(r) = req.region.as_deref().filter(|r| !r.is_empty()) {
+            if r != rec.region {
+                return Err(AgentError::InvalidArgument(format!(
+                    "a machine's region cannot change ({} to {r})",
+                    rec.region
+                )));
+            }
+        }
+        let config = spec::normalize(req.config)?;
+        let image_ref = self
+            .shared
+            .images
+            .parse(&config.image)
+            .map_err(AgentError::InvalidArgument)?;
+        let version = NewVersion {
+            instance_id: InstanceId::generate().to_string(),
+            config,
+            image_ref,
+        };
+        let launch = !req.skip_launch;
+        self.send(&rec, |reply| Msg::Update {
+            version: Box::new(version),
+            launch,
+            reply,
+        })
+        .await?;
+        self.get_machine(app, id)
+    }
+
+    /// A machine's config versions, newest first.
+    pub fn machine_versions(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<Vec<(String, MachineConfig)>, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.shared.store.versions(&rec.id)
+    }
+
+    // ---- restart, suspend, signal, cordon ------------------------------------------
+
+    /// Restarts a machine (a stopped one is started).
+    pub async fn restart_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Option<Signal>,
+        timeout: Option<Duration>,
+        nonce: Option<&str>,
+    ) -> Result<MachineState, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.check_lease(app, id, nonce)?;
+        self.send(&rec, |reply| Msg::Restart {
+            signal,
+            timeout,
+            reply,
+        })
+        .await
+    }
+
+    /// Suspends a machine (freezes its processes).
+    pub async fn suspend_machine(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<MachineState, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.check_lease(app, id, nonce)?;
+        self.send(&rec, Msg::Suspend).await
+    }
+
+    /// Sends a signal to a running machine's main process.
+    pub async fn signal_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Signal,
+    ) -> Result<(), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.send(&rec, |reply| Msg::Signal { signal, reply })
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a machine out of (or back into) proxy rotation.
+    pub fn cordon_machine(
+        &self,
+        app: &str,
+        id: &str,
+        cordoned: bool,
+        nonce: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        if rec.core.state == MachineState::Destroyed {
+            return Err(AgentError::Precondition(
+                machine::Denied::Destroyed.to_string(),
+            ));
+        }
+        self.check_lease(app, id, nonce)?;
+        self.shared.store.set_cordoned(&rec.id, cordoned)
+    }
+
+    // ---- leases -------------------------------------------------------------------
+
+    /// The machine's lease, if held.
+    pub fn get_lease(&self, app: &str, id: &str) -> Result<Option<LeaseRow>, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.shared.store.lease(&rec.id)
+    }
+
+    /// Acquires a lease for `ttl`, or refreshes the one `nonce` names.
+    /// Returns the lease and whether it is new.
+    pub fn acquire_lease(
+        &self,
+        app: &str,
+        id: &str,
+        ttl: Duration,
+        description: &str,
+        owner: &str,
+        nonce: Option<&str>,
+    ) -> Result<(LeaseRow, bool), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        if rec.core.state == MachineState::Destroyed {
+            return Err(AgentError::Precondition(
+                machine::Denied::Destroyed.to_string(),
+            ));
+        }
+        let ttl = ttl.as_secs().clamp(1, MAX_LEASE_TTL) as i64;
+        let expires_at = now_secs() + ttl;
+        match (
+            self.shared.store.lease(&rec.id)?,
+            nonce.filter(|n| !n.is_empty()),
+        ) {
+            (Some(mut l), Some(n)) if n == l.nonce => {
+                l.expires_at = expires_at;
+                if !description.is_empty() {
+                    l.description = description.to_owned();
+                }
+                self.shared.store.put_lease(&rec.id, &l)?;
+                Ok((l, false))
+            }
+            (Some(l), _) => Err(AgentError::Conflict(format!(
+                "lease currently held by {} on machine {}",
+                l.owner, rec.id
+            ))),
+            (None, Some(_)) => Err(AgentError::NotFound("lease not found".into())),
+            (None, None) => {
+                let l = LeaseRow {
+                    nonce: random_hex(6),
+                    owner: owner.to_owned(),
+                    description: description.to_owned(),
+                    expires_at,
+                    version: rec.instance_id.clone(),
+                };
+                self.shared.store.put_lease(&rec.id, &l)?;
+                Ok((l, true))
+            }
+        }
+    }
+
+    /// Releases the lease `nonce` names.
+    pub fn release_lease(
+        &self,
+        app: &str,
+        id: &str,
+        nonce: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        let nonce = nonce.filter(|n| !n.is_empty()).ok_or_else(|| {
+            AgentError::InvalidArgument("the fly-machine-lease-nonce header is required".into())
+        })?;
+        match self.shared.store.lease(&rec.id)? {
+            None => Err(AgentError::NotFound("lease not found".into())),
+            Some(l) if l.nonce != nonce => Err(AgentError::Conflict(format!(
+                "lease on machine {} is held by {} with another nonce",
+                rec.id, l.owner
+            ))),
+            Some(_) => self.shared.store.delete_lease(&rec.id),
+        }
+    }
+
+    /// Drops a machine's lease whatever its nonce (`hangar machine leases clear`).
+    pub fn clear_lease(&self, app: &str, id: &str) -> Result<(), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        self.shared.store.delete_lease(&rec.id)
+    }
+
+    // ---- metadata -------------------------------------------------------------------
+
+    /// The machine's metadata.
+    pub fn get_metadata(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<BTreeMap<String, String>, AgentError> {
+        Ok(self
+            .get_machine(app, id)?
+            .config
+            .metadata
+            .unwrap_or_default())
+    }
+
+    /// Upserts (`Some`) and removes (`None`) metadata keys; with
+    /// `machine_version`, only if it is still the machine's version (412).
+    pub async fn update_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        changes: BTreeMap<String, Option<String>>,
+        machine_version: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let rec = self.get_machine(app, id)?;
+        if let Some(v) = machine_version.filter(|v| !v.is_empty()) {
+            if v != rec.instance_id {
+                return Err(AgentError::Precondition(format!(
+                    "machine version mismatch: current version is {}, not {v}",
+                    rec.instance_id
+                )));
+            }
+        }
+        for k in changes.keys() {
+            if k.is_empty() || k.len() > 256 {
+                return Err(AgentError::InvalidArgument(format!(
+                    "invalid metadata key {k:?}"
+                )));
+            }
+        }
+        self.send(&rec, |reply| Msg::Metadata { changes, reply })
+            .await?;
+        Ok(())
+    }
+
+    // ---- inside a running machine ------------------------------------------------------
+
+    fn running(&self, app: &str, id: &str) -> Result<MachineRecord, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        if rec.core.state != MachineState::Started {
+            return Err(AgentError::Precondition(
+                machine::Denied::NotRunning(rec.core.state).to_string(),
+            ));
+        }
+        Ok(rec)
+    }
+
+    fn runtime_error(e: RuntimeError) -> AgentError {
+        match e {
+            RuntimeError::NotRunning(id) => {
+                AgentError::Precondition(format!("machine {id} is not running"))
+            }
+            RuntimeError::InvalidSpec(m) => AgentError::InvalidArgument(m),
+            other => AgentError::Internal(other.to_string()),
+        }
+    }
+
+    /// Runs a command in a started machine.
+    pub async fn exec(
+        &self,
+        app: &str,
+        id: &str,
+        req: ExecRequest,
+    ) -> Result<ExecOutput, AgentError> {
+        let rec = self.running(app, id)?;
+        self.shared
+            .runtime
+            .exec(&rec.id, &req)
+            .await
+            .map_err(Self::runtime_error)
+    }
+
+    /// A started machine's processes.
+    pub async fn processes(&self, app: &str, id: &str) -> Result<Vec<ProcessInfo>, AgentError> {
+        let rec = self.running(app, id)?;
+        self.shared
+            .runtime
+            .processes(&rec.id)
+            .await
+            .map_err(Self::runtime_error)
+    }
+
+    /// A started machine's memory.
+    pub async fn memory(&self, app: &str, id: &str) -> Result<MemoryInfo, AgentError> {
+        let rec = self.running(app, id)?;
+        self.shared
+            .runtime
+            .memory(&rec.id)
+            .await
+            .map_err(Self::runtime_error)
+    }
+
+    /// Changes a started machine's memory limit until its next start (the
+    /// config's `guest.memory_mb` is what the next start uses).
+    pub async fn set_memory(
+        &self,
+        app: &str,
+        id: &str,
+        limit_mb: u64,
+    ) -> Result<MemoryInfo, AgentError> {
+        let rec = self.running(app, id)?;
+        let max = spec::resources(&rec.config).memory_mb;
+        if limit_mb < 32 || limit_mb > max {
+            return Err(AgentError::InvalidArgument(format!(
+                "limit_mb must be between 32 and the machine's guest.memory_mb ({max})"
+            )));
+        }
+        self.shared
+            .runtime
+            .set_memory_limit(&rec.id, limit_mb)
+            .await
+            .map_err(Self::runtime_error)?;
+        self.memory(app, id).await
+    }
+
+    // ---- organization-wide listing ---------------------------------------------------
+
+    /// Machines of every app of `org`, ordered by last change, paged.
+    pub fn org_machines(
+        &self,
+        org: &str,
+        include_deleted: bool,
+        cursor: Option<&str>,
+        updated_after_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<OrgMachines, AgentError> {
+        if org != crate::DEFAULT_ORG {
+            return Err(AgentError::NotFound(format!(
+                "organization {org:?} not found"
+            )));
+        }
+        let mut after = match cursor.filter(|c| !c.is_empty()) {
+            Some(c) => Some(decode_cursor(c)?),
+            None => None,
+        };
+        if let Some(ms) = updated_after_ms {
+            if after.as_ref().is_none_or(|(a, _)| *a < ms) {
+                after = Some((ms, String::from("~")));
+            }
+        }
+        let limit = limit.clamp(1, 1000);
+        let machines = self
+            .shared
+            .store
+            .org_machines(org, include_deleted, after, limit)?;
+        let next_cursor = (machines.len() == limit)
+            .then(|| {
+                machines
+                    .last()
+                    .map(|m| encode_cursor(m.updated_at_ms, m.id.as_str()))
+            })
+            .flatten();
+        Ok(OrgMachines {
+            machines,
+            next_cursor,
+        })
+    }
+
+    // ---- tokens -----------------------------------------------------------------------
+
+    /// Mints a token that can act on `app` only; stored hashed.
+    pub fn create_app_token(
+        &self,
+        app: &str,
+        expiry: Option<Duration>,
+    ) -> Result<String, AgentError> {
+        self.get_app(app)?;
+        let token = format!("hangar_app_{}", random_hex(24));
+        let expires_at = expiry.map(|e| now_secs() + e.as_secs() as i64);
+        self.shared.store.insert_token(
+            &format!("tok_{}", random_hex(8)),
+            &token_hash(&token),
+            app,
+            expires_at,
+        )?;
+        Ok(token)
+    }
+
+    /// The app-scoped token `token` is, if any.
+    pub fn app_token(&self, token: &str) -> Result<Option<crate::TokenRow>, AgentError> {
+        if !token.starts_with("hangar_app_") {
+            return Ok(None);
+        }
+        self.shared.store.token_by_hash(&token_hash(token))
+    }
+}
+
+/// SHA-256 of a token, hex.
+fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex_encode(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn encode_cursor(ms: i64, id: &str) -> String {
+    hex_encode(format!("{ms}:{id}").as_bytes())
+}
+
+fn decode_cursor(c: &str) -> Result<(i64, String), AgentError> {
+    let bad = || AgentError::InvalidArgument(format!("invalid cursor {c:?}"));
+    if c.len() % 2 != 0 || c.len() > 200 {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&c[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let s = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ms, id) = s.split_once(':').ok_or_else(bad)?;
+    Ok((ms.parse().map_err(|_| bad())?, id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_roundtrip() {
+        let c = encode_cursor(1_700_000_000_123, "0123456789abcd");
+        assert_eq!(
+            decode_cursor(&c).unwrap(),
+            (1_700_000_000_123, "0123456789abcd".to_owned())
+        );
+        assert!(decode_cursor("zz").is_err());
+        assert!(decode_cursor("abc").is_err());
+    }
+}

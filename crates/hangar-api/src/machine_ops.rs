@@ -1,0 +1,513 @@
+//! Machine operations beyond the basic lifecycle: update and versions,
+//! restart, signal, suspend, cordon, leases, metadata, exec, ps, memory.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use hangar_agent::UpdateMachine;
+use hangar_api_types::{
+    CreateLeaseRequest, ExecResponse, Lease, LeaseEnvelope, ListenSocket, Machine,
+    MachineExecRequest, MachineVersion, MemoryResponse, MetadataValueResponse, OkResponse,
+    ProcessStat, RestartRequest, SetMemoryLimitRequest, SignalRequest, UpdateMachineRequest,
+    UpdateMetadataRequest, UpsertMetadataKeyRequest,
+};
+use hangar_core::Signal;
+use serde_json::Value;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Params};
+use crate::{ApiState, Principal, views};
+
+/// The request's `fly-machine-lease-nonce`.
+pub(crate) fn nonce(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("fly-machine-lease-nonce")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn present(v: &Option<Value>) -> Option<&Value> {
+    v.as_ref()
+        .filter(|v| !v.is_null() && v.as_str() != Some(""))
+}
+
+/// `POST /v1/apps/{app}/machines/{id}`: full config replacement.
+pub async fn update(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Body(req): Body<UpdateMachineRequest>,
+) -> ApiResult<Json<Machine>> {
+    let config = req
+        .config
+        .ok_or_else(|| ApiError::BadRequest("config is required (with config.image)".into()))?;
+    let rec = s
+        .agent
+        .update_machine(
+            &app,
+            &id,
+            UpdateMachine {
+                config,
+                current_version: req.current_version,
+                skip_launch: req.skip_launch.unwrap_or(false),
+                name: req.name,
+                region: req.region,
+            },
+            nonce(&headers).as_deref(),
+        )
+        .await?;
+    let events = s.agent.store().events(&rec.id, views::MACHINE_EVENTS)?;
+    Ok(Json(views::machine(rec, Some(events))))
+}
+
+/// `GET .../versions`, newest first.
+pub async fn versions(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<MachineVersion>>> {
+    let v = s.agent.machine_versions(&app, &id)?;
+    Ok(Json(
+        v.into_iter()
+            .map(|(version, user_config)| MachineVersion {
+                version,
+                user_config,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST .../restart` with `signal`, `timeout` and `force_stop` in the query
+/// or the body.
+pub async fn restart(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    Body(body): Body<RestartRequest>,
+) -> ApiResult<Json<OkResponse>> {
+    let p = Params::parse(q.as_deref());
+    let signal = match (
+        present(&body.signal),
+        p.get("signal").filter(|v| !v.is_empty()),
+    ) {
+        (Some(v), _) => Some(hangar_agent::spec::parse_signal(v)?),
+        (None, Some(v)) => Some(hangar_agent::spec::parse_signal(&Value::String(v.into()))?),
+        (None, None) => None,
+    };
+    let timeout = match (
+        present(&body.timeout),
+        p.get("timeout").filter(|v| !v.is_empty()),
+    ) {
+        (Some(v), _) => Some(hangar_agent::spec::parse_timeout(v)?),
+        (None, Some(v)) => Some(hangar_agent::spec::parse_timeout(&Value::String(v.into()))?),
+        (None, None) => None,
+    };
+    let force = body.force_stop.unwrap_or(false) || p.bool("force_stop")?;
+    let signal = if force { Some(Signal::Kill) } else { signal };
+    s.agent
+        .restart_machine(&app, &id, signal, timeout, nonce(&headers).as_deref())
+        .await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// `POST .../signal` with a signal name or number.
+pub async fn signal(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Body(req): Body<SignalRequest>,
+) -> ApiResult<Json<OkResponse>> {
+    let v =
+        present(&req.signal).ok_or_else(|| ApiError::BadRequest("signal is required".into()))?;
+    let sig = hangar_agent::spec::parse_signal(v)?;
+    s.agent.signal_machine(&app, &id, sig).await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// `POST .../suspend`: freezes the machine's processes.
+pub async fn suspend(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OkResponse>> {
+    s.agent
+        .suspend_machine(&app, &id, nonce(&headers).as_deref())
+        .await?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// `POST .../cordon`.
+pub async fn cordon(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OkResponse>> {
+    s.agent
+        .cordon_machine(&app, &id, true, nonce(&headers).as_deref())?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+/// `POST .../uncordon`.
+pub async fn uncordon(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<OkResponse>> {
+    s.agent
+        .cordon_machine(&app, &id, false, nonce(&headers).as_deref())?;
+    Ok(Json(OkResponse { ok: true }))
+}
+
+fn lease_view(l: hangar_agent::LeaseRow, with_nonce: bool) -> Lease {
+    Lease {
+        nonce: with_nonce.then_some(l.nonce),
+        expires_at: l.expires_at,
+        owner: l.owner,
+        description: l.description,
+        version: l.version,
+    }
+}
+
+fn envelope<T>(data: T) -> LeaseEnvelope<T> {
+    LeaseEnvelope {
+        status: "success".into(),
+        data,
+    }
+}
+
+/// `GET .../lease`: the lease (without its nonce), or 404.
+pub async fn get_lease(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<LeaseEnvelope<Lease>>> {
+    let l = s
+        .agent
+        .get_lease(&app, &id)?
+        .ok_or_else(|| ApiError::NotFound("lease not found".into()))?;
+    Ok(Json(envelope(lease_view(l, false))))
+}
+
+/// `POST .../lease`: acquire (201), or refresh with the nonce header (200).
+/// `ttl` in seconds comes from the query (fly-go) or the body (the spec).
+pub async fn acquire_lease(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    Extension(who): Extension<Principal>,
+    Body(body): Body<CreateLeaseRequest>,
+) -> ApiResult<(StatusCode, Json<LeaseEnvelope<Lease>>)> {
+    let p = Params::parse(q.as_deref());
+    let ttl = match (body.ttl, p.get("ttl").filter(|t| !t.is_empty())) {
+        (Some(t), _) => t,
+        (None, Some(t)) => t
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid_argument: invalid ttl {t:?}")))?,
+        (None, None) => 30,
+    };
+    if ttl < 1 {
+        return Err(ApiError::BadRequest(
+            "invalid_argument: ttl must be at least 1 second".into(),
+        ));
+    }
+    let (lease, new) = s.agent.acquire_lease(
+        &app,
+        &id,
+        Duration::from_secs(ttl as u64),
+        body.description.as_deref().unwrap_or(""),
+        &who.owner(),
+        nonce(&headers).as_deref(),
+    )?;
+    let status = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(envelope(lease_view(lease, true)))))
+}
+
+/// `DELETE .../lease` with the nonce header.
+pub async fn release_lease(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<LeaseEnvelope<OkResponse>>> {
+    s.agent
+        .release_lease(&app, &id, nonce(&headers).as_deref())?;
+    Ok(Json(envelope(OkResponse { ok: true })))
+}
+
+/// `GET .../metadata`.
+pub async fn get_metadata(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<BTreeMap<String, String>>> {
+    Ok(Json(s.agent.get_metadata(&app, &id)?))
+}
+
+/// `PUT/PATCH .../metadata`: upserts; null or empty values remove keys.
+pub async fn update_metadata(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Body(req): Body<UpdateMetadataRequest>,
+) -> ApiResult<StatusCode> {
+    let changes = req.metadata.unwrap_or_default();
+    s.agent
+        .update_metadata(&app, &id, changes, req.machine_version.as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET .../metadata/{key}`.
+pub async fn get_metadata_key(
+    State(s): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+) -> ApiResult<Json<MetadataValueResponse>> {
+    let md = s.agent.get_metadata(&app, &id)?;
+    let value = md
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("metadata key {key:?} not found")))?;
+    Ok(Json(MetadataValueResponse { value }))
+}
+
+/// `POST .../metadata/{key}` with `{value}`.
+pub async fn set_metadata_key(
+    State(s): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+    Body(req): Body<UpsertMetadataKeyRequest>,
+) -> ApiResult<StatusCode> {
+    let value = req
+        .value
+        .ok_or_else(|| ApiError::BadRequest("value is required".into()))?;
+    let mut changes = BTreeMap::new();
+    changes.insert(key, Some(value));
+    s.agent.update_metadata(&app, &id, changes, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE .../metadata/{key}`.
+pub async fn delete_metadata_key(
+    State(s): State<ApiState>,
+    Path((app, id, key)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let mut changes = BTreeMap::new();
+    changes.insert(key, None);
+    s.agent.update_metadata(&app, &id, changes, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Longest exec.
+const MAX_EXEC_TIMEOUT: i64 = 600;
+
+/// `POST .../exec`: `command` (array) or `cmd` (a command line), `stdin`,
+/// `timeout` in seconds.
+pub async fn exec(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Body(req): Body<MachineExecRequest>,
+) -> ApiResult<Json<ExecResponse>> {
+    let argv = match (
+        req.command.filter(|c| !c.is_empty()),
+        req.cmd.filter(|c| !c.trim().is_empty()),
+    ) {
+        (Some(c), _) => c,
+        (None, Some(line)) => split_words(&line).ok_or_else(|| {
+            ApiError::BadRequest(format!("invalid cmd {line:?}: unbalanced quotes"))
+        })?,
+        (None, None) => return Err(ApiError::BadRequest("command (or cmd) is required".into())),
+    };
+    if req.container.as_deref().is_some_and(|c| !c.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "this machine has no containers; omit container".into(),
+        ));
+    }
+    let timeout = req.timeout.unwrap_or(30);
+    if !(1..=MAX_EXEC_TIMEOUT).contains(&timeout) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid_argument: timeout must be between 1 and {MAX_EXEC_TIMEOUT} seconds"
+        )));
+    }
+    let out = s
+        .agent
+        .exec(
+            &app,
+            &id,
+            hangar_runtime::ExecRequest {
+                argv,
+                stdin: req.stdin.map(String::into_bytes),
+                timeout: Duration::from_secs(timeout as u64),
+            },
+        )
+        .await?;
+    if out.timed_out {
+        return Err(ApiError::Agent(hangar_agent::AgentError::Timeout(format!(
+            "deadline_exceeded: command did not finish within {timeout}s"
+        ))));
+    }
+    Ok(Json(ExecResponse {
+        exit_code: out.exit_code,
+        exit_signal: out.exit_signal.unwrap_or(0),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }))
+}
+
+/// Splits a command line into words (single and double quotes, backslash
+/// escapes), as a shell would without expansions.
+fn split_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        ch => cur.push(ch),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => cur.push(chars.next()?),
+                        ch => cur.push(ch),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                cur.push(chars.next()?);
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Some(words)
+}
+
+/// `GET .../ps` with `sort_by` (pid, cpu, rss, rtime, command) and `order`
+/// (asc, desc).
+pub async fn ps(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Vec<ProcessStat>>> {
+    let p = Params::parse(q.as_deref());
+    let mut procs: Vec<ProcessStat> = s
+        .agent
+        .processes(&app, &id)
+        .await?
+        .into_iter()
+        .map(|p| ProcessStat {
+            pid: p.pid,
+            stime: p.start_ms,
+            rtime: p.run_ms,
+            command: p.command,
+            directory: p.directory,
+            cpu: p.cpu_ms,
+            rss: p.rss,
+            listen_sockets: p
+                .listen
+                .into_iter()
+                .map(|(proto, address)| ListenSocket { proto, address })
+                .collect(),
+        })
+        .collect();
+    match p.get("sort_by").unwrap_or("pid") {
+        "pid" | "" => procs.sort_by_key(|p| p.pid),
+        "cpu" => procs.sort_by_key(|p| p.cpu),
+        "rss" | "mem" => procs.sort_by_key(|p| p.rss),
+        "rtime" => procs.sort_by_key(|p| p.rtime),
+        "command" => procs.sort_by(|a, b| a.command.cmp(&b.command)),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid_argument: cannot sort by {other:?} (pid, cpu, rss, rtime, command)"
+            )));
+        }
+    }
+    match p.get("order").unwrap_or("asc") {
+        "asc" | "" => {}
+        "desc" => procs.reverse(),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid_argument: order must be asc or desc, not {other:?}"
+            )));
+        }
+    }
+    Ok(Json(procs))
+}
+
+fn memory_view(m: hangar_runtime::MemoryInfo) -> MemoryResponse {
+    MemoryResponse {
+        limit_mb: m.limit_mb as i64,
+        available_mb: m.limit_mb.saturating_sub(m.usage_mb) as i64,
+    }
+}
+
+/// `GET .../memory`.
+pub async fn memory(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Json<MemoryResponse>> {
+    Ok(Json(memory_view(s.agent.memory(&app, &id).await?)))
+}
+
+/// `PUT .../memory` with `{limit_mb}`: changes the running machine's limit.
+pub async fn set_memory(
+    State(s): State<ApiState>,
+    Path((app, id)): Path<(String, String)>,
+    Body(req): Body<SetMemoryLimitRequest>,
+) -> ApiResult<Json<MemoryResponse>> {
+    let mb = req
+        .limit_mb
+        .filter(|m| *m > 0)
+        .ok_or_else(|| ApiError::BadRequest("limit_mb must be a positive number".into()))?;
+    Ok(Json(memory_view(
+        s.agent.set_memory(&app, &id, mb as u64).await?,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_words;
+
+    #[test]
+    fn splits_command_lines() {
+        assert_eq!(
+            split_words("ls -la /tmp").unwrap(),
+            vec!["ls", "-la", "/tmp"]
+        );
+        assert_eq!(
+            split_words(r#"sh -c 'echo "hi there"'"#).unwrap(),
+            vec!["sh", "-c", r#"echo "hi there""#]
+        );
+        assert_eq!(
+            split_words(r#"a\ b "c\"d""#).unwrap(),
+            vec!["a b", r#"c"d"#]
+        );
+        assert_eq!(split_words("''").unwrap(), vec![""]);
+        assert!(split_words("'open").is_none());
+    }
+}

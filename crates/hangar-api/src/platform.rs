@@ -1,0 +1,145 @@
+//! Organization and platform endpoints: the org-wide machine listing,
+//! regions, the current token, and app deploy tokens.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use hangar_api_types::{
+    CreateAppDeployTokenRequest, CreateAppResponse, CurrentTokenResponse, MachineOverviewConfig,
+    OrgMachine, OrgMachinesResponse, RegionResponse, RegionRow, TokenInfo,
+};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Params};
+use crate::{ApiState, Principal};
+
+/// `GET /v1/orgs/{org}/machines` with `include_deleted`, `region`, `state`,
+/// `summary`, `updated_after` (RFC 3339), `cursor`, `limit` (at most 1000):
+/// ordered by last change; a page may be short after filtering.
+pub async fn org_machines(
+    State(s): State<ApiState>,
+    Path(org): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<OrgMachinesResponse>> {
+    let p = Params::parse(q.as_deref());
+    let include_deleted = p.bool("include_deleted")?;
+    let summary = p.bool("summary")?;
+    let states = p.all("state");
+    let region = p.get("region").filter(|r| !r.is_empty());
+    let limit = match p.get("limit").filter(|l| !l.is_empty()) {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::BadRequest(format!("invalid_argument: invalid limit {l:?}")))?
+            .min(1000),
+    };
+    let updated_after = match p.get("updated_after").filter(|u| !u.is_empty()) {
+        None => None,
+        Some(u) => {
+            let t = humantime::parse_rfc3339_weak(u).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "invalid_argument: updated_after must be RFC 3339, not {u:?}"
+                ))
+            })?;
+            Some(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+            )
+        }
+    };
+    let page =
+        s.agent
+            .org_machines(&org, include_deleted, p.get("cursor"), updated_after, limit)?;
+    let last = page.machines.last().cloned();
+    let machines = page
+        .machines
+        .into_iter()
+        .filter(|m| region.is_none_or(|r| r == m.region))
+        .filter(|m| states.is_empty() || states.iter().any(|st| st == m.core.state.as_str()))
+        .map(|m| OrgMachine {
+            id: m.id.to_string(),
+            name: m.name,
+            state: m.core.state.as_str().into(),
+            region: m.region,
+            app_name: m.app,
+            private_ip: m.private_ip,
+            version: m.instance_id.clone(),
+            instance_id: m.instance_id,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            config: (!summary).then(|| MachineOverviewConfig {
+                image: m.config.image,
+                guest: m.config.guest,
+                metadata: m.config.metadata,
+            }),
+        })
+        .collect();
+    Ok(Json(OrgMachinesResponse {
+        machines,
+        next_cursor: page.next_cursor,
+        last_machine_id: last.as_ref().map(|m| m.id.to_string()),
+        last_updated_at: last.map(|m| m.updated_at),
+        error_regions: Vec::new(),
+    }))
+}
+
+/// `GET /v1/platform/regions`: the regions of this installation (its one).
+pub async fn regions(State(s): State<ApiState>) -> Json<RegionResponse> {
+    let code = s.agent.region().to_owned();
+    Json(RegionResponse {
+        regions: vec![RegionRow {
+            name: format!("{code} (this host)"),
+            code: code.clone(),
+            latitude: 0.0,
+            longitude: 0.0,
+            gateway_available: false,
+            requires_paid_plan: false,
+            deprecated: false,
+            geo_region: "local".into(),
+        }],
+        nearest: code,
+    })
+}
+
+/// `GET /v1/tokens/current`: what the request's token is.
+pub async fn current_token(Extension(who): Extension<Principal>) -> Json<CurrentTokenResponse> {
+    let (token_id, apps) = match who {
+        Principal::Admin => ("admin".to_owned(), Vec::new()),
+        Principal::App { app, token_id } => (token_id, vec![app]),
+    };
+    Json(CurrentTokenResponse {
+        tokens: vec![TokenInfo {
+            token_id,
+            org_slug: hangar_agent::DEFAULT_ORG.into(),
+            organization: "Personal".into(),
+            apps,
+            user: String::new(),
+            restricted_to_machine: String::new(),
+            source_machine_id: String::new(),
+        }],
+    })
+}
+
+/// `POST /v1/apps/{app}/deploy_token` with an optional `expiry` (a Go
+/// duration): a token that can act on this app only.
+pub async fn deploy_token(
+    State(s): State<ApiState>,
+    Path(app): Path<String>,
+    Body(req): Body<CreateAppDeployTokenRequest>,
+) -> ApiResult<Json<CreateAppResponse>> {
+    let expiry = match req.expiry.as_deref().filter(|e| !e.is_empty()) {
+        None => None,
+        Some(e) => Some(
+            hangar_core::GoDuration::parse(e)
+                .map_err(|err| {
+                    ApiError::BadRequest(format!("invalid_argument: invalid expiry: {err}"))
+                })?
+                .get(),
+        ),
+    };
+    let token = s.agent.create_app_token(&app, expiry)?;
+    Ok(Json(CreateAppResponse { token }))
+}
