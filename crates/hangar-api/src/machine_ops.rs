@@ -179,7 +179,8 @@ fn envelope<T>(data: T) -> LeaseEnvelope<T> {
     }
 }
 
-/// `GET .../lease`: the lease (without its nonce), or 404.
+/// `GET .../lease`: the lease, or 404. It shows the nonce, as Fly's does:
+/// `fly machine leases clear` reads it to release a stuck lease.
 pub async fn get_lease(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -188,7 +189,7 @@ pub async fn get_lease(
         .agent
         .get_lease(&app, &id)?
         .ok_or_else(|| ApiError::NotFound("lease not found".into()))?;
-    Ok(Json(envelope(lease_view(l, false))))
+    Ok(Json(envelope(lease_view(l, true))))
 }
 
 /// `POST .../lease`: acquire (201), or refresh with the nonce header (200).

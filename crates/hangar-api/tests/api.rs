@@ -70,10 +70,23 @@ impl Api {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
             .header("authorization", format!("Bearer {TOKEN}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
         let body = match body {
             Some(v) => {
                 b = b.header("content-type", "application/json");
@@ -542,4 +555,411 @@ async fn stop_and_wait_parameters() {
     assert_eq!(r.body["state"], "stopped");
     assert_eq!(r.body["version"], m["instance_id"]);
     assert!(r.body["event_id"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn update_versions_and_replaced() {
+    let a = with_app().await;
+    let m = a
+        .machine(json!({"image": "busybox", "env": {"V": "1"}}))
+        .await;
+    let id = m["id"].as_str().unwrap();
+    let v1 = m["instance_id"].as_str().unwrap().to_owned();
+    a.wait(id, "started").await;
+    let r = a.call("POST", &format!("/v1/apps/web/machines/{id}"), Some(json!({"config": {"image": "busybox", "env": {"V": "2"}}, "current_version": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}))).await;
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}"),
+            Some(json!({"config": {"image": "busybox", "env": {"V": "2"}}, "current_version": v1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v2 = r.body["instance_id"].as_str().unwrap().to_owned();
+    assert_ne!(v1, v2);
+    assert_eq!(r.body["config"]["env"]["V"], "2");
+    a.wait(id, "started").await;
+    let r = a
+        .call("GET", &format!("/v1/apps/web/machines/{id}/versions"), None)
+        .await;
+    let versions: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, vec![v2.as_str(), v1.as_str()]);
+    assert_eq!(r.body[1]["user_config"]["env"]["V"], "1");
+    let r = a
+        .call(
+            "GET",
+            &format!("/v1/apps/web/machines/{id}/wait?version={v1}&state=stopped"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["state"].as_str()),
+        (200, Some("replaced")),
+        "{}",
+        r.body
+    );
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn restart_signal_suspend_cordon() {
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "busybox"})).await;
+    let id = m["id"].as_str().unwrap();
+    a.wait(id, "started").await;
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}/restart?signal=SIGTERM&timeout=10s"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait(id, "started").await;
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}/signal"),
+            Some(json!({"signal": "SIGNOPE"})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = a
+        .call("POST", &format!("/v1/apps/web/machines/{id}/suspend"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait(id, "suspended").await;
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}/signal"),
+            Some(json!({"signal": 10})),
+        )
+        .await;
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = a
+        .call("POST", &format!("/v1/apps/web/machines/{id}/start"), None)
+        .await;
+    assert_eq!(r.body["previous_state"], "suspended");
+    a.wait(id, "started").await;
+    assert_eq!(
+        a.call("POST", &format!("/v1/apps/web/machines/{id}/cordon"), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        a.call("GET", &format!("/v1/apps/web/machines/{id}"), None)
+            .await
+            .body["cordoned"],
+        true
+    );
+    assert_eq!(
+        a.call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}/uncordon"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(
+        a.call("GET", &format!("/v1/apps/web/machines/{id}"), None)
+            .await
+            .body
+            .get("cordoned")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn leases_with_fly_envelopes() {
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "busybox"})).await;
+    let id = m["id"].as_str().unwrap();
+    a.wait(id, "started").await;
+    let lease_url = format!("/v1/apps/web/machines/{id}/lease");
+    assert_eq!(a.call("GET", &lease_url, None).await.status, 404);
+    // fly-go: no body, ?ttl=
+    let r = a.call("POST", &format!("{lease_url}?ttl=30"), None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["status"], "success");
+    let nonce = r.body["data"]["nonce"].as_str().unwrap().to_owned();
+    assert_eq!(r.body["data"]["version"], m["instance_id"]);
+    assert!(r.body["data"]["expires_at"].as_i64().unwrap() > 1_700_000_000);
+    let r = a.call("GET", &lease_url, None).await;
+    assert_eq!(r.body["data"]["nonce"], nonce.as_str());
+    assert_eq!(
+        a.call("POST", &lease_url, Some(json!({"ttl": 10})))
+            .await
+            .status,
+        409
+    );
+    let stop = format!("/v1/apps/web/machines/{id}/stop");
+    let r = a.call("POST", &stop, None).await;
+    assert_eq!(r.status, 409);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("fly-machine-lease-nonce")
+    );
+    let r = a
+        .call_with(
+            "POST",
+            &lease_url,
+            Some(json!({"ttl": 60})),
+            &[("fly-machine-lease-nonce", &nonce)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "refresh: {}", r.body);
+    assert_eq!(
+        a.call_with("POST", &stop, None, &[("fly-machine-lease-nonce", &nonce)])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(a.call("DELETE", &lease_url, None).await.status, 400);
+    let r = a
+        .call_with(
+            "DELETE",
+            &lease_url,
+            None,
+            &[("fly-machine-lease-nonce", &nonce)],
+        )
+        .await;
+    assert_eq!(r.body, json!({"status": "success", "data": {"ok": true}}));
+    assert_eq!(a.call("GET", &lease_url, None).await.status, 404);
+
+    // Created already leased.
+    let r = a
+        .call(
+            "POST",
+            "/v1/apps/web/machines",
+            Some(json!({"config": {"image": "busybox"}, "lease_ttl": 30})),
+        )
+        .await;
+    let nonce = r.body["nonce"].as_str().unwrap();
+    let id2 = r.body["id"].as_str().unwrap();
+    assert_eq!(
+        a.call("GET", &format!("/v1/apps/web/machines/{id2}/lease"), None)
+            .await
+            .status,
+        200
+    );
+    // A forced destroy works on a leased machine.
+    a.wait(id2, "started").await;
+    assert_eq!(
+        a.call("DELETE", &format!("/v1/apps/web/machines/{id2}"), None)
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        a.call(
+            "DELETE",
+            &format!("/v1/apps/web/machines/{id2}?force=true"),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let _ = nonce;
+}
+
+#[tokio::test]
+async fn metadata_endpoints() {
+    let a = with_app().await;
+    let m = a
+        .machine(json!({"image": "busybox", "metadata": {"keep": "yes"}}))
+        .await;
+    let id = m["id"].as_str().unwrap();
+    let md = format!("/v1/apps/web/machines/{id}/metadata");
+    let r = a
+        .call(
+            "PUT",
+            &md,
+            Some(json!({"metadata": {"role": "web", "keep": null}})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(a.call("GET", &md, None).await.body, json!({"role": "web"}));
+    let r = a
+        .call(
+            "PATCH",
+            &md,
+            Some(json!({"metadata": {"tier": "1"}, "machine_version": m["instance_id"]})),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = a
+        .call(
+            "PATCH",
+            &md,
+            Some(
+                json!({"metadata": {"tier": "2"}, "machine_version": "01ARZ3NDEKTSV4RRFFQ69G5FAV"}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 412);
+    assert_eq!(
+        a.call("GET", &format!("{md}/tier"), None).await.body,
+        json!({"value": "1"})
+    );
+    assert_eq!(
+        a.call("POST", &format!("{md}/tier"), Some(json!({"value": "3"})))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        a.call("GET", &format!("{md}/tier"), None).await.body["value"],
+        "3"
+    );
+    assert_eq!(
+        a.call("DELETE", &format!("{md}/tier"), None).await.status,
+        204
+    );
+    assert_eq!(a.call("GET", &format!("{md}/tier"), None).await.status, 404);
+    // Metadata changes make no new version.
+    assert_eq!(
+        a.call("GET", &format!("/v1/apps/web/machines/{id}"), None)
+            .await
+            .body["instance_id"],
+        m["instance_id"]
+    );
+}
+
+#[tokio::test]
+async fn exec_over_http() {
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "busybox"})).await;
+    let id = m["id"].as_str().unwrap();
+    let exec = format!("/v1/apps/web/machines/{id}/exec");
+    a.wait(id, "started").await;
+    let r = a
+        .call("POST", &exec, Some(json!({"command": ["echo", "hi"]})))
+        .await;
+    assert_eq!(
+        r.body,
+        json!({"exit_code": 0, "exit_signal": 0, "stdout": "hi\n", "stderr": ""})
+    );
+    let r = a
+        .call("POST", &exec, Some(json!({"cmd": "echo 'two words'"})))
+        .await;
+    assert_eq!(r.body["stdout"], "two words\n");
+    assert_eq!(a.call("POST", &exec, Some(json!({}))).await.status, 400);
+    assert_eq!(
+        a.call("POST", &exec, Some(json!({"command": ["x"], "timeout": 0})))
+            .await
+            .status,
+        400
+    );
+    a.call("POST", &format!("/v1/apps/web/machines/{id}/stop"), None)
+        .await;
+    a.wait(id, "stopped").await;
+    assert_eq!(
+        a.call("POST", &exec, Some(json!({"command": ["echo"]})))
+            .await
+            .status,
+        412
+    );
+}
+
+#[tokio::test]
+async fn platform_org_and_tokens() {
+    let a = with_app().await;
+    a.machine(json!({"image": "busybox"})).await;
+    a.machine(json!({"image": "busybox"})).await;
+    let r = a
+        .call("GET", "/v1/orgs/personal/machines?limit=1", None)
+        .await;
+    assert_eq!(r.body["machines"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["machines"][0]["app_name"], "web");
+    let cursor = r.body["next_cursor"].as_str().unwrap().to_owned();
+    let r = a
+        .call(
+            "GET",
+            &format!("/v1/orgs/personal/machines?limit=5&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["machines"].as_array().unwrap().len(), 1);
+    assert!(r.body.get("next_cursor").is_none());
+    assert_eq!(
+        a.call(
+            "GET",
+            "/v1/orgs/personal/machines?updated_after=yesterday",
+            None
+        )
+        .await
+        .status,
+        400
+    );
+    let r = a.call("GET", "/v1/platform/regions", None).await;
+    assert_eq!(r.body["nearest"], "local");
+    assert_eq!(r.body["regions"][0]["code"], "local");
+    let r = a.call("GET", "/v1/tokens/current", None).await;
+    assert_eq!(r.body["tokens"][0]["org_slug"], "personal");
+
+    // A deploy token acts on its app only.
+    let r = a
+        .call(
+            "POST",
+            "/v1/apps/web/deploy_token",
+            Some(json!({"expiry": "24h"})),
+        )
+        .await;
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    a.call("POST", "/v1/apps", Some(json!({"name": "other"})))
+        .await;
+    let with = |method: &str, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        a.raw(with("GET", "/v1/apps/web/machines")).await.status,
+        200
+    );
+    let r = a.raw(with("GET", "/v1/apps/other/machines")).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body["error"].as_str().unwrap().contains("app web only"));
+    assert_eq!(
+        a.raw(with("GET", "/v1/apps?org_slug=personal"))
+            .await
+            .status,
+        403
+    );
+    let r = a.raw(with("GET", "/v1/tokens/current")).await;
+    assert_eq!(r.body["tokens"][0]["apps"], json!(["web"]));
+    assert_eq!(
+        a.call(
+            "POST",
+            "/v1/apps/web/deploy_token",
+            Some(json!({"expiry": "soon"}))
+        )
+        .await
+        .status,
+        400
+    );
 }
