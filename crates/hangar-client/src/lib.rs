@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_api_types::{
-    App, CreateAppRequest, CreateMachineRequest, ErrorResponse, ImageSummary, ListAppsResponse,
-    Machine, MachineEvent, StartResponse, WaitMachineResponse,
+    App, CreateAppRequest, CreateMachineRequest, ErrorResponse, ExecResponse, ImageSummary, Lease,
+    LeaseEnvelope, ListAppsResponse, Machine, MachineEvent, MachineExecRequest, MachineVersion,
+    ProcessStat, StartResponse, UpdateMachineRequest, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -337,6 +338,161 @@ impl Client {
             &format!("/apps/{app}/machines/{id}/events?limit={limit}"),
         ))
         .await
+    }
+
+    /// `POST /v1/apps/{app}/machines/{id}` (full config replacement).
+    pub async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: &UpdateMachineRequest,
+        nonce: Option<&str>,
+    ) -> Result<Machine, ClientError> {
+        let mut rb = self
+            .request(Method::POST, &format!("/apps/{app}/machines/{id}"))
+            .json(req);
+        if let Some(n) = nonce {
+            rb = rb.header("fly-machine-lease-nonce", n);
+        }
+        self.send(rb).await
+    }
+
+    /// `GET .../versions`.
+    pub async fn machine_versions(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<Vec<MachineVersion>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/machines/{id}/versions")))
+            .await
+    }
+
+    /// `POST .../restart`.
+    pub async fn restart_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: Option<&str>,
+        timeout: Option<&str>,
+        force: bool,
+    ) -> Result<(), ClientError> {
+        let mut body = serde_json::Map::new();
+        if let Some(s) = signal {
+            body.insert("signal".into(), s.into());
+        }
+        if let Some(t) = timeout {
+            body.insert("timeout".into(), t.into());
+        }
+        if force {
+            body.insert("force_stop".into(), true.into());
+        }
+        self.send::<serde_json::Value>(
+            self.request(Method::POST, &format!("/apps/{app}/machines/{id}/restart"))
+                .json(&body),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST .../signal`.
+    pub async fn signal_machine(
+        &self,
+        app: &str,
+        id: &str,
+        signal: &str,
+    ) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::POST, &format!("/apps/{app}/machines/{id}/signal"))
+                .json(&serde_json::json!({ "signal": signal })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST .../{action}` for `suspend`, `cordon` and `uncordon`.
+    pub async fn machine_action(
+        &self,
+        app: &str,
+        id: &str,
+        action: &str,
+    ) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::POST, &format!("/apps/{app}/machines/{id}/{action}")),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST .../exec`.
+    pub async fn exec(
+        &self,
+        app: &str,
+        id: &str,
+        req: &MachineExecRequest,
+    ) -> Result<ExecResponse, ClientError> {
+        self.send(
+            self.request(Method::POST, &format!("/apps/{app}/machines/{id}/exec"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// `GET .../ps`.
+    pub async fn processes(&self, app: &str, id: &str) -> Result<Vec<ProcessStat>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/machines/{id}/ps")))
+            .await
+    }
+
+    /// `GET .../lease` (`None` when there is none).
+    pub async fn get_lease(&self, app: &str, id: &str) -> Result<Option<Lease>, ClientError> {
+        match self
+            .send::<LeaseEnvelope<Lease>>(
+                self.request(Method::GET, &format!("/apps/{app}/machines/{id}/lease")),
+            )
+            .await
+        {
+            Ok(e) => Ok(Some(e.data)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE .../lease` with `nonce`.
+    pub async fn release_lease(&self, app: &str, id: &str, nonce: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::DELETE, &format!("/apps/{app}/machines/{id}/lease"))
+                .header("fly-machine-lease-nonce", nonce),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `GET .../metadata`.
+    pub async fn metadata(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/machines/{id}/metadata")))
+            .await
+    }
+
+    /// `PATCH .../metadata`: `None` removes a key.
+    pub async fn update_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        changes: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(
+                Method::PATCH,
+                &format!("/apps/{app}/machines/{id}/metadata"),
+            )
+            .json(&serde_json::json!({ "metadata": changes })),
+        )
+        .await
+        .map(|_| ())
     }
 
     // ---- images (Hangar extension) ----

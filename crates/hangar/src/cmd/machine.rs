@@ -1,5 +1,6 @@
-//! `hangar machine run|create|list|status|start|stop|destroy|wait`, with
-//! flyctl's flags and defaults.
+//! `hangar machine run|create|list|status|start|stop|destroy|wait` and the
+//! dispatch of the other machine commands (see machine_ops.rs), with flyctl's
+//! flags and defaults.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use hangar_api_types::{
 };
 use hangar_client::{Client, ClientError, ListMachines};
 
+use super::machine_ops;
 use crate::output::{Output, spinner};
 
 /// The app flag, as flyctl spells it.
@@ -22,7 +24,7 @@ pub struct AppArg {
 }
 
 impl AppArg {
-    fn get(&self) -> anyhow::Result<&str> {
+    pub(crate) fn get(&self) -> anyhow::Result<&str> {
         self.app
             .as_deref()
             .context("no app given: use --app NAME (or set HANGAR_APP)")
@@ -45,6 +47,19 @@ pub struct RunArgs {
     /// Region.
     #[arg(long, short = 'r')]
     region: Option<String>,
+    #[command(flatten)]
+    flags: ConfigFlags,
+    /// Destroy the machine when its main process exits.
+    #[arg(long)]
+    rm: bool,
+    /// Return once the machine is created; do not wait for it.
+    #[arg(long, short = 'd')]
+    detach: bool,
+}
+
+/// Config flags shared by `run`, `create` and `update`.
+#[derive(Debug, Args, Default)]
+pub struct ConfigFlags {
     /// Environment variable NAME=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
     env: Vec<String>,
@@ -69,12 +84,59 @@ pub struct RunArgs {
     /// Restart policy: no, always, on-fail.
     #[arg(long)]
     restart: Option<String>,
-    /// Destroy the machine when its main process exits.
-    #[arg(long)]
-    rm: bool,
-    /// Return once the machine is created; do not wait for it.
-    #[arg(long, short = 'd')]
-    detach: bool,
+}
+
+/// Applies the flags to a config: env and metadata entries are added (or
+/// replaced), the rest replaces what the config had.
+pub(crate) fn apply_flags(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Result<()> {
+    let env = pairs(&f.env, "--env")?;
+    if !env.is_empty() {
+        c.env.get_or_insert_with(BTreeMap::new).extend(env);
+    }
+    let md = pairs(&f.metadata, "--metadata")?;
+    if !md.is_empty() {
+        c.metadata.get_or_insert_with(BTreeMap::new).extend(md);
+    }
+    if let Some(ep) = &f.entrypoint {
+        c.init.get_or_insert_with(MachineInit::default).entrypoint =
+            Some(shlex::split(ep).with_context(|| format!("invalid --entrypoint {ep:?}"))?);
+    }
+    if f.vm_cpus.is_some() || f.vm_memory.is_some() || f.vm_cpu_kind.is_some() {
+        let g = c.guest.get_or_insert_with(MachineGuest::default);
+        if f.vm_cpus.is_some() {
+            g.cpus = f.vm_cpus;
+        }
+        if let Some(m) = &f.vm_memory {
+            g.memory_mb = Some(parse_memory(m)?);
+        }
+        if f.vm_cpu_kind.is_some() {
+            g.cpu_kind = f.vm_cpu_kind.clone();
+        }
+    }
+    if let Some(size) = &f.vm_size {
+        // A preset replaces the size; explicit flags above still win.
+        c.size = Some(size.clone());
+        if f.vm_cpus.is_none() && f.vm_memory.is_none() && f.vm_cpu_kind.is_none() {
+            c.guest = None;
+        }
+    }
+    if let Some(p) = &f.restart {
+        c.restart = Some(MachineRestart {
+            policy: Some(restart_policy(p)?),
+            ..MachineRestart::default()
+        });
+    }
+    Ok(())
+}
+
+fn restart_policy(p: &str) -> anyhow::Result<String> {
+    Ok(match p {
+        "on-fail" | "on-failure" => "on-failure",
+        "no" | "never" => "no",
+        "always" => "always",
+        other => bail!("invalid --restart {other:?}: use no, always or on-fail"),
+    }
+    .to_owned())
 }
 
 /// Machine commands.
@@ -139,6 +201,85 @@ pub enum MachineCmd {
         #[arg(long, short = 'f')]
         force: bool,
     },
+    /// Replace a machine's config (image, env, size, ...) and restart it.
+    Update(machine_ops::UpdateArgs),
+    /// Create a machine with the same config as another.
+    Clone(machine_ops::CloneArgs),
+    /// Restart machines.
+    Restart {
+        /// Machine IDs or names.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+        /// Signal to stop with.
+        #[arg(long, short = 's')]
+        signal: Option<String>,
+        /// Time before SIGKILL (e.g. 30s).
+        #[arg(long = "time", alias = "timeout")]
+        time: Option<String>,
+        /// Kill at once (SIGKILL).
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Send a signal to a machine's main process.
+    Signal {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+        /// The signal (name or number).
+        #[arg(long, short = 's')]
+        signal: String,
+    },
+    /// Suspend a machine (freeze it; `start` resumes it).
+    Suspend {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Take a machine out of proxy rotation.
+    Cordon {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Put a machine back into proxy rotation.
+    Uncordon {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// Run a command in a machine: one argument is a command line, several
+    /// are the program and its arguments.
+    Exec {
+        /// Machine ID or name.
+        id: String,
+        /// The command.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        app: AppArg,
+        /// Seconds before the command is killed.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// List a machine's processes.
+    Ps {
+        /// Machine ID or name.
+        id: String,
+        #[command(flatten)]
+        app: AppArg,
+    },
+    /// View or clear a machine's lease.
+    #[command(subcommand, alias = "lease")]
+    Leases(machine_ops::LeasesCmd),
+    /// Get, set or unset a machine's metadata.
+    #[command(subcommand)]
+    Metadata(machine_ops::MetadataCmd),
     /// Wait for a machine to reach a state.
     Wait {
         /// Machine ID or name.
@@ -158,6 +299,37 @@ pub enum MachineCmd {
 pub async fn run(cmd: &MachineCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
     match cmd {
         MachineCmd::Run(args) => run_machine(args, c, out, true).await,
+        MachineCmd::Update(a) => machine_ops::update(a, c, out).await,
+        MachineCmd::Clone(a) => machine_ops::clone(a, c, out).await,
+        MachineCmd::Restart {
+            ids,
+            app,
+            signal,
+            time,
+            force,
+        } => {
+            let time = time.as_deref().map(seconds_to_duration);
+            machine_ops::restart(ids, app, signal.as_deref(), time.as_deref(), *force, c).await
+        }
+        MachineCmd::Signal { id, app, signal } => {
+            let app = app.get()?;
+            let id = resolve(c, app, id).await?;
+            c.signal_machine(app, &id, signal).await?;
+            println!("Sent {signal} to machine {id}");
+            Ok(())
+        }
+        MachineCmd::Suspend { id, app } => action(c, app, id, "suspend", "suspended").await,
+        MachineCmd::Cordon { id, app } => action(c, app, id, "cordon", "cordoned").await,
+        MachineCmd::Uncordon { id, app } => action(c, app, id, "uncordon", "uncordoned").await,
+        MachineCmd::Exec {
+            id,
+            command,
+            app,
+            timeout,
+        } => machine_ops::exec(id, app, command, *timeout, c, out).await,
+        MachineCmd::Ps { id, app } => machine_ops::ps(id, app, c, out).await,
+        MachineCmd::Leases(cmd) => machine_ops::leases(cmd, c, out).await,
+        MachineCmd::Metadata(cmd) => machine_ops::metadata(cmd, c, out).await,
         MachineCmd::Create(args) => run_machine(args, c, out, false).await,
         MachineCmd::List { app, all, quiet } => {
             let app = app.get()?;
@@ -235,13 +407,7 @@ pub async fn run(cmd: &MachineCmd, c: &Client, out: &Output) -> anyhow::Result<(
             timeout,
         } => {
             let app = app.get()?;
-            let timeout = timeout.as_deref().map(|t| {
-                if t.chars().all(|ch| ch.is_ascii_digit()) {
-                    format!("{t}s")
-                } else {
-                    t.to_owned()
-                }
-            });
+            let timeout = timeout.as_deref().map(seconds_to_duration);
             for id in ids {
                 let id = resolve(c, app, id).await?;
                 c.stop_machine(app, &id, signal.as_deref(), timeout.as_deref())
@@ -288,8 +454,32 @@ pub async fn run(cmd: &MachineCmd, c: &Client, out: &Output) -> anyhow::Result<(
     }
 }
 
+/// Suspend, cordon and uncordon.
+async fn action(
+    c: &Client,
+    app: &AppArg,
+    id: &str,
+    action: &str,
+    done: &str,
+) -> anyhow::Result<()> {
+    let app = app.get()?;
+    let id = resolve(c, app, id).await?;
+    c.machine_action(app, &id, action).await?;
+    println!("Machine {id} {done}");
+    Ok(())
+}
+
+/// `30` means 30 seconds, as flyctl takes it; durations pass through.
+fn seconds_to_duration(t: &str) -> String {
+    if t.chars().all(|ch| ch.is_ascii_digit()) {
+        format!("{t}s")
+    } else {
+        t.to_owned()
+    }
+}
+
 /// A machine ID, or the ID of the app's machine with that name.
-async fn resolve(c: &Client, app: &str, id_or_name: &str) -> anyhow::Result<String> {
+pub(crate) async fn resolve(c: &Client, app: &str, id_or_name: &str) -> anyhow::Result<String> {
     let is_id = id_or_name.len() == 14 && id_or_name.bytes().all(|b| b.is_ascii_hexdigit());
     if is_id {
         return Ok(id_or_name.to_owned());
@@ -350,54 +540,25 @@ fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>
 fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
     let mut c = MachineConfig {
         image: args.image.clone(),
+        init: Some(MachineInit {
+            cmd: (!args.command.is_empty()).then(|| args.command.clone()),
+            ..MachineInit::default()
+        }),
         ..MachineConfig::default()
     };
-    let env = pairs(&args.env, "--env")?;
-    if !env.is_empty() {
-        c.env = Some(env);
-    }
-    let md = pairs(&args.metadata, "--metadata")?;
-    if !md.is_empty() {
-        c.metadata = Some(md);
-    }
-    let mut init = MachineInit::default();
-    if !args.command.is_empty() {
-        init.cmd = Some(args.command.clone());
-    }
-    if let Some(ep) = &args.entrypoint {
-        init.entrypoint =
-            Some(shlex::split(ep).with_context(|| format!("invalid --entrypoint {ep:?}"))?);
-    }
-    c.init = Some(init);
-    if args.vm_cpus.is_some() || args.vm_memory.is_some() || args.vm_cpu_kind.is_some() {
-        c.guest = Some(MachineGuest {
-            cpus: args.vm_cpus,
-            memory_mb: args.vm_memory.as_deref().map(parse_memory).transpose()?,
-            cpu_kind: args.vm_cpu_kind.clone(),
-            ..MachineGuest::default()
-        });
-    }
-    c.size = args.vm_size.clone();
+    apply_flags(&mut c, &args.flags)?;
     // flyctl: `always` for `machine run`, `no` with --rm.
-    let policy = match (&args.restart, args.rm) {
-        (_, true) => Some("no".to_owned()),
-        (Some(p), false) => Some(match p.as_str() {
-            "on-fail" | "on-failure" => "on-failure".to_owned(),
-            "no" | "never" => "no".to_owned(),
-            "always" => "always".to_owned(),
-            other => bail!("invalid --restart {other:?}: use no, always or on-fail"),
-        }),
-        (None, false) if run => Some("always".to_owned()),
-        (None, false) => None,
-    };
-    if let Some(policy) = policy {
+    if args.rm {
         c.restart = Some(MachineRestart {
-            policy: Some(policy),
+            policy: Some("no".into()),
             ..MachineRestart::default()
         });
-    }
-    if args.rm {
         c.auto_destroy = Some(true);
+    } else if run && c.restart.is_none() {
+        c.restart = Some(MachineRestart {
+            policy: Some("always".into()),
+            ..MachineRestart::default()
+        });
     }
     Ok(c)
 }

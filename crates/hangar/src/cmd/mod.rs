@@ -4,3 +4,4 @@
 pub mod apps;
 pub mod image;
 pub mod machine;
+pub mod machine_ops;
