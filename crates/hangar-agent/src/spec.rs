@@ -154,6 +154,7 @@ pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
             }
         }
     }
+    normalize_services(&mut c)?;
     if let Some(s) = c.schedule.as_deref().filter(|s| !s.is_empty()) {
         if !["hourly", "daily", "weekly", "monthly"].contains(&s) {
             return Err(invalid(format!(
@@ -162,6 +163,52 @@ pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
         }
     }
     Ok(c)
+}
+
+/// `services[].autostop` takes a boolean (old clients) or `off`, `stop`,
+/// `suspend`; like Fly, Hangar answers `false`/`true` for off/stop and
+/// `"suspend"` for suspend. `autostart` must be a boolean.
+fn normalize_services(c: &mut MachineConfig) -> Result<(), AgentError> {
+    let Some(services) = c.extra.get_mut("services") else {
+        return Ok(());
+    };
+    let Some(list) = services.as_array_mut() else {
+        return Err(invalid("config.services must be a list"));
+    };
+    for (i, svc) in list.iter_mut().enumerate() {
+        let Some(obj) = svc.as_object_mut() else {
+            return Err(invalid(format!("config.services[{i}] must be an object")));
+        };
+        if let Some(v) = obj.get_mut("autostop") {
+            *v = match &*v {
+                serde_json::Value::Bool(b) => serde_json::Value::Bool(*b),
+                serde_json::Value::Null => serde_json::Value::Bool(false),
+                serde_json::Value::String(s) => match s.as_str() {
+                    "off" | "" => serde_json::Value::Bool(false),
+                    "stop" => serde_json::Value::Bool(true),
+                    "suspend" => serde_json::Value::String("suspend".into()),
+                    other => {
+                        return Err(invalid(format!(
+                            "invalid config.services[{i}].autostop {other:?}: must be off, stop or suspend"
+                        )));
+                    }
+                },
+                other => {
+                    return Err(invalid(format!(
+                        "invalid config.services[{i}].autostop {other}: must be off, stop or suspend"
+                    )));
+                }
+            };
+        }
+        if let Some(v) = obj.get("autostart") {
+            if !v.is_boolean() && !v.is_null() {
+                return Err(invalid(format!(
+                    "invalid config.services[{i}].autostart {v}: must be true or false"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The state machine's policy for a (normalized) config.
@@ -360,6 +407,23 @@ mod tests {
             let err = normalize(cfg(v.clone())).unwrap_err().to_string();
             assert!(err.contains(want), "{v}: {err}");
         }
+    }
+
+    #[test]
+    fn autostop_takes_bools_and_names() {
+        let c = normalize(cfg(serde_json::json!({"image": "x", "services": [
+            {"autostop": "stop"}, {"autostop": "off"}, {"autostop": "suspend"}, {"autostop": true}, {"internal_port": 80}
+        ]})))
+        .unwrap();
+        let s = &c.extra["services"];
+        assert_eq!(s[0]["autostop"], true);
+        assert_eq!(s[1]["autostop"], false);
+        assert_eq!(s[2]["autostop"], "suspend");
+        assert_eq!(s[3]["autostop"], true);
+        assert!(s[4].get("autostop").is_none());
+        let err = normalize(cfg(serde_json::json!({"image": "x", "services": [{"autostop": "sometimes"}]}))).unwrap_err();
+        assert!(err.to_string().contains("autostop"), "{err}");
+        assert!(normalize(cfg(serde_json::json!({"image": "x", "services": [{"autostart": "yes"}]}))).is_err());
     }
 
     #[test]
