@@ -421,9 +421,17 @@ mod tests {
         assert_eq!(s[2]["autostop"], "suspend");
         assert_eq!(s[3]["autostop"], true);
         assert!(s[4].get("autostop").is_none());
-        let err = normalize(cfg(serde_json::json!({"image": "x", "services": [{"autostop": "sometimes"}]}))).unwrap_err();
+        let err = normalize(cfg(
+            serde_json::json!({"image": "x", "services": [{"autostop": "sometimes"}]}),
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("autostop"), "{err}");
-        assert!(normalize(cfg(serde_json::json!({"image": "x", "services": [{"autostart": "yes"}]}))).is_err());
+        assert!(
+            normalize(cfg(
+                serde_json::json!({"image": "x", "services": [{"autostart": "yes"}]})
+            ))
+            .is_err()
+        );
     }
 
     #[test]

@@ -190,6 +190,37 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    /// One process: the init.
+    async fn processes(&self, id: &MachineId) -> Result<Vec<crate::ProcessInfo>, RuntimeError> {
+        if !self.is_running(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        Ok(vec![crate::ProcessInfo {
+            pid: 1,
+            command: "/.hangar/init".into(),
+            directory: "/".into(),
+            ..crate::ProcessInfo::default()
+        }])
+    }
+
+    /// 256 MiB, 10 in use.
+    async fn memory(&self, id: &MachineId) -> Result<crate::MemoryInfo, RuntimeError> {
+        if !self.is_running(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        Ok(crate::MemoryInfo {
+            limit_mb: 256,
+            usage_mb: 10,
+        })
+    }
+
+    async fn set_memory_limit(&self, id: &MachineId, _limit_mb: u64) -> Result<(), RuntimeError> {
+        if !self.is_running(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        Ok(())
+    }
+
     async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
         self.record(Call::Prewarm(spec.id.clone()));
         Ok(())
