@@ -51,7 +51,7 @@ fn loose_string_map<'de, D: Deserializer<'de>>(
 }
 
 /// `config.init`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineInit {
     /// Replaces the image's ENTRYPOINT and CMD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,11 +73,12 @@ pub struct MachineInit {
     pub kernel_args: Option<Vec<String>>,
     /// Other fields, kept as received.
     #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `config.guest`: the machine's size.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineGuest {
     /// `shared` or `performance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,11 +97,12 @@ pub struct MachineGuest {
     pub gpu_kind: Option<String>,
     /// Other fields, kept as received.
     #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `config.restart`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineRestart {
     /// `no`, `always`, `on-failure` or `spot-price`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,25 +112,28 @@ pub struct MachineRestart {
     pub max_retries: Option<i64>,
     /// Other fields, kept as received.
     #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `config.stop_config`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StopConfig {
     /// Signal name (`SIGINT` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
     /// Time before SIGKILL (`"5s"` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub timeout: Option<GoDuration>,
     /// Other fields, kept as received.
     #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// A machine's configuration (`fly.MachineConfig`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineConfig {
     /// The OCI image to run.
     #[serde(default)]
@@ -171,11 +176,12 @@ pub struct MachineConfig {
     /// Every other field of Fly's config (services, checks, mounts, files,
     /// dns, processes, statics, metrics, ...), kept as received.
     #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `image_ref` of a machine.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageRef {
     /// Registry host.
     pub registry: String,
@@ -191,7 +197,7 @@ pub struct ImageRef {
 }
 
 /// A machine event (`MachineEvent`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineEvent {
     /// ULID.
     pub id: String,
@@ -210,7 +216,7 @@ pub struct MachineEvent {
 }
 
 /// A health check result (`CheckStatus`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckStatus {
     /// Check name.
     pub name: String,
@@ -223,7 +229,7 @@ pub struct CheckStatus {
 }
 
 /// A machine (`Machine`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Machine {
     /// 14 hex characters.
     pub id: String,
@@ -268,7 +274,7 @@ pub struct Machine {
 }
 
 /// `POST /apps/{app}/machines` body (`CreateMachineRequest`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateMachineRequest {
     /// The configuration; `image` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,11 +293,12 @@ pub struct CreateMachineRequest {
     pub lease_ttl: Option<i64>,
     /// Fields Hangar does not use yet, accepted and ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `POST /apps` body (`CreateAppRequest`; `app_name` as in Fly's docs).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateAppRequest {
     /// App name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -307,11 +314,12 @@ pub struct CreateAppRequest {
     pub network: Option<String>,
     /// Other fields, accepted and ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// An organization as apps report it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppOrganization {
     /// Display name.
     pub name: String,
@@ -322,7 +330,7 @@ pub struct AppOrganization {
 }
 
 /// An app (`App`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct App {
     /// Id.
     pub id: String,
@@ -345,7 +353,7 @@ pub struct App {
 }
 
 /// `GET /apps` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListAppsResponse {
     /// Count.
     pub total_apps: i64,
@@ -354,7 +362,7 @@ pub struct ListAppsResponse {
 }
 
 /// `POST .../stop` body (`StopRequest`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StopRequest {
     /// Signal name or number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -364,11 +372,12 @@ pub struct StopRequest {
     pub timeout: Option<Value>,
     /// Other fields (fly-go sends `id`), ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `GET .../wait` response (`WaitMachineResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WaitMachineResponse {
     /// Always true.
     pub ok: bool,
@@ -382,7 +391,7 @@ pub struct WaitMachineResponse {
 }
 
 /// `POST .../start` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StartResponse {
     /// State before the start.
     pub previous_state: String,
@@ -393,14 +402,14 @@ pub struct StartResponse {
 }
 
 /// `{"ok": true}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OkResponse {
     /// Always true.
     pub ok: bool,
 }
 
 /// The error body (`ErrorResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
     /// What went wrong.
     pub error: String,
@@ -410,7 +419,7 @@ pub struct ErrorResponse {
 }
 
 /// An image in Hangar's store (API extension, `GET /v1/images`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageSummary {
     /// The name it is filed under.
     pub name: String,
@@ -464,7 +473,7 @@ mod tests {
 }
 
 /// `POST /apps/{app}/machines/{id}` body (`UpdateMachineRequest`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateMachineRequest {
     /// The new config (image required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -483,11 +492,12 @@ pub struct UpdateMachineRequest {
     pub region: Option<String>,
     /// Other fields, accepted and ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// One version of a machine's config (`MachineVersion`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineVersion {
     /// The version id.
     pub version: String,
@@ -497,18 +507,19 @@ pub struct MachineVersion {
 
 /// `POST .../signal` body (`SignalRequest`); a name or, as fly-go sends it,
 /// a number.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignalRequest {
     /// The signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<Value>,
     /// Other fields, ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `POST .../restart` body (Fly takes these as query parameters too).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RestartRequest {
     /// Stop signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -521,11 +532,12 @@ pub struct RestartRequest {
     pub force_stop: Option<bool>,
     /// Other fields, ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `POST .../exec` body (`MachineExecRequest`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineExecRequest {
     /// Program and arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -544,11 +556,12 @@ pub struct MachineExecRequest {
     pub container: Option<String>,
     /// Other fields, ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `POST .../exec` response (`flydv1.ExecResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecResponse {
     /// Exit code.
     pub exit_code: i32,
@@ -561,7 +574,7 @@ pub struct ExecResponse {
 }
 
 /// A machine lease (`Lease`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     /// The holder's proof; absent when shown to someone else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -577,7 +590,7 @@ pub struct Lease {
 }
 
 /// Fly's lease envelope: `{"status": "success", "data": ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaseEnvelope<T> {
     /// Always `success`.
     pub status: String,
@@ -586,7 +599,7 @@ pub struct LeaseEnvelope<T> {
 }
 
 /// `POST .../lease` body (`CreateLeaseRequest`); fly-go sends `?ttl=` instead.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateLeaseRequest {
     /// Seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -596,12 +609,13 @@ pub struct CreateLeaseRequest {
     pub description: Option<String>,
     /// Other fields, ignored.
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Extra,
 }
 
 /// `PUT/PATCH .../metadata` body (`updateMetadataRequest`); a null or empty
 /// value removes the key.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpdateMetadataRequest {
     /// Changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -615,7 +629,7 @@ pub struct UpdateMetadataRequest {
 }
 
 /// `POST .../metadata/{key}` body (`upsertMetadataKeyRequest`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpsertMetadataKeyRequest {
     /// The value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -626,14 +640,14 @@ pub struct UpsertMetadataKeyRequest {
 }
 
 /// `GET .../metadata/{key}` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MetadataValueResponse {
     /// The value.
     pub value: String,
 }
 
 /// `GET/PUT .../memory` response (`main.memoryResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemoryResponse {
     /// The limit, MiB.
     pub limit_mb: i64,
@@ -642,7 +656,7 @@ pub struct MemoryResponse {
 }
 
 /// `PUT .../memory` body (`main.setMemoryLimitRequest`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetMemoryLimitRequest {
     /// The new limit, MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -650,7 +664,7 @@ pub struct SetMemoryLimitRequest {
 }
 
 /// A listening socket of a process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListenSocket {
     /// `tcp` or `udp`.
     pub proto: String,
@@ -659,7 +673,7 @@ pub struct ListenSocket {
 }
 
 /// A process of a machine (`ProcessStat`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProcessStat {
     /// Pid inside the machine.
     pub pid: i32,
@@ -680,7 +694,7 @@ pub struct ProcessStat {
 }
 
 /// The `config` of an org listing entry (`MachineOverviewConfig`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineOverviewConfig {
     /// Image.
     pub image: String,
@@ -693,7 +707,7 @@ pub struct MachineOverviewConfig {
 }
 
 /// A machine in the organization-wide listing (`OrgMachine`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgMachine {
     /// Id.
     pub id: String,
@@ -722,7 +736,7 @@ pub struct OrgMachine {
 }
 
 /// `GET /orgs/{org}/machines` response (`OrgMachinesResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrgMachinesResponse {
     /// The page.
     pub machines: Vec<OrgMachine>,
@@ -740,7 +754,7 @@ pub struct OrgMachinesResponse {
 }
 
 /// A region (`main.regionRow`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegionRow {
     /// Code.
     pub code: String,
@@ -761,7 +775,7 @@ pub struct RegionRow {
 }
 
 /// `GET /platform/regions` response (`main.regionResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegionResponse {
     /// Regions of this installation.
     pub regions: Vec<RegionRow>,
@@ -770,7 +784,7 @@ pub struct RegionResponse {
 }
 
 /// A token, as `GET /tokens/current` describes it (`main.tokenInfo`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Id.
     pub token_id: String,
@@ -789,14 +803,14 @@ pub struct TokenInfo {
 }
 
 /// `GET /tokens/current` response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CurrentTokenResponse {
     /// The tokens of the request.
     pub tokens: Vec<TokenInfo>,
 }
 
 /// `POST /apps/{app}/deploy_token` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateAppDeployTokenRequest {
     /// Lifetime as a Go duration (e.g. `720h`); none: no expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -804,7 +818,7 @@ pub struct CreateAppDeployTokenRequest {
 }
 
 /// `POST /apps/{app}/deploy_token` response (`CreateAppResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateAppResponse {
     /// The token.
     pub token: String,

@@ -9,9 +9,12 @@ use futures::StreamExt;
 use hangar_api_types::ImageSummary;
 use tokio::io::AsyncWriteExt;
 
+// Types named only in the OpenAPI annotations below.
 use crate::ApiState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Params;
+#[allow(unused_imports)]
+use hangar_api_types::*;
 
 fn store(s: &ApiState) -> ApiResult<&hangar_image::ImageStore> {
     s.images
@@ -28,6 +31,7 @@ fn image_error(e: hangar_image::ImageError) -> ApiError {
 }
 
 /// `GET /v1/hangar/images`.
+#[utoipa::path(get, path = "/v1/hangar/images", operation_id = "Images_list", tag = "Hangar extensions", responses((status = 200, body = Vec<ImageSummary>), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<Vec<ImageSummary>>> {
     let images = store(&s)?.list().map_err(image_error)?;
     Ok(Json(
@@ -44,6 +48,7 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<Vec<ImageSummary>
 }
 
 /// `POST /v1/hangar/images/import?name=NAME:TAG`, body: a tar stream.
+#[utoipa::path(post, path = "/v1/hangar/images/import", operation_id = "Images_import", tag = "Hangar extensions", params(("name" = Option<String>, Query, description = "NAME[:TAG] to file the image under")), request_body(content = Vec<u8>, content_type = "application/x-tar", description = "An OCI layout, OCI archive or Docker archive as a tar stream"), responses((status = 200, body = ImageSummary), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn import(
     State(s): State<ApiState>,
     RawQuery(q): RawQuery,

@@ -15,6 +15,7 @@ mod extract;
 mod images;
 mod machine_ops;
 mod machines;
+pub mod openapi;
 mod platform;
 mod views;
 
@@ -238,12 +239,20 @@ pub fn router(state: ApiState) -> Router {
             post(images::import).layer(DefaultBodyLimit::disable()),
         );
     Router::new()
+        .route("/openapi.json", get(openapi_json))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -18,9 +18,12 @@ use hangar_api_types::{
 use hangar_core::Signal;
 use serde_json::Value;
 
+// Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params};
 use crate::{ApiState, Principal, views};
+#[allow(unused_imports)]
+use hangar_api_types::*;
 
 /// The request's `fly-machine-lease-nonce`.
 pub(crate) fn nonce(headers: &HeaderMap) -> Option<String> {
@@ -37,6 +40,7 @@ fn present(v: &Option<Value>) -> Option<&Value> {
 }
 
 /// `POST /v1/apps/{app}/machines/{id}`: full config replacement.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}", operation_id = "Machines_update", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), request_body = UpdateMachineRequest, responses((status = 200, body = Machine), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn update(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -66,6 +70,7 @@ pub async fn update(
 }
 
 /// `GET .../versions`, newest first.
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/versions", operation_id = "Machines_list_versions", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = Vec<MachineVersion>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn versions(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -83,6 +88,7 @@ pub async fn versions(
 
 /// `POST .../restart` with `signal`, `timeout` and `force_stop` in the query
 /// or the body.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/restart", operation_id = "Machines_restart", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased"), ("signal" = Option<String>, Query, description = "Stop signal"), ("timeout" = Option<String>, Query, description = "Time before SIGKILL"), ("force_stop" = Option<bool>, Query, description = "Kill at once")), request_body = RestartRequest, responses((status = 200, body = OkResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn restart(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -116,6 +122,7 @@ pub async fn restart(
 }
 
 /// `POST .../signal` with a signal name or number.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/signal", operation_id = "Machines_signal", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = SignalRequest, responses((status = 200, body = OkResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn signal(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -129,6 +136,7 @@ pub async fn signal(
 }
 
 /// `POST .../suspend`: freezes the machine's processes.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/suspend", operation_id = "Machines_suspend", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn suspend(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -141,6 +149,7 @@ pub async fn suspend(
 }
 
 /// `POST .../cordon`.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/cordon", operation_id = "Machines_cordon", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn cordon(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -152,6 +161,7 @@ pub async fn cordon(
 }
 
 /// `POST .../uncordon`.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/uncordon", operation_id = "Machines_uncordon", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn uncordon(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -181,6 +191,7 @@ fn envelope<T>(data: T) -> LeaseEnvelope<T> {
 
 /// `GET .../lease`: the lease, or 404. It shows the nonce, as Fly's does:
 /// `fly machine leases clear` reads it to release a stuck lease.
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", operation_id = "Machines_show_lease", tag = "Leases", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = LeaseEnvelope<Lease>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get_lease(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -194,6 +205,7 @@ pub async fn get_lease(
 
 /// `POST .../lease`: acquire (201), or refresh with the nonce header (200).
 /// `ttl` in seconds comes from the query (fly-go) or the body (the spec).
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", operation_id = "Machines_create_lease", tag = "Leases", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased"), ("ttl" = Option<i64>, Query, description = "Seconds (also in the body)")), request_body = CreateLeaseRequest, responses((status = 201, description = "Acquired", body = LeaseEnvelope<Lease>), (status = 200, description = "Refreshed", body = LeaseEnvelope<Lease>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse)))]
 pub async fn acquire_lease(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -232,6 +244,7 @@ pub async fn acquire_lease(
 }
 
 /// `DELETE .../lease` with the nonce header.
+#[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", operation_id = "Machines_release_lease", tag = "Leases", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = LeaseEnvelope<OkResponse>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse)))]
 pub async fn release_lease(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -243,6 +256,7 @@ pub async fn release_lease(
 }
 
 /// `GET .../metadata`.
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", operation_id = "Machines_show_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = BTreeMap<String, String>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get_metadata(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -251,6 +265,7 @@ pub async fn get_metadata(
 }
 
 /// `PUT/PATCH .../metadata`: upserts; null or empty values remove keys.
+#[utoipa::path(method(put, patch), path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", operation_id = "Machines_update_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = UpdateMetadataRequest, responses((status = 204, description = "Updated"), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn update_metadata(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -264,6 +279,7 @@ pub async fn update_metadata(
 }
 
 /// `GET .../metadata/{key}`.
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", operation_id = "Machines_get_metadata_key", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("key" = String, Path, description = "Metadata key")), responses((status = 200, body = MetadataValueResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get_metadata_key(
     State(s): State<ApiState>,
     Path((app, id, key)): Path<(String, String, String)>,
@@ -277,6 +293,7 @@ pub async fn get_metadata_key(
 }
 
 /// `POST .../metadata/{key}` with `{value}`.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", operation_id = "Machines_upsert_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("key" = String, Path, description = "Metadata key")), request_body = UpsertMetadataKeyRequest, responses((status = 204, description = "Set"), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn set_metadata_key(
     State(s): State<ApiState>,
     Path((app, id, key)): Path<(String, String, String)>,
@@ -292,6 +309,7 @@ pub async fn set_metadata_key(
 }
 
 /// `DELETE .../metadata/{key}`.
+#[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", operation_id = "Machines_delete_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("key" = String, Path, description = "Metadata key")), responses((status = 204, description = "Removed"), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn delete_metadata_key(
     State(s): State<ApiState>,
     Path((app, id, key)): Path<(String, String, String)>,
@@ -307,6 +325,7 @@ const MAX_EXEC_TIMEOUT: i64 = 600;
 
 /// `POST .../exec`: `command` (array) or `cmd` (a command line), `stdin`,
 /// `timeout` in seconds.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/exec", operation_id = "Machines_exec", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = MachineExecRequest, responses((status = 200, body = ExecResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 408, description = "Deadline exceeded", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn exec(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -410,6 +429,7 @@ fn split_words(line: &str) -> Option<Vec<String>> {
 
 /// `GET .../ps` with `sort_by` (pid, cpu, rss, rtime, command) and `order`
 /// (asc, desc).
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/ps", operation_id = "Machines_list_processes", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("sort_by" = Option<String>, Query, description = "pid, cpu, rss, rtime or command"), ("order" = Option<String>, Query, description = "asc or desc")), responses((status = 200, body = Vec<ProcessStat>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn ps(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -468,6 +488,7 @@ fn memory_view(m: hangar_runtime::MemoryInfo) -> MemoryResponse {
 }
 
 /// `GET .../memory`.
+#[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/memory", operation_id = "Machines_get_memory", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = MemoryResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn memory(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
@@ -476,6 +497,7 @@ pub async fn memory(
 }
 
 /// `PUT .../memory` with `{limit_mb}`: changes the running machine's limit.
+#[utoipa::path(put, path = "/v1/apps/{app_name}/machines/{machine_id}/memory", operation_id = "Machines_set_memory_limit", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = SetMemoryLimitRequest, responses((status = 200, body = MemoryResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn set_memory(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,

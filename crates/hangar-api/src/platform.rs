@@ -9,13 +9,17 @@ use hangar_api_types::{
     OrgMachine, OrgMachinesResponse, RegionResponse, RegionRow, TokenInfo,
 };
 
+// Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params};
 use crate::{ApiState, Principal};
+#[allow(unused_imports)]
+use hangar_api_types::*;
 
 /// `GET /v1/orgs/{org}/machines` with `include_deleted`, `region`, `state`,
 /// `summary`, `updated_after` (RFC 3339), `cursor`, `limit` (at most 1000):
 /// ordered by last change; a page may be short after filtering.
+#[utoipa::path(get, path = "/v1/orgs/{org_slug}/machines", operation_id = "Machines_org_list", tag = "Machines", params(("org_slug" = String, Path, description = "Organization"), ("include_deleted" = Option<bool>, Query, description = "Include destroyed machines"), ("region" = Option<String>, Query, description = "Only this region"), ("state" = Option<String>, Query, description = "Comma-separated states"), ("summary" = Option<bool>, Query, description = "Omit config"), ("updated_after" = Option<String>, Query, description = "RFC 3339"), ("cursor" = Option<String>, Query, description = "From next_cursor"), ("limit" = Option<i64>, Query, description = "At most 1000")), responses((status = 200, body = OrgMachinesResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn org_machines(
     State(s): State<ApiState>,
     Path(org): Path<String>,
@@ -87,6 +91,7 @@ pub async fn org_machines(
 }
 
 /// `GET /v1/platform/regions`: the regions of this installation (its one).
+#[utoipa::path(get, path = "/v1/platform/regions", operation_id = "Platform_regions_get", tag = "Platform", responses((status = 200, body = RegionResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn regions(State(s): State<ApiState>) -> Json<RegionResponse> {
     let code = s.agent.region().to_owned();
     Json(RegionResponse {
@@ -105,6 +110,7 @@ pub async fn regions(State(s): State<ApiState>) -> Json<RegionResponse> {
 }
 
 /// `GET /v1/tokens/current`: what the request's token is.
+#[utoipa::path(get, path = "/v1/tokens/current", operation_id = "CurrentToken_show", tag = "Tokens", responses((status = 200, body = CurrentTokenResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn current_token(Extension(who): Extension<Principal>) -> Json<CurrentTokenResponse> {
     let (token_id, apps) = match who {
         Principal::Admin => ("admin".to_owned(), Vec::new()),
@@ -125,6 +131,7 @@ pub async fn current_token(Extension(who): Extension<Principal>) -> Json<Current
 
 /// `POST /v1/apps/{app}/deploy_token` with an optional `expiry` (a Go
 /// duration): a token that can act on this app only.
+#[utoipa::path(post, path = "/v1/apps/{app_name}/deploy_token", operation_id = "App_create_deploy_token", tag = "Tokens", params(("app_name" = String, Path, description = "App name")), request_body = CreateAppDeployTokenRequest, responses((status = 200, body = CreateAppResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn deploy_token(
     State(s): State<ApiState>,
     Path(app): Path<String>,
