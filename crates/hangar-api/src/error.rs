@@ -1,5 +1,7 @@
 //! The one place where failures become HTTP responses: Fly's status codes
-//! and its body `{"error": "..."}`. Internal failures are logged with their
+//! and its body `{"error": "...", "status": "unknown"}` (the spec's
+//! `main.statusCode`; `insufficient_capacity` is the only other value, and a
+//! single host answers capacity problems with 412 preconditions instead). Internal failures are logged with their
 //! details and answered with a generic message, never with paths or driver
 //! output.
 
@@ -66,7 +68,7 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorResponse {
             error: message,
-            status: None,
+            status: Some("unknown".to_owned()),
         };
         (status, Json(body)).into_response()
     }

@@ -325,6 +325,12 @@ fn thousands_of_generated_requests_never_fail_the_server() {
             );
             if status >= 400 {
                 prop_assert!(body["error"].is_string(), "error without a message: {body}");
+                prop_assert_eq!(
+                    &body["status"],
+                    "unknown",
+                    "error without Fly's status: {}",
+                    body
+                );
             }
             Ok(())
         })
