@@ -522,6 +522,7 @@ impl Runner {
             process,
             layers: img.layers.clone(),
             resources,
+            files: spec::guest_files(c).map_err(|e| e.to_string())?,
         })
     }
 }

@@ -10,8 +10,8 @@ use hangar_core::machine::{
     DEFAULT_MAX_RETRIES, DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, MAX_STOP_TIMEOUT, Policy,
 };
 use hangar_core::process::InitOverrides;
-use hangar_core::{RestartPolicy, Signal};
-use hangar_runtime::{CpuKind, Resources};
+use hangar_core::{GuestPath, RestartPolicy, Signal};
+use hangar_runtime::{CpuKind, GuestFile, Resources};
 
 use crate::AgentError;
 
@@ -155,6 +155,7 @@ pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
         }
     }
     normalize_services(&mut c)?;
+    guest_files(&c)?;
     if let Some(s) = c.schedule.as_deref().filter(|s| !s.is_empty()) {
         if !["hourly", "daily", "weekly", "monthly"].contains(&s) {
             return Err(invalid(format!(
@@ -163,6 +164,85 @@ pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
         }
     }
     Ok(c)
+}
+
+/// At most this many files per machine.
+pub const MAX_FILES: usize = 100;
+/// At most this many bytes of file contents per machine, decoded.
+pub const MAX_FILES_BYTES: usize = 1 << 20;
+
+/// Checks `config.files` and decodes it into what the runtime writes: guest
+/// paths absolute and normalized, contents valid base64, modes at most
+/// 0o7777, within the limits above. `secret_name` needs app secrets and
+/// `image_config` another image's config; both are refused clearly until
+/// Hangar has them.
+pub fn guest_files(c: &MachineConfig) -> Result<Vec<GuestFile>, AgentError> {
+    use base64::Engine as _;
+    let files = c.files.as_deref().unwrap_or_default();
+    if files.len() > MAX_FILES {
+        return Err(invalid(format!(
+            "config.files has {} entries; at most {MAX_FILES} are allowed",
+            files.len()
+        )));
+    }
+    let mut out: Vec<GuestFile> = Vec::with_capacity(files.len());
+    let mut total = 0usize;
+    for (i, f) in files.iter().enumerate() {
+        let path = GuestPath::parse(&f.guest_path)
+            .map_err(|e| invalid(format!("config.files[{i}].guest_path {e}")))?;
+        if out.iter().any(|o| o.path == path.as_str()) {
+            return Err(invalid(format!(
+                "config.files[{i}].guest_path {path} appears twice"
+            )));
+        }
+        let mode = f.mode.unwrap_or(0o644);
+        if mode > 0o7777 {
+            return Err(invalid(format!(
+                "config.files[{i}].mode {mode} is not a permission mode (at most 0o7777 = 4095)"
+            )));
+        }
+        let sources = [
+            f.raw_value.is_some(),
+            f.secret_name.as_deref().is_some_and(|s| !s.is_empty()),
+            f.image_config.as_deref().is_some_and(|s| !s.is_empty()),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(invalid(format!(
+                "config.files[{i}] ({path}) needs exactly one of raw_value, secret_name or image_config"
+            )));
+        }
+        if let Some(name) = f.secret_name.as_deref().filter(|s| !s.is_empty()) {
+            return Err(invalid(format!(
+                "config.files[{i}].secret_name: app secret {name:?} not found (this installation has no app secrets yet; use raw_value)"
+            )));
+        }
+        if let Some(image) = f.image_config.as_deref().filter(|s| !s.is_empty()) {
+            return Err(invalid(format!(
+                "config.files[{i}].image_config ({image:?}) is not supported; use raw_value"
+            )));
+        }
+        let raw = f.raw_value.as_deref().unwrap_or_default();
+        let contents = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw.trim()))
+            .map_err(|e| {
+                invalid(format!(
+                    "config.files[{i}].raw_value ({path}) is not valid base64: {e}"
+                ))
+            })?;
+        total += contents.len();
+        if total > MAX_FILES_BYTES {
+            return Err(invalid(format!(
+                "config.files hold more than {MAX_FILES_BYTES} bytes; put large data in the image or a volume"
+            )));
+        }
+        out.push(GuestFile {
+            path: path.as_str().to_owned(),
+            contents,
+            mode,
+        });
+    }
+    Ok(out)
 }
 
 /// `services[].autostop` takes a boolean (old clients) or `off`, `stop`,
@@ -402,11 +482,67 @@ mod tests {
                 serde_json::json!({"image": "x", "schedule": "yearly"}),
                 "schedule",
             ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/../etc/passwd", "raw_value": ""}]}),
+                "files[0].guest_path \"/../etc/passwd\" is not normalized",
+            ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "etc/x", "raw_value": ""}]}),
+                "is not absolute",
+            ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "raw_value": "not base64!"}]}),
+                "files[0].raw_value (/x) is not valid base64",
+            ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/x"}]}),
+                "exactly one of raw_value",
+            ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "secret_name": "S"}]}),
+                "app secret \"S\" not found",
+            ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "raw_value": "", "mode": 65535}]}),
+                "mode 65535",
+            ),
+            (
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "raw_value": ""}, {"guest_path": "/x", "raw_value": ""}]}),
+                "appears twice",
+            ),
         ];
         for (v, want) in cases {
             let err = normalize(cfg(v.clone())).unwrap_err().to_string();
             assert!(err.contains(want), "{v}: {err}");
         }
+    }
+
+    #[test]
+    fn decodes_files() {
+        let c = normalize(cfg(serde_json::json!({"image": "x", "files": [
+            {"guest_path": "/etc/app.conf", "raw_value": "aGVsbG8K"},
+            {"guest_path": "/run.sh", "raw_value": "ZWNobw", "mode": 493},
+        ]})))
+        .unwrap();
+        let files = guest_files(&c).unwrap();
+        assert_eq!(files[0].path, "/etc/app.conf");
+        assert_eq!(files[0].contents, b"hello\n");
+        assert_eq!(files[0].mode, 0o644);
+        assert_eq!(files[1].contents, b"echo");
+        assert_eq!(files[1].mode, 0o755);
+        assert!(
+            !format!("{files:?}").contains("hello"),
+            "Debug shows contents"
+        );
+        let big = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            vec![0u8; MAX_FILES_BYTES + 1],
+        );
+        let err = normalize(cfg(
+            serde_json::json!({"image": "x", "files": [{"guest_path": "/big", "raw_value": big}]}),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
     }
 
     #[test]

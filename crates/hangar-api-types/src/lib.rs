@@ -132,6 +132,31 @@ pub struct StopConfig {
     pub extra: Extra,
 }
 
+/// A file written into the machine before it starts (`fly.File`): exactly
+/// one of `raw_value`, `secret_name` or `image_config` gives its contents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MachineFile {
+    /// Absolute path inside the machine.
+    #[serde(default)]
+    pub guest_path: String,
+    /// The contents, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_value: Option<String>,
+    /// An app secret holding the contents, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// An image whose OCI config becomes the contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<String>,
+    /// Permission bits, as `chmod(2)` takes them (0644 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Other fields, kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
 /// A machine's configuration (`fly.MachineConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineConfig {
@@ -173,7 +198,14 @@ pub struct MachineConfig {
     /// Deprecated size preset (e.g. `shared-cpu-1x`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
-    /// Every other field of Fly's config (services, checks, mounts, files,
+    /// Files written into the machine before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<MachineFile>>,
+    /// Machines this one stands by for: it stays stopped until one of
+    /// their hosts fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standbys: Option<Vec<String>>,
+    /// Every other field of Fly's config (services, checks, mounts,
     /// dns, processes, statics, metrics, ...), kept as received.
     #[serde(flatten, deserialize_with = "drop_nulls", default)]
     #[schema(ignore)]

@@ -10,6 +10,7 @@
 
 pub mod duration;
 pub mod exit;
+pub mod guest_path;
 pub mod ids;
 pub mod machine;
 pub mod names;
@@ -18,6 +19,7 @@ pub mod signal;
 
 pub use duration::GoDuration;
 pub use exit::ExitInfo;
+pub use guest_path::GuestPath;
 pub use ids::{AppName, EventId, InstanceId, MachineId};
 pub use machine::{MachineState, RestartPolicy};
 pub use signal::Signal;

@@ -179,6 +179,7 @@ mod tests {
                 memory_mb: 512,
                 cpu_kind: CpuKind::Shared,
             },
+            files: vec![],
         }
     }
 

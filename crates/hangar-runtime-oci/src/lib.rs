@@ -293,6 +293,11 @@ impl OciRuntime {
             .map_err(err("mount root filesystem"))?;
 
         let result = (|| {
+            for f in &spec.files {
+                fsutil::write_in_root(&rootfs, &f.path, &f.contents, f.mode).map_err(|e| {
+                    RuntimeError::InvalidSpec(format!("cannot write file {}: {e}", f.path))
+                })?;
+            }
             let passwd = fsutil::read_in_root(&rootfs, "etc/passwd").unwrap_or_default();
             let group = fsutil::read_in_root(&rootfs, "etc/group").unwrap_or_default();
             let who = user::resolve(&spec.process.user, &passwd, &group)

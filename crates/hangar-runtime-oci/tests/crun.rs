@@ -91,6 +91,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
             memory_mb: 256,
             cpu_kind: CpuKind::Shared,
         },
+        files: vec![],
     }
 }
 

@@ -54,6 +54,31 @@ pub struct WorkloadSpec {
     pub layers: Vec<PathBuf>,
     /// Limits.
     pub resources: Resources,
+    /// Files to write into the root filesystem before the process starts.
+    pub files: Vec<GuestFile>,
+}
+
+/// A file written into a machine's root filesystem before it starts (Fly's
+/// `config.files`). Its contents may come from a secret, so `Debug` shows
+/// only their length.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct GuestFile {
+    /// Absolute, normalized path inside the machine.
+    pub path: String,
+    /// The bytes.
+    pub contents: Vec<u8>,
+    /// Permission bits (`chmod(2)`).
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for GuestFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestFile")
+            .field("path", &self.path)
+            .field("contents", &format_args!("<{} bytes>", self.contents.len()))
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
 }
 
 /// A command to run inside a running machine.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use hangar_api_types::{
-    CreateMachineRequest, Machine, MachineConfig, MachineGuest, MachineInit, MachineRestart,
+    CreateMachineRequest, Machine, MachineConfig, MachineFile, MachineGuest, MachineInit,
+    MachineRestart, StopConfig,
 };
 use hangar_client::{Client, ClientError, ListMachines};
 
@@ -84,6 +85,31 @@ pub struct ConfigFlags {
     /// Restart policy: no, always, on-fail.
     #[arg(long)]
     restart: Option<String>,
+    /// A GPU kind (e.g. a100-pcie-40gb); refused where the host has none.
+    #[arg(long = "vm-gpu-kind")]
+    vm_gpu_kind: Option<String>,
+    /// Copy a local file into the machine: /guest/path=local/path
+    /// (repeatable; keeps the local file's permission bits).
+    #[arg(long = "file-local")]
+    file_local: Vec<String>,
+    /// Write text into a file in the machine: /guest/path=TEXT (repeatable).
+    #[arg(long = "file-literal")]
+    file_literal: Vec<String>,
+    /// Write an app secret (base64) into a file: /guest/path=SECRET_NAME.
+    #[arg(long = "file-secret")]
+    file_secret: Vec<String>,
+    /// Signal that stops the machine (e.g. SIGTERM).
+    #[arg(long = "kill-signal")]
+    kill_signal: Option<String>,
+    /// Time to wait for it to stop before SIGKILL (seconds, or 30s, 1m).
+    #[arg(long = "kill-timeout")]
+    kill_timeout: Option<String>,
+    /// Start the machine on a schedule: hourly, daily, weekly or monthly.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Make this a standby for these machines (comma list; "" clears).
+    #[arg(long = "standby-for")]
+    standby_for: Option<String>,
 }
 
 /// Applies the flags to a config: env and metadata entries are added (or
@@ -125,6 +151,93 @@ pub(crate) fn apply_flags(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Res
             policy: Some(restart_policy(p)?),
             ..MachineRestart::default()
         });
+    }
+    if let Some(kind) = &f.vm_gpu_kind {
+        c.guest.get_or_insert_with(MachineGuest::default).gpu_kind = Some(kind.clone());
+    }
+    apply_files(c, f)?;
+    if f.kill_signal.is_some() || f.kill_timeout.is_some() {
+        let stop = c.stop_config.get_or_insert_with(StopConfig::default);
+        if let Some(sig) = &f.kill_signal {
+            stop.signal = Some(sig.clone());
+        }
+        if let Some(t) = &f.kill_timeout {
+            // flyctl takes seconds; a Go duration works too.
+            let t = if t.chars().all(|ch| ch.is_ascii_digit()) {
+                format!("{t}s")
+            } else {
+                t.clone()
+            };
+            stop.timeout = Some(
+                hangar_core::GoDuration::parse(&t)
+                    .map_err(|e| anyhow::anyhow!("invalid --kill-timeout {t:?}: {e}"))?,
+            );
+        }
+    }
+    if let Some(s) = &f.schedule {
+        c.schedule = (!s.is_empty()).then(|| s.clone());
+    }
+    if let Some(ids) = &f.standby_for {
+        let ids: Vec<String> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        c.standbys = (!ids.is_empty()).then_some(ids);
+    }
+    Ok(())
+}
+
+/// `--file-local`, `--file-literal`, `--file-secret`: each replaces the
+/// config's file at the same guest path, or adds one.
+fn apply_files(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut new = Vec::new();
+    for kv in &f.file_local {
+        let (guest, local) = kv
+            .split_once('=')
+            .with_context(|| format!("invalid --file-local {kv:?}: use /guest/path=local/path"))?;
+        let data = std::fs::read(local).with_context(|| format!("cannot read {local}"))?;
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(local)?.permissions().mode() & 0o777
+        };
+        new.push(MachineFile {
+            guest_path: guest.to_owned(),
+            raw_value: Some(b64(&data)),
+            mode: Some(mode),
+            ..MachineFile::default()
+        });
+    }
+    for kv in &f.file_literal {
+        let (guest, text) = kv
+            .split_once('=')
+            .with_context(|| format!("invalid --file-literal {kv:?}: use /guest/path=TEXT"))?;
+        new.push(MachineFile {
+            guest_path: guest.to_owned(),
+            raw_value: Some(b64(text.as_bytes())),
+            ..MachineFile::default()
+        });
+    }
+    for kv in &f.file_secret {
+        let (guest, secret) = kv.split_once('=').with_context(|| {
+            format!("invalid --file-secret {kv:?}: use /guest/path=SECRET_NAME")
+        })?;
+        new.push(MachineFile {
+            guest_path: guest.to_owned(),
+            secret_name: Some(secret.to_owned()),
+            ..MachineFile::default()
+        });
+    }
+    if new.is_empty() {
+        return Ok(());
+    }
+    let files = c.files.get_or_insert_with(Vec::new);
+    for file in new {
+        files.retain(|old| old.guest_path != file.guest_path);
+        files.push(file);
     }
     Ok(())
 }
@@ -707,6 +820,73 @@ mod tests {
             r: RunArgs,
         }
         T::parse_from(std::iter::once("t").chain(args.iter().copied())).r
+    }
+
+    #[test]
+    fn file_stop_schedule_and_standby_flags() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("entry.sh");
+        std::fs::write(&local, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .unwrap();
+        let a = parse(&[
+            "busybox",
+            "--file-local",
+            &format!("/entry.sh={}", local.display()),
+            "--file-literal",
+            "/etc/greeting=hello there",
+            "--file-literal",
+            "/etc/greeting=replaced",
+            "--file-secret",
+            "/run/key=KEY",
+            "--kill-signal",
+            "SIGTERM",
+            "--kill-timeout",
+            "30",
+            "--schedule",
+            "daily",
+            "--standby-for",
+            "0123456789abcd, 0123456789abce",
+        ]);
+        let c = config_from(&a, true).unwrap();
+        let files = c.files.unwrap();
+        let decode = |f: &MachineFile| {
+            base64::engine::general_purpose::STANDARD
+                .decode(f.raw_value.as_deref().unwrap())
+                .unwrap()
+        };
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert_eq!(files[0].guest_path, "/entry.sh");
+        assert_eq!(decode(&files[0]), b"#!/bin/sh\n");
+        assert_eq!(files[0].mode, Some(0o750));
+        assert_eq!(files[1].guest_path, "/etc/greeting");
+        assert_eq!(decode(&files[1]), b"replaced");
+        assert_eq!(files[2].secret_name.as_deref(), Some("KEY"));
+        let stop = c.stop_config.unwrap();
+        assert_eq!(stop.signal.as_deref(), Some("SIGTERM"));
+        assert_eq!(stop.timeout.unwrap().get(), Duration::from_secs(30));
+        assert_eq!(c.schedule.as_deref(), Some("daily"));
+        assert_eq!(c.standbys.unwrap(), ["0123456789abcd", "0123456789abce"]);
+
+        let mut c = MachineConfig {
+            standbys: Some(vec!["x".into()]),
+            ..MachineConfig::default()
+        };
+        let f = ConfigFlags {
+            standby_for: Some(String::new()),
+            ..ConfigFlags::default()
+        };
+        apply_flags(&mut c, &f).unwrap();
+        assert!(c.standbys.is_none());
+        assert!(
+            config_from(
+                &parse(&["busybox", "--file-local", "/x=/no/such/file"]),
+                true
+            )
+            .is_err()
+        );
+        assert!(config_from(&parse(&["busybox", "--kill-timeout", "soon"]), true).is_err());
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! End to end: what `fly machine run` promises beyond the lifecycle (files,
+//! stop config, ...), with real crun machines from a registry on loopback.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
+use hangar_client::Client;
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::{ImageBuilder, Layer};
+use hangar_test_utils::registry::Registry;
+use serde_json::{Value, json};
+
+const APP: &str = "beh";
+
+async fn setup(image: ImageBuilder) -> (Registry, Daemon, Client, String) {
+    let reg = Registry::start().await;
+    reg.push("test/beh", "v1", &image.build()).await;
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app(APP).await.unwrap();
+    let image = format!("{}/test/beh:v1", reg.addr);
+    (reg, d, c, image)
+}
+
+fn request(config: Value) -> CreateMachineRequest {
+    CreateMachineRequest {
+        config: Some(serde_json::from_value::<MachineConfig>(config).unwrap()),
+        ..CreateMachineRequest::default()
+    }
+}
+
+async fn wait(c: &Client, id: &str, state: &str) {
+    c.wait_machine(APP, id, &[state], Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("machine {id} did not reach {state}: {e}"));
+}
+
+async fn sh(c: &Client, id: &str, script: &str) -> String {
+    let out = c
+        .exec(
+            APP,
+            id,
+            &serde_json::from_value::<MachineExecRequest>(
+                json!({"command": ["/bin/sh", "-c", script]}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{script}: {}", out.stderr);
+    out.stdout
+}
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn files_are_written_inside_the_machine_and_nowhere_else() {
+    // The image has symlinks that point out of its root, as absolute and
+    // relative links; writes through them must land inside the machine.
+    let host = tempfile::tempdir().unwrap();
+    let host_dir = host.path().display().to_string();
+    let image = ImageBuilder::busybox().layer(
+        Layer::new()
+            .dir("srv/conf", 0o755)
+            .symlink("etc/conf.d", "/srv/conf")
+            .symlink("abs-escape", &host_dir)
+            .symlink("rel-escape", &format!("../../../../../..{host_dir}")),
+    );
+    let (_reg, d, c, image) = setup(image).await;
+
+    let m = c
+        .create_machine(
+            APP,
+            &request(json!({
+                "image": image,
+                "init": {"cmd": ["sleep", "3600"]},
+                "files": [
+                    {"guest_path": "/etc/app/config.json", "raw_value": b64(b"{\"a\":1}")},
+                    {"guest_path": "/etc/conf.d/site.conf", "raw_value": b64(b"site")},
+                    {"guest_path": "/usr/local/bin/hello", "raw_value": b64(b"#!/bin/sh\necho hi from a file\n"), "mode": 0o755},
+                    {"guest_path": "/secret", "raw_value": b64(b"s"), "mode": 0o600},
+                ],
+            })),
+        )
+        .await
+        .unwrap();
+    wait(&c, &m.id, "started").await;
+    assert_eq!(sh(&c, &m.id, "cat /etc/app/config.json").await, "{\"a\":1}");
+    assert_eq!(sh(&c, &m.id, "cat /srv/conf/site.conf").await, "site");
+    assert_eq!(
+        sh(&c, &m.id, "/usr/local/bin/hello").await,
+        "hi from a file\n"
+    );
+    assert_eq!(
+        sh(&c, &m.id, "stat -c '%a %U' /secret /usr/local/bin/hello").await,
+        "600 root\n755 root\n"
+    );
+    // Files come back as configured on every start, even after the machine
+    // changed them.
+    sh(&c, &m.id, "echo changed > /etc/app/config.json").await;
+    c.stop_machine(APP, &m.id, None, None).await.unwrap();
+    wait(&c, &m.id, "stopped").await;
+    c.start_machine(APP, &m.id).await.unwrap();
+    wait(&c, &m.id, "started").await;
+    assert_eq!(sh(&c, &m.id, "cat /etc/app/config.json").await, "{\"a\":1}");
+
+    // A write through a link out of the root: absolute and relative links
+    // resolve inside the machine, where their target does not exist, so the
+    // machine fails with the reason; the host directory stays untouched.
+    for link in ["abs-escape", "rel-escape"] {
+        let m = c
+            .create_machine(
+                APP,
+                &request(json!({
+                    "image": image,
+                    "init": {"cmd": ["sleep", "3600"]},
+                    "files": [{"guest_path": format!("/{link}/pwned"), "raw_value": b64(b"x")}],
+                })),
+            )
+            .await
+            .unwrap();
+        let _ = c
+            .wait_machine(APP, &m.id, &["failed"], Duration::from_secs(30))
+            .await;
+        let got = c.get_machine(APP, &m.id).await.unwrap();
+        assert_eq!(got.state, "failed", "{link}");
+        let events =
+            serde_json::to_string(&c.machine_events(APP, &m.id, 20).await.unwrap()).unwrap();
+        assert!(events.contains("cannot write file"), "{link}: {events}");
+    }
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
+
+    // Bad input is refused before anything runs.
+    for (files, want) in [
+        (
+            json!([{"guest_path": "/../../etc/x", "raw_value": ""}]),
+            "not normalized",
+        ),
+        (
+            json!([{"guest_path": "relative", "raw_value": ""}]),
+            "not absolute",
+        ),
+        (
+            json!([{"guest_path": "/x", "raw_value": "%%%"}]),
+            "not valid base64",
+        ),
+        (
+            json!([{"guest_path": "/x", "secret_name": "NOPE"}]),
+            "app secret \"NOPE\" not found",
+        ),
+    ] {
+        let err = c
+            .create_machine(APP, &request(json!({"image": image, "files": files})))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(400), "{files}");
+        assert!(err.to_string().contains(want), "{files}: {err}");
+    }
+
+    // The CLI: flyctl's example of an entrypoint script sent with
+    // --file-local, and a literal.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("entrypoint.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho from-entrypoint > /tmp/marker\nexec \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, out, err) = d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "-n",
+        "cli",
+        "--file-local",
+        &format!("/entrypoint.sh={}", script.display()),
+        "--file-literal",
+        "/etc/note=Some text I want in a file",
+        "--entrypoint",
+        "/entrypoint.sh",
+        "sleep",
+        "3600",
+    ]);
+    assert!(ok, "{out}{err}");
+    let id = c
+        .list_machines(APP, &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "cli")
+        .unwrap()
+        .id;
+    wait(&c, &id, "started").await;
+    assert_eq!(
+        sh(&c, &id, "cat /tmp/marker /etc/note").await,
+        "from-entrypoint\nSome text I want in a file"
+    );
+}
