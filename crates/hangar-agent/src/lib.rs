@@ -16,6 +16,7 @@ pub mod images;
 mod ops;
 mod runner;
 pub mod spec;
+pub mod standby;
 pub mod store;
 
 use std::collections::HashMap;
@@ -68,6 +69,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// This host's region code.
     pub region: String,
+    /// How many times faster than real time schedules run: 1 in
+    /// production; tests and demos run an "hour" in milliseconds.
+    pub schedule_time_scale: u32,
 }
 
 /// The one organization of a single-host installation.
@@ -78,6 +82,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
     pub images: Arc<dyn ImageSource>,
+    /// [`AgentConfig::schedule_time_scale`].
+    pub schedule_time_scale: u32,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -166,6 +172,7 @@ impl Agent {
             store,
             runtime,
             images,
+            schedule_time_scale: cfg.schedule_time_scale.max(1),
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -302,6 +309,7 @@ impl Agent {
     ) -> Result<MachineRecord, AgentError> {
         let app = self.get_app(app)?;
         let config = spec::normalize(req.config)?;
+        self.check_standbys(&app.name, None, &config)?;
         let image_ref = self
             .shared
             .images
@@ -337,7 +345,8 @@ impl Agent {
             app: app.name.clone(),
             name,
             region,
-            core: MachineCore::new(!req.skip_launch),
+            // A standby settles in `stopped`, like skip_launch.
+            core: MachineCore::new(!req.skip_launch && !standby::is_standby(&config)),
             instance_id: InstanceId::generate().to_string(),
             config,
             image_ref: Some(image_ref),
@@ -346,6 +355,7 @@ impl Agent {
             updated_at: now,
             cordoned: false,
             updated_at_ms: store::now_ms(),
+            schedule_next_ms: None,
         };
         let event = store::NewEvent {
             kind: "launch".into(),

@@ -134,17 +134,19 @@ impl Agent {
             }
         }
         let config = spec::normalize(req.config)?;
+        self.check_standbys(app, Some(&rec.id), &config)?;
         let image_ref = self
             .shared
             .images
             .parse(&config.image)
             .map_err(AgentError::InvalidArgument)?;
+        // A standby stays stopped.
+        let launch = !req.skip_launch && !crate::standby::is_standby(&config);
         let version = NewVersion {
             instance_id: InstanceId::generate().to_string(),
             config,
             image_ref,
         };
-        let launch = !req.skip_launch;
         self.send(&rec, |reply| Msg::Update {
             version: Box::new(version),
             launch,

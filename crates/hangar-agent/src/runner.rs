@@ -4,7 +4,7 @@
 //!   API handlers ──Msg::{Start,Stop,Destroy} + oneshot reply──►┐
 //!   prepare task ──Msg::Prepared{gen}──────────────────────────►│ Runner
 //!   exit watcher ──Msg::Exited{gen}────────────────────────────►│  apply() → commit → reply → effects
-//!   timers (in the runner's select loop) ──────────────────────►┘
+//!   timers, the schedule (in the runner's select loop) ────────►┘
 //!                                   │
 //!                                   └─ watch::Sender<Status> ──► wait endpoint, list
 //! ```
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_core::machine::{self, Effect, EventRecord, Input, Observed, Source, Timer};
+use hangar_core::schedule::Schedule;
 use hangar_core::{ExitInfo, MachineState, Signal};
 use hangar_runtime::WorkloadSpec;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -114,6 +115,9 @@ pub(crate) struct Runner {
     timers: HashMap<Timer, Instant>,
     /// The version an `Update` message brings, committed with its transition.
     pending_version: Option<NewVersion>,
+    /// When the machine's schedule fires next, and for which schedule.
+    schedule_at: Option<Instant>,
+    schedule_armed_for: Option<Schedule>,
 }
 
 impl Runner {
@@ -142,6 +146,8 @@ impl Runner {
             exit_gen: 0,
             timers: HashMap::new(),
             pending_version: None,
+            schedule_at: None,
+            schedule_armed_for: None,
         };
         tokio::spawn(runner.run());
         Handle {
@@ -172,6 +178,10 @@ impl Runner {
                 .map(|(t, at)| (*t, *at));
             let msg = tokio::select! {
                 m = self.rx.recv() => m,
+                _ = sleep_until(self.schedule_at) => {
+                    self.schedule_fired().await;
+                    continue;
+                }
                 _ = sleep_until(next.map(|(_, at)| at)) => {
                     if let Some((timer, _)) = next {
                         self.timers.remove(&timer);
@@ -290,11 +300,96 @@ impl Runner {
         self.image = Some(img);
     }
 
-    /// Applies `first` and every input its effects produce.
-    async fn handle(&mut self, first: Input, mut reply: Option<Reply>) {
+    /// The machine's schedule, if it runs on one (standbys never do).
+    fn schedule(&self) -> Option<Schedule> {
+        let c = &self.rec.config;
+        if crate::standby::is_standby(c) {
+            return None;
+        }
+        c.schedule.as_deref().and_then(Schedule::parse)
+    }
+
+    fn set_schedule_next(&mut self, next_ms: Option<i64>) {
+        if let Err(e) = self.shared.store.set_schedule_next(&self.rec.id, next_ms) {
+            tracing::error!(machine = %self.rec.id, error = %e, "cannot record the next scheduled run");
+        }
+        self.rec.schedule_next_ms = next_ms;
+    }
+
+    fn next_run_ms(&self, schedule: Schedule) -> i64 {
+        let jitter = rand::random_range(-1.0..=1.0);
+        schedule.next_run_ms(
+            crate::store::now_ms(),
+            self.shared.schedule_time_scale,
+            jitter,
+        )
+    }
+
+    /// Keeps the schedule's timer in line with the config and the state:
+    /// the cycle begins with the machine's first run, a changed schedule
+    /// counts from now, a removed one stops. The next run's time is stored,
+    /// so it survives restarts of `hangard`.
+    fn sync_schedule(&mut self) {
+        let Some(schedule) = self.schedule() else {
+            if self.rec.schedule_next_ms.is_some() {
+                self.set_schedule_next(None);
+            }
+            self.schedule_at = None;
+            self.schedule_armed_for = None;
+            return;
+        };
+        let next = match self.rec.schedule_next_ms {
+            None if matches!(
+                self.rec.core.state,
+                MachineState::Starting | MachineState::Started
+            ) =>
+            {
+                let next = self.next_run_ms(schedule);
+                self.set_schedule_next(Some(next));
+                next
+            }
+            None => {
+                self.schedule_at = None;
+                return;
+            }
+            Some(_) if self.schedule_armed_for.is_some_and(|s| s != schedule) => {
+                let next = self.next_run_ms(schedule);
+                self.set_schedule_next(Some(next));
+                next
+            }
+            Some(next) => next,
+        };
+        self.schedule_armed_for = Some(schedule);
+        let wait = (next - crate::store::now_ms()).max(0) as u64;
+        self.schedule_at = Some(Instant::now() + Duration::from_millis(wait));
+    }
+
+    /// A scheduled run is due: the next one is recorded first (so a crash
+    /// or restart of `hangard` does not run it twice), counted from now
+    /// (runs missed while `hangard` was down collapse into this one).
+    async fn schedule_fired(&mut self) {
+        let Some(schedule) = self.schedule() else {
+            self.schedule_at = None;
+            return;
+        };
+        let next = self.next_run_ms(schedule);
+        self.set_schedule_next(Some(next));
+        tracing::info!(machine = %self.rec.id, schedule = schedule.as_str(), "scheduled run");
+        self.handle(Input::ScheduledStart, None).await;
+    }
+
+    /// Applies `first` and every input its effects produce, then brings the
+    /// schedule in line.
+    async fn handle(&mut self, first: Input, reply: Option<Reply>) {
+        self.apply_all(first, reply).await;
+        self.sync_schedule();
+    }
+
+    async fn apply_all(&mut self, first: Input, mut reply: Option<Reply>) {
         let mut queue = VecDeque::from([first]);
         while let Some(input) = queue.pop_front() {
-            let policy = spec::policy(&self.rec.config);
+            let mut policy = spec::policy(&self.rec.config);
+            policy.scheduled = self.schedule().is_some() && self.rec.schedule_next_ms.is_some();
             let before = self.rec.core.state;
             let t = match machine::apply(&self.rec.core, &policy, input) {
                 Ok(t) => t,

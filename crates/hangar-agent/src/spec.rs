@@ -157,7 +157,7 @@ pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
     normalize_services(&mut c)?;
     guest_files(&c)?;
     if let Some(s) = c.schedule.as_deref().filter(|s| !s.is_empty()) {
-        if !["hourly", "daily", "weekly", "monthly"].contains(&s) {
+        if hangar_core::schedule::Schedule::parse(s).is_none() {
             return Err(invalid(format!(
                 "invalid schedule {s:?}: must be hourly, daily, weekly or monthly"
             )));
@@ -316,6 +316,8 @@ pub fn policy(c: &MachineConfig) -> Policy {
             .and_then(|s| s.timeout)
             .map(|t| t.get())
             .unwrap_or(DEFAULT_STOP_TIMEOUT),
+        // The runner knows whether the schedule's cycle has begun.
+        scheduled: false,
     }
 }
 

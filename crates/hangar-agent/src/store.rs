@@ -21,6 +21,7 @@ use crate::AgentError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_leases_tokens.sql"),
+    include_str!("../migrations/0003_schedules.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.
@@ -74,6 +75,9 @@ pub struct MachineRecord {
     pub cordoned: bool,
     /// Last change, Unix milliseconds.
     pub updated_at_ms: i64,
+    /// A scheduled machine's next run, Unix milliseconds (none before the
+    /// first run).
+    pub schedule_next_ms: Option<i64>,
 }
 
 /// A machine's lease.
@@ -156,7 +160,7 @@ fn state_from_db(s: &str) -> rusqlite::Result<MachineState> {
     })
 }
 
-const MACHINE_COLUMNS: &str = "id, app_name, name, region, state, restart_count, launch, instance_id, config, image_ref, private_ip, created_at, updated_at, cordoned, updated_at_ms";
+const MACHINE_COLUMNS: &str = "id, app_name, name, region, state, restart_count, launch, instance_id, config, image_ref, private_ip, created_at, updated_at, cordoned, updated_at_ms, schedule_next_ms";
 
 fn machine_from_row(
     r: &rusqlite::Row<'_>,
@@ -187,6 +191,7 @@ fn machine_from_row(
             updated_at: r.get(12)?,
             cordoned: r.get::<_, i64>(13)? != 0,
             updated_at_ms: r.get(14)?,
+            schedule_next_ms: r.get(15)?,
         },
         config,
         image_ref,
@@ -405,7 +410,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let r = tx.execute(
-            &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+            &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
                 m.id.as_str(),
                 m.app,
@@ -421,7 +426,8 @@ impl Store {
                 m.created_at,
                 m.updated_at,
                 m.cordoned as i64,
-                now_ms()
+                now_ms(),
+                m.schedule_next_ms
             ],
         );
         match r {
@@ -609,6 +615,21 @@ impl Store {
         )
         .map_err(db)?;
         tx.commit().map_err(db)
+    }
+
+    /// Records when a scheduled machine runs next (`None`: no schedule).
+    pub fn set_schedule_next(
+        &self,
+        id: &MachineId,
+        next_ms: Option<i64>,
+    ) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET schedule_next_ms = ?2 WHERE id = ?1",
+                params![id.as_str(), next_ms],
+            )
+            .map_err(db)?;
+        Ok(())
     }
 
     /// Cordons or uncordons a machine.
@@ -828,6 +849,7 @@ mod tests {
             updated_at: now_rfc3339(),
             cordoned: false,
             updated_at_ms: 0,
+            schedule_next_ms: None,
         }
     }
 

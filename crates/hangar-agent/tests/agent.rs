@@ -30,6 +30,7 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
         AgentConfig {
             data_dir: dir.path().to_owned(),
             region: "local".into(),
+            schedule_time_scale: 1,
         },
         rt.clone(),
         Arc::new(FakeImages),

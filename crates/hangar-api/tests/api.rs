@@ -26,6 +26,7 @@ async fn api() -> Api {
         AgentConfig {
             data_dir: dir.path().to_owned(),
             region: "local".into(),
+            schedule_time_scale: 1,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

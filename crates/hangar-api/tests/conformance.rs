@@ -120,6 +120,7 @@ impl Harness {
             AgentConfig {
                 data_dir: dir.path().to_owned(),
                 region: "local".into(),
+                schedule_time_scale: 1,
             },
             Arc::new(FakeRuntime::new()),
             Arc::new(FakeImages),

@@ -218,6 +218,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, runtime: Arc<FakeRu
         AgentConfig {
             data_dir: dir.to_owned(),
             region: "local".into(),
+            schedule_time_scale: 1,
         },
         runtime,
         Arc::new(FakeImages),

@@ -86,6 +86,7 @@ async fn served_at_openapi_json() {
         AgentConfig {
             data_dir: dir.path().to_owned(),
             region: "local".into(),
+            schedule_time_scale: 1,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

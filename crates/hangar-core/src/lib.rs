@@ -15,6 +15,7 @@ pub mod ids;
 pub mod machine;
 pub mod names;
 pub mod process;
+pub mod schedule;
 pub mod signal;
 
 pub use duration::GoDuration;

@@ -32,6 +32,11 @@
 //!     any state ── destroy (running ones need force) ──► destroying ──► destroyed
 //! ```
 //!
+//! A scheduled machine's runs ([`Input::ScheduledStart`], source `flyd`)
+//! take the same `start` edges out of stopped, failed and suspended, and are
+//! skipped in every other state; once its schedule has begun, a user's start
+//! is refused ([`Denied::Scheduled`]).
+//!
 //! Ownership: exactly one task, the machine's runner in `hangar-agent`, calls
 //! [`apply`] for a given machine, persists the transition (state and events in
 //! one SQLite transaction) and only then executes its effects. Everyone else
@@ -257,6 +262,9 @@ pub struct Policy {
     pub stop_signal: Signal,
     /// Time between the stop signal and SIGKILL.
     pub stop_timeout: Duration,
+    /// The machine runs on a schedule whose cycle has begun: only the
+    /// schedule starts it, users cannot.
+    pub scheduled: bool,
 }
 
 impl Default for Policy {
@@ -267,6 +275,7 @@ impl Default for Policy {
             auto_destroy: false,
             stop_signal: DEFAULT_STOP_SIGNAL,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            scheduled: false,
         }
     }
 }
@@ -301,6 +310,9 @@ pub enum Input {
     Resume(Observed),
     /// A user asks to start the machine.
     Start,
+    /// The machine's schedule says it is time for a run. A machine that is
+    /// still running (or busy) skips the run.
+    ScheduledStart,
     /// A user asks to stop the machine.
     Stop {
         /// Signal to send instead of the configured one.
@@ -489,6 +501,11 @@ pub enum Denied {
     /// The machine is gone.
     #[error("machine is destroyed")]
     Destroyed,
+    /// The machine starts only on its schedule.
+    #[error(
+        "machine runs on a schedule ({0}) and starts only when it is due; it cannot be started by hand"
+    )]
+    Scheduled(MachineState),
 }
 
 /// Delay before restart number `n` (1-based): 100 ms doubling up to 10 s.
@@ -508,6 +525,10 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
         effects: Vec::new(),
     };
     let state = m.state;
+    let input_source = match input {
+        I::ScheduledStart => Source::Flyd,
+        _ => Source::User,
+    };
 
     match (state, input) {
         // ---- created: the image is being prepared --------------------------
@@ -566,7 +587,8 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_)
-            | I::TimerFired(_),
+            | I::TimerFired(_)
+            | I::ScheduledStart,
         ) => {}
 
         // ---- starting ----------------------------------------------------------
@@ -636,7 +658,7 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             }
         }
         (S::Starting, I::TimerFired(Timer::StopTimeout | Timer::DestroyRetry)) => {}
-        (S::Starting, I::Start | I::Restart { .. }) => {}
+        (S::Starting, I::Start | I::Restart { .. } | I::ScheduledStart) => {}
         (S::Starting, I::Stop { signal, timeout }) => match m.step {
             // Nothing runs yet: stopping is immediate.
             Step::Preparing | Step::Backoff | Step::Idle => {
@@ -679,7 +701,7 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             Observed::Absent => on_exit(&mut t, policy, lost_workload(), false),
         },
         (S::Started, I::WorkloadExited(info)) => on_exit(&mut t, policy, info, false),
-        (S::Started, I::Start) => {}
+        (S::Started, I::Start | I::ScheduledStart) => {}
         (S::Started, I::Stop { signal, timeout }) => goto_stopping(&mut t, policy, signal, timeout),
         (S::Started, I::Restart { signal, timeout }) => {
             t.machine.state = S::Restarting;
@@ -784,7 +806,8 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::Thawed
             | I::ThawFailed(_)
             | I::WorkloadDestroyed
-            | I::WorkloadDestroyFailed(_),
+            | I::WorkloadDestroyFailed(_)
+            | I::ScheduledStart,
         ) => {}
 
         // ---- suspending and suspended -------------------------------------------
@@ -813,19 +836,19 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
         (S::Suspending | S::Suspended, I::WorkloadExited(info)) => {
             on_exit(&mut t, policy, info, false)
         }
-        (S::Suspending, I::Suspend) => {}
+        (S::Suspending, I::Suspend | I::ScheduledStart) => {}
         (
             S::Suspending,
             I::Start | I::Stop { .. } | I::Restart { .. } | I::Update { .. } | I::Signal(_),
         ) => return Err(Denied::Busy(state)),
         (S::Suspending, I::Destroy { force: true }) => goto_destroy(&mut t, Source::User),
         (S::Suspending, I::Destroy { force: false }) => return Err(Denied::NotStopped(state)),
-        (S::Suspended, I::Start) => {
+        (S::Suspended, I::Start) if policy.scheduled => return Err(Denied::Scheduled(state)),
+        (S::Suspended, I::Start | I::ScheduledStart) => {
             t.machine.state = S::Starting;
             t.machine.step = Step::Thawing;
             t.effects.push(Effect::Thaw);
-            t.events
-                .push(EventRecord::new("start", S::Starting, Source::User));
+            t.events.push(start_event(S::Starting, &input_source));
         }
         // Stop, restart or update of a suspended machine discard its frozen
         // processes: SIGKILL is delivered as they thaw.
@@ -872,13 +895,15 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
                 t.effects.push(Effect::CleanupWorkload);
             }
         }
-        (S::Stopped | S::Failed, I::Start | I::Restart { .. }) => {
+        (S::Stopped | S::Failed, I::Start | I::Restart { .. }) if policy.scheduled => {
+            return Err(Denied::Scheduled(state));
+        }
+        (S::Stopped | S::Failed, I::Start | I::Restart { .. } | I::ScheduledStart) => {
             t.machine.state = S::Starting;
             t.machine.step = Step::Preparing;
             t.machine.restart_count = 0;
             t.effects.push(Effect::PrepareImage);
-            t.events
-                .push(EventRecord::new("start", S::Starting, Source::User));
+            t.events.push(start_event(S::Starting, &input_source));
         }
         (S::Stopped | S::Failed, I::Stop { .. }) => {}
         (S::Stopped | S::Failed, I::Update { launch }) => {
@@ -941,7 +966,8 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::FreezeFailed(_)
             | I::Thawed
             | I::ThawFailed(_)
-            | I::TimerFired(Timer::StopTimeout | Timer::RestartBackoff),
+            | I::TimerFired(Timer::StopTimeout | Timer::RestartBackoff)
+            | I::ScheduledStart,
         ) => {}
 
         // ---- destroyed: terminal --------------------------------------------------
@@ -964,10 +990,16 @@ pub fn apply(m: &Machine, policy: &Policy, input: Input) -> Result<Transition, D
             | I::ThawFailed(_)
             | I::WorkloadDestroyed
             | I::WorkloadDestroyFailed(_)
-            | I::TimerFired(_),
+            | I::TimerFired(_)
+            | I::ScheduledStart,
         ) => {}
     }
     Ok(t)
+}
+
+/// The event of a start: a user's, or (source `flyd`) a scheduled run's.
+fn start_event(status: MachineState, source: &Source) -> EventRecord {
+    EventRecord::new("start", status, *source)
 }
 
 /// The stop signal and its SIGKILL timer.

@@ -57,6 +57,10 @@ struct Args {
     /// on cgroup2 `favordynmods`, which halves container start time).
     #[arg(long, env = "HANGAR_NO_CGROUP_TUNING")]
     no_cgroup_tuning: bool,
+    /// Run machine schedules this many times faster than real time (for
+    /// tests and demos: 3600 makes `hourly` fire about every second).
+    #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
+    schedule_time_scale: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,6 +145,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         AgentConfig {
             data_dir: data.clone(),
             region: args.region.clone(),
+            schedule_time_scale: args.schedule_time_scale,
         },
         Arc::new(runtime),
         images.clone(),

@@ -421,6 +421,7 @@ fn arb_input() -> impl Strategy<Value = Input> {
         (0i32..3).prop_map(|c| Input::Resume(Observed::Exited(exit(c)))),
         Just(Input::Resume(Observed::Absent)),
         Just(Input::Start),
+        Just(Input::ScheduledStart),
         Just(Input::Stop {
             signal: None,
             timeout: None
@@ -459,11 +460,13 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         ]),
         0u32..4,
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(restart, max_retries, auto_destroy)| Policy {
+        .prop_map(|(restart, max_retries, auto_destroy, scheduled)| Policy {
             restart,
             max_retries,
             auto_destroy,
+            scheduled,
             ..Policy::default()
         })
 }
@@ -728,4 +731,61 @@ fn signals_only_reach_running_machines() {
         ),
         Err(Denied::NotRunning(MachineState::Stopped))
     );
+}
+
+#[test]
+fn scheduled_runs_start_resting_machines_and_users_cannot() {
+    let p = Policy {
+        scheduled: true,
+        ..Policy::default()
+    };
+    for state in [
+        MachineState::Stopped,
+        MachineState::Failed,
+        MachineState::Suspended,
+    ] {
+        let m = at(state, Step::Idle);
+        assert_eq!(apply(&m, &p, Input::Start), Err(Denied::Scheduled(state)));
+        let t = apply(&m, &p, Input::ScheduledStart).unwrap();
+        assert_eq!(t.machine.state, MachineState::Starting, "{state}");
+        assert_eq!(t.events[0].source, Source::Flyd);
+        assert_eq!(t.events[0].kind, "start");
+    }
+    assert!(
+        apply(
+            &at(MachineState::Stopped, Step::Idle),
+            &p,
+            Input::Restart {
+                signal: None,
+                timeout: None
+            }
+        )
+        .is_err()
+    );
+    // Before the cycle begins (or without a schedule) users start it.
+    let t = apply(
+        &at(MachineState::Stopped, Step::Idle),
+        &Policy::default(),
+        Input::Start,
+    )
+    .unwrap();
+    assert_eq!(t.events[0].source, Source::User);
+    // A run that comes while the machine is busy is skipped.
+    for state in [
+        MachineState::Created,
+        MachineState::Starting,
+        MachineState::Started,
+        MachineState::Stopping,
+        MachineState::Restarting,
+        MachineState::Replacing,
+        MachineState::Suspending,
+        MachineState::Destroying,
+        MachineState::Destroyed,
+    ] {
+        let m = at(state, Step::Idle);
+        assert!(
+            apply(&m, &p, Input::ScheduledStart).unwrap().is_noop(&m),
+            "{state}"
+        );
+    }
 }

@@ -668,8 +668,14 @@ fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
         });
         c.auto_destroy = Some(true);
     } else if run && c.restart.is_none() {
+        // A scheduled job rests between runs, so it restarts only on failure.
+        let policy = if c.schedule.is_some() {
+            "on-failure"
+        } else {
+            "always"
+        };
         c.restart = Some(MachineRestart {
-            policy: Some("always".into()),
+            policy: Some(policy.into()),
             ..MachineRestart::default()
         });
     }
@@ -867,6 +873,7 @@ mod tests {
         assert_eq!(stop.signal.as_deref(), Some("SIGTERM"));
         assert_eq!(stop.timeout.unwrap().get(), Duration::from_secs(30));
         assert_eq!(c.schedule.as_deref(), Some("daily"));
+        assert_eq!(c.restart.unwrap().policy.as_deref(), Some("on-failure"));
         assert_eq!(c.standbys.unwrap(), ["0123456789abcd", "0123456789abce"]);
 
         let mut c = MachineConfig {
