@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod images;
+pub mod logs;
 mod ops;
 mod runner;
 pub mod spec;

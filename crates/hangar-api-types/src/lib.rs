@@ -450,6 +450,22 @@ pub struct ErrorResponse {
     pub status: Option<String>,
 }
 
+/// One line of a machine's output (API extension,
+/// `GET /v1/hangar/apps/{app}/logs`, one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    /// RFC 3339, UTC, nanoseconds.
+    pub timestamp: String,
+    /// The machine that wrote it.
+    pub machine_id: String,
+    /// The machine's region.
+    pub region: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub message: String,
+}
+
 /// An image in Hangar's store (API extension, `GET /v1/images`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageSummary {

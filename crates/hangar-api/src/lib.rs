@@ -13,6 +13,7 @@ mod apps;
 pub mod error;
 mod extract;
 mod images;
+mod logs;
 mod machine_ops;
 mod machines;
 pub mod openapi;
@@ -233,6 +234,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/orgs/{org}/machines", get(platform::org_machines))
         .route("/platform/regions", get(platform::regions))
         .route("/tokens/current", get(platform::current_token))
+        .route("/hangar/apps/{app}/logs", get(logs::logs))
         .route("/hangar/images", get(images::list))
         .route(
             "/hangar/images/import",
@@ -281,12 +283,13 @@ async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -
     next.run(req).await
 }
 
-/// What an app-scoped token may reach: its app and what lies below it, and
-/// the read-only platform endpoints.
+/// What an app-scoped token may reach: its app and what lies below it (also
+/// under Hangar's extensions), and the read-only platform endpoints.
 fn app_token_may(app: &str, path: &str) -> bool {
     let own = format!("/v1/apps/{app}");
     path == own
         || path.starts_with(&format!("{own}/"))
+        || path.starts_with(&format!("/v1/hangar/apps/{app}/"))
         || path == "/v1/tokens/current"
         || path == "/v1/platform/regions"
 }
@@ -320,6 +323,9 @@ mod tests {
         assert!(app_token_may("web", "/v1/apps/web"));
         assert!(app_token_may("web", "/v1/apps/web/machines/x/start"));
         assert!(!app_token_may("web", "/v1/apps/webby/machines"));
+        assert!(app_token_may("web", "/v1/hangar/apps/web/logs"));
+        assert!(!app_token_may("web", "/v1/hangar/apps/webby/logs"));
+        assert!(!app_token_may("web", "/v1/hangar/images"));
         assert!(!app_token_may("web", "/v1/apps"));
         assert!(!app_token_may("web", "/v1/orgs/personal/machines"));
         assert!(app_token_may("web", "/v1/tokens/current"));

@@ -80,6 +80,13 @@ fn body() -> impl Strategy<Value = Option<Value>> {
             json!({"config": {"image": "busybox", "restart": {"policy": v}}, "skip_launch": true})
         )),
         any_json().prop_map(|v| Some(json!({"signal": v, "timeout": v}))),
+        any_json().prop_map(|v| Some(json!({"config": {"image": "busybox", "files": v}}))),
+        any_json().prop_map(|v| Some(
+            json!({"config": {"image": "busybox", "files": [{"guest_path": v, "raw_value": v, "mode": v}]}})
+        )),
+        any_json().prop_map(|v| Some(
+            json!({"config": {"image": "busybox", "standbys": v, "schedule": v}})
+        )),
         any_json().prop_map(|v| Some(json!({"metadata": {"k": v}}))),
         any_json().prop_map(|v| Some(json!({"command": v, "timeout": 5}))),
         Just(Some(json!({"config": {"image": "busybox"}}))),
@@ -144,6 +151,7 @@ fn request(ids: Vec<String>) -> impl Strategy<Value = Req> {
         ("GET", "/v1/orgs/{org}/machines"),
         ("GET", "/v1/platform/regions"),
         ("GET", "/v1/tokens/current"),
+        ("GET", "/v1/hangar/apps/{app}/logs"),
         ("PATCH", "/v1/apps/{app}/machines"),
         ("GET", "/v1/nope"),
     ];
@@ -168,6 +176,9 @@ fn request(ids: Vec<String>) -> impl Strategy<Value = Req> {
                 "sort_by",
                 "order",
                 "force_stop",
+                "tail",
+                "since",
+                "machine_id",
             ]),
             prop_oneof![
                 Just("true".to_string()),

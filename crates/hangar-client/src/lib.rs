@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use hangar_api_types::{
     App, CreateAppRequest, CreateMachineRequest, ErrorResponse, ExecResponse, ImageSummary, Lease,
-    LeaseEnvelope, ListAppsResponse, Machine, MachineEvent, MachineExecRequest, MachineVersion,
-    ProcessStat, StartResponse, UpdateMachineRequest, WaitMachineResponse,
+    LeaseEnvelope, ListAppsResponse, LogEntry, Machine, MachineEvent, MachineExecRequest,
+    MachineVersion, ProcessStat, StartResponse, UpdateMachineRequest, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -495,6 +495,83 @@ impl Client {
         .map(|_| ())
     }
 
+    // ---- logs (Hangar extension) ----
+
+    /// `GET /v1/hangar/apps/{app}/logs`: the newest `tail` lines (of one
+    /// machine, or the whole app), then, with `follow`, new lines as they
+    /// come. Yields entries until the server ends the response.
+    pub async fn logs(
+        &self,
+        app: &str,
+        query: &LogsQuery,
+    ) -> Result<impl futures::Stream<Item = Result<LogEntry, ClientError>> + use<>, ClientError>
+    {
+        use futures::StreamExt;
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(m) = &query.machine {
+            q.push(("machine_id", m.clone()));
+        }
+        if let Some(s) = &query.since {
+            q.push(("since", s.clone()));
+        }
+        if let Some(t) = query.tail {
+            q.push(("tail", t.to_string()));
+        }
+        if query.follow {
+            q.push(("follow", "true".into()));
+        }
+        let resp = self
+            .request(Method::GET, &format!("/hangar/apps/{app}/logs"))
+            .query(&q)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport {
+                url: self.base.clone(),
+                reason: error_chain(&e),
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let message = serde_json::from_slice::<ErrorResponse>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let base = self.base.clone();
+        let lines = futures::stream::unfold(
+            (resp.bytes_stream(), Vec::<u8>::new(), base),
+            |(mut body, mut buf, base)| async move {
+                loop {
+                    if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=i).collect();
+                        let item = serde_json::from_slice::<LogEntry>(&line).map_err(|e| {
+                            ClientError::Api {
+                                status: 200,
+                                message: format!("unexpected log line: {e}"),
+                            }
+                        });
+                        return Some((item, (body, buf, base)));
+                    }
+                    match body.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            let err = ClientError::Transport {
+                                url: base.clone(),
+                                reason: e.to_string(),
+                            };
+                            return Some((Err(err), (body, Vec::new(), base)));
+                        }
+                        None => return None,
+                    }
+                }
+            },
+        );
+        Ok(lines.boxed())
+    }
+
     // ---- images (Hangar extension) ----
 
     /// `GET /v1/hangar/images`.
@@ -536,6 +613,19 @@ impl Client {
         }
         self.send(rb).await
     }
+}
+
+/// Which log lines [`Client::logs`] asks for.
+#[derive(Debug, Clone, Default)]
+pub struct LogsQuery {
+    /// One machine (id or name) instead of the whole app.
+    pub machine: Option<String>,
+    /// Only lines at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// The newest this many lines (server default 100).
+    pub tail: Option<usize>,
+    /// Keep streaming new lines.
+    pub follow: bool,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

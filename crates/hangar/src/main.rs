@@ -39,6 +39,8 @@ enum Command {
     /// Manage images in hangard's store.
     #[command(subcommand, alias = "images")]
     Image(cmd::image::ImageCmd),
+    /// Show (and follow) the output of an app's machines.
+    Logs(cmd::logs::LogsArgs),
 }
 
 impl Cli {
@@ -70,6 +72,7 @@ fn main() {
             Command::Apps(c) => cmd::apps::run(c, &client, &out).await,
             Command::Machine(c) => cmd::machine::run(c, &client, &out).await,
             Command::Image(c) => cmd::image::run(c, &client, &out).await,
+            Command::Logs(a) => cmd::logs::run(a, &client, &out).await,
         }
     });
     if let Err(e) = result {

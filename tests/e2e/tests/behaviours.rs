@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
-use hangar_client::Client;
+use hangar_client::{Client, LogsQuery};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::{ImageBuilder, Layer};
 use hangar_test_utils::registry::Registry;
@@ -201,4 +201,103 @@ async fn files_are_written_inside_the_machine_and_nowhere_else() {
         sh(&c, &id, "cat /tmp/marker /etc/note").await,
         "from-entrypoint\nSome text I want in a file"
     );
+}
+
+#[tokio::test]
+async fn logs_show_and_follow_every_machine_across_restarts() {
+    use futures::StreamExt;
+    let (_reg, d, c, image) = setup(ImageBuilder::busybox()).await;
+    let create = |name: &'static str, script: &'static str| {
+        let c = c.clone();
+        let image = image.clone();
+        async move {
+            let mut req = request(json!({
+                "image": image,
+                "init": {"cmd": ["/bin/sh", "-c", script]},
+            }));
+            req.name = Some(name.into());
+            let m = c.create_machine(APP, &req).await.unwrap();
+            wait(&c, &m.id, "started").await;
+            m.id
+        }
+    };
+    let a = create(
+        "ticker",
+        "echo boot; echo oops >&2; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+    )
+    .await;
+    let lines = |q: LogsQuery| {
+        let c = c.clone();
+        async move {
+            let s = c.logs(APP, &q).await.unwrap();
+            s.map(|e| e.unwrap()).collect::<Vec<_>>().await
+        }
+    };
+    hangar_test_utils::wait_until(Duration::from_secs(10), "ticks in the log", || {
+        let lines = lines.clone();
+        async move {
+            let got = lines(LogsQuery::default()).await;
+            got.iter().any(|e| e.message == "tick 2").then_some(())
+        }
+    })
+    .await;
+    let got = lines(LogsQuery::default()).await;
+    assert_eq!(got[0].message, "boot");
+    assert!(got.iter().all(|e| e.machine_id == a && e.region == "local"));
+    assert!(
+        got.iter()
+            .any(|e| e.stream == "stderr" && e.message == "oops")
+    );
+    let last2 = lines(LogsQuery {
+        tail: Some(2),
+        ..LogsQuery::default()
+    })
+    .await;
+    assert_eq!(last2.len(), 2);
+    assert!(last2[0].timestamp <= last2[1].timestamp);
+
+    // Follow: the newest line first, then what comes, through a restart of
+    // the machine and from a machine created meanwhile.
+    let mut follow = Box::pin(
+        c.logs(
+            APP,
+            &LogsQuery {
+                tail: Some(1),
+                follow: true,
+                ..LogsQuery::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let first = follow.next().await.unwrap().unwrap();
+    assert!(first.message.starts_with("tick"), "{first:?}");
+    c.restart_machine(APP, &a, None, None, false).await.unwrap();
+    let b = create("greeter", "echo hello from b; sleep 3600").await;
+    let (mut boots, mut hello) = (0, false);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = follow.next().await {
+            let e = e.unwrap();
+            boots += usize::from(e.machine_id == a && e.message == "boot");
+            hello |= e.machine_id == b && e.message == "hello from b";
+            if boots == 1 && hello {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("follow saw boots={boots} hello={hello}"));
+
+    // The CLI prints flyctl's format, for one machine by name.
+    let (ok, out, err) = d.cli(&["logs", "-a", APP, "-i", "greeter", "-n", "5"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains(&format!("app[{b}] local [info] hello from b")),
+        "{out}"
+    );
+    let (ok, out, _) = d.cli(&["logs", "-a", APP, "-i", "ticker"]);
+    assert!(ok && out.contains("[error] oops"), "{out}");
+    let (ok, _, err) = d.cli(&["logs", "-a", APP, "--since", "yesterday"]);
+    assert!(!ok && err.contains("invalid since"), "{err}");
 }

@@ -3,5 +3,6 @@
 
 pub mod apps;
 pub mod image;
+pub mod logs;
 pub mod machine;
 pub mod machine_ops;
