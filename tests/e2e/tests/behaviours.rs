@@ -233,12 +233,9 @@ async fn logs_show_and_follow_every_machine_across_restarts() {
             s.map(|e| e.unwrap()).collect::<Vec<_>>().await
         }
     };
-    hangar_test_utils::wait_until(Duration::from_secs(10), "ticks in the log", || {
-        let lines = lines.clone();
-        async move {
-            let got = lines(LogsQuery::default()).await;
-            got.iter().any(|e| e.message == "tick 2").then_some(())
-        }
+    hangar_test_utils::wait_until(Duration::from_secs(10), "ticks in the log", || async move {
+        let got = lines(LogsQuery::default()).await;
+        got.iter().any(|e| e.message == "tick 2").then_some(())
     })
     .await;
     let got = lines(LogsQuery::default()).await;
