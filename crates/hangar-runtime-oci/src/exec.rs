@@ -28,6 +28,15 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
     out
 }
 
+/// The machine's working directory: `exec` starts in `/` unless told.
+pub(crate) fn machine_cwd(rt: &OciRuntime, id: &MachineId) -> String {
+    std::fs::read(rt.dir(id).join("bundle/config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["process"]["cwd"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "/".into())
+}
+
 pub(crate) async fn run(
     rt: &OciRuntime,
     id: &MachineId,
@@ -43,12 +52,7 @@ pub(crate) async fn run(
         .dir(id)
         .join("state")
         .join(format!("exec-{}.pid", hangar_core::EventId::generate()));
-    // `exec` starts in `/` unless told: use the machine's working directory.
-    let cwd = std::fs::read(rt.dir(id).join("bundle/config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["process"]["cwd"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "/".into());
+    let cwd = machine_cwd(rt, id);
     let mut cmd = rt.runtime_cmd();
     cmd.arg("exec")
         .arg("--cwd")

@@ -26,6 +26,7 @@ pub mod fsutil;
 pub mod host;
 pub mod netns;
 mod procs;
+mod tty;
 mod user;
 
 use std::collections::HashMap;
@@ -535,6 +536,14 @@ impl Runtime for OciRuntime {
 
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
         exec::run(self, id, req).await
+    }
+
+    async fn exec_tty(
+        &self,
+        id: &MachineId,
+        req: &hangar_runtime::TtyRequest,
+    ) -> Result<Box<dyn hangar_runtime::Terminal>, RuntimeError> {
+        tty::run(self, id, req).await
     }
 
     async fn processes(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, RuntimeError> {

@@ -486,3 +486,121 @@ async fn freeze_thaw_exec_ps_and_memory() {
     rt.destroy(&s.id).await.unwrap();
     assert!(!env.dir.path().join("machines").join(s.id.as_str()).exists());
 }
+
+#[tokio::test]
+async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
+    use hangar_runtime::{Terminal, TtyRequest};
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let s = spec(&env, "sleep 3600");
+    rt.start(&s).await.unwrap();
+    let mut term = rt
+        .exec_tty(
+            &s.id,
+            &TtyRequest {
+                argv: vec!["/bin/sh".into()],
+                env: vec![("TERM".into(), "xterm".into())],
+                rows: 30,
+                cols: 90,
+            },
+        )
+        .await
+        .unwrap();
+    // Reads until `want` shows up in the output.
+    async fn until(term: &mut Box<dyn Terminal>, out: &mut String, want: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !out.contains(want) {
+            let n = tokio::time::timeout_at(deadline, term.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {want:?} in {out:?}"))
+                .unwrap();
+            assert!(n > 0, "terminal closed before {want:?}: {out:?}");
+            out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    let mut out = String::new();
+    term.write(b"echo $((6*7)) $TERM; tty; stty size\n")
+        .await
+        .unwrap();
+    until(&mut term, &mut out, "42 xterm").await;
+    until(&mut term, &mut out, "/dev/pts/").await;
+    until(&mut term, &mut out, "30 90").await;
+    term.resize(40, 100).unwrap();
+    term.write(b"stty size\n").await.unwrap();
+    until(&mut term, &mut out, "40 100").await;
+    // Ctrl-C interrupts the foreground command, not the shell.
+    let started = std::time::Instant::now();
+    term.write(b"sleep 30\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    term.write(b"\x03").await.unwrap();
+    term.write(b"echo after-$((1+1))\n").await.unwrap();
+    until(&mut term, &mut out, "after-2").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    term.write(b"exit 3\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    while tokio::time::timeout(Duration::from_secs(10), term.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap()
+        > 0
+    {}
+    assert_eq!(term.wait().await.unwrap(), 3);
+    // A terminal dropped mid-command takes its command with it.
+    let term = rt
+        .exec_tty(
+            &s.id,
+            &TtyRequest {
+                argv: vec!["sleep".into(), "4242".into()],
+                env: vec![],
+                rows: 24,
+                cols: 80,
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ps = |needle: &str| {
+        let out = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == needle)
+    };
+    assert!(ps("sleep 4242"));
+    drop(term);
+    hangar_test_utils::wait_until(Duration::from_secs(5), "the command to end", || async {
+        (!ps("sleep 4242")).then_some(())
+    })
+    .await;
+    // A command that does not exist says so and fails.
+    let mut term = rt
+        .exec_tty(
+            &s.id,
+            &TtyRequest {
+                argv: vec!["/no/such/program".into()],
+                env: vec![],
+                rows: 24,
+                cols: 80,
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), term.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let code = term.wait().await.unwrap();
+    assert_ne!(code, 0);
+    assert!(String::from_utf8_lossy(&out).contains("not found"), "{out:?}");
+    rt.destroy(&s.id).await.unwrap();
+}

@@ -190,6 +190,28 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    /// A terminal that greets with `COLSxROWS$ `, echoes its input back
+    /// and reports resizes as `[COLSxROWS]`; Ctrl-D ends it with exit code
+    /// 0, Ctrl-C with 130.
+    async fn exec_tty(
+        &self,
+        id: &MachineId,
+        req: &crate::TtyRequest,
+    ) -> Result<Box<dyn crate::Terminal>, RuntimeError> {
+        self.record(Call::Exec(id.clone(), req.argv.clone()));
+        if !self.is_running(id) {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(format!("{}x{}$ ", req.cols, req.rows).into_bytes());
+        Ok(Box::new(FakeTerminal {
+            tx,
+            rx,
+            exit: None,
+            size: std::sync::Mutex::new((req.rows, req.cols)),
+        }))
+    }
+
     /// One process: the init.
     async fn processes(&self, id: &MachineId) -> Result<Vec<crate::ProcessInfo>, RuntimeError> {
         if !self.is_running(id) {
@@ -295,5 +317,54 @@ impl Runtime for FakeRuntime {
 
     fn log_path(&self, _id: &MachineId) -> Option<PathBuf> {
         None
+    }
+}
+
+/// [`FakeRuntime`]'s terminal.
+struct FakeTerminal {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    exit: Option<i32>,
+    size: std::sync::Mutex<(u16, u16)>,
+}
+
+#[async_trait::async_trait]
+impl crate::Terminal for FakeTerminal {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.exit.is_some() && self.rx.is_empty() {
+            return Ok(0);
+        }
+        match self.rx.recv().await {
+            Some(data) => {
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                Ok(n)
+            }
+            None => Ok(0),
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        for b in data {
+            match b {
+                4 => self.exit = Some(0),
+                3 => self.exit = Some(130),
+                _ => {}
+            }
+        }
+        if self.exit.is_none() {
+            let _ = self.tx.send(data.to_vec());
+        }
+        Ok(())
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        *self.size.lock().unwrap_or_else(|p| p.into_inner()) = (rows, cols);
+        let _ = self.tx.send(format!("[{cols}x{rows}]").into_bytes());
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> std::io::Result<i32> {
+        Ok(self.exit.unwrap_or(0))
     }
 }

@@ -92,6 +92,35 @@ pub struct ExecRequest {
     pub timeout: std::time::Duration,
 }
 
+/// An interactive command with a terminal, run inside a running machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TtyRequest {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Extra environment (e.g. `TERM`).
+    pub env: Vec<(String, String)>,
+    /// Terminal height.
+    pub rows: u16,
+    /// Terminal width.
+    pub cols: u16,
+}
+
+/// The host side of a terminal attached to a command in a machine: what
+/// the command writes, what it reads, its window size and its exit.
+#[async_trait::async_trait]
+pub trait Terminal: Send {
+    /// Reads output; `Ok(0)` once the command's side has closed. Cancel
+    /// safe: dropping the future loses nothing.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Writes input (keystrokes; Ctrl-C becomes SIGINT in the machine).
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// Sets the window size (the command gets SIGWINCH).
+    fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()>;
+    /// Waits for the command to end; its exit code (`128 + n` when killed
+    /// by signal `n`).
+    async fn wait(&mut self) -> std::io::Result<i32>;
+}
+
 /// How an exec ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecOutput {
@@ -191,6 +220,17 @@ pub trait Runtime: Send + Sync + 'static {
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
         let _ = req;
         Err(unsupported(id, "exec"))
+    }
+
+    /// Runs an interactive command inside the running workload, attached to
+    /// a new terminal.
+    async fn exec_tty(
+        &self,
+        id: &MachineId,
+        req: &TtyRequest,
+    ) -> Result<Box<dyn Terminal>, RuntimeError> {
+        let _ = req;
+        Err(unsupported(id, "exec with a terminal"))
     }
 
     /// The workload's processes.
