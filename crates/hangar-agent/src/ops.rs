@@ -13,7 +13,9 @@ use std::time::Duration;
 use hangar_api_types::MachineConfig;
 use hangar_core::machine;
 use hangar_core::{InstanceId, MachineState, Signal};
-use hangar_runtime::{ExecOutput, ExecRequest, MemoryInfo, ProcessInfo, RuntimeError};
+use hangar_runtime::{
+    ExecOutput, ExecRequest, MemoryInfo, ProcessInfo, RuntimeError, Terminal, TtyRequest,
+};
 use tokio::sync::oneshot;
 
 use crate::runner::Msg;
@@ -393,6 +395,26 @@ impl Agent {
         self.shared
             .runtime
             .exec(&rec.id, &req)
+            .await
+            .map_err(Self::runtime_error)
+    }
+
+    /// Runs an interactive command with a terminal in a started machine.
+    pub async fn exec_tty(
+        &self,
+        app: &str,
+        id: &str,
+        req: TtyRequest,
+    ) -> Result<Box<dyn Terminal>, AgentError> {
+        let rec = self.running(app, id)?;
+        if req.argv.is_empty() || req.argv.iter().any(|a| a.contains('\0')) {
+            return Err(AgentError::InvalidArgument(
+                "command must be a non-empty list of arguments without NUL bytes".into(),
+            ));
+        }
+        self.shared
+            .runtime
+            .exec_tty(&rec.id, &req)
             .await
             .map_err(Self::runtime_error)
     }

@@ -53,6 +53,15 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `key`, as given (no splitting).
+    pub fn values(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Every value of `key`, comma lists split.
     pub fn all(&self, key: &str) -> Vec<String> {
         self.0

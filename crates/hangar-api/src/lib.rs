@@ -18,6 +18,7 @@ mod machine_ops;
 mod machines;
 pub mod openapi;
 mod platform;
+mod tty;
 mod views;
 
 use std::sync::Arc;
@@ -235,6 +236,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/platform/regions", get(platform::regions))
         .route("/tokens/current", get(platform::current_token))
         .route("/hangar/apps/{app}/logs", get(logs::logs))
+        .route("/hangar/apps/{app}/machines/{id}/exec/tty", get(tty::tty))
         .route("/hangar/images", get(images::list))
         .route(
             "/hangar/images/import",

@@ -884,6 +884,68 @@ async fn exec_over_http() {
 }
 
 #[tokio::test]
+async fn terminal_over_websocket() {
+    use hangar_client::{Client, TtyEvent, TtyOptions};
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "busybox"})).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    a.wait(&id, "started").await;
+    // A real listener: WebSockets need a connection to upgrade.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, a.app.clone()).into_future());
+    let c = Client::new(&url, TOKEN);
+    let opts = TtyOptions {
+        argv: vec!["sh".into()],
+        rows: 24,
+        cols: 80,
+        term: Some("xterm".into()),
+    };
+    let (mut input, mut output) = c.exec_tty("web", &id, &opts).await.unwrap().split();
+    let mut seen = Vec::new();
+    let mut next = async || match output.next().await {
+        Some(Ok(TtyEvent::Output(b))) => String::from_utf8(b).unwrap(),
+        Some(Ok(TtyEvent::Exit(code))) => format!("exit {code}"),
+        other => panic!("{other:?}"),
+    };
+    seen.push(next().await);
+    input.send(b"hi").await.unwrap();
+    seen.push(next().await);
+    input.resize(40, 100).await.unwrap();
+    seen.push(next().await);
+    input.send(b"\x04").await.unwrap();
+    seen.push(next().await);
+    assert_eq!(seen, ["80x24$ ", "hi", "[100x40]", "exit 0"]);
+
+    // Errors are Fly-shaped HTTP answers: no token, bad sizes, a plain GET,
+    // a stopped machine.
+    let bad = Client::new(&url, "wrong");
+    assert_eq!(
+        bad.exec_tty("web", &id, &opts)
+            .await
+            .err()
+            .unwrap()
+            .status(),
+        Some(401)
+    );
+    let tty = format!("/v1/hangar/apps/web/machines/{id}/exec/tty");
+    let r = a.call("GET", &tty, None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("WebSocket"));
+    let huge = TtyOptions {
+        rows: 0,
+        ..opts.clone()
+    };
+    let err = c.exec_tty("web", &id, &huge).await.err().unwrap();
+    assert_eq!(err.status(), Some(400), "{err}");
+    a.call("POST", &format!("/v1/apps/web/machines/{id}/stop"), None)
+        .await;
+    a.wait(&id, "stopped").await;
+    let err = c.exec_tty("web", &id, &opts).await.err().unwrap();
+    assert_eq!(err.status(), Some(412), "{err}");
+}
+
+#[tokio::test]
 async fn platform_org_and_tokens() {
     let a = with_app().await;
     a.machine(json!({"image": "busybox"})).await;

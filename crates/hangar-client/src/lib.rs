@@ -641,3 +641,174 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// A command to run with a terminal ([`Client::exec_tty`]).
+#[derive(Debug, Clone)]
+pub struct TtyOptions {
+    /// Program and arguments (empty: the machine's `/bin/sh`).
+    pub argv: Vec<String>,
+    /// Window height.
+    pub rows: u16,
+    /// Window width.
+    pub cols: u16,
+    /// `TERM` for the command (server default `xterm-256color`).
+    pub term: Option<String>,
+}
+
+/// What a terminal session sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtyEvent {
+    /// Terminal output.
+    Output(Vec<u8>),
+    /// The command ended with this exit code.
+    Exit(i32),
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A command running with a terminal in a machine, over hangard's
+/// WebSocket (`GET /v1/hangar/apps/{app}/machines/{id}/exec/tty`).
+pub struct TtySession {
+    ws: Ws,
+}
+
+/// The sending half of a [`TtySession`].
+pub struct TtyInput {
+    sink: futures::stream::SplitSink<Ws, tokio_tungstenite::tungstenite::Message>,
+}
+
+/// The receiving half of a [`TtySession`].
+pub struct TtyOutput {
+    stream: futures::stream::SplitStream<Ws>,
+}
+
+impl TtySession {
+    /// Splits into input and output, to use concurrently.
+    pub fn split(self) -> (TtyInput, TtyOutput) {
+        use futures::StreamExt;
+        let (sink, stream) = self.ws.split();
+        (TtyInput { sink }, TtyOutput { stream })
+    }
+}
+
+fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> ClientError {
+    ClientError::Transport {
+        url: String::new(),
+        reason: e.to_string(),
+    }
+}
+
+impl TtyInput {
+    /// Sends keystrokes.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        use futures::SinkExt;
+        self.sink
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                data.to_vec().into(),
+            ))
+            .await
+            .map_err(ws_error)
+    }
+
+    /// Tells the command the window's new size.
+    pub async fn resize(&mut self, rows: u16, cols: u16) -> Result<(), ClientError> {
+        use futures::SinkExt;
+        let msg = serde_json::json!({"resize": {"rows": rows, "cols": cols}}).to_string();
+        self.sink
+            .send(tokio_tungstenite::tungstenite::Message::Text(msg.into()))
+            .await
+            .map_err(ws_error)
+    }
+
+    /// Hangs up (the command is ended).
+    pub async fn close(&mut self) -> Result<(), ClientError> {
+        use futures::SinkExt;
+        self.sink.close().await.map_err(ws_error)
+    }
+}
+
+impl TtyOutput {
+    /// The next output or the exit; `None` once the session is over.
+    pub async fn next(&mut self) -> Option<Result<TtyEvent, ClientError>> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            return match self.stream.next().await? {
+                Ok(Message::Binary(b)) => Some(Ok(TtyEvent::Output(b.to_vec()))),
+                Ok(Message::Text(t)) => {
+                    match serde_json::from_str::<serde_json::Value>(&t)
+                        .ok()
+                        .and_then(|v| v["exit_code"].as_i64())
+                    {
+                        Some(code) => Some(Ok(TtyEvent::Exit(code as i32))),
+                        None => continue,
+                    }
+                }
+                Ok(Message::Close(_)) => None,
+                Ok(_) => continue,
+                Err(e) => Some(Err(ws_error(e))),
+            };
+        }
+    }
+}
+
+impl Client {
+    /// Runs a command with a terminal in a started machine.
+    pub async fn exec_tty(
+        &self,
+        app: &str,
+        id: &str,
+        opts: &TtyOptions,
+    ) -> Result<TtySession, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let ws_base = if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            return Err(ClientError::Config(format!(
+                "unsupported API URL {}",
+                self.base
+            )));
+        };
+        let mut url = reqwest::Url::parse(&format!(
+            "{ws_base}/v1/hangar/apps/{app}/machines/{id}/exec/tty"
+        ))
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+        {
+            let mut q = url.query_pairs_mut();
+            for a in &opts.argv {
+                q.append_pair("command", a);
+            }
+            q.append_pair("rows", &opts.rows.to_string());
+            q.append_pair("cols", &opts.cols.to_string());
+            if let Some(term) = &opts.term {
+                q.append_pair("term", term);
+            }
+        }
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let auth = format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| ClientError::Config("the token is not a valid header value".into()))?;
+        req.headers_mut().insert("authorization", auth);
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(TtySession { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().clone().unwrap_or_default();
+                let message = serde_json::from_slice::<ErrorResponse>(&body)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| format!("HTTP {status}"));
+                Err(ClientError::Api { status, message })
+            }
+            Err(e) => Err(ClientError::Transport {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}

@@ -28,13 +28,33 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
     out
 }
 
-/// The machine's working directory: `exec` starts in `/` unless told.
-pub(crate) fn machine_cwd(rt: &OciRuntime, id: &MachineId) -> String {
+fn machine_process(rt: &OciRuntime, id: &MachineId) -> serde_json::Value {
     std::fs::read(rt.dir(id).join("bundle/config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["process"]["cwd"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| "/".into())
+        .map(|v| v["process"].clone())
+        .unwrap_or_default()
+}
+
+/// The machine's working directory: `exec` starts in `/` unless told.
+pub(crate) fn machine_cwd(rt: &OciRuntime, id: &MachineId) -> String {
+    machine_process(rt, id)["cwd"]
+        .as_str()
+        .unwrap_or("/")
+        .to_owned()
+}
+
+/// The machine's environment, `NAME=VALUE` each (`exec --env` replaces it,
+/// so a command that adds variables passes these too).
+pub(crate) fn machine_env(rt: &OciRuntime, id: &MachineId) -> Vec<String> {
+    machine_process(rt, id)["env"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 pub(crate) async fn run(

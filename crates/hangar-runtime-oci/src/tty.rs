@@ -50,8 +50,16 @@ pub(crate) async fn run(
         .arg(crate::exec::machine_cwd(rt, id))
         .arg("--pid-file")
         .arg(&pid_file);
-    for (k, v) in &req.env {
-        cmd.arg("--env").arg(format!("{k}={v}"));
+    let extra: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for kv in crate::exec::machine_env(rt, id)
+        .into_iter()
+        .filter(|kv| {
+            let name = kv.split('=').next().unwrap_or_default();
+            !req.env.iter().any(|(k, _)| k == name)
+        })
+        .chain(extra)
+    {
+        cmd.arg("--env").arg(kv);
     }
     cmd.arg(id.as_str())
         .args(&req.argv)

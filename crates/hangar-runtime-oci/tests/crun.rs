@@ -520,10 +520,10 @@ async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
         }
     }
     let mut out = String::new();
-    term.write(b"echo $((6*7)) $TERM; tty; stty size\n")
+    term.write(b"echo $((6*7)) $TERM $GREETING; tty; stty size\n")
         .await
         .unwrap();
-    until(&mut term, &mut out, "42 xterm").await;
+    until(&mut term, &mut out, "42 xterm hello").await;
     until(&mut term, &mut out, "/dev/pts/").await;
     until(&mut term, &mut out, "30 90").await;
     term.resize(40, 100).unwrap();
@@ -601,6 +601,9 @@ async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
     }
     let code = term.wait().await.unwrap();
     assert_ne!(code, 0);
-    assert!(String::from_utf8_lossy(&out).contains("not found"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out).contains("not found"),
+        "{out:?}"
+    );
     rt.destroy(&s.id).await.unwrap();
 }

@@ -172,6 +172,45 @@ impl Daemon {
         )
     }
 
+    /// Runs the `hangar` CLI with `stdin` as its input; returns (exit code,
+    /// stdout, stderr). Gives up after `timeout`.
+    pub fn cli_with_stdin(
+        &self,
+        args: &[&str],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> (i32, String, String) {
+        use std::io::Write;
+        let (_, hangar) = binaries();
+        let mut child = Command::new(hangar)
+            .args(args)
+            .env("HANGAR_API_URL", &self.url)
+            .env("HANGAR_API_TOKEN", &self.token)
+            .env_remove("HANGAR_APP")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running hangar");
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(stdin).expect("writing stdin");
+        drop(input);
+        let deadline = std::time::Instant::now() + timeout;
+        while child.try_wait().expect("waiting for hangar").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("hangar output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// The machine's log lines as `(stream, message)`.
     pub fn machine_log(&self, id: &str) -> Vec<(String, String)> {
         let path = self

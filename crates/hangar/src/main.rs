@@ -7,6 +7,7 @@
 
 mod cmd;
 mod output;
+mod terminal;
 
 use clap::{Parser, Subcommand};
 

@@ -298,3 +298,122 @@ async fn logs_show_and_follow_every_machine_across_restarts() {
     let (ok, _, err) = d.cli(&["logs", "-a", APP, "--since", "yesterday"]);
     assert!(!ok && err.contains("invalid since"), "{err}");
 }
+
+#[tokio::test]
+async fn exec_with_a_terminal_and_a_throwaway_shell() {
+    let (_reg, d, c, image) = setup(ImageBuilder::busybox()).await;
+    let m = c
+        .create_machine(
+            APP,
+            &request(json!({"image": image, "init": {"cmd": ["sleep", "3600"]}})),
+        )
+        .await
+        .unwrap();
+    wait(&c, &m.id, "started").await;
+
+    // `exec -it`: a shell on a terminal inside the machine, its exit code
+    // becoming the CLI's.
+    let (code, out, err) = d.cli_with_stdin(
+        &["machine", "exec", &m.id, "-a", APP, "-it", "--", "sh"],
+        b"echo $((6*7)); tty; exit 3\n",
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("42"), "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+
+    // Through the client: resize, and Ctrl-C stops the foreground command.
+    let mut session = c
+        .exec_tty(
+            APP,
+            &m.id,
+            &hangar_client::TtyOptions {
+                argv: vec!["sh".into()],
+                rows: 20,
+                cols: 70,
+                term: None,
+            },
+        )
+        .await
+        .unwrap()
+        .split();
+    let mut seen = String::new();
+    async fn until(out: &mut hangar_client::TtyOutput, seen: &mut String, want: &str) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen.contains(want) {
+                match out.next().await {
+                    Some(Ok(hangar_client::TtyEvent::Output(b))) => {
+                        seen.push_str(&String::from_utf8_lossy(&b))
+                    }
+                    other => panic!("{other:?} before {want:?}: {seen}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {want:?} in {seen}"));
+    }
+    session.0.send(b"stty size\n").await.unwrap();
+    until(&mut session.1, &mut seen, "20 70").await;
+    session.0.resize(33, 99).await.unwrap();
+    session.0.send(b"sleep 60\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.0.send(b"\x03stty size\n").await.unwrap();
+    until(&mut session.1, &mut seen, "33 99").await;
+    session.0.send(b"exit 0\n").await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match session.1.next().await {
+                Some(Ok(hangar_client::TtyEvent::Exit(code))) => return code,
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end, 0);
+
+    // Refused cleanly: a stopped machine, a plain HTTP request.
+    c.stop_machine(APP, &m.id, None, None).await.unwrap();
+    wait(&c, &m.id, "stopped").await;
+    let err = c
+        .exec_tty(
+            APP,
+            &m.id,
+            &hangar_client::TtyOptions {
+                argv: vec![],
+                rows: 24,
+                cols: 80,
+                term: None,
+            },
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.status(), Some(412), "{err}");
+
+    // `run --shell`: a temporary machine for the shell, gone afterwards.
+    let (code, out, err) = d.cli_with_stdin(
+        &["machine", "run", &image, "--shell", "-a", APP, "-n", "tmp"],
+        b"echo inside-$((2+3)) $FLY_APP_NAME\nexit\n",
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("inside-5 {APP}")), "{out}");
+    let tmp = c
+        .list_machines(
+            APP,
+            &hangar_client::ListMachines {
+                include_deleted: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "tmp")
+        .unwrap();
+    c.wait_machine(APP, &tmp.id, &["destroyed"], Duration::from_secs(30))
+        .await
+        .unwrap();
+}

@@ -35,8 +35,10 @@ impl AppArg {
 /// Flags shared by `run` and `create`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The image to run (e.g. `nginx`, `registry:5000/team/app:v2`).
-    image: String,
+    /// The image to run (e.g. `nginx`, `registry:5000/team/app:v2`); with
+    /// --shell, `ubuntu` when absent.
+    #[arg(required_unless_present = "shell")]
+    image: Option<String>,
     /// Command and arguments (replace the image's CMD).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -56,7 +58,16 @@ pub struct RunArgs {
     /// Return once the machine is created; do not wait for it.
     #[arg(long, short = 'd')]
     detach: bool,
+    /// Open a shell on a temporary machine, destroyed when the shell exits.
+    #[arg(long, conflicts_with_all = ["detach", "command"])]
+    shell: bool,
+    /// With --shell: the shell to run.
+    #[arg(long = "command", requires = "shell", default_value = "/bin/sh")]
+    shell_command: String,
 }
+
+/// The image `hangar machine run --shell` uses when none is given (flyctl's).
+const DEFAULT_SHELL_IMAGE: &str = "ubuntu";
 
 /// Config flags shared by `run`, `create` and `update`.
 #[derive(Debug, Args, Default)]
@@ -376,9 +387,15 @@ pub enum MachineCmd {
         command: Vec<String>,
         #[command(flatten)]
         app: AppArg,
-        /// Seconds before the command is killed.
+        /// Seconds before the command is killed (without --tty).
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Pass stdin to the command.
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Attach a terminal (PTY) to the command, as `docker exec -it`.
+        #[arg(long, short = 't')]
+        tty: bool,
     },
     /// List a machine's processes.
     Ps {
@@ -439,7 +456,15 @@ pub async fn run(cmd: &MachineCmd, c: &Client, out: &Output) -> anyhow::Result<(
             command,
             app,
             timeout,
-        } => machine_ops::exec(id, app, command, *timeout, c, out).await,
+            interactive,
+            tty,
+        } => {
+            if *tty {
+                machine_ops::exec_tty(id, app, command, c).await
+            } else {
+                machine_ops::exec(id, app, command, *timeout, *interactive, c, out).await
+            }
+        }
         MachineCmd::Ps { id, app } => machine_ops::ps(id, app, c, out).await,
         MachineCmd::Leases(cmd) => machine_ops::leases(cmd, c, out).await,
         MachineCmd::Metadata(cmd) => machine_ops::metadata(cmd, c, out).await,
@@ -651,8 +676,13 @@ fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>
 
 /// The machine config flyctl's `machine run` builds from its flags.
 fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
+    let image = match (&args.image, args.shell) {
+        (Some(i), _) => i.clone(),
+        (None, true) => DEFAULT_SHELL_IMAGE.to_owned(),
+        (None, false) => bail!("an image is required"),
+    };
     let mut c = MachineConfig {
-        image: args.image.clone(),
+        image,
         init: Some(MachineInit {
             cmd: (!args.command.is_empty()).then(|| args.command.clone()),
             ..MachineInit::default()
@@ -660,8 +690,18 @@ fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
         ..MachineConfig::default()
     };
     apply_flags(&mut c, &args.flags)?;
+    if args.shell {
+        // Something to keep the machine up while the shell is attached; the
+        // machine goes when the shell ends.
+        c.init.get_or_insert_with(MachineInit::default).exec = Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "while :; do sleep 3600; done".into(),
+        ]);
+        c.auto_destroy = Some(true);
+    }
     // flyctl: `always` for `machine run`, `no` with --rm.
-    if args.rm {
+    if args.rm || args.shell {
         c.restart = Some(MachineRestart {
             policy: Some("no".into()),
             ..MachineRestart::default()
@@ -684,6 +724,18 @@ fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
 
 async fn run_machine(args: &RunArgs, c: &Client, out: &Output, start: bool) -> anyhow::Result<()> {
     let app = args.app.get()?;
+    if args.shell && !start {
+        bail!("--shell works with `hangar machine run`");
+    }
+    let shell = if args.shell {
+        Some(
+            shlex::split(&args.shell_command)
+                .filter(|a| !a.is_empty())
+                .with_context(|| format!("invalid --command {:?}", args.shell_command))?,
+        )
+    } else {
+        None
+    };
     match c.get_app(app).await {
         Ok(_) => {}
         Err(ClientError::Api { status: 404, .. }) => {
@@ -717,6 +769,13 @@ async fn run_machine(args: &RunArgs, c: &Client, out: &Output, start: bool) -> a
         if let Err(e) = r {
             bail!("machine {id} did not {verb}: {e}");
         }
+    }
+    if let Some(argv) = shell {
+        let code = machine_ops::attach_tty(c, app, &id, argv).await;
+        // The machine was only for the shell.
+        let _ = c.destroy_machine(app, &id, true).await;
+        let code = code?;
+        std::process::exit(code.clamp(0, 255));
     }
     let m = c.get_machine(app, &id).await?;
     if out.json {

@@ -207,13 +207,14 @@ pub async fn exec(
     app: &AppArg,
     command: &[String],
     timeout: u64,
+    interactive: bool,
     c: &Client,
     out: &Output,
 ) -> anyhow::Result<()> {
     let app = app.get()?;
     let id = resolve(c, app, id).await?;
     // One argument is a command line (flyctl's form); several are argv.
-    let req = if command.len() == 1 {
+    let mut req = if command.len() == 1 {
         MachineExecRequest {
             cmd: Some(command[0].clone()),
             timeout: Some(timeout as i64),
@@ -226,6 +227,14 @@ pub async fn exec(
             ..MachineExecRequest::default()
         }
     };
+    if interactive {
+        use std::io::Read;
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("reading stdin")?;
+        req.stdin = Some(input);
+    }
     let r = c.exec(app, &id, &req).await?;
     if out.json {
         out.print_json(&r)?;
@@ -237,6 +246,49 @@ pub async fn exec(
         std::process::exit(r.exit_code.clamp(1, 255));
     }
     Ok(())
+}
+
+/// `hangar machine exec -it`: the command attached to this terminal; exits
+/// with the command's exit code.
+pub async fn exec_tty(
+    id: &str,
+    app: &AppArg,
+    command: &[String],
+    c: &Client,
+) -> anyhow::Result<()> {
+    let app = app.get()?;
+    let id = resolve(c, app, id).await?;
+    let argv = if command.len() == 1 {
+        shlex::split(&command[0])
+            .with_context(|| format!("invalid command line {:?}", command[0]))?
+    } else {
+        command.to_vec()
+    };
+    let code = attach_tty(c, app, &id, argv).await?;
+    std::process::exit(code.clamp(0, 255));
+}
+
+/// Runs `argv` with this terminal attached; returns its exit code.
+pub(crate) async fn attach_tty(
+    c: &Client,
+    app: &str,
+    id: &str,
+    argv: Vec<String>,
+) -> anyhow::Result<i32> {
+    let (rows, cols) = crate::terminal::window_size();
+    let session = c
+        .exec_tty(
+            app,
+            id,
+            &hangar_client::TtyOptions {
+                argv,
+                rows,
+                cols,
+                term: std::env::var("TERM").ok(),
+            },
+        )
+        .await?;
+    crate::terminal::attach(session).await
 }
 
 /// `hangar machine ps`.
