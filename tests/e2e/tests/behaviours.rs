@@ -417,3 +417,245 @@ async fn exec_with_a_terminal_and_a_throwaway_shell() {
         .await
         .unwrap();
 }
+
+/// A daemon whose schedules run 3600 times faster: an "hour" is a second.
+async fn fast_schedules(reg: &Registry) -> Daemon {
+    Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--schedule-time-scale".into(),
+        "3600".into(),
+    ])
+    .await
+}
+
+fn flyd_starts(events: &[hangar_api_types::MachineEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.kind == "start" && e.source == "flyd" && e.status == "starting")
+        .count()
+}
+
+#[tokio::test]
+async fn scheduled_machines_run_on_their_schedule_only() {
+    let reg = Registry::start().await;
+    reg.push("test/beh", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/beh:v1", reg.addr);
+    let mut d = fast_schedules(&reg).await;
+    let c = d.client();
+
+    // `machine run --schedule`: the first run at once, a job that ends.
+    let (ok, out, err) = d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "-n",
+        "job",
+        "--schedule",
+        "hourly",
+        "--",
+        "echo",
+        "job ran",
+    ]);
+    assert!(ok, "{out}{err}");
+    let id = c
+        .list_machines(APP, &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "job")
+        .unwrap()
+        .id;
+    let m = c.get_machine(APP, &id).await.unwrap();
+    let cfg = m.config.unwrap();
+    assert_eq!(cfg.schedule.as_deref(), Some("hourly"));
+    assert_eq!(cfg.restart.unwrap().policy.as_deref(), Some("on-failure"));
+    wait(&c, &id, "stopped").await;
+
+    // By hand: refused, with the reason.
+    let (ok, _, err) = d.cli(&["machine", "start", &id, "-a", APP]);
+    assert!(!ok && err.contains("schedule"), "{err}");
+
+    // About an "hour" later it has run again, by itself.
+    hangar_test_utils::wait_until(Duration::from_secs(10), "a scheduled run", || async {
+        let ev = c.machine_events(APP, &id, 50).await.ok()?;
+        (flyd_starts(&ev) >= 1).then_some(())
+    })
+    .await;
+    wait(&c, &id, "stopped").await;
+    let runs = d
+        .machine_log(&id)
+        .iter()
+        .filter(|(_, m)| m == "job ran")
+        .count();
+    assert!(runs >= 2, "{runs} runs");
+
+    // The schedule survives a restart of hangard and keeps going.
+    let before = flyd_starts(&c.machine_events(APP, &id, 50).await.unwrap());
+    d.restart().await;
+    let c = d.client();
+    hangar_test_utils::wait_until(
+        Duration::from_secs(10),
+        "a run after the restart",
+        || async {
+            let ev = c.machine_events(APP, &id, 50).await.ok()?;
+            (flyd_starts(&ev) > before).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn standbys_stop_config_env_and_resources() {
+    let (_reg, d, c, image) = setup(ImageBuilder::busybox()).await;
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = d.cli(args);
+        assert!(ok, "hangar {args:?}: {out}{err}");
+        out
+    };
+    cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "-n",
+        "main",
+        "--vm-cpus",
+        "2",
+        "--vm-memory",
+        "384",
+        "--kill-signal",
+        "SIGTERM",
+        "--kill-timeout",
+        "20",
+        "-m",
+        "fly_process_group=web",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap 'echo got TERM; exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    let main = c
+        .list_machines(APP, &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "main")
+        .unwrap();
+    wait(&c, &main.id, "started").await;
+
+    // Fly's variables, and the limits in the machine's own cgroup.
+    let env = sh(&c, &main.id, "env").await;
+    for want in [
+        format!("FLY_APP_NAME={APP}"),
+        format!("FLY_MACHINE_ID={}", main.id),
+        "FLY_REGION=local".to_string(),
+        format!("FLY_IMAGE_REF={image}"),
+        format!("FLY_MACHINE_VERSION={}", main.instance_id),
+        "FLY_PROCESS_GROUP=web".to_string(),
+        "FLY_VM_MEMORY_MB=384".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in {env}");
+    }
+    assert_eq!(
+        sh(
+            &c,
+            &main.id,
+            // cgroup v2, or v1 as on hosts with the hybrid layout.
+            "cd /sys/fs/cgroup; if [ -f cpu.max ]; then cat cpu.max memory.max; \
+             else echo $(cat cpu/cpu.cfs_quota_us) $(cat cpu/cpu.cfs_period_us); \
+             cat memory/memory.limit_in_bytes; fi"
+        )
+        .await,
+        format!("200000 100000\n{}\n", 384 << 20)
+    );
+
+    // A GPU this host does not have is refused before anything runs.
+    let (ok, _, err) = d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "--vm-gpu-kind",
+        "a100-pcie-40gb",
+    ]);
+    assert!(!ok && err.contains("GPUs are not available"), "{err}");
+
+    // A standby for it stays stopped, and becomes an ordinary machine when
+    // its standbys are cleared.
+    cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "-n",
+        "spare",
+        "--standby-for",
+        &main.id,
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let spare = c
+        .list_machines(APP, &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "spare")
+        .unwrap();
+    wait(&c, &spare.id, "stopped").await;
+    assert_eq!(
+        c.get_machine(APP, &spare.id)
+            .await
+            .unwrap()
+            .config
+            .unwrap()
+            .standbys,
+        Some(vec![main.id.clone()])
+    );
+    let (ok, _, err) = d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "--standby-for",
+        "00000000000000",
+    ]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    cli(&[
+        "machine",
+        "update",
+        &spare.id,
+        "-a",
+        APP,
+        "--standby-for",
+        "",
+        "-y",
+    ]);
+    wait(&c, &spare.id, "started").await;
+    assert!(
+        c.get_machine(APP, &spare.id)
+            .await
+            .unwrap()
+            .config
+            .unwrap()
+            .standbys
+            .is_none()
+    );
+
+    // The stop config: SIGTERM (trapped), not the default SIGINT.
+    cli(&["machine", "stop", &main.id, "-a", APP]);
+    wait(&c, &main.id, "stopped").await;
+    assert!(
+        d.machine_log(&main.id).iter().any(|(_, m)| m == "got TERM"),
+        "{:?}",
+        d.machine_log(&main.id)
+    );
+}

@@ -746,8 +746,11 @@ async fn run_machine(args: &RunArgs, c: &Client, out: &Output, start: bool) -> a
         }
         Err(e) => return Err(e.into()),
     }
+    let config = config_from(args, start)?;
+    // A standby stays stopped: wait for that instead.
+    let start = start && config.standbys.is_none();
     let req = CreateMachineRequest {
-        config: Some(config_from(args, start)?),
+        config: Some(config),
         name: args.name.clone(),
         region: args.region.clone(),
         skip_launch: (!start).then_some(true),

@@ -124,6 +124,8 @@ pub async fn update(a: &UpdateArgs, c: &Client, out: &Output) -> anyhow::Result<
             Some(shlex::split(cmd).with_context(|| format!("invalid --command {cmd:?}"))?);
     }
     apply_flags(&mut config, &a.flags)?;
+    // A standby rests stopped.
+    let stays_stopped = a.skip_start || config.standbys.is_some();
     let req = UpdateMachineRequest {
         config: Some(config),
         current_version: Some(m.instance_id.clone()),
@@ -132,7 +134,7 @@ pub async fn update(a: &UpdateArgs, c: &Client, out: &Output) -> anyhow::Result<
     };
     let updated = c.update_machine(app, &id, &req, None).await?;
     if !a.detach {
-        let want = if a.skip_start { "stopped" } else { "started" };
+        let want = if stays_stopped { "stopped" } else { "started" };
         let pb = spinner(format!("Waiting for machine {id} to be updated"));
         let r = c
             .wait_machine(app, &id, &[want], Duration::from_secs(300))
