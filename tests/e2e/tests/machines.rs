@@ -224,6 +224,27 @@ async fn restart_policy_on_failure_retries_then_stops() {
     let exits = events.iter().filter(|e| e.kind == "exit").count();
     assert_eq!(exits, 3, "first run plus two restarts");
     assert_eq!(c.get_machine("e2e", &id).await.unwrap().state, "stopped");
+    // Oldest first: each exit carries the restart count, the last says why
+    // it stopped there.
+    let mut exits: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.kind == "exit")
+        .filter_map(|e| e.request.as_ref())
+        .collect();
+    exits.reverse();
+    let counts: Vec<i64> = exits
+        .iter()
+        .map(|r| r["restart_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 2, 2]);
+    assert!(
+        exits[2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max restart count (2)"),
+        "{}",
+        exits[2]
+    );
 }
 
 #[tokio::test]
@@ -469,6 +490,8 @@ async fn cli_imports_runs_and_reports() {
     c.wait_machine("cli", &temp.id, &["destroyed"], Duration::from_secs(20))
         .await
         .unwrap();
+    // Root filesystem, bundle and logs are gone with it.
+    assert!(!d.machine_dir(&temp.id).exists());
 
     // Errors: the API's message, a non-zero exit.
     let (ok, _, err) = d.cli(&["machine", "start", "00000000000000", "-a", "cli"]);
