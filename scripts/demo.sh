@@ -75,13 +75,14 @@ else
         --env GREETING="hello from hangar" \
         sh -c 'while true; do echo "$GREETING: machine $FLY_MACHINE_ID, $(date)"; sleep 5; done'
 fi
-id=$(hangar machine list --app demo --quiet | head -n1)
 cat <<EOT
 
 Hangar is running. Try:
   hangar machine list --app demo
   hangar machine status hello --app demo
-  tail -f $DATA_DIR/machines/$id/logs/machine.log
+  hangar logs --app demo -f
+  hangar machine exec hello --app demo -it -- sh
+  hangar machine run demo:latest --app demo --shell
   hangar machine stop hello --app demo && hangar machine start hello --app demo
   hangar machine run demo:latest --app demo --rm echo one-off
   curl -H "Authorization: Bearer \$(cat $DATA_DIR/admin-token)" http://$LISTEN/v1/apps/demo/machines
