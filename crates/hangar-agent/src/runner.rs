@@ -618,6 +618,7 @@ impl Runner {
             layers: img.layers.clone(),
             resources,
             files: spec::guest_files(c).map_err(|e| e.to_string())?,
+            tty: c.init.as_ref().and_then(|i| i.tty).unwrap_or(false),
         })
     }
 }

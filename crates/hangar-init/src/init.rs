@@ -4,10 +4,13 @@
 //! `sigtimedwait`, so there are no async signal handlers: SIGCHLD reaps
 //! zombies, every other catchable signal is forwarded to the main process.
 //! The main process starts with an empty signal mask (std's `Command` resets
-//! it) as the requested user.
+//! it) as the requested user. With `--tty` (Fly's `init.tty`) it runs in its
+//! own session on a new terminal of the machine's `/dev/pts`, and init copies
+//! the terminal's output to its own stdout, the machine's log.
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -22,6 +25,7 @@ struct Options {
     uid: u32,
     gid: u32,
     groups: Vec<u32>,
+    tty: bool,
     argv: Vec<String>,
 }
 
@@ -30,6 +34,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         uid: 0,
         gid: 0,
         groups: Vec::new(),
+        tty: false,
         argv: Vec::new(),
     };
     let mut it = args.iter();
@@ -50,6 +55,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .map(|g| g.parse().map_err(|_| format!("bad group {g:?}")))
                     .collect::<Result<_, _>>()?;
             }
+            "--tty" => o.tty = true,
             "--" => {
                 o.argv = it.cloned().collect();
                 break;
@@ -83,7 +89,24 @@ pub fn main(args: &[String]) -> i32 {
         libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
     }
 
-    let child = match spawn(&opts) {
+    let terminal = if opts.tty {
+        match Terminal::open() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let msg = format!("cannot open a terminal: {e}");
+                eprintln!("hangar-init: {msg}");
+                report(&ExitInfo {
+                    exit_code: 1,
+                    error: Some(msg),
+                    ..ExitInfo::default()
+                });
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let child = match spawn(&opts, terminal.as_ref()) {
         Ok(pid) => pid,
         Err(e) => {
             let code = match e.kind() {
@@ -102,7 +125,14 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
 
+    // Copy the terminal's output to the log until the terminal closes.
+    let copier = terminal.map(Terminal::copy_to_stdout);
     let status = supervise(child, &all);
+    if let Some(done) = copier {
+        // Everything the process wrote before it ended; a descendant that
+        // keeps the terminal open must not hold up the exit report.
+        let _ = done.recv_timeout(std::time::Duration::from_secs(2));
+    }
     let info = match status {
         WaitStatus::Exited(code) => ExitInfo {
             exit_code: code,
@@ -126,10 +156,71 @@ pub fn main(args: &[String]) -> i32 {
     info.exit_code & 0xff
 }
 
-fn spawn(opts: &Options) -> std::io::Result<libc::pid_t> {
+/// A terminal for the main process: the master side stays with init.
+struct Terminal {
+    master: std::fs::File,
+    slave_path: std::ffi::CString,
+}
+
+impl Terminal {
+    fn open() -> std::io::Result<Terminal> {
+        use std::os::fd::AsRawFd;
+        let master = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open("/dev/ptmx")?;
+        let fd = master.as_raw_fd();
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: grantpt/unlockpt/ptsname_r on an open ptmx fd, with a
+        // buffer of the given length.
+        unsafe {
+            sys::check(libc::grantpt(fd))?;
+            sys::check(libc::unlockpt(fd))?;
+            let r = libc::ptsname_r(fd, name.as_mut_ptr(), name.len());
+            if r != 0 {
+                return Err(std::io::Error::from_raw_os_error(r));
+            }
+        }
+        // SAFETY: ptsname_r wrote a NUL-terminated string into `name`.
+        let slave_path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_owned();
+        let ws = libc::winsize {
+            ws_row: 24,
+            ws_col: 80,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ on a terminal fd with a valid winsize.
+        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+        Ok(Terminal { master, slave_path })
+    }
+
+    /// Copies output to stdout in a thread; the receiver hears when the
+    /// terminal has closed (every process on it has ended).
+    fn copy_to_stdout(self) -> std::sync::mpsc::Receiver<()> {
+        use std::io::Read;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut master = self.master;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            let mut out = std::io::stdout();
+            // EIO once the last process on the terminal has closed it.
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send(());
+        });
+        rx
+    }
+}
+
+fn spawn(opts: &Options, terminal: Option<&Terminal>) -> std::io::Result<libc::pid_t> {
     let mut cmd = Command::new(&opts.argv[0]);
     cmd.args(&opts.argv[1..]);
     let (uid, gid, groups) = (opts.uid, opts.gid, opts.groups.clone());
+    let slave = terminal.map(|t| t.slave_path.clone());
     // SAFETY: the closure only calls async-signal-safe functions
     // (sigprocmask, setgroups, setgid, setuid) between fork and exec.
     unsafe {
@@ -139,6 +230,19 @@ fn spawn(opts: &Options) -> std::io::Result<libc::pid_t> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // A session of its own, with the terminal as controlling tty
+            // and stdio (open, ioctl and dup2 are async-signal-safe).
+            if let Some(path) = &slave {
+                sys::check(libc::setsid())?;
+                let fd = sys::check(libc::open(path.as_ptr(), libc::O_RDWR))?;
+                sys::check(libc::ioctl(fd, libc::TIOCSCTTY, 0))?;
+                for target in 0..3 {
+                    sys::check(libc::dup2(fd, target))?;
+                }
+                if fd > 2 {
+                    libc::close(fd);
+                }
+            }
             // Change identity only when it differs, so a root process needs
             // no CAP_SETUID/CAP_SETGID.
             let same = libc::getuid() == uid && libc::getgid() == gid && groups.is_empty();
@@ -221,6 +325,8 @@ mod tests {
         assert_eq!((o.uid, o.gid), (1000, 100));
         assert_eq!(o.groups, vec![4, 27]);
         assert_eq!(o.argv, s(&["sh", "-c", "x"]));
+        assert!(!o.tty);
+        assert!(parse(&s(&["--tty", "--", "sh"])).unwrap().tty);
         assert!(parse(&s(&["--uid"])).is_err());
         assert!(parse(&s(&["--",])).is_err());
         assert!(parse(&s(&["--bogus", "--", "x"])).is_err());

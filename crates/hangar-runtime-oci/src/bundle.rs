@@ -80,6 +80,9 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
             args.extend(["--groups".into(), g.join(",")]);
         }
     }
+    if spec.tty {
+        args.push("--tty".into());
+    }
     args.push("--".into());
     args.extend(spec.process.argv.iter().cloned());
     let env: Vec<String> = spec
@@ -180,6 +183,7 @@ mod tests {
                 cpu_kind: CpuKind::Shared,
             },
             files: vec![],
+            tty: false,
         }
     }
 

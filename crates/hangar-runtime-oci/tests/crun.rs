@@ -92,6 +92,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
             cpu_kind: CpuKind::Shared,
         },
         files: vec![],
+        tty: false,
     }
 }
 
@@ -143,6 +144,29 @@ async fn runs_captures_output_and_reports_exit_code() {
     );
     rt.destroy(&s.id).await.unwrap();
     assert!(!env.dir.path().join("machines").join(s.id.as_str()).exists());
+}
+
+#[tokio::test]
+async fn main_process_on_a_terminal() {
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(
+        &env,
+        "tty; [ -t 0 ] && [ -t 1 ] && echo on-a-tty; echo err >&2; stty size; exit 5",
+    );
+    s.tty = true;
+    rt.start(&s).await.unwrap();
+    let exit = wait(&rt, &s.id).await;
+    assert_eq!(exit.exit_code, 5);
+    let lines = log(&rt, &s.id);
+    // One stream, as on any terminal.
+    for want in ["/dev/pts/0", "on-a-tty", "err", "24 80"] {
+        assert!(
+            lines.contains(&("stdout".into(), want.into())),
+            "{want}: {lines:?}"
+        );
+    }
+    rt.destroy(&s.id).await.unwrap();
 }
 
 #[tokio::test]

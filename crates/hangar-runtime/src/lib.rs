@@ -56,6 +56,8 @@ pub struct WorkloadSpec {
     pub resources: Resources,
     /// Files to write into the root filesystem before the process starts.
     pub files: Vec<GuestFile>,
+    /// Run the main process on a terminal (`init.tty`): one output stream.
+    pub tty: bool,
 }
 
 /// A file written into a machine's root filesystem before it starts (Fly's
