@@ -16,6 +16,7 @@ pub mod images;
 pub mod logs;
 mod ops;
 mod runner;
+pub mod secrets;
 pub mod spec;
 pub mod standby;
 pub mod store;
@@ -73,6 +74,9 @@ pub struct AgentConfig {
     /// How many times faster than real time schedules run: 1 in
     /// production; tests and demos run an "hour" in milliseconds.
     pub schedule_time_scale: u32,
+    /// The secrets key; `<data_dir>/secrets.key` (created when missing)
+    /// when not given.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// The one organization of a single-host installation.
@@ -85,6 +89,8 @@ pub(crate) struct Shared {
     pub images: Arc<dyn ImageSource>,
     /// [`AgentConfig::schedule_time_scale`].
     pub schedule_time_scale: u32,
+    /// Seals and opens app secrets.
+    pub secrets: secrets::SecretBox,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -116,6 +122,8 @@ pub struct NewMachine {
     pub region: Option<String>,
     /// Create without starting.
     pub skip_launch: bool,
+    /// Refuse (412) unless the app's secrets have reached this version.
+    pub min_secrets_version: Option<i64>,
 }
 
 /// A state a waiter can ask for.
@@ -169,11 +177,17 @@ impl Agent {
             AgentError::Internal(format!("creating {}: {e}", cfg.data_dir.display()))
         })?;
         let store = Store::open(&cfg.data_dir.join("hangar.db"))?;
+        let key_file = cfg
+            .secrets_key_file
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("secrets.key"));
+        let secrets = secrets::SecretBox::load_or_create(&key_file)?;
         let shared = Arc::new(Shared {
             store,
             runtime,
             images,
             schedule_time_scale: cfg.schedule_time_scale.max(1),
+            secrets,
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -311,6 +325,8 @@ impl Agent {
         let app = self.get_app(app)?;
         let config = spec::normalize(req.config)?;
         self.check_standbys(&app.name, None, &config)?;
+        self.check_secrets_version(&app.name, req.min_secrets_version)?;
+        self.check_file_secrets(&app.name, &config)?;
         let image_ref = self
             .shared
             .images

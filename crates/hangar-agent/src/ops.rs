@@ -35,6 +35,8 @@ pub struct UpdateMachine {
     pub name: Option<String>,
     /// Must match the machine's region if given.
     pub region: Option<String>,
+    /// Refuse (412) unless the app's secrets have reached this version.
+    pub min_secrets_version: Option<i64>,
 }
 
 /// A page of the organization-wide machine listing.
@@ -137,6 +139,8 @@ impl Agent {
         }
         let config = spec::normalize(req.config)?;
         self.check_standbys(app, Some(&rec.id), &config)?;
+        self.check_secrets_version(app, req.min_secrets_version)?;
+        self.check_file_secrets(app, &config)?;
         let image_ref = self
             .shared
             .images

@@ -604,6 +604,11 @@ impl Runner {
             memory_mb: resources.memory_mb,
             metadata: c.metadata.as_ref(),
         };
+        // The app's secrets as they are now: a change reaches a machine at
+        // its next start.
+        let secrets =
+            crate::secrets::values(&self.shared.store, &self.shared.secrets, &self.rec.app)
+                .map_err(|e| e.to_string())?;
         let process = hangar_core::process::resolve(
             &img.process,
             &spec::init_overrides(c),
@@ -617,8 +622,9 @@ impl Runner {
             process,
             layers: img.layers.clone(),
             resources,
-            files: spec::guest_files(c).map_err(|e| e.to_string())?,
+            files: spec::guest_files(c, Some(&secrets)).map_err(|e| e.to_string())?,
             tty: c.init.as_ref().and_then(|i| i.tty).unwrap_or(false),
+            secret_env: hangar_runtime::SecretEnv(secrets.into_iter().collect()),
         })
     }
 }

@@ -155,7 +155,7 @@ pub fn normalize(mut c: MachineConfig) -> Result<MachineConfig, AgentError> {
         }
     }
     normalize_services(&mut c)?;
-    guest_files(&c)?;
+    guest_files(&c, None)?;
     if let Some(s) = c.schedule.as_deref().filter(|s| !s.is_empty()) {
         if hangar_core::schedule::Schedule::parse(s).is_none() {
             return Err(invalid(format!(
@@ -172,11 +172,14 @@ pub const MAX_FILES: usize = 100;
 pub const MAX_FILES_BYTES: usize = 1 << 20;
 
 /// Checks `config.files` and decodes it into what the runtime writes: guest
-/// paths absolute and normalized, contents valid base64, modes at most
-/// 0o7777, within the limits above. `secret_name` needs app secrets and
-/// `image_config` another image's config; both are refused clearly until
-/// Hangar has them.
-pub fn guest_files(c: &MachineConfig) -> Result<Vec<GuestFile>, AgentError> {
+/// paths absolute and normalized, contents valid base64 (a `secret_name`
+/// names an app secret holding base64, as on Fly), modes at most 0o7777,
+/// within the limits above. Without `secrets` (validating a config) secret
+/// files are checked by name only. `image_config` is refused clearly.
+pub fn guest_files(
+    c: &MachineConfig,
+    secrets: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<GuestFile>, AgentError> {
     use base64::Engine as _;
     let files = c.files.as_deref().unwrap_or_default();
     if files.len() > MAX_FILES {
@@ -211,25 +214,45 @@ pub fn guest_files(c: &MachineConfig) -> Result<Vec<GuestFile>, AgentError> {
                 "config.files[{i}] ({path}) needs exactly one of raw_value, secret_name or image_config"
             )));
         }
-        if let Some(name) = f.secret_name.as_deref().filter(|s| !s.is_empty()) {
-            return Err(invalid(format!(
-                "config.files[{i}].secret_name: app secret {name:?} not found (this installation has no app secrets yet; use raw_value)"
-            )));
+        let secret = f.secret_name.as_deref().filter(|s| !s.is_empty());
+        if let Some(name) = secret {
+            crate::secrets::check_name(name)
+                .map_err(|e| invalid(format!("config.files[{i}].secret_name: {e}")))?;
         }
         if let Some(image) = f.image_config.as_deref().filter(|s| !s.is_empty()) {
             return Err(invalid(format!(
                 "config.files[{i}].image_config ({image:?}) is not supported; use raw_value"
             )));
         }
-        let raw = f.raw_value.as_deref().unwrap_or_default();
-        let contents = base64::engine::general_purpose::STANDARD
-            .decode(raw.trim())
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw.trim()))
-            .map_err(|e| {
-                invalid(format!(
-                    "config.files[{i}].raw_value ({path}) is not valid base64: {e}"
-                ))
-            })?;
+        let decode = |raw: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(raw.trim())
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw.trim()))
+        };
+        let contents = match (secret, secrets) {
+            (Some(_), None) => Vec::new(),
+            (Some(name), Some(values)) => {
+                let value = values.get(name).ok_or_else(|| {
+                    invalid(format!(
+                        "config.files[{i}].secret_name: app secret {name:?} not found"
+                    ))
+                })?;
+                // Never quote the value or the decoder's view of it.
+                decode(value).map_err(|_| {
+                    invalid(format!(
+                        "config.files[{i}]: app secret {name} is not valid base64 (file secrets hold base64)"
+                    ))
+                })?
+            }
+            (None, _) => {
+                let raw = f.raw_value.as_deref().unwrap_or_default();
+                decode(raw).map_err(|e| {
+                    invalid(format!(
+                        "config.files[{i}].raw_value ({path}) is not valid base64: {e}"
+                    ))
+                })?
+            }
+        };
         total += contents.len();
         if total > MAX_FILES_BYTES {
             return Err(invalid(format!(
@@ -240,6 +263,7 @@ pub fn guest_files(c: &MachineConfig) -> Result<Vec<GuestFile>, AgentError> {
             path: path.as_str().to_owned(),
             contents,
             mode,
+            secret: secret.is_some(),
         });
     }
     Ok(out)
@@ -501,8 +525,8 @@ mod tests {
                 "exactly one of raw_value",
             ),
             (
-                serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "secret_name": "S"}]}),
-                "app secret \"S\" not found",
+                serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "secret_name": "not-a-name"}]}),
+                "files[0].secret_name: invalid secret name",
             ),
             (
                 serde_json::json!({"image": "x", "files": [{"guest_path": "/x", "raw_value": "", "mode": 65535}]}),
@@ -526,7 +550,7 @@ mod tests {
             {"guest_path": "/run.sh", "raw_value": "ZWNobw", "mode": 493},
         ]})))
         .unwrap();
-        let files = guest_files(&c).unwrap();
+        let files = guest_files(&c, None).unwrap();
         assert_eq!(files[0].path, "/etc/app.conf");
         assert_eq!(files[0].contents, b"hello\n");
         assert_eq!(files[0].mode, 0o644);

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_leases_tokens.sql"),
     include_str!("../migrations/0003_schedules.sql"),
+    include_str!("../migrations/0004_secrets.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.
@@ -129,7 +130,7 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
-fn db(e: rusqlite::Error) -> AgentError {
+pub(crate) fn db(e: rusqlite::Error) -> AgentError {
     AgentError::Internal(format!("database: {e}"))
 }
 
@@ -251,7 +252,7 @@ impl Store {
         Ok(store)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -368,6 +369,8 @@ impl Store {
             )));
         }
         tx.execute("DELETE FROM machines WHERE app_name = ?1", params![name])
+            .map_err(db)?;
+        tx.execute("DELETE FROM secrets WHERE app_name = ?1", params![name])
             .map_err(db)?;
         tx.execute("DELETE FROM apps WHERE name = ?1", params![name])
             .map_err(db)?;

@@ -31,6 +31,7 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
             data_dir: dir.path().to_owned(),
             region: "local".into(),
             schedule_time_scale: 1,
+            secrets_key_file: None,
         },
         rt.clone(),
         Arc::new(FakeImages),

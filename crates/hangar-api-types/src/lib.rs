@@ -323,6 +323,9 @@ pub struct CreateMachineRequest {
     /// Acquire a lease of this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ttl: Option<i64>,
+    /// Refuse (412) unless the app's secrets have reached this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_secrets_version: Option<i64>,
     /// Fields Hangar does not use yet, accepted and ignored.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -538,6 +541,9 @@ pub struct UpdateMachineRequest {
     /// Must match the machine's region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Refuse (412) unless the app's secrets have reached this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_secrets_version: Option<i64>,
     /// Other fields, accepted and ignored.
     #[serde(flatten)]
     #[schema(ignore)]

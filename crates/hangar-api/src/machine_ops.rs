@@ -61,6 +61,7 @@ pub async fn update(
                 skip_launch: req.skip_launch.unwrap_or(false),
                 name: req.name,
                 region: req.region,
+                min_secrets_version: req.min_secrets_version,
             },
             nonce(&headers).as_deref(),
         )

@@ -97,6 +97,7 @@ pub async fn create(
                 name: req.name,
                 region: req.region,
                 skip_launch: req.skip_launch.unwrap_or(false),
+                min_secrets_version: req.min_secrets_version,
             },
         )
         .await?;

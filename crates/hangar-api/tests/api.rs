@@ -27,6 +27,7 @@ async fn api() -> Api {
             data_dir: dir.path().to_owned(),
             region: "local".into(),
             schedule_time_scale: 1,
+            secrets_key_file: None,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

@@ -230,6 +230,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, runtime: Arc<FakeRu
             data_dir: dir.to_owned(),
             region: "local".into(),
             schedule_time_scale: 1,
+            secrets_key_file: None,
         },
         runtime,
         Arc::new(FakeImages),

@@ -87,6 +87,7 @@ async fn served_at_openapi_json() {
             data_dir: dir.path().to_owned(),
             region: "local".into(),
             schedule_time_scale: 1,
+            secrets_key_file: None,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

@@ -26,6 +26,7 @@ struct Options {
     gid: u32,
     groups: Vec<u32>,
     tty: bool,
+    env_file: Option<String>,
     argv: Vec<String>,
 }
 
@@ -35,6 +36,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         gid: 0,
         groups: Vec::new(),
         tty: false,
+        env_file: None,
         argv: Vec::new(),
     };
     let mut it = args.iter();
@@ -56,6 +58,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .collect::<Result<_, _>>()?;
             }
             "--tty" => o.tty = true,
+            "--env-file" => o.env_file = Some(value("--env-file")?),
             "--" => {
                 o.argv = it.cloned().collect();
                 break;
@@ -216,9 +219,25 @@ impl Terminal {
     }
 }
 
+/// `NAME=VALUE` entries of a NUL-separated environment file.
+fn parse_env_file(data: &[u8]) -> Vec<(String, String)> {
+    data.split(|b| *b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (k, v) = entry.split_once('=')?;
+            (!k.is_empty()).then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 fn spawn(opts: &Options, terminal: Option<&Terminal>) -> std::io::Result<libc::pid_t> {
     let mut cmd = Command::new(&opts.argv[0]);
     cmd.args(&opts.argv[1..]);
+    // Secrets, read as root before the main process drops to its user; they
+    // win over the environment from the config.
+    if let Some(path) = &opts.env_file {
+        cmd.envs(parse_env_file(&std::fs::read(path)?));
+    }
     let (uid, gid, groups) = (opts.uid, opts.gid, opts.groups.clone());
     let slave = terminal.map(|t| t.slave_path.clone());
     // SAFETY: the closure only calls async-signal-safe functions
@@ -327,6 +346,12 @@ mod tests {
         assert_eq!(o.argv, s(&["sh", "-c", "x"]));
         assert!(!o.tty);
         assert!(parse(&s(&["--tty", "--", "sh"])).unwrap().tty);
+        let o = parse(&s(&["--env-file", "/e", "--", "sh"])).unwrap();
+        assert_eq!(o.env_file.as_deref(), Some("/e"));
+        assert_eq!(
+            parse_env_file(b"A=1\0B=x=y\0\0bad\0=v\0"),
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
         assert!(parse(&s(&["--uid"])).is_err());
         assert!(parse(&s(&["--",])).is_err());
         assert!(parse(&s(&["--bogus", "--", "x"])).is_err());

@@ -8,7 +8,7 @@
 //! file descriptor limits equal to the host's hard limit (root here cannot
 //! raise hard limits).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hangar_runtime::{CpuKind, WorkloadSpec};
 use serde_json::{Value, json};
@@ -48,7 +48,24 @@ pub struct BundlePaths<'a> {
     pub cgroup: &'a str,
     /// The machine's pinned network namespace.
     pub netns: &'a Path,
+    /// The secrets environment file (NUL-separated `NAME=VALUE`), if any.
+    pub secret_env: Option<&'a Path>,
+    /// Secret files: `(host file, guest path)`.
+    pub secret_files: &'a [(PathBuf, String)],
 }
+
+/// Where a machine's secrets wait on the secrets tmpfs.
+#[derive(Debug, Default)]
+pub struct SecretMounts {
+    /// The environment file.
+    pub env: Option<PathBuf>,
+    /// `(host file, guest path)` of each secret file.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// Where the secrets environment file appears inside the machine (root
+/// only, read by init before it starts the main process).
+pub const SECRET_ENV_IN_GUEST: &str = "/.hangar/secrets.env";
 
 /// The host's hard `RLIMIT_NOFILE`.
 pub fn host_nofile_hard() -> u64 {
@@ -83,6 +100,9 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
     if spec.tty {
         args.push("--tty".into());
     }
+    if paths.secret_env.is_some() {
+        args.extend(["--env-file".into(), SECRET_ENV_IN_GUEST.into()]);
+    }
     args.push("--".into());
     args.extend(spec.process.argv.iter().cloned());
     let env: Vec<String> = spec
@@ -100,7 +120,7 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
     };
     let memory = spec.resources.memory_mb.saturating_mul(1 << 20);
 
-    json!({
+    let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -157,7 +177,20 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
             ],
         },
-    })
+    });
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        if let Some(env) = paths.secret_env {
+            mounts.push(
+                json!({"destination": SECRET_ENV_IN_GUEST, "type": "bind", "source": env,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}),
+            );
+        }
+        for (host, guest) in paths.secret_files {
+            mounts.push(json!({"destination": guest, "type": "bind", "source": host,
+                "options": ["bind", "nosuid", "nodev"]}));
+        }
+    }
+    config
 }
 
 #[cfg(test)]
@@ -184,6 +217,7 @@ mod tests {
             },
             files: vec![],
             tty: false,
+            secret_env: Default::default(),
         }
     }
 
@@ -196,6 +230,8 @@ mod tests {
             hostname: p,
             cgroup: "/hangar/0123456789abcd",
             netns: p,
+            secret_env: None,
+            secret_files: &[],
         };
         let who = Identity {
             uid: 1000,
@@ -220,6 +256,26 @@ mod tests {
             ])
         );
         assert_eq!(c["process"]["env"], json!(["PATH=/bin"]));
+        // Secrets: an env file for init and file mounts, never in the config.
+        let files = [(PathBuf::from("/run/s/file-0"), "/etc/key".to_string())];
+        let with_secrets = BundlePaths {
+            secret_env: Some(Path::new("/run/s/env")),
+            secret_files: &files,
+            ..paths
+        };
+        let mut s = spec();
+        s.secret_env = hangar_runtime::SecretEnv(vec![("TOKEN".into(), "hunter2".into())]);
+        let cs = config(&s, &who, &with_secrets, 1024);
+        assert!(!cs.to_string().contains("hunter2"));
+        let args = cs["process"]["args"].to_string();
+        assert!(
+            args.contains(r#""--env-file","/.hangar/secrets.env""#),
+            "{args}"
+        );
+        let mounts = cs["mounts"].to_string();
+        assert!(mounts.contains(r#""destination":"/etc/key""#), "{mounts}");
+        assert!(mounts.contains(r#""source":"/run/s/env""#), "{mounts}");
+        assert!(format!("{s:?}").contains("TOKEN") && !format!("{s:?}").contains("hunter2"));
         assert_eq!(c["process"]["cwd"], "/app");
         assert_eq!(c["linux"]["resources"]["memory"]["limit"], 512u64 << 20);
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 200_000);

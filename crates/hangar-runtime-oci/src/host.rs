@@ -90,3 +90,31 @@ pub fn favor_dynamic_cgroups() -> io::Result<bool> {
     }
     Ok(true)
 }
+
+/// Makes `dir` (mode 0700) live on a tmpfs: kept as is when it already does
+/// (as under `/run` on most hosts), else a tmpfs is mounted on it. Secrets
+/// handed to machines wait there, in memory only. Returns whether it
+/// mounted one.
+pub fn ensure_tmpfs(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let fs = nix::sys::statfs::statfs(dir).map_err(io::Error::from)?;
+    if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+        return Ok(false);
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700,size=256m"),
+    )
+    .map_err(|e| io::Error::other(format!("mounting a tmpfs on {}: {e}", dir.display())))?;
+    Ok(true)
+}

@@ -103,6 +103,9 @@ pub struct OciConfig {
     pub log_max_bytes: u64,
     /// Parent of every machine's cgroup, e.g. `/hangar`.
     pub cgroup_parent: String,
+    /// Where secrets handed to machines live while they run: a tmpfs (see
+    /// [`host::ensure_tmpfs`]), so they never reach a disk.
+    pub secrets_dir: PathBuf,
 }
 
 /// A live shim we can wait on.
@@ -294,8 +297,13 @@ impl OciRuntime {
             .map_err(err("mount root filesystem"))?;
 
         let result = (|| {
+            let secrets = self.write_secrets(spec).map_err(err("write secrets"))?;
             for f in &spec.files {
-                fsutil::write_in_root(&rootfs, &f.path, &f.contents, f.mode).map_err(|e| {
+                // A secret file's place is held by an empty file, resolved
+                // inside the root; the secret itself is bind-mounted over it
+                // from the secrets tmpfs.
+                let contents: &[u8] = if f.secret { b"" } else { &f.contents };
+                fsutil::write_in_root(&rootfs, &f.path, contents, f.mode).map_err(|e| {
                     RuntimeError::InvalidSpec(format!("cannot write file {}: {e}", f.path))
                 })?;
             }
@@ -325,6 +333,8 @@ impl OciRuntime {
                     hostname: &hostname,
                     cgroup: &cgroup,
                     netns: &netns_path,
+                    secret_env: secrets.env.as_deref(),
+                    secret_files: &secrets.files,
                 },
                 self.nofile,
             );
@@ -339,6 +349,57 @@ impl OciRuntime {
             let _ = fsutil::unmount(&rootfs);
         }
         result
+    }
+
+    fn secrets_dir(&self, id: &MachineId) -> PathBuf {
+        self.cfg.secrets_dir.join(id.as_str())
+    }
+
+    /// Writes the spec's secrets (environment and secret files) to the
+    /// machine's directory on the secrets tmpfs, readable by root only.
+    fn write_secrets(&self, spec: &WorkloadSpec) -> io::Result<bundle::SecretMounts> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = self.secrets_dir(&spec.id);
+        fsutil::remove_tree(&dir)?;
+        let mut out = bundle::SecretMounts::default();
+        let files: Vec<_> = spec.files.iter().filter(|f| f.secret).collect();
+        if spec.secret_env.0.is_empty() && files.is_empty() {
+            return Ok(out);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let write = |path: &Path, data: &[u8], mode: u32| -> io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(path)?;
+            f.write_all(data)
+        };
+        if !spec.secret_env.0.is_empty() {
+            let mut data = Vec::new();
+            for (k, v) in &spec.secret_env.0 {
+                data.extend_from_slice(format!("{k}={v}").as_bytes());
+                data.push(0);
+            }
+            let path = dir.join("env");
+            write(&path, &data, 0o400)?;
+            out.env = Some(path);
+        }
+        for (n, f) in files.into_iter().enumerate() {
+            let path = dir.join(format!("file-{n}"));
+            write(&path, &f.contents, f.mode & 0o7777)?;
+            // The mode again: create_new applied the umask.
+            std::fs::set_permissions(
+                &path,
+                std::os::unix::fs::PermissionsExt::from_mode(f.mode & 0o7777),
+            )?;
+            out.files.push((path, f.path.clone()));
+        }
+        Ok(out)
     }
 
     /// Adopts the machine's shim if it still runs (same pid, same start time).
@@ -698,6 +759,7 @@ impl Runtime for OciRuntime {
         for f in ["state/exit.json", "state/container.pid", "state/shim.pid"] {
             let _ = std::fs::remove_file(dir.join(f));
         }
+        fsutil::remove_tree(&self.secrets_dir(id)).map_err(|e| failed("cleanup", id, e))?;
         Ok(())
     }
 

@@ -67,6 +67,7 @@ fn runtime(dir: &Path) -> OciRuntime {
         runtime_root: dir.join("run"),
         log_max_bytes: 1 << 20,
         cgroup_parent: "/hangar-test".into(),
+        secrets_dir: dir.join("secrets"),
     })
     .unwrap()
 }
@@ -93,6 +94,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
         },
         files: vec![],
         tty: false,
+        secret_env: Default::default(),
     }
 }
 
@@ -166,6 +168,85 @@ async fn main_process_on_a_terminal() {
             "{want}: {lines:?}"
         );
     }
+    rt.destroy(&s.id).await.unwrap();
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn tree_contains(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    for e in rd.flatten() {
+        let p = e.path();
+        let ft = e.file_type().ok()?;
+        if ft.is_dir() {
+            if let Some(hit) = tree_contains(&p, needle) {
+                return Some(hit);
+            }
+        } else if ft.is_file() {
+            if let Ok(data) = std::fs::read(&p) {
+                if data.windows(needle.len()).any(|w| w == needle) {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn secrets_reach_the_process_but_not_the_disk() {
+    use hangar_runtime::{GuestFile, SecretEnv};
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(
+        &env,
+        "echo token=$TOKEN greeting=$GREETING; cat /etc/app/key; echo; stat -c %a /etc/app/key; \
+         cat /.hangar/secrets.env >/dev/null && echo readable; sleep 3600",
+    );
+    s.secret_env = SecretEnv(vec![
+        ("TOKEN".into(), "tok-s3cr3t-value".into()),
+        ("GREETING".into(), "from-a-secret".into()),
+    ]);
+    s.files.push(GuestFile {
+        path: "/etc/app/key".into(),
+        contents: b"file-s3cr3t-value".to_vec(),
+        mode: 0o640,
+        secret: true,
+    });
+    rt.start(&s).await.unwrap();
+    hangar_test_utils::wait_until(
+        Duration::from_secs(10),
+        "the secrets in the log",
+        || async {
+            let lines = log(&rt, &s.id);
+            lines.iter().any(|(_, m)| m == "640").then_some(())
+        },
+    )
+    .await;
+    let lines = log(&rt, &s.id);
+    // Secrets win over the config's environment.
+    assert!(
+        lines.contains(&(
+            "stdout".into(),
+            "token=tok-s3cr3t-value greeting=from-a-secret".into()
+        )),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "file-s3cr3t-value".into())),
+        "{lines:?}"
+    );
+    // Nothing under the machine's directory (bundle, upper layer, state)
+    // holds a secret: only the log, which printed them on purpose, does.
+    let machine_dir = env.dir.path().join("machines").join(s.id.as_str());
+    for secret in [&b"tok-s3cr3t-value"[..], b"file-s3cr3t-value"] {
+        let hit = tree_contains(&machine_dir, secret);
+        assert!(
+            hit.as_ref().is_none_or(|p| p.ends_with("logs/machine.log")),
+            "{hit:?}"
+        );
+    }
+    rt.cleanup(&s.id).await.unwrap();
+    assert!(!env.dir.path().join("secrets").join(s.id.as_str()).exists());
     rt.destroy(&s.id).await.unwrap();
 }
 

@@ -58,6 +58,21 @@ pub struct WorkloadSpec {
     pub files: Vec<GuestFile>,
     /// Run the main process on a terminal (`init.tty`): one output stream.
     pub tty: bool,
+    /// The app's secrets, as environment variables that win over the
+    /// process's own; kept off disk.
+    pub secret_env: SecretEnv,
+}
+
+/// Secret environment variables; `Debug` shows only their names.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct SecretEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
 }
 
 /// A file written into a machine's root filesystem before it starts (Fly's
@@ -71,6 +86,8 @@ pub struct GuestFile {
     pub contents: Vec<u8>,
     /// Permission bits (`chmod(2)`).
     pub mode: u32,
+    /// The contents come from an app secret: keep them off disk.
+    pub secret: bool,
 }
 
 impl std::fmt::Debug for GuestFile {
@@ -79,6 +96,7 @@ impl std::fmt::Debug for GuestFile {
             .field("path", &self.path)
             .field("contents", &format_args!("<{} bytes>", self.contents.len()))
             .field("mode", &format_args!("{:o}", self.mode))
+            .field("secret", &self.secret)
             .finish()
     }
 }

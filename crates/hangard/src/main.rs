@@ -57,6 +57,14 @@ struct Args {
     /// on cgroup2 `favordynmods`, which halves container start time).
     #[arg(long, env = "HANGAR_NO_CGROUP_TUNING")]
     no_cgroup_tuning: bool,
+    /// Runtime state that must not reach a disk (secrets handed to
+    /// machines); a tmpfs is mounted under it when it is not one.
+    #[arg(long, env = "HANGAR_RUN_DIR", default_value = "/run/hangar")]
+    run_dir: PathBuf,
+    /// The key that seals app secrets (32 bytes, raw or hex); created as
+    /// <data-dir>/secrets.key when not given.
+    #[arg(long, env = "HANGAR_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     /// Run machine schedules this many times faster than real time (for
     /// tests and demos: 3600 makes `hourly` fire about every second).
     #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
@@ -119,6 +127,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let init_path =
         hangar_runtime_oci::install_init(&data.join("bin")).context("installing hangar-init")?;
+    let secrets_dir = args.run_dir.join("secrets");
+    if hangar_runtime_oci::host::ensure_tmpfs(&secrets_dir)
+        .with_context(|| format!("preparing {}", secrets_dir.display()))?
+    {
+        tracing::info!(dir = %secrets_dir.display(), "mounted a tmpfs for machine secrets");
+    }
     let runtime = OciRuntime::new(OciConfig {
         flavor,
         runtime_path,
@@ -127,6 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         runtime_root: data.join("run").join(flavor.binary()),
         log_max_bytes: args.log_max_bytes,
         cgroup_parent: "/hangar".into(),
+        secrets_dir,
     })
     .context("setting up the container runtime")?;
 
@@ -146,6 +161,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             data_dir: data.clone(),
             region: args.region.clone(),
             schedule_time_scale: args.schedule_time_scale,
+            secrets_key_file: args.secrets_key_file.clone(),
         },
         Arc::new(runtime),
         images.clone(),
