@@ -193,6 +193,9 @@ fn check_value(name: &str, value: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// A sealed value and its digest.
+type Sealed = (Vec<u8>, String);
+
 /// The app's secret values, opened.
 pub(crate) fn values(
     store: &Store,
@@ -250,7 +253,7 @@ impl Store {
     fn change_secrets(
         &self,
         app: &str,
-        changes: &[(String, Option<(Vec<u8>, String)>)],
+        changes: &[(String, Option<Sealed>)],
     ) -> Result<i64, AgentError> {
         let now = now_rfc3339();
         let mut conn = self.conn();
