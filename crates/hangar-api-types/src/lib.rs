@@ -453,6 +453,86 @@ pub struct ErrorResponse {
     pub status: Option<String>,
 }
 
+/// An app secret (`AppSecret`): its value only with `show_secrets`, to an
+/// admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppSecret {
+    /// Name.
+    pub name: String,
+    /// Digest of the value (changes when the value does).
+    pub digest: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// The value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// `GET /apps/{app}/secrets` (`AppSecrets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppSecrets {
+    /// The secrets, by name.
+    pub secrets: Vec<AppSecret>,
+}
+
+/// `POST /apps/{app}/secrets` (`AppSecretsUpdateRequest`): `null` unsets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppSecretsUpdateRequest {
+    /// New values by name; `null` removes the secret.
+    #[serde(default)]
+    pub values: BTreeMap<String, Option<String>>,
+}
+
+/// Answer to `POST /apps/{app}/secrets` (`AppSecretsUpdateResp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppSecretsUpdateResp {
+    /// The app's secrets after the change.
+    pub secrets: Vec<AppSecret>,
+    /// The app's secrets version.
+    pub version: i64,
+    /// The same (deprecated spelling Fly still sends).
+    #[serde(rename = "Version")]
+    pub version_deprecated: i64,
+}
+
+/// `POST /apps/{app}/secrets/{name}` (`SetAppSecretRequest`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SetAppSecretRequest {
+    /// The value.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Answer to `POST /apps/{app}/secrets/{name}` (`SetAppSecretResponse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SetAppSecretResponse {
+    /// Name.
+    pub name: String,
+    /// Digest of the value.
+    pub digest: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// The app's secrets version.
+    pub version: i64,
+    /// The same (deprecated spelling).
+    #[serde(rename = "Version")]
+    pub version_deprecated: i64,
+}
+
+/// Answer to `DELETE /apps/{app}/secrets/{name}` (`DeleteAppSecretResponse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeleteAppSecretResponse {
+    /// The app's secrets version.
+    pub version: i64,
+    /// The same (deprecated spelling).
+    #[serde(rename = "Version")]
+    pub version_deprecated: i64,
+}
+
 /// One line of a machine's output (API extension,
 /// `GET /v1/hangar/apps/{app}/logs`, one JSON object per line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

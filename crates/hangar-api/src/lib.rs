@@ -18,6 +18,7 @@ mod machine_ops;
 mod machines;
 pub mod openapi;
 mod platform;
+mod secrets;
 mod tty;
 mod views;
 
@@ -232,6 +233,14 @@ pub fn router(state: ApiState) -> Router {
             get(machine_ops::memory).put(machine_ops::set_memory),
         )
         .route("/apps/{app}/deploy_token", post(platform::deploy_token))
+        .route(
+            "/apps/{app}/secrets",
+            get(secrets::list).post(secrets::update),
+        )
+        .route(
+            "/apps/{app}/secrets/{name}",
+            get(secrets::get).post(secrets::set).delete(secrets::delete),
+        )
         .route("/orgs/{org}/machines", get(platform::org_machines))
         .route("/platform/regions", get(platform::regions))
         .route("/tokens/current", get(platform::current_token))

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{apps, images, logs, machine_ops, machines, platform, tty};
+use crate::{apps, images, logs, machine_ops, machines, platform, secrets, tty};
 
 /// The document.
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::{apps, images, logs, machine_ops, machines, platform, tty};
         machine_ops::get_metadata_key, machine_ops::set_metadata_key, machine_ops::delete_metadata_key,
         machine_ops::exec, machine_ops::ps, machine_ops::memory, machine_ops::set_memory,
         platform::org_machines, platform::regions, platform::current_token, platform::deploy_token,
+        secrets::list, secrets::update, secrets::get, secrets::set, secrets::delete,
         logs::logs, tty::tty, images::list, images::import,
     ),
     modifiers(&BearerAuth),

@@ -1016,6 +1016,38 @@ async fn platform_org_and_tokens() {
     );
     let r = a.raw(with("GET", "/v1/tokens/current")).await;
     assert_eq!(r.body["tokens"][0]["apps"], json!(["web"]));
+    // Secrets: its own app's names and digests, never values, never
+    // another app's.
+    a.call(
+        "POST",
+        "/v1/apps/web/secrets",
+        Some(json!({"values": {"PASSWORD": "pw-web"}})),
+    )
+    .await;
+    a.call(
+        "POST",
+        "/v1/apps/other/secrets",
+        Some(json!({"values": {"PASSWORD": "pw-other"}})),
+    )
+    .await;
+    let r = a.raw(with("GET", "/v1/apps/web/secrets")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["secrets"][0]["name"], "PASSWORD");
+    assert!(!r.body.to_string().contains("pw-web"));
+    let r = a
+        .raw(with("GET", "/v1/apps/web/secrets?show_secrets=true"))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        a.raw(with("GET", "/v1/apps/other/secrets")).await.status,
+        403
+    );
+    assert_eq!(
+        a.raw(with("GET", "/v1/apps/other/secrets/PASSWORD"))
+            .await
+            .status,
+        403
+    );
     assert_eq!(
         a.call(
             "POST",

@@ -563,6 +563,92 @@ async fn responses_conform_to_flys_spec() {
     )
     .await;
 
+    // Secrets.
+    const S: &str = "/apps/{app_name}/secrets";
+    const SN: &str = "/apps/{app_name}/secrets/{secret_name}";
+    let r = h
+        .ok(
+            "POST",
+            S,
+            "/apps/c/secrets",
+            Some(json!({"values": {"DB_URL": "postgres://x", "KEY": "aGk="}})),
+        )
+        .await;
+    assert_eq!(r["version"], 1);
+    assert_eq!(r["Version"], 1);
+    h.ok(
+        "POST",
+        S,
+        "/apps/c/secrets",
+        Some(json!({"values": {"DB_URL": null}})),
+    )
+    .await;
+    let list = h.ok("GET", S, "/apps/c/secrets", None).await;
+    assert_eq!(list["secrets"].as_array().unwrap().len(), 1);
+    assert!(list["secrets"][0].get("value").is_none());
+    let shown = h
+        .ok("GET", S, "/apps/c/secrets?show_secrets=true", None)
+        .await;
+    assert_eq!(shown["secrets"][0]["value"], "aGk=");
+    h.err("GET", S, "/apps/c/secrets?min_version=99", None, 412)
+        .await;
+    h.err(
+        "POST",
+        S,
+        "/apps/c/secrets",
+        Some(json!({"values": {"FLY_X": "1"}})),
+        400,
+    )
+    .await;
+    let set = h
+        .ok(
+            "POST",
+            SN,
+            "/apps/c/secrets/TOKEN",
+            Some(json!({"value": "t0k"})),
+        )
+        .await;
+    assert_eq!(set["version"], 3);
+    let got = h.ok("GET", SN, "/apps/c/secrets/TOKEN", None).await;
+    assert_eq!(got["digest"], set["digest"]);
+    h.err("GET", SN, "/apps/c/secrets/NOPE", None, 404).await;
+    h.err("POST", SN, "/apps/c/secrets/TOKEN", Some(json!({})), 400)
+        .await;
+    h.ok("DELETE", SN, "/apps/c/secrets/TOKEN", None).await;
+    h.err("DELETE", SN, "/apps/c/secrets/TOKEN", None, 404)
+        .await;
+    // Machines name secrets in files and wait for secret versions.
+    h.ok(
+        "POST",
+        "/apps/{app_name}/machines",
+        "/apps/c/machines",
+        Some(json!({
+            "config": {"image": "busybox", "files": [{"guest_path": "/k", "secret_name": "KEY"}]},
+            "min_secrets_version": 4,
+        })),
+    )
+    .await;
+    h.err(
+        "POST",
+        "/apps/{app_name}/machines",
+        "/apps/c/machines",
+        Some(json!({
+            "config": {"image": "busybox", "files": [{"guest_path": "/k", "secret_name": "NOPE"}]},
+        })),
+        400,
+    )
+    .await;
+    h.err(
+        "POST",
+        "/apps/{app_name}/machines",
+        "/apps/c/machines",
+        Some(json!({
+            "config": {"image": "busybox"}, "min_secrets_version": 5,
+        })),
+        412,
+    )
+    .await;
+
     assert!(
         h.failures.is_empty(),
         "responses that break Fly's spec:\n{}",
@@ -571,7 +657,7 @@ async fn responses_conform_to_flys_spec() {
 
     // Every implemented operation but ps and memory (which need a real
     // workload; the end-to-end tests cover them) is exercised here.
-    assert_eq!(h.covered.len(), 33, "{:?}", h.covered);
+    assert_eq!(h.covered.len(), 38, "{:?}", h.covered);
 }
 
 /// The checker itself catches what it should.

@@ -92,6 +92,11 @@ fn body() -> impl Strategy<Value = Option<Value>> {
         Just(Some(json!({"config": {"image": "busybox"}}))),
         Just(Some(json!({"config": {"image": "missing/thing"}}))),
         Just(Some(json!({"name": "fz", "org_slug": "personal"}))),
+        any_json().prop_map(|v| Some(json!({"values": {"K": v, "k-2": v}}))),
+        any_json().prop_map(|v| Some(json!({"value": v}))),
+        any_json().prop_map(|v| Some(
+            json!({"config": {"image": "busybox", "files": [{"guest_path": "/s", "secret_name": v}]}, "min_secrets_version": v})
+        )),
     ]
 }
 
@@ -152,6 +157,11 @@ fn request(ids: Vec<String>) -> impl Strategy<Value = Req> {
         ("GET", "/v1/platform/regions"),
         ("GET", "/v1/tokens/current"),
         ("GET", "/v1/hangar/apps/{app}/logs"),
+        ("GET", "/v1/apps/{app}/secrets"),
+        ("POST", "/v1/apps/{app}/secrets"),
+        ("GET", "/v1/apps/{app}/secrets/K"),
+        ("POST", "/v1/apps/{app}/secrets/K"),
+        ("DELETE", "/v1/apps/{app}/secrets/K"),
         ("PATCH", "/v1/apps/{app}/machines"),
         ("GET", "/v1/nope"),
     ];
@@ -179,6 +189,8 @@ fn request(ids: Vec<String>) -> impl Strategy<Value = Req> {
                 "tail",
                 "since",
                 "machine_id",
+                "show_secrets",
+                "min_version",
             ]),
             prop_oneof![
                 Just("true".to_string()),
