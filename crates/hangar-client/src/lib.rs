@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_api_types::{
-    App, CreateAppRequest, CreateMachineRequest, ErrorResponse, ExecResponse, ImageSummary, Lease,
-    LeaseEnvelope, ListAppsResponse, LogEntry, Machine, MachineEvent, MachineExecRequest,
-    MachineVersion, ProcessStat, StartResponse, UpdateMachineRequest, WaitMachineResponse,
+    App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, CreateAppRequest,
+    CreateMachineRequest, ErrorResponse, ExecResponse, ImageSummary, Lease, LeaseEnvelope,
+    ListAppsResponse, LogEntry, Machine, MachineEvent, MachineExecRequest, MachineVersion,
+    ProcessStat, StartResponse, UpdateMachineRequest, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -493,6 +494,30 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    // ---- secrets ----
+
+    /// `GET /v1/apps/{app}/secrets`: names and digests.
+    pub async fn list_secrets(&self, app: &str) -> Result<AppSecrets, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/secrets")))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/secrets`: sets (`Some`) and unsets (`None`)
+    /// secrets at once; returns the new secrets version.
+    pub async fn update_secrets(
+        &self,
+        app: &str,
+        values: std::collections::BTreeMap<String, Option<String>>,
+    ) -> Result<i64, ClientError> {
+        let r: AppSecretsUpdateResp = self
+            .send(
+                self.request(Method::POST, &format!("/apps/{app}/secrets"))
+                    .json(&AppSecretsUpdateRequest { values }),
+            )
+            .await?;
+        Ok(r.version)
     }
 
     // ---- logs (Hangar extension) ----

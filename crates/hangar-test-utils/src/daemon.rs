@@ -119,7 +119,12 @@ impl Daemon {
         Client::new(&self.url, &self.token)
     }
 
-    /// The data dir's machine directory of `id`.
+    /// The daemon's data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// A machine's directory in the data dir.
     pub fn machine_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("machines").join(id)
     }

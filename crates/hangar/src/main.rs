@@ -42,6 +42,9 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Show (and follow) the output of an app's machines.
     Logs(cmd::logs::LogsArgs),
+    /// Manage an app's secrets.
+    #[command(subcommand, alias = "secret")]
+    Secrets(cmd::secrets::SecretsCmd),
 }
 
 impl Cli {
@@ -74,6 +77,7 @@ fn main() {
             Command::Machine(c) => cmd::machine::run(c, &client, &out).await,
             Command::Image(c) => cmd::image::run(c, &client, &out).await,
             Command::Logs(a) => cmd::logs::run(a, &client, &out).await,
+            Command::Secrets(c) => cmd::secrets::run(c, &client, &out).await,
         }
     });
     if let Err(e) = result {

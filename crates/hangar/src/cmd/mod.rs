@@ -6,3 +6,4 @@ pub mod image;
 pub mod logs;
 pub mod machine;
 pub mod machine_ops;
+pub mod secrets;
