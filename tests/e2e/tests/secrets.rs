@@ -21,12 +21,10 @@ fn files_containing(dir: &Path, needle: &[u8], out: &mut Vec<std::path::PathBuf>
         let p = e.path();
         if ft.is_dir() {
             files_containing(&p, needle, out);
-        } else if ft.is_file() {
-            if let Ok(data) = std::fs::read(&p) {
-                if data.windows(needle.len()).any(|w| w == needle) {
-                    out.push(p);
-                }
-            }
+        } else if ft.is_file()
+            && std::fs::read(&p).is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle))
+        {
+            out.push(p);
         }
     }
 }
