@@ -13,8 +13,8 @@ fi
 
 # crun/runc run the machines; docker-registry serves test images; the test
 # images are built from busybox-static; ps and mount come from procps and
-# util-linux.
-packages=(crun runc docker-registry busybox-static procps util-linux ca-certificates)
+# util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup.
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
