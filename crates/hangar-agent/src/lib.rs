@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod spec;
 pub mod standby;
 pub mod store;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -91,6 +92,8 @@ pub(crate) struct Shared {
     pub schedule_time_scale: u32,
     /// Seals and opens app secrets.
     pub secrets: secrets::SecretBox,
+    /// Volume images on this host.
+    pub volumes: hangar_volumes::VolumeHost,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -182,12 +185,15 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("secrets.key"));
         let secrets = secrets::SecretBox::load_or_create(&key_file)?;
+        let volumes = hangar_volumes::VolumeHost::new(cfg.data_dir.join("volumes"))
+            .map_err(|e| AgentError::Internal(format!("volumes directory: {e}")))?;
         let shared = Arc::new(Shared {
             store,
             runtime,
             images,
             schedule_time_scale: cfg.schedule_time_scale.max(1),
             secrets,
+            volumes,
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -327,6 +333,7 @@ impl Agent {
         self.check_standbys(&app.name, None, &config)?;
         self.check_secrets_version(&app.name, req.min_secrets_version)?;
         self.check_file_secrets(&app.name, &config)?;
+        let volume = self.mount_volume(&app.name, None, &config)?;
         let image_ref = self
             .shared
             .images
@@ -357,8 +364,13 @@ impl Agent {
             None => hangar_core::names::generate(),
         };
         let now = store::now_rfc3339();
+        let machine_id = MachineId::generate();
+        // The volume is bound first: a machine never runs without it.
+        if let Some(v) = &volume {
+            self.bind_volume(v, &machine_id)?;
+        }
         let rec = MachineRecord {
-            id: MachineId::generate(),
+            id: machine_id.clone(),
             app: app.name.clone(),
             name,
             region,
@@ -380,7 +392,10 @@ impl Agent {
             source: "user".into(),
             request: None,
         };
-        self.shared.store.insert_machine(&rec, &event)?;
+        if let Err(e) = self.shared.store.insert_machine(&rec, &event) {
+            let _ = self.shared.store.release_volumes(rec.id.as_str());
+            return Err(e);
+        }
         let last = self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);
         let handle = Runner::spawn(rec.clone(), self.shared.clone(), last);
         self.shared

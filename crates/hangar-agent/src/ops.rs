@@ -141,6 +141,7 @@ impl Agent {
         self.check_standbys(app, Some(&rec.id), &config)?;
         self.check_secrets_version(app, req.min_secrets_version)?;
         self.check_file_secrets(app, &config)?;
+        crate::volumes::check_mounts_unchanged(&rec.config, &config)?;
         let image_ref = self
             .shared
             .images

@@ -383,6 +383,12 @@ impl Runner {
     async fn handle(&mut self, first: Input, reply: Option<Reply>) {
         self.apply_all(first, reply).await;
         self.sync_schedule();
+        if self.rec.core.state == MachineState::Destroyed {
+            // Its volume is free for another machine; the data stays.
+            if let Err(e) = self.shared.store.release_volumes(self.rec.id.as_str()) {
+                tracing::error!(machine = %self.rec.id, error = %e, "cannot release volumes");
+            }
+        }
     }
 
     async fn apply_all(&mut self, first: Input, mut reply: Option<Reply>) {
@@ -625,6 +631,8 @@ impl Runner {
             files: spec::guest_files(c, Some(&secrets)).map_err(|e| e.to_string())?,
             tty: c.init.as_ref().and_then(|i| i.tty).unwrap_or(false),
             secret_env: hangar_runtime::SecretEnv(secrets.into_iter().collect()),
+            volumes: crate::volumes::attachments(&self.shared.store, &self.shared.secrets, c)
+                .map_err(|e| e.to_string())?,
         })
     }
 }

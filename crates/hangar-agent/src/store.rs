@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_leases_tokens.sql"),
     include_str!("../migrations/0003_schedules.sql"),
     include_str!("../migrations/0004_secrets.sql"),
+    include_str!("../migrations/0005_volumes.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.

@@ -157,6 +157,24 @@ pub struct MachineFile {
     pub extra: Extra,
 }
 
+/// A volume mounted into the machine (`fly.MachineMount`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MachineMount {
+    /// The volume's id (`vol_...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// Where it appears in the machine.
+    #[serde(default)]
+    pub path: String,
+    /// The volume's name (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Other fields (auto-extension settings), kept as received.
+    #[serde(flatten, deserialize_with = "drop_nulls", default)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
 /// A machine's configuration (`fly.MachineConfig`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineConfig {
@@ -201,6 +219,9 @@ pub struct MachineConfig {
     /// Files written into the machine before it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<MachineFile>>,
+    /// Volumes mounted into the machine (at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<MachineMount>>,
     /// Machines this one stands by for: it stays stopped until one of
     /// their hosts fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -451,6 +472,139 @@ pub struct ErrorResponse {
     /// Machine-readable status (`unknown`, `insufficient_capacity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+}
+
+/// A volume (`Volume`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Volume {
+    /// `vol_` and 16 characters.
+    pub id: String,
+    /// Name (several volumes may share one).
+    pub name: String,
+    /// `created` while it exists, then `destroyed`.
+    pub state: String,
+    /// Size, GB.
+    pub size_gb: i64,
+    /// Region.
+    pub region: String,
+    /// The host's zone (4 hex digits).
+    pub zone: String,
+    /// Whether its data is encrypted at rest.
+    pub encrypted: bool,
+    /// `local`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `ext4` or `raw`.
+    pub fstype: String,
+    /// The machine it is bound to (absent when free).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_machine_id: Option<String>,
+    /// The same machine (Fly's allocation id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_alloc_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Filesystem blocks.
+    pub blocks: i64,
+    /// Block size, bytes.
+    pub block_size: i64,
+    /// Free blocks.
+    pub blocks_free: i64,
+    /// Blocks available to users.
+    pub blocks_avail: i64,
+    /// Size of the filesystem, bytes.
+    pub bytes_total: i64,
+    /// Bytes in use.
+    pub bytes_used: i64,
+    /// Days snapshots are kept.
+    pub snapshot_retention: i64,
+    /// Daily automatic snapshots.
+    pub auto_backup_enabled: bool,
+    /// `ok`.
+    pub host_status: String,
+}
+
+/// `POST /apps/{app}/volumes` (`CreateVolumeRequest`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateVolumeRequest {
+    /// Name (required): lowercase letters, digits and underscores.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Region (this host's when absent).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Size in GB (default 3).
+    #[serde(default)]
+    pub size_gb: Option<i64>,
+    /// Encrypt at rest (default true).
+    #[serde(default)]
+    pub encrypted: Option<bool>,
+    /// `ext4` (default) or `raw`.
+    #[serde(default)]
+    pub fstype: Option<String>,
+    /// Restore from this snapshot.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// Fork this volume.
+    #[serde(default)]
+    pub source_volume_id: Option<String>,
+    /// Days to keep snapshots (1-60, default 5).
+    #[serde(default)]
+    pub snapshot_retention: Option<i64>,
+    /// Daily automatic snapshots (default true).
+    #[serde(default)]
+    pub auto_backup_enabled: Option<bool>,
+    /// Other fields (placement hints), accepted and ignored.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
+/// `PUT /apps/{app}/volumes/{id}` (`UpdateVolumeRequest`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UpdateVolumeRequest {
+    /// Days to keep snapshots (1-60).
+    #[serde(default)]
+    pub snapshot_retention: Option<i64>,
+    /// Daily automatic snapshots.
+    #[serde(default)]
+    pub auto_backup_enabled: Option<bool>,
+}
+
+/// `PUT /apps/{app}/volumes/{id}/extend` (`ExtendVolumeRequest`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExtendVolumeRequest {
+    /// The new size, GB (larger than now).
+    #[serde(default)]
+    pub size_gb: Option<i64>,
+}
+
+/// Answer to an extension (`ExtendVolumeResponse`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExtendVolumeResponse {
+    /// The volume.
+    pub volume: Volume,
+    /// The machine must restart before it sees the new size.
+    pub needs_restart: bool,
+}
+
+/// A volume snapshot (`VolumeSnapshot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeSnapshot {
+    /// `vs_` and 16 characters.
+    pub id: String,
+    /// Bytes of data it holds.
+    pub size: i64,
+    /// Size of the volume, GB.
+    pub volume_size: i64,
+    /// SHA-256 of its data.
+    pub digest: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `created`.
+    pub status: String,
+    /// Days it is kept.
+    pub retention_days: i64,
 }
 
 /// An app secret (`AppSecret`): its value only with `show_secrets`, to an

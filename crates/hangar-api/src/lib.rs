@@ -21,6 +21,7 @@ mod platform;
 mod secrets;
 mod tty;
 mod views;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +31,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use hangar_agent::Agent;
 
 pub use error::ApiError;
@@ -233,6 +234,21 @@ pub fn router(state: ApiState) -> Router {
             get(machine_ops::memory).put(machine_ops::set_memory),
         )
         .route("/apps/{app}/deploy_token", post(platform::deploy_token))
+        .route(
+            "/apps/{app}/volumes",
+            get(volumes::list).post(volumes::create),
+        )
+        .route(
+            "/apps/{app}/volumes/{id}",
+            get(volumes::get)
+                .put(volumes::update)
+                .delete(volumes::delete),
+        )
+        .route("/apps/{app}/volumes/{id}/extend", put(volumes::extend))
+        .route(
+            "/apps/{app}/volumes/{id}/snapshots",
+            get(volumes::snapshots).post(volumes::snapshot),
+        )
         .route(
             "/apps/{app}/secrets",
             get(secrets::list).post(secrets::update),

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{apps, images, logs, machine_ops, machines, platform, secrets, tty};
+use crate::{apps, images, logs, machine_ops, machines, platform, secrets, tty, volumes};
 
 /// The document.
 #[derive(OpenApi)]
@@ -28,6 +28,8 @@ use crate::{apps, images, logs, machine_ops, machines, platform, secrets, tty};
         machine_ops::exec, machine_ops::ps, machine_ops::memory, machine_ops::set_memory,
         platform::org_machines, platform::regions, platform::current_token, platform::deploy_token,
         secrets::list, secrets::update, secrets::get, secrets::set, secrets::delete,
+        volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
+        volumes::extend, volumes::snapshots, volumes::snapshot,
         logs::logs, tty::tty, images::list, images::import,
     ),
     modifiers(&BearerAuth),

@@ -649,6 +649,210 @@ async fn responses_conform_to_flys_spec() {
     )
     .await;
 
+    // Volumes (real sparse images; the fake runtime mounts nothing).
+    const V: &str = "/apps/{app_name}/volumes";
+    const VI: &str = "/apps/{app_name}/volumes/{volume_id}";
+    let vol = h
+        .ok(
+            "POST",
+            V,
+            "/apps/c/volumes",
+            Some(json!({"name": "data", "size_gb": 1})),
+        )
+        .await;
+    let vid = vol["id"].as_str().unwrap().to_owned();
+    assert!(vid.starts_with("vol_") && vid.len() == 20, "{vid}");
+    assert_eq!(vol["encrypted"], true);
+    assert_eq!(vol["fstype"], "ext4");
+    assert_eq!(vol["state"], "created");
+    h.err(
+        "POST",
+        V,
+        "/apps/c/volumes",
+        Some(json!({"name": "Bad Name"})),
+        400,
+    )
+    .await;
+    h.err(
+        "POST",
+        V,
+        "/apps/c/volumes",
+        Some(json!({"name": "x", "size_gb": 0})),
+        400,
+    )
+    .await;
+    h.err(
+        "POST",
+        V,
+        "/apps/c/volumes",
+        Some(json!({"name": "x", "size_gb": 1_000_000})),
+        400,
+    )
+    .await;
+    h.err(
+        "POST",
+        V,
+        "/apps/c/volumes",
+        Some(json!({"name": "x", "region": "syd"})),
+        422,
+    )
+    .await;
+    h.err("POST", V, "/apps/c/volumes", Some(json!({})), 400)
+        .await;
+    h.ok("GET", V, "/apps/c/volumes", None).await;
+    h.ok("GET", VI, &format!("/apps/c/volumes/{vid}"), None)
+        .await;
+    h.err("GET", VI, "/apps/c/volumes/vol_nope", None, 404)
+        .await;
+    let u = h
+        .ok(
+            "PUT",
+            VI,
+            &format!("/apps/c/volumes/{vid}"),
+            Some(json!({"snapshot_retention": 7})),
+        )
+        .await;
+    assert_eq!(u["snapshot_retention"], 7);
+    h.err(
+        "PUT",
+        VI,
+        &format!("/apps/c/volumes/{vid}"),
+        Some(json!({"snapshot_retention": 99})),
+        400,
+    )
+    .await;
+    let x = h
+        .ok(
+            "PUT",
+            &format!("{VI}/extend"),
+            &format!("/apps/c/volumes/{vid}/extend"),
+            Some(json!({"size_gb": 2})),
+        )
+        .await;
+    assert_eq!(x["volume"]["size_gb"], 2);
+    assert_eq!(x["needs_restart"], false);
+    h.err(
+        "PUT",
+        &format!("{VI}/extend"),
+        &format!("/apps/c/volumes/{vid}/extend"),
+        Some(json!({"size_gb": 1})),
+        400,
+    )
+    .await;
+    h.ok(
+        "POST",
+        &format!("{VI}/snapshots"),
+        &format!("/apps/c/volumes/{vid}/snapshots"),
+        None,
+    )
+    .await;
+    let snaps = h
+        .ok(
+            "GET",
+            &format!("{VI}/snapshots"),
+            &format!("/apps/c/volumes/{vid}/snapshots"),
+            None,
+        )
+        .await;
+    let snap = snaps[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(snaps[0]["volume_size"], 2);
+    let restored = h
+        .ok(
+            "POST",
+            V,
+            "/apps/c/volumes",
+            Some(json!({"name": "restored", "snapshot_id": snap})),
+        )
+        .await;
+    assert_eq!(
+        restored["size_gb"], 3,
+        "the default, above the snapshot's 2"
+    );
+    let fork = h
+        .ok(
+            "POST",
+            V,
+            "/apps/c/volumes",
+            Some(json!({"name": "fork", "source_volume_id": vid, "size_gb": 2})),
+        )
+        .await;
+    // Machines bind volumes; one machine per volume; mounts stay as created.
+    let mv = h
+        .ok(
+            "POST",
+            "/apps/{app_name}/machines",
+            "/apps/c/machines",
+            Some(json!({
+                "config": {"image": "busybox", "mounts": [{"volume": vid, "path": "/data"}]},
+                "skip_launch": true,
+            })),
+        )
+        .await;
+    let mid = mv["id"].as_str().unwrap().to_owned();
+    let bound = h
+        .ok("GET", VI, &format!("/apps/c/volumes/{vid}"), None)
+        .await;
+    assert_eq!(bound["attached_machine_id"], mid.as_str());
+    h.err(
+        "POST",
+        "/apps/{app_name}/machines",
+        "/apps/c/machines",
+        Some(json!({
+            "config": {"image": "busybox", "mounts": [{"volume": vid, "path": "/data"}]},
+        })),
+        409,
+    )
+    .await;
+    h.err(
+        "POST",
+        "/apps/{app_name}/machines",
+        "/apps/c/machines",
+        Some(json!({
+            "config": {"image": "busybox", "mounts": [{"volume": fork["id"], "path": "/"}]},
+        })),
+        400,
+    )
+    .await;
+    h.err(
+        "POST",
+        M,
+        &format!("/apps/c/machines/{mid}"),
+        Some(json!({
+            "config": {"image": "busybox", "mounts": [{"volume": vid, "path": "/elsewhere"}]},
+        })),
+        400,
+    )
+    .await;
+    h.err("DELETE", VI, &format!("/apps/c/volumes/{vid}"), None, 412)
+        .await;
+    h.ok(
+        "DELETE",
+        M,
+        &format!("/apps/c/machines/{mid}?force=true"),
+        None,
+    )
+    .await;
+    h.ok(
+        "GET",
+        &format!("{M}/wait"),
+        &format!("/apps/c/machines/{mid}/wait?state=destroyed&timeout=10"),
+        None,
+    )
+    .await;
+    let gone = h
+        .ok("DELETE", VI, &format!("/apps/c/volumes/{vid}"), None)
+        .await;
+    assert_eq!(gone["state"], "destroyed");
+    for v in [&restored, &fork] {
+        h.ok(
+            "DELETE",
+            VI,
+            &format!("/apps/c/volumes/{}", v["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    }
+
     assert!(
         h.failures.is_empty(),
         "responses that break Fly's spec:\n{}",
@@ -657,7 +861,7 @@ async fn responses_conform_to_flys_spec() {
 
     // Every implemented operation but ps and memory (which need a real
     // workload; the end-to-end tests cover them) is exercised here.
-    assert_eq!(h.covered.len(), 38, "{:?}", h.covered);
+    assert_eq!(h.covered.len(), 46, "{:?}", h.covered);
 }
 
 /// The checker itself catches what it should.

@@ -94,6 +94,11 @@ fn body() -> impl Strategy<Value = Option<Value>> {
         Just(Some(json!({"name": "fz", "org_slug": "personal"}))),
         any_json().prop_map(|v| Some(json!({"values": {"K": v, "k-2": v}}))),
         any_json().prop_map(|v| Some(json!({"value": v}))),
+        any_json().prop_map(|v| Some(json!({"name": "vf", "size_gb": v, "encrypted": v}))),
+        any_json().prop_map(|v| Some(json!({"size_gb": v, "snapshot_retention": v}))),
+        any_json().prop_map(|v| Some(
+            json!({"config": {"image": "busybox", "mounts": [{"volume": v, "path": v}]}})
+        )),
         any_json().prop_map(|v| Some(
             json!({"config": {"image": "busybox", "files": [{"guest_path": "/s", "secret_name": v}]}, "min_secrets_version": v})
         )),
@@ -157,6 +162,14 @@ fn request(ids: Vec<String>) -> impl Strategy<Value = Req> {
         ("GET", "/v1/platform/regions"),
         ("GET", "/v1/tokens/current"),
         ("GET", "/v1/hangar/apps/{app}/logs"),
+        ("GET", "/v1/apps/{app}/volumes"),
+        ("POST", "/v1/apps/{app}/volumes"),
+        ("GET", "/v1/apps/{app}/volumes/{id}"),
+        ("PUT", "/v1/apps/{app}/volumes/{id}"),
+        ("DELETE", "/v1/apps/{app}/volumes/{id}"),
+        ("PUT", "/v1/apps/{app}/volumes/{id}/extend"),
+        ("GET", "/v1/apps/{app}/volumes/{id}/snapshots"),
+        ("POST", "/v1/apps/{app}/volumes/{id}/snapshots"),
         ("GET", "/v1/apps/{app}/secrets"),
         ("POST", "/v1/apps/{app}/secrets"),
         ("GET", "/v1/apps/{app}/secrets/K"),
@@ -316,6 +329,22 @@ fn thousands_of_generated_requests_never_fail_the_server() {
         assert_eq!(st, 200);
         ids.push(m["id"].as_str().unwrap().to_owned());
     }
+    // Two volumes, so that volume routes meet real ones too.
+    for name in ["fa", "fb"] {
+        let (st, v) = call(
+            &rt,
+            &app,
+            &Req {
+                method: "POST",
+                path: "/v1/apps/f/volumes".into(),
+                body: Some(json!({"name": name, "size_gb": 1})),
+                nonce: false,
+            },
+            None,
+        );
+        assert_eq!(st, 200, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
     // Nonces handed out by the generated lease requests, reused by later ones.
     let nonces = std::sync::Mutex::new(Vec::<String>::new());
     let cases: u32 = std::env::var("HANGAR_FUZZ_CASES")
@@ -331,6 +360,11 @@ fn thousands_of_generated_requests_never_fail_the_server() {
     let seen = std::sync::Mutex::new(&mut statuses);
     runner
         .run(&request(ids.clone()), |r| {
+            // A generated DELETE may have taken the app: bring it back, so
+            // that most requests reach real machines.
+            if agent.get_app("f").is_err() {
+                let _ = agent.create_app("f", None, None);
+            }
             let nonce = if r.nonce {
                 nonces.lock().unwrap().last().cloned()
             } else {

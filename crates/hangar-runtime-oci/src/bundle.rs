@@ -52,6 +52,8 @@ pub struct BundlePaths<'a> {
     pub secret_env: Option<&'a Path>,
     /// Secret files: `(host file, guest path)`.
     pub secret_files: &'a [(PathBuf, String)],
+    /// Volumes: `(host data directory, guest path)`.
+    pub volumes: &'a [(PathBuf, String)],
 }
 
 /// Where a machine's secrets wait on the secrets tmpfs.
@@ -185,6 +187,10 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
                 "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}),
             );
         }
+        for (host, guest) in paths.volumes {
+            mounts.push(json!({"destination": guest, "type": "bind", "source": host,
+                "options": ["rbind", "nosuid", "nodev"]}));
+        }
         for (host, guest) in paths.secret_files {
             mounts.push(json!({"destination": guest, "type": "bind", "source": host,
                 "options": ["bind", "nosuid", "nodev"]}));
@@ -218,6 +224,7 @@ mod tests {
             files: vec![],
             tty: false,
             secret_env: Default::default(),
+            volumes: vec![],
         }
     }
 
@@ -232,6 +239,7 @@ mod tests {
             netns: p,
             secret_env: None,
             secret_files: &[],
+            volumes: &[],
         };
         let who = Identity {
             uid: 1000,

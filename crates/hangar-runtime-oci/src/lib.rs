@@ -106,6 +106,8 @@ pub struct OciConfig {
     /// Where secrets handed to machines live while they run: a tmpfs (see
     /// [`host::ensure_tmpfs`]), so they never reach a disk.
     pub secrets_dir: PathBuf,
+    /// The host's volumes (mounted here and bound into machines).
+    pub volumes: Option<hangar_volumes::VolumeHost>,
 }
 
 /// A live shim we can wait on.
@@ -260,8 +262,47 @@ impl OciRuntime {
         prepared == Some(spec_hash(spec))
     }
 
+    /// Mounts the spec's volumes on the host; returns `(data dir, guest
+    /// path)` for each. A growth that had to wait for a restart happens
+    /// here, while nothing uses the volume. The ids are recorded so that
+    /// [`Runtime::destroy`] detaches them.
+    async fn attach_volumes(
+        &self,
+        spec: &WorkloadSpec,
+    ) -> Result<Vec<(PathBuf, String)>, RuntimeError> {
+        if spec.volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = &spec.id;
+        let host = self.cfg.volumes.as_ref().ok_or_else(|| {
+            RuntimeError::InvalidSpec("this hangard has no volume support".into())
+        })?;
+        let mut out = Vec::new();
+        for v in &spec.volumes {
+            if host.growth_pending(&v.id) && host.is_attached(&v.id) {
+                host.detach(&v.id)
+                    .await
+                    .map_err(|e| failed("attach volume", id, e))?;
+            }
+            let dir = host
+                .attach(&v.id, v.key.as_ref())
+                .await
+                .map_err(|e| failed("attach volume", id, e))?;
+            out.push((dir, v.guest_path.clone()));
+        }
+        let ids: Vec<&str> = spec.volumes.iter().map(|v| v.id.as_str()).collect();
+        std::fs::create_dir_all(self.dir(id).join("state"))
+            .and_then(|_| std::fs::write(self.dir(id).join("state/volumes"), ids.join("\n")))
+            .map_err(|e| failed("attach volume", id, e))?;
+        Ok(out)
+    }
+
     /// Prepares the root filesystem and bundle; returns the bundle dir.
-    fn prepare(&self, spec: &WorkloadSpec) -> Result<PathBuf, RuntimeError> {
+    fn prepare(
+        &self,
+        spec: &WorkloadSpec,
+        volumes: &[(PathBuf, String)],
+    ) -> Result<PathBuf, RuntimeError> {
         let id = &spec.id;
         let dir = self.dir(id);
         let bundle_dir = dir.join("bundle");
@@ -335,6 +376,7 @@ impl OciRuntime {
                     netns: &netns_path,
                     secret_env: secrets.env.as_deref(),
                     secret_files: &secrets.files,
+                    volumes,
                 },
                 self.nofile,
             );
@@ -502,7 +544,8 @@ impl Runtime for OciRuntime {
             return Err(failed("start", id, "a workload is already running"));
         }
         let t0 = std::time::Instant::now();
-        let bundle_dir = self.prepare(spec)?;
+        let volumes = self.attach_volumes(spec).await?;
+        let bundle_dir = self.prepare(spec, &volumes)?;
         let prepared = t0.elapsed();
         let dir = self.dir(id);
         let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
@@ -576,7 +619,8 @@ impl Runtime for OciRuntime {
         if self.shim(&spec.id).is_some() {
             return Ok(());
         }
-        self.prepare(spec)?;
+        let volumes = self.attach_volumes(spec).await?;
+        self.prepare(spec, &volumes)?;
         self.prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -766,6 +810,15 @@ impl Runtime for OciRuntime {
     async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
         self.cleanup(id).await?;
         let dir = self.dir(id);
+        // Unmount its volumes from the host; their data stays.
+        if let (Some(host), Ok(list)) = (
+            &self.cfg.volumes,
+            std::fs::read_to_string(dir.join("state/volumes")),
+        ) {
+            for v in list.lines().filter(|l| !l.is_empty()) {
+                host.detach(v).await.map_err(|e| failed("destroy", id, e))?;
+            }
+        }
         netns::remove(&dir.join("netns")).map_err(|e| failed("destroy", id, e))?;
         fsutil::remove_tree(&dir).map_err(|e| failed("destroy", id, e))
     }

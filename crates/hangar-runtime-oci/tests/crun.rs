@@ -68,6 +68,7 @@ fn runtime(dir: &Path) -> OciRuntime {
         log_max_bytes: 1 << 20,
         cgroup_parent: "/hangar-test".into(),
         secrets_dir: dir.join("secrets"),
+        volumes: None,
     })
     .unwrap()
 }
@@ -95,6 +96,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
         files: vec![],
         tty: false,
         secret_env: Default::default(),
+        volumes: vec![],
     }
 }
 

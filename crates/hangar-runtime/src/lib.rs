@@ -61,6 +61,31 @@ pub struct WorkloadSpec {
     /// The app's secrets, as environment variables that win over the
     /// process's own; kept off disk.
     pub secret_env: SecretEnv,
+    /// Volumes to mount (at most one today).
+    pub volumes: Vec<VolumeAttachment>,
+}
+
+/// A volume a machine mounts: the runtime attaches it (a container runtime
+/// mounts it on the host and binds its data directory; a microVM runtime
+/// would attach the image as a disk).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct VolumeAttachment {
+    /// The volume's id.
+    pub id: String,
+    /// Where it appears in the machine.
+    pub guest_path: String,
+    /// Its encryption key, if encrypted.
+    pub key: Option<[u8; 64]>,
+}
+
+impl std::fmt::Debug for VolumeAttachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeAttachment")
+            .field("id", &self.id)
+            .field("guest_path", &self.guest_path)
+            .field("encrypted", &self.key.is_some())
+            .finish()
+    }
 }
 
 /// Secret environment variables; `Debug` shows only their names.

@@ -142,6 +142,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         log_max_bytes: args.log_max_bytes,
         cgroup_parent: "/hangar".into(),
         secrets_dir,
+        volumes: Some(
+            hangar_volumes::VolumeHost::new(data.join("volumes"))
+                .context("preparing the volumes directory")?,
+        ),
     })
     .context("setting up the container runtime")?;
 

@@ -1,0 +1,817 @@
+//! Volumes as the API sees them: records in SQLite, images on the host
+//! (`hangar-volumes`), Fly's rules.
+//!
+//! A volume belongs to an app and this host; it is bound to at most one
+//! machine (from the machine's creation to its destruction), and a machine
+//! mounts at most one volume. An encrypted volume's 64-byte key is sealed
+//! with the secrets key. Snapshots are kept `snapshot_retention` days; with
+//! `auto_backup_enabled` one is taken daily. Data outlives machines: it goes
+//! only when the volume is deleted.
+
+use std::time::Duration;
+
+use hangar_api_types::MachineConfig;
+use hangar_core::{GuestPath, MachineId, MachineState};
+use hangar_runtime::VolumeAttachment;
+use hangar_volumes::{Fstype, GIB, Usage};
+use rusqlite::{OptionalExtension, params};
+
+use crate::store::{Store, db, now_ms, now_rfc3339};
+use crate::{Agent, AgentError};
+
+/// Largest volume, GB (Fly's limit).
+pub const MAX_SIZE_GB: i64 = 500;
+/// Size when none is asked for, GB (Fly's default).
+pub const DEFAULT_SIZE_GB: i64 = 3;
+/// How often volume maintenance (backups, retention) runs, at real time.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// A volume's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeRecord {
+    /// `vol_...`.
+    pub id: String,
+    /// Owning app.
+    pub app: String,
+    /// Name.
+    pub name: String,
+    /// `created` or `destroyed`.
+    pub state: String,
+    /// Size, GB.
+    pub size_gb: i64,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Encrypted at rest.
+    pub encrypted: bool,
+    /// `ext4` or `raw`.
+    pub fstype: String,
+    key_sealed: Option<Vec<u8>>,
+    /// The machine it is bound to.
+    pub attached_machine_id: Option<String>,
+    /// Days snapshots are kept.
+    pub snapshot_retention: i64,
+    /// Daily snapshots.
+    pub auto_backup_enabled: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A snapshot's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// `vs_...`.
+    pub id: String,
+    /// The volume it was taken of.
+    pub volume_id: String,
+    /// Bytes of data.
+    pub size: i64,
+    /// The volume's size then, GB.
+    pub volume_size: i64,
+    /// Digest of its data.
+    pub digest: String,
+    /// `created`.
+    pub status: String,
+    /// Days it is kept.
+    pub retention_days: i64,
+    fstype: String,
+    encrypted: bool,
+    key_sealed: Option<Vec<u8>>,
+    /// RFC 3339.
+    pub created_at: String,
+    created_at_ms: i64,
+}
+
+/// A volume to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewVolume {
+    /// Name (required).
+    pub name: String,
+    /// Region.
+    pub region: Option<String>,
+    /// Size, GB.
+    pub size_gb: Option<i64>,
+    /// Encrypt (default true).
+    pub encrypted: Option<bool>,
+    /// `ext4` or `raw`.
+    pub fstype: Option<String>,
+    /// Restore from a snapshot.
+    pub snapshot_id: Option<String>,
+    /// Fork a volume.
+    pub source_volume_id: Option<String>,
+    /// Days to keep snapshots.
+    pub snapshot_retention: Option<i64>,
+    /// Daily snapshots.
+    pub auto_backup_enabled: Option<bool>,
+}
+
+fn invalid(m: impl Into<String>) -> AgentError {
+    AgentError::InvalidArgument(m.into())
+}
+
+fn host_err(e: hangar_volumes::VolumeError) -> AgentError {
+    match e {
+        hangar_volumes::VolumeError::Invalid(m) => AgentError::InvalidArgument(m),
+        other => AgentError::Internal(other.to_string()),
+    }
+}
+
+fn new_id(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let tail: String = (0..16)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// Checks a volume name as Fly does.
+pub fn check_name(name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 30
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid volume name {name:?}: use up to 30 lowercase letters, digits and underscores"
+        )))
+    }
+}
+
+fn check_retention(days: i64) -> Result<i64, AgentError> {
+    if (1..=60).contains(&days) {
+        Ok(days)
+    } else {
+        Err(invalid(format!(
+            "invalid snapshot_retention {days}: must be 1 to 60 days"
+        )))
+    }
+}
+
+const VOLUME_COLUMNS: &str = "id, app_name, name, state, size_gb, region, zone, encrypted, fstype, key_sealed, attached_machine_id, snapshot_retention, auto_backup_enabled, created_at";
+
+fn volume_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRecord> {
+    Ok(VolumeRecord {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        name: r.get(2)?,
+        state: r.get(3)?,
+        size_gb: r.get(4)?,
+        region: r.get(5)?,
+        zone: r.get(6)?,
+        encrypted: r.get::<_, i64>(7)? != 0,
+        fstype: r.get(8)?,
+        key_sealed: r.get(9)?,
+        attached_machine_id: r.get(10)?,
+        snapshot_retention: r.get(11)?,
+        auto_backup_enabled: r.get::<_, i64>(12)? != 0,
+        created_at: r.get(13)?,
+    })
+}
+
+const SNAPSHOT_COLUMNS: &str = "id, volume_id, size, volume_size, digest, status, retention_days, fstype, encrypted, key_sealed, created_at, created_at_ms";
+
+fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
+    Ok(SnapshotRecord {
+        id: r.get(0)?,
+        volume_id: r.get(1)?,
+        size: r.get(2)?,
+        volume_size: r.get(3)?,
+        digest: r.get(4)?,
+        status: r.get(5)?,
+        retention_days: r.get(6)?,
+        fstype: r.get(7)?,
+        encrypted: r.get::<_, i64>(8)? != 0,
+        key_sealed: r.get(9)?,
+        created_at: r.get(10)?,
+        created_at_ms: r.get(11)?,
+    })
+}
+
+impl Store {
+    fn insert_volume(&self, v: &VolumeRecord) -> Result<(), AgentError> {
+        let now = now_rfc3339();
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO volumes ({VOLUME_COLUMNS}, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                ),
+                params![
+                    v.id,
+                    v.app,
+                    v.name,
+                    v.state,
+                    v.size_gb,
+                    v.region,
+                    v.zone,
+                    v.encrypted as i64,
+                    v.fstype,
+                    v.key_sealed,
+                    v.attached_machine_id,
+                    v.snapshot_retention,
+                    v.auto_backup_enabled as i64,
+                    v.created_at,
+                    now
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// A volume by id, in any app.
+    pub fn volume(&self, id: &str) -> Result<Option<VolumeRecord>, AgentError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = ?1"),
+                params![id],
+                volume_from_row,
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn volumes(&self, app: Option<&str>) -> Result<Vec<VolumeRecord>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {VOLUME_COLUMNS} FROM volumes WHERE state != 'destroyed' AND (?1 IS NULL OR app_name = ?1) ORDER BY created_at, id"
+            ))
+            .map_err(db)?;
+        let rows = st.query_map(params![app], volume_from_row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn update_volume_row(&self, v: &VolumeRecord) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "UPDATE volumes SET state = ?2, size_gb = ?3, snapshot_retention = ?4, auto_backup_enabled = ?5, attached_machine_id = ?6, updated_at = ?7 WHERE id = ?1",
+                params![
+                    v.id,
+                    v.state,
+                    v.size_gb,
+                    v.snapshot_retention,
+                    v.auto_backup_enabled as i64,
+                    v.attached_machine_id,
+                    now_rfc3339()
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Binds a free volume to a machine; false when another machine holds it.
+    fn bind_volume(&self, volume: &str, machine: &str) -> Result<bool, AgentError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE volumes SET attached_machine_id = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'created' AND (attached_machine_id IS NULL OR attached_machine_id = ?2)",
+                params![volume, machine, now_rfc3339()],
+            )
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Frees the volumes bound to a machine; returns their ids.
+    pub(crate) fn release_volumes(&self, machine: &str) -> Result<Vec<String>, AgentError> {
+        let conn = self.conn();
+        let ids: Vec<String> = {
+            let mut st = conn
+                .prepare("SELECT id FROM volumes WHERE attached_machine_id = ?1")
+                .map_err(db)?;
+            let rows = st.query_map(params![machine], |r| r.get(0)).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)?
+        };
+        conn.execute(
+            "UPDATE volumes SET attached_machine_id = NULL, updated_at = ?2 WHERE attached_machine_id = ?1",
+            params![machine, now_rfc3339()],
+        )
+        .map_err(db)?;
+        Ok(ids)
+    }
+
+    fn insert_snapshot(&self, app: &str, s: &SnapshotRecord) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}, app_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                params![
+                    s.id,
+                    s.volume_id,
+                    s.size,
+                    s.volume_size,
+                    s.digest,
+                    s.status,
+                    s.retention_days,
+                    s.fstype,
+                    s.encrypted as i64,
+                    s.key_sealed,
+                    s.created_at,
+                    s.created_at_ms,
+                    app
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn snapshots(
+        &self,
+        volume: Option<&str>,
+        app: Option<&str>,
+    ) -> Result<Vec<SnapshotRecord>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM volume_snapshots WHERE (?1 IS NULL OR volume_id = ?1) AND (?2 IS NULL OR app_name = ?2) ORDER BY created_at_ms, id"
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![volume, app], snapshot_from_row)
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn delete_snapshot_row(&self, id: &str) -> Result<(), AgentError> {
+        self.conn()
+            .execute("DELETE FROM volume_snapshots WHERE id = ?1", params![id])
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+/// The zone of this host: four hex digits derived from its name.
+fn zone() -> String {
+    use sha2::Digest;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(host.as_bytes())[..2])
+}
+
+impl Agent {
+    fn volume_key(&self, v: &VolumeRecord) -> Result<Option<[u8; 64]>, AgentError> {
+        let Some(sealed) = &v.key_sealed else {
+            return Ok(None);
+        };
+        let raw = self.shared.secrets.open("volumes", &v.id, sealed)?;
+        let mut key = [0u8; 64];
+        if raw.len() != 64 {
+            return Err(AgentError::Internal(format!(
+                "volume {} has a damaged key",
+                v.id
+            )));
+        }
+        key.copy_from_slice(&raw);
+        Ok(Some(key))
+    }
+
+    /// A live volume of an app.
+    pub fn get_volume(&self, app: &str, id: &str) -> Result<VolumeRecord, AgentError> {
+        self.get_app(app)?;
+        match self.shared.store.volume(id)? {
+            Some(v) if v.app == app && v.state != "destroyed" => Ok(v),
+            _ => Err(AgentError::NotFound(format!("volume {id} not found"))),
+        }
+    }
+
+    /// The app's volumes.
+    pub fn list_volumes(&self, app: &str) -> Result<Vec<VolumeRecord>, AgentError> {
+        self.get_app(app)?;
+        self.shared.store.volumes(Some(app))
+    }
+
+    /// Filesystem usage of a volume, when it is mounted on the host.
+    pub fn volume_usage(&self, v: &VolumeRecord) -> Option<Usage> {
+        self.shared.volumes.usage(&v.id)
+    }
+
+    fn check_capacity(&self, size_gb: i64) -> Result<(), AgentError> {
+        let free = self
+            .shared
+            .volumes
+            .free_bytes()
+            .map_err(|e| AgentError::Internal(format!("free space: {e}")))?;
+        if (size_gb as u64).saturating_mul(GIB) > free {
+            return Err(invalid(format!(
+                "insufficient capacity: {size_gb} GB asked, this host has {} GB free",
+                free / GIB
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates a volume: empty, restored from a snapshot, or forked from
+    /// another volume. Nothing is recorded unless its image was made.
+    pub async fn create_volume(
+        &self,
+        app: &str,
+        req: NewVolume,
+    ) -> Result<VolumeRecord, AgentError> {
+        self.get_app(app)?;
+        check_name(&req.name)?;
+        if let Some(r) = req
+            .region
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+        {
+            if r != self.region {
+                return Err(AgentError::Unprocessable(format!(
+                    "Region '{r}' cannot host your volume: this installation has region '{}'",
+                    self.region
+                )));
+            }
+        }
+        let retention = check_retention(req.snapshot_retention.unwrap_or(5))?;
+        let id = new_id("vol_");
+        // Where the contents come from, and what they imply.
+        let (source, source_volume, fstype, encrypted, key, min_size) = match (
+            req.snapshot_id.as_deref(),
+            req.source_volume_id.as_deref(),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("give snapshot_id or source_volume_id, not both"));
+            }
+            (Some(snap), None) => {
+                let s = self
+                    .shared
+                    .store
+                    .snapshots(None, Some(app))?
+                    .into_iter()
+                    .find(|s| s.id == snap)
+                    .ok_or_else(|| AgentError::NotFound(format!("snapshot {snap} not found")))?;
+                let key = match &s.key_sealed {
+                    Some(k) => Some(self.shared.secrets.open("snapshots", &s.id, k)?),
+                    None => None,
+                };
+                let fstype = Fstype::parse(&s.fstype).unwrap_or(Fstype::Ext4);
+                (
+                    Some(self.shared.volumes.snapshot_file(&s.id)),
+                    None,
+                    fstype,
+                    s.encrypted,
+                    key,
+                    s.volume_size,
+                )
+            }
+            (None, Some(src)) => {
+                let v = self.get_volume(app, src)?;
+                let key = self.volume_key(&v)?.map(|k| k.to_vec());
+                let fstype = Fstype::parse(&v.fstype).unwrap_or(Fstype::Ext4);
+                (
+                    Some(self.shared.volumes.image(&v.id)),
+                    Some(v.id.clone()),
+                    fstype,
+                    v.encrypted,
+                    key,
+                    v.size_gb,
+                )
+            }
+            (None, None) => {
+                let fstype = match req.fstype.as_deref().filter(|f| !f.is_empty()) {
+                    None => Fstype::Ext4,
+                    Some(f) => Fstype::parse(f).ok_or_else(|| {
+                        invalid(format!("invalid fstype {f:?}: must be ext4 or raw"))
+                    })?,
+                };
+                // Fly encrypts by default; a raw volume has no filesystem
+                // to encrypt files in.
+                let encrypted = req.encrypted.unwrap_or(true) && fstype == Fstype::Ext4;
+                if req.encrypted == Some(true) && fstype == Fstype::Raw {
+                    return Err(invalid(
+                        "raw volumes cannot be encrypted here (file-based encryption needs a filesystem)",
+                    ));
+                }
+                let key = encrypted.then(|| {
+                    let k: [u8; 64] = std::array::from_fn(|_| rand::random());
+                    k.to_vec()
+                });
+                (None, None, fstype, encrypted, key, 1)
+            }
+        };
+        let size_gb = req.size_gb.unwrap_or(DEFAULT_SIZE_GB.max(min_size));
+        if !(1..=MAX_SIZE_GB).contains(&size_gb) {
+            return Err(invalid(format!(
+                "invalid size_gb {size_gb}: must be 1 to {MAX_SIZE_GB}"
+            )));
+        }
+        if size_gb < min_size {
+            return Err(invalid(format!(
+                "invalid size_gb {size_gb}: the source is {min_size} GB"
+            )));
+        }
+        self.check_capacity(size_gb)?;
+        let host = &self.shared.volumes;
+        let size_gb = match &source {
+            None => {
+                host.create(&id, size_gb as u64, fstype, encrypted)
+                    .await
+                    .map_err(host_err)?;
+                size_gb
+            }
+            Some(src) => host
+                .create_from(&id, src, source_volume.as_deref(), size_gb as u64, fstype)
+                .await
+                .map_err(host_err)? as i64,
+        };
+        let rec = VolumeRecord {
+            id: id.clone(),
+            app: app.to_owned(),
+            name: req.name,
+            state: "created".into(),
+            size_gb,
+            region: self.region.clone(),
+            zone: zone(),
+            encrypted,
+            fstype: fstype.as_str().into(),
+            key_sealed: key.map(|k| self.shared.secrets.seal("volumes", &id, &k)),
+            attached_machine_id: None,
+            snapshot_retention: retention,
+            auto_backup_enabled: req.auto_backup_enabled.unwrap_or(true),
+            created_at: now_rfc3339(),
+        };
+        if let Err(e) = self.shared.store.insert_volume(&rec) {
+            let _ = host.destroy(&id).await;
+            return Err(e);
+        }
+        tracing::info!(app, volume = %id, size_gb, encrypted, "volume created");
+        Ok(rec)
+    }
+
+    /// Changes a volume's snapshot settings.
+    pub fn update_volume(
+        &self,
+        app: &str,
+        id: &str,
+        snapshot_retention: Option<i64>,
+        auto_backup_enabled: Option<bool>,
+    ) -> Result<VolumeRecord, AgentError> {
+        let mut v = self.get_volume(app, id)?;
+        if let Some(r) = snapshot_retention {
+            v.snapshot_retention = check_retention(r)?;
+        }
+        if let Some(a) = auto_backup_enabled {
+            v.auto_backup_enabled = a;
+        }
+        self.shared.store.update_volume_row(&v)?;
+        Ok(v)
+    }
+
+    /// The live machine a volume is bound to, if any (a binding left by a
+    /// destroyed machine is released on the way).
+    fn holder(&self, v: &mut VolumeRecord) -> Result<Option<String>, AgentError> {
+        let Some(m) = v.attached_machine_id.clone() else {
+            return Ok(None);
+        };
+        let live = self
+            .shared
+            .store
+            .get_machine(&v.app, &m)?
+            .is_some_and(|r| r.core.state != MachineState::Destroyed);
+        if live {
+            return Ok(Some(m));
+        }
+        v.attached_machine_id = None;
+        self.shared.store.update_volume_row(v)?;
+        Ok(None)
+    }
+
+    /// Deletes a volume and its data; refused while a machine holds it.
+    pub async fn delete_volume(&self, app: &str, id: &str) -> Result<VolumeRecord, AgentError> {
+        let mut v = self.get_volume(app, id)?;
+        if let Some(m) = self.holder(&mut v)? {
+            return Err(AgentError::Precondition(format!(
+                "failed_precondition: volume is currently bound to machine: {m}"
+            )));
+        }
+        self.shared.volumes.destroy(&v.id).await.map_err(host_err)?;
+        v.state = "destroyed".into();
+        self.shared.store.update_volume_row(&v)?;
+        tracing::info!(app, volume = %id, "volume destroyed");
+        Ok(v)
+    }
+
+    /// Grows a volume; returns it and whether its machine must restart to
+    /// see the new size.
+    pub async fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: i64,
+    ) -> Result<(VolumeRecord, bool), AgentError> {
+        let mut v = self.get_volume(app, id)?;
+        if size_gb <= v.size_gb {
+            return Err(invalid(format!(
+                "invalid size_gb {size_gb}: volumes only grow, and {} is {} GB",
+                v.id, v.size_gb
+            )));
+        }
+        if size_gb > MAX_SIZE_GB {
+            return Err(invalid(format!(
+                "invalid size_gb {size_gb}: at most {MAX_SIZE_GB}"
+            )));
+        }
+        self.check_capacity(size_gb - v.size_gb)?;
+        let fstype = Fstype::parse(&v.fstype).unwrap_or(Fstype::Ext4);
+        let grown = self
+            .shared
+            .volumes
+            .extend(&v.id, size_gb as u64, fstype)
+            .await
+            .map_err(host_err)?;
+        v.size_gb = size_gb;
+        self.shared.store.update_volume_row(&v)?;
+        Ok((v, !grown))
+    }
+
+    /// A volume's snapshots, oldest first.
+    pub fn list_snapshots(&self, app: &str, id: &str) -> Result<Vec<SnapshotRecord>, AgentError> {
+        self.get_app(app)?;
+        let snaps = self.shared.store.snapshots(Some(id), Some(app))?;
+        if snaps.is_empty() {
+            // Snapshots outlive their volume; an unknown id is a 404.
+            self.get_volume(app, id)?;
+        }
+        Ok(snaps)
+    }
+
+    /// Takes a snapshot of a volume now.
+    pub async fn create_snapshot(&self, app: &str, id: &str) -> Result<SnapshotRecord, AgentError> {
+        let v = self.get_volume(app, id)?;
+        let snap = new_id("vs_");
+        let host = self.shared.volumes.clone();
+        let (vid, sid) = (v.id.clone(), snap.clone());
+        let (size, digest) = tokio::task::spawn_blocking(move || host.snapshot(&vid, &sid))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(host_err)?;
+        let key = self.volume_key(&v)?;
+        let rec = SnapshotRecord {
+            id: snap.clone(),
+            volume_id: v.id.clone(),
+            size: size as i64,
+            volume_size: v.size_gb,
+            digest,
+            status: "created".into(),
+            retention_days: v.snapshot_retention,
+            fstype: v.fstype.clone(),
+            encrypted: v.encrypted,
+            key_sealed: key.map(|k| self.shared.secrets.seal("snapshots", &snap, &k)),
+            created_at: now_rfc3339(),
+            created_at_ms: now_ms(),
+        };
+        if let Err(e) = self.shared.store.insert_snapshot(app, &rec) {
+            let _ = self.shared.volumes.delete_snapshot(&snap);
+            return Err(e);
+        }
+        tracing::info!(app, volume = %id, snapshot = %snap, size, "snapshot taken");
+        Ok(rec)
+    }
+
+    /// Volume upkeep: removes snapshots past their retention and takes the
+    /// daily snapshot of volumes with `auto_backup_enabled`. A "day" is
+    /// shortened by the schedule time scale (for tests).
+    pub async fn maintain_volumes(&self) -> Result<(), AgentError> {
+        let day = DAY_MS / i64::from(self.shared.schedule_time_scale);
+        let now = now_ms();
+        for s in self.shared.store.snapshots(None, None)? {
+            if s.created_at_ms + s.retention_days * day <= now {
+                self.shared
+                    .volumes
+                    .delete_snapshot(&s.id)
+                    .map_err(host_err)?;
+                self.shared.store.delete_snapshot_row(&s.id)?;
+                tracing::info!(snapshot = %s.id, "snapshot expired");
+            }
+        }
+        for v in self.shared.store.volumes(None)? {
+            if !v.auto_backup_enabled {
+                continue;
+            }
+            let last = self
+                .shared
+                .store
+                .snapshots(Some(&v.id), None)?
+                .iter()
+                .map(|s| s.created_at_ms)
+                .max();
+            if last.is_none_or(|t| t + day <= now) {
+                if let Err(e) = self.create_snapshot(&v.app, &v.id).await {
+                    tracing::warn!(volume = %v.id, error = %e, "automatic snapshot failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a config's mounts against the app's volumes; returns the
+    /// volume to bind, if any.
+    pub(crate) fn mount_volume(
+        &self,
+        app: &str,
+        machine: Option<&str>,
+        config: &MachineConfig,
+    ) -> Result<Option<String>, AgentError> {
+        let Some(mounts) = config.mounts.as_ref().filter(|m| !m.is_empty()) else {
+            return Ok(None);
+        };
+        if mounts.len() > 1 {
+            return Err(invalid("a machine can mount at most one volume"));
+        }
+        let m = &mounts[0];
+        let path =
+            GuestPath::parse(&m.path).map_err(|e| invalid(format!("config.mounts[0].path {e}")))?;
+        let _ = path;
+        let vol = m
+            .volume
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid("config.mounts[0].volume is required (a volume id)"))?;
+        let mut v = self.get_volume(app, vol)?;
+        if v.fstype != "ext4" {
+            return Err(invalid(format!(
+                "volume {vol} is {}: container machines mount ext4 volumes only",
+                v.fstype
+            )));
+        }
+        if let Some(holder) = self.holder(&mut v)? {
+            if Some(holder.as_str()) != machine {
+                return Err(AgentError::Conflict(format!(
+                    "volume {vol} is already attached to machine {holder}"
+                )));
+            }
+        }
+        Ok(Some(v.id))
+    }
+
+    /// Binds `volume` to `machine` (after [`Agent::mount_volume`]).
+    pub(crate) fn bind_volume(&self, volume: &str, machine: &MachineId) -> Result<(), AgentError> {
+        if !self.shared.store.bind_volume(volume, machine.as_str())? {
+            return Err(AgentError::Conflict(format!(
+                "volume {volume} is already attached to another machine"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Mounts must not change on update (a machine keeps its volume).
+pub(crate) fn check_mounts_unchanged(
+    old: &MachineConfig,
+    new: &MachineConfig,
+) -> Result<(), AgentError> {
+    let key = |c: &MachineConfig| -> Vec<(Option<String>, String)> {
+        c.mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.volume.clone(), m.path.clone()))
+            .collect()
+    };
+    if key(old) != key(new) {
+        return Err(invalid(
+            "mounts cannot change on update: destroy the machine and create a new one with the other volume",
+        ));
+    }
+    Ok(())
+}
+
+/// The volumes a machine's config mounts, with their keys, for the runtime.
+pub(crate) fn attachments(
+    store: &Store,
+    secrets: &crate::secrets::SecretBox,
+    config: &MachineConfig,
+) -> Result<Vec<VolumeAttachment>, AgentError> {
+    let mut out = Vec::new();
+    for m in config.mounts.iter().flatten() {
+        let Some(id) = m.volume.as_deref() else {
+            continue;
+        };
+        let v = store
+            .volume(id)?
+            .filter(|v| v.state != "destroyed")
+            .ok_or_else(|| AgentError::NotFound(format!("volume {id} not found")))?;
+        let key = match &v.key_sealed {
+            Some(sealed) => {
+                let raw = secrets.open("volumes", &v.id, sealed)?;
+                let mut k = [0u8; 64];
+                if raw.len() != 64 {
+                    return Err(AgentError::Internal(format!(
+                        "volume {id} has a damaged key"
+                    )));
+                }
+                k.copy_from_slice(&raw);
+                Some(k)
+            }
+            None => None,
+        };
+        out.push(VolumeAttachment {
+            id: v.id,
+            guest_path: m.path.clone(),
+            key,
+        });
+    }
+    Ok(out)
+}
