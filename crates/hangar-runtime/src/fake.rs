@@ -20,7 +20,7 @@ use crate::{Runtime, RuntimeError, WorkloadSpec};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     /// `start` with this spec.
-    Start(WorkloadSpec),
+    Start(Box<WorkloadSpec>),
     /// `signal`.
     Signal(MachineId, Signal),
     /// `cleanup`.
@@ -137,7 +137,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
-        self.record(Call::Start(spec.clone()));
+        self.record(Call::Start(Box::new(spec.clone())));
         if let Some(reason) = self.fail_next_start.lock().unwrap().take() {
             return Err(RuntimeError::Failed {
                 op: "start",
