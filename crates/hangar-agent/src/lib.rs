@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub secrets: secrets::SecretBox,
     /// Volume images on this host.
     pub volumes: hangar_volumes::VolumeHost,
+    /// One volume maintenance run at a time.
+    pub maintenance: tokio::sync::Mutex<()>,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -194,6 +196,7 @@ impl Agent {
             schedule_time_scale: cfg.schedule_time_scale.max(1),
             secrets,
             volumes,
+            maintenance: tokio::sync::Mutex::new(()),
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -208,10 +211,38 @@ impl Agent {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, handle);
         }
-        Ok(Agent {
+        let agent = Agent {
             shared,
             region: cfg.region,
-        })
+        };
+        agent.spawn_volume_maintenance();
+        Ok(agent)
+    }
+
+    /// Runs [`Agent::maintain_volumes`] every
+    /// [`volumes::MAINTENANCE_INTERVAL`] (scaled like schedules) for as long
+    /// as the agent exists.
+    fn spawn_volume_maintenance(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let region = self.region.clone();
+        // Scaled like schedules, but never busier than once a second.
+        let every = (volumes::MAINTENANCE_INTERVAL / self.shared.schedule_time_scale)
+            .max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let agent = Agent {
+                    shared,
+                    region: region.clone(),
+                };
+                if let Err(e) = agent.maintain_volumes().await {
+                    tracing::warn!(error = %e, "volume maintenance failed");
+                }
+            }
+        });
     }
 
     /// This host's region.

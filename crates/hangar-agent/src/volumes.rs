@@ -675,6 +675,7 @@ impl Agent {
     /// daily snapshot of volumes with `auto_backup_enabled`. A "day" is
     /// shortened by the schedule time scale (for tests).
     pub async fn maintain_volumes(&self) -> Result<(), AgentError> {
+        let _one_at_a_time = self.shared.maintenance.lock().await;
         let day = DAY_MS / i64::from(self.shared.schedule_time_scale);
         let now = now_ms();
         for s in self.shared.store.snapshots(None, None)? {

@@ -338,3 +338,66 @@ async fn standbys_stay_stopped_until_their_machine_is_lost() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn volume_backups_run_daily_and_expire() {
+    // A "day" of 1 ms: every maintenance run is a new day.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
+    let agent = Agent::open(
+        AgentConfig {
+            data_dir: dir.path().to_owned(),
+            region: "local".into(),
+            schedule_time_scale: 86_400_000,
+            secrets_key_file: None,
+        },
+        rt.clone(),
+        Arc::new(FakeImages),
+    )
+    .await
+    .unwrap();
+    agent.create_app("app", None, None).unwrap();
+    let backed = agent
+        .create_volume(
+            "app",
+            hangar_agent::volumes::NewVolume {
+                name: "backed".into(),
+                size_gb: Some(1),
+                snapshot_retention: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let manual = agent
+        .create_volume(
+            "app",
+            hangar_agent::volumes::NewVolume {
+                name: "manual".into(),
+                size_gb: Some(1),
+                auto_backup_enabled: Some(false),
+                encrypted: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent.maintain_volumes().await.unwrap();
+    let first = agent.list_snapshots("app", &backed.id).unwrap();
+    assert_eq!(first.len(), 1, "a daily backup");
+    assert!(agent.list_snapshots("app", &manual.id).unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    agent.maintain_volumes().await.unwrap();
+    let second = agent.list_snapshots("app", &backed.id).unwrap();
+    // The first is past its one-"day" retention: replaced, not kept.
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].id, first[0].id);
+    assert!(
+        !dir.path()
+            .join(format!("volumes/snapshots/{}.img", first[0].id))
+            .exists()
+    );
+    for v in [&backed, &manual] {
+        agent.delete_volume("app", &v.id).await.unwrap();
+    }
+}

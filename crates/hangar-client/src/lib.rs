@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use hangar_api_types::{
     App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, CreateAppRequest,
-    CreateMachineRequest, ErrorResponse, ExecResponse, ImageSummary, Lease, LeaseEnvelope,
-    ListAppsResponse, LogEntry, Machine, MachineEvent, MachineExecRequest, MachineVersion,
-    ProcessStat, StartResponse, UpdateMachineRequest, WaitMachineResponse,
+    CreateMachineRequest, CreateVolumeRequest, ErrorResponse, ExecResponse, ExtendVolumeRequest,
+    ExtendVolumeResponse, ImageSummary, Lease, LeaseEnvelope, ListAppsResponse, LogEntry, Machine,
+    MachineEvent, MachineExecRequest, MachineVersion, ProcessStat, StartResponse,
+    UpdateMachineRequest, Volume, VolumeSnapshot, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -491,6 +492,74 @@ impl Client {
                 &format!("/apps/{app}/machines/{id}/metadata"),
             )
             .json(&serde_json::json!({ "metadata": changes })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    // ---- volumes ----
+
+    /// `GET /v1/apps/{app}/volumes`.
+    pub async fn list_volumes(&self, app: &str) -> Result<Vec<Volume>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/volumes")))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/volumes`.
+    pub async fn create_volume(
+        &self,
+        app: &str,
+        req: &CreateVolumeRequest,
+    ) -> Result<Volume, ClientError> {
+        self.send(
+            self.request(Method::POST, &format!("/apps/{app}/volumes"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/volumes/{id}`.
+    pub async fn get_volume(&self, app: &str, id: &str) -> Result<Volume, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/volumes/{id}")))
+            .await
+    }
+
+    /// `DELETE /v1/apps/{app}/volumes/{id}`.
+    pub async fn delete_volume(&self, app: &str, id: &str) -> Result<Volume, ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/apps/{app}/volumes/{id}")))
+            .await
+    }
+
+    /// `PUT /v1/apps/{app}/volumes/{id}/extend`.
+    pub async fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: i64,
+    ) -> Result<ExtendVolumeResponse, ClientError> {
+        self.send(
+            self.request(Method::PUT, &format!("/apps/{app}/volumes/{id}/extend"))
+                .json(&ExtendVolumeRequest {
+                    size_gb: Some(size_gb),
+                }),
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/{app}/volumes/{id}/snapshots`.
+    pub async fn list_snapshots(
+        &self,
+        app: &str,
+        id: &str,
+    ) -> Result<Vec<VolumeSnapshot>, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/volumes/{id}/snapshots")))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/volumes/{id}/snapshots`.
+    pub async fn create_snapshot(&self, app: &str, id: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::POST, &format!("/apps/{app}/volumes/{id}/snapshots")),
         )
         .await
         .map(|_| ())

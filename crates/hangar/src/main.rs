@@ -45,6 +45,9 @@ enum Command {
     /// Manage an app's secrets.
     #[command(subcommand, alias = "secret")]
     Secrets(cmd::secrets::SecretsCmd),
+    /// Manage an app's volumes.
+    #[command(subcommand, alias = "volume", alias = "vol")]
+    Volumes(cmd::volumes::VolumesCmd),
 }
 
 impl Cli {
@@ -78,6 +81,7 @@ fn main() {
             Command::Image(c) => cmd::image::run(c, &client, &out).await,
             Command::Logs(a) => cmd::logs::run(a, &client, &out).await,
             Command::Secrets(c) => cmd::secrets::run(c, &client, &out).await,
+            Command::Volumes(c) => cmd::volumes::run(c, &client, &out).await,
         }
     });
     if let Err(e) = result {

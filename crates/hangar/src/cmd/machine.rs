@@ -61,6 +61,9 @@ pub struct RunArgs {
     /// Open a shell on a temporary machine, destroyed when the shell exits.
     #[arg(long, conflicts_with_all = ["detach", "command"])]
     shell: bool,
+    /// Mount a volume: NAME_OR_ID:/path (a name picks an unattached volume).
+    #[arg(long, short = 'v')]
+    volume: Option<String>,
     /// With --shell: the shell to run.
     #[arg(long = "command", requires = "shell", default_value = "/bin/sh")]
     shell_command: String,
@@ -746,7 +749,15 @@ async fn run_machine(args: &RunArgs, c: &Client, out: &Output, start: bool) -> a
         }
         Err(e) => return Err(e.into()),
     }
-    let config = config_from(args, start)?;
+    let mut config = config_from(args, start)?;
+    if let Some(spec) = &args.volume {
+        let (volume, path) = super::volumes::resolve_mount(c, app, spec).await?;
+        config.mounts = Some(vec![hangar_api_types::MachineMount {
+            volume: Some(volume),
+            path,
+            ..Default::default()
+        }]);
+    }
     // A standby stays stopped: wait for that instead.
     let start = start && config.standbys.is_none();
     let req = CreateMachineRequest {

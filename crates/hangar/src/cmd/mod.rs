@@ -7,3 +7,4 @@ pub mod logs;
 pub mod machine;
 pub mod machine_ops;
 pub mod secrets;
+pub mod volumes;
