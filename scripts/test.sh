@@ -29,4 +29,4 @@ fi
 echo "==> building"
 cargo build --workspace --bins --quiet
 echo "==> testing"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

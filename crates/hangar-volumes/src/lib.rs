@@ -421,10 +421,31 @@ impl VolumeHost {
             nix::mount::umount2(&mnt, nix::mount::MntFlags::empty())
                 .map_err(|e| io_err(format!("unmounting volume {id}"))(e.into()))?;
         }
-        for dev in self.loop_devices(id).await? {
-            run("losetup", &["-d", &dev]).await?;
+        // `losetup -d` only marks a device that something still holds open
+        // (udev probing it, the tail of the unmount) for clearing on last
+        // close, so wait until it is really gone: callers delete the image
+        // or attach it again next.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let devices = self.loop_devices(id).await?;
+            if devices.is_empty() {
+                return Ok(());
+            }
+            for dev in &devices {
+                if let Err(e) = run("losetup", &["-d", dev]).await {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(VolumeError::Tool {
+                    tool: "losetup".into(),
+                    message: format!("volume {id}: {} stays busy", devices.join(", ")),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 
     fn grow_marker(&self, id: &str) -> PathBuf {
