@@ -14,6 +14,7 @@
 
 pub mod images;
 pub mod logs;
+pub mod network;
 mod ops;
 mod runner;
 pub mod secrets;
@@ -78,6 +79,9 @@ pub struct AgentConfig {
     /// The secrets key; `<data_dir>/secrets.key` (created when missing)
     /// when not given.
     pub secrets_key_file: Option<PathBuf>,
+    /// Point machines' resolv.conf at hangard's DNS server (which the
+    /// binary runs on every network's gateway).
+    pub dns: bool,
 }
 
 /// The one organization of a single-host installation.
@@ -96,6 +100,9 @@ pub(crate) struct Shared {
     pub volumes: hangar_volumes::VolumeHost,
     /// One volume maintenance run at a time.
     pub maintenance: tokio::sync::Mutex<()>,
+    /// Machines resolve names through hangard's DNS server on their
+    /// network's gateway.
+    pub dns: bool,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -197,6 +204,7 @@ impl Agent {
             secrets,
             volumes,
             maintenance: tokio::sync::Mutex::new(()),
+            dns: cfg.dns,
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -400,6 +408,17 @@ impl Agent {
         if let Some(v) = &volume {
             self.bind_volume(v, &machine_id)?;
         }
+        let address = match self
+            .shared
+            .store
+            .allocate_address(&app.network, machine_id.as_str())
+        {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.shared.store.release_volumes(machine_id.as_str());
+                return Err(e);
+            }
+        };
         let rec = MachineRecord {
             id: machine_id.clone(),
             app: app.name.clone(),
@@ -410,7 +429,7 @@ impl Agent {
             instance_id: InstanceId::generate().to_string(),
             config,
             image_ref: Some(image_ref),
-            private_ip: String::new(),
+            private_ip: address.ipv6().to_string(),
             created_at: now.clone(),
             updated_at: now,
             cordoned: false,
@@ -425,6 +444,7 @@ impl Agent {
         };
         if let Err(e) = self.shared.store.insert_machine(&rec, &event) {
             let _ = self.shared.store.release_volumes(rec.id.as_str());
+            let _ = self.shared.store.release_address(rec.id.as_str());
             return Err(e);
         }
         let last = self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);

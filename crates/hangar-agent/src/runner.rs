@@ -384,9 +384,13 @@ impl Runner {
         self.apply_all(first, reply).await;
         self.sync_schedule();
         if self.rec.core.state == MachineState::Destroyed {
-            // Its volume is free for another machine; the data stays.
+            // Its volume is free for another machine (the data stays), its
+            // address for another machine of the network.
             if let Err(e) = self.shared.store.release_volumes(self.rec.id.as_str()) {
                 tracing::error!(machine = %self.rec.id, error = %e, "cannot release volumes");
+            }
+            if let Err(e) = self.shared.store.release_address(self.rec.id.as_str()) {
+                tracing::error!(machine = %self.rec.id, error = %e, "cannot release the address");
             }
         }
     }
@@ -609,6 +613,7 @@ impl Runner {
             version: &self.rec.instance_id,
             memory_mb: resources.memory_mb,
             metadata: c.metadata.as_ref(),
+            private_ip: &self.rec.private_ip,
         };
         // The app's secrets as they are now: a change reaches a machine at
         // its next start.
@@ -633,6 +638,12 @@ impl Runner {
             secret_env: hangar_runtime::SecretEnv(secrets.into_iter().collect()),
             volumes: crate::volumes::attachments(&self.shared.store, &self.shared.secrets, c)
                 .map_err(|e| e.to_string())?,
+            network: self
+                .shared
+                .store
+                .address_of(self.rec.id.as_str())
+                .map_err(|e| e.to_string())?
+                .map(|a| a.attachment(self.shared.dns)),
         })
     }
 }

@@ -385,6 +385,8 @@ pub struct Reserved<'a> {
     pub memory_mb: u64,
     /// Metadata (for the process group).
     pub metadata: Option<&'a BTreeMap<String, String>>,
+    /// The machine's private IPv6 address, if it has one.
+    pub private_ip: &'a str,
 }
 
 impl Reserved<'_> {
@@ -399,6 +401,9 @@ impl Reserved<'_> {
             ("FLY_MACHINE_VERSION".into(), self.version.into()),
             ("FLY_VM_MEMORY_MB".into(), self.memory_mb.to_string()),
         ];
+        if !self.private_ip.is_empty() {
+            v.push(("FLY_PRIVATE_IP".into(), self.private_ip.into()));
+        }
         if let Some(group) = self.metadata.and_then(|m| m.get("fly_process_group")) {
             v.push(("FLY_PROCESS_GROUP".into(), group.clone()));
         }

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_schedules.sql"),
     include_str!("../migrations/0004_secrets.sql"),
     include_str!("../migrations/0005_volumes.sql"),
+    include_str!("../migrations/0006_networks.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.

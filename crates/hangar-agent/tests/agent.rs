@@ -32,6 +32,7 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
             region: "local".into(),
             schedule_time_scale: 1,
             secrets_key_file: None,
+            dns: false,
         },
         rt.clone(),
         Arc::new(FakeImages),

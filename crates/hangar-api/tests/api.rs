@@ -28,6 +28,7 @@ async fn api() -> Api {
             region: "local".into(),
             schedule_time_scale: 1,
             secrets_key_file: None,
+            dns: false,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

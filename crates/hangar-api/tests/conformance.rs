@@ -122,6 +122,7 @@ impl Harness {
                 region: "local".into(),
                 schedule_time_scale: 1,
                 secrets_key_file: None,
+                dns: false,
             },
             Arc::new(FakeRuntime::new()),
             Arc::new(FakeImages),

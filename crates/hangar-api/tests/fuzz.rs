@@ -256,6 +256,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, runtime: Arc<FakeRu
             region: "local".into(),
             schedule_time_scale: 1,
             secrets_key_file: None,
+            dns: false,
         },
         runtime,
         Arc::new(FakeImages),

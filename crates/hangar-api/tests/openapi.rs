@@ -88,6 +88,7 @@ async fn served_at_openapi_json() {
             region: "local".into(),
             schedule_time_scale: 1,
             secrets_key_file: None,
+            dns: false,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

@@ -225,6 +225,7 @@ mod tests {
             tty: false,
             secret_env: Default::default(),
             volumes: vec![],
+            network: None,
         }
     }
 

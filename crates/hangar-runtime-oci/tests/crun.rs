@@ -97,6 +97,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
         tty: false,
         secret_env: Default::default(),
         volumes: vec![],
+        network: None,
     }
 }
 

@@ -63,6 +63,31 @@ pub struct WorkloadSpec {
     pub secret_env: SecretEnv,
     /// Volumes to mount (at most one today).
     pub volumes: Vec<VolumeAttachment>,
+    /// The machine's place on its private network, if it has one.
+    pub network: Option<NetworkAttachment>,
+}
+
+/// A machine's interface on a private network: a host bridge per network,
+/// and in the machine an `eth0` with an IPv4 and a 6PN-style IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NetworkAttachment {
+    /// The host bridge of the network.
+    pub bridge: String,
+    /// The machine's IPv4 address.
+    pub address4: std::net::Ipv4Addr,
+    /// The bridge's IPv4 address (the machine's gateway).
+    pub gateway4: std::net::Ipv4Addr,
+    /// IPv4 prefix length.
+    pub prefix4: u8,
+    /// The machine's private IPv6 address (`fdaa:...`).
+    pub address6: std::net::Ipv6Addr,
+    /// The bridge's IPv6 address.
+    pub gateway6: std::net::Ipv6Addr,
+    /// IPv6 prefix length.
+    pub prefix6: u8,
+    /// Resolvers for the machine's `/etc/resolv.conf` (none: keep the
+    /// image's).
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// A volume a machine mounts: the runtime attaches it (a container runtime

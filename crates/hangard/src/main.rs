@@ -166,6 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             region: args.region.clone(),
             schedule_time_scale: args.schedule_time_scale,
             secrets_key_file: args.secrets_key_file.clone(),
+            dns: false,
         },
         Arc::new(runtime),
         images.clone(),
