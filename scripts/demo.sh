@@ -16,7 +16,7 @@ LISTEN=${HANGAR_LISTEN:-127.0.0.1:4280}
 LOG=${HANGAR_LOG:-/var/log/hangard.log}
 export HANGAR_DATA_DIR=$DATA_DIR HANGAR_API_URL="http://$LISTEN"
 
-packages=(crun busybox-static umoci util-linux e2fsprogs ca-certificates curl)
+packages=(crun busybox-static umoci util-linux e2fsprogs iproute2 nftables ca-certificates curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

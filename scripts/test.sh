@@ -13,8 +13,9 @@ fi
 
 # crun/runc run the machines; docker-registry serves test images; the test
 # images are built from busybox-static; ps and mount come from procps and
-# util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs ca-certificates)
+# util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup;
+# private networks use iproute2 (ip) and nftables (nft).
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

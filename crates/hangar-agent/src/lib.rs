@@ -82,6 +82,8 @@ pub struct AgentConfig {
     /// Point machines' resolv.conf at hangard's DNS server (which the
     /// binary runs on every network's gateway).
     pub dns: bool,
+    /// The IPv4 range private networks are drawn from.
+    pub network_range: network::NetRange,
 }
 
 /// The one organization of a single-host installation.
@@ -103,6 +105,7 @@ pub(crate) struct Shared {
     /// Machines resolve names through hangard's DNS server on their
     /// network's gateway.
     pub dns: bool,
+    pub network_range: network::NetRange,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -205,6 +208,7 @@ impl Agent {
             volumes,
             maintenance: tokio::sync::Mutex::new(()),
             dns: cfg.dns,
+            network_range: cfg.network_range,
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -408,11 +412,11 @@ impl Agent {
         if let Some(v) = &volume {
             self.bind_volume(v, &machine_id)?;
         }
-        let address = match self
-            .shared
-            .store
-            .allocate_address(&app.network, machine_id.as_str())
-        {
+        let address = match self.shared.store.allocate_address(
+            &app.network,
+            machine_id.as_str(),
+            &self.shared.network_range,
+        ) {
             Ok(a) => a,
             Err(e) => {
                 let _ = self.shared.store.release_volumes(machine_id.as_str());

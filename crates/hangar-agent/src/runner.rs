@@ -641,7 +641,7 @@ impl Runner {
             network: self
                 .shared
                 .store
-                .address_of(self.rec.id.as_str())
+                .address_of(self.rec.id.as_str(), &self.shared.network_range)
                 .map_err(|e| e.to_string())?
                 .map(|a| a.attachment(self.shared.dns)),
         })

@@ -33,6 +33,7 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
             schedule_time_scale: 1,
             secrets_key_file: None,
             dns: false,
+            network_range: Default::default(),
         },
         rt.clone(),
         Arc::new(FakeImages),

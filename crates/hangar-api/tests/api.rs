@@ -29,6 +29,7 @@ async fn api() -> Api {
             schedule_time_scale: 1,
             secrets_key_file: None,
             dns: false,
+            network_range: Default::default(),
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

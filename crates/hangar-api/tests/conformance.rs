@@ -123,6 +123,7 @@ impl Harness {
                 schedule_time_scale: 1,
                 secrets_key_file: None,
                 dns: false,
+                network_range: Default::default(),
             },
             Arc::new(FakeRuntime::new()),
             Arc::new(FakeImages),

@@ -257,6 +257,7 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, runtime: Arc<FakeRu
             schedule_time_scale: 1,
             secrets_key_file: None,
             dns: false,
+            network_range: Default::default(),
         },
         runtime,
         Arc::new(FakeImages),

@@ -89,6 +89,7 @@ async fn served_at_openapi_json() {
             schedule_time_scale: 1,
             secrets_key_file: None,
             dns: false,
+            network_range: Default::default(),
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

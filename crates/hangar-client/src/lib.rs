@@ -177,6 +177,12 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/apps` with every field of the request (e.g. `network`).
+    pub async fn create_app_with(&self, req: &CreateAppRequest) -> Result<App, ClientError> {
+        self.send(self.request(Method::POST, "/apps").json(req))
+            .await
+    }
+
     /// `GET /v1/apps`.
     pub async fn list_apps(&self) -> Result<ListAppsResponse, ClientError> {
         self.send(self.request(Method::GET, "/apps?org_slug=personal"))

@@ -44,6 +44,8 @@ pub struct BundlePaths<'a> {
     pub hosts: &'a Path,
     /// Generated `/etc/hostname`.
     pub hostname: &'a Path,
+    /// Generated `/etc/resolv.conf` (none: the image's own).
+    pub resolv: Option<&'a Path>,
     /// The container's cgroup path, e.g. `/hangar/<id>`.
     pub cgroup: &'a str,
     /// The machine's pinned network namespace.
@@ -181,6 +183,12 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
         },
     });
     if let Some(mounts) = config["mounts"].as_array_mut() {
+        if let Some(resolv) = paths.resolv {
+            mounts.push(
+                json!({"destination": "/etc/resolv.conf", "type": "bind", "source": resolv,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}),
+            );
+        }
         if let Some(env) = paths.secret_env {
             mounts.push(
                 json!({"destination": SECRET_ENV_IN_GUEST, "type": "bind", "source": env,
@@ -236,6 +244,7 @@ mod tests {
             init: p,
             hosts: p,
             hostname: p,
+            resolv: None,
             cgroup: "/hangar/0123456789abcd",
             netns: p,
             secret_env: None,

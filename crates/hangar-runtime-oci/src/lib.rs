@@ -315,6 +315,10 @@ impl OciRuntime {
         std::fs::create_dir_all(&dir).map_err(err("create machine dirs"))?;
         let netns_path = dir.join("netns");
         netns::ensure(&netns_path).map_err(err("create network namespace"))?;
+        if let Some(net) = &spec.network {
+            self.connect(id, &netns_path, net)
+                .map_err(err("connect to the private network"))?;
+        }
         fsutil::unmount(&rootfs).map_err(err("unmount stale rootfs"))?;
         fsutil::remove_tree(&upper).map_err(err("reset writable layer"))?;
         fsutil::remove_tree(&work).map_err(err("reset writable layer"))?;
@@ -354,14 +358,21 @@ impl OciRuntime {
                 .map_err(RuntimeError::InvalidSpec)?;
             let hosts = dir.join("etc/hosts");
             let hostname = dir.join("etc/hostname");
-            std::fs::write(
-                &hosts,
-                format!(
-                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-                    spec.hostname
-                ),
-            )
-            .map_err(err("write /etc/hosts"))?;
+            std::fs::write(&hosts, hosts_file(spec)).map_err(err("write /etc/hosts"))?;
+            let resolv = dir.join("etc/resolv.conf");
+            let dns = spec
+                .network
+                .as_ref()
+                .map(|n| &n.dns)
+                .filter(|d| !d.is_empty());
+            if let Some(servers) = dns {
+                let mut text: String = servers
+                    .iter()
+                    .map(|s| format!("nameserver {s}\n"))
+                    .collect();
+                text.push_str("options ndots:0\n");
+                std::fs::write(&resolv, text).map_err(err("write /etc/resolv.conf"))?;
+            }
             std::fs::write(&hostname, format!("{}\n", spec.hostname))
                 .map_err(err("write /etc/hostname"))?;
             let cgroup = self.cgroup(id);
@@ -372,6 +383,7 @@ impl OciRuntime {
                     init: &self.cfg.init_path,
                     hosts: &hosts,
                     hostname: &hostname,
+                    resolv: dns.map(|_| resolv.as_path()),
                     cgroup: &cgroup,
                     netns: &netns_path,
                     secret_env: secrets.env.as_deref(),
@@ -391,6 +403,42 @@ impl OciRuntime {
             let _ = fsutil::unmount(&rootfs);
         }
         result
+    }
+
+    /// Wires the machine's namespace to its network's bridge, unless that
+    /// is already done for these addresses (the namespace, and the link with
+    /// it, lives as long as the machine).
+    fn connect(
+        &self,
+        id: &MachineId,
+        netns_path: &Path,
+        net: &hangar_runtime::NetworkAttachment,
+    ) -> io::Result<()> {
+        let bridge = hangar_net::Bridge {
+            name: net.bridge.clone(),
+            gateway4: net.gateway4,
+            prefix4: net.prefix4,
+            gateway6: net.gateway6,
+            prefix6: net.prefix6,
+        };
+        let link = hangar_net::Link {
+            host_if: host_if(id),
+            address4: net.address4,
+            address6: net.address6,
+        };
+        let marker = self.dir(id).join("state/network");
+        let want = format!("{bridge:?} {link:?}");
+        if hangar_net::link_exists(&link)
+            && std::fs::read_to_string(&marker).is_ok_and(|have| have == want)
+        {
+            // The bridge may be gone (deleted by hand, host networking
+            // reset) while the machine's link was kept: make it again.
+            return hangar_net::ensure_bridge(&bridge).map_err(io::Error::other);
+        }
+        let _ = std::fs::remove_file(&marker);
+        hangar_net::connect(netns_path, &bridge, &link).map_err(io::Error::other)?;
+        std::fs::create_dir_all(self.dir(id).join("state"))?;
+        std::fs::write(&marker, want)
     }
 
     fn secrets_dir(&self, id: &MachineId) -> PathBuf {
@@ -819,6 +867,7 @@ impl Runtime for OciRuntime {
                 host.detach(v).await.map_err(|e| failed("destroy", id, e))?;
             }
         }
+        hangar_net::disconnect(&host_if(id)).map_err(|e| failed("destroy", id, e))?;
         netns::remove(&dir.join("netns")).map_err(|e| failed("destroy", id, e))?;
         fsutil::remove_tree(&dir).map_err(|e| failed("destroy", id, e))
     }
@@ -826,6 +875,27 @@ impl Runtime for OciRuntime {
     fn log_path(&self, id: &MachineId) -> Option<PathBuf> {
         Some(self.dir(id).join("logs/machine.log"))
     }
+}
+
+/// The host end of a machine's veth pair: `hv` and the last 13 hex digits
+/// of its id (interface names have at most 15 bytes).
+fn host_if(id: &MachineId) -> String {
+    let s = id.as_str();
+    format!("hv{}", &s[s.len().saturating_sub(13)..])
+}
+
+/// The machine's `/etc/hosts`: its hostname on its private IPv4 address
+/// and `fly-local-6pn` on its 6PN address, as on Fly.
+fn hosts_file(spec: &WorkloadSpec) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    match &spec.network {
+        Some(n) => {
+            s.push_str(&format!("{}\tfly-local-6pn\n", n.address6));
+            s.push_str(&format!("{}\t{}\n", n.address4, spec.hostname));
+        }
+        None => s.push_str(&format!("127.0.1.1\t{}\n", spec.hostname)),
+    }
+    s
 }
 
 fn now_ms() -> i64 {

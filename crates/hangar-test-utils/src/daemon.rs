@@ -39,6 +39,16 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// A /22 of `10.231.0.0/16` (up to four private networks) that no other
+/// daemon of this test process uses, so that daemons running side by side
+/// get bridges and addresses of their own.
+fn next_network_range() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 7;
+    format!("10.231.{}.0/22", (n % 63 + 1) * 4)
+}
+
 /// A running `hangard`; killed (SIGKILL) and its machines destroyed on drop.
 pub struct Daemon {
     /// The data dir.
@@ -48,6 +58,8 @@ pub struct Daemon {
     /// The admin token.
     pub token: String,
     port: u16,
+    /// The daemon's IPv4 range for private networks.
+    pub network_range: String,
     extra_args: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -63,6 +75,7 @@ impl Daemon {
             url: String::new(),
             token: String::new(),
             port: crate::free_port(),
+            network_range: next_network_range(),
             extra_args: extra_args.to_vec(),
             child: None,
             _dir: dir,
@@ -89,6 +102,10 @@ impl Daemon {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--network-range")
+            .arg(&self.network_range)
+            // Tests never send traffic beyond this host.
+            .arg("--no-outbound-nat")
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -242,6 +259,25 @@ impl Drop for Daemon {
     /// its data dir is killed and deleted and its root unmounted.
     fn drop(&mut self) {
         self.kill();
+        self.remove_machines();
+        // The bridges of the daemon's networks.
+        let third: u32 = self
+            .network_range
+            .split('.')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        for n in third.max(1)..third + 4 {
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("hangar{n}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Daemon {
+    fn remove_machines(&self) {
         let machines = self.data_dir.join("machines");
         let Ok(rd) = std::fs::read_dir(&machines) else {
             return;

@@ -65,6 +65,20 @@ struct Args {
     /// <data-dir>/secrets.key when not given.
     #[arg(long, env = "HANGAR_SECRETS_KEY_FILE")]
     secrets_key_file: Option<PathBuf>,
+    /// The IPv4 range private networks are drawn from: each network (an
+    /// app `network`, `default` unless set) takes a /24 in it, with bridge
+    /// `hangarN` and IPv6 `fdaa:0:N::/64` for its third octet N. Two
+    /// hangards on one host need ranges that do not overlap.
+    #[arg(long, env = "HANGAR_NETWORK_RANGE", default_value = "10.231.0.0/16")]
+    network_range: hangar_agent::network::NetRange,
+    /// Do not NAT machines' traffic to the outside (machines then reach only
+    /// their private network and this host).
+    #[arg(long, env = "HANGAR_NO_OUTBOUND_NAT")]
+    no_outbound_nat: bool,
+    /// Do not serve internal DNS (`<app>.internal`); machines keep their
+    /// image's resolv.conf.
+    #[arg(long, env = "HANGAR_NO_DNS")]
+    no_dns: bool,
     /// Run machine schedules this many times faster than real time (for
     /// tests and demos: 3600 makes `hourly` fire about every second).
     #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
@@ -149,6 +163,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("setting up the container runtime")?;
 
+    match hangar_net::firewall::apply(!args.no_outbound_nat) {
+        Ok(()) if args.no_outbound_nat => {
+            tracing::info!("private networks isolated; outbound NAT off")
+        }
+        Ok(()) => tracing::info!("private networks isolated; outbound IPv4 NAT on"),
+        Err(e) if args.no_outbound_nat => tracing::warn!(
+            error = %e,
+            "cannot install the firewall rules (apt-get install -y nftables); networks stay isolated only while the host does not forward"
+        ),
+        Err(e) => bail!(
+            "cannot install the firewall rules that NAT machines' traffic: {e} (apt-get install -y nftables, or run with --no-outbound-nat)"
+        ),
+    }
+
     let credentials = match &args.registry_auth_file {
         Some(p) => Credentials::from_docker_config(p)?,
         None => Credentials::default(),
@@ -166,12 +194,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             region: args.region.clone(),
             schedule_time_scale: args.schedule_time_scale,
             secrets_key_file: args.secrets_key_file.clone(),
-            dns: false,
+            dns: !args.no_dns,
+            network_range: args.network_range,
         },
         Arc::new(runtime),
         images.clone(),
     )
     .await?;
+
+    // Internal DNS on the gateway of every network of the range (bound
+    // ahead of the bridges, which appear with their first machine).
+    let _dns = if args.no_dns {
+        None
+    } else {
+        let server = hangar_net::dns::Server::new(
+            Arc::new(agent.store().clone()),
+            hangar_net::dns::host_resolvers(),
+            53,
+        );
+        for net in args.network_range.networks() {
+            let gw = std::net::IpAddr::V6(args.network_range.gateway6(net));
+            server
+                .listen(gw)
+                .with_context(|| format!("serving internal DNS on [{gw}]:53"))?;
+        }
+        Some(server)
+    };
 
     let app = hangar_api::router(ApiState {
         agent: agent.clone(),

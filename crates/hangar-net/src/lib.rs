@@ -1,0 +1,327 @@
+//! Hangar's host networking.
+//!
+//! ```text
+//!   host                                         machine netns
+//!   ─────────────────────────────────────────    ─────────────────────────
+//!   lo        fdaa::3         (internal DNS)
+//!   hangar1   10.231.1.1/24  fdaa:0:1::1/64 ──┬── hv<id>  ══ eth0 10.231.1.2/24
+//!             (network "default")              │                 fdaa:0:1::2/64
+//!                                              └── hv<id>  ══ eth0 10.231.1.3 ...
+//!   hangar2   10.231.2.1/24  fdaa:0:2::1/64 ──── hv<id>  ══ eth0 10.231.2.2 ...
+//!             (another app `network`)
+//!
+//!   nftables table `inet hangar`: no forwarding between hangar bridges;
+//!   masquerade 10.231.0.0/16 to the outside when outbound NAT is on.
+//! ```
+//!
+//! Every operation is idempotent, so whatever a crash left half done is
+//! finished (or redone) by the next call: bridges and the DNS address are
+//! ensured on use, a machine's link is recreated when it is incomplete,
+//! and the firewall table is replaced as a whole.
+//!
+//! The work is done by `ip` and `nft` (iproute2 and nftables, present on
+//! every Linux host that runs containers): plain, inspectable and the same
+//! commands an operator would type to debug it.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+pub mod dns;
+
+/// Where machines find the internal DNS server (Fly's address for it).
+pub const DNS_ADDR: Ipv6Addr = Ipv6Addr::new(0xfdaa, 0, 0, 0, 0, 0, 0, 3);
+
+/// Every machine IPv4 address is inside this /16.
+pub const IPV4_RANGE: &str = "10.231.0.0/16";
+
+/// Bridges are `hangar1` to `hangar254`.
+pub const MAX_BRIDGES: u32 = 254;
+
+/// Prefix of the names of hangard's bridges.
+pub const BRIDGE_PREFIX: &str = "hangar";
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A tool failed.
+    #[error("{tool} failed: {message}")]
+    Tool {
+        /// `ip` or `nft`.
+        tool: &'static str,
+        /// What it said.
+        message: String,
+    },
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One private network's bridge: its name and gateway addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    /// Interface name, `hangarN`.
+    pub name: String,
+    /// Gateway IPv4 address.
+    pub gateway4: Ipv4Addr,
+    /// IPv4 prefix length.
+    pub prefix4: u8,
+    /// Gateway IPv6 address.
+    pub gateway6: Ipv6Addr,
+    /// IPv6 prefix length.
+    pub prefix6: u8,
+}
+
+/// A machine's side of the network: the addresses its `eth0` gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The host end of the veth pair (at most 15 bytes).
+    pub host_if: String,
+    /// IPv4 address.
+    pub address4: Ipv4Addr,
+    /// IPv6 address.
+    pub address6: Ipv6Addr,
+}
+
+fn run(tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, NetError> {
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| NetError::Tool {
+        tool,
+        message: format!("cannot run it: {e}"),
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| NetError::Tool {
+        tool,
+        message: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(NetError::Tool {
+            tool,
+            message: format!(
+                "{} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                args.join(" ")
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn exists(ifname: &str) -> bool {
+    Path::new("/sys/class/net").join(ifname).exists()
+}
+
+/// Makes sure `bridge` exists, is up and has its gateway addresses.
+pub fn ensure_bridge(bridge: &Bridge) -> Result<(), NetError> {
+    check_ifname(&bridge.name)?;
+    // Machines of one network start side by side: one at a time here, so
+    // that only one of them makes the bridge.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let name = bridge.name.as_str();
+    let mut batch = String::new();
+    if !exists(name) {
+        batch.push_str(&format!("link add {name} type bridge\n"));
+    }
+    batch.push_str(&format!(
+        "addr replace {}/{} dev {name}\naddr replace {}/{} dev {name} nodad\nlink set {name} up\n",
+        bridge.gateway4, bridge.prefix4, bridge.gateway6, bridge.prefix6
+    ));
+    run("ip", &["-batch", "-"], Some(&batch)).map(drop)
+}
+
+/// Makes sure the internal DNS address is on the host's loopback, where
+/// machines reach it through their gateway.
+pub fn ensure_dns_address() -> Result<(), NetError> {
+    run(
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "replace",
+            &format!("{DNS_ADDR}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ],
+        None,
+    )
+    .map(drop)
+}
+
+fn check_ifname(name: &str) -> Result<(), NetError> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(NetError::Invalid(format!("bad interface name {name:?}")));
+    }
+    Ok(())
+}
+
+/// Whether the machine link `link` is in place (its host end exists; the
+/// other end lives and dies with the namespace).
+pub fn link_exists(link: &Link) -> bool {
+    exists(&link.host_if)
+}
+
+/// Wires the network namespace pinned at `netns` to `bridge`: a veth pair
+/// whose host end joins the bridge and whose other end becomes the
+/// namespace's `eth0` with `link`'s addresses and default routes through
+/// the gateway. A half-made link is removed and made again.
+pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetError> {
+    check_ifname(&link.host_if)?;
+    ensure_bridge(bridge)?;
+    let ns = netns
+        .to_str()
+        .ok_or_else(|| NetError::Invalid("namespace path is not UTF-8".into()))?;
+    if exists(&link.host_if) {
+        let _ = run("ip", &["link", "del", &link.host_if], None);
+    }
+    // A previous attempt may have left an eth0 in the namespace.
+    let _ = run(
+        "nsenter",
+        &[&format!("--net={ns}"), "ip", "link", "del", "eth0"],
+        None,
+    );
+    let host_if = link.host_if.as_str();
+    run(
+        "ip",
+        &["-batch", "-"],
+        Some(&format!(
+            "link add {host_if} type veth peer name eth0 netns {ns}\n\
+             link set {host_if} master {} up\n",
+            bridge.name
+        )),
+    )?;
+    let inside = format!(
+        "addr add {}/{} dev eth0\n\
+         addr add {}/{} dev eth0 nodad\n\
+         link set eth0 up\n\
+         route add default via {}\n\
+         route add default via {}\n",
+        link.address4,
+        bridge.prefix4,
+        link.address6,
+        bridge.prefix6,
+        bridge.gateway4,
+        bridge.gateway6,
+    );
+    if let Err(e) = run(
+        "nsenter",
+        &[&format!("--net={ns}"), "ip", "-batch", "-"],
+        Some(&inside),
+    ) {
+        let _ = run("ip", &["link", "del", host_if], None);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes a machine's link (if it is there).
+pub fn disconnect(host_if: &str) -> Result<(), NetError> {
+    check_ifname(host_if)?;
+    if exists(host_if) {
+        run("ip", &["link", "del", host_if], None)?;
+    }
+    Ok(())
+}
+
+/// The firewall: hangard's own nftables table, replaced as a whole.
+pub mod firewall {
+    use super::*;
+
+    /// The rules for this installation. Forwarding between different
+    /// hangar bridges (different private networks) is always dropped;
+    /// with `outbound_nat`, machines' IPv4 traffic to the outside is
+    /// masqueraded and the host forwards IPv4.
+    pub fn rules(outbound_nat: bool) -> String {
+        // Traffic within one bridge reaches this hook only when the host
+        // has br_netfilter loaded, then with the bridge as both ends: let
+        // it through, and nothing else between two bridges.
+        let same = (1..=MAX_BRIDGES)
+            .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" . \"{BRIDGE_PREFIX}{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut r = format!(
+            "table inet hangar\n\
+             delete table inet hangar\n\
+             table inet hangar {{\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname . oifname {{ {same} }} accept\n\
+             \t\tiifname \"{BRIDGE_PREFIX}*\" oifname \"{BRIDGE_PREFIX}*\" drop\n"
+        );
+        if !outbound_nat {
+            r.push_str(&format!(
+                "\t\tiifname \"{BRIDGE_PREFIX}*\" oifname != \"{BRIDGE_PREFIX}*\" drop\n\
+                 \t\toifname \"{BRIDGE_PREFIX}*\" iifname != \"{BRIDGE_PREFIX}*\" drop\n"
+            ));
+        }
+        r.push_str("\t}\n");
+        if outbound_nat {
+            r.push_str(&format!(
+                "\tchain postrouting {{\n\
+                 \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                 \t\tip saddr {IPV4_RANGE} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
+                 \t}}\n"
+            ));
+        }
+        r.push_str("}\n");
+        r
+    }
+
+    /// Installs the rules (and with outbound NAT, turns IPv4 forwarding
+    /// on).
+    pub fn apply(outbound_nat: bool) -> Result<(), NetError> {
+        run("nft", &["-f", "-"], Some(&rules(outbound_nat)))?;
+        if outbound_nat {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Tool {
+                tool: "sysctl",
+                message: format!("cannot turn IPv4 forwarding on: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The rules as they are installed now, if any.
+    pub fn current() -> Option<String> {
+        run("nft", &["list", "table", "inet", "hangar"], None).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(check_ifname("hangar1").is_ok());
+        assert!(check_ifname("hv0123456789abc").is_ok());
+        assert!(check_ifname("hv0123456789abcd").is_err());
+        assert!(check_ifname("a b").is_err());
+        assert!(check_ifname("").is_err());
+        assert!(check_ifname("x;rm").is_err());
+    }
+
+    #[test]
+    fn rules_isolate_networks_and_nat_only_when_asked() {
+        let off = firewall::rules(false);
+        assert!(off.contains("\"hangar7\" . \"hangar7\""));
+        assert!(!off.contains("masquerade"));
+        let on = firewall::rules(true);
+        assert!(on.contains("masquerade"));
+        assert!(on.contains("ip saddr 10.231.0.0/16"));
+    }
+}
