@@ -16,6 +16,7 @@ pub mod machine;
 pub mod names;
 pub mod process;
 pub mod schedule;
+pub mod services;
 pub mod signal;
 
 pub use duration::GoDuration;

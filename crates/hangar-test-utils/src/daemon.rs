@@ -60,6 +60,10 @@ pub struct Daemon {
     port: u16,
     /// The daemon's IPv4 range for private networks.
     pub network_range: String,
+    /// The proxy's HTTP listener, `127.0.0.1:PORT`.
+    pub proxy_http: String,
+    /// The proxy's HTTPS listener, `127.0.0.1:PORT`.
+    pub proxy_https: String,
     extra_args: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -76,6 +80,8 @@ impl Daemon {
             token: String::new(),
             port: crate::free_port(),
             network_range: next_network_range(),
+            proxy_http: format!("127.0.0.1:{}", crate::free_port()),
+            proxy_https: format!("127.0.0.1:{}", crate::free_port()),
             extra_args: extra_args.to_vec(),
             child: None,
             _dir: dir,
@@ -106,6 +112,10 @@ impl Daemon {
             .arg(&self.network_range)
             // Tests never send traffic beyond this host.
             .arg("--no-outbound-nat")
+            .arg("--proxy-http")
+            .arg(&self.proxy_http)
+            .arg("--proxy-https")
+            .arg(&self.proxy_https)
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

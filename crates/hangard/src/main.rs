@@ -18,6 +18,8 @@ use hangar_api::{ApiState, Auth};
 use hangar_image::{Credentials, ImageStore, StoreOptions};
 use hangar_runtime_oci::{OciConfig, OciFlavor, OciRuntime, host};
 
+mod edge;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum RuntimeArg {
     Crun,
@@ -79,6 +81,28 @@ struct Args {
     /// image's resolv.conf.
     #[arg(long, env = "HANGAR_NO_DNS")]
     no_dns: bool,
+    /// The proxy's plain HTTP listener (services' port 80), or `off`.
+    #[arg(long, env = "HANGAR_PROXY_HTTP", default_value = "0.0.0.0:80", value_parser = listen_or_off)]
+    proxy_http: Listen,
+    /// The proxy's HTTPS listener (services' port 443, TLS ends in the
+    /// proxy), or `off`.
+    #[arg(long, env = "HANGAR_PROXY_HTTPS", default_value = "0.0.0.0:443", value_parser = listen_or_off)]
+    proxy_https: Listen,
+    /// Apps are served at `<app>.<domain>` (`*.localhost` resolves to this
+    /// host in browsers and curl).
+    #[arg(long, env = "HANGAR_PROXY_DOMAIN", default_value = "localhost")]
+    proxy_domain: String,
+    /// The proxy's TLS certificate and key (PEM); a self-signed pair for
+    /// the domain is made in the data dir when not given.
+    #[arg(long, env = "HANGAR_PROXY_TLS_CERT", requires = "proxy_tls_key")]
+    proxy_tls_cert: Option<PathBuf>,
+    /// See --proxy-tls-cert.
+    #[arg(long, env = "HANGAR_PROXY_TLS_KEY", requires = "proxy_tls_cert")]
+    proxy_tls_key: Option<PathBuf>,
+    /// Machines whose services have autostop are stopped after this long
+    /// without traffic (e.g. 5m, 30s).
+    #[arg(long, env = "HANGAR_PROXY_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    proxy_idle_timeout: std::time::Duration,
     /// Run machine schedules this many times faster than real time (for
     /// tests and demos: 3600 makes `hourly` fire about every second).
     #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
@@ -221,6 +245,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(server)
     };
 
+    let _proxy = if args.proxy_http.0.is_none() && args.proxy_https.0.is_none() {
+        None
+    } else {
+        let (cert, key) = match (&args.proxy_tls_cert, &args.proxy_tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => (data.join("proxy/tls.crt"), data.join("proxy/tls.key")),
+        };
+        let proxy = hangar_proxy::Proxy::new(
+            hangar_proxy::Config {
+                http: args.proxy_http.0,
+                https: args.proxy_https.0,
+                domain: args.proxy_domain.trim_matches('.').to_ascii_lowercase(),
+                idle_timeout: args.proxy_idle_timeout,
+                autostop_interval: (args.proxy_idle_timeout / 4).clamp(
+                    std::time::Duration::from_millis(200),
+                    std::time::Duration::from_secs(30),
+                ),
+                start_timeout: std::time::Duration::from_secs(60),
+                tls_cert: cert,
+                tls_key: key,
+                region: args.region.clone(),
+            },
+            Arc::new(edge::AgentMachines {
+                agent: agent.clone(),
+                range: args.network_range,
+            }),
+        );
+        Some(proxy.serve().await.context("starting the proxy")?)
+    };
+
     let app = hangar_api::router(ApiState {
         agent: agent.clone(),
         images: Some(images),
@@ -246,6 +300,19 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+/// A listen address, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn listen_or_off(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") || s.is_empty() {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is not an address like 0.0.0.0:80 (or off)"))
 }
 
 /// The data dir must be absolute, and free of `,` and `:` (overlayfs mount

@@ -1,0 +1,763 @@
+//! Hangar's proxy: the edge that routes requests to apps' machines.
+//!
+//! ```text
+//!  client ──HTTP :80───┐                          ┌─▶ machine a (started, load 1)
+//!  client ──HTTPS :443─┼─▶ Host: <app>.<domain> ──┼─▶ machine b (started, load 0)  ◀── picked
+//!        (TLS ends here)│   services[].ports      └─▶ machine c (stopped, autostart)
+//!                       │   covering 80 / 443          started when every started
+//!                       │                              machine is at its soft limit
+//!                       └─ autostop pass: started machines idle for `idle_timeout`
+//!                          are stopped/suspended, keeping min_machines_running
+//! ```
+//!
+//! The proxy holds no machine state of its own beyond the load it puts on
+//! each machine: it asks a [`Machines`] directory (hangard's state) for the
+//! app's machines on every request and asks it to start and stop them.
+//! Which machine takes a request and which idle machines stop are the pure
+//! rules of [`hangar_core::services`].
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hangar_core::services::{self, Autostop, Candidate, Pick, Service};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+pub mod tls;
+
+/// How the proxy is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Plain HTTP listener (serves services' port 80).
+    pub http: Option<SocketAddr>,
+    /// HTTPS listener (serves services' port 443; TLS ends here).
+    pub https: Option<SocketAddr>,
+    /// Apps are `<app>.<domain>`.
+    pub domain: String,
+    /// A started machine with no traffic for this long is stopped (when
+    /// its service has `autostop`).
+    pub idle_timeout: Duration,
+    /// How often idle machines are looked for.
+    pub autostop_interval: Duration,
+    /// How long a request waits for a machine to start and listen.
+    pub start_timeout: Duration,
+    /// TLS certificate and key (PEM); made self-signed for `*.<domain>`
+    /// when missing.
+    pub tls_cert: PathBuf,
+    /// See `tls_cert`.
+    pub tls_key: PathBuf,
+    /// `Fly-Region` of this host.
+    pub region: String,
+}
+
+/// A machine's state, as the proxy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Running.
+    Started,
+    /// Stopped: can be started.
+    Stopped,
+    /// Suspended: can be resumed.
+    Suspended,
+    /// Anything else (starting, stopping, failed, ...).
+    Other,
+}
+
+/// A machine of an app.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Machine id.
+    pub id: String,
+    /// Its address on the private network, as the host reaches it.
+    pub addr: IpAddr,
+    /// Its state.
+    pub state: State,
+    /// Cordoned, or failing a service check: no new traffic.
+    pub out_of_rotation: bool,
+    /// Its services.
+    pub services: Vec<Service>,
+}
+
+/// What the proxy needs from hangard.
+#[async_trait::async_trait]
+pub trait Machines: Send + Sync + 'static {
+    /// Apps that have machines.
+    fn apps(&self) -> Vec<String>;
+    /// The app's machines (not destroyed); empty for an unknown app.
+    fn backends(&self, app: &str) -> Vec<Backend>;
+    /// Starts (or resumes) a machine and returns once it is started.
+    async fn start(&self, app: &str, id: &str) -> Result<(), String>;
+    /// Stops (or suspends) a machine.
+    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String>;
+}
+
+/// What went wrong setting the proxy up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Load the proxy puts on a machine.
+#[derive(Debug)]
+struct Load {
+    in_flight: u32,
+    last_active: Instant,
+}
+
+/// The proxy. Cheap to share.
+pub struct Proxy {
+    cfg: Config,
+    machines: Arc<dyn Machines>,
+    loads: Mutex<HashMap<String, Load>>,
+    /// Machines seen accepting connections since they last started.
+    ready: Mutex<HashSet<String>>,
+    starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// The public port of the services this listener serves.
+    fn public_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{}\n", msg.into())))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// Headers that belong to one connection, never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        if keep_upgrade && n == "connection" {
+            continue;
+        }
+        h.remove(n);
+    }
+    if !keep_upgrade {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// The app a Host header names (`<app>.<domain>`, any port).
+fn app_of(host: &str, domain: &str) -> Option<String> {
+    let host = host.trim().to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h.to_owned(),
+        _ => host,
+    };
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    let app = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!app.is_empty() && !app.contains('.')).then(|| app.to_owned())
+}
+
+/// Decrements a machine's load when the response (body included) is done.
+struct LoadGuard {
+    proxy: Arc<Proxy>,
+    id: String,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut loads = self.proxy.loads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = loads.get_mut(&self.id) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+            l.last_active = Instant::now();
+        }
+    }
+}
+
+impl Proxy {
+    /// A proxy over `machines`.
+    pub fn new(cfg: Config, machines: Arc<dyn Machines>) -> Arc<Proxy> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        Arc::new(Proxy {
+            cfg,
+            machines,
+            loads: Mutex::new(HashMap::new()),
+            ready: Mutex::new(HashSet::new()),
+            starting: Mutex::new(HashMap::new()),
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        })
+    }
+
+    /// Binds the listeners and serves until the returned tasks are
+    /// aborted; also runs the autostop pass.
+    pub async fn serve(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, ProxyError> {
+        let mut tasks = Vec::new();
+        if let Some(addr) = self.cfg.http {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Listen { addr, source })?;
+            tracing::info!(%addr, domain = %self.cfg.domain, "proxy serving HTTP");
+            tasks.push(tokio::spawn(Arc::clone(self).accept(l, None)));
+        }
+        if let Some(addr) = self.cfg.https {
+            let acceptor = tls::acceptor(&self.cfg.tls_cert, &self.cfg.tls_key, &self.cfg.domain)?;
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Listen { addr, source })?;
+            tracing::info!(%addr, cert = %self.cfg.tls_cert.display(), "proxy serving HTTPS");
+            tasks.push(tokio::spawn(Arc::clone(self).accept(l, Some(acceptor))));
+        }
+        let me = Arc::clone(self);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(me.cfg.autostop_interval).await;
+                me.autostop_pass().await;
+            }
+        }));
+        Ok(tasks)
+    }
+
+    async fn accept(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let me = Arc::clone(&self);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                match tls {
+                    None => {
+                        me.serve_conn(TokioIo::new(stream), peer, Scheme::Http)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => me.serve_conn(TokioIo::new(s), peer, Scheme::Https).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: SocketAddr, scheme: Scheme)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req| {
+            let me = Arc::clone(&self);
+            async move { Ok::<_, Infallible>(me.handle(req, peer, scheme).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+            tracing::debug!(%peer, error = %e, "proxy connection ended");
+        }
+    }
+
+    fn load(&self, id: &str) -> u32 {
+        self.loads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map_or(0, |l| l.in_flight)
+    }
+
+    fn add_load(self: &Arc<Self>, id: &str) -> LoadGuard {
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let l = loads.entry(id.to_owned()).or_insert(Load {
+            in_flight: 0,
+            last_active: Instant::now(),
+        });
+        l.in_flight += 1;
+        l.last_active = Instant::now();
+        LoadGuard {
+            proxy: Arc::clone(self),
+            id: id.to_owned(),
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> Response<Body> {
+        let request_id = ulid::Ulid::new().to_string().to_ascii_lowercase();
+        let mut resp = self.route(req, peer, scheme, &request_id).await;
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            h.insert("fly-request-id", v);
+        }
+        h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
+        resp
+    }
+
+    async fn route(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+        request_id: &str,
+    ) -> Response<Body> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let Some(app) = app_of(&host, &self.cfg.domain) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no app here: ask for <app>.{}", self.cfg.domain),
+            );
+        };
+        let port = scheme.public_port();
+        let backends: Vec<(Backend, Service, bool)> = self
+            .machines
+            .backends(&app)
+            .into_iter()
+            .filter_map(|b| {
+                let (svc, force_https) = b.services.iter().find_map(|s| {
+                    s.ports
+                        .iter()
+                        .find(|p| p.covers(port) && p.is_http())
+                        .map(|p| (s.clone(), p.force_https))
+                })?;
+                Some((b, svc, force_https))
+            })
+            .collect();
+        if backends.is_empty() {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("app {app} has no HTTP service on port {port}"),
+            );
+        }
+        if scheme == Scheme::Http && backends.iter().any(|(_, _, f)| *f) {
+            let host_only = app_of_host_without_port(&host);
+            let https_port = self.cfg.https.map(|a| a.port()).unwrap_or(443);
+            let authority = if https_port == 443 {
+                host_only
+            } else {
+                format!("{host_only}:{https_port}")
+            };
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let mut r = text(StatusCode::MOVED_PERMANENTLY, "use https");
+            if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+
+        let limits = backends[0].1.concurrency;
+        let candidates: Vec<Candidate> = backends
+            .iter()
+            .enumerate()
+            .map(|(index, (b, s, _))| Candidate {
+                index,
+                started: b.state == State::Started,
+                startable: matches!(b.state, State::Stopped | State::Suspended) && s.autostart,
+                out_of_rotation: b.out_of_rotation,
+                load: self.load(&b.id),
+            })
+            .collect();
+        let (index, started_now) = match services::pick(&candidates, &limits) {
+            Pick::Use(i) => (i, false),
+            Pick::Start(i) => (i, true),
+            Pick::Unavailable => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no machine of app {app} can take this request now"),
+                );
+            }
+        };
+        let (backend, svc, _) = &backends[index];
+        let target = SocketAddr::new(backend.addr, svc.internal_port);
+        if started_now {
+            if let Err(e) = self.start(&app, &backend.id).await {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("could not start a machine of app {app}: {e}"),
+                );
+            }
+        }
+        if let Err(e) = self.until_listening(&backend.id, target).await {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "machine {} of app {app} is not listening on port {}: {e}",
+                    backend.id, svc.internal_port
+                ),
+            );
+        }
+
+        // Forward.
+        let guard = self.add_load(&backend.id);
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let uri: Uri = match format!("http://{target}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target"),
+        };
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        let h = req.headers_mut();
+        strip_hop_by_hop(h, upgrade);
+        if !h.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                h.insert(header::HOST, v);
+            }
+        }
+        let client_ip = peer.ip().to_canonical().to_string();
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {client_ip}"),
+            None => client_ip.clone(),
+        };
+        let set = |h: &mut HeaderMap, name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        };
+        set(h, "x-forwarded-for", &xff);
+        set(h, "x-forwarded-proto", scheme.as_str());
+        set(h, "x-forwarded-port", &port.to_string());
+        set(
+            h,
+            "x-forwarded-ssl",
+            if scheme == Scheme::Https { "on" } else { "off" },
+        );
+        set(h, "fly-client-ip", &client_ip);
+        set(h, "fly-forwarded-proto", scheme.as_str());
+        set(h, "fly-forwarded-port", &port.to_string());
+        set(h, "fly-region", &self.cfg.region);
+        set(h, "fly-request-id", request_id);
+        h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
+
+        let mut resp = match self.client.request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&backend.id);
+                tracing::debug!(machine = %backend.id, error = %e, "proxy upstream failed");
+                return text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("machine {} of app {app} did not answer", backend.id),
+                );
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let server_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    if let (Ok(c), Ok(s)) = (client_upgrade.await, server_upgrade.await) {
+                        let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                    }
+                });
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(
+                    parts,
+                    Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+                );
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .map_frame(move |f| {
+                let _ = &guard;
+                f
+            })
+            .boxed();
+        Response::from_parts(parts, body)
+    }
+
+    /// Starts a machine once, however many requests want it.
+    async fn start(&self, app: &str, id: &str) -> Result<(), String> {
+        let lock = Arc::clone(
+            self.starting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.to_owned())
+                .or_default(),
+        );
+        let _held = lock.lock().await;
+        let state = self
+            .machines
+            .backends(app)
+            .into_iter()
+            .find(|b| b.id == id)
+            .map(|b| b.state);
+        match state {
+            Some(State::Started) => Ok(()),
+            None => Err("the machine is gone".into()),
+            Some(_) => {
+                tracing::info!(app, machine = id, "proxy starting a machine for a request");
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                self.machines.start(app, id).await
+            }
+        }
+    }
+
+    /// Waits until the machine accepts connections on `target` (at once
+    /// when it did before).
+    async fn until_listening(&self, id: &str, target: SocketAddr) -> Result<(), String> {
+        if self
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        loop {
+            match tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::net::TcpStream::connect(target),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {
+                    self.ready
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.to_owned());
+                    return Ok(());
+                }
+                Ok(Err(e)) if Instant::now() >= deadline => return Err(e.to_string()),
+                Err(_) if Instant::now() >= deadline => return Err("timed out".into()),
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// Stops (or suspends) the started machines that have been idle for
+    /// the idle timeout, per service with autostop, keeping
+    /// `min_machines_running`.
+    pub async fn autostop_pass(&self) {
+        let now = Instant::now();
+        for app in self.machines.apps() {
+            let backends = self.machines.backends(&app);
+            let mut chosen: Vec<(String, bool)> = Vec::new();
+            // One decision per service (by internal port) of the app.
+            let mut ports: Vec<u16> = backends
+                .iter()
+                .flat_map(|b| b.services.iter())
+                .filter(|s| s.autostop != Autostop::Off)
+                .map(|s| s.internal_port)
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            for port in ports {
+                let members: Vec<(&Backend, &Service)> = backends
+                    .iter()
+                    .filter_map(|b| {
+                        b.services
+                            .iter()
+                            .find(|s| s.internal_port == port)
+                            .map(|s| (b, s))
+                    })
+                    .collect();
+                let Some((_, first)) = members.first() else {
+                    continue;
+                };
+                let running: Vec<services::Running> = {
+                    let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                    members
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (b, _))| b.state == State::Started)
+                        .map(|(index, (b, _))| {
+                            let l = loads.entry(b.id.clone()).or_insert(Load {
+                                in_flight: 0,
+                                last_active: now,
+                            });
+                            services::Running {
+                                index,
+                                load: l.in_flight,
+                                idle_for: now.saturating_duration_since(l.last_active),
+                            }
+                        })
+                        .collect()
+                };
+                for i in
+                    services::autostop(&running, first.min_machines_running, self.cfg.idle_timeout)
+                {
+                    let (b, s) = members[i];
+                    if s.autostop == Autostop::Off || chosen.iter().any(|(id, _)| *id == b.id) {
+                        continue;
+                    }
+                    chosen.push((b.id.clone(), s.autostop == Autostop::Suspend));
+                }
+            }
+            for (id, suspend) in chosen {
+                tracing::info!(app, machine = %id, suspend, "proxy stopping an idle machine");
+                self.ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                self.loads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Err(e) = self.machines.stop(&app, &id, suspend).await {
+                    tracing::warn!(app, machine = %id, error = %e, "autostop failed");
+                }
+            }
+        }
+    }
+}
+
+fn app_of_host_without_port(host: &str) -> String {
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.is_empty() => h.to_owned(),
+        _ => host.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_name_apps() {
+        assert_eq!(app_of("web.localhost", "localhost"), Some("web".into()));
+        assert_eq!(
+            app_of("Web.LocalHost:8080", "localhost"),
+            Some("web".into())
+        );
+        assert_eq!(app_of("web.localhost.", "localhost"), Some("web".into()));
+        assert_eq!(app_of("localhost", "localhost"), None);
+        assert_eq!(app_of("a.b.localhost", "localhost"), None);
+        assert_eq!(app_of("webxlocalhost", "localhost"), None);
+        assert_eq!(app_of("web.example.com", "localhost"), None);
+        assert_eq!(
+            app_of("api.apps.example.com", "apps.example.com"),
+            Some("api".into())
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+        strip_hop_by_hop(&mut up, true);
+        assert!(up.contains_key("upgrade") && up.contains_key("connection"));
+        assert!(!up.contains_key("x-private"));
+    }
+}

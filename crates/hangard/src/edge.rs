@@ -1,0 +1,90 @@
+//! The proxy's view of hangard's machines: apps, their machines' services
+//! and addresses, and starting and stopping them through the agent (so
+//! that the proxy's starts and stops are recorded like anyone else's).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hangar_agent::network::NetRange;
+use hangar_agent::{Agent, DEFAULT_ORG, WaitFor};
+use hangar_core::MachineState;
+use hangar_proxy::{Backend, State};
+
+/// [`hangar_proxy::Machines`] over the agent.
+pub struct AgentMachines {
+    pub agent: Agent,
+    pub range: NetRange,
+}
+
+#[async_trait::async_trait]
+impl hangar_proxy::Machines for AgentMachines {
+    fn apps(&self) -> Vec<String> {
+        self.agent
+            .list_apps(DEFAULT_ORG)
+            .map(|apps| apps.into_iter().map(|a| a.name).collect())
+            .unwrap_or_default()
+    }
+
+    fn backends(&self, app: &str) -> Vec<Backend> {
+        let Ok(machines) = self.agent.list_machines(app, false) else {
+            return Vec::new();
+        };
+        machines
+            .into_iter()
+            .filter_map(|m| {
+                let addr = self
+                    .agent
+                    .store()
+                    .address_of(m.id.as_str(), &self.range)
+                    .ok()
+                    .flatten()?;
+                let config = serde_json::to_value(&m.config).unwrap_or_default();
+                let standby = m.config.standbys.as_ref().is_some_and(|s| !s.is_empty());
+                let mut services = hangar_core::services::services(&config);
+                if standby {
+                    for s in &mut services {
+                        s.autostart = false;
+                    }
+                }
+                Some(Backend {
+                    id: m.id.to_string(),
+                    addr: IpAddr::V4(addr.ipv4()),
+                    state: match m.core.state {
+                        MachineState::Started => State::Started,
+                        MachineState::Stopped => State::Stopped,
+                        MachineState::Suspended => State::Suspended,
+                        _ => State::Other,
+                    },
+                    out_of_rotation: m.cordoned,
+                    services,
+                })
+            })
+            .collect()
+    }
+
+    async fn start(&self, app: &str, id: &str) -> Result<(), String> {
+        self.agent
+            .start_machine(app, id, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.agent
+            .wait_machine(
+                app,
+                id,
+                &[WaitFor::State(MachineState::Started)],
+                Duration::from_secs(60),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String> {
+        let r = if suspend {
+            self.agent.suspend_machine(app, id, None).await
+        } else {
+            self.agent.stop_machine(app, id, None, None, None).await
+        };
+        r.map(drop).map_err(|e| e.to_string())
+    }
+}

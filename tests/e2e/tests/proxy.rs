@@ -1,0 +1,237 @@
+//! End to end: the proxy in front of real crun machines. Requests reach an
+//! app's machines by Host over HTTP and HTTPS with the forwarding headers,
+//! spread over the machines, start a stopped machine on demand, and idle
+//! machines stop down to `min_machines_running`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hangar_api_types::{CreateMachineRequest, MachineConfig};
+use hangar_client::Client;
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::{ImageBuilder, Layer};
+use hangar_test_utils::registry::Registry;
+use serde_json::{Value, json};
+
+const CGI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nenv | sort\n";
+
+async fn web_machine(c: &Client, app: &str, image: &str, services: Value) -> String {
+    let config: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c",
+            "echo hello-from-$FLY_MACHINE_ID > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+        "services": services,
+    }))
+    .unwrap();
+    let m = c
+        .create_machine(
+            app,
+            &CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_machine(app, &m.id, &["started"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    m.id
+}
+
+fn http_client(d: &Daemon) -> reqwest::Client {
+    let https: SocketAddr = d.proxy_https.parse().unwrap();
+    let mut b = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60));
+    for app in ["web", "secure", "none", "nostart"] {
+        b = b.resolve(&format!("{app}.localhost"), https);
+    }
+    b.build().unwrap()
+}
+
+async fn get(d: &Daemon, http: &reqwest::Client, app: &str, path: &str) -> reqwest::Response {
+    http.get(format!("http://{}{path}", d.proxy_http))
+        .header("host", format!("{app}.localhost"))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_proxy_routes_balances_starts_and_stops_machines() {
+    let reg = Registry::start().await;
+    let image = ImageBuilder::busybox()
+        .layer(
+            Layer::new()
+                .dir("www", 0o755)
+                .dir("www/cgi-bin", 0o755)
+                .file("www/cgi-bin/env", CGI.as_bytes(), 0o755),
+        )
+        .build();
+    reg.push("test/web", "v1", &image).await;
+    let image = format!("{}/test/web:v1", reg.addr);
+    let d = Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--proxy-idle-timeout".into(),
+        "2s".into(),
+    ])
+    .await;
+    let c = d.client();
+    let http = http_client(&d);
+    for app in ["web", "secure", "none", "nostart"] {
+        c.create_app(app).await.unwrap();
+    }
+    let services = json!([{
+        "protocol": "tcp", "internal_port": 8080,
+        "autostart": true, "autostop": "stop", "min_machines_running": 1,
+        "concurrency": {"type": "requests", "soft_limit": 1, "hard_limit": 10},
+        "ports": [{"port": 80, "handlers": ["http"]}, {"port": 443, "handlers": ["tls", "http"]}],
+    }]);
+    let a = web_machine(&c, "web", &image, services.clone()).await;
+    let b = web_machine(&c, "web", &image, services.clone()).await;
+
+    // Routed by Host, with Fly's forwarding headers both ways.
+    let r = get(&d, &http, "web", "/").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["via"], "1.1 hangar");
+    let request_id = r.headers()["fly-request-id"].to_str().unwrap().to_owned();
+    assert!(!request_id.is_empty());
+    let body = r.text().await.unwrap();
+    assert!(
+        body == format!("hello-from-{a}\n") || body == format!("hello-from-{b}\n"),
+        "{body}"
+    );
+    let env = get(&d, &http, "web", "/cgi-bin/env")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "HTTP_X_FORWARDED_FOR=127.0.0.1",
+        "HTTP_X_FORWARDED_PROTO=http",
+        "HTTP_FLY_CLIENT_IP=127.0.0.1",
+        "HTTP_FLY_REGION=local",
+        "HTTP_VIA=1.1 hangar",
+        "HTTP_FLY_REQUEST_ID=",
+    ] {
+        assert!(env.contains(want), "{want} missing:\n{env}");
+    }
+    // HTTPS ends in the proxy; the machine sees plain HTTP marked https.
+    let https_port = d.proxy_https.rsplit(':').next().unwrap();
+    let r = http
+        .get(format!("https://web.localhost:{https_port}/cgi-bin/env"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let env = r.text().await.unwrap();
+    assert!(env.contains("HTTP_X_FORWARDED_PROTO=https"), "{env}");
+
+    // Requests spread over both machines (least loaded first).
+    let mut seen = BTreeSet::new();
+    let many = (0..20).map(|_| {
+        let http = http.clone();
+        let url = format!("http://{}/", d.proxy_http);
+        async move {
+            http.get(url)
+                .header("host", "web.localhost")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    for body in futures::future::join_all(many).await {
+        seen.insert(body.trim().to_owned());
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([format!("hello-from-{a}"), format!("hello-from-{b}")])
+    );
+
+    // Unknown apps, apps without an HTTP service: 404.
+    assert_eq!(get(&d, &http, "nope", "/").await.status(), 404);
+    web_machine(&c, "none", &image, json!([])).await;
+    assert_eq!(get(&d, &http, "none", "/").await.status(), 404);
+    // force_https redirects.
+    web_machine(
+        &c,
+        "secure",
+        &image,
+        json!([{"internal_port": 8080, "ports": [
+            {"port": 80, "handlers": ["http"], "force_https": true},
+            {"port": 443, "handlers": ["tls", "http"]}]}]),
+    )
+    .await;
+    let r = get(&d, &http, "secure", "/x?y=1").await;
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        r.headers()["location"],
+        format!("https://secure.localhost:{https_port}/x?y=1").as_str()
+    );
+
+    // Idle machines stop, down to min_machines_running (1).
+    let started = |c: Client| async move {
+        c.list_machines("web", &Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.state == "started")
+            .map(|m| m.id)
+            .collect::<Vec<_>>()
+    };
+    let left =
+        hangar_test_utils::wait_until(Duration::from_secs(30), "an idle machine to stop", || {
+            let c = c.clone();
+            async move {
+                let s = started(c).await;
+                (s.len() == 1).then_some(s)
+            }
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        started(c.clone()).await,
+        left,
+        "min_machines_running not kept"
+    );
+    let events = c
+        .machine_events("web", if left[0] == a { &b } else { &a }, 10)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e.kind == "stop"), "{events:?}");
+
+    // Stopped by hand too: a request starts one again and is served.
+    c.stop_machine("web", &left[0], None, None).await.unwrap();
+    c.wait_machine("web", &left[0], &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(started(c.clone()).await.is_empty());
+    let r = get(&d, &http, "web", "/").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().starts_with("hello-from-"));
+    assert_eq!(started(c.clone()).await.len(), 1);
+
+    // autostart off and nothing started: a clear 503.
+    let id = web_machine(
+        &c,
+        "nostart",
+        &image,
+        json!([{"internal_port": 8080, "autostart": false,
+                "ports": [{"port": 80, "handlers": ["http"]}]}]),
+    )
+    .await;
+    c.stop_machine("nostart", &id, None, None).await.unwrap();
+    c.wait_machine("nostart", &id, &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let r = get(&d, &http, "nostart", "/").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("no machine"));
+}
