@@ -124,6 +124,82 @@ pub struct ConfigFlags {
     /// Make this a standby for these machines (comma list; "" clears).
     #[arg(long = "standby-for")]
     standby_for: Option<String>,
+    /// A service for the proxy: port[:machinePort][/protocol[:handler...]],
+    /// e.g. 80:8080/tcp:http or 443:8080/tcp:http:tls (repeatable; replaces
+    /// the services).
+    #[arg(long = "port", short = 'p')]
+    port: Vec<String>,
+    /// Let the proxy start the machine on a request (true when given
+    /// without a value); needs services.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    autostart: Option<bool>,
+    /// Let the proxy stop the idle machine: off, stop or suspend (stop
+    /// when given without a value); needs services.
+    #[arg(long, num_args = 0..=1, default_missing_value = "stop", require_equals = true)]
+    autostop: Option<String>,
+}
+
+/// Handlers the proxy knows (Fly's names).
+const HANDLERS: [&str; 5] = ["http", "tls", "proxy_proto", "pg_tls", "edge_http"];
+
+/// Parses flyctl's `--port`: `port[:machinePort][/protocol[:handler...]]`,
+/// where `port` may be a range `start-end`. One service per flag.
+pub(crate) fn parse_port(spec: &str) -> anyhow::Result<serde_json::Value> {
+    let bad = |why: &str| anyhow::anyhow!("invalid --port {spec:?}: {why}");
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, rest)) => (p, rest),
+        None => (spec, "tcp"),
+    };
+    let mut proto_parts = proto.split(':');
+    let protocol = proto_parts.next().unwrap_or("tcp").to_ascii_lowercase();
+    if protocol != "tcp" && protocol != "udp" {
+        return Err(bad("the protocol must be tcp or udp"));
+    }
+    let handlers: Vec<String> = proto_parts.map(str::to_ascii_lowercase).collect();
+    if let Some(h) = handlers.iter().find(|h| !HANDLERS.contains(&h.as_str())) {
+        return Err(bad(&format!(
+            "unknown handler {h:?} (one of {})",
+            HANDLERS.join(", ")
+        )));
+    }
+    if protocol == "udp" && !handlers.is_empty() {
+        return Err(bad("udp services take no handlers"));
+    }
+    let number = |s: &str| -> anyhow::Result<u16> {
+        match s.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(bad(&format!("{s:?} is not a port (1-65535)"))),
+        }
+    };
+    let (public, internal) = match ports.split_once(':') {
+        Some((p, i)) => (p, Some(number(i)?)),
+        None => (ports, None),
+    };
+    let mut port = serde_json::Map::new();
+    let first = match public.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (number(a)?, number(b)?);
+            if a > b {
+                return Err(bad("the range must go up"));
+            }
+            port.insert("start_port".into(), a.into());
+            port.insert("end_port".into(), b.into());
+            a
+        }
+        None => {
+            let p = number(public)?;
+            port.insert("port".into(), p.into());
+            p
+        }
+    };
+    if !handlers.is_empty() {
+        port.insert("handlers".into(), handlers.into());
+    }
+    Ok(serde_json::json!({
+        "protocol": protocol,
+        "internal_port": internal.unwrap_or(first),
+        "ports": [port],
+    }))
 }
 
 /// Applies the flags to a config: env and metadata entries are added (or
@@ -190,6 +266,37 @@ pub(crate) fn apply_flags(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Res
     }
     if let Some(s) = &f.schedule {
         c.schedule = (!s.is_empty()).then(|| s.clone());
+    }
+    if !f.port.is_empty() {
+        let services = f
+            .port
+            .iter()
+            .map(|p| parse_port(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        c.extra.insert("services".into(), services.into());
+    }
+    if f.autostart.is_some() || f.autostop.is_some() {
+        let autostop = match f.autostop.as_deref() {
+            None => None,
+            Some("off" | "false") => Some(serde_json::Value::Bool(false)),
+            Some("stop" | "true") => Some(serde_json::Value::Bool(true)),
+            Some("suspend") => Some(serde_json::Value::String("suspend".into())),
+            Some(other) => anyhow::bail!("invalid --autostop {other:?}: off, stop or suspend"),
+        };
+        let services = c
+            .extra
+            .get_mut("services")
+            .and_then(|s| s.as_array_mut())
+            .filter(|s| !s.is_empty())
+            .context("--autostart and --autostop work only on machines with services (--port)")?;
+        for svc in services.iter_mut().filter_map(|s| s.as_object_mut()) {
+            if let Some(v) = f.autostart {
+                svc.insert("autostart".into(), v.into());
+            }
+            if let Some(v) = &autostop {
+                svc.insert("autostop".into(), v.clone());
+            }
+        }
     }
     if let Some(ids) = &f.standby_for {
         let ids: Vec<String> = ids
@@ -899,6 +1006,76 @@ mod tests {
             r: RunArgs,
         }
         T::parse_from(std::iter::once("t").chain(args.iter().copied())).r
+    }
+
+    #[test]
+    fn ports_parse_as_flyctl_does() {
+        use serde_json::json;
+        assert_eq!(
+            parse_port("80/tcp:http").unwrap(),
+            json!({"protocol": "tcp", "internal_port": 80, "ports": [{"port": 80, "handlers": ["http"]}]})
+        );
+        assert_eq!(
+            parse_port("443:8080/tcp:http:tls").unwrap(),
+            json!({"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 443, "handlers": ["http", "tls"]}]})
+        );
+        assert_eq!(
+            parse_port("5432").unwrap(),
+            json!({"protocol": "tcp", "internal_port": 5432, "ports": [{"port": 5432}]})
+        );
+        assert_eq!(
+            parse_port("9000-9010:9000/tcp").unwrap(),
+            json!({"protocol": "tcp", "internal_port": 9000, "ports": [{"start_port": 9000, "end_port": 9010}]})
+        );
+        assert_eq!(
+            parse_port("53/udp").unwrap(),
+            json!({"protocol": "udp", "internal_port": 53, "ports": [{"port": 53}]})
+        );
+        for bad in [
+            "",
+            "0",
+            "70000",
+            "80/sctp",
+            "80/tcp:bogus",
+            "80:x",
+            "90-80",
+            "53/udp:http",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+
+        let a = parse(&[
+            "nginx",
+            "--port",
+            "80:80/tcp:http",
+            "--port",
+            "443:80/tcp:http:tls",
+            "--autostop",
+            "--autostart=false",
+        ]);
+        let mut c = MachineConfig::default();
+        apply_flags(&mut c, &a.flags).unwrap();
+        let services = c.extra["services"].as_array().unwrap();
+        assert_eq!(services.len(), 2);
+        for s in services {
+            assert_eq!(s["autostop"], json!(true));
+            assert_eq!(s["autostart"], json!(false));
+        }
+        let a = parse(&[
+            "nginx",
+            "--port",
+            "80/tcp:http",
+            "--autostop=suspend",
+            "--autostart",
+        ]);
+        let mut c = MachineConfig::default();
+        apply_flags(&mut c, &a.flags).unwrap();
+        assert_eq!(c.extra["services"][0]["autostop"], json!("suspend"));
+        assert_eq!(c.extra["services"][0]["autostart"], json!(true));
+        // Without services, as Fly says: no autostart/autostop.
+        let a = parse(&["nginx", "--autostop"]);
+        let err = apply_flags(&mut MachineConfig::default(), &a.flags).unwrap_err();
+        assert!(err.to_string().contains("--port"), "{err}");
     }
 
     #[test]
