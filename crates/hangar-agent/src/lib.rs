@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod checks;
 pub mod images;
 pub mod logs;
 pub mod network;
@@ -106,6 +107,8 @@ pub(crate) struct Shared {
     /// network's gateway.
     pub dns: bool,
     pub network_range: network::NetRange,
+    /// Health check results.
+    pub(crate) checks: checks::Checks,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -209,6 +212,7 @@ impl Agent {
             maintenance: tokio::sync::Mutex::new(()),
             dns: cfg.dns,
             network_range: cfg.network_range,
+            checks: Default::default(),
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;
@@ -228,6 +232,7 @@ impl Agent {
             region: cfg.region,
         };
         agent.spawn_volume_maintenance();
+        agent.spawn_checks();
         Ok(agent)
     }
 

@@ -67,7 +67,11 @@ pub async fn update(
         )
         .await?;
     let events = s.agent.store().events(&rec.id, views::MACHINE_EVENTS)?;
-    Ok(Json(views::machine(rec, Some(events))))
+    let checks = s.agent.checks(rec.id.as_str());
+    Ok(Json(views::with_checks(
+        views::machine(rec, Some(events)),
+        checks,
+    )))
 }
 
 /// `GET .../versions`, newest first.

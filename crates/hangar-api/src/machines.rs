@@ -23,7 +23,11 @@ use hangar_api_types::*;
 
 fn full_view(s: &ApiState, rec: hangar_agent::MachineRecord) -> ApiResult<Machine> {
     let events = s.agent.store().events(&rec.id, views::MACHINE_EVENTS)?;
-    Ok(views::machine(rec, Some(events)))
+    let checks = s.agent.checks(rec.id.as_str());
+    Ok(views::with_checks(
+        views::machine(rec, Some(events)),
+        checks,
+    ))
 }
 
 /// `GET /v1/apps/{app}/machines` with `include_deleted`, `region`, `state`,

@@ -61,3 +61,22 @@ pub fn machine(rec: MachineRecord, events: Option<Vec<EventRow>>) -> Machine {
         cordoned: rec.cordoned,
     }
 }
+
+/// A machine with its health check results (Fly leaves `checks` out when
+/// there are none).
+pub fn with_checks(mut m: Machine, checks: Vec<hangar_agent::checks::CheckResult>) -> Machine {
+    if !checks.is_empty() {
+        m.checks = Some(
+            checks
+                .into_iter()
+                .map(|c| hangar_api_types::CheckStatus {
+                    name: c.name,
+                    status: c.status.as_str().into(),
+                    output: c.output,
+                    updated_at: c.updated_at,
+                })
+                .collect(),
+        );
+    }
+    m
+}

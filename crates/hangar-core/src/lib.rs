@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod checks;
 pub mod duration;
 pub mod exit;
 pub mod guest_path;

@@ -233,13 +233,22 @@ pub enum Pick {
 /// Chooses a machine: the least loaded started machine under its soft
 /// limit; when every started machine is at or over its soft limit (or none
 /// is started), a startable machine is started if there is one; else the
-/// least loaded machine under its hard limit.
-pub fn pick(candidates: &[Candidate], limits: &Concurrency) -> Pick {
+/// least loaded machine under its hard limit. Ties go round: `turn` (a
+/// counter the caller bumps per request) picks among equally loaded ones.
+pub fn pick(candidates: &[Candidate], limits: &Concurrency, turn: usize) -> Pick {
     let live: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| c.started && !c.out_of_rotation)
         .collect();
-    let least = |v: &[&Candidate]| v.iter().min_by_key(|c| (c.load, c.index)).map(|c| c.index);
+    let least = |v: &[&Candidate]| {
+        let min = v.iter().map(|c| c.load).min()?;
+        let ties: Vec<usize> = v
+            .iter()
+            .filter(|c| c.load == min)
+            .map(|c| c.index)
+            .collect();
+        Some(ties[turn % ties.len()])
+    };
     let under_soft: Vec<&Candidate> = live
         .iter()
         .copied()
@@ -356,27 +365,27 @@ mod tests {
             cand(1, true, false, 0),
             cand(2, false, true, 0),
         ];
-        assert_eq!(pick(&c, &l), Pick::Use(1));
+        assert_eq!(pick(&c, &l, 0), Pick::Use(1));
         // All at the soft limit: start the stopped one.
         let c = [
             cand(0, true, false, 2),
             cand(1, true, false, 2),
             cand(2, false, true, 0),
         ];
-        assert_eq!(pick(&c, &l), Pick::Start(2));
+        assert_eq!(pick(&c, &l, 0), Pick::Start(2));
         // Nothing to start: over the soft limit, under the hard one.
         let c = [cand(0, true, false, 2), cand(1, true, false, 3)];
-        assert_eq!(pick(&c, &l), Pick::Use(0));
+        assert_eq!(pick(&c, &l, 0), Pick::Use(0));
         let c = [cand(0, true, false, 3)];
-        assert_eq!(pick(&c, &l), Pick::Unavailable);
+        assert_eq!(pick(&c, &l, 0), Pick::Unavailable);
         // Nothing started: start one; nothing startable: unavailable.
-        assert_eq!(pick(&[cand(0, false, true, 0)], &l), Pick::Start(0));
-        assert_eq!(pick(&[cand(0, false, false, 0)], &l), Pick::Unavailable);
-        assert_eq!(pick(&[], &l), Pick::Unavailable);
+        assert_eq!(pick(&[cand(0, false, true, 0)], &l, 0), Pick::Start(0));
+        assert_eq!(pick(&[cand(0, false, false, 0)], &l, 0), Pick::Unavailable);
+        assert_eq!(pick(&[], &l, 0), Pick::Unavailable);
         // Out of rotation (cordoned, failing checks) takes nothing.
         let mut out = cand(0, true, false, 0);
         out.out_of_rotation = true;
-        assert_eq!(pick(&[out, cand(1, true, false, 1)], &l), Pick::Use(1));
+        assert_eq!(pick(&[out, cand(1, true, false, 1)], &l, 0), Pick::Use(1));
     }
 
     #[test]

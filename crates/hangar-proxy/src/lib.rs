@@ -135,6 +135,8 @@ pub struct Proxy {
     ready: Mutex<HashSet<String>>,
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     client: Client<HttpConnector, Incoming>,
+    /// Bumped per request: equally loaded machines take turns.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +255,7 @@ impl Proxy {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
+            turn: Default::default(),
         })
     }
 
@@ -453,7 +456,11 @@ impl Proxy {
                 load: self.load(&b.id),
             })
             .collect();
-        let (index, started_now) = match services::pick(&candidates, &limits) {
+        let (index, started_now) = match services::pick(
+            &candidates,
+            &limits,
+            self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ) {
             Pick::Use(i) => (i, false),
             Pick::Start(i) => (i, true),
             Pick::Unavailable => {

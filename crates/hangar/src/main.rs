@@ -45,6 +45,9 @@ enum Command {
     /// Manage an app's secrets.
     #[command(subcommand, alias = "secret")]
     Secrets(cmd::secrets::SecretsCmd),
+    /// Show the health checks of an app's machines.
+    #[command(subcommand, alias = "check")]
+    Checks(cmd::checks::ChecksCmd),
     /// Manage an app's volumes.
     #[command(subcommand, alias = "volume", alias = "vol")]
     Volumes(cmd::volumes::VolumesCmd),
@@ -82,6 +85,7 @@ fn main() {
             Command::Logs(a) => cmd::logs::run(a, &client, &out).await,
             Command::Secrets(c) => cmd::secrets::run(c, &client, &out).await,
             Command::Volumes(c) => cmd::volumes::run(c, &client, &out).await,
+            Command::Checks(c) => cmd::checks::run(c, &client, &out).await,
         }
     });
     if let Err(e) = result {

@@ -55,7 +55,7 @@ impl hangar_proxy::Machines for AgentMachines {
                         MachineState::Suspended => State::Suspended,
                         _ => State::Other,
                     },
-                    out_of_rotation: m.cordoned,
+                    out_of_rotation: m.cordoned || self.agent.failing_traffic_checks(m.id.as_str()),
                     services,
                 })
             })

@@ -235,3 +235,123 @@ async fn the_proxy_routes_balances_starts_and_stops_machines() {
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("no machine"));
 }
+
+#[tokio::test]
+async fn failing_health_checks_take_machines_out_of_rotation() {
+    let reg = Registry::start().await;
+    reg.push("test/web", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/web:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    let http = http_client(&d);
+    c.create_app("web").await.unwrap();
+    let make = |healthy: bool| {
+        let c = c.clone();
+        let image = image.clone();
+        async move {
+            let marker = if healthy { "touch /www/healthz; " } else { "" };
+            let config: MachineConfig = serde_json::from_value(json!({
+                "image": image,
+                "init": {"cmd": ["/bin/sh", "-c", format!(
+                    "mkdir -p /www; {marker}echo hello-from-$FLY_MACHINE_ID > /www/index.html; \
+                     exec httpd -f -p 8080 -h /www")]},
+                "services": [{"internal_port": 8080,
+                    "ports": [{"port": 80, "handlers": ["http"]}],
+                    "checks": [{"type": "http", "path": "/healthz", "interval": "300ms", "timeout": "1s"}]}],
+                "checks": {"alive": {"type": "tcp", "port": 8080, "interval": "300ms"}},
+            }))
+            .unwrap();
+            let m = c
+                .create_machine(
+                    "web",
+                    &CreateMachineRequest {
+                        config: Some(config),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            c.wait_machine("web", &m.id, &["started"], Duration::from_secs(30))
+                .await
+                .unwrap();
+            m.id
+        }
+    };
+    let good = make(true).await;
+    let bad = make(false).await;
+    // The results show in the machines' `checks`.
+    let status = |id: String| {
+        let c = c.clone();
+        async move {
+            c.get_machine("web", &id)
+                .await
+                .unwrap()
+                .checks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|ch| (ch.name, ch.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    hangar_test_utils::wait_until(Duration::from_secs(20), "checks to settle", || {
+        let (s1, s2) = (status(good.clone()), status(bad.clone()));
+        async move {
+            let (g, b) = (s1.await, s2.await);
+            let want_g = vec![
+                ("servicecheck-00-http-8080".to_owned(), "passing".to_owned()),
+                ("alive".to_owned(), "passing".to_owned()),
+            ];
+            let want_b = vec![
+                (
+                    "servicecheck-00-http-8080".to_owned(),
+                    "critical".to_owned(),
+                ),
+                ("alive".to_owned(), "passing".to_owned()),
+            ];
+            (g == want_g && b == want_b).then_some(())
+        }
+    })
+    .await;
+    let (ok, table, err) = d.cli(&["checks", "list", "-a", "web"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("critical") && table.contains("passing"),
+        "{table}"
+    );
+    assert!(table.contains("404"), "{table}");
+
+    // Every request goes to the healthy machine.
+    for _ in 0..10 {
+        let body = get(&d, &http, "web", "/").await.text().await.unwrap();
+        assert_eq!(body, format!("hello-from-{good}\n"));
+    }
+    // Once the bad one passes, it is back in rotation.
+    let r = c
+        .exec(
+            "web",
+            &bad,
+            &hangar_api_types::MachineExecRequest {
+                command: Some(vec!["touch".into(), "/www/healthz".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, 0);
+    hangar_test_utils::wait_until(
+        Duration::from_secs(20),
+        "the fixed machine to serve",
+        || {
+            let (d, http, bad) = (&d, &http, bad.clone());
+            async move {
+                let mut seen = BTreeSet::new();
+                for _ in 0..10 {
+                    seen.insert(get(d, http, "web", "/").await.text().await.unwrap());
+                }
+                seen.contains(&format!("hello-from-{bad}\n")).then_some(())
+            }
+        },
+    )
+    .await;
+}

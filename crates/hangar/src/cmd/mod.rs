@@ -2,6 +2,7 @@
 //! prints.
 
 pub mod apps;
+pub mod checks;
 pub mod image;
 pub mod logs;
 pub mod machine;

@@ -1,0 +1,271 @@
+//! Health checks of started machines: each check of a machine's config
+//! ([`hangar_core::checks`]) runs every `interval` once its `grace_period`
+//! after the start is over, against the machine's private address. Results
+//! live in memory (they are re-established within one interval after a
+//! restart of hangard) and show in the machine's `checks`.
+//!
+//! ```text
+//!   started ──grace──▶ warning ──probe ok──▶ passing ◀──┐
+//!                         │                    │ fail    │ ok
+//!                         └──probe fails──▶ critical ────┘
+//!   stopped / replaced: the machine's checks are dropped
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangar_core::MachineState;
+use hangar_core::checks::{CheckDef, Probe};
+
+use crate::{Agent, Shared};
+
+/// How often the runner looks for due checks.
+const TICK: Duration = Duration::from_millis(200);
+
+/// A check's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It passed last time.
+    Passing,
+    /// Not checked yet.
+    Warning,
+    /// It failed last time.
+    Critical,
+}
+
+impl Health {
+    /// Fly's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
+/// One check's latest result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: String,
+    /// Its standing.
+    pub status: Health,
+    /// What the last run said.
+    pub output: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Failing it takes the machine out of the proxy's rotation.
+    pub gates_traffic: bool,
+}
+
+struct MachineChecks {
+    /// The machine version the checks belong to.
+    instance: String,
+    defs: Vec<CheckDef>,
+    results: Vec<CheckResult>,
+    next_due: Vec<Instant>,
+    running: Vec<bool>,
+}
+
+/// The results of every started machine's checks.
+#[derive(Default)]
+pub(crate) struct Checks {
+    machines: Mutex<HashMap<String, MachineChecks>>,
+}
+
+impl Agent {
+    /// The latest results of machine `id`'s checks (empty when it has none
+    /// or is not started).
+    pub fn checks(&self, id: &str) -> Vec<CheckResult> {
+        self.shared
+            .checks
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|m| m.results.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether machine `id` fails a check that keeps traffic away.
+    pub fn failing_traffic_checks(&self, id: &str) -> bool {
+        self.checks(id)
+            .iter()
+            .any(|c| c.gates_traffic && c.status == Health::Critical)
+    }
+
+    /// Runs the checks of started machines for as long as the agent exists.
+    pub(crate) fn spawn_checks(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TICK).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = tick(&shared) {
+                    tracing::warn!(error = %e, "health checks pass failed");
+                }
+            }
+        });
+    }
+}
+
+fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
+    let now = Instant::now();
+    let started: Vec<_> = shared
+        .store
+        .live_machines()?
+        .into_iter()
+        .filter(|m| m.core.state == MachineState::Started)
+        .collect();
+    let mut due = Vec::new();
+    {
+        let mut map = shared
+            .checks
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, _| started.iter().any(|m| m.id.as_str() == id));
+        for m in &started {
+            let id = m.id.to_string();
+            let fresh = map.get(&id).is_none_or(|c| c.instance != m.instance_id);
+            if fresh {
+                let config = serde_json::to_value(&m.config).unwrap_or_default();
+                let defs = hangar_core::checks::checks(&config);
+                let stamp = crate::store::now_rfc3339();
+                map.insert(
+                    id.clone(),
+                    MachineChecks {
+                        instance: m.instance_id.clone(),
+                        results: defs
+                            .iter()
+                            .map(|d| CheckResult {
+                                name: d.name.clone(),
+                                status: Health::Warning,
+                                output: "waiting for the first check".into(),
+                                updated_at: stamp.clone(),
+                                gates_traffic: d.gates_traffic,
+                            })
+                            .collect(),
+                        next_due: defs.iter().map(|d| now + d.grace_period).collect(),
+                        running: vec![false; defs.len()],
+                        defs,
+                    },
+                );
+            }
+            let Some(mc) = map.get_mut(&id) else { continue };
+            if mc.defs.is_empty() {
+                continue;
+            }
+            let Some(addr) = shared
+                .store
+                .address_of(m.id.as_str(), &shared.network_range)?
+            else {
+                continue;
+            };
+            for i in 0..mc.defs.len() {
+                if !mc.running[i] && now >= mc.next_due[i] {
+                    mc.running[i] = true;
+                    due.push((
+                        id.clone(),
+                        mc.instance.clone(),
+                        i,
+                        mc.defs[i].clone(),
+                        IpAddr::V4(addr.ipv4()),
+                    ));
+                }
+            }
+        }
+    }
+    for (id, instance, i, def, ip) in due {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            let (ok, output) = probe(&def, ip).await;
+            let mut map = shared
+                .checks
+                .machines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let Some(mc) = map.get_mut(&id).filter(|m| m.instance == instance) else {
+                return;
+            };
+            mc.running[i] = false;
+            mc.next_due[i] = Instant::now() + def.interval;
+            let status = if ok {
+                Health::Passing
+            } else {
+                Health::Critical
+            };
+            if mc.results[i].status != status {
+                tracing::info!(machine = %id, check = %def.name, status = status.as_str(), %output, "health check changed");
+            }
+            mc.results[i] = CheckResult {
+                name: def.name.clone(),
+                status,
+                output,
+                updated_at: crate::store::now_rfc3339(),
+                gates_traffic: def.gates_traffic,
+            };
+        });
+    }
+    Ok(())
+}
+
+/// Runs one check: whether it passed, and what to report.
+async fn probe(def: &CheckDef, ip: IpAddr) -> (bool, String) {
+    let target = SocketAddr::new(ip, def.port);
+    match &def.probe {
+        Probe::Tcp => {
+            match tokio::time::timeout(def.timeout, tokio::net::TcpStream::connect(target)).await {
+                Ok(Ok(_)) => (true, format!("TCP connect {target}: success")),
+                Ok(Err(e)) => (false, format!("TCP connect {target}: {e}")),
+                Err(_) => (
+                    false,
+                    format!("TCP connect {target}: timed out after {:?}", def.timeout),
+                ),
+            }
+        }
+        Probe::Http {
+            method,
+            path,
+            https,
+            tls_skip_verify,
+            headers,
+        } => {
+            let scheme = if *https { "https" } else { "http" };
+            let url = format!("{scheme}://{target}{path}");
+            let client = match reqwest::Client::builder()
+                .timeout(def.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .tls_danger_accept_invalid_certs(*tls_skip_verify)
+                .build()
+            {
+                Ok(c) => c,
+                Err(e) => return (false, format!("{method} {url}: {e}")),
+            };
+            let Ok(m) = reqwest::Method::from_bytes(method.as_bytes()) else {
+                return (false, format!("invalid method {method}"));
+            };
+            let mut req = client.request(m, &url);
+            for (k, v) in headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            match req.send().await {
+                Ok(r) => {
+                    let s = r.status();
+                    let ok = s.is_success() || s.is_redirection();
+                    (ok, format!("{method} {url}: {s}"))
+                }
+                Err(e) if e.is_timeout() => (
+                    false,
+                    format!("{method} {url}: timed out after {:?}", def.timeout),
+                ),
+                Err(e) => (false, format!("{method} {url}: {e}")),
+            }
+        }
+    }
+}
