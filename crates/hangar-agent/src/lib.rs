@@ -14,6 +14,7 @@
 
 pub mod checks;
 pub mod images;
+pub mod ips;
 pub mod logs;
 pub mod network;
 mod ops;
@@ -85,6 +86,10 @@ pub struct AgentConfig {
     pub dns: bool,
     /// The IPv4 range private networks are drawn from.
     pub network_range: network::NetRange,
+    /// Dedicated public addresses for apps (`ip_assignments` type `v4`).
+    pub ip_pool: Option<ips::IpPool>,
+    /// The proxy's shared address (`shared_v4`).
+    pub shared_ip: Option<std::net::IpAddr>,
 }
 
 /// The one organization of a single-host installation.
@@ -109,6 +114,8 @@ pub(crate) struct Shared {
     pub network_range: network::NetRange,
     /// Health check results.
     pub(crate) checks: checks::Checks,
+    pub ip_pool: Option<ips::IpPool>,
+    pub shared_ip: Option<std::net::IpAddr>,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -213,6 +220,8 @@ impl Agent {
             dns: cfg.dns,
             network_range: cfg.network_range,
             checks: Default::default(),
+            ip_pool: cfg.ip_pool,
+            shared_ip: cfg.shared_ip,
             runners: Mutex::new(HashMap::new()),
         });
         let live = shared.store.live_machines()?;

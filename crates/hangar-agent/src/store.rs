@@ -25,6 +25,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_secrets.sql"),
     include_str!("../migrations/0005_volumes.sql"),
     include_str!("../migrations/0006_networks.sql"),
+    include_str!("../migrations/0007_ip_assignments.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.
@@ -374,6 +375,11 @@ impl Store {
             .map_err(db)?;
         tx.execute("DELETE FROM secrets WHERE app_name = ?1", params![name])
             .map_err(db)?;
+        tx.execute(
+            "DELETE FROM ip_assignments WHERE app_name = ?1",
+            params![name],
+        )
+        .map_err(db)?;
         tx.execute("DELETE FROM apps WHERE name = ?1", params![name])
             .map_err(db)?;
         tx.commit().map_err(db)

@@ -34,6 +34,8 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
             secrets_key_file: None,
             dns: false,
             network_range: Default::default(),
+            ip_pool: None,
+            shared_ip: None,
         },
         rt.clone(),
         Arc::new(FakeImages),

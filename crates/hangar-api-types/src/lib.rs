@@ -624,6 +624,52 @@ pub struct AppSecret {
     pub value: Option<String>,
 }
 
+/// `IPAssignment`: a public address of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IpAssignment {
+    /// The address.
+    pub ip: String,
+    /// Region.
+    pub region: String,
+    /// The service it is for (free text).
+    pub service_name: String,
+    /// The proxy's shared address (HTTP by Host) rather than a dedicated one.
+    pub shared: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `assignIPRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AssignIpRequest {
+    /// `v4` (dedicated), `shared_v4`, `v6`, `private_v6`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Region (this installation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Organization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_slug: Option<String>,
+    /// Private network (for `private_v6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The service it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// Other fields, accepted and ignored.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: Extra,
+}
+
+/// `listIPAssignmentsResponse`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListIpAssignmentsResponse {
+    /// The app's addresses.
+    pub ips: Vec<IpAssignment>,
+}
+
 /// `GET /apps/{app}/secrets` (`AppSecrets`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppSecrets {

@@ -13,6 +13,7 @@ mod apps;
 pub mod error;
 mod extract;
 mod images;
+mod ips;
 mod logs;
 mod machine_ops;
 mod machines;
@@ -31,7 +32,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use hangar_agent::Agent;
 
 pub use error::ApiError;
@@ -234,6 +235,11 @@ pub fn router(state: ApiState) -> Router {
             get(machine_ops::memory).put(machine_ops::set_memory),
         )
         .route("/apps/{app}/deploy_token", post(platform::deploy_token))
+        .route(
+            "/apps/{app}/ip_assignments",
+            get(ips::list).post(ips::create),
+        )
+        .route("/apps/{app}/ip_assignments/{ip}", delete(ips::delete))
         .route(
             "/apps/{app}/volumes",
             get(volumes::list).post(volumes::create),

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{apps, images, logs, machine_ops, machines, platform, secrets, tty, volumes};
+use crate::{apps, images, ips, logs, machine_ops, machines, platform, secrets, tty, volumes};
 
 /// The document.
 #[derive(OpenApi)]
@@ -18,6 +18,7 @@ use crate::{apps, images, logs, machine_ops, machines, platform, secrets, tty, v
     ),
     paths(
         apps::list, apps::create, apps::get, apps::delete,
+        ips::list, ips::create, ips::delete,
         machines::list, machines::create, machines::get, machine_ops::update, machines::destroy,
         machines::start, machines::stop, machine_ops::restart, machine_ops::signal,
         machine_ops::suspend, machine_ops::cordon, machine_ops::uncordon,

@@ -30,6 +30,8 @@ async fn api() -> Api {
             secrets_key_file: None,
             dns: false,
             network_range: Default::default(),
+            ip_pool: None,
+            shared_ip: None,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

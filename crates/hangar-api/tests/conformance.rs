@@ -124,6 +124,8 @@ impl Harness {
                 secrets_key_file: None,
                 dns: false,
                 network_range: Default::default(),
+                ip_pool: Some("127.0.1.0/30".parse().unwrap()),
+                shared_ip: Some("127.0.0.1".parse().unwrap()),
             },
             Arc::new(FakeRuntime::new()),
             Arc::new(FakeImages),
@@ -855,6 +857,87 @@ async fn responses_conform_to_flys_spec() {
         .await;
     }
 
+    // Public addresses: two in the pool, then it is used up.
+    const IPS: &str = "/apps/{app_name}/ip_assignments";
+    const IP: &str = "/apps/{app_name}/ip_assignments/{ip}";
+    let a = h
+        .ok(
+            "POST",
+            IPS,
+            "/apps/c/ip_assignments",
+            Some(json!({"type": "v4"})),
+        )
+        .await;
+    assert_eq!(a["ip"], "127.0.1.1");
+    assert_eq!(a["shared"], false);
+    let b = h.ok("POST", IPS, "/apps/c/ip_assignments", None).await;
+    assert_eq!(b["ip"], "127.0.1.2");
+    h.err(
+        "POST",
+        IPS,
+        "/apps/c/ip_assignments",
+        Some(json!({"type": "v4"})),
+        422,
+    )
+    .await;
+    let shared = h
+        .ok(
+            "POST",
+            IPS,
+            "/apps/c/ip_assignments",
+            Some(json!({"type": "shared_v4"})),
+        )
+        .await;
+    assert_eq!(
+        (shared["ip"].as_str(), shared["shared"].as_bool()),
+        (Some("127.0.0.1"), Some(true))
+    );
+    h.err(
+        "POST",
+        IPS,
+        "/apps/c/ip_assignments",
+        Some(json!({"type": "shared_v4"})),
+        409,
+    )
+    .await;
+    h.err(
+        "POST",
+        IPS,
+        "/apps/c/ip_assignments",
+        Some(json!({"type": "v6"})),
+        422,
+    )
+    .await;
+    h.err(
+        "POST",
+        IPS,
+        "/apps/c/ip_assignments",
+        Some(json!({"type": "v5"})),
+        400,
+    )
+    .await;
+    h.err(
+        "POST",
+        IPS,
+        "/apps/c/ip_assignments",
+        Some(json!({"region": "mars"})),
+        400,
+    )
+    .await;
+    h.err("POST", IPS, "/apps/nope/ip_assignments", None, 404)
+        .await;
+    let list = h.ok("GET", IPS, "/apps/c/ip_assignments", None).await;
+    assert_eq!(list["ips"].as_array().unwrap().len(), 3);
+    h.ok("DELETE", IP, "/apps/c/ip_assignments/127.0.1.1", None)
+        .await;
+    h.err("DELETE", IP, "/apps/c/ip_assignments/127.0.1.1", None, 404)
+        .await;
+    h.err("DELETE", IP, "/apps/c/ip_assignments/not-an-ip", None, 400)
+        .await;
+    // The freed address is given again.
+    let again = h.ok("POST", IPS, "/apps/c/ip_assignments", None).await;
+    assert_eq!(again["ip"], "127.0.1.1");
+
     assert!(
         h.failures.is_empty(),
         "responses that break Fly's spec:\n{}",
@@ -863,7 +946,7 @@ async fn responses_conform_to_flys_spec() {
 
     // Every implemented operation but ps and memory (which need a real
     // workload; the end-to-end tests cover them) is exercised here.
-    assert_eq!(h.covered.len(), 46, "{:?}", h.covered);
+    assert_eq!(h.covered.len(), 49, "{:?}", h.covered);
 }
 
 /// The checker itself catches what it should.

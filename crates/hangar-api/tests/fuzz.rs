@@ -258,6 +258,8 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, runtime: Arc<FakeRu
             secrets_key_file: None,
             dns: false,
             network_range: Default::default(),
+            ip_pool: None,
+            shared_ip: None,
         },
         runtime,
         Arc::new(FakeImages),

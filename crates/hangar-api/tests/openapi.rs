@@ -45,7 +45,7 @@ fn document_describes_every_operation() {
     }
     // The 49 operations of Fly's spec listed in the README, and the four
     // of Hangar's extensions (images, logs, terminal).
-    assert_eq!(ops.len(), 53, "{ops:#?}");
+    assert_eq!(ops.len(), 56, "{ops:#?}");
     assert!(ops.contains(&"POST /v1/apps/{app_name}/machines/{machine_id}/lease".to_string()));
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
@@ -90,6 +90,8 @@ async fn served_at_openapi_json() {
             secrets_key_file: None,
             dns: false,
             network_range: Default::default(),
+            ip_pool: None,
+            shared_ip: None,
         },
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),

@@ -1,0 +1,299 @@
+//! Public addresses for apps (Fly's `/apps/{app}/ip_assignments`).
+//!
+//! A dedicated `v4` address comes from the installation's pool and serves
+//! every service of the app on its own ports, raw TCP and UDP included;
+//! `shared_v4` is the proxy's shared address, where HTTP services are
+//! routed by Host. An address is never given to two apps (but the shared
+//! one) and goes back to the pool when released or when the app is
+//! deleted.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::store::{Store, db};
+use crate::{Agent, AgentError};
+
+/// An IPv4 pool, `a.b.c.d/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPool {
+    base: u32,
+    len: u8,
+}
+
+impl std::str::FromStr for IpPool {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IPv4 pool like 127.0.1.0/24");
+        let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let len: u8 = len.parse().map_err(|_| bad())?;
+        if !(8..=32).contains(&len) {
+            return Err(bad());
+        }
+        let mask = if len == 32 {
+            u32::MAX
+        } else {
+            !(u32::MAX >> len)
+        };
+        let base = u32::from(addr);
+        if base & !mask != 0 {
+            return Err(format!("{s:?}: the address has bits set beyond the prefix"));
+        }
+        Ok(IpPool { base, len })
+    }
+}
+
+impl IpPool {
+    /// The usable addresses (network and broadcast addresses left out of
+    /// pools larger than two addresses), in order.
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + use<> {
+        let size = 1u64 << (32 - u32::from(self.len));
+        let (first, last) = if size > 2 {
+            (1, size - 2)
+        } else {
+            (0, size - 1)
+        };
+        let base = u64::from(self.base);
+        (first..=last).map(move |i| Ipv4Addr::from((base + i) as u32))
+    }
+}
+
+/// One assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpAssignment {
+    /// The address.
+    pub ip: String,
+    /// The app.
+    pub app: String,
+    /// Region.
+    pub region: String,
+    /// Fly's `service_name`.
+    pub service_name: String,
+    /// The proxy's shared address.
+    pub shared: bool,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IpAssignment> {
+    Ok(IpAssignment {
+        ip: r.get(0)?,
+        app: r.get(1)?,
+        region: r.get(2)?,
+        service_name: r.get(3)?,
+        shared: r.get::<_, i64>(4)? != 0,
+        created_at: r.get(5)?,
+    })
+}
+
+const COLUMNS: &str = "ip, app_name, region, service_name, shared, created_at";
+
+impl Store {
+    /// An app's assignments.
+    pub fn ip_assignments(&self, app: Option<&str>) -> Result<Vec<IpAssignment>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM ip_assignments WHERE ?1 IS NULL OR app_name = ?1 ORDER BY created_at, ip"
+            ))
+            .map_err(db)?;
+        let rows = st.query_map(params![app], row).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn insert_ip(&self, a: &IpAssignment) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO ip_assignments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    a.ip,
+                    a.app,
+                    a.region,
+                    a.service_name,
+                    a.shared as i64,
+                    a.created_at
+                ],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Takes the first free address of `pool` for `a` (its `ip` is
+    /// filled in), in one transaction.
+    fn assign_from_pool(&self, pool: &IpPool, a: &mut IpAssignment) -> Result<(), AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let mut chosen = None;
+        for ip in pool.addresses() {
+            let taken = tx
+                .query_row(
+                    "SELECT 1 FROM ip_assignments WHERE ip = ?1",
+                    params![ip.to_string()],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(db)?
+                .is_some();
+            if !taken {
+                chosen = Some(ip);
+                break;
+            }
+        }
+        let ip = chosen.ok_or_else(|| {
+            AgentError::Unprocessable("the IP pool of this installation is used up".into())
+        })?;
+        a.ip = ip.to_string();
+        tx.execute(
+            &format!("INSERT INTO ip_assignments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                a.ip,
+                a.app,
+                a.region,
+                a.service_name,
+                a.shared as i64,
+                a.created_at
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Removes an app's assignment; whether there was one.
+    pub fn release_ip(&self, app: &str, ip: &str) -> Result<bool, AgentError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM ip_assignments WHERE app_name = ?1 AND ip = ?2",
+                params![app, ip],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+}
+
+impl Agent {
+    /// Assigns an address to `app`: `v4` (dedicated, from the pool) or
+    /// `shared_v4` (the proxy's shared address).
+    pub fn assign_ip(
+        &self,
+        app: &str,
+        kind: &str,
+        region: Option<&str>,
+        service_name: Option<&str>,
+    ) -> Result<IpAssignment, AgentError> {
+        let app = self.get_app(app)?;
+        let region = region.filter(|r| !r.is_empty()).unwrap_or(self.region());
+        if region != self.region() {
+            return Err(AgentError::InvalidArgument(format!(
+                "unknown region {region:?}; this installation has {:?}",
+                self.region()
+            )));
+        }
+        let mut a = IpAssignment {
+            ip: String::new(),
+            app: app.name.clone(),
+            region: region.to_owned(),
+            service_name: service_name.unwrap_or_default().to_owned(),
+            shared: false,
+            created_at: crate::store::now_rfc3339(),
+        };
+        match kind {
+            "v4" | "" => {
+                let pool = self.shared.ip_pool.ok_or_else(|| {
+                    AgentError::Unprocessable(
+                        "this installation has no IP pool for dedicated addresses (hangard --ip-pool)"
+                            .into(),
+                    )
+                })?;
+                self.shared.store.assign_from_pool(&pool, &mut a)?;
+            }
+            "shared_v4" => {
+                let ip = self.shared.shared_ip.ok_or_else(|| {
+                    AgentError::Unprocessable(
+                        "this installation has no shared address (the proxy's HTTP listener is off)"
+                            .into(),
+                    )
+                })?;
+                a.ip = ip.to_string();
+                a.shared = true;
+                if self
+                    .shared
+                    .store
+                    .ip_assignments(Some(&app.name))?
+                    .iter()
+                    .any(|x| x.ip == a.ip)
+                {
+                    return Err(AgentError::Conflict(format!(
+                        "app {} already has the shared address {}",
+                        app.name, a.ip
+                    )));
+                }
+                self.shared.store.insert_ip(&a)?;
+            }
+            "v6" | "private_v6" => {
+                return Err(AgentError::Unprocessable(format!(
+                    "{kind} addresses are not available on this installation (v4 and shared_v4 are)"
+                )));
+            }
+            other => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "invalid type {other:?}: v4, shared_v4, v6 or private_v6"
+                )));
+            }
+        }
+        Ok(a)
+    }
+
+    /// The app's assignments.
+    pub fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>, AgentError> {
+        let app = self.get_app(app)?;
+        self.shared.store.ip_assignments(Some(&app.name))
+    }
+
+    /// Every app's assignments (for the proxy).
+    pub fn all_ips(&self) -> Result<Vec<IpAssignment>, AgentError> {
+        self.shared.store.ip_assignments(None)
+    }
+
+    /// Releases an address of `app`.
+    pub fn release_ip(&self, app: &str, ip: &str) -> Result<(), AgentError> {
+        let app = self.get_app(app)?;
+        let ip = ip
+            .parse::<IpAddr>()
+            .map_err(|_| AgentError::InvalidArgument(format!("{ip:?} is not an IP address")))?;
+        if !self.shared.store.release_ip(&app.name, &ip.to_string())? {
+            return Err(AgentError::NotFound(format!(
+                "app {} has no address {ip}",
+                app.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_parse_and_list_usable_addresses() {
+        let p: IpPool = "127.0.1.0/30".parse().unwrap();
+        let all: Vec<String> = p.addresses().map(|a| a.to_string()).collect();
+        assert_eq!(all, vec!["127.0.1.1", "127.0.1.2"]);
+        let p: IpPool = "203.0.113.7/32".parse().unwrap();
+        assert_eq!(p.addresses().count(), 1);
+        assert_eq!(
+            "127.0.1.0/24"
+                .parse::<IpPool>()
+                .unwrap()
+                .addresses()
+                .count(),
+            254
+        );
+        for bad in ["127.0.1.1/24", "x/24", "127.0.1.0", "10.0.0.0/4"] {
+            assert!(bad.parse::<IpPool>().is_err(), "{bad}");
+        }
+    }
+}
