@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_api_types::{
-    App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, CreateAppRequest,
-    CreateMachineRequest, CreateVolumeRequest, ErrorResponse, ExecResponse, ExtendVolumeRequest,
-    ExtendVolumeResponse, ImageSummary, Lease, LeaseEnvelope, ListAppsResponse, LogEntry, Machine,
-    MachineEvent, MachineExecRequest, MachineVersion, ProcessStat, StartResponse,
-    UpdateMachineRequest, Volume, VolumeSnapshot, WaitMachineResponse,
+    App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, AssignIpRequest,
+    CreateAppRequest, CreateMachineRequest, CreateVolumeRequest, ErrorResponse, ExecResponse,
+    ExtendVolumeRequest, ExtendVolumeResponse, ImageSummary, IpAssignment, Lease, LeaseEnvelope,
+    ListAppsResponse, ListIpAssignmentsResponse, LogEntry, Machine, MachineEvent,
+    MachineExecRequest, MachineVersion, ProcessStat, StartResponse, UpdateMachineRequest, Volume,
+    VolumeSnapshot, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -181,6 +182,36 @@ impl Client {
     pub async fn create_app_with(&self, req: &CreateAppRequest) -> Result<App, ClientError> {
         self.send(self.request(Method::POST, "/apps").json(req))
             .await
+    }
+
+    /// `GET /v1/apps/{app}/ip_assignments`.
+    pub async fn list_ips(&self, app: &str) -> Result<Vec<IpAssignment>, ClientError> {
+        let r: ListIpAssignmentsResponse = self
+            .send(self.request(Method::GET, &format!("/apps/{app}/ip_assignments")))
+            .await?;
+        Ok(r.ips)
+    }
+
+    /// `POST /v1/apps/{app}/ip_assignments`: `v4` or `shared_v4`.
+    pub async fn assign_ip(&self, app: &str, kind: &str) -> Result<IpAssignment, ClientError> {
+        let req = AssignIpRequest {
+            kind: Some(kind.into()),
+            ..AssignIpRequest::default()
+        };
+        self.send(
+            self.request(Method::POST, &format!("/apps/{app}/ip_assignments"))
+                .json(&req),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/apps/{app}/ip_assignments/{ip}`.
+    pub async fn release_ip(&self, app: &str, ip: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(
+            self.request(Method::DELETE, &format!("/apps/{app}/ip_assignments/{ip}")),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `GET /v1/apps`.

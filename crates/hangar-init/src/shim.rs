@@ -280,8 +280,14 @@ fn pump(
                 drain_deadline = Some(Instant::now() + Duration::from_millis(500));
             }
         }
-        // Reap any other orphan that was reparented to us.
-        while let Ok(Some(_)) = sys::try_wait(-1) {}
+        // Reap any other orphan that was reparented to us; this may reap the
+        // container's init too, whose status then must not be lost.
+        while let Ok(Some((reaped, status))) = sys::try_wait(-1) {
+            if reaped == pid && exited.is_none() {
+                exited = Some(status);
+                drain_deadline = Some(Instant::now() + Duration::from_millis(500));
+            }
+        }
     }
     for (_, name, lines) in streams.iter_mut() {
         lines.finish(|l| {

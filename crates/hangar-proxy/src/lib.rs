@@ -33,6 +33,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+mod dedicated;
 pub mod tls;
 
 /// How the proxy is set up.
@@ -99,6 +100,8 @@ pub trait Machines: Send + Sync + 'static {
     async fn start(&self, app: &str, id: &str) -> Result<(), String>;
     /// Stops (or suspends) a machine.
     async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String>;
+    /// Apps' dedicated addresses (`ip_assignments` of type `v4`).
+    fn dedicated_ips(&self) -> Vec<(String, IpAddr)>;
 }
 
 /// What went wrong setting the proxy up.
@@ -137,6 +140,19 @@ pub struct Proxy {
     client: Client<HttpConnector, Incoming>,
     /// Bumped per request: equally loaded machines take turns.
     turn: std::sync::atomic::AtomicUsize,
+    /// Listeners on apps' dedicated addresses.
+    dedicated: dedicated::Listeners,
+    /// TLS for `tls` handlers (made when the proxy starts serving).
+    tls: std::sync::OnceLock<tokio_rustls::TlsAcceptor>,
+}
+
+/// Where a connection came in: its scheme, public port, and the app when
+/// the address is the app's own (else the Host header names it).
+#[derive(Debug, Clone)]
+struct Ctx {
+    scheme: Scheme,
+    port: u16,
+    app: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,14 +166,6 @@ impl Scheme {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
-        }
-    }
-
-    /// The public port of the services this listener serves.
-    fn public_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
         }
     }
 }
@@ -256,6 +264,8 @@ impl Proxy {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             turn: Default::default(),
+            dedicated: Default::default(),
+            tls: std::sync::OnceLock::new(),
         })
     }
 
@@ -270,8 +280,9 @@ impl Proxy {
             tracing::info!(%addr, domain = %self.cfg.domain, "proxy serving HTTP");
             tasks.push(tokio::spawn(Arc::clone(self).accept(l, None)));
         }
+        let acceptor = tls::acceptor(&self.cfg.tls_cert, &self.cfg.tls_key, &self.cfg.domain)?;
+        let _ = self.tls.set(acceptor.clone());
         if let Some(addr) = self.cfg.https {
-            let acceptor = tls::acceptor(&self.cfg.tls_cert, &self.cfg.tls_key, &self.cfg.domain)?;
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| ProxyError::Listen { addr, source })?;
@@ -283,6 +294,13 @@ impl Proxy {
             loop {
                 tokio::time::sleep(me.cfg.autostop_interval).await;
                 me.autostop_pass().await;
+            }
+        }));
+        let me = Arc::clone(self);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                me.reconcile_dedicated().await;
+                tokio::time::sleep(dedicated::RECONCILE_EVERY).await;
             }
         }));
         Ok(tasks)
@@ -308,14 +326,33 @@ impl Proxy {
             tokio::spawn(async move {
                 match tls {
                     None => {
-                        me.serve_conn(TokioIo::new(stream), peer, Scheme::Http)
-                            .await
+                        me.serve_conn(
+                            TokioIo::new(stream),
+                            peer,
+                            Ctx {
+                                scheme: Scheme::Http,
+                                port: 80,
+                                app: None,
+                            },
+                        )
+                        .await
                     }
                     Some(acceptor) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                             .await
                         {
-                            Ok(Ok(s)) => me.serve_conn(TokioIo::new(s), peer, Scheme::Https).await,
+                            Ok(Ok(s)) => {
+                                me.serve_conn(
+                                    TokioIo::new(s),
+                                    peer,
+                                    Ctx {
+                                        scheme: Scheme::Https,
+                                        port: 443,
+                                        app: None,
+                                    },
+                                )
+                                .await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
                             }
@@ -327,13 +364,14 @@ impl Proxy {
         }
     }
 
-    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: SocketAddr, scheme: Scheme)
+    async fn serve_conn<I>(self: Arc<Self>, io: I, peer: SocketAddr, ctx: Ctx)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let svc = hyper::service::service_fn(move |req| {
             let me = Arc::clone(&self);
-            async move { Ok::<_, Infallible>(me.handle(req, peer, scheme).await) }
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(me.handle(req, peer, ctx).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
@@ -367,10 +405,10 @@ impl Proxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-        scheme: Scheme,
+        ctx: Ctx,
     ) -> Response<Body> {
         let request_id = ulid::Ulid::new().to_string().to_ascii_lowercase();
-        let mut resp = self.route(req, peer, scheme, &request_id).await;
+        let mut resp = self.route(req, peer, &ctx, &request_id).await;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             h.insert("fly-request-id", v);
@@ -383,9 +421,10 @@ impl Proxy {
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        scheme: Scheme,
+        ctx: &Ctx,
         request_id: &str,
     ) -> Response<Body> {
+        let scheme = ctx.scheme;
         let host = req
             .uri()
             .authority()
@@ -397,13 +436,19 @@ impl Proxy {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        let Some(app) = app_of(&host, &self.cfg.domain) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("no app here: ask for <app>.{}", self.cfg.domain),
-            );
+        let app = match &ctx.app {
+            Some(app) => app.to_string(),
+            None => match app_of(&host, &self.cfg.domain) {
+                Some(app) => app,
+                None => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        format!("no app here: ask for <app>.{}", self.cfg.domain),
+                    );
+                }
+            },
         };
-        let port = scheme.public_port();
+        let port = ctx.port;
         let backends: Vec<(Backend, Service, bool)> = self
             .machines
             .backends(&app)
@@ -426,7 +471,11 @@ impl Proxy {
         }
         if scheme == Scheme::Http && backends.iter().any(|(_, _, f)| *f) {
             let host_only = app_of_host_without_port(&host);
-            let https_port = self.cfg.https.map(|a| a.port()).unwrap_or(443);
+            let https_port = match ctx.app {
+                // An app's own address serves HTTPS on 443.
+                Some(_) => 443,
+                None => self.cfg.https.map(|a| a.port()).unwrap_or(443),
+            };
             let authority = if https_port == 443 {
                 host_only
             } else {
@@ -444,51 +493,14 @@ impl Proxy {
             return r;
         }
 
-        let limits = backends[0].1.concurrency;
-        let candidates: Vec<Candidate> = backends
-            .iter()
-            .enumerate()
-            .map(|(index, (b, s, _))| Candidate {
-                index,
-                started: b.state == State::Started,
-                startable: matches!(b.state, State::Stopped | State::Suspended) && s.autostart,
-                out_of_rotation: b.out_of_rotation,
-                load: self.load(&b.id),
-            })
-            .collect();
-        let (index, started_now) = match services::pick(
-            &candidates,
-            &limits,
-            self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        ) {
-            Pick::Use(i) => (i, false),
-            Pick::Start(i) => (i, true),
-            Pick::Unavailable => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no machine of app {app} can take this request now"),
-                );
-            }
+        let (backend, svc) = match self
+            .choose(&app, backends.into_iter().map(|(b, s, _)| (b, s)).collect())
+            .await
+        {
+            Ok(x) => x,
+            Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
         };
-        let (backend, svc, _) = &backends[index];
         let target = SocketAddr::new(backend.addr, svc.internal_port);
-        if started_now {
-            if let Err(e) = self.start(&app, &backend.id).await {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("could not start a machine of app {app}: {e}"),
-                );
-            }
-        }
-        if let Err(e) = self.until_listening(&backend.id, target).await {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "machine {} of app {app} is not listening on port {}: {e}",
-                    backend.id, svc.internal_port
-                ),
-            );
-        }
 
         // Forward.
         let guard = self.add_load(&backend.id);
@@ -577,6 +589,68 @@ impl Proxy {
             })
             .boxed();
         Response::from_parts(parts, body)
+    }
+
+    /// Picks the machine for a request or connection among `backends` (with
+    /// the service that matched), starting one when the rules say so, and
+    /// returns once it accepts connections.
+    async fn choose(
+        &self,
+        app: &str,
+        backends: Vec<(Backend, Service)>,
+    ) -> Result<(Backend, Service), String> {
+        self.choose_with(app, backends, true).await
+    }
+
+    /// [`Proxy::choose`]; `tcp` false skips waiting for a TCP listener
+    /// (UDP services).
+    async fn choose_with(
+        &self,
+        app: &str,
+        backends: Vec<(Backend, Service)>,
+        tcp: bool,
+    ) -> Result<(Backend, Service), String> {
+        let Some(limits) = backends.first().map(|(_, s)| s.concurrency) else {
+            return Err(format!("app {app} has no machine for this port"));
+        };
+        let candidates: Vec<Candidate> = backends
+            .iter()
+            .enumerate()
+            .map(|(index, (b, s))| Candidate {
+                index,
+                started: b.state == State::Started,
+                startable: matches!(b.state, State::Stopped | State::Suspended) && s.autostart,
+                out_of_rotation: b.out_of_rotation,
+                load: self.load(&b.id),
+            })
+            .collect();
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (index, started_now) = match services::pick(&candidates, &limits, turn) {
+            Pick::Use(i) => (i, false),
+            Pick::Start(i) => (i, true),
+            Pick::Unavailable => {
+                return Err(format!("no machine of app {app} can take this request now"));
+            }
+        };
+        let (backend, svc) = backends.into_iter().nth(index).ok_or("no machine")?;
+        let target = SocketAddr::new(backend.addr, svc.internal_port);
+        if started_now {
+            self.start(app, &backend.id)
+                .await
+                .map_err(|e| format!("could not start a machine of app {app}: {e}"))?;
+        }
+        if !tcp {
+            return Ok((backend, svc));
+        }
+        self.until_listening(&backend.id, target)
+            .await
+            .map_err(|e| {
+                format!(
+                    "machine {} of app {app} is not listening on port {}: {e}",
+                    backend.id, svc.internal_port
+                )
+            })?;
+        Ok((backend, svc))
     }
 
     /// Starts a machine once, however many requests want it.

@@ -110,6 +110,8 @@ impl Daemon {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--network-range")
             .arg(&self.network_range)
+            .arg("--ip-pool")
+            .arg(self.ip_pool())
             // Tests never send traffic beyond this host.
             .arg("--no-outbound-nat")
             .arg("--proxy-http")
@@ -139,6 +141,13 @@ impl Daemon {
         })
         .await;
         self.token = token;
+    }
+
+    /// The daemon's pool of dedicated addresses: a loopback /24 of its own
+    /// (named after its network range).
+    pub fn ip_pool(&self) -> String {
+        let third = self.network_range.split('.').nth(2).unwrap_or("0");
+        format!("127.3.{third}.0/24")
     }
 
     /// A client for this daemon.

@@ -45,6 +45,9 @@ enum Command {
     /// Manage an app's secrets.
     #[command(subcommand, alias = "secret")]
     Secrets(cmd::secrets::SecretsCmd),
+    /// Manage an app's public addresses.
+    #[command(subcommand, alias = "ip")]
+    Ips(cmd::ips::IpsCmd),
     /// Show the health checks of an app's machines.
     #[command(subcommand, alias = "check")]
     Checks(cmd::checks::ChecksCmd),
@@ -86,6 +89,7 @@ fn main() {
             Command::Secrets(c) => cmd::secrets::run(c, &client, &out).await,
             Command::Volumes(c) => cmd::volumes::run(c, &client, &out).await,
             Command::Checks(c) => cmd::checks::run(c, &client, &out).await,
+            Command::Ips(c) => cmd::ips::run(c, &client, &out).await,
         }
     });
     if let Err(e) = result {

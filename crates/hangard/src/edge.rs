@@ -62,6 +62,16 @@ impl hangar_proxy::Machines for AgentMachines {
             .collect()
     }
 
+    fn dedicated_ips(&self) -> Vec<(String, IpAddr)> {
+        self.agent
+            .all_ips()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| !a.shared)
+            .filter_map(|a| Some((a.app, a.ip.parse().ok()?)))
+            .collect()
+    }
+
     async fn start(&self, app: &str, id: &str) -> Result<(), String> {
         self.agent
             .start_machine(app, id, None)

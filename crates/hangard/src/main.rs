@@ -103,6 +103,17 @@ struct Args {
     /// without traffic (e.g. 5m, 30s).
     #[arg(long, env = "HANGAR_PROXY_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     proxy_idle_timeout: std::time::Duration,
+    /// Addresses given to apps as dedicated IPv4s (`hangar ips allocate-v4`,
+    /// the ip_assignments API): each serves every service of its app on its
+    /// own ports, raw TCP and UDP included. Loopback by default; give the
+    /// addresses routed to this host to serve the world.
+    #[arg(long, env = "HANGAR_IP_POOL", default_value = "127.0.2.0/24")]
+    ip_pool: hangar_agent::ips::IpPool,
+    /// The address clients reach the proxy's shared listeners at (what
+    /// `shared_v4` assignments report); the HTTP listener's address when it
+    /// has a specific one, else 127.0.0.1.
+    #[arg(long, env = "HANGAR_PUBLIC_IP")]
+    public_ip: Option<std::net::IpAddr>,
     /// Run machine schedules this many times faster than real time (for
     /// tests and demos: 3600 makes `hourly` fire about every second).
     #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
@@ -220,6 +231,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             secrets_key_file: args.secrets_key_file.clone(),
             dns: !args.no_dns,
             network_range: args.network_range,
+            ip_pool: Some(args.ip_pool),
+            shared_ip: args.public_ip.or_else(|| {
+                let ip = args.proxy_http.0?.ip();
+                Some(if ip.is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    ip
+                })
+            }),
         },
         Arc::new(runtime),
         images.clone(),

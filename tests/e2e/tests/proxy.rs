@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hangar_api_types::{CreateMachineRequest, MachineConfig};
@@ -354,4 +355,230 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
         },
     )
     .await;
+}
+
+/// Connects, sends `line`, returns what comes back until the server closes
+/// (or 5 s pass).
+async fn tcp_roundtrip(addr: &str, line: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(line.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
+    let reg = Registry::start().await;
+    reg.push("test/tcp", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/tcp:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app("tcp").await.unwrap();
+    // No address yet: nothing listens for the app.
+    let (ok, out, err) = d.cli(&["ips", "allocate-v4", "-a", "tcp"]);
+    assert!(ok, "{out}{err}");
+    let ips = c.list_ips("tcp").await.unwrap();
+    assert_eq!(ips.len(), 1);
+    let ip = ips[0].ip.clone();
+    assert!(out.contains(&ip), "{out}");
+    assert!(!ips[0].shared);
+
+    // One machine: an echo on 7000, a line reader on 7001 (sees the PROXY
+    // header), httpd on 8080. (busybox has no UDP server: the UDP echo on
+    // 7002 runs in the machine's network namespace from this test.)
+    let cmd = "mkdir -p /www && echo hello-from-$FLY_MACHINE_ID > /www/index.html; \
+        httpd -p 8080 -h /www; \
+        nc -ll -p 7000 -e /bin/cat & \
+        nc -ll -p 7001 -e /bin/sh -c 'read l; echo \"got: $l\"' & \
+        wait";
+    let config: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c", cmd]},
+        "services": [
+            {"protocol": "tcp", "internal_port": 7000, "autostart": true, "ports": [{"port": 7000}, {"port": 7443, "handlers": ["tls"]}]},
+            {"protocol": "tcp", "internal_port": 7001, "ports": [{"port": 7001, "handlers": ["proxy_proto"]}]},
+            {"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 8080, "handlers": ["http"]}]},
+            {"protocol": "udp", "internal_port": 7002, "ports": [{"port": 7002}]},
+        ],
+    }))
+    .unwrap();
+    let m = c
+        .create_machine(
+            "tcp",
+            &CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_machine("tcp", &m.id, &["started"], Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // Raw TCP (the listener appears within a reconcile pass).
+    let echo = hangar_test_utils::wait_until(Duration::from_secs(10), "the TCP echo", || {
+        let addr = format!("{ip}:7000");
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(2), tcp_roundtrip(&addr, "ping\n"))
+                .await
+                .ok()?;
+            (!out.is_empty()).then_some(out)
+        }
+    })
+    .await;
+    assert_eq!(echo, "ping\n");
+    // PROXY protocol: the machine reads the header line first.
+    let line = tcp_roundtrip(&format!("{ip}:7001"), "hello\n").await;
+    assert!(
+        line.starts_with(&format!("got: PROXY TCP4 127.0.0.1 {ip} ")),
+        "{line:?}"
+    );
+    assert!(line.trim_end().ends_with(" 7001"), "{line:?}");
+    // HTTP on the app's own address needs no Host.
+    let body = reqwest::get(format!("http://{ip}:8080/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, format!("hello-from-{}\n", m.id));
+    // TLS ends in the proxy; the machine gets the plain stream.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connector = insecure_tls();
+        let tcp = tokio::net::TcpStream::connect(format!("{ip}:7443"))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("tcp.localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"secret\n").await.unwrap();
+        let mut buf = [0u8; 7];
+        tls.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"secret\n");
+    }
+    // UDP.
+    udp_echo_in(&d.machine_dir(&m.id).join("netns"), 7002);
+    let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    u.send_to(b"datagram", format!("{ip}:7002")).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), u.recv_from(&mut buf))
+        .await
+        .expect("a UDP reply")
+        .unwrap();
+    assert_eq!(&buf[..n], b"datagram");
+
+    // A stopped machine with autostart starts for a raw connection.
+    c.stop_machine("tcp", &m.id, None, None).await.unwrap();
+    c.wait_machine("tcp", &m.id, &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        tcp_roundtrip(&format!("{ip}:7000"), "again\n").await,
+        "again\n"
+    );
+    assert_eq!(c.get_machine("tcp", &m.id).await.unwrap().state, "started");
+
+    // Released: the listeners close.
+    let (ok, _, err) = d.cli(&["ips", "release", &ip, "-a", "tcp"]);
+    assert!(ok, "{err}");
+    hangar_test_utils::wait_until(Duration::from_secs(10), "the listener to close", || {
+        let addr = format!("{ip}:7000");
+        async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// A UDP echo server on `port` inside the network namespace pinned at
+/// `netns` (a machine's), on a thread of its own.
+fn udp_echo_in(netns: &std::path::Path, port: u16) {
+    let ns = std::fs::File::open(netns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace fd we opened; it changes only this
+        // thread's network namespace.
+        let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(joined, 0);
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// A TLS client that accepts the proxy's self-signed certificate.
+fn insecure_tls() -> tokio_rustls::TlsConnector {
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }

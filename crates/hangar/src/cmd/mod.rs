@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod checks;
 pub mod image;
+pub mod ips;
 pub mod logs;
 pub mod machine;
 pub mod machine_ops;

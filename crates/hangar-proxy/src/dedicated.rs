@@ -1,0 +1,380 @@
+//! Apps' dedicated addresses: every port of every service of the app gets
+//! a listener on each of its addresses, serving what the port's handlers
+//! say:
+//!
+//! | handlers              | the proxy                                      |
+//! |-----------------------|------------------------------------------------|
+//! | `[]`                  | relays the TCP connection                      |
+//! | `["proxy_proto"]`     | relays it after a PROXY protocol v1 header     |
+//! | `["tls"]`             | ends TLS, relays the plain stream              |
+//! | `["http"]`            | proxies HTTP (the app is the address's)        |
+//! | `["tls", "http"]`     | ends TLS, proxies HTTP                         |
+//! | UDP services          | relays datagrams per client                    |
+//!
+//! The listeners follow the state: a reconcile pass every
+//! [`RECONCILE_EVERY`] opens what assignments and services ask for and
+//! closes the rest.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangar_core::services::{Protocol, Service};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::{Backend, Ctx, Proxy, Scheme};
+
+/// How often listeners are brought in line with the state.
+pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// Most ports one `start_port..end_port` range opens.
+const MAX_RANGE: u16 = 256;
+/// A UDP client's relay goes after this long without datagrams.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    ip: IpAddr,
+    port: u16,
+    udp: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    app: String,
+    handlers: Vec<String>,
+}
+
+struct Running {
+    want: Want,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The open listeners.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    open: Mutex<HashMap<Key, Running>>,
+    /// Keys that failed to bind, so that the failure is logged once.
+    failed: Mutex<HashSet<Key>>,
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for (_, r) in self
+            .open
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            r.task.abort();
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    // The pool's addresses may be routed to this host without being on
+    // one of its interfaces.
+    if addr.is_ipv4() {
+        s.set_freebind_v4(true)?;
+    } else {
+        s.set_freebind_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv4() {
+        s.set_freebind_v4(true)?;
+    } else {
+        s.set_freebind_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// The PROXY protocol v1 line for a connection from `peer` to `local`.
+fn proxy_header(peer: SocketAddr, local: SocketAddr) -> String {
+    let (peer_ip, local_ip) = (peer.ip().to_canonical(), local.ip().to_canonical());
+    let family = if peer_ip.is_ipv4() && local_ip.is_ipv4() {
+        "TCP4"
+    } else {
+        "TCP6"
+    };
+    format!(
+        "PROXY {family} {peer_ip} {local_ip} {} {}\r\n",
+        peer.port(),
+        local.port()
+    )
+}
+
+impl Proxy {
+    /// What the assignments and services ask for.
+    fn wanted(&self) -> HashMap<Key, Want> {
+        let mut out = HashMap::new();
+        for (app, ip) in self.machines.dedicated_ips() {
+            for b in self.machines.backends(&app) {
+                for s in &b.services {
+                    for p in &s.ports {
+                        let end = p.end.min(p.start.saturating_add(MAX_RANGE - 1));
+                        for port in p.start..=end {
+                            out.entry(Key {
+                                ip,
+                                port,
+                                udp: s.protocol == Protocol::Udp,
+                            })
+                            .or_insert_with(|| Want {
+                                app: app.clone(),
+                                handlers: p.handlers.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Opens and closes listeners to match [`Proxy::wanted`].
+    pub(crate) async fn reconcile_dedicated(self: &Arc<Self>) {
+        let wanted = self.wanted();
+        let mut open = self
+            .dedicated
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        open.retain(|k, r| {
+            let keep = wanted.get(k) == Some(&r.want) && !r.task.is_finished();
+            if !keep {
+                tracing::info!(ip = %k.ip, port = k.port, udp = k.udp, "proxy closing a dedicated listener");
+                r.task.abort();
+            }
+            keep
+        });
+        let mut failed = self
+            .dedicated
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failed.retain(|k| wanted.contains_key(k));
+        for (key, want) in wanted {
+            if open.contains_key(&key) {
+                continue;
+            }
+            let addr = SocketAddr::new(key.ip, key.port);
+            let task = if key.udp {
+                match bind_udp(addr) {
+                    Ok(sock) => {
+                        tokio::spawn(Arc::clone(self).serve_udp(sock, want.app.clone(), key.port))
+                    }
+                    Err(e) => {
+                        if failed.insert(key.clone()) {
+                            tracing::warn!(%addr, app = %want.app, error = %e, "cannot listen on a dedicated address (UDP)");
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                match bind_tcp(addr) {
+                    Ok(l) => tokio::spawn(Arc::clone(self).serve_tcp(l, want.clone(), key.port)),
+                    Err(e) => {
+                        if failed.insert(key.clone()) {
+                            tracing::warn!(%addr, app = %want.app, error = %e, "cannot listen on a dedicated address");
+                        }
+                        continue;
+                    }
+                }
+            };
+            failed.remove(&key);
+            tracing::info!(%addr, app = %want.app, handlers = ?want.handlers, udp = key.udp, "proxy listening on a dedicated address");
+            open.insert(key, Running { want, task });
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, listener: TcpListener, want: Want, port: u16) {
+        let app: Arc<str> = Arc::from(want.app.as_str());
+        let has = |h: &str| want.handlers.iter().any(|x| x == h);
+        let (tls, http, proxy_proto) = (has("tls"), has("http"), has("proxy_proto"));
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let local = stream
+                .local_addr()
+                .unwrap_or(SocketAddr::new(peer.ip(), port));
+            let me = Arc::clone(&self);
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                let scheme = if tls { Scheme::Https } else { Scheme::Http };
+                let ctx = Ctx {
+                    scheme,
+                    port,
+                    app: Some(Arc::clone(&app)),
+                };
+                if !tls {
+                    if http {
+                        me.serve_conn(TokioIo::new(stream), peer, ctx).await;
+                    } else {
+                        me.relay(stream, peer, local, &app, port, proxy_proto).await;
+                    }
+                    return;
+                }
+                let Some(acceptor) = me.tls.get().cloned() else {
+                    return;
+                };
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(s)) if http => me.serve_conn(TokioIo::new(s), peer, ctx).await,
+                    Ok(Ok(s)) => me.relay(s, peer, local, &app, port, proxy_proto).await,
+                    _ => tracing::debug!(%peer, "TLS handshake failed"),
+                }
+            });
+        }
+    }
+
+    /// The app's machines with a service of `protocol` on public `port`.
+    fn backends_on(&self, app: &str, port: u16, protocol: Protocol) -> Vec<(Backend, Service)> {
+        self.machines
+            .backends(app)
+            .into_iter()
+            .filter_map(|b| {
+                let s = b
+                    .services
+                    .iter()
+                    .find(|s| s.protocol == protocol && s.ports.iter().any(|p| p.covers(port)))?
+                    .clone();
+                Some((b, s))
+            })
+            .collect()
+    }
+
+    /// Relays one TCP connection to a machine.
+    async fn relay<S>(
+        self: &Arc<Self>,
+        mut client: S,
+        peer: SocketAddr,
+        local: SocketAddr,
+        app: &str,
+        port: u16,
+        proxy_proto: bool,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let backends = self.backends_on(app, port, Protocol::Tcp);
+        let (backend, svc) = match self.choose(app, backends).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(app, port, error = %e, "no machine for a TCP connection");
+                return;
+            }
+        };
+        let _guard = self.add_load(&backend.id);
+        let target = SocketAddr::new(backend.addr, svc.internal_port);
+        let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+            tracing::debug!(app, %target, "machine refused a relayed connection");
+            return;
+        };
+        let _ = upstream.set_nodelay(true);
+        if proxy_proto
+            && upstream
+                .write_all(proxy_header(peer, local).as_bytes())
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+
+    /// Relays datagrams: each client gets an upstream socket of its own to
+    /// one machine, and the machine's replies go back to it.
+    async fn serve_udp(self: Arc<Self>, sock: UdpSocket, app: String, port: u16) {
+        let sock = Arc::new(sock);
+        let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Instant)> = HashMap::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, client)) = sock.recv_from(&mut buf).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            sessions.retain(|_, (_, last)| last.elapsed() < UDP_IDLE);
+            let upstream = match sessions.get_mut(&client) {
+                Some((u, last)) => {
+                    *last = Instant::now();
+                    Arc::clone(u)
+                }
+                None => {
+                    let backends = self.backends_on(&app, port, Protocol::Udp);
+                    let Ok((backend, svc)) = self.choose_with(&app, backends, false).await else {
+                        continue;
+                    };
+                    let target = SocketAddr::new(backend.addr, svc.internal_port);
+                    let bind: SocketAddr = if target.is_ipv4() {
+                        ([0, 0, 0, 0], 0).into()
+                    } else {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    };
+                    let Ok(u) = UdpSocket::bind(bind).await else {
+                        continue;
+                    };
+                    if u.connect(target).await.is_err() {
+                        continue;
+                    }
+                    let u = Arc::new(u);
+                    let (back, to) = (Arc::clone(&sock), Arc::clone(&u));
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65536];
+                        while let Ok(Ok(n)) =
+                            tokio::time::timeout(UDP_IDLE, to.recv(&mut buf)).await
+                        {
+                            let _ = back.send_to(&buf[..n], client).await;
+                        }
+                    });
+                    sessions.insert(client, (Arc::clone(&u), Instant::now()));
+                    u
+                }
+            };
+            let _ = upstream.send(&buf[..n]).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_protocol_lines() {
+        assert_eq!(
+            proxy_header(
+                "127.0.0.1:5000".parse().unwrap(),
+                "127.0.2.1:5432".parse().unwrap()
+            ),
+            "PROXY TCP4 127.0.0.1 127.0.2.1 5000 5432\r\n"
+        );
+        assert_eq!(
+            proxy_header(
+                "[::1]:5000".parse().unwrap(),
+                "[fdaa::1]:80".parse().unwrap()
+            ),
+            "PROXY TCP6 ::1 fdaa::1 5000 80\r\n"
+        );
+    }
+}
