@@ -140,6 +140,18 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
         body.ends_with(&format!("\r\n\r\nhello-from-{web}\n")),
         "{body:?}"
     );
+    // By name, through the machine's resolver (the internal DNS server).
+    let (code, body) = sh(&c, "client", &cli, &get("web.internal", 5)).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.ends_with(&format!("hello-from-{web}\n")), "{body:?}");
+    let (code, body) = sh(
+        &c,
+        "client",
+        &cli,
+        &get(&format!("{web}.vm.web.internal"), 5),
+    )
+    .await;
+    assert_eq!(code, 0, "{body}");
     // IPv4 inside the network works too.
     let (_, v4) = sh(&c, "web", &web, "ip -4 -o addr show dev eth0").await;
     let web_v4 = v4

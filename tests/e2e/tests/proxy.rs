@@ -582,3 +582,57 @@ fn insecure_tls() -> tokio_rustls::TlsConnector {
         .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
+
+#[tokio::test]
+async fn a_machine_at_its_limit_spills_to_a_second_one() {
+    let reg = Registry::start().await;
+    let slow = "#!/bin/sh\nsleep 3\necho 'Content-Type: text/plain'\necho\ncat /www/index.html\n";
+    let image = ImageBuilder::busybox()
+        .layer(
+            Layer::new()
+                .dir("www", 0o755)
+                .dir("www/cgi-bin", 0o755)
+                .file("www/cgi-bin/slow", slow.as_bytes(), 0o755),
+        )
+        .build();
+    reg.push("test/web", "v1", &image).await;
+    let image = format!("{}/test/web:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    let http = http_client(&d);
+    c.create_app("web").await.unwrap();
+    let services = json!([{
+        "internal_port": 8080, "autostart": true,
+        "concurrency": {"type": "requests", "soft_limit": 1, "hard_limit": 1},
+        "ports": [{"port": 80, "handlers": ["http"]}],
+    }]);
+    let a = web_machine(&c, "web", &image, services.clone()).await;
+    let b = web_machine(&c, "web", &image, services).await;
+    c.stop_machine("web", &b, None, None).await.unwrap();
+    c.wait_machine("web", &b, &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // A slow request holds A at its limit; the next one starts B.
+    let busy = {
+        let (http, url) = (
+            http.clone(),
+            format!("http://{}/cgi-bin/slow", d.proxy_http),
+        );
+        tokio::spawn(async move {
+            http.get(url)
+                .header("host", "web.localhost")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = get(&d, &http, "web", "/").await.text().await.unwrap();
+    assert_eq!(second, format!("hello-from-{b}\n"));
+    assert_eq!(busy.await.unwrap(), format!("hello-from-{a}\n"));
+    assert_eq!(c.get_machine("web", &b).await.unwrap().state, "started");
+}
