@@ -74,6 +74,8 @@ struct MachineChecks {
 #[derive(Default)]
 pub(crate) struct Checks {
     machines: Mutex<HashMap<String, MachineChecks>>,
+    /// Bumped whenever a machine's standing changes.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -88,6 +90,15 @@ impl Agent {
             .get(id)
             .map(|m| m.results.clone())
             .unwrap_or_default()
+    }
+
+    /// A number that changes whenever a check's status changes (for
+    /// callers that cache [`Agent::failing_traffic_checks`]).
+    pub fn checks_generation(&self) -> u64 {
+        self.shared
+            .checks
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether machine `id` fails a check that keeps traffic away.
@@ -129,7 +140,14 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
             .machines
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
         map.retain(|id, _| started.iter().any(|m| m.id.as_str() == id));
+        if map.len() != before {
+            shared
+                .checks
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         for m in &started {
             let id = m.id.to_string();
             let fresh = map.get(&id).is_none_or(|c| c.instance != m.instance_id);
@@ -201,6 +219,10 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
                 Health::Critical
             };
             if mc.results[i].status != status {
+                shared
+                    .checks
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tracing::info!(machine = %id, check = %def.name, status = status.as_str(), %output, "health check changed");
             }
             mc.results[i] = CheckResult {

@@ -255,6 +255,13 @@ impl Store {
         Ok(store)
     }
 
+    /// A number that changes whenever anything is written (rows changed
+    /// through this store's connection, which is the only writer): readers
+    /// that cache what they read compare it.
+    pub fn changes(&self) -> u64 {
+        self.conn().total_changes()
+    }
+
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }

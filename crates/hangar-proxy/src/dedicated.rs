@@ -129,7 +129,7 @@ impl Proxy {
     fn wanted(&self) -> HashMap<Key, Want> {
         let mut out = HashMap::new();
         for (app, ip) in self.machines.dedicated_ips() {
-            for b in self.machines.backends(&app) {
+            for b in self.machines.backends(&app).iter() {
                 for s in &b.services {
                     for p in &s.ports {
                         let end = p.end.min(p.start.saturating_add(MAX_RANGE - 1));
@@ -253,14 +253,14 @@ impl Proxy {
     fn backends_on(&self, app: &str, port: u16, protocol: Protocol) -> Vec<(Backend, Service)> {
         self.machines
             .backends(app)
-            .into_iter()
+            .iter()
             .filter_map(|b| {
                 let s = b
                     .services
                     .iter()
                     .find(|s| s.protocol == protocol && s.ports.iter().any(|p| p.covers(port)))?
                     .clone();
-                Some((b, s))
+                Some((b.clone(), s))
             })
             .collect()
     }
@@ -277,7 +277,8 @@ impl Proxy {
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let backends = self.backends_on(app, port, Protocol::Tcp);
+        let owned = self.backends_on(app, port, Protocol::Tcp);
+        let backends = owned.iter().map(|(b, s)| (b, s)).collect();
         let (backend, svc) = match self.choose(app, backends).await {
             Ok(x) => x,
             Err(e) => {
@@ -321,7 +322,8 @@ impl Proxy {
                     Arc::clone(u)
                 }
                 None => {
-                    let backends = self.backends_on(&app, port, Protocol::Udp);
+                    let owned = self.backends_on(&app, port, Protocol::Udp);
+                    let backends = owned.iter().map(|(b, s)| (b, s)).collect();
                     let Ok((backend, svc)) = self.choose_with(&app, backends, false).await else {
                         continue;
                     };

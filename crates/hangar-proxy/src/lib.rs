@@ -94,8 +94,9 @@ pub struct Backend {
 pub trait Machines: Send + Sync + 'static {
     /// Apps that have machines.
     fn apps(&self) -> Vec<String>;
-    /// The app's machines (not destroyed); empty for an unknown app.
-    fn backends(&self, app: &str) -> Vec<Backend>;
+    /// The app's machines (not destroyed); empty for an unknown app. Asked
+    /// on every request: implementations should answer from a cache.
+    fn backends(&self, app: &str) -> Arc<Vec<Backend>>;
     /// Starts (or resumes) a machine and returns once it is started.
     async fn start(&self, app: &str, id: &str) -> Result<(), String>;
     /// Stops (or suspends) a machine.
@@ -449,16 +450,15 @@ impl Proxy {
             },
         };
         let port = ctx.port;
-        let backends: Vec<(Backend, Service, bool)> = self
-            .machines
-            .backends(&app)
-            .into_iter()
+        let all = self.machines.backends(&app);
+        let backends: Vec<(&Backend, &Service, bool)> = all
+            .iter()
             .filter_map(|b| {
                 let (svc, force_https) = b.services.iter().find_map(|s| {
                     s.ports
                         .iter()
                         .find(|p| p.covers(port) && p.is_http())
-                        .map(|p| (s.clone(), p.force_https))
+                        .map(|p| (s, p.force_https))
                 })?;
                 Some((b, svc, force_https))
             })
@@ -494,7 +494,7 @@ impl Proxy {
         }
 
         let (backend, svc) = match self
-            .choose(&app, backends.into_iter().map(|(b, s, _)| (b, s)).collect())
+            .choose(&app, backends.iter().map(|(b, s, _)| (*b, *s)).collect())
             .await
         {
             Ok(x) => x,
@@ -594,22 +594,22 @@ impl Proxy {
     /// Picks the machine for a request or connection among `backends` (with
     /// the service that matched), starting one when the rules say so, and
     /// returns once it accepts connections.
-    async fn choose(
+    async fn choose<'a>(
         &self,
         app: &str,
-        backends: Vec<(Backend, Service)>,
-    ) -> Result<(Backend, Service), String> {
+        backends: Vec<(&'a Backend, &'a Service)>,
+    ) -> Result<(&'a Backend, &'a Service), String> {
         self.choose_with(app, backends, true).await
     }
 
     /// [`Proxy::choose`]; `tcp` false skips waiting for a TCP listener
     /// (UDP services).
-    async fn choose_with(
+    async fn choose_with<'a>(
         &self,
         app: &str,
-        backends: Vec<(Backend, Service)>,
+        backends: Vec<(&'a Backend, &'a Service)>,
         tcp: bool,
-    ) -> Result<(Backend, Service), String> {
+    ) -> Result<(&'a Backend, &'a Service), String> {
         let Some(limits) = backends.first().map(|(_, s)| s.concurrency) else {
             return Err(format!("app {app} has no machine for this port"));
         };
@@ -632,7 +632,7 @@ impl Proxy {
                 return Err(format!("no machine of app {app} can take this request now"));
             }
         };
-        let (backend, svc) = backends.into_iter().nth(index).ok_or("no machine")?;
+        let (backend, svc) = *backends.get(index).ok_or("no machine")?;
         let target = SocketAddr::new(backend.addr, svc.internal_port);
         if started_now {
             self.start(app, &backend.id)
@@ -666,7 +666,7 @@ impl Proxy {
         let state = self
             .machines
             .backends(app)
-            .into_iter()
+            .iter()
             .find(|b| b.id == id)
             .map(|b| b.state);
         match state {
@@ -711,7 +711,20 @@ impl Proxy {
                 }
                 Ok(Err(e)) if Instant::now() >= deadline => return Err(e.to_string()),
                 Err(_) if Instant::now() >= deadline => return Err("timed out".into()),
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                // Poll fast at first: a machine usually listens within
+                // milliseconds of its start.
+                _ => {
+                    let waited = self
+                        .cfg
+                        .start_timeout
+                        .saturating_sub(deadline.saturating_duration_since(Instant::now()));
+                    let pause = if waited < Duration::from_millis(200) {
+                        1
+                    } else {
+                        10
+                    };
+                    tokio::time::sleep(Duration::from_millis(pause)).await
+                }
             }
         }
     }

@@ -2,7 +2,9 @@
 //! and addresses, and starting and stopping them through the agent (so
 //! that the proxy's starts and stops are recorded like anyone else's).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hangar_agent::network::NetRange;
@@ -14,18 +16,22 @@ use hangar_proxy::{Backend, State};
 pub struct AgentMachines {
     pub agent: Agent,
     pub range: NetRange,
+    /// Each app's backends, with the state version they were read at
+    /// (database changes, check standings): the proxy asks per request.
+    cache: Mutex<HashMap<String, ((u64, u64), Arc<Vec<Backend>>)>>,
 }
 
-#[async_trait::async_trait]
-impl hangar_proxy::Machines for AgentMachines {
-    fn apps(&self) -> Vec<String> {
-        self.agent
-            .list_apps(DEFAULT_ORG)
-            .map(|apps| apps.into_iter().map(|a| a.name).collect())
-            .unwrap_or_default()
+impl AgentMachines {
+    /// The proxy's view of `agent`'s machines.
+    pub fn new(agent: Agent, range: NetRange) -> AgentMachines {
+        AgentMachines {
+            agent,
+            range,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
-    fn backends(&self, app: &str) -> Vec<Backend> {
+    fn read_backends(&self, app: &str) -> Vec<Backend> {
         let Ok(machines) = self.agent.list_machines(app, false) else {
             return Vec::new();
         };
@@ -60,6 +66,37 @@ impl hangar_proxy::Machines for AgentMachines {
                 })
             })
             .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl hangar_proxy::Machines for AgentMachines {
+    fn apps(&self) -> Vec<String> {
+        self.agent
+            .list_apps(DEFAULT_ORG)
+            .map(|apps| apps.into_iter().map(|a| a.name).collect())
+            .unwrap_or_default()
+    }
+
+    fn backends(&self, app: &str) -> Arc<Vec<Backend>> {
+        let version = (self.agent.store().changes(), self.agent.checks_generation());
+        if let Some((v, b)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+        {
+            if *v == version {
+                return Arc::clone(b);
+            }
+        }
+        let fresh = Arc::new(self.read_backends(app));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(app.to_owned(), (version, Arc::clone(&fresh)));
+        fresh
     }
 
     fn dedicated_ips(&self) -> Vec<(String, IpAddr)> {

@@ -287,10 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tls_key: key,
                 region: args.region.clone(),
             },
-            Arc::new(edge::AgentMachines {
-                agent: agent.clone(),
-                range: args.network_range,
-            }),
+            Arc::new(edge::AgentMachines::new(agent.clone(), args.network_range)),
         );
         Some(proxy.serve().await.context("starting the proxy")?)
     };

@@ -1,0 +1,359 @@
+//! The proxy beside nginx, in one run, with `wrk`:
+//!
+//! - (a) a machine directly (busybox httpd in a real crun machine, reached
+//!   on its private address);
+//! - (b) through the Hangar proxy (`Host: bench.localhost`);
+//! - (c) through nginx configured as the equivalent reverse proxy (one
+//!   upstream, the same machine, access log off, worker per CPU).
+//!
+//! Each is measured `RUNS` times, interleaved, for `SECONDS` each; the
+//! medians of requests/s and p50/p99 latency are printed with the ratios
+//! against nginx. Then the first request to a stopped app (autostart)
+//! beside the machine's own start (API start → `started`, then until it
+//! accepts connections), medians of `RUNS` cycles.
+//!
+//! Usage (root, through `bench/proxy.sh`): `hangar-bench-proxy [RUNS] [SECONDS]`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::{ImageBuilder, Layer};
+use hangar_test_utils::registry::Registry;
+
+/// What one wrk run reports.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_latency(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "2",
+        "-c",
+        &conns.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    if text.contains("Non-2xx") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    let field = |prefix: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    Ok(Wrk {
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .context("no Requests/sec in wrk's output")?,
+        p50_ms: field("50%")
+            .and_then(|v| parse_latency(&v))
+            .context("no p50")?,
+        p99_ms: field("99%")
+            .and_then(|v| parse_latency(&v))
+            .context("no p99")?,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The machine's web server: the host's nginx with its libraries (busybox
+/// httpd forks per connection and keeps none alive, which would make the
+/// backend, not the proxies, what is measured).
+fn nginx_layer() -> anyhow::Result<Layer> {
+    let nginx = "/usr/sbin/nginx";
+    let ldd = Command::new("ldd")
+        .arg(nginx)
+        .output()
+        .context("ldd (apt-get install nginx-light)")?;
+    let mut files = vec![nginx.to_owned()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.to_owned());
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in &files {
+        let mut p = std::path::Path::new(f).parent();
+        while let Some(d) = p.filter(|d| *d != std::path::Path::new("/")) {
+            dirs.insert(d.to_string_lossy().trim_start_matches('/').to_owned());
+            p = d.parent();
+        }
+    }
+    dirs.extend(["www".to_owned(), "tmp".to_owned(), "etc".to_owned()]);
+    let mut layer = Layer::new();
+    for d in &dirs {
+        layer = layer.dir(d, 0o755);
+    }
+    for f in &files {
+        let data = std::fs::read(f).with_context(|| format!("reading {f}"))?;
+        layer = layer.file(f.trim_start_matches('/'), &data, 0o755);
+    }
+    let conf = "daemon off;\nuser root;\nworker_processes 2;\npid /tmp/nginx.pid;\n\
+        error_log stderr;\nevents { worker_connections 4096; }\n\
+        http { access_log off; client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy;\n\
+        fastcgi_temp_path /tmp/fcgi; uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;\n\
+        keepalive_requests 100000;\n\
+        server { listen 8080; listen [::]:8080; root /www; } }\n";
+    Ok(layer
+        .file("etc/nginx-bench.conf", conf.as_bytes(), 0o644)
+        .file("www/index.html", b"hello from a machine\n", 0o644))
+}
+
+/// nginx as the equivalent reverse proxy, in the foreground, on `port`.
+fn nginx(dir: &std::path::Path, port: u16, upstream: &str) -> anyhow::Result<std::process::Child> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes auto;\n\
+             daemon off;\n\
+             pid {dir}/nginx.pid;\n\
+             error_log {dir}/error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {dir}/body;\n\
+               proxy_temp_path {dir}/proxy;\n\
+               upstream machine {{ server {upstream}; keepalive 64; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{\n\
+                   proxy_pass http://machine;\n\
+                   proxy_http_version 1.1;\n\
+                   proxy_set_header Connection \"\";\n\
+                   proxy_set_header Host $host;\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme;\n\
+                 }}\n\
+               }}\n\
+             }}\n",
+            dir = dir.display()
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .args([
+            "-c",
+            &conf.display().to_string(),
+            "-p",
+            &dir.display().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not come up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let seconds: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let conns = 32;
+
+    let reg = Registry::start().await;
+    let image = ImageBuilder::busybox().layer(nginx_layer()?).build();
+    reg.push("bench/web", "v1", &image).await;
+    let d = Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--proxy-idle-timeout".into(),
+        "1h".into(),
+    ])
+    .await;
+    let c = d.client();
+    c.create_app("bench").await?;
+    let config: MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": format!("{}/bench/web:v1", reg.addr),
+        "init": {"cmd": ["/usr/sbin/nginx", "-c", "/etc/nginx-bench.conf", "-p", "/tmp"]},
+        "services": [{"internal_port": 8080, "autostart": true,
+            "concurrency": {"type": "requests", "soft_limit": 10000, "hard_limit": 10000},
+            "ports": [{"port": 80, "handlers": ["http"]}]}],
+    }))?;
+    let m = c
+        .create_machine(
+            "bench",
+            &CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await?;
+    c.wait_machine("bench", &m.id, &["started"], Duration::from_secs(60))
+        .await?;
+    let v4 = c
+        .exec(
+            "bench",
+            &m.id,
+            &MachineExecRequest {
+                command: Some(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "ip -4 -o addr show dev eth0".into(),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await?
+        .stdout;
+    let v4 = v4
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .context("the machine's IPv4 address")?
+        .to_owned();
+    let upstream = format!("{v4}:8080");
+    let direct = format!("http://{upstream}/");
+    let proxy = format!("http://{}/", d.proxy_http);
+    let nginx_port = hangar_test_utils::free_port();
+    let work = tempfile::tempdir()?;
+    let mut ng = nginx(work.path(), nginx_port, &upstream)?;
+    let via_nginx = format!("http://127.0.0.1:{nginx_port}/");
+
+    // Warm up every path.
+    for (url, host) in [
+        (&direct, None),
+        (&proxy, Some("bench.localhost")),
+        (&via_nginx, Some("bench.localhost")),
+    ] {
+        wrk(url, host, 2, conns)?;
+    }
+    let mut results: [Vec<Wrk>; 3] = Default::default();
+    for _ in 0..runs {
+        results[0].push(wrk(&direct, None, seconds, conns)?);
+        results[1].push(wrk(&proxy, Some("bench.localhost"), seconds, conns)?);
+        results[2].push(wrk(&via_nginx, Some("bench.localhost"), seconds, conns)?);
+    }
+    let _ = ng.kill();
+    let _ = ng.wait();
+
+    println!();
+    println!("HTTP through the proxy: wrk -t2 -c{conns}, {seconds}s x {runs} runs, medians");
+    println!(
+        "  {:<22} {:>10} {:>9} {:>9}",
+        "", "req/s", "p50 ms", "p99 ms"
+    );
+    let names = ["(a) machine directly", "(b) hangar proxy", "(c) nginx"];
+    let mut med = Vec::new();
+    for (name, r) in names.iter().zip(&results) {
+        let rps = median(r.iter().map(|w| w.rps).collect());
+        let p50 = median(r.iter().map(|w| w.p50_ms).collect());
+        let p99 = median(r.iter().map(|w| w.p99_ms).collect());
+        println!("  {name:<22} {rps:>10.0} {p50:>9.2} {p99:>9.2}");
+        med.push((rps, p50, p99));
+    }
+    let (direct_m, hangar_m, nginx_m) = (med[0], med[1], med[2]);
+    println!();
+    println!(
+        "  throughput hangar / nginx        {:.2}x  (goal: >= 1.0x)",
+        hangar_m.0 / nginx_m.0
+    );
+    println!(
+        "  added p99: hangar {:+.2} ms, nginx {:+.2} ms (goal: hangar <= nginx)",
+        hangar_m.2 - direct_m.2,
+        nginx_m.2 - direct_m.2
+    );
+
+    // Autostart: the first request to a stopped app, beside the machine's
+    // own start.
+    let http = reqwest::Client::new();
+    let mut own = Vec::new();
+    let mut first = Vec::new();
+    for _ in 0..runs.max(5) {
+        c.stop_machine("bench", &m.id, Some("SIGKILL"), None)
+            .await?;
+        c.wait_machine("bench", &m.id, &["stopped"], Duration::from_secs(60))
+            .await?;
+        let t = Instant::now();
+        c.start_machine("bench", &m.id).await?;
+        c.wait_machine("bench", &m.id, &["started"], Duration::from_secs(60))
+            .await?;
+        while std::net::TcpStream::connect(&upstream).is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        own.push(t.elapsed().as_secs_f64() * 1e3);
+
+        c.stop_machine("bench", &m.id, Some("SIGKILL"), None)
+            .await?;
+        c.wait_machine("bench", &m.id, &["stopped"], Duration::from_secs(60))
+            .await?;
+        let t = Instant::now();
+        let r = http
+            .get(&proxy)
+            .header("host", "bench.localhost")
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("autostart request failed: {}", r.status());
+        }
+        r.bytes().await?;
+        first.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (own_m, first_m) = (median(own), median(first));
+    println!();
+    println!("autostart ({} cycles, medians)", runs.max(5));
+    println!("  machine's own start (API start -> listening) {own_m:>8.2} ms");
+    println!("  first request to the stopped app            {first_m:>8.2} ms");
+    println!(
+        "  first request / own start        {:.2}x  (goal: <= 1.2x)",
+        first_m / own_m
+    );
+    c.destroy_machine("bench", &m.id, true).await?;
+    Ok(())
+}
