@@ -138,7 +138,6 @@ pub struct Proxy {
     /// Machines seen accepting connections since they last started.
     ready: Mutex<HashSet<String>>,
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    client: Client<HttpConnector, Incoming>,
     /// Bumped per request: equally loaded machines take turns.
     turn: std::sync::atomic::AtomicUsize,
     /// Listeners on apps' dedicated addresses.
@@ -233,6 +232,37 @@ fn app_of(host: &str, domain: &str) -> Option<String> {
     (!app.is_empty() && !app.contains('.')).then(|| app.to_owned())
 }
 
+/// This thread's client to machines: its connections (and their tasks)
+/// stay on the thread's runtime.
+fn client() -> Client<HttpConnector, Incoming> {
+    thread_local! {
+        static CLIENT: Client<HttpConnector, Incoming> = {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_secs(5)));
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector)
+        };
+    }
+    CLIENT.with(Clone::clone)
+}
+
+/// A listening socket that other workers may bind too.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// Decrements a machine's load when the response (body included) is done.
 struct LoadGuard {
     proxy: Arc<Proxy>,
@@ -252,18 +282,12 @@ impl Drop for LoadGuard {
 impl Proxy {
     /// A proxy over `machines`.
     pub fn new(cfg: Config, machines: Arc<dyn Machines>) -> Arc<Proxy> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
         Arc::new(Proxy {
             cfg,
             machines,
             loads: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashSet::new()),
             starting: Mutex::new(HashMap::new()),
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
             turn: Default::default(),
             dedicated: Default::default(),
             tls: std::sync::OnceLock::new(),
@@ -274,21 +298,47 @@ impl Proxy {
     /// aborted; also runs the autostop pass.
     pub async fn serve(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, ProxyError> {
         let mut tasks = Vec::new();
-        if let Some(addr) = self.cfg.http {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Listen { addr, source })?;
-            tracing::info!(%addr, domain = %self.cfg.domain, "proxy serving HTTP");
-            tasks.push(tokio::spawn(Arc::clone(self).accept(l, None)));
-        }
         let acceptor = tls::acceptor(&self.cfg.tls_cert, &self.cfg.tls_key, &self.cfg.domain)?;
         let _ = self.tls.set(acceptor.clone());
-        if let Some(addr) = self.cfg.https {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Listen { addr, source })?;
-            tracing::info!(%addr, cert = %self.cfg.tls_cert.display(), "proxy serving HTTPS");
-            tasks.push(tokio::spawn(Arc::clone(self).accept(l, Some(acceptor))));
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (addr, tls) in [(self.cfg.http, None), (self.cfg.https, Some(acceptor))] {
+            let Some(addr) = addr else { continue };
+            // One listener per worker (SO_REUSEPORT), each on a runtime of
+            // its own thread, as nginx runs a worker per CPU: a request is
+            // served start to end on one thread, with that thread's pool
+            // of connections to machines.
+            let mut listeners = Vec::new();
+            for _ in 0..workers {
+                listeners.push(
+                    bind_reuseport(addr).map_err(|source| ProxyError::Listen { addr, source })?,
+                );
+            }
+            tracing::info!(%addr, workers, tls = tls.is_some(), domain = %self.cfg.domain, "proxy serving");
+            for (i, l) in listeners.into_iter().enumerate() {
+                let me = Arc::clone(self);
+                let tls = tls.clone();
+                std::thread::Builder::new()
+                    .name(format!("proxy-{}-{i}", addr.port()))
+                    .spawn(move || {
+                        let rt = match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                tracing::error!(error = %e, "proxy worker runtime");
+                                return;
+                            }
+                        };
+                        rt.block_on(async move {
+                            match tokio::net::TcpListener::from_std(l) {
+                                Ok(l) => me.accept(l, tls).await,
+                                Err(e) => tracing::error!(error = %e, "proxy worker listener"),
+                            }
+                        });
+                    })
+                    .map_err(|source| ProxyError::Listen { addr, source })?;
+            }
         }
         let me = Arc::clone(self);
         tasks.push(tokio::spawn(async move {
@@ -549,7 +599,7 @@ impl Proxy {
         set(h, "fly-request-id", request_id);
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
 
-        let mut resp = match self.client.request(req).await {
+        let mut resp = match client().request(req).await {
             Ok(r) => r,
             Err(e) => {
                 self.ready
