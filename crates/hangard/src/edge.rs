@@ -18,8 +18,11 @@ pub struct AgentMachines {
     pub range: NetRange,
     /// Each app's backends, with the state version they were read at
     /// (database changes, check standings): the proxy asks per request.
-    cache: Mutex<HashMap<String, ((u64, u64), Arc<Vec<Backend>>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
+
+/// Backends as read at a state version (database changes, check standings).
+type Cached = ((u64, u64), Arc<Vec<Backend>>);
 
 impl AgentMachines {
     /// The proxy's view of `agent`'s machines.
