@@ -2,8 +2,10 @@
 # Sets up and starts hangard with a ready-to-try demo, on a fresh Debian 12
 # machine with Rust installed: installs crun, builds and installs hangard and
 # hangar to /usr/local/bin, starts hangard (data in /var/lib/hangar, API on
-# 127.0.0.1:4280), builds a small image from busybox-static with umoci (no
-# download), imports it as demo:latest and runs a machine from it.
+# 127.0.0.1:4280, proxy on ports 80 and 443 serving http://<app>.localhost),
+# builds a small image from busybox-static with umoci (no download), imports
+# it as demo:latest and runs two machines from it: one that logs, and a web
+# server behind the proxy that starts on demand and stops when idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +69,15 @@ umoci config --image "$work/image:latest" --os linux --architecture amd64 \
 umoci gc --layout "$work/image" >/dev/null
 hangar image import "$work/image" --name demo:latest
 
+if hangar machine status web --app web >/dev/null 2>&1; then
+    echo "==> the demo web machine already exists"
+else
+    echo "==> running the demo web machine (http://web.localhost/)"
+    hangar machine run demo:latest --app web --name web \
+        --port 80:8080/tcp:http --port 443:8080/tcp:http:tls --autostart --autostop \
+        --detach httpd -f -p 8080 -h /www
+fi
+
 if hangar machine status hello --app demo >/dev/null 2>&1; then
     echo "==> the demo machine already exists"
 else
@@ -85,5 +96,8 @@ Hangar is running. Try:
   hangar machine run demo:latest --app demo --shell
   hangar machine stop hello --app demo && hangar machine start hello --app demo
   hangar machine run demo:latest --app demo --rm echo one-off
+  curl http://web.localhost/                 # through the proxy (-k https://web.localhost/ too);
+                                             # idle 5 min, the machine stops; the next request starts it
+  hangar machine list --app web
   curl -H "Authorization: Bearer \$(cat $DATA_DIR/admin-token)" http://$LISTEN/v1/apps/demo/machines
 EOT

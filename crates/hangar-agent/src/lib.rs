@@ -92,6 +92,9 @@ pub struct AgentConfig {
     pub shared_ip: Option<std::net::IpAddr>,
 }
 
+/// See [`Agent::on_network`].
+pub type NetworkHook = Arc<dyn Fn(u8) + Send + Sync>;
+
 /// The one organization of a single-host installation.
 pub const DEFAULT_ORG: &str = "personal";
 
@@ -116,6 +119,9 @@ pub(crate) struct Shared {
     pub(crate) checks: checks::Checks,
     pub ip_pool: Option<ips::IpPool>,
     pub shared_ip: Option<std::net::IpAddr>,
+    /// Called with a network's index when a machine is given an address on
+    /// it (hangard starts serving DNS there).
+    network_hook: Mutex<Option<NetworkHook>>,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
 
@@ -222,10 +228,35 @@ impl Agent {
             checks: Default::default(),
             ip_pool: cfg.ip_pool,
             shared_ip: cfg.shared_ip,
+            network_hook: Mutex::new(None),
             runners: Mutex::new(HashMap::new()),
         });
-        let live = shared.store.live_machines()?;
+        let mut live = shared.store.live_machines()?;
         tracing::info!(machines = live.len(), "resuming machines");
+        // Machines made before private networking get their addresses now
+        // (their next start wires them in).
+        for rec in &mut live {
+            if shared
+                .store
+                .address_of(rec.id.as_str(), &shared.network_range)?
+                .is_none()
+            {
+                let network = shared
+                    .store
+                    .get_app(&rec.app)?
+                    .map_or_else(|| "default".to_owned(), |a| a.network);
+                let a = shared.store.allocate_address(
+                    &network,
+                    rec.id.as_str(),
+                    &shared.network_range,
+                )?;
+                rec.private_ip = a.ipv6().to_string();
+                shared
+                    .store
+                    .set_private_ip(rec.id.as_str(), &rec.private_ip)?;
+                tracing::info!(machine = %rec.id, ip = %rec.private_ip, "gave a private address to a machine made before networking");
+            }
+        }
         for rec in live {
             let last = shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);
             let id = rec.id.clone();
@@ -269,6 +300,20 @@ impl Agent {
                 }
             }
         });
+    }
+
+    /// Calls `hook` with the index of every network that has machines now,
+    /// and later of each network a new machine joins.
+    pub fn on_network(&self, hook: NetworkHook) -> Result<(), AgentError> {
+        for net in self.shared.store.networks_in_use()? {
+            hook(net);
+        }
+        *self
+            .shared
+            .network_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        Ok(())
     }
 
     /// This host's region.
@@ -431,7 +476,18 @@ impl Agent {
             machine_id.as_str(),
             &self.shared.network_range,
         ) {
-            Ok(a) => a,
+            Ok(a) => {
+                let hook = self
+                    .shared
+                    .network_hook
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(hook) = hook {
+                    hook(a.net);
+                }
+                a
+            }
             Err(e) => {
                 let _ = self.shared.store.release_volumes(machine_id.as_str());
                 return Err(e);

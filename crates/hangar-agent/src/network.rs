@@ -310,6 +310,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Records `machine`'s private address.
+    pub fn set_private_ip(&self, machine: &str, ip: &str) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET private_ip = ?2 WHERE id = ?1",
+                params![machine, ip],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
     /// Frees `machine`'s address.
     pub fn release_address(&self, machine: &str) -> Result<(), AgentError> {
         self.conn()

@@ -251,24 +251,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Internal DNS on the gateway of every network of the range (bound
-    // ahead of the bridges, which appear with their first machine).
-    let _dns = if args.no_dns {
-        None
-    } else {
+    // Internal DNS on the gateway of every network that has machines (bound
+    // ahead of the bridge, which appears with the network's first machine).
+    if !args.no_dns {
         let server = hangar_net::dns::Server::new(
             Arc::new(agent.store().clone()),
             hangar_net::dns::host_resolvers(),
             53,
         );
-        for net in args.network_range.networks() {
-            let gw = std::net::IpAddr::V6(args.network_range.gateway6(net));
-            server
-                .listen(gw)
-                .with_context(|| format!("serving internal DNS on [{gw}]:53"))?;
-        }
-        Some(server)
-    };
+        let range = args.network_range;
+        agent.on_network(Arc::new(move |net| {
+            let gw = std::net::IpAddr::V6(range.gateway6(net));
+            if let Err(e) = server.listen(gw) {
+                tracing::warn!(addr = %gw, error = %e, "cannot serve internal DNS on this network's gateway (another hangard with an overlapping --network-range?)");
+            }
+        }))?;
+    }
 
     let _proxy = if args.proxy_http.0.is_none() && args.proxy_https.0.is_none() {
         None
