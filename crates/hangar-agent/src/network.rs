@@ -29,6 +29,8 @@ pub const MAX_HOSTS: i64 = 253;
 pub struct NetRange {
     a: u8,
     b: u8,
+    c: u8,
+    len: u8,
     first: u8,
     last: u8,
 }
@@ -38,9 +40,17 @@ impl Default for NetRange {
         NetRange {
             a: 10,
             b: 231,
+            c: 0,
+            len: 16,
             first: 1,
             last: 254,
         }
+    }
+}
+
+impl std::fmt::Display for NetRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}.0/{}", self.a, self.b, self.c, self.len)
     }
 }
 
@@ -65,7 +75,14 @@ impl std::str::FromStr for NetRange {
         if first > last {
             return Err(format!("{s:?} holds no usable network"));
         }
-        Ok(NetRange { a, b, first, last })
+        Ok(NetRange {
+            a,
+            b,
+            c,
+            len: len as u8,
+            first,
+            last,
+        })
     }
 }
 
@@ -409,6 +426,7 @@ mod tests {
         assert_eq!(r, NetRange::default());
         let r: NetRange = "10.231.0.0/22".parse().unwrap();
         assert_eq!((r.first, r.last), (1, 3));
+        assert_eq!(r.to_string(), "10.231.0.0/22");
         let r: NetRange = "192.168.7.0/24".parse().unwrap();
         assert_eq!((r.a, r.b, r.first, r.last), (192, 168, 7, 7));
         for bad in [

@@ -33,9 +33,6 @@ pub mod dns;
 /// Where machines find the internal DNS server (Fly's address for it).
 pub const DNS_ADDR: Ipv6Addr = Ipv6Addr::new(0xfdaa, 0, 0, 0, 0, 0, 0, 3);
 
-/// Every machine IPv4 address is inside this /16.
-pub const IPV4_RANGE: &str = "10.231.0.0/16";
-
 /// Bridges are `hangar1` to `hangar254`.
 pub const MAX_BRIDGES: u32 = 254;
 
@@ -244,9 +241,10 @@ pub mod firewall {
 
     /// The rules for this installation. Forwarding between different
     /// hangar bridges (different private networks) is always dropped;
-    /// with `outbound_nat`, machines' IPv4 traffic to the outside is
-    /// masqueraded and the host forwards IPv4.
-    pub fn rules(outbound_nat: bool) -> String {
+    /// DNS to Fly's `fdaa::3` goes to the asker's gateway; with
+    /// `outbound_nat`, machines' IPv4 traffic (from `ipv4_range`) to the
+    /// outside is masqueraded and the host forwards IPv4.
+    pub fn rules(outbound_nat: bool, ipv4_range: &str) -> String {
         // Traffic within one bridge reaches this hook only when the host
         // has br_netfilter loaded, then with the bridge as both ends: let
         // it through, and nothing else between two bridges.
@@ -270,11 +268,23 @@ pub mod firewall {
             ));
         }
         r.push_str("\t}\n");
+        // Fly's DNS address, fdaa::3, answered by the internal DNS server
+        // on the asker's gateway.
+        let gateways = (1..=MAX_BRIDGES)
+            .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" : fdaa:0:{i:x}::1"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        r.push_str(&format!(
+            "\tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tip6 daddr {DNS_ADDR} meta l4proto {{ tcp, udp }} th dport 53 dnat ip6 to iifname map {{ {gateways} }}\n\
+             \t}}\n"
+        ));
         if outbound_nat {
             r.push_str(&format!(
                 "\tchain postrouting {{\n\
                  \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-                 \t\tip saddr {IPV4_RANGE} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
+                 \t\tip saddr {ipv4_range} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
                  \t}}\n"
             ));
         }
@@ -284,8 +294,8 @@ pub mod firewall {
 
     /// Installs the rules (and with outbound NAT, turns IPv4 forwarding
     /// on).
-    pub fn apply(outbound_nat: bool) -> Result<(), NetError> {
-        run("nft", &["-f", "-"], Some(&rules(outbound_nat)))?;
+    pub fn apply(outbound_nat: bool, ipv4_range: &str) -> Result<(), NetError> {
+        run("nft", &["-f", "-"], Some(&rules(outbound_nat, ipv4_range)))?;
         if outbound_nat {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Tool {
                 tool: "sysctl",
@@ -317,11 +327,12 @@ mod tests {
 
     #[test]
     fn rules_isolate_networks_and_nat_only_when_asked() {
-        let off = firewall::rules(false);
+        let off = firewall::rules(false, "10.231.0.0/16");
         assert!(off.contains("\"hangar7\" . \"hangar7\""));
         assert!(!off.contains("masquerade"));
-        let on = firewall::rules(true);
+        let on = firewall::rules(true, "10.231.0.0/16");
         assert!(on.contains("masquerade"));
         assert!(on.contains("ip saddr 10.231.0.0/16"));
+        assert!(off.contains("\"hangar200\" : fdaa:0:c8::1"));
     }
 }

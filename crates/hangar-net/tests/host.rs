@@ -19,7 +19,7 @@ fn firewall_rules_are_valid_nftables() {
                 c.stdin
                     .take()
                     .unwrap()
-                    .write_all(hangar_net::firewall::rules(nat).as_bytes())?;
+                    .write_all(hangar_net::firewall::rules(nat, "10.231.0.0/16").as_bytes())?;
                 c.wait_with_output()
             })
             .unwrap();

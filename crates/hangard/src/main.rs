@@ -203,7 +203,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("setting up the container runtime")?;
 
-    match hangar_net::firewall::apply(!args.no_outbound_nat) {
+    match hangar_net::firewall::apply(!args.no_outbound_nat, &args.network_range.to_string()) {
         Ok(()) if args.no_outbound_nat => {
             tracing::info!("private networks isolated; outbound NAT off")
         }

@@ -140,6 +140,15 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
         body.ends_with(&format!("\r\n\r\nhello-from-{web}\n")),
         "{body:?}"
     );
+    // Fly's DNS address answers too.
+    let (_, fly) = sh(
+        &c,
+        "client",
+        &cli,
+        "nslookup -type=AAAA web.internal fdaa::3",
+    )
+    .await;
+    assert!(fly.contains(&web_ip), "{fly}");
     // By name, through the machine's resolver (the internal DNS server).
     let (code, body) = sh(&c, "client", &cli, &get("web.internal", 5)).await;
     assert_eq!(code, 0, "{body}");
