@@ -636,3 +636,116 @@ async fn a_machine_at_its_limit_spills_to_a_second_one() {
     assert_eq!(busy.await.unwrap(), format!("hello-from-{a}\n"));
     assert_eq!(c.get_machine("web", &b).await.unwrap().state, "started");
 }
+
+/// A server for one upgraded connection, in the network namespace pinned at
+/// `netns` (a machine's), on `port`: it answers the first upgrade request
+/// with 101 and then echoes what it gets.
+fn upgrade_echo_in(netns: &std::path::Path, port: u16) {
+    let ns = std::fs::File::open(netns).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace fd we opened; it changes only this
+        // thread's network namespace.
+        let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(joined, 0);
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        // The proxy probes the port first (connect, close): skip those.
+        let mut s = loop {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            if String::from_utf8_lossy(&head)
+                .to_lowercase()
+                .contains("upgrade: echo")
+            {
+                break s;
+            }
+        };
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    rx.recv().unwrap();
+}
+
+#[tokio::test]
+async fn upgrades_and_http2_pass_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reg = Registry::start().await;
+    reg.push("test/web", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/web:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app("web").await.unwrap();
+    let services = json!([
+        {"internal_port": 8080, "ports": [{"port": 80, "handlers": ["http"]}, {"port": 443, "handlers": ["tls", "http"]}]},
+    ]);
+    web_machine(&c, "web", &image, services).await;
+
+    // HTTP/2 with prior knowledge (h2c) on the plain listener.
+    let tcp = tokio::net::TcpStream::connect(&d.proxy_http).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .uri("http://web.localhost/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"hello-from-"), "{body:?}");
+
+    // An upgraded connection (as WebSockets do) stays open both ways.
+    let upgrade_app = "up";
+    c.create_app(upgrade_app).await.unwrap();
+    let up = web_machine(
+        &c,
+        upgrade_app,
+        &image,
+        json!([{"internal_port": 9000, "ports": [{"port": 80, "handlers": ["http"]}]}]),
+    )
+    .await;
+    upgrade_echo_in(&d.machine_dir(&up).join("netns"), 9000);
+    let mut s = tokio::net::TcpStream::connect(&d.proxy_http).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: up.localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "{head:?}");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in ["first", "second"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg.as_bytes());
+    }
+}
