@@ -21,7 +21,10 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so that tests can pause and advance it.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use hangar_core::services::{self, Autostop, Candidate, Pick, Service};
@@ -866,6 +869,112 @@ fn app_of_host_without_port(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Machines in memory; records stops.
+    struct Fake {
+        backends: Mutex<Vec<Backend>>,
+        stopped: Mutex<Vec<(String, bool)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Machines for Fake {
+        fn apps(&self) -> Vec<String> {
+            vec!["web".into()]
+        }
+        fn backends(&self, _app: &str) -> Arc<Vec<Backend>> {
+            Arc::new(self.backends.lock().unwrap().clone())
+        }
+        async fn start(&self, _app: &str, _id: &str) -> Result<(), String> {
+            Ok(())
+        }
+        async fn stop(&self, _app: &str, id: &str, suspend: bool) -> Result<(), String> {
+            self.stopped.lock().unwrap().push((id.to_owned(), suspend));
+            for b in self.backends.lock().unwrap().iter_mut() {
+                if b.id == id {
+                    b.state = if suspend {
+                        State::Suspended
+                    } else {
+                        State::Stopped
+                    };
+                }
+            }
+            Ok(())
+        }
+        fn dedicated_ips(&self) -> Vec<(String, IpAddr)> {
+            Vec::new()
+        }
+    }
+
+    fn backend(id: &str, autostop: &str) -> Backend {
+        let config = serde_json::json!({"services": [{
+            "internal_port": 8080, "autostop": autostop, "min_machines_running": 1,
+            "ports": [{"port": 80, "handlers": ["http"]}]}]});
+        Backend {
+            id: id.into(),
+            addr: IpAddr::from([10, 0, 0, 1]),
+            state: State::Started,
+            out_of_rotation: false,
+            services: services::services(&config),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_machines_stop_after_the_idle_timeout_keeping_the_minimum() {
+        let fake = Arc::new(Fake {
+            backends: Mutex::new(vec![
+                backend("a", "stop"),
+                backend("b", "stop"),
+                backend("c", "suspend"),
+            ]),
+            stopped: Mutex::new(Vec::new()),
+        });
+        let dir = std::env::temp_dir();
+        let proxy = Proxy::new(
+            Config {
+                http: None,
+                https: None,
+                domain: "localhost".into(),
+                idle_timeout: Duration::from_secs(300),
+                autostop_interval: Duration::from_secs(1),
+                start_timeout: Duration::from_secs(1),
+                tls_cert: dir.join("unused.crt"),
+                tls_key: dir.join("unused.key"),
+                region: "local".into(),
+            },
+            fake.clone(),
+        );
+        // First seen now: idle from here.
+        proxy.autostop_pass().await;
+        tokio::time::advance(Duration::from_secs(200)).await;
+        // Traffic on "b" (a request that ends at once).
+        drop(proxy.add_load("b"));
+        tokio::time::advance(Duration::from_secs(99)).await;
+        proxy.autostop_pass().await;
+        assert!(
+            fake.stopped.lock().unwrap().is_empty(),
+            "stopped before the idle timeout"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        proxy.autostop_pass().await;
+        // "a" and "c" idle for 301 s: both go ("c" suspended); "b", used
+        // 101 s ago, stays, and so does the minimum of one.
+        let mut stopped = fake.stopped.lock().unwrap().clone();
+        stopped.sort();
+        assert_eq!(
+            stopped,
+            vec![("a".to_owned(), false), ("c".to_owned(), true)]
+        );
+        // A busy machine is never stopped, however long it has been busy.
+        let guard = proxy.add_load("b");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        proxy.autostop_pass().await;
+        assert_eq!(fake.stopped.lock().unwrap().len(), 2);
+        drop(guard);
+        // Idle again, but the last started machine: min_machines_running.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        proxy.autostop_pass().await;
+        assert_eq!(fake.stopped.lock().unwrap().len(), 2);
+    }
 
     #[test]
     fn hosts_name_apps() {
