@@ -119,7 +119,10 @@ impl Daemon {
             .arg("--proxy-https")
             .arg(&self.proxy_https)
             .args(&self.extra_args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HANGAR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
