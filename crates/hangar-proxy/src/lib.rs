@@ -187,16 +187,26 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     r
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
+const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+const FLY_FORWARDED_PROTO: HeaderName = HeaderName::from_static("fly-forwarded-proto");
+const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
+const FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
+const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
+
 /// Headers that belong to one connection, never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
@@ -212,8 +222,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        if keep_upgrade && n == "connection" {
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && n == header::CONNECTION {
             continue;
         }
         h.remove(n);
@@ -465,7 +475,7 @@ impl Proxy {
         let mut resp = self.route(req, peer, &ctx, &request_id).await;
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            h.insert("fly-request-id", v);
+            h.insert(FLY_REQUEST_ID, v);
         }
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
         resp
@@ -578,28 +588,28 @@ impl Proxy {
             }
         }
         let client_ip = peer.ip().to_canonical().to_string();
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {client_ip}"),
             None => client_ip.clone(),
         };
-        let set = |h: &mut HeaderMap, name: &'static str, value: &str| {
+        let set = |h: &mut HeaderMap, name: &HeaderName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name, v);
+                h.insert(name.clone(), v);
             }
         };
-        set(h, "x-forwarded-for", &xff);
-        set(h, "x-forwarded-proto", scheme.as_str());
-        set(h, "x-forwarded-port", &port.to_string());
+        set(h, &X_FORWARDED_FOR, &xff);
+        set(h, &X_FORWARDED_PROTO, scheme.as_str());
+        set(h, &X_FORWARDED_PORT, &port.to_string());
         set(
             h,
-            "x-forwarded-ssl",
+            &X_FORWARDED_SSL,
             if scheme == Scheme::Https { "on" } else { "off" },
         );
-        set(h, "fly-client-ip", &client_ip);
-        set(h, "fly-forwarded-proto", scheme.as_str());
-        set(h, "fly-forwarded-port", &port.to_string());
-        set(h, "fly-region", &self.cfg.region);
-        set(h, "fly-request-id", request_id);
+        set(h, &FLY_CLIENT_IP, &client_ip);
+        set(h, &FLY_FORWARDED_PROTO, scheme.as_str());
+        set(h, &FLY_FORWARDED_PORT, &port.to_string());
+        set(h, &FLY_REGION, &self.cfg.region);
+        set(h, &FLY_REQUEST_ID, request_id);
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
 
         let mut resp = match client().request(req).await {
