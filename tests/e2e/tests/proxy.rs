@@ -749,3 +749,61 @@ async fn upgrades_and_http2_pass_through() {
         assert_eq!(got, msg.as_bytes());
     }
 }
+
+#[tokio::test]
+async fn a_service_made_with_the_cli_port_flags_serves_through_the_proxy() {
+    let reg = Registry::start().await;
+    let image = ImageBuilder::busybox()
+        .layer(
+            Layer::new()
+                .dir("www", 0o755)
+                .file("www/index.html", b"made by the cli\n", 0o644),
+        )
+        .build();
+    reg.push("test/web", "v1", &image).await;
+    let image = format!("{}/test/web:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let http = http_client(&d);
+    let (ok, out, err) = d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        "web",
+        "--port",
+        "80:8080/tcp:http",
+        "--port",
+        "443:8080/tcp:http:tls",
+        "--autostop=suspend",
+        "--autostart",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
+    ]);
+    assert!(ok, "{out}{err}");
+    let c = d.client();
+    let m = &c.list_machines("web", &Default::default()).await.unwrap()[0];
+    let services = &m.config.as_ref().unwrap().extra["services"];
+    assert_eq!(services[0]["autostop"], "suspend");
+    assert_eq!(services[1]["ports"][0]["handlers"], json!(["http", "tls"]));
+    let r = get(&d, &http, "web", "/").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "made by the cli\n");
+    // Without services the proxy flags are refused, as Fly says.
+    let (ok, _, err) = d.cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        "web",
+        "--autostop",
+        "--",
+        "true",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--port"), "{err}");
+}
