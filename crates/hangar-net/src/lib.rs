@@ -119,13 +119,22 @@ fn exists(ifname: &str) -> bool {
     Path::new("/sys/class/net").join(ifname).exists()
 }
 
+/// Bridges are made, joined and removed one step at a time (machines of
+/// one network start and go side by side).
+static BRIDGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn bridges_lock() -> std::sync::MutexGuard<'static, ()> {
+    BRIDGES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Makes sure `bridge` exists, is up and has its gateway addresses.
 pub fn ensure_bridge(bridge: &Bridge) -> Result<(), NetError> {
     check_ifname(&bridge.name)?;
-    // Machines of one network start side by side: one at a time here, so
-    // that only one of them makes the bridge.
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = bridges_lock();
+    ensure_bridge_locked(bridge)
+}
+
+fn ensure_bridge_locked(bridge: &Bridge) -> Result<(), NetError> {
     let name = bridge.name.as_str();
     let mut batch = String::new();
     if !exists(name) {
@@ -136,25 +145,6 @@ pub fn ensure_bridge(bridge: &Bridge) -> Result<(), NetError> {
         bridge.gateway4, bridge.prefix4, bridge.gateway6, bridge.prefix6
     ));
     run("ip", &["-batch", "-"], Some(&batch)).map(drop)
-}
-
-/// Makes sure the internal DNS address is on the host's loopback, where
-/// machines reach it through their gateway.
-pub fn ensure_dns_address() -> Result<(), NetError> {
-    run(
-        "ip",
-        &[
-            "-6",
-            "addr",
-            "replace",
-            &format!("{DNS_ADDR}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ],
-        None,
-    )
-    .map(drop)
 }
 
 fn check_ifname(name: &str) -> Result<(), NetError> {
@@ -179,7 +169,9 @@ pub fn link_exists(link: &Link) -> bool {
 /// the gateway. A half-made link is removed and made again.
 pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetError> {
     check_ifname(&link.host_if)?;
-    ensure_bridge(bridge)?;
+    check_ifname(&bridge.name)?;
+    let _guard = bridges_lock();
+    ensure_bridge_locked(bridge)?;
     let ns = netns
         .to_str()
         .ok_or_else(|| NetError::Invalid("namespace path is not UTF-8".into()))?;
@@ -226,11 +218,25 @@ pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetErro
     Ok(())
 }
 
-/// Removes a machine's link (if it is there).
+/// Removes a machine's link (if it is there), and its bridge when that was
+/// the bridge's last link.
 pub fn disconnect(host_if: &str) -> Result<(), NetError> {
     check_ifname(host_if)?;
-    if exists(host_if) {
-        run("ip", &["link", "del", host_if], None)?;
+    let _guard = bridges_lock();
+    if !exists(host_if) {
+        return Ok(());
+    }
+    let bridge = std::fs::read_link(Path::new("/sys/class/net").join(host_if).join("master"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|b| b.starts_with(BRIDGE_PREFIX) && check_ifname(b).is_ok());
+    run("ip", &["link", "del", host_if], None)?;
+    if let Some(bridge) = bridge {
+        let empty = std::fs::read_dir(Path::new("/sys/class/net").join(&bridge).join("brif"))
+            .is_ok_and(|mut ports| ports.next().is_none());
+        if empty {
+            run("ip", &["link", "del", &bridge], None)?;
+        }
     }
     Ok(())
 }

@@ -241,4 +241,14 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
     let _ = again;
     let next = c.list_machines("iso", &Default::default()).await.unwrap();
     assert_eq!(next[0].private_ip, web_ip);
+
+    // The last machine of a network takes its bridge with it.
+    let net: std::net::Ipv6Addr = apart_ip.parse().unwrap();
+    let bridge = format!("/sys/class/net/hangar{}", net.segments()[2]);
+    assert!(std::path::Path::new(&bridge).exists(), "{bridge}");
+    c.destroy_machine("apart", &apart, true).await.unwrap();
+    c.wait_machine("apart", &apart, &["destroyed"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(!std::path::Path::new(&bridge).exists(), "{bridge}");
 }
