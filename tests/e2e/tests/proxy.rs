@@ -314,6 +314,13 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
         }
     })
     .await;
+    let (ok, status, err) = d.cli(&["machine", "status", &bad, "-a", "web"]);
+    assert!(ok, "{err}");
+    assert!(status.contains("Private IP:  fdaa:"), "{status}");
+    assert!(
+        status.contains("servicecheck-00-http-8080") && status.contains("critical"),
+        "{status}"
+    );
     let (ok, table, err) = d.cli(&["checks", "list", "-a", "web"]);
     assert!(ok, "{err}");
     assert!(

@@ -942,6 +942,9 @@ fn print_status(m: &Machine, out: &Output, display_config: bool) -> anyhow::Resu
     println!("Region:      {}", m.region);
     println!("Image:       {image}");
     println!("Instance ID: {}", m.instance_id);
+    if !m.private_ip.is_empty() {
+        println!("Private IP:  {}", m.private_ip);
+    }
     println!("Created:     {}", m.created_at);
     println!("Updated:     {}", m.updated_at);
     if let Some(g) = m.config.as_ref().and_then(|c| c.guest.as_ref()) {
@@ -980,6 +983,24 @@ fn print_status(m: &Machine, out: &Output, display_config: bool) -> anyhow::Resu
         })
         .collect();
     out.table(&["STATE", "EVENT", "SOURCE", "TIMESTAMP", "INFO"], rows);
+    if let Some(checks) = m.checks.as_ref().filter(|c| !c.is_empty()) {
+        println!();
+        println!("Checks");
+        out.table(
+            &["NAME", "STATUS", "LAST UPDATED", "OUTPUT"],
+            checks
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.status.clone(),
+                        c.updated_at.clone(),
+                        c.output.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
     if display_config {
         println!();
         println!("Config:");
