@@ -228,6 +228,7 @@ impl Proxy {
                     scheme,
                     port,
                     app: Some(Arc::clone(&app)),
+                    upstream: Default::default(),
                 };
                 if !tls {
                     if http {

@@ -156,6 +156,61 @@ struct Ctx {
     scheme: Scheme,
     port: u16,
     app: Option<Arc<str>>,
+    /// The connection's own HTTP/1 connection to the machine it last
+    /// talked to (kept alive while requests keep going there).
+    upstream: Upstream,
+}
+
+/// An HTTP/1 connection to a machine: its address and the sender.
+type UpstreamConn = (
+    SocketAddr,
+    hyper::client::conn::http1::SendRequest<Incoming>,
+);
+
+/// See [`Ctx::upstream`].
+#[derive(Clone, Default)]
+struct Upstream(Arc<tokio::sync::Mutex<Option<UpstreamConn>>>);
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstream")
+    }
+}
+
+impl Upstream {
+    /// Sends `req` (origin-form URI) to `target` over this connection's
+    /// upstream connection, made (again) when it points elsewhere or went
+    /// away.
+    async fn send(
+        &self,
+        target: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, String> {
+        let mut slot = self.0.lock().await;
+        if let Some((t, s)) = slot.as_mut() {
+            if *t == target && s.ready().await.is_ok() {
+                return s.send_request(req).await.map_err(|e| e.to_string());
+            }
+        }
+        *slot = None;
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let r = s.send_request(req).await.map_err(|e| e.to_string());
+        *slot = Some((target, s));
+        r
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,6 +452,7 @@ impl Proxy {
                                 scheme: Scheme::Http,
                                 port: 80,
                                 app: None,
+                                upstream: Upstream::default(),
                             },
                         )
                         .await
@@ -413,6 +469,7 @@ impl Proxy {
                                         scheme: Scheme::Https,
                                         port: 443,
                                         app: None,
+                                        upstream: Upstream::default(),
                                     },
                                 )
                                 .await
@@ -432,6 +489,10 @@ impl Proxy {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let ctx = Ctx {
+            upstream: Upstream::default(),
+            ..ctx
+        };
         let svc = hyper::service::service_fn(move |req| {
             let me = Arc::clone(&self);
             let ctx = ctx.clone();
@@ -574,7 +635,14 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
-        let uri: Uri = match format!("http://{target}{path}").parse() {
+        // HTTP/1 requests go over the client connection's own upstream
+        // connection; HTTP/2 streams and upgrades through the pool.
+        let sticky = !upgrade && req.version() != http::Version::HTTP_2;
+        let uri: Uri = match if sticky {
+            path.parse()
+        } else {
+            format!("http://{target}{path}").parse()
+        } {
             Ok(u) => u,
             Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target"),
         };
@@ -612,7 +680,12 @@ impl Proxy {
         set(h, &FLY_REQUEST_ID, request_id);
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
 
-        let mut resp = match client().request(req).await {
+        let sent = if sticky {
+            ctx.upstream.send(target, req).await
+        } else {
+            client().request(req).await.map_err(|e| e.to_string())
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 self.ready
