@@ -64,6 +64,8 @@ pub struct CheckResult {
 struct MachineChecks {
     /// The machine version the checks belong to.
     instance: String,
+    /// Where the checks go (none: the machine has no address).
+    ip: Option<IpAddr>,
     defs: Vec<CheckDef>,
     results: Vec<CheckResult>,
     next_due: Vec<Instant>,
@@ -76,6 +78,9 @@ pub(crate) struct Checks {
     machines: Mutex<HashMap<String, MachineChecks>>,
     /// Bumped whenever a machine's standing changes.
     generation: std::sync::atomic::AtomicU64,
+    /// The state store's change counter (plus one) when the started
+    /// machines were last read: they are read again only after a change.
+    read_at: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -127,12 +132,30 @@ impl Agent {
 
 fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
     let now = Instant::now();
-    let started: Vec<_> = shared
-        .store
-        .live_machines()?
-        .into_iter()
-        .filter(|m| m.core.state == MachineState::Started)
-        .collect();
+    // Stored plus one, so that the first tick (0 stored) always reads.
+    let version = shared.store.changes().wrapping_add(1);
+    let changed = shared
+        .checks
+        .read_at
+        .swap(version, std::sync::atomic::Ordering::AcqRel)
+        != version;
+    // The started machines are read again only when something changed.
+    let started = if changed {
+        let live = shared.store.live_machines().inspect_err(|_| {
+            // Read again next time.
+            shared
+                .checks
+                .read_at
+                .store(0, std::sync::atomic::Ordering::Release);
+        })?;
+        Some(
+            live.into_iter()
+                .filter(|m| m.core.state == MachineState::Started)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        None
+    };
     let mut due = Vec::new();
     {
         let mut map = shared
@@ -140,25 +163,36 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
             .machines
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let before = map.len();
-        map.retain(|id, _| started.iter().any(|m| m.id.as_str() == id));
-        if map.len() != before {
-            shared
-                .checks
-                .generation
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
-        for m in &started {
-            let id = m.id.to_string();
-            let fresh = map.get(&id).is_none_or(|c| c.instance != m.instance_id);
-            if fresh {
+        if let Some(started) = &started {
+            let before = map.len();
+            map.retain(|id, _| started.iter().any(|m| m.id.as_str() == id));
+            if map.len() != before {
+                shared
+                    .checks
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            for m in started {
+                let id = m.id.to_string();
+                if map.get(&id).is_some_and(|c| c.instance == m.instance_id) {
+                    continue;
+                }
                 let config = serde_json::to_value(&m.config).unwrap_or_default();
                 let defs = hangar_core::checks::checks(&config);
+                let ip = if defs.is_empty() {
+                    None
+                } else {
+                    shared
+                        .store
+                        .address_of(m.id.as_str(), &shared.network_range)?
+                        .map(|a| IpAddr::V4(a.ipv4()))
+                };
                 let stamp = crate::store::now_rfc3339();
                 map.insert(
-                    id.clone(),
+                    id,
                     MachineChecks {
                         instance: m.instance_id.clone(),
+                        ip,
                         results: defs
                             .iter()
                             .map(|d| CheckResult {
@@ -175,26 +209,13 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
                     },
                 );
             }
-            let Some(mc) = map.get_mut(&id) else { continue };
-            if mc.defs.is_empty() {
-                continue;
-            }
-            let Some(addr) = shared
-                .store
-                .address_of(m.id.as_str(), &shared.network_range)?
-            else {
-                continue;
-            };
+        }
+        for (id, mc) in map.iter_mut() {
+            let Some(ip) = mc.ip else { continue };
             for i in 0..mc.defs.len() {
                 if !mc.running[i] && now >= mc.next_due[i] {
                     mc.running[i] = true;
-                    due.push((
-                        id.clone(),
-                        mc.instance.clone(),
-                        i,
-                        mc.defs[i].clone(),
-                        IpAddr::V4(addr.ipv4()),
-                    ));
+                    due.push((id.clone(), mc.instance.clone(), i, mc.defs[i].clone(), ip));
                 }
             }
         }
@@ -237,6 +258,29 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
     Ok(())
 }
 
+/// The client for HTTP checks (one that verifies certificates, one that
+/// does not), made once: building one loads the root certificates.
+fn http_client(skip_verify: bool) -> Result<reqwest::Client, String> {
+    static CLIENTS: std::sync::OnceLock<Result<[reqwest::Client; 2], String>> =
+        std::sync::OnceLock::new();
+    let clients = CLIENTS.get_or_init(|| {
+        let build = |skip| {
+            reqwest::Client::builder()
+                // Every check opens a connection of its own, as a client would.
+                .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none())
+                .tls_danger_accept_invalid_certs(skip)
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        Ok([build(false)?, build(true)?])
+    });
+    clients
+        .as_ref()
+        .map(|c| c[usize::from(skip_verify)].clone())
+        .map_err(Clone::clone)
+}
+
 /// Runs one check: whether it passed, and what to report.
 async fn probe(def: &CheckDef, ip: IpAddr) -> (bool, String) {
     let target = SocketAddr::new(ip, def.port);
@@ -260,19 +304,14 @@ async fn probe(def: &CheckDef, ip: IpAddr) -> (bool, String) {
         } => {
             let scheme = if *https { "https" } else { "http" };
             let url = format!("{scheme}://{target}{path}");
-            let client = match reqwest::Client::builder()
-                .timeout(def.timeout)
-                .redirect(reqwest::redirect::Policy::none())
-                .tls_danger_accept_invalid_certs(*tls_skip_verify)
-                .build()
-            {
+            let client = match http_client(*tls_skip_verify) {
                 Ok(c) => c,
                 Err(e) => return (false, format!("{method} {url}: {e}")),
             };
             let Ok(m) = reqwest::Method::from_bytes(method.as_bytes()) else {
                 return (false, format!("invalid method {method}"));
             };
-            let mut req = client.request(m, &url);
+            let mut req = client.request(m, &url).timeout(def.timeout);
             for (k, v) in headers {
                 req = req.header(k.as_str(), v.as_str());
             }

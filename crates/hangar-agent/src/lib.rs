@@ -92,6 +92,24 @@ pub struct AgentConfig {
     pub shared_ip: Option<std::net::IpAddr>,
 }
 
+impl AgentConfig {
+    /// A configuration for `data_dir` with the defaults: region `local`,
+    /// real-time schedules, the secrets key in the data dir, no DNS in
+    /// resolv.conf, the default network range, no public addresses.
+    pub fn new(data_dir: impl Into<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            data_dir: data_dir.into(),
+            region: "local".into(),
+            schedule_time_scale: 1,
+            secrets_key_file: None,
+            dns: false,
+            network_range: network::NetRange::default(),
+            ip_pool: None,
+            shared_ip: None,
+        }
+    }
+}
+
 /// See [`Agent::on_network`].
 pub type NetworkHook = Arc<dyn Fn(u8) + Send + Sync>;
 

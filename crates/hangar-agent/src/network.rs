@@ -87,11 +87,6 @@ impl std::str::FromStr for NetRange {
 }
 
 impl NetRange {
-    /// The networks (third octets) of the range.
-    pub fn networks(&self) -> impl Iterator<Item = u8> + use<> {
-        self.first..=self.last
-    }
-
     /// The gateway (bridge) address of network `net`, IPv6: where its
     /// machines find the internal DNS server.
     pub fn gateway6(&self, net: u8) -> Ipv6Addr {

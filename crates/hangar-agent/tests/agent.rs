@@ -27,16 +27,7 @@ async fn env() -> Env {
 
 async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
     Agent::open(
-        AgentConfig {
-            data_dir: dir.path().to_owned(),
-            region: "local".into(),
-            schedule_time_scale: 1,
-            secrets_key_file: None,
-            dns: false,
-            network_range: Default::default(),
-            ip_pool: None,
-            shared_ip: None,
-        },
+        AgentConfig::new(dir.path()),
         rt.clone(),
         Arc::new(FakeImages),
     )

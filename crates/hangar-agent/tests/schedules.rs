@@ -16,14 +16,8 @@ const HOUR: Duration = Duration::from_millis(200);
 async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
     Agent::open(
         AgentConfig {
-            data_dir: dir.path().to_owned(),
-            region: "local".into(),
             schedule_time_scale: SCALE,
-            secrets_key_file: None,
-            dns: false,
-            network_range: Default::default(),
-            ip_pool: None,
-            shared_ip: None,
+            ..AgentConfig::new(dir.path())
         },
         rt.clone(),
         Arc::new(FakeImages),
@@ -350,14 +344,8 @@ async fn volume_backups_run_daily_and_expire() {
     let rt = Arc::new(FakeRuntime::new());
     let agent = Agent::open(
         AgentConfig {
-            data_dir: dir.path().to_owned(),
-            region: "local".into(),
             schedule_time_scale: 86_400_000,
-            secrets_key_file: None,
-            dns: false,
-            network_range: Default::default(),
-            ip_pool: None,
-            shared_ip: None,
+            ..AgentConfig::new(dir.path())
         },
         rt.clone(),
         Arc::new(FakeImages),

@@ -118,14 +118,9 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let agent = Agent::open(
             AgentConfig {
-                data_dir: dir.path().to_owned(),
-                region: "local".into(),
-                schedule_time_scale: 1,
-                secrets_key_file: None,
-                dns: false,
-                network_range: Default::default(),
                 ip_pool: Some("127.0.1.0/30".parse().unwrap()),
                 shared_ip: Some("127.0.0.1".parse().unwrap()),
+                ..AgentConfig::new(dir.path())
             },
             Arc::new(FakeRuntime::new()),
             Arc::new(FakeImages),

@@ -251,16 +251,7 @@ fn request(ids: Vec<String>) -> impl Strategy<Value = Req> {
 
 fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, runtime: Arc<FakeRuntime>) -> Agent {
     rt.block_on(Agent::open(
-        AgentConfig {
-            data_dir: dir.to_owned(),
-            region: "local".into(),
-            schedule_time_scale: 1,
-            secrets_key_file: None,
-            dns: false,
-            network_range: Default::default(),
-            ip_pool: None,
-            shared_ip: None,
-        },
+        AgentConfig::new(dir),
         runtime,
         Arc::new(FakeImages),
     ))

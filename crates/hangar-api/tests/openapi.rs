@@ -83,16 +83,7 @@ fn document_describes_every_operation() {
 async fn served_at_openapi_json() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::open(
-        AgentConfig {
-            data_dir: dir.path().to_owned(),
-            region: "local".into(),
-            schedule_time_scale: 1,
-            secrets_key_file: None,
-            dns: false,
-            network_range: Default::default(),
-            ip_pool: None,
-            shared_ip: None,
-        },
+        AgentConfig::new(dir.path()),
         Arc::new(FakeRuntime::new()),
         Arc::new(FakeImages),
     )

@@ -157,10 +157,16 @@ fn check_ifname(name: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Whether the machine link `link` is in place (its host end exists; the
-/// other end lives and dies with the namespace).
-pub fn link_exists(link: &Link) -> bool {
-    exists(&link.host_if)
+/// Whether the machine link `link` is in place on `bridge`: its host end
+/// exists and is a port of the bridge (the other end lives and dies with
+/// the namespace). Reads sysfs only, no tool runs.
+pub fn is_connected(link: &Link, bridge: &Bridge) -> bool {
+    std::fs::read_link(
+        Path::new("/sys/class/net")
+            .join(&link.host_if)
+            .join("master"),
+    )
+    .is_ok_and(|m| m.file_name().is_some_and(|n| *n == *bridge.name))
 }
 
 /// Wires the network namespace pinned at `netns` to `bridge`: a veth pair

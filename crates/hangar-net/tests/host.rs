@@ -67,7 +67,7 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
         address6: "fdaa:0:fa::2".parse().unwrap(),
     };
     hangar_net::connect(&ns, &bridge, &link).unwrap();
-    assert!(hangar_net::link_exists(&link));
+    assert!(hangar_net::is_connected(&link, &bridge));
     // Done twice (a crash between the steps), it ends the same.
     hangar_net::connect(&ns, &bridge, &link).unwrap();
     let addrs = in_ns(&ns, &["ip", "-o", "addr", "show", "dev", "eth0"]);
@@ -81,7 +81,7 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     assert!(ping.status.success(), "{ping:?}");
 
     hangar_net::disconnect(&link.host_if).unwrap();
-    assert!(!hangar_net::link_exists(&link));
+    assert!(!hangar_net::is_connected(&link, &bridge));
     // Its last link gone, the bridge goes too.
     assert!(!std::path::Path::new("/sys/class/net/hangar250").exists());
     hangar_net::disconnect(&link.host_if).unwrap();

@@ -428,12 +428,10 @@ impl OciRuntime {
         };
         let marker = self.dir(id).join("state/network");
         let want = format!("{bridge:?} {link:?}");
-        if hangar_net::link_exists(&link)
+        if hangar_net::is_connected(&link, &bridge)
             && std::fs::read_to_string(&marker).is_ok_and(|have| have == want)
         {
-            // The bridge may be gone (deleted by hand, host networking
-            // reset) while the machine's link was kept: make it again.
-            return hangar_net::ensure_bridge(&bridge).map_err(io::Error::other);
+            return Ok(());
         }
         let _ = std::fs::remove_file(&marker);
         hangar_net::connect(netns_path, &bridge, &link).map_err(io::Error::other)?;

@@ -17,14 +17,9 @@ use serde_json::{Value, json};
 
 const CGI: &str = "#!/bin/sh\necho 'Content-Type: text/plain'\necho\nenv | sort\n";
 
-async fn web_machine(c: &Client, app: &str, image: &str, services: Value) -> String {
-    let config: MachineConfig = serde_json::from_value(json!({
-        "image": image,
-        "init": {"cmd": ["/bin/sh", "-c",
-            "echo hello-from-$FLY_MACHINE_ID > /www/index.html && exec httpd -f -p 8080 -h /www"]},
-        "services": services,
-    }))
-    .unwrap();
+/// Creates a machine with `config` and returns its id once it is started.
+async fn launch(c: &Client, app: &str, config: Value) -> String {
+    let config: MachineConfig = serde_json::from_value(config).unwrap();
     let m = c
         .create_machine(
             app,
@@ -39,6 +34,16 @@ async fn web_machine(c: &Client, app: &str, image: &str, services: Value) -> Str
         .await
         .unwrap();
     m.id
+}
+
+async fn web_machine(c: &Client, app: &str, image: &str, services: Value) -> String {
+    let config = json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c",
+            "echo hello-from-$FLY_MACHINE_ID > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+        "services": services,
+    });
+    launch(c, app, config).await
 }
 
 fn http_client(d: &Daemon) -> reqwest::Client {
@@ -252,7 +257,7 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
         let image = image.clone();
         async move {
             let marker = if healthy { "touch /www/healthz; " } else { "" };
-            let config: MachineConfig = serde_json::from_value(json!({
+            let config = json!({
                 "image": image,
                 "init": {"cmd": ["/bin/sh", "-c", format!(
                     "mkdir -p /www; {marker}echo hello-from-$FLY_MACHINE_ID > /www/index.html; \
@@ -261,22 +266,8 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
                     "ports": [{"port": 80, "handlers": ["http"]}],
                     "checks": [{"type": "http", "path": "/healthz", "interval": "300ms", "timeout": "1s"}]}],
                 "checks": {"alive": {"type": "tcp", "port": 8080, "interval": "300ms"}},
-            }))
-            .unwrap();
-            let m = c
-                .create_machine(
-                    "web",
-                    &CreateMachineRequest {
-                        config: Some(config),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
-            c.wait_machine("web", &m.id, &["started"], Duration::from_secs(30))
-                .await
-                .unwrap();
-            m.id
+            });
+            launch(&c, "web", config).await
         }
     };
     let good = make(true).await;
@@ -411,7 +402,10 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
         nc -ll -p 7000 -e /bin/cat & \
         nc -ll -p 7001 -e /bin/sh -c 'read l; echo \"got: $l\"' & \
         wait";
-    let config: MachineConfig = serde_json::from_value(json!({
+    let id = launch(
+        &c,
+        "tcp",
+        json!({
         "image": image,
         "init": {"cmd": ["/bin/sh", "-c", cmd]},
         "services": [
@@ -420,21 +414,9 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
             {"protocol": "tcp", "internal_port": 8080, "ports": [{"port": 8080, "handlers": ["http"]}]},
             {"protocol": "udp", "internal_port": 7002, "ports": [{"port": 7002}]},
         ],
-    }))
-    .unwrap();
-    let m = c
-        .create_machine(
-            "tcp",
-            &CreateMachineRequest {
-                config: Some(config),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    c.wait_machine("tcp", &m.id, &["started"], Duration::from_secs(30))
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
 
     // Raw TCP (the listener appears within a reconcile pass).
     let echo = hangar_test_utils::wait_until(Duration::from_secs(10), "the TCP echo", || {
@@ -462,7 +444,7 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
         .text()
         .await
         .unwrap();
-    assert_eq!(body, format!("hello-from-{}\n", m.id));
+    assert_eq!(body, format!("hello-from-{id}\n"));
     // TLS ends in the proxy; the machine gets the plain stream.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -478,7 +460,7 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
         assert_eq!(&buf, b"secret\n");
     }
     // UDP.
-    udp_echo_in(&d.machine_dir(&m.id).join("netns"), 7002);
+    udp_echo_in(&d.machine_dir(&id).join("netns"), 7002);
     let u = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     u.send_to(b"datagram", format!("{ip}:7002")).await.unwrap();
     let mut buf = [0u8; 64];
@@ -489,15 +471,15 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
     assert_eq!(&buf[..n], b"datagram");
 
     // A stopped machine with autostart starts for a raw connection.
-    c.stop_machine("tcp", &m.id, None, None).await.unwrap();
-    c.wait_machine("tcp", &m.id, &["stopped"], Duration::from_secs(30))
+    c.stop_machine("tcp", &id, None, None).await.unwrap();
+    c.wait_machine("tcp", &id, &["stopped"], Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(
         tcp_roundtrip(&format!("{ip}:7000"), "again\n").await,
         "again\n"
     );
-    assert_eq!(c.get_machine("tcp", &m.id).await.unwrap().state, "started");
+    assert_eq!(c.get_machine("tcp", &id).await.unwrap().state, "started");
 
     // Released: the listeners close.
     let (ok, _, err) = d.cli(&["ips", "release", &ip, "-a", "tcp"]);
