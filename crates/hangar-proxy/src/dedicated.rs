@@ -20,12 +20,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hangar_core::services::{Protocol, Service};
+use hangar_core::services::{LoadKind, Protocol, Service};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::{Backend, Ctx, Proxy, Scheme};
+use crate::{Backend, Counts, Ctx, Proxy, Scheme};
 
 /// How often listeners are brought in line with the state.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
@@ -280,14 +280,15 @@ impl Proxy {
     {
         let owned = self.backends_on(app, port, Protocol::Tcp);
         let backends = owned.iter().map(|(b, s)| (b, s)).collect();
-        let (backend, svc) = match self.choose(app, backends).await {
+        // A raw TCP connection is a connection, whatever the service says.
+        let (backend, svc) = match self.choose(app, backends, LoadKind::Connections).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(app, port, error = %e, "no machine for a TCP connection");
                 return;
             }
         };
-        let _guard = self.add_load(&backend.id);
+        let _guard = self.add_load(&backend.id, Counts::Both);
         let target = SocketAddr::new(backend.addr, svc.internal_port);
         let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
             tracing::debug!(app, %target, "machine refused a relayed connection");
@@ -325,7 +326,10 @@ impl Proxy {
                 None => {
                     let owned = self.backends_on(&app, port, Protocol::Udp);
                     let backends = owned.iter().map(|(b, s)| (b, s)).collect();
-                    let Ok((backend, svc)) = self.choose_with(&app, backends, false).await else {
+                    let Ok((backend, svc)) = self
+                        .choose_with(&app, backends, LoadKind::Connections, false)
+                        .await
+                    else {
                         continue;
                     };
                     let target = SocketAddr::new(backend.addr, svc.internal_port);

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use hangar_core::services::{self, Autostop, Candidate, Pick, Service};
+use hangar_core::services::{self, Autostop, Candidate, LoadKind, Pick, Service};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -129,8 +129,52 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// Load the proxy puts on a machine.
 #[derive(Debug)]
 struct Load {
+    /// Traffic: HTTP requests in flight and raw TCP connections open. A
+    /// machine with any is busy (never stopped for idleness), and it is
+    /// the load of `requests` services.
     in_flight: u32,
+    /// Client connections bound to the machine: HTTP connections of
+    /// `connections` services and raw TCP connections. The load of
+    /// `connections` services.
+    conns: u32,
     last_active: Instant,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            in_flight: 0,
+            conns: 0,
+            last_active: Instant::now(),
+        }
+    }
+
+    fn of(&self, kind: LoadKind) -> u32 {
+        match kind {
+            LoadKind::Requests => self.in_flight,
+            LoadKind::Connections => self.conns,
+        }
+    }
+}
+
+/// What a [`LoadGuard`] counts while it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counts {
+    /// An HTTP request.
+    Request,
+    /// A client connection bound to a machine (HTTP).
+    Connection,
+    /// A raw TCP connection: traffic and a connection.
+    Both,
+}
+
+impl Counts {
+    fn request(self) -> bool {
+        matches!(self, Counts::Request | Counts::Both)
+    }
+    fn connection(self) -> bool {
+        matches!(self, Counts::Connection | Counts::Both)
+    }
 }
 
 /// The proxy. Cheap to share.
@@ -169,7 +213,13 @@ type UpstreamConn = (
 
 /// See [`Ctx::upstream`].
 #[derive(Clone, Default)]
-struct Upstream(Arc<tokio::sync::Mutex<Option<UpstreamConn>>>);
+struct Upstream {
+    conn: Arc<tokio::sync::Mutex<Option<UpstreamConn>>>,
+    /// For `connections` services: the machine this client connection is
+    /// bound to (its requests all go there while it takes traffic),
+    /// counted in that machine's load until the connection ends.
+    bound: Arc<Mutex<Option<LoadGuard>>>,
+}
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,7 +236,7 @@ impl Upstream {
         target: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, String> {
-        let mut slot = self.0.lock().await;
+        let mut slot = self.conn.lock().await;
         if let Some((t, s)) = slot.as_mut() {
             if *t == target && s.ready().await.is_ok() {
                 return s.send_request(req).await.map_err(|e| e.to_string());
@@ -210,6 +260,28 @@ impl Upstream {
         let r = s.send_request(req).await.map_err(|e| e.to_string());
         *slot = Some((target, s));
         r
+    }
+}
+
+impl Upstream {
+    /// The machine (and service) among `backends` this connection is bound
+    /// to, while it can take traffic.
+    fn bound_in<'a>(
+        &self,
+        backends: &[(&'a Backend, &'a Service)],
+    ) -> Option<(&'a Backend, &'a Service)> {
+        let bound = self.bound.lock().unwrap_or_else(|p| p.into_inner());
+        let id = &bound.as_ref()?.id;
+        backends
+            .iter()
+            .find(|(b, _)| b.id == *id && b.state == State::Started && !b.out_of_rotation)
+            .copied()
+    }
+
+    /// Binds this connection to the machine `guard` counts it on (and
+    /// unbinds it from the previous one).
+    fn bind(&self, guard: LoadGuard) {
+        *self.bound.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
     }
 }
 
@@ -331,18 +403,25 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Decrements a machine's load when the response (body included) is done.
+/// Takes back what it added to a machine's load when the request (body
+/// included) or the connection is done.
 struct LoadGuard {
     proxy: Arc<Proxy>,
     id: String,
+    counts: Counts,
 }
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         let mut loads = self.proxy.loads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = loads.get_mut(&self.id) {
-            l.in_flight = l.in_flight.saturating_sub(1);
-            l.last_active = Instant::now();
+            if self.counts.request() {
+                l.in_flight = l.in_flight.saturating_sub(1);
+                l.last_active = Instant::now();
+            }
+            if self.counts.connection() {
+                l.conns = l.conns.saturating_sub(1);
+            }
         }
     }
 }
@@ -504,25 +583,28 @@ impl Proxy {
         }
     }
 
-    fn load(&self, id: &str) -> u32 {
+    fn load(&self, id: &str, kind: LoadKind) -> u32 {
         self.loads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .map_or(0, |l| l.in_flight)
+            .map_or(0, |l| l.of(kind))
     }
 
-    fn add_load(self: &Arc<Self>, id: &str) -> LoadGuard {
+    fn add_load(self: &Arc<Self>, id: &str, counts: Counts) -> LoadGuard {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        let l = loads.entry(id.to_owned()).or_insert(Load {
-            in_flight: 0,
-            last_active: Instant::now(),
-        });
-        l.in_flight += 1;
-        l.last_active = Instant::now();
+        let l = loads.entry(id.to_owned()).or_insert_with(Load::new);
+        if counts.request() {
+            l.in_flight += 1;
+            l.last_active = Instant::now();
+        }
+        if counts.connection() {
+            l.conns += 1;
+        }
         LoadGuard {
             proxy: Arc::clone(self),
             id: id.to_owned(),
+            counts,
         }
     }
 
@@ -617,17 +699,33 @@ impl Proxy {
             return r;
         }
 
-        let (backend, svc) = match self
-            .choose(&app, backends.iter().map(|(b, s, _)| (*b, *s)).collect())
-            .await
-        {
-            Ok(x) => x,
-            Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
+        // `requests` services: every request goes to the machine the
+        // rules pick. `connections` services: a client connection is bound
+        // to one machine, and counts on it, for as long as it lasts.
+        let members: Vec<(&Backend, &Service)> =
+            backends.iter().map(|(b, s, _)| (*b, *s)).collect();
+        let kind = members[0].1.concurrency.kind;
+        let bound = match kind {
+            LoadKind::Connections => ctx.upstream.bound_in(&members),
+            LoadKind::Requests => None,
+        };
+        let (backend, svc) = match bound {
+            Some(x) => x,
+            None => match self.choose(&app, members, kind).await {
+                Ok(x) => {
+                    if kind == LoadKind::Connections {
+                        ctx.upstream
+                            .bind(self.add_load(&x.0.id, Counts::Connection));
+                    }
+                    x
+                }
+                Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
+            },
         };
         let target = SocketAddr::new(backend.addr, svc.internal_port);
 
         // Forward.
-        let guard = self.add_load(&backend.id);
+        let guard = self.add_load(&backend.id, Counts::Request);
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let path = req
@@ -730,12 +828,14 @@ impl Proxy {
     /// Picks the machine for a request or connection among `backends` (with
     /// the service that matched), starting one when the rules say so, and
     /// returns once it accepts connections.
+    /// Loads are weighed as `kind` says.
     async fn choose<'a>(
         &self,
         app: &str,
         backends: Vec<(&'a Backend, &'a Service)>,
+        kind: LoadKind,
     ) -> Result<(&'a Backend, &'a Service), String> {
-        self.choose_with(app, backends, true).await
+        self.choose_with(app, backends, kind, true).await
     }
 
     /// [`Proxy::choose`]; `tcp` false skips waiting for a TCP listener
@@ -744,6 +844,7 @@ impl Proxy {
         &self,
         app: &str,
         backends: Vec<(&'a Backend, &'a Service)>,
+        kind: LoadKind,
         tcp: bool,
     ) -> Result<(&'a Backend, &'a Service), String> {
         let Some(limits) = backends.first().map(|(_, s)| s.concurrency) else {
@@ -757,7 +858,7 @@ impl Proxy {
                 started: b.state == State::Started,
                 startable: matches!(b.state, State::Stopped | State::Suspended) && s.autostart,
                 out_of_rotation: b.out_of_rotation,
-                load: self.load(&b.id),
+                load: self.load(&b.id, kind),
             })
             .collect();
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -902,10 +1003,7 @@ impl Proxy {
                         .enumerate()
                         .filter(|(_, (b, _))| b.state == State::Started)
                         .map(|(index, (b, _))| {
-                            let l = loads.entry(b.id.clone()).or_insert(Load {
-                                in_flight: 0,
-                                last_active: now,
-                            });
+                            let l = loads.entry(b.id.clone()).or_insert_with(Load::new);
                             services::Running {
                                 index,
                                 load: l.in_flight,
@@ -1030,7 +1128,7 @@ mod tests {
         proxy.autostop_pass().await;
         tokio::time::advance(Duration::from_secs(200)).await;
         // Traffic on "b" (a request that ends at once).
-        drop(proxy.add_load("b"));
+        drop(proxy.add_load("b", Counts::Request));
         tokio::time::advance(Duration::from_secs(99)).await;
         proxy.autostop_pass().await;
         assert!(
@@ -1048,15 +1146,30 @@ mod tests {
             vec![("a".to_owned(), false), ("c".to_owned(), true)]
         );
         // A busy machine is never stopped, however long it has been busy.
-        let guard = proxy.add_load("b");
+        let guard = proxy.add_load("b", Counts::Request);
         tokio::time::advance(Duration::from_secs(3600)).await;
         proxy.autostop_pass().await;
         assert_eq!(fake.stopped.lock().unwrap().len(), 2);
         drop(guard);
+        // An idle kept-alive connection is load for `connections` balancing,
+        // not traffic: it does not keep its machine from stopping.
+        let conn = proxy.add_load("b", Counts::Connection);
+        assert_eq!(proxy.load("b", LoadKind::Connections), 1);
+        assert_eq!(proxy.load("b", LoadKind::Requests), 0);
+        fake.backends.lock().unwrap()[0].state = State::Started;
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        proxy.autostop_pass().await;
+        assert_eq!(
+            fake.stopped.lock().unwrap().last(),
+            Some(&("b".to_owned(), false)),
+            "idle with a connection"
+        );
+        drop(conn);
+        assert_eq!(proxy.load("b", LoadKind::Connections), 0);
         // Idle again, but the last started machine: min_machines_running.
         tokio::time::advance(Duration::from_secs(3600)).await;
         proxy.autostop_pass().await;
-        assert_eq!(fake.stopped.lock().unwrap().len(), 2);
+        assert_eq!(fake.stopped.lock().unwrap().len(), 3);
     }
 
     #[test]

@@ -250,7 +250,6 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
     let image = format!("{}/test/web:v1", reg.addr);
     let d = Daemon::with_registry(&reg.addr).await;
     let c = d.client();
-    let http = http_client(&d);
     c.create_app("web").await.unwrap();
     let make = |healthy: bool| {
         let c = c.clone();
@@ -320,7 +319,13 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
     );
     assert!(table.contains("404"), "{table}");
 
-    // Every request goes to the healthy machine.
+    // Every connection goes to the healthy machine (a new connection per
+    // request: the service counts connections, and a kept-alive one stays
+    // with its machine).
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     for _ in 0..10 {
         let body = get(&d, &http, "web", "/").await.text().await.unwrap();
         assert_eq!(body, format!("hello-from-{good}\n"));
@@ -624,6 +629,91 @@ async fn a_machine_at_its_limit_spills_to_a_second_one() {
     assert_eq!(second, format!("hello-from-{b}\n"));
     assert_eq!(busy.await.unwrap(), format!("hello-from-{a}\n"));
     assert_eq!(c.get_machine("web", &b).await.unwrap().state, "started");
+}
+
+/// An HTTP/1.1 keep-alive connection to the proxy.
+async fn keep_alive(
+    d: &Daemon,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(&d.proxy_http).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// A request on `conn`: the status and the body.
+async fn ask(
+    conn: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) -> (u16, String) {
+    use http_body_util::BodyExt;
+    conn.ready().await.unwrap();
+    let req = hyper::Request::builder()
+        .uri("/")
+        .header("host", "web.localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = conn.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn connections_services_count_client_connections() {
+    let reg = Registry::start().await;
+    reg.push("test/web", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/web:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app("web").await.unwrap();
+    // One connection per machine at most (Fly's default type).
+    let services = json!([{
+        "internal_port": 8080,
+        "concurrency": {"type": "connections", "soft_limit": 1, "hard_limit": 1},
+        "ports": [{"port": 80, "handlers": ["http"]}],
+    }]);
+    let a = web_machine(&c, "web", &image, services.clone()).await;
+    let b = web_machine(&c, "web", &image, services).await;
+    let hello = |id: &str| format!("hello-from-{id}\n");
+
+    // An idle keep-alive connection holds its machine: the next connection
+    // goes to the other one, although no request is in flight.
+    let mut first = keep_alive(&d).await;
+    let (status, one) = ask(&mut first).await;
+    assert_eq!(status, 200);
+    let mut second = keep_alive(&d).await;
+    let (status, two) = ask(&mut second).await;
+    assert_eq!(status, 200);
+    let mut got = [one.clone(), two.clone()];
+    got.sort();
+    let mut want = [hello(&a), hello(&b)];
+    want.sort();
+    assert_eq!(got, want, "two connections, two machines");
+    // Each connection stays with its machine.
+    for _ in 0..3 {
+        assert_eq!(ask(&mut first).await, (200, one.clone()));
+        assert_eq!(ask(&mut second).await, (200, two.clone()));
+    }
+    // Both machines at their hard limit: a third connection is turned away.
+    let mut third = keep_alive(&d).await;
+    let (status, msg) = ask(&mut third).await;
+    assert_eq!(status, 503, "{msg}");
+    // The first connection goes: its machine takes the next one.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut fourth = keep_alive(&d).await;
+        let (status, body) = ask(&mut fourth).await;
+        if status == 200 {
+            assert_eq!(body, one);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A server for one upgraded connection, in the network namespace pinned at
