@@ -87,6 +87,21 @@ impl std::str::FromStr for NetRange {
 }
 
 impl NetRange {
+    /// The first and last network (third octet) of the range.
+    pub fn networks(&self) -> (u8, u8) {
+        (self.first, self.last)
+    }
+
+    /// The host firewall for this range.
+    pub fn firewall(&self, outbound_nat: bool) -> hangar_net::firewall::Firewall {
+        hangar_net::firewall::Firewall {
+            ipv4_range: self.to_string(),
+            first: self.first,
+            last: self.last,
+            outbound_nat,
+        }
+    }
+
     /// The gateway (bridge) address of network `net`, IPv6: where its
     /// machines find the internal DNS server.
     pub fn gateway6(&self, net: u8) -> Ipv6Addr {

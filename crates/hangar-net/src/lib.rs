@@ -10,8 +10,10 @@
 //!   hangar2   10.231.2.1/24  fdaa:0:2::1/64 ──── hv<id>  ══ eth0 10.231.2.2 ...
 //!             (another app `network`)
 //!
-//!   nftables table `inet hangar`: no forwarding between hangar bridges;
-//!   masquerade 10.231.0.0/16 to the outside when outbound NAT is on.
+//!   nftables table `inet hangar_10_231_0_0_16` (one per installation,
+//!   named after its range): no forwarding between its bridges and other
+//!   hangar bridges; masquerade 10.231.0.0/16 and its fdaa:0:N::/64s to the
+//!   outside when outbound NAT is on, else no forwarding to the outside.
 //! ```
 //!
 //! Every operation is idempotent, so whatever a crash left half done is
@@ -247,79 +249,204 @@ pub fn disconnect(host_if: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// The firewall: hangard's own nftables table, replaced as a whole.
+/// The firewall: each installation's own nftables table, replaced as a
+/// whole.
 pub mod firewall {
     use super::*;
 
-    /// The rules for this installation. Forwarding between different
-    /// hangar bridges (different private networks) is always dropped;
-    /// DNS to Fly's `fdaa::3` goes to the asker's gateway; with
-    /// `outbound_nat`, machines' IPv4 traffic (from `ipv4_range`) to the
-    /// outside is masqueraded and the host forwards IPv4.
-    pub fn rules(outbound_nat: bool, ipv4_range: &str) -> String {
-        // Traffic within one bridge reaches this hook only when the host
-        // has br_netfilter loaded, then with the bridge as both ends: let
-        // it through, and nothing else between two bridges.
-        let same = (1..=MAX_BRIDGES)
-            .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" . \"{BRIDGE_PREFIX}{i}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut r = format!(
-            "table inet hangar\n\
-             delete table inet hangar\n\
-             table inet hangar {{\n\
-             \tchain forward {{\n\
-             \t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname . oifname {{ {same} }} accept\n\
-             \t\tiifname \"{BRIDGE_PREFIX}*\" oifname \"{BRIDGE_PREFIX}*\" drop\n"
-        );
-        if !outbound_nat {
-            r.push_str(&format!(
-                "\t\tiifname \"{BRIDGE_PREFIX}*\" oifname != \"{BRIDGE_PREFIX}*\" drop\n\
-                 \t\toifname \"{BRIDGE_PREFIX}*\" iifname != \"{BRIDGE_PREFIX}*\" drop\n"
-            ));
+    /// One installation's rules.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Firewall {
+        /// Its IPv4 range (`a.b.c.0/len`): its networks are the /24s
+        /// `first..=last` in it.
+        pub ipv4_range: String,
+        /// Its first network (bridge `hangar<first>`, `fdaa:0:<first>::/64`).
+        pub first: u8,
+        /// Its last network.
+        pub last: u8,
+        /// Masquerade machines' traffic to the outside (IPv4 and IPv6).
+        pub outbound_nat: bool,
+    }
+
+    impl Firewall {
+        /// The installation's table: `inet hangar_<a>_<b>_<c>_<len>`, so
+        /// that hangards with different ranges on one host keep their own.
+        pub fn table(&self) -> String {
+            format!(
+                "{BRIDGE_PREFIX}_{}",
+                self.ipv4_range.replace(['.', '/'], "_")
+            )
         }
-        r.push_str("\t}\n");
-        // Fly's DNS address, fdaa::3, answered by the internal DNS server
-        // on the asker's gateway.
-        let gateways = (1..=MAX_BRIDGES)
-            .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" : fdaa:0:{i:x}::1"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        r.push_str(&format!(
-            "\tchain prerouting {{\n\
-             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
-             \t\tip6 daddr {DNS_ADDR} meta l4proto {{ tcp, udp }} th dport 53 dnat ip6 to iifname map {{ {gateways} }}\n\
-             \t}}\n"
-        ));
-        if outbound_nat {
+
+        fn bridges(&self) -> impl Iterator<Item = u8> + '_ {
+            self.first.max(1)..=self.last.min(MAX_BRIDGES as u8)
+        }
+
+        /// The installation's bridges, as an nftables set.
+        fn own(&self) -> String {
+            let names: Vec<String> = self
+                .bridges()
+                .map(|i| format!("\"{BRIDGE_PREFIX}{i}\""))
+                .collect();
+            format!("{{ {} }}", names.join(", "))
+        }
+
+        /// The rules. Forwarding between one of this installation's
+        /// bridges and any other hangar bridge (a different private
+        /// network) is dropped; DNS to Fly's `fdaa::3` goes to the asker's
+        /// gateway; with `outbound_nat`, machines' traffic to the outside
+        /// is masqueraded (IPv4 from the range, IPv6 from the networks'
+        /// /64s), and without it, forwarding between the bridges and the
+        /// outside is dropped.
+        pub fn rules(&self) -> String {
+            let table = self.table();
+            let own = self.own();
+            // Traffic within one bridge reaches this hook only when the host
+            // has br_netfilter loaded, then with the bridge as both ends: let
+            // it through.
+            let same = self
+                .bridges()
+                .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" . \"{BRIDGE_PREFIX}{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut r = format!(
+                "table inet {table}\n\
+                 delete table inet {table}\n\
+                 table inet {table} {{\n\
+                 \tchain forward {{\n\
+                 \t\ttype filter hook forward priority filter; policy accept;\n\
+                 \t\tiifname . oifname {{ {same} }} accept\n\
+                 \t\tiifname {own} oifname \"{BRIDGE_PREFIX}*\" drop\n\
+                 \t\tiifname \"{BRIDGE_PREFIX}*\" oifname {own} drop\n"
+            );
+            if self.outbound_nat {
+                // Out and back; nothing from outside opens a connection to
+                // a machine (the proxy is the way in).
+                r.push_str(&format!(
+                    "\t\toifname {own} ct state != {{ established, related }} drop\n"
+                ));
+            } else {
+                r.push_str(&format!(
+                    "\t\tiifname {own} drop\n\
+                     \t\toifname {own} drop\n"
+                ));
+            }
+            r.push_str("\t}\n");
+            // Fly's DNS address, fdaa::3, answered by the internal DNS server
+            // on the asker's gateway.
+            let gateways = self
+                .bridges()
+                .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" : fdaa:0:{i:x}::1"))
+                .collect::<Vec<_>>()
+                .join(", ");
             r.push_str(&format!(
-                "\tchain postrouting {{\n\
-                 \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-                 \t\tip saddr {ipv4_range} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
+                "\tchain prerouting {{\n\
+                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                 \t\tip6 daddr {DNS_ADDR} meta l4proto {{ tcp, udp }} th dport 53 dnat ip6 to iifname map {{ {gateways} }}\n\
                  \t}}\n"
             ));
+            if self.outbound_nat {
+                let v6 = self
+                    .bridges()
+                    .map(|i| format!("fdaa:0:{i:x}::/64"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let v6 = format!("{{ {v6} }}");
+                r.push_str(&format!(
+                    "\tchain postrouting {{\n\
+                     \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                     \t\tip saddr {} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
+                     \t\tip6 saddr {v6} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
+                     \t}}\n",
+                    self.ipv4_range
+                ));
+            }
+            r.push_str("}\n");
+            r
         }
-        r.push_str("}\n");
-        r
+
+        /// Installs the rules; with outbound NAT, turns forwarding on
+        /// (IPv4, and IPv6 where the host has it: interfaces that take
+        /// router advertisements keep taking them).
+        pub fn apply(&self) -> Result<(), NetError> {
+            run("nft", &["-f", "-"], Some(&self.rules()))?;
+            // Versions before per-installation tables had one `inet
+            // hangar` table for every installation on the host.
+            let _ = run("nft", &["delete", "table", "inet", BRIDGE_PREFIX], None);
+            if self.outbound_nat {
+                let sysctl = |e: std::io::Error| NetError::Tool {
+                    tool: "sysctl",
+                    message: format!("cannot turn forwarding on: {e}"),
+                };
+                std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(sysctl)?;
+                if Path::new("/proc/sys/net/ipv6/conf/all/forwarding").exists() {
+                    keep_router_advertisements();
+                    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                        .map_err(sysctl)?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Other installations' tables on this host whose networks overlap
+        /// this one's (their bridges would be shared).
+        pub fn overlapping(&self) -> Vec<String> {
+            let Ok(out) = run("nft", &["list", "tables", "inet"], None) else {
+                return Vec::new();
+            };
+            let mine = self.table();
+            out.lines()
+                .filter_map(|l| l.trim().strip_prefix("table inet "))
+                .filter(|t| *t != mine)
+                .filter(|t| {
+                    table_networks(t)
+                        .is_some_and(|(first, last)| first <= self.last && self.first <= last)
+                })
+                .map(str::to_owned)
+                .collect()
+        }
     }
 
-    /// Installs the rules (and with outbound NAT, turns IPv4 forwarding
-    /// on).
-    pub fn apply(outbound_nat: bool, ipv4_range: &str) -> Result<(), NetError> {
-        run("nft", &["-f", "-"], Some(&rules(outbound_nat, ipv4_range)))?;
-        if outbound_nat {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| NetError::Tool {
-                tool: "sysctl",
-                message: format!("cannot turn IPv4 forwarding on: {e}"),
-            })?;
+    /// The networks (third octets) a table named by [`Firewall::table`]
+    /// covers.
+    pub(crate) fn table_networks(table: &str) -> Option<(u8, u8)> {
+        let rest = table.strip_prefix(BRIDGE_PREFIX)?.strip_prefix('_')?;
+        let parts: Vec<u32> = rest
+            .split('_')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [_, _, c, _, len] = parts[..] else {
+            return None;
+        };
+        if !(16..=24).contains(&len) || c > 255 {
+            return None;
         }
-        Ok(())
+        let last = (c + (1 << (24 - len)) - 1).min(254);
+        Some((c.max(1) as u8, last as u8))
     }
 
-    /// The rules as they are installed now, if any.
-    pub fn current() -> Option<String> {
-        run("nft", &["list", "table", "inet", "hangar"], None).ok()
+    /// With forwarding on, Linux ignores router advertisements on
+    /// interfaces set to take them only when not forwarding (`accept_ra`
+    /// 1): those are set to 2 (take them anyway), so that the host keeps
+    /// its IPv6 addresses and routes.
+    fn keep_router_advertisements() {
+        let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv6/conf") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name == "all" || name == "lo" || name.starts_with(BRIDGE_PREFIX) {
+                continue;
+            }
+            let p = e.path().join("accept_ra");
+            if std::fs::read_to_string(&p).is_ok_and(|v| v.trim() == "1") {
+                if let Err(err) = std::fs::write(&p, "2") {
+                    tracing::warn!(interface = %name, error = %err, "cannot keep taking router advertisements");
+                }
+            }
+        }
     }
 }
 
@@ -337,14 +464,45 @@ mod tests {
         assert!(check_ifname("x;rm").is_err());
     }
 
+    fn fw(range: &str, first: u8, last: u8, nat: bool) -> firewall::Firewall {
+        firewall::Firewall {
+            ipv4_range: range.into(),
+            first,
+            last,
+            outbound_nat: nat,
+        }
+    }
+
     #[test]
     fn rules_isolate_networks_and_nat_only_when_asked() {
-        let off = firewall::rules(false, "10.231.0.0/16");
+        let off = fw("10.231.0.0/16", 1, 254, false).rules();
         assert!(off.contains("\"hangar7\" . \"hangar7\""));
         assert!(!off.contains("masquerade"));
-        let on = firewall::rules(true, "10.231.0.0/16");
+        assert!(off.contains("\"hangar200\" : fdaa:0:c8::1"));
+        let on = fw("10.231.0.0/16", 1, 254, true).rules();
         assert!(on.contains("masquerade"));
         assert!(on.contains("ip saddr 10.231.0.0/16"));
-        assert!(off.contains("\"hangar200\" : fdaa:0:c8::1"));
+        assert!(on.contains("ip6 saddr { fdaa:0:1::/64, fdaa:0:2::/64"));
+        // An installation's rules name its own bridges only.
+        let small = fw("10.231.8.0/22", 8, 11, false);
+        assert_eq!(small.table(), "hangar_10_231_8_0_22");
+        let r = small.rules();
+        assert!(r.contains("\"hangar11\" . \"hangar11\""));
+        assert!(!r.contains("\"hangar12\""));
+        assert!(!r.contains("\"hangar7\""));
+    }
+
+    #[test]
+    fn tables_tell_their_networks() {
+        assert_eq!(
+            firewall::table_networks("hangar_10_231_8_0_22"),
+            Some((8, 11))
+        );
+        assert_eq!(
+            firewall::table_networks("hangar_10_231_0_0_16"),
+            Some((1, 254))
+        );
+        assert_eq!(firewall::table_networks("hangar"), None);
+        assert_eq!(firewall::table_networks("filter"), None);
     }
 }

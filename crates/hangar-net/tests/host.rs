@@ -1,10 +1,22 @@
-//! Host tests (root): the nftables rules load, and a namespace wired to a
-//! bridge reaches its gateway, and only through its own bridge.
+//! Host tests (root): the nftables rules load; a namespace wired to a
+//! bridge reaches its gateway, and only through its own bridge; outbound
+//! NAT works for IPv4 and IPv6, tried in a host of its own (a network
+//! namespace with an "outside" namespace behind it), never on this host.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
+use hangar_net::firewall::Firewall;
 use hangar_net::{Bridge, Link};
+
+fn firewall(range: &str, first: u8, last: u8, nat: bool) -> Firewall {
+    Firewall {
+        ipv4_range: range.into(),
+        first,
+        last,
+        outbound_nat: nat,
+    }
+}
 
 #[test]
 fn firewall_rules_are_valid_nftables() {
@@ -19,7 +31,7 @@ fn firewall_rules_are_valid_nftables() {
                 c.stdin
                     .take()
                     .unwrap()
-                    .write_all(hangar_net::firewall::rules(nat, "10.231.0.0/16").as_bytes())?;
+                    .write_all(firewall("10.231.0.0/16", 1, 254, nat).rules().as_bytes())?;
                 c.wait_with_output()
             })
             .unwrap();
@@ -86,4 +98,167 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     assert!(!std::path::Path::new("/sys/class/net/hangar250").exists());
     hangar_net::disconnect(&link.host_if).unwrap();
     let _ = Command::new("umount").arg(&ns).status();
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread of its own inside the network namespace pinned at
+/// `ns`.
+fn on_ns<T: Send + 'static>(ns: &std::path::Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(ns).unwrap();
+    std::thread::spawn(move || {
+        assert_eq!(
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// What a client in the machine namespace `ns` gets from the server at
+/// `to`: the address the server saw it come from, or an error.
+fn seen_from(ns: &std::path::Path, to: &str) -> Result<String, String> {
+    use std::io::Read;
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    on_ns(ns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        let mut got = String::new();
+        s.read_to_string(&mut got).map_err(|e| e.to_string())?;
+        Ok(got)
+    })
+}
+
+/// The NAT test proper, run by `outbound_nat_masquerades_ipv4_and_ipv6`
+/// inside the namespace that plays the host (with its own /sys); does
+/// nothing when run any other way.
+#[test]
+fn nat_inside_a_host_of_its_own() {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os("HANGAR_NAT_TEST_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    run(&["ip", "link", "set", "lo", "up"]);
+    // The outside: a namespace on a link of the host's own, with no route
+    // back to the machines (so only masqueraded traffic gets answers).
+    let out = dir.join("outside");
+    pinned_netns(&out);
+    let out_s = out.to_str().unwrap();
+    run(&[
+        "ip", "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", out_s,
+    ]);
+    run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up0"]);
+    run(&[
+        "ip",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    run(&["ip", "link", "set", "up0", "up"]);
+    let inside = "addr add 192.0.2.2/24 dev eth0\naddr add 2001:db8:1::2/64 dev eth0 nodad\nlink set eth0 up\nlink set lo up\n";
+    let mut ip = Command::new("nsenter")
+        .arg(format!("--net={out_s}"))
+        .args(["ip", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ip.stdin
+        .take()
+        .unwrap()
+        .write_all(inside.as_bytes())
+        .unwrap();
+    assert!(ip.wait().unwrap().success());
+    // A server there that tells each client where it came from.
+    let listener = on_ns(&out, || std::net::TcpListener::bind("[::]:7000").unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let from = s.peer_addr().unwrap().ip().to_canonical().to_string();
+            let _ = s.write_all(from.as_bytes());
+        }
+    });
+
+    // A machine on a bridge of an installation with range 10.231.8.0/22.
+    let m = dir.join("machine");
+    pinned_netns(&m);
+    let bridge = Bridge {
+        name: "hangar9".into(),
+        gateway4: Ipv4Addr::new(10, 231, 9, 1),
+        prefix4: 24,
+        gateway6: "fdaa:0:9::1".parse().unwrap(),
+        prefix6: 64,
+    };
+    let link = Link {
+        host_if: "hvnat9".into(),
+        address4: Ipv4Addr::new(10, 231, 9, 2),
+        address6: "fdaa:0:9::2".parse().unwrap(),
+    };
+    hangar_net::connect(&m, &bridge, &link).unwrap();
+
+    // NAT on: out through the host's address, IPv4 and IPv6.
+    firewall("10.231.8.0/22", 8, 11, true).apply().unwrap();
+    assert_eq!(seen_from(&m, "192.0.2.2:7000"), Ok("192.0.2.1".into()));
+    assert_eq!(
+        seen_from(&m, "[2001:db8:1::2]:7000"),
+        Ok("2001:db8:1::1".into())
+    );
+    // Nothing from outside opens a connection to a machine.
+    let from_outside = on_ns(&out, || {
+        Command::new("ip")
+            .args(["route", "add", "10.231.8.0/22", "via", "192.0.2.1"])
+            .status()
+            .unwrap();
+        std::net::TcpStream::connect_timeout(
+            &"10.231.9.2:7001".parse().unwrap(),
+            std::time::Duration::from_secs(1),
+        )
+    });
+    let e = from_outside.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+
+    // NAT off: nothing goes out.
+    firewall("10.231.8.0/22", 8, 11, false).apply().unwrap();
+    assert!(seen_from(&m, "192.0.2.2:7000").is_err());
+    assert!(seen_from(&m, "[2001:db8:1::2]:7000").is_err());
+    for ns in [&m, &out] {
+        let _ = Command::new("umount").arg(ns).status();
+    }
+}
+
+#[test]
+fn outbound_nat_masquerades_ipv4_and_ipv6() {
+    if std::env::var_os("HANGAR_NAT_TEST_DIR").is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host");
+    pinned_netns(&host);
+    // The test binary again, in the namespace that plays the host, with a
+    // /sys of that namespace (hangar-net reads interfaces there).
+    let exe = std::env::current_exe().unwrap();
+    let st = Command::new("nsenter")
+        .arg(format!("--net={}", host.display()))
+        .args(["unshare", "--mount", "sh", "-c"])
+        .arg("mount -t sysfs sysfs /sys && exec \"$0\" nat_inside_a_host_of_its_own --exact --nocapture --test-threads=1")
+        .arg(&exe)
+        .env("HANGAR_NAT_TEST_DIR", dir.path())
+        .status()
+        .unwrap();
+    let _ = Command::new("umount").arg(&host).status();
+    assert!(st.success());
 }

@@ -295,6 +295,12 @@ impl Drop for Daemon {
                 .stderr(Stdio::null())
                 .status();
         }
+        // And its firewall table (named after the range).
+        let table = format!("hangar_{}", self.network_range.replace(['.', '/'], "_"));
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

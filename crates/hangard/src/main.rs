@@ -203,11 +203,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("setting up the container runtime")?;
 
-    match hangar_net::firewall::apply(!args.no_outbound_nat, &args.network_range.to_string()) {
+    let firewall = args.network_range.firewall(!args.no_outbound_nat);
+    for other in firewall.overlapping() {
+        tracing::warn!(
+            table = %other,
+            range = %args.network_range,
+            "another installation's networks on this host overlap this one's (they would share bridges): give each hangard a --network-range of its own (or, if that installation is gone, nft delete table inet {other})"
+        );
+    }
+    match firewall.apply() {
         Ok(()) if args.no_outbound_nat => {
-            tracing::info!("private networks isolated; outbound NAT off")
+            tracing::info!(table = %firewall.table(), "private networks isolated; outbound NAT off")
         }
-        Ok(()) => tracing::info!("private networks isolated; outbound IPv4 NAT on"),
+        Ok(()) => {
+            tracing::info!(table = %firewall.table(), "private networks isolated; outbound NAT on (IPv4 and IPv6)")
+        }
         Err(e) if args.no_outbound_nat => tracing::warn!(
             error = %e,
             "cannot install the firewall rules (apt-get install -y nftables); networks stay isolated only while the host does not forward"
