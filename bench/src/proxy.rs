@@ -1,10 +1,13 @@
 //! The proxy beside nginx, in one run, with `wrk`:
 //!
-//! - (a) a machine directly (busybox httpd in a real crun machine, reached
+//! - (a) a machine directly (nginx serving a small page in a real crun machine, reached
 //!   on its private address);
 //! - (b) through the Hangar proxy (`Host: bench.localhost`);
 //! - (c) through nginx configured as the equivalent reverse proxy (one
-//!   upstream, the same machine, access log off, worker per CPU).
+//!   upstream, the same machine, access log off, worker per CPU, kept-alive
+//!   upstream connections, and the same headers Hangar adds: the
+//!   X-Forwarded-* and Fly-* request headers, Via and Fly-Request-Id both
+//!   ways).
 //!
 //! Each is measured `RUNS` times, interleaved, for `SECONDS` each; the
 //! medians of requests/s and p50/p99 latency are printed with the ratios
@@ -90,6 +93,56 @@ fn wrk(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::Resul
     })
 }
 
+/// CPU time (user + system, seconds) of the `/proc/<pid>/stat`-shaped
+/// files given.
+fn cpu_of(stats: impl IntoIterator<Item = std::path::PathBuf>) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    stats
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|s| {
+            // Fields after the command (which may hold spaces), from 3 on.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / hz
+}
+
+/// CPU time of hangard's proxy worker threads.
+fn hangard_proxy_cpu(pid: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with("proxy-")))
+        .map(|t| t.join("stat"));
+    cpu_of(tasks)
+}
+
+/// CPU time of nginx: its master `pid` and its workers.
+fn nginx_cpu(pid: u32) -> f64 {
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("stat"))
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|s| {
+                let ppid = s
+                    .rfind(')')
+                    .and_then(|i| s[i + 2..].split_whitespace().nth(1))
+                    .and_then(|x| x.parse::<u32>().ok());
+                ppid == Some(pid)
+            })
+        })
+        .chain([std::path::PathBuf::from(format!("/proc/{pid}/stat"))]);
+    cpu_of(procs)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -172,6 +225,16 @@ fn nginx(dir: &std::path::Path, port: u16, upstream: &str) -> anyhow::Result<std
                    proxy_set_header Host $host;\n\
                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
                    proxy_set_header X-Forwarded-Proto $scheme;\n\
+                   proxy_set_header X-Forwarded-Port $server_port;\n\
+                   proxy_set_header X-Forwarded-Ssl off;\n\
+                   proxy_set_header Fly-Client-IP $remote_addr;\n\
+                   proxy_set_header Fly-Forwarded-Proto $scheme;\n\
+                   proxy_set_header Fly-Forwarded-Port $server_port;\n\
+                   proxy_set_header Fly-Region local;\n\
+                   proxy_set_header Fly-Request-Id $request_id;\n\
+                   proxy_set_header Via \"1.1 nginx\";\n\
+                   add_header Fly-Request-Id $request_id;\n\
+                   add_header Via \"1.1 nginx\";\n\
                  }}\n\
                }}\n\
              }}\n",
@@ -275,10 +338,20 @@ async fn main() -> anyhow::Result<()> {
         wrk(url, host, 2, conns)?;
     }
     let mut results: [Vec<Wrk>; 3] = Default::default();
+    // CPU time per request of each proxy, microseconds.
+    let mut cpu: [Vec<f64>; 2] = Default::default();
+    let hangard_pid = d.pid().context("hangard's pid")?;
+    let per_request = |cpu: f64, w: &Wrk| cpu * 1e6 / (w.rps * f64::from(seconds));
     for _ in 0..runs {
         results[0].push(wrk(&direct, None, seconds, conns)?);
-        results[1].push(wrk(&proxy, Some("bench.localhost"), seconds, conns)?);
-        results[2].push(wrk(&via_nginx, Some("bench.localhost"), seconds, conns)?);
+        let before = hangard_proxy_cpu(hangard_pid);
+        let w = wrk(&proxy, Some("bench.localhost"), seconds, conns)?;
+        cpu[0].push(per_request(hangard_proxy_cpu(hangard_pid) - before, &w));
+        results[1].push(w);
+        let before = nginx_cpu(ng.id());
+        let w = wrk(&via_nginx, Some("bench.localhost"), seconds, conns)?;
+        cpu[1].push(per_request(nginx_cpu(ng.id()) - before, &w));
+        results[2].push(w);
     }
     let _ = ng.kill();
     let _ = ng.wait();
@@ -308,6 +381,11 @@ async fn main() -> anyhow::Result<()> {
         "  added p99: hangar {:+.2} ms, nginx {:+.2} ms (goal: hangar <= nginx)",
         hangar_m.2 - direct_m.2,
         nginx_m.2 - direct_m.2
+    );
+    let (cpu_h, cpu_n) = (median(cpu[0].clone()), median(cpu[1].clone()));
+    println!(
+        "  proxy CPU per request: hangar {cpu_h:.1} us, nginx {cpu_n:.1} us ({:.2}x)",
+        cpu_h / cpu_n
     );
 
     // Autostart: the first request to a stopped app, beside the machine's

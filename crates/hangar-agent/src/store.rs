@@ -9,6 +9,7 @@
 //! lookups and single-row writes), so callers hold it for microseconds.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hangar_api_types::{ImageRef, MachineConfig};
@@ -131,6 +132,36 @@ pub struct EventRow {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// The connection's `total_changes` as of the last time it was let go:
+    /// [`Store::changes`] reads it without taking the connection.
+    changes: Arc<AtomicU64>,
+}
+
+/// The connection, held: when let go, it records how many rows it has
+/// changed so far.
+pub(crate) struct Conn<'a> {
+    guard: MutexGuard<'a, Connection>,
+    changes: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.guard
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        self.changes
+            .store(self.guard.total_changes(), Ordering::Release);
+    }
 }
 
 pub(crate) fn db(e: rusqlite::Error) -> AgentError {
@@ -250,6 +281,7 @@ impl Store {
         .map_err(db)?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
+            changes: Arc::default(),
         };
         store.migrate()?;
         Ok(store)
@@ -259,11 +291,14 @@ impl Store {
     /// through this store's connection, which is the only writer): readers
     /// that cache what they read compare it.
     pub fn changes(&self) -> u64 {
-        self.conn().total_changes()
+        self.changes.load(Ordering::Acquire)
     }
 
-    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn conn(&self) -> Conn<'_> {
+        Conn {
+            guard: self.conn.lock().unwrap_or_else(|p| p.into_inner()),
+            changes: &self.changes,
+        }
     }
 
     fn migrate(&self) -> Result<(), AgentError> {

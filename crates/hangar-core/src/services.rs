@@ -236,25 +236,19 @@ pub enum Pick {
 /// least loaded machine under its hard limit. Ties go round: `turn` (a
 /// counter the caller bumps per request) picks among equally loaded ones.
 pub fn pick(candidates: &[Candidate], limits: &Concurrency, turn: usize) -> Pick {
-    let live: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| c.started && !c.out_of_rotation)
-        .collect();
-    let least = |v: &[&Candidate]| {
-        let min = v.iter().map(|c| c.load).min()?;
-        let ties: Vec<usize> = v
+    // (Asked per request: no allocation.)
+    let live = || {
+        candidates
             .iter()
-            .filter(|c| c.load == min)
-            .map(|c| c.index)
-            .collect();
-        Some(ties[turn % ties.len()])
+            .filter(|c| c.started && !c.out_of_rotation)
     };
-    let under_soft: Vec<&Candidate> = live
-        .iter()
-        .copied()
-        .filter(|c| c.load < limits.soft_limit)
-        .collect();
-    if let Some(i) = least(&under_soft) {
+    let least = |under: &dyn Fn(&Candidate) -> bool| {
+        let min = live().filter(|c| under(c)).map(|c| c.load).min()?;
+        let ties = live().filter(|c| under(c) && c.load == min);
+        let n = ties.clone().count();
+        ties.map(|c| c.index).nth(turn % n)
+    };
+    if let Some(i) = least(&|c| c.load < limits.soft_limit) {
         return Pick::Use(i);
     }
     if let Some(c) = candidates
@@ -263,12 +257,7 @@ pub fn pick(candidates: &[Candidate], limits: &Concurrency, turn: usize) -> Pick
     {
         return Pick::Start(c.index);
     }
-    let under_hard: Vec<&Candidate> = live
-        .iter()
-        .copied()
-        .filter(|c| limits.hard_limit.is_none_or(|h| c.load < h))
-        .collect();
-    match least(&under_hard) {
+    match least(&|c| limits.hard_limit.is_none_or(|h| c.load < h)) {
         Some(i) => Pick::Use(i),
         None => Pick::Unavailable,
     }

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::{Backend, Counts, Ctx, Proxy, Scheme};
+use crate::{Backend, Counts, Ctx, LoadGuard, Proxy, Scheme};
 
 /// How often listeners are brought in line with the state.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
@@ -281,15 +281,18 @@ impl Proxy {
         let owned = self.backends_on(app, port, Protocol::Tcp);
         let backends = owned.iter().map(|(b, s)| (b, s)).collect();
         // A raw TCP connection is a connection, whatever the service says.
-        let (backend, svc) = match self.choose(app, backends, LoadKind::Connections).await {
+        let chosen = match self
+            .choose(app, backends, LoadKind::Connections, Counts::Both)
+            .await
+        {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(app, port, error = %e, "no machine for a TCP connection");
                 return;
             }
         };
-        let _guard = self.add_load(&backend.id, Counts::Both);
-        let target = SocketAddr::new(backend.addr, svc.internal_port);
+        let _guard = chosen.guard;
+        let target = SocketAddr::new(chosen.backend.addr, chosen.svc.internal_port);
         let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
             tracing::debug!(app, %target, "machine refused a relayed connection");
             return;
@@ -310,29 +313,32 @@ impl Proxy {
     /// one machine, and the machine's replies go back to it.
     async fn serve_udp(self: Arc<Self>, sock: UdpSocket, app: String, port: u16) {
         let sock = Arc::new(sock);
-        let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Instant)> = HashMap::new();
+        // Each client's upstream socket, when it last sent, and its count
+        // on the machine's load.
+        let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Instant, LoadGuard)> =
+            HashMap::new();
         let mut buf = vec![0u8; 65536];
         loop {
             let Ok((n, client)) = sock.recv_from(&mut buf).await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            sessions.retain(|_, (_, last)| last.elapsed() < UDP_IDLE);
+            sessions.retain(|_, (_, last, _)| last.elapsed() < UDP_IDLE);
             let upstream = match sessions.get_mut(&client) {
-                Some((u, last)) => {
+                Some((u, last, _)) => {
                     *last = Instant::now();
                     Arc::clone(u)
                 }
                 None => {
                     let owned = self.backends_on(&app, port, Protocol::Udp);
                     let backends = owned.iter().map(|(b, s)| (b, s)).collect();
-                    let Ok((backend, svc)) = self
-                        .choose_with(&app, backends, LoadKind::Connections, false)
+                    let Ok(chosen) = self
+                        .choose_with(&app, backends, LoadKind::Connections, Counts::Both, false)
                         .await
                     else {
                         continue;
                     };
-                    let target = SocketAddr::new(backend.addr, svc.internal_port);
+                    let target = SocketAddr::new(chosen.backend.addr, chosen.svc.internal_port);
                     let bind: SocketAddr = if target.is_ipv4() {
                         ([0, 0, 0, 0], 0).into()
                     } else {
@@ -354,7 +360,7 @@ impl Proxy {
                             let _ = back.send_to(&buf[..n], client).await;
                         }
                     });
-                    sessions.insert(client, (Arc::clone(&u), Instant::now()));
+                    sessions.insert(client, (Arc::clone(&u), Instant::now(), chosen.guard));
                     u
                 }
             };

@@ -16,7 +16,8 @@
 //! Which machine takes a request and which idle machines stop are the pure
 //! rules of [`hangar_core::services`].
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -81,7 +82,7 @@ pub enum State {
 #[derive(Debug, Clone)]
 pub struct Backend {
     /// Machine id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Its address on the private network, as the host reaches it.
     pub addr: IpAddr,
     /// Its state.
@@ -138,6 +139,8 @@ struct Load {
     /// `connections` services.
     conns: u32,
     last_active: Instant,
+    /// Seen accepting connections since it last started.
+    ready: bool,
 }
 
 impl Load {
@@ -146,6 +149,17 @@ impl Load {
             in_flight: 0,
             conns: 0,
             last_active: Instant::now(),
+            ready: false,
+        }
+    }
+
+    fn add(&mut self, counts: Counts) {
+        if counts.request() {
+            self.in_flight += 1;
+            self.last_active = Instant::now();
+        }
+        if counts.connection() {
+            self.conns += 1;
         }
     }
 
@@ -181,16 +195,15 @@ impl Counts {
 pub struct Proxy {
     cfg: Config,
     machines: Arc<dyn Machines>,
-    loads: Mutex<HashMap<String, Load>>,
-    /// Machines seen accepting connections since they last started.
-    ready: Mutex<HashSet<String>>,
+    /// Per machine: its load and whether it is known to listen.
+    loads: Mutex<HashMap<Arc<str>, Load>>,
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Bumped per request: equally loaded machines take turns.
-    turn: std::sync::atomic::AtomicUsize,
     /// Listeners on apps' dedicated addresses.
     dedicated: dedicated::Listeners,
     /// TLS for `tls` handlers (made when the proxy starts serving).
     tls: std::sync::OnceLock<tokio_rustls::TlsAcceptor>,
+    /// `Fly-Region`, ready to send.
+    region: HeaderValue,
 }
 
 /// Where a connection came in: its scheme, public port, and the app when
@@ -205,6 +218,16 @@ struct Ctx {
     upstream: Upstream,
 }
 
+/// A client connection being served: where it came in, and the values of
+/// the headers that say who it is (made once per connection).
+struct ClientConn {
+    ctx: Ctx,
+    /// `Fly-Client-IP` (and `X-Forwarded-For`).
+    client_ip: HeaderValue,
+    /// The public port, for `X-Forwarded-Port` and `Fly-Forwarded-Port`.
+    port: HeaderValue,
+}
+
 /// An HTTP/1 connection to a machine: its address and the sender.
 type UpstreamConn = (
     SocketAddr,
@@ -214,7 +237,9 @@ type UpstreamConn = (
 /// See [`Ctx::upstream`].
 #[derive(Clone, Default)]
 struct Upstream {
-    conn: Arc<tokio::sync::Mutex<Option<UpstreamConn>>>,
+    /// Taken while a request is on it (HTTP/1 requests of one client
+    /// connection come one after the other).
+    conn: Arc<Mutex<Option<UpstreamConn>>>,
     /// For `connections` services: the machine this client connection is
     /// bound to (its requests all go there while it takes traffic),
     /// counted in that machine's load until the connection ends.
@@ -236,13 +261,14 @@ impl Upstream {
         target: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, String> {
-        let mut slot = self.conn.lock().await;
-        if let Some((t, s)) = slot.as_mut() {
-            if *t == target && s.ready().await.is_ok() {
-                return s.send_request(req).await.map_err(|e| e.to_string());
+        let held = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((t, mut s)) = held {
+            if t == target && s.ready().await.is_ok() {
+                let r = s.send_request(req).await.map_err(|e| e.to_string());
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((t, s));
+                return r;
             }
         }
-        *slot = None;
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(target),
@@ -251,14 +277,16 @@ impl Upstream {
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut s, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
         let r = s.send_request(req).await.map_err(|e| e.to_string());
-        *slot = Some((target, s));
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((target, s));
         r
     }
 }
@@ -337,6 +365,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: look before removing.
+    if !h
+        .keys()
+        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
+    {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -360,16 +395,25 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The app a Host header names (`<app>.<domain>`, any port).
-fn app_of(host: &str, domain: &str) -> Option<String> {
-    let host = host.trim().to_ascii_lowercase();
+/// The app a Host header names (`<app>.<domain>`, any port, any case).
+fn app_of<'h>(host: &'h str, domain: &str) -> Option<Cow<'h, str>> {
+    let host = host.trim();
     let host = match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h.to_owned(),
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') => h,
         _ => host,
     };
-    let host = host.strip_suffix('.').unwrap_or(&host);
-    let app = host.strip_suffix(domain)?.strip_suffix('.')?;
-    (!app.is_empty() && !app.contains('.')).then(|| app.to_owned())
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let cut = host.len().checked_sub(domain.len() + 1)?;
+    let (app, rest) = (host.get(..cut)?, host.get(cut..)?);
+    let suffix = rest.strip_prefix('.')?;
+    if app.is_empty() || app.contains('.') || !suffix.eq_ignore_ascii_case(domain) {
+        return None;
+    }
+    Some(if app.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(app.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(app)
+    })
 }
 
 /// This thread's client to machines: its connections (and their tasks)
@@ -403,11 +447,32 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// The machine picked for a request or connection, with the service that
+/// matched and the load counted on it.
+struct Chosen<'a> {
+    backend: &'a Backend,
+    svc: &'a Service,
+    guard: LoadGuard,
+}
+
+/// A counter per proxy worker thread, bumped per pick: equally loaded
+/// machines take turns.
+fn next_turn() -> usize {
+    thread_local! {
+        static TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    TURN.with(|t| {
+        let n = t.get();
+        t.set(n.wrapping_add(1));
+        n
+    })
+}
+
 /// Takes back what it added to a machine's load when the request (body
 /// included) or the connection is done.
 struct LoadGuard {
     proxy: Arc<Proxy>,
-    id: String,
+    id: Arc<str>,
     counts: Counts,
 }
 
@@ -430,14 +495,13 @@ impl Proxy {
     /// A proxy over `machines`.
     pub fn new(cfg: Config, machines: Arc<dyn Machines>) -> Arc<Proxy> {
         Arc::new(Proxy {
-            cfg,
             machines,
             loads: Mutex::new(HashMap::new()),
-            ready: Mutex::new(HashSet::new()),
             starting: Mutex::new(HashMap::new()),
-            turn: Default::default(),
             dedicated: Default::default(),
             tls: std::sync::OnceLock::new(),
+            region: HeaderValue::from_str(&cfg.region).unwrap_or(HeaderValue::from_static("local")),
+            cfg,
         })
     }
 
@@ -568,21 +632,28 @@ impl Proxy {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let ctx = Ctx {
-            upstream: Upstream::default(),
-            ..ctx
-        };
+        let conn = Arc::new(ClientConn {
+            client_ip: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+                .unwrap_or(HeaderValue::from_static("-")),
+            port: HeaderValue::from(ctx.port),
+            ctx: Ctx {
+                upstream: Upstream::default(),
+                ..ctx
+            },
+        });
         let svc = hyper::service::service_fn(move |req| {
             let me = Arc::clone(&self);
-            let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(me.handle(req, peer, ctx).await) }
+            let conn = Arc::clone(&conn);
+            async move { Ok::<_, Infallible>(me.handle(req, &conn).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().writev(false);
         if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
             tracing::debug!(%peer, error = %e, "proxy connection ended");
         }
     }
 
+    #[cfg(test)]
     fn load(&self, id: &str, kind: LoadKind) -> u32 {
         self.loads
             .lock()
@@ -591,35 +662,53 @@ impl Proxy {
             .map_or(0, |l| l.of(kind))
     }
 
-    fn add_load(self: &Arc<Self>, id: &str, counts: Counts) -> LoadGuard {
+    fn add_load(self: &Arc<Self>, id: &Arc<str>, counts: Counts) -> LoadGuard {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        let l = loads.entry(id.to_owned()).or_insert_with(Load::new);
-        if counts.request() {
-            l.in_flight += 1;
-            l.last_active = Instant::now();
-        }
-        if counts.connection() {
-            l.conns += 1;
+        self.add_load_locked(&mut loads, id, counts)
+    }
+
+    fn add_load_locked(
+        self: &Arc<Self>,
+        loads: &mut HashMap<Arc<str>, Load>,
+        id: &Arc<str>,
+        counts: Counts,
+    ) -> LoadGuard {
+        match loads.get_mut(id) {
+            Some(l) => l.add(counts),
+            None => {
+                let mut l = Load::new();
+                l.add(counts);
+                loads.insert(Arc::clone(id), l);
+            }
         }
         LoadGuard {
             proxy: Arc::clone(self),
-            id: id.to_owned(),
+            id: Arc::clone(id),
             counts,
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        ctx: Ctx,
-    ) -> Response<Body> {
-        let request_id = ulid::Ulid::new().to_string().to_ascii_lowercase();
-        let mut resp = self.route(req, peer, &ctx, &request_id).await;
-        let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            h.insert(FLY_REQUEST_ID, v);
+    /// Forgets that machine `id` listens (it is starting, stopping, or
+    /// did not answer).
+    fn not_ready(&self, id: &str) {
+        if let Some(l) = self
+            .loads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)
+        {
+            l.ready = false;
         }
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let mut buf = [0u8; ulid::ULID_LEN];
+        let id = ulid::Ulid::new().array_to_str(&mut buf);
+        id.make_ascii_lowercase();
+        let request_id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
+        let mut resp = self.route(req, conn, &request_id).await;
+        let h = resp.headers_mut();
+        h.insert(FLY_REQUEST_ID, request_id);
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
         resp
     }
@@ -627,25 +716,21 @@ impl Proxy {
     async fn route(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
-        ctx: &Ctx,
-        request_id: &str,
+        conn: &ClientConn,
+        request_id: &HeaderValue,
     ) -> Response<Body> {
+        let ctx = &conn.ctx;
         let scheme = ctx.scheme;
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        let app = match &ctx.app {
-            Some(app) => app.to_string(),
-            None => match app_of(&host, &self.cfg.domain) {
+        // The host the client asked for: in the URI (absolute form, HTTP/2)
+        // or the Host header.
+        let host = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let app: Cow<'_, str> = match &ctx.app {
+            Some(app) => Cow::Borrowed(app),
+            None => match app_of(host_str, &self.cfg.domain) {
                 Some(app) => app,
                 None => {
                     return text(
@@ -657,26 +742,25 @@ impl Proxy {
         };
         let port = ctx.port;
         let all = self.machines.backends(&app);
-        let backends: Vec<(&Backend, &Service, bool)> = all
+        let mut force_https = false;
+        let members: Vec<(&Backend, &Service)> = all
             .iter()
             .filter_map(|b| {
-                let (svc, force_https) = b.services.iter().find_map(|s| {
-                    s.ports
-                        .iter()
-                        .find(|p| p.covers(port) && p.is_http())
-                        .map(|p| (s, p.force_https))
-                })?;
-                Some((b, svc, force_https))
+                b.services.iter().find_map(|s| {
+                    let p = s.ports.iter().find(|p| p.covers(port) && p.is_http())?;
+                    force_https |= p.force_https;
+                    Some((b, s))
+                })
             })
             .collect();
-        if backends.is_empty() {
+        let Some(kind) = members.first().map(|(_, s)| s.concurrency.kind) else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("app {app} has no HTTP service on port {port}"),
             );
-        }
-        if scheme == Scheme::Http && backends.iter().any(|(_, _, f)| *f) {
-            let host_only = app_of_host_without_port(&host);
+        };
+        if scheme == Scheme::Http && force_https {
+            let host_only = app_of_host_without_port(host_str);
             let https_port = match ctx.app {
                 // An app's own address serves HTTPS on 443.
                 Some(_) => 443,
@@ -702,80 +786,84 @@ impl Proxy {
         // `requests` services: every request goes to the machine the
         // rules pick. `connections` services: a client connection is bound
         // to one machine, and counts on it, for as long as it lasts.
-        let members: Vec<(&Backend, &Service)> =
-            backends.iter().map(|(b, s, _)| (*b, *s)).collect();
-        let kind = members[0].1.concurrency.kind;
         let bound = match kind {
             LoadKind::Connections => ctx.upstream.bound_in(&members),
             LoadKind::Requests => None,
         };
-        let (backend, svc) = match bound {
-            Some(x) => x,
-            None => match self.choose(&app, members, kind).await {
-                Ok(x) => {
-                    if kind == LoadKind::Connections {
-                        ctx.upstream
-                            .bind(self.add_load(&x.0.id, Counts::Connection));
+        let (backend, svc, guard) = match bound {
+            Some((b, s)) => (b, s, self.add_load(&b.id, Counts::Request)),
+            None => {
+                let counts = match kind {
+                    LoadKind::Requests => Counts::Request,
+                    LoadKind::Connections => Counts::Connection,
+                };
+                match self.choose(&app, members, kind, counts).await {
+                    Ok(c) if kind == LoadKind::Connections => {
+                        ctx.upstream.bind(c.guard);
+                        (
+                            c.backend,
+                            c.svc,
+                            self.add_load(&c.backend.id, Counts::Request),
+                        )
                     }
-                    x
+                    Ok(c) => (c.backend, c.svc, c.guard),
+                    Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
                 }
-                Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
-            },
+            }
         };
         let target = SocketAddr::new(backend.addr, svc.internal_port);
 
         // Forward.
-        let guard = self.add_load(&backend.id, Counts::Request);
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into());
         // HTTP/1 requests go over the client connection's own upstream
-        // connection; HTTP/2 streams and upgrades through the pool.
+        // connection (origin-form target); HTTP/2 streams and upgrades
+        // through the pool (absolute target).
         let sticky = !upgrade && req.version() != http::Version::HTTP_2;
-        let uri: Uri = match if sticky {
-            path.parse()
-        } else {
-            format!("http://{target}{path}").parse()
-        } {
-            Ok(u) => u,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target"),
-        };
-        *req.uri_mut() = uri;
+        if !sticky || req.uri().authority().is_some() {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let uri: Result<Uri, _> = if sticky {
+                path.parse()
+            } else {
+                format!("http://{target}{path}").parse()
+            };
+            match uri {
+                Ok(u) => *req.uri_mut() = u,
+                Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target"),
+            }
+        }
         *req.version_mut() = http::Version::HTTP_11;
         let h = req.headers_mut();
         strip_hop_by_hop(h, upgrade);
         if !h.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                h.insert(header::HOST, v);
+            if let Some(host) = &host {
+                h.insert(header::HOST, host.clone());
             }
         }
-        let client_ip = peer.ip().to_canonical().to_string();
-        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {client_ip}"),
+        let client_ip = conn.client_ip.clone();
+        let xff = match h.get(X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut v = prev.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(client_ip.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone())
+            }
             None => client_ip.clone(),
         };
-        let set = |h: &mut HeaderMap, name: &HeaderName, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name.clone(), v);
-            }
-        };
-        set(h, &X_FORWARDED_FOR, &xff);
-        set(h, &X_FORWARDED_PROTO, scheme.as_str());
-        set(h, &X_FORWARDED_PORT, &port.to_string());
-        set(
-            h,
-            &X_FORWARDED_SSL,
-            if scheme == Scheme::Https { "on" } else { "off" },
+        let proto = HeaderValue::from_static(scheme.as_str());
+        let port_value = conn.port.clone();
+        h.insert(X_FORWARDED_FOR, xff);
+        h.insert(X_FORWARDED_PROTO, proto.clone());
+        h.insert(X_FORWARDED_PORT, port_value.clone());
+        h.insert(
+            X_FORWARDED_SSL,
+            HeaderValue::from_static(if scheme == Scheme::Https { "on" } else { "off" }),
         );
-        set(h, &FLY_CLIENT_IP, &client_ip);
-        set(h, &FLY_FORWARDED_PROTO, scheme.as_str());
-        set(h, &FLY_FORWARDED_PORT, &port.to_string());
-        set(h, &FLY_REGION, &self.cfg.region);
-        set(h, &FLY_REQUEST_ID, request_id);
+        h.insert(FLY_CLIENT_IP, client_ip);
+        h.insert(FLY_FORWARDED_PROTO, proto);
+        h.insert(FLY_FORWARDED_PORT, port_value);
+        h.insert(FLY_REGION, self.region.clone());
+        h.insert(FLY_REQUEST_ID, request_id.clone());
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
 
         let sent = if sticky {
@@ -786,10 +874,7 @@ impl Proxy {
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                self.ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&backend.id);
+                self.not_ready(&backend.id);
                 tracing::debug!(machine = %backend.id, error = %e, "proxy upstream failed");
                 return text(
                     StatusCode::BAD_GATEWAY,
@@ -826,68 +911,80 @@ impl Proxy {
     }
 
     /// Picks the machine for a request or connection among `backends` (with
-    /// the service that matched), starting one when the rules say so, and
-    /// returns once it accepts connections.
-    /// Loads are weighed as `kind` says.
+    /// the service that matched), weighing loads as `kind` says, and counts
+    /// `counts` on it (in the returned guard); starts it when the rules say
+    /// so, and returns once it accepts connections.
     async fn choose<'a>(
-        &self,
+        self: &Arc<Self>,
         app: &str,
         backends: Vec<(&'a Backend, &'a Service)>,
         kind: LoadKind,
-    ) -> Result<(&'a Backend, &'a Service), String> {
-        self.choose_with(app, backends, kind, true).await
+        counts: Counts,
+    ) -> Result<Chosen<'a>, String> {
+        self.choose_with(app, backends, kind, counts, true).await
     }
 
     /// [`Proxy::choose`]; `tcp` false skips waiting for a TCP listener
     /// (UDP services).
     async fn choose_with<'a>(
-        &self,
+        self: &Arc<Self>,
         app: &str,
         backends: Vec<(&'a Backend, &'a Service)>,
         kind: LoadKind,
+        counts: Counts,
         tcp: bool,
-    ) -> Result<(&'a Backend, &'a Service), String> {
+    ) -> Result<Chosen<'a>, String> {
         let Some(limits) = backends.first().map(|(_, s)| s.concurrency) else {
             return Err(format!("app {app} has no machine for this port"));
         };
-        let candidates: Vec<Candidate> = backends
-            .iter()
-            .enumerate()
-            .map(|(index, (b, s))| Candidate {
-                index,
-                started: b.state == State::Started,
-                startable: matches!(b.state, State::Stopped | State::Suspended) && s.autostart,
-                out_of_rotation: b.out_of_rotation,
-                load: self.load(&b.id, kind),
-            })
-            .collect();
-        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (index, started_now) = match services::pick(&candidates, &limits, turn) {
-            Pick::Use(i) => (i, false),
-            Pick::Start(i) => (i, true),
-            Pick::Unavailable => {
-                return Err(format!("no machine of app {app} can take this request now"));
-            }
+        // Weighed, picked and counted under one lock: requests side by side
+        // see each other's load, so a hard limit holds.
+        let (backend, svc, started_now, ready, guard) = {
+            let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+            let candidates: Vec<Candidate> = backends
+                .iter()
+                .enumerate()
+                .map(|(index, (b, s))| Candidate {
+                    index,
+                    started: b.state == State::Started,
+                    startable: matches!(b.state, State::Stopped | State::Suspended) && s.autostart,
+                    out_of_rotation: b.out_of_rotation,
+                    load: loads.get(&*b.id).map_or(0, |l| l.of(kind)),
+                })
+                .collect();
+            let (index, started_now) = match services::pick(&candidates, &limits, next_turn()) {
+                Pick::Use(i) => (i, false),
+                Pick::Start(i) => (i, true),
+                Pick::Unavailable => {
+                    return Err(format!("no machine of app {app} can take this request now"));
+                }
+            };
+            let (backend, svc) = *backends.get(index).ok_or("no machine")?;
+            let guard = self.add_load_locked(&mut loads, &backend.id, counts);
+            let ready = !started_now && loads.get(&*backend.id).is_some_and(|l| l.ready);
+            (backend, svc, started_now, ready, guard)
         };
-        let (backend, svc) = *backends.get(index).ok_or("no machine")?;
         let target = SocketAddr::new(backend.addr, svc.internal_port);
         if started_now {
             self.start(app, &backend.id)
                 .await
                 .map_err(|e| format!("could not start a machine of app {app}: {e}"))?;
         }
-        if !tcp {
-            return Ok((backend, svc));
+        if tcp && !ready {
+            self.until_listening(&backend.id, target)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "machine {} of app {app} is not listening on port {}: {e}",
+                        backend.id, svc.internal_port
+                    )
+                })?;
         }
-        self.until_listening(&backend.id, target)
-            .await
-            .map_err(|e| {
-                format!(
-                    "machine {} of app {app} is not listening on port {}: {e}",
-                    backend.id, svc.internal_port
-                )
-            })?;
-        Ok((backend, svc))
+        Ok(Chosen {
+            backend,
+            svc,
+            guard,
+        })
     }
 
     /// Starts a machine once, however many requests want it.
@@ -904,33 +1001,21 @@ impl Proxy {
             .machines
             .backends(app)
             .iter()
-            .find(|b| b.id == id)
+            .find(|b| *b.id == *id)
             .map(|b| b.state);
         match state {
             Some(State::Started) => Ok(()),
             None => Err("the machine is gone".into()),
             Some(_) => {
                 tracing::info!(app, machine = id, "proxy starting a machine for a request");
-                self.ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
+                self.not_ready(id);
                 self.machines.start(app, id).await
             }
         }
     }
 
-    /// Waits until the machine accepts connections on `target` (at once
-    /// when it did before).
-    async fn until_listening(&self, id: &str, target: SocketAddr) -> Result<(), String> {
-        if self
-            .ready
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
-        {
-            return Ok(());
-        }
+    /// Waits until the machine accepts connections on `target`.
+    async fn until_listening(&self, id: &Arc<str>, target: SocketAddr) -> Result<(), String> {
         let deadline = Instant::now() + self.cfg.start_timeout;
         loop {
             match tokio::time::timeout(
@@ -940,10 +1025,12 @@ impl Proxy {
             .await
             {
                 Ok(Ok(_)) => {
-                    self.ready
+                    self.loads
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(id.to_owned());
+                        .entry(Arc::clone(id))
+                        .or_insert_with(Load::new)
+                        .ready = true;
                     return Ok(());
                 }
                 Ok(Err(e)) if Instant::now() >= deadline => return Err(e.to_string()),
@@ -973,7 +1060,7 @@ impl Proxy {
         let now = Instant::now();
         for app in self.machines.apps() {
             let backends = self.machines.backends(&app);
-            let mut chosen: Vec<(String, bool)> = Vec::new();
+            let mut chosen: Vec<(Arc<str>, bool)> = Vec::new();
             // One decision per service (by internal port) of the app.
             let mut ports: Vec<u16> = backends
                 .iter()
@@ -1003,7 +1090,7 @@ impl Proxy {
                         .enumerate()
                         .filter(|(_, (b, _))| b.state == State::Started)
                         .map(|(index, (b, _))| {
-                            let l = loads.entry(b.id.clone()).or_insert_with(Load::new);
+                            let l = loads.entry(Arc::clone(&b.id)).or_insert_with(Load::new);
                             services::Running {
                                 index,
                                 load: l.in_flight,
@@ -1019,19 +1106,23 @@ impl Proxy {
                     if s.autostop == Autostop::Off || chosen.iter().any(|(id, _)| *id == b.id) {
                         continue;
                     }
-                    chosen.push((b.id.clone(), s.autostop == Autostop::Suspend));
+                    chosen.push((Arc::clone(&b.id), s.autostop == Autostop::Suspend));
                 }
             }
             for (id, suspend) in chosen {
                 tracing::info!(app, machine = %id, suspend, "proxy stopping an idle machine");
-                self.ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                self.loads
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                {
+                    // Stopped, it no longer listens; its load starts
+                    // afresh unless connections are still counted on it.
+                    let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(l) = loads.get_mut(&id) {
+                        if l.in_flight == 0 && l.conns == 0 {
+                            loads.remove(&id);
+                        } else {
+                            l.ready = false;
+                        }
+                    }
+                }
                 if let Err(e) = self.machines.stop(&app, &id, suspend).await {
                     tracing::warn!(app, machine = %id, error = %e, "autostop failed");
                 }
@@ -1071,7 +1162,7 @@ mod tests {
         async fn stop(&self, _app: &str, id: &str, suspend: bool) -> Result<(), String> {
             self.stopped.lock().unwrap().push((id.to_owned(), suspend));
             for b in self.backends.lock().unwrap().iter_mut() {
-                if b.id == id {
+                if *b.id == *id {
                     b.state = if suspend {
                         State::Suspended
                     } else {
@@ -1128,7 +1219,7 @@ mod tests {
         proxy.autostop_pass().await;
         tokio::time::advance(Duration::from_secs(200)).await;
         // Traffic on "b" (a request that ends at once).
-        drop(proxy.add_load("b", Counts::Request));
+        drop(proxy.add_load(&"b".into(), Counts::Request));
         tokio::time::advance(Duration::from_secs(99)).await;
         proxy.autostop_pass().await;
         assert!(
@@ -1146,14 +1237,14 @@ mod tests {
             vec![("a".to_owned(), false), ("c".to_owned(), true)]
         );
         // A busy machine is never stopped, however long it has been busy.
-        let guard = proxy.add_load("b", Counts::Request);
+        let guard = proxy.add_load(&"b".into(), Counts::Request);
         tokio::time::advance(Duration::from_secs(3600)).await;
         proxy.autostop_pass().await;
         assert_eq!(fake.stopped.lock().unwrap().len(), 2);
         drop(guard);
         // An idle kept-alive connection is load for `connections` balancing,
         // not traffic: it does not keep its machine from stopping.
-        let conn = proxy.add_load("b", Counts::Connection);
+        let conn = proxy.add_load(&"b".into(), Counts::Connection);
         assert_eq!(proxy.load("b", LoadKind::Connections), 1);
         assert_eq!(proxy.load("b", LoadKind::Requests), 0);
         fake.backends.lock().unwrap()[0].state = State::Started;

@@ -305,6 +305,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn remove_machines(&self) {
         let machines = self.data_dir.join("machines");
         let Ok(rd) = std::fs::read_dir(&machines) else {

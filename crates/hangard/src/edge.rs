@@ -56,7 +56,7 @@ impl AgentMachines {
                     }
                 }
                 Some(Backend {
-                    id: m.id.to_string(),
+                    id: m.id.as_str().into(),
                     addr: IpAddr::V4(addr.ipv4()),
                     state: match m.core.state {
                         MachineState::Started => State::Started,
