@@ -250,9 +250,32 @@ pub fn disconnect(host_if: &str) -> Result<(), NetError> {
 }
 
 /// The firewall: each installation's own nftables table, replaced as a
-/// whole.
+/// whole (or, on a host without nftables, its own iptables chains).
 pub mod firewall {
     use super::*;
+
+    /// What installs the rules.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Tool {
+        /// `nft`: one table per installation.
+        Nftables,
+        /// `iptables`/`ip6tables`: chains per installation, jumped to from
+        /// the built-in ones.
+        Iptables,
+    }
+
+    impl Tool {
+        /// nftables when the host has `nft`, else iptables, else none.
+        pub fn detect() -> Option<Tool> {
+            if run("nft", &["--version"], None).is_ok() {
+                Some(Tool::Nftables)
+            } else if run("iptables", &["--version"], None).is_ok() {
+                Some(Tool::Iptables)
+            } else {
+                None
+            }
+        }
+    }
 
     /// One installation's rules.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,11 +391,43 @@ pub mod firewall {
         /// Installs the rules; with outbound NAT, turns forwarding on
         /// (IPv4, and IPv6 where the host has it: interfaces that take
         /// router advertisements keep taking them).
-        pub fn apply(&self) -> Result<(), NetError> {
-            run("nft", &["-f", "-"], Some(&self.rules()))?;
-            // Versions before per-installation tables had one `inet
-            // hangar` table for every installation on the host.
-            let _ = run("nft", &["delete", "table", "inet", BRIDGE_PREFIX], None);
+        pub fn apply(&self) -> Result<Tool, NetError> {
+            let tool = Tool::detect().ok_or_else(|| NetError::Tool {
+                tool: "nft",
+                message: "neither nft (nftables) nor iptables is installed".into(),
+            })?;
+            self.apply_with(tool)?;
+            Ok(tool)
+        }
+
+        /// [`Firewall::apply`] with the tool given.
+        pub fn apply_with(&self, tool: Tool) -> Result<(), NetError> {
+            match tool {
+                Tool::Nftables => {
+                    run("nft", &["-f", "-"], Some(&self.rules()))?;
+                    // Versions before per-installation tables had one `inet
+                    // hangar` table for every installation on the host.
+                    let _ = run("nft", &["delete", "table", "inet", BRIDGE_PREFIX], None);
+                }
+                Tool::Iptables => {
+                    for v6 in [false, true] {
+                        let (tool, restore) = if v6 {
+                            ("ip6tables", "ip6tables-restore")
+                        } else {
+                            ("iptables", "iptables-restore")
+                        };
+                        if v6 && run(tool, &["--version"], None).is_err() {
+                            continue;
+                        }
+                        run(restore, &["--noflush"], Some(&self.iptables_rules(v6)))?;
+                        for (table, chain, ours) in self.iptables_jumps(v6) {
+                            if run(tool, &["-t", table, "-C", chain, "-j", &ours], None).is_err() {
+                                run(tool, &["-t", table, "-I", chain, "1", "-j", &ours], None)?;
+                            }
+                        }
+                    }
+                }
+            }
             if self.outbound_nat {
                 let sysctl = |e: std::io::Error| NetError::Tool {
                     tool: "sysctl",
@@ -386,6 +441,77 @@ pub mod firewall {
                 }
             }
             Ok(())
+        }
+
+        /// The same rules for iptables (`v6`: ip6tables), as
+        /// `iptables-restore --noflush` input: chains named after the
+        /// table, declared (so emptied) and filled again.
+        pub fn iptables_rules(&self, v6: bool) -> String {
+            let t = self.table();
+            let mut r = format!("*filter\n:{t}-fwd - [0:0]\n:{t}-out - [0:0]\n:{t}-in - [0:0]\n");
+            for i in self.bridges() {
+                let b = format!("{BRIDGE_PREFIX}{i}");
+                r.push_str(&format!(
+                    "-A {t}-fwd -i {b} -o {b} -j ACCEPT\n\
+                     -A {t}-fwd -i {b} -j {t}-out\n\
+                     -A {t}-fwd -o {b} -j {t}-in\n"
+                ));
+            }
+            let (out, back) = if self.outbound_nat {
+                (
+                    "ACCEPT",
+                    format!("-A {t}-in -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"),
+                )
+            } else {
+                ("DROP", String::new())
+            };
+            r.push_str(&format!(
+                "-A {t}-out -o {BRIDGE_PREFIX}+ -j DROP\n\
+                 -A {t}-out -j {out}\n\
+                 -A {t}-in -i {BRIDGE_PREFIX}+ -j DROP\n\
+                 {back}-A {t}-in -j DROP\n\
+                 COMMIT\n*nat\n:{t}-nat - [0:0]\n"
+            ));
+            if self.outbound_nat {
+                if v6 {
+                    for i in self.bridges() {
+                        r.push_str(&format!(
+                            "-A {t}-nat -s fdaa:0:{i:x}::/64 ! -o {BRIDGE_PREFIX}+ -j MASQUERADE\n"
+                        ));
+                    }
+                } else {
+                    r.push_str(&format!(
+                        "-A {t}-nat -s {} ! -o {BRIDGE_PREFIX}+ -j MASQUERADE\n",
+                        self.ipv4_range
+                    ));
+                }
+            }
+            if v6 {
+                r.push_str(&format!(":{t}-dns - [0:0]\n"));
+                for i in self.bridges() {
+                    for proto in ["udp", "tcp"] {
+                        r.push_str(&format!(
+                            "-A {t}-dns -i {BRIDGE_PREFIX}{i} -d {DNS_ADDR} -p {proto} --dport 53 -j DNAT --to-destination fdaa:0:{i:x}::1\n"
+                        ));
+                    }
+                }
+            }
+            r.push_str("COMMIT\n");
+            r
+        }
+
+        /// Where the built-in chains jump to this installation's: (table,
+        /// chain, our chain).
+        fn iptables_jumps(&self, v6: bool) -> Vec<(&'static str, &'static str, String)> {
+            let t = self.table();
+            let mut j = vec![
+                ("filter", "FORWARD", format!("{t}-fwd")),
+                ("nat", "POSTROUTING", format!("{t}-nat")),
+            ];
+            if v6 {
+                j.push(("nat", "PREROUTING", format!("{t}-dns")));
+            }
+            j
         }
 
         /// Other installations' tables on this host whose networks overlap
@@ -490,6 +616,15 @@ mod tests {
         assert!(r.contains("\"hangar11\" . \"hangar11\""));
         assert!(!r.contains("\"hangar12\""));
         assert!(!r.contains("\"hangar7\""));
+        // The same for iptables, in chains named after the table (at most
+        // 28 characters, whatever the range).
+        let ipt = fw("10.231.8.0/22", 8, 11, true).iptables_rules(true);
+        assert!(ipt.contains("-A hangar_10_231_8_0_22-fwd -i hangar9 -o hangar9 -j ACCEPT"));
+        assert!(ipt.contains("-s fdaa:0:b::/64 ! -o hangar+ -j MASQUERADE"));
+        assert!(ipt.contains("--to-destination fdaa:0:8::1"));
+        assert!(!ipt.contains("hangar12 "));
+        let longest = fw("255.255.255.0/24", 255, 255, true).table() + "-fwd";
+        assert!(longest.len() <= 28, "{longest}");
     }
 
     #[test]

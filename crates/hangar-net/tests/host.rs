@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
-use hangar_net::firewall::Firewall;
+use hangar_net::firewall::{Firewall, Tool};
 use hangar_net::{Bridge, Link};
 
 fn firewall(range: &str, first: u8, last: u8, nat: bool) -> Firewall {
@@ -150,6 +150,10 @@ fn nat_inside_a_host_of_its_own() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
+    let tool = match std::env::var("HANGAR_NAT_TEST_TOOL").as_deref() {
+        Ok("iptables") => Tool::Iptables,
+        _ => Tool::Nftables,
+    };
     run(&["ip", "link", "set", "lo", "up"]);
     // The outside: a namespace on a link of the host's own, with no route
     // back to the machines (so only masqueraded traffic gets answers).
@@ -211,7 +215,9 @@ fn nat_inside_a_host_of_its_own() {
     hangar_net::connect(&m, &bridge, &link).unwrap();
 
     // NAT on: out through the host's address, IPv4 and IPv6.
-    firewall("10.231.8.0/22", 8, 11, true).apply().unwrap();
+    firewall("10.231.8.0/22", 8, 11, true)
+        .apply_with(tool)
+        .unwrap();
     assert_eq!(seen_from(&m, "192.0.2.2:7000"), Ok("192.0.2.1".into()));
     assert_eq!(
         seen_from(&m, "[2001:db8:1::2]:7000"),
@@ -232,7 +238,9 @@ fn nat_inside_a_host_of_its_own() {
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
 
     // NAT off: nothing goes out.
-    firewall("10.231.8.0/22", 8, 11, false).apply().unwrap();
+    firewall("10.231.8.0/22", 8, 11, false)
+        .apply_with(tool)
+        .unwrap();
     assert!(seen_from(&m, "192.0.2.2:7000").is_err());
     assert!(seen_from(&m, "[2001:db8:1::2]:7000").is_err());
     for ns in [&m, &out] {
@@ -245,20 +253,24 @@ fn outbound_nat_masquerades_ipv4_and_ipv6() {
     if std::env::var_os("HANGAR_NAT_TEST_DIR").is_some() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let host = dir.path().join("host");
-    pinned_netns(&host);
-    // The test binary again, in the namespace that plays the host, with a
-    // /sys of that namespace (hangar-net reads interfaces there).
-    let exe = std::env::current_exe().unwrap();
-    let st = Command::new("nsenter")
-        .arg(format!("--net={}", host.display()))
-        .args(["unshare", "--mount", "sh", "-c"])
-        .arg("mount -t sysfs sysfs /sys && exec \"$0\" nat_inside_a_host_of_its_own --exact --nocapture --test-threads=1")
-        .arg(&exe)
-        .env("HANGAR_NAT_TEST_DIR", dir.path())
-        .status()
-        .unwrap();
-    let _ = Command::new("umount").arg(&host).status();
-    assert!(st.success());
+    // With each tool the host may have, in a host of its own.
+    for tool in ["nftables", "iptables"] {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        pinned_netns(&host);
+        // The test binary again, in the namespace that plays the host, with
+        // a /sys of that namespace (hangar-net reads interfaces there).
+        let exe = std::env::current_exe().unwrap();
+        let st = Command::new("nsenter")
+            .arg(format!("--net={}", host.display()))
+            .args(["unshare", "--mount", "sh", "-c"])
+            .arg("mount -t sysfs sysfs /sys && exec \"$0\" nat_inside_a_host_of_its_own --exact --nocapture --test-threads=1")
+            .arg(&exe)
+            .env("HANGAR_NAT_TEST_DIR", dir.path())
+            .env("HANGAR_NAT_TEST_TOOL", tool)
+            .status()
+            .unwrap();
+        let _ = Command::new("umount").arg(&host).status();
+        assert!(st.success(), "with {tool}");
+    }
 }

@@ -212,15 +212,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     match firewall.apply() {
-        Ok(()) if args.no_outbound_nat => {
-            tracing::info!(table = %firewall.table(), "private networks isolated; outbound NAT off")
+        Ok(tool) if args.no_outbound_nat => {
+            tracing::info!(?tool, table = %firewall.table(), "private networks isolated; outbound NAT off")
         }
-        Ok(()) => {
-            tracing::info!(table = %firewall.table(), "private networks isolated; outbound NAT on (IPv4 and IPv6)")
+        Ok(tool) => {
+            tracing::info!(?tool, table = %firewall.table(), "private networks isolated; outbound NAT on (IPv4 and IPv6)")
         }
         Err(e) if args.no_outbound_nat => tracing::warn!(
             error = %e,
-            "cannot install the firewall rules (apt-get install -y nftables); networks stay isolated only while the host does not forward"
+            "cannot install the firewall rules (apt-get install -y nftables, or iptables); networks stay isolated only while the host does not forward"
         ),
         Err(e) => bail!(
             "cannot install the firewall rules that NAT machines' traffic: {e} (apt-get install -y nftables, or run with --no-outbound-nat)"
