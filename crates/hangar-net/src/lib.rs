@@ -408,26 +408,43 @@ pub mod firewall {
                     // Versions before per-installation tables had one `inet
                     // hangar` table for every installation on the host.
                     let _ = run("nft", &["delete", "table", "inet", BRIDGE_PREFIX], None);
+                    // An accept in our table does not overrule a drop
+                    // elsewhere: where iptables' FORWARD drops by default
+                    // (Docker sets it so), machines' traffic is let
+                    // through there too.
+                    if self.outbound_nat && iptables_forward_drops() {
+                        self.apply_iptables()?;
+                    }
                 }
-                Tool::Iptables => {
-                    for v6 in [false, true] {
-                        let (tool, restore) = if v6 {
-                            ("ip6tables", "ip6tables-restore")
-                        } else {
-                            ("iptables", "iptables-restore")
-                        };
-                        if v6 && run(tool, &["--version"], None).is_err() {
-                            continue;
-                        }
-                        run(restore, &["--noflush"], Some(&self.iptables_rules(v6)))?;
-                        for (table, chain, ours) in self.iptables_jumps(v6) {
-                            if run(tool, &["-t", table, "-C", chain, "-j", &ours], None).is_err() {
-                                run(tool, &["-t", table, "-I", chain, "1", "-j", &ours], None)?;
-                            }
-                        }
+                Tool::Iptables => self.apply_iptables()?,
+            }
+            self.apply_forwarding()
+        }
+
+        /// The iptables form of the rules (ip6tables too where the host has
+        /// it).
+        fn apply_iptables(&self) -> Result<(), NetError> {
+            for v6 in [false, true] {
+                let (tool, restore) = if v6 {
+                    ("ip6tables", "ip6tables-restore")
+                } else {
+                    ("iptables", "iptables-restore")
+                };
+                if v6 && run(tool, &["--version"], None).is_err() {
+                    continue;
+                }
+                run(restore, &["--noflush"], Some(&self.iptables_rules(v6)))?;
+                for (table, chain, ours) in self.iptables_jumps(v6) {
+                    if run(tool, &["-t", table, "-C", chain, "-j", &ours], None).is_err() {
+                        run(tool, &["-t", table, "-I", chain, "1", "-j", &ours], None)?;
                     }
                 }
             }
+            Ok(())
+        }
+
+        /// With outbound NAT, turns forwarding on.
+        fn apply_forwarding(&self) -> Result<(), NetError> {
             if self.outbound_nat {
                 let sysctl = |e: std::io::Error| NetError::Tool {
                     tool: "sysctl",
@@ -550,6 +567,12 @@ pub mod firewall {
         }
         let last = (c + (1 << (24 - len)) - 1).min(254);
         Some((c.max(1) as u8, last as u8))
+    }
+
+    /// Whether iptables' FORWARD chain drops what no rule accepts.
+    fn iptables_forward_drops() -> bool {
+        run("iptables", &["-S", "FORWARD"], None)
+            .is_ok_and(|out| out.lines().any(|l| l.trim() == "-P FORWARD DROP"))
     }
 
     /// With forwarding on, Linux ignores router advertisements on

@@ -150,11 +150,17 @@ fn nat_inside_a_host_of_its_own() {
         return;
     };
     let dir = std::path::PathBuf::from(dir);
-    let tool = match std::env::var("HANGAR_NAT_TEST_TOOL").as_deref() {
-        Ok("iptables") => Tool::Iptables,
+    let which = std::env::var("HANGAR_NAT_TEST_TOOL").unwrap_or_default();
+    let tool = match which.as_str() {
+        "iptables" => Tool::Iptables,
         _ => Tool::Nftables,
     };
     run(&["ip", "link", "set", "lo", "up"]);
+    if which == "nftables-on-a-docker-host" {
+        // Docker's default: iptables' FORWARD drops what it does not know.
+        run(&["iptables", "-P", "FORWARD", "DROP"]);
+        run(&["ip6tables", "-P", "FORWARD", "DROP"]);
+    }
     // The outside: a namespace on a link of the host's own, with no route
     // back to the machines (so only masqueraded traffic gets answers).
     let out = dir.join("outside");
@@ -254,7 +260,7 @@ fn outbound_nat_masquerades_ipv4_and_ipv6() {
         return;
     }
     // With each tool the host may have, in a host of its own.
-    for tool in ["nftables", "iptables"] {
+    for tool in ["nftables", "iptables", "nftables-on-a-docker-host"] {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("host");
         pinned_netns(&host);
