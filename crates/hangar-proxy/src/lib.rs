@@ -196,7 +196,9 @@ pub struct Proxy {
     cfg: Config,
     machines: Arc<dyn Machines>,
     /// Per machine: its load and whether it is known to listen.
-    loads: Mutex<HashMap<Arc<str>, Load>>,
+    /// (Never freed: guards reach it without touching a shared reference
+    /// count per request; a proxy lives as long as its process.)
+    loads: &'static Mutex<HashMap<Arc<str>, Load>>,
     starting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Listeners on apps' dedicated addresses.
     dedicated: dedicated::Listeners,
@@ -221,6 +223,9 @@ struct Ctx {
 /// A client connection being served: where it came in, and the values of
 /// the headers that say who it is (made once per connection).
 struct ClientConn {
+    /// The proxy (held per connection, so requests need not count
+    /// references to it).
+    proxy: Arc<Proxy>,
     ctx: Ctx,
     /// `Fly-Client-IP` (and `X-Forwarded-For`).
     client_ip: HeaderValue,
@@ -471,14 +476,14 @@ fn next_turn() -> usize {
 /// Takes back what it added to a machine's load when the request (body
 /// included) or the connection is done.
 struct LoadGuard {
-    proxy: Arc<Proxy>,
+    loads: &'static Mutex<HashMap<Arc<str>, Load>>,
     id: Arc<str>,
     counts: Counts,
 }
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        let mut loads = self.proxy.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = loads.get_mut(&self.id) {
             if self.counts.request() {
                 l.in_flight = l.in_flight.saturating_sub(1);
@@ -496,7 +501,7 @@ impl Proxy {
     pub fn new(cfg: Config, machines: Arc<dyn Machines>) -> Arc<Proxy> {
         Arc::new(Proxy {
             machines,
-            loads: Mutex::new(HashMap::new()),
+            loads: Box::leak(Box::new(Mutex::new(HashMap::new()))),
             starting: Mutex::new(HashMap::new()),
             dedicated: Default::default(),
             tls: std::sync::OnceLock::new(),
@@ -633,6 +638,7 @@ impl Proxy {
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let conn = Arc::new(ClientConn {
+            proxy: self,
             client_ip: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
                 .unwrap_or(HeaderValue::from_static("-")),
             port: HeaderValue::from(ctx.port),
@@ -642,9 +648,8 @@ impl Proxy {
             },
         });
         let svc = hyper::service::service_fn(move |req| {
-            let me = Arc::clone(&self);
             let conn = Arc::clone(&conn);
-            async move { Ok::<_, Infallible>(me.handle(req, &conn).await) }
+            async move { Ok::<_, Infallible>(conn.proxy.handle(req, &conn).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder.http1().writev(false);
@@ -682,7 +687,7 @@ impl Proxy {
             }
         }
         LoadGuard {
-            proxy: Arc::clone(self),
+            loads: self.loads,
             id: Arc::clone(id),
             counts,
         }
@@ -701,7 +706,7 @@ impl Proxy {
         }
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
         let mut buf = [0u8; ulid::ULID_LEN];
         let id = ulid::Ulid::new().array_to_str(&mut buf);
         id.make_ascii_lowercase();
