@@ -264,14 +264,23 @@ impl Upstream {
     async fn send(
         &self,
         target: SocketAddr,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, String> {
         let held = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((t, mut s)) = held {
             if t == target && s.ready().await.is_ok() {
-                let r = s.send_request(req).await.map_err(|e| e.to_string());
-                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((t, s));
-                return r;
+                match s.try_send_request(req).await {
+                    Ok(r) => {
+                        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((t, s));
+                        return Ok(r);
+                    }
+                    // The kept-alive connection went away before the
+                    // request was written: it goes on a new one.
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => req = back,
+                        None => return Err(e.into_error().to_string()),
+                    },
+                }
             }
         }
         let stream = tokio::time::timeout(
