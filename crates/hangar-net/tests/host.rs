@@ -243,6 +243,20 @@ fn nat_inside_a_host_of_its_own() {
     let e = from_outside.unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
 
+    if tool == Tool::Nftables {
+        // Another installation's rules beside these: overlapping networks
+        // are told, disjoint ones are not.
+        let overlapping = firewall("10.231.0.0/16", 1, 254, false);
+        let disjoint = firewall("10.231.12.0/22", 12, 15, false);
+        assert_eq!(overlapping.overlapping(), vec!["hangar_10_231_8_0_22"]);
+        assert!(disjoint.overlapping().is_empty());
+        assert!(
+            firewall("10.231.8.0/22", 8, 11, false)
+                .overlapping()
+                .is_empty()
+        );
+    }
+
     // NAT off: nothing goes out.
     firewall("10.231.8.0/22", 8, 11, false)
         .apply_with(tool)
