@@ -7,14 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then exec sudo -E "$0" "$@"; fi
 packages=(crun docker-registry busybox-static iproute2 nftables nginx-light wrk)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/packages.sh
+install_packages "${packages[@]}"
 # nginx-light's package starts a system nginx on port 80; the benchmark runs
 # its own on a free loopback port.
 systemctl stop nginx 2>/dev/null || true

@@ -19,16 +19,8 @@ LOG=${HANGAR_LOG:-/var/log/hangard.log}
 export HANGAR_DATA_DIR=$DATA_DIR HANGAR_API_URL="http://$LISTEN"
 
 packages=(crun busybox-static umoci util-linux e2fsprogs iproute2 nftables ca-certificates curl)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "==> installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/packages.sh
+install_packages "${packages[@]}"
 
 echo "==> building hangard and hangar (release)"
 cargo build --release --bins --quiet

@@ -16,16 +16,8 @@ fi
 # util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup;
 # private networks use iproute2 (ip) and nftables (nft).
 packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables ca-certificates)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "==> installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/packages.sh
+install_packages "${packages[@]}"
 
 echo "==> building"
 cargo build --workspace --bins --quiet

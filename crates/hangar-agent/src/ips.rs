@@ -90,6 +90,23 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IpAssignment> {
 
 const COLUMNS: &str = "ip, app_name, region, service_name, shared, created_at";
 
+/// Records `a` (in a transaction or not).
+fn insert_row(conn: &rusqlite::Connection, a: &IpAssignment) -> Result<(), AgentError> {
+    conn.execute(
+        &format!("INSERT INTO ip_assignments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            a.ip,
+            a.app,
+            a.region,
+            a.service_name,
+            a.shared as i64,
+            a.created_at
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
 impl Store {
     /// An app's assignments.
     pub fn ip_assignments(&self, app: Option<&str>) -> Result<Vec<IpAssignment>, AgentError> {
@@ -104,20 +121,7 @@ impl Store {
     }
 
     fn insert_ip(&self, a: &IpAssignment) -> Result<(), AgentError> {
-        self.conn()
-            .execute(
-                &format!("INSERT INTO ip_assignments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-                params![
-                    a.ip,
-                    a.app,
-                    a.region,
-                    a.service_name,
-                    a.shared as i64,
-                    a.created_at
-                ],
-            )
-            .map_err(db)?;
-        Ok(())
+        insert_row(&self.conn(), a)
     }
 
     /// Takes the first free address of `pool` for `a` (its `ip` is
@@ -145,18 +149,7 @@ impl Store {
             AgentError::Unprocessable("the IP pool of this installation is used up".into())
         })?;
         a.ip = ip.to_string();
-        tx.execute(
-            &format!("INSERT INTO ip_assignments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![
-                a.ip,
-                a.app,
-                a.region,
-                a.service_name,
-                a.shared as i64,
-                a.created_at
-            ],
-        )
-        .map_err(db)?;
+        insert_row(&tx, a)?;
         tx.commit().map_err(db)
     }
 

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::{Backend, Counts, Ctx, LoadGuard, Proxy, Scheme};
+use crate::{Backend, Bind, Counts, Ctx, LoadGuard, Proxy, Scheme, bind};
 
 /// How often listeners are brought in line with the state.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
@@ -73,40 +73,24 @@ impl Drop for Listeners {
     }
 }
 
+// The pool's addresses may be routed to this host without being on one of
+// its interfaces.
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    // The pool's addresses may be routed to this host without being on
-    // one of its interfaces.
-    if addr.is_ipv4() {
-        s.set_freebind_v4(true)?;
-    } else {
-        s.set_freebind_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    TcpListener::from_std(s.into())
+    let how = Bind {
+        tcp: true,
+        shared: false,
+        freebind: true,
+    };
+    TcpListener::from_std(bind(addr, how)?.into())
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if addr.is_ipv4() {
-        s.set_freebind_v4(true)?;
-    } else {
-        s.set_freebind_v6(true)?;
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    let how = Bind {
+        tcp: false,
+        shared: false,
+        freebind: true,
+    };
+    UdpSocket::from_std(bind(addr, how)?.into())
 }
 
 /// The PROXY protocol v1 line for a connection from `peer` to `local`.

@@ -446,19 +446,45 @@ fn client() -> Client<HttpConnector, Incoming> {
     CLIENT.with(Clone::clone)
 }
 
-/// A listening socket that other workers may bind too.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
+/// How [`bind`] sets a socket up.
+#[derive(Debug, Clone, Copy)]
+struct Bind {
+    /// A TCP listener (else a UDP socket).
+    tcp: bool,
+    /// Other workers may bind the same address (`SO_REUSEPORT`).
+    shared: bool,
+    /// The address may be routed to this host without being on one of its
+    /// interfaces (`IP_FREEBIND`).
+    freebind: bool,
+}
+
+/// A bound, non-blocking socket on `addr` (listening, for TCP).
+fn bind(addr: SocketAddr, how: Bind) -> std::io::Result<socket2::Socket> {
+    let (ty, proto) = if how.tcp {
+        (socket2::Type::STREAM, socket2::Protocol::TCP)
+    } else {
+        (socket2::Type::DGRAM, socket2::Protocol::UDP)
+    };
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), ty, Some(proto))?;
+    if how.tcp {
+        s.set_reuse_address(true)?;
+    }
+    if how.shared {
+        s.set_reuse_port(true)?;
+    }
+    if how.freebind {
+        if addr.is_ipv4() {
+            s.set_freebind_v4(true)?;
+        } else {
+            s.set_freebind_v6(true)?;
+        }
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
+    if how.tcp {
+        s.listen(1024)?;
+    }
+    Ok(s)
 }
 
 /// The machine picked for a request or connection, with the service that
@@ -535,7 +561,15 @@ impl Proxy {
             let mut listeners = Vec::new();
             for _ in 0..workers {
                 listeners.push(
-                    bind_reuseport(addr).map_err(|source| ProxyError::Listen { addr, source })?,
+                    bind(
+                        addr,
+                        Bind {
+                            tcp: true,
+                            shared: true,
+                            freebind: false,
+                        },
+                    )
+                    .map_err(|source| ProxyError::Listen { addr, source })?,
                 );
             }
             tracing::info!(%addr, workers, tls = tls.is_some(), domain = %self.cfg.domain, "proxy serving");
@@ -556,7 +590,7 @@ impl Proxy {
                             }
                         };
                         rt.block_on(async move {
-                            match tokio::net::TcpListener::from_std(l) {
+                            match tokio::net::TcpListener::from_std(l.into()) {
                                 Ok(l) => me.accept(l, tls).await,
                                 Err(e) => tracing::error!(error = %e, "proxy worker listener"),
                             }
@@ -676,13 +710,13 @@ impl Proxy {
             .map_or(0, |l| l.of(kind))
     }
 
-    fn add_load(self: &Arc<Self>, id: &Arc<str>, counts: Counts) -> LoadGuard {
+    fn add_load(&self, id: &Arc<str>, counts: Counts) -> LoadGuard {
         let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
         self.add_load_locked(&mut loads, id, counts)
     }
 
     fn add_load_locked(
-        self: &Arc<Self>,
+        &self,
         loads: &mut HashMap<Arc<str>, Load>,
         id: &Arc<str>,
         counts: Counts,
@@ -929,7 +963,7 @@ impl Proxy {
     /// `counts` on it (in the returned guard); starts it when the rules say
     /// so, and returns once it accepts connections.
     async fn choose<'a>(
-        self: &Arc<Self>,
+        &self,
         app: &str,
         backends: Vec<(&'a Backend, &'a Service)>,
         kind: LoadKind,
@@ -941,7 +975,7 @@ impl Proxy {
     /// [`Proxy::choose`]; `tcp` false skips waiting for a TCP listener
     /// (UDP services).
     async fn choose_with<'a>(
-        self: &Arc<Self>,
+        &self,
         app: &str,
         backends: Vec<(&'a Backend, &'a Service)>,
         kind: LoadKind,

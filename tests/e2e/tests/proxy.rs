@@ -504,6 +504,25 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
 /// A UDP echo server on `port` inside the network namespace pinned at
 /// `netns` (a machine's), on a thread of its own.
 fn udp_echo_in(netns: &std::path::Path, port: u16) {
+    serve_in_netns(
+        netns,
+        move || std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap(),
+        |sock| {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        },
+    );
+}
+
+/// On a thread of its own inside the network namespace pinned at `netns`:
+/// `bind` (returns once it has), then `serve` what it bound.
+fn serve_in_netns<S: 'static>(
+    netns: &std::path::Path,
+    bind: impl FnOnce() -> S + Send + 'static,
+    serve: impl FnOnce(S) + Send + 'static,
+) {
     let ns = std::fs::File::open(netns).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -512,12 +531,9 @@ fn udp_echo_in(netns: &std::path::Path, port: u16) {
         // thread's network namespace.
         let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(joined, 0);
-        let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        let bound = bind();
         tx.send(()).unwrap();
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
+        serve(bound);
     });
     rx.recv().unwrap();
 }
@@ -720,17 +736,9 @@ async fn connections_services_count_client_connections() {
 /// `netns` (a machine's), on `port`: it answers the first upgrade request
 /// with 101 and then echoes what it gets.
 fn upgrade_echo_in(netns: &std::path::Path, port: u16) {
-    let ns = std::fs::File::open(netns).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let bind = move || std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    serve_in_netns(netns, bind, |l| {
         use std::io::{Read, Write};
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a namespace fd we opened; it changes only this
-        // thread's network namespace.
-        let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(joined, 0);
-        let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
-        tx.send(()).unwrap();
         // The proxy probes the port first (connect, close): skip those.
         let mut s = loop {
             let (mut s, _) = l.accept().unwrap();
@@ -757,7 +765,6 @@ fn upgrade_echo_in(netns: &std::path::Path, port: u16) {
             }
         }
     });
-    rx.recv().unwrap();
 }
 
 #[tokio::test]
