@@ -14,8 +14,9 @@ fi
 # crun/runc run the machines; docker-registry serves test images; the test
 # images are built from busybox-static; ps and mount come from procps and
 # util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup;
-# private networks use iproute2 (ip) and nftables (nft).
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables ca-certificates)
+# private networks use iproute2 (ip) and nftables (nft); the firewall tests
+# also check the iptables fallback.
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

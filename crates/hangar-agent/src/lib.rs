@@ -90,6 +90,9 @@ pub struct AgentConfig {
     pub ip_pool: Option<ips::IpPool>,
     /// The proxy's shared address (`shared_v4`).
     pub shared_ip: Option<std::net::IpAddr>,
+    /// Every machine's task limit; scaled with its memory when absent
+    /// (see [`hangar_runtime::Resources::default_pids_max`]).
+    pub pids_limit: Option<u64>,
 }
 
 impl AgentConfig {
@@ -106,6 +109,7 @@ impl AgentConfig {
             network_range: network::NetRange::default(),
             ip_pool: None,
             shared_ip: None,
+            pids_limit: None,
         }
     }
 }
@@ -137,6 +141,8 @@ pub(crate) struct Shared {
     pub(crate) checks: checks::Checks,
     pub ip_pool: Option<ips::IpPool>,
     pub shared_ip: Option<std::net::IpAddr>,
+    /// [`AgentConfig::pids_limit`].
+    pub pids_limit: Option<u64>,
     /// Called with a network's index when a machine is given an address on
     /// it (hangard starts serving DNS there).
     network_hook: Mutex<Option<NetworkHook>>,
@@ -246,6 +252,7 @@ impl Agent {
             checks: Default::default(),
             ip_pool: cfg.ip_pool,
             shared_ip: cfg.shared_ip,
+            pids_limit: cfg.pids_limit,
             network_hook: Mutex::new(None),
             runners: Mutex::new(HashMap::new()),
         });

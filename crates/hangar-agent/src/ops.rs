@@ -453,7 +453,7 @@ impl Agent {
         limit_mb: u64,
     ) -> Result<MemoryInfo, AgentError> {
         let rec = self.running(app, id)?;
-        let max = spec::resources(&rec.config).memory_mb;
+        let max = spec::resources(&rec.config, None).memory_mb;
         if limit_mb < 32 || limit_mb > max {
             return Err(AgentError::InvalidArgument(format!(
                 "limit_mb must be between 32 and the machine's guest.memory_mb ({max})"

@@ -604,7 +604,7 @@ impl Runner {
             .as_ref()
             .ok_or_else(|| "the image is not prepared".to_string())?;
         let c = &self.rec.config;
-        let resources = spec::resources(c);
+        let resources = spec::resources(c, self.shared.pids_limit);
         let reserved = spec::Reserved {
             app: &self.rec.app,
             machine_id: self.rec.id.as_str(),

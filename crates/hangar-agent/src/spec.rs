@@ -345,17 +345,20 @@ pub fn policy(c: &MachineConfig) -> Policy {
     }
 }
 
-/// Resource limits of a (normalized) config.
-pub fn resources(c: &MachineConfig) -> Resources {
+/// Resource limits of a (normalized) config; `pids_limit` is the host's
+/// override of the task limit (scaled with memory when absent).
+pub fn resources(c: &MachineConfig, pids_limit: Option<u64>) -> Resources {
     let g = c.guest.clone().unwrap_or_default();
+    let memory_mb = g.memory_mb.unwrap_or(256).max(32) as u64;
     Resources {
         cpus: g.cpus.unwrap_or(1).clamp(1, 128) as u32,
-        memory_mb: g.memory_mb.unwrap_or(256).max(32) as u64,
+        memory_mb,
         cpu_kind: if g.cpu_kind.as_deref() == Some("performance") {
             CpuKind::Performance
         } else {
             CpuKind::Shared
         },
+        pids_max: pids_limit.unwrap_or_else(|| Resources::default_pids_max(memory_mb)),
     }
 }
 

@@ -10,9 +10,14 @@
 //!                     └─ crun delete; exits
 //! ```
 //!
-//! The shim does not depend on `hangard` once started: if `hangard` exits or
-//! is killed, the shim goes on logging and records the exit, which the next
-//! `hangard` reads when it adopts the machine.
+//! The shim does not depend on `hangard` at any instant after it is spawned:
+//! if `hangard` exits or is killed, even before it read the shim's report,
+//! the shim goes on (a write to hangard's closed pipe is ignored), logs, and
+//! records the exit, which the next `hangard` reads when it adopts the
+//! machine. From before its spawn until it exits the shim holds an exclusive
+//! `flock` on `shim.lock` in its state directory (hangard takes the lock and
+//! hands the locked file `shim.lock` to it as `--lock-fd`), so a `hangard` that starts
+//! while the shim has not yet written `shim.pid` knows a shim is alive.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -36,6 +41,7 @@ struct Options {
     log: PathBuf,
     log_max_bytes: u64,
     oom_file: Option<PathBuf>,
+    lock_fd: Option<i32>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -61,6 +67,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             .parse()
             .map_err(|_| "bad --log-max-bytes")?,
         oom_file: get("--oom-file")?.map(PathBuf::from),
+        lock_fd: get("--lock-fd")?
+            .map(|v| v.parse().map_err(|_| "bad --lock-fd"))
+            .transpose()?,
     })
 }
 
@@ -77,10 +86,15 @@ pub fn main(args: &[String]) -> i32 {
     let opts = match parse(args) {
         Ok(o) => o,
         Err(e) => {
-            println!("{}", serde_json::json!({ "error": format!("shim: {e}") }));
+            report(&serde_json::json!({ "error": format!("shim: {e}") }));
             return 2;
         }
     };
+    // The lock stays ours (it is shared with hangard's copy until hangard
+    // closes it); the runtime and the container must not inherit it.
+    if let Some(fd) = opts.lock_fd {
+        sys::set_cloexec(fd);
+    }
     // SAFETY: setsid and prctl have no memory-safety preconditions; signal()
     // with SIG_IGN installs no handler code.
     unsafe {
@@ -157,12 +171,9 @@ fn run(o: &Options) -> io::Result<()> {
     // pidfd works even if it has already exited.
     let pidfd = sys::pidfd_open(pid)?;
 
-    // Tell hangard, then detach from it: nothing more goes to its pipe.
-    println!(
-        "{}",
-        serde_json::json!({ "pid": pid, "runtime_ms": runtime_ms })
-    );
-    let _ = io::stdout().flush();
+    // Tell hangard, then detach from it: nothing more goes to its pipe. A
+    // hangard that died meanwhile does not read it, and that is fine.
+    report(&serde_json::json!({ "pid": pid, "runtime_ms": runtime_ms }));
     detach_stdio();
 
     let mut log = LogFile::open(o.log.clone(), o.log_max_bytes)?;
@@ -331,11 +342,32 @@ fn runtime_error(o: &Options, step: &str) -> String {
     format!("container {step} failed: {msg}")
 }
 
+/// Reports a failed start to hangard and in `exit.json`, for a hangard that
+/// adopted this shim after the one that spawned it went away.
 fn report_failure(o: &Options, msg: &str) -> io::Result<()> {
     shim_log(o, msg);
-    println!("{}", serde_json::json!({ "error": msg }));
-    let _ = io::stdout().flush();
+    let info = ExitInfo {
+        exit_code: -1,
+        exited_at_ms: sys::now_ms(),
+        error: Some(msg.to_owned()),
+        ..ExitInfo::default()
+    };
+    let _ = write_atomic(
+        &o.state_dir.join(EXIT_FILE),
+        serde_json::to_string(&info)
+            .map_err(io::Error::other)?
+            .as_bytes(),
+    );
+    report(&serde_json::json!({ "error": msg }));
     Ok(())
+}
+
+/// One line to hangard on stdout. Errors are ignored: hangard may have died
+/// (EPIPE), and the machine must not die with it.
+fn report(v: &serde_json::Value) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
 }
 
 fn cleanup(o: &Options) {

@@ -171,6 +171,7 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
                 "devices": [{"allow": false, "access": "rwm"}],
                 "memory": {"limit": memory},
                 "cpu": {"shares": shares, "quota": cpus * period, "period": period},
+                "pids": {"limit": spec.resources.pids_max.max(1)},
             },
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
@@ -228,6 +229,7 @@ mod tests {
                 cpus: 2,
                 memory_mb: 512,
                 cpu_kind: CpuKind::Shared,
+                pids_max: 2048,
             },
             files: vec![],
             tty: false,
@@ -297,6 +299,7 @@ mod tests {
         assert_eq!(c["process"]["cwd"], "/app");
         assert_eq!(c["linux"]["resources"]["memory"]["limit"], 512u64 << 20);
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 200_000);
+        assert_eq!(c["linux"]["resources"]["pids"]["limit"], 2048);
         assert_eq!(c["linux"]["cgroupsPath"], "/hangar/0123456789abcd");
         let root = Identity {
             uid: 0,

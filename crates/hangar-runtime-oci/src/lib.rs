@@ -21,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bundle;
+mod cgroups;
 mod exec;
 pub mod fsutil;
 pub mod host;
@@ -490,6 +491,58 @@ impl OciRuntime {
         Ok(out)
     }
 
+    fn lock_path(&self, id: &MachineId) -> PathBuf {
+        self.dir(id).join("state/shim.lock")
+    }
+
+    /// Takes the machine's shim lock for a new shim; fails while another
+    /// shim of the machine lives.
+    fn lock_shim(&self, id: &MachineId) -> Result<std::fs::File, RuntimeError> {
+        let path = self.lock_path(id);
+        let open = || {
+            std::fs::create_dir_all(self.dir(id).join("state"))?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        };
+        let f = open().map_err(|e| failed("start", id, format!("shim lock: {e}")))?;
+        if !try_flock(&f) {
+            return Err(failed(
+                "start",
+                id,
+                "another supervisor of this machine is alive",
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Whether a shim of the machine lives (holds its lock), whether or not
+    /// it has written its pid yet.
+    fn shim_lock_held(&self, id: &MachineId) -> bool {
+        match std::fs::File::open(self.lock_path(id)) {
+            Ok(f) => !try_flock(&f),
+            Err(_) => false,
+        }
+    }
+
+    /// The machine's shim, if one lives: one spawned by a `hangard` that died
+    /// an instant later may not have written its pid yet, so while its lock
+    /// is held this waits (bounded) for the pid.
+    async fn live_shim(&self, id: &MachineId) -> Option<Shim> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(shim) = self.adopt_shim(id) {
+                return Some(shim);
+            }
+            if !self.shim_lock_held(id) || tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Adopts the machine's shim if it still runs (same pid, same start time).
     fn adopt_shim(&self, id: &MachineId) -> Option<Shim> {
         let text = std::fs::read_to_string(self.dir(id).join("state/shim.pid")).ok()?;
@@ -508,28 +561,15 @@ impl OciRuntime {
         let b = std::fs::read(self.dir(id).join("state/exit.json")).ok()?;
         serde_json::from_slice(&b).ok()
     }
+}
 
-    /// Removes cgroup directories the runtime left behind.
-    fn remove_cgroups(&self, id: &MachineId) {
-        let rel = self.cgroup(id);
-        let rel = rel.trim_start_matches('/');
-        let left = ["memory", "pids", "cpu", "unified"]
-            .iter()
-            .any(|c| Path::new("/sys/fs/cgroup").join(c).join(rel).exists())
-            || Path::new("/sys/fs/cgroup").join(rel).exists();
-        if !left {
-            return;
-        }
-        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
-            for e in rd.flatten() {
-                let p = e.path().join(rel);
-                if p.is_dir() {
-                    let _ = std::fs::remove_dir(&p);
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(rel));
-    }
+/// The fd the shim finds its lock on.
+const SHIM_LOCK_FD: i32 = 4;
+
+/// `flock(LOCK_EX | LOCK_NB)`: true if taken (or already ours).
+fn try_flock(f: &std::fs::File) -> bool {
+    // SAFETY: flock on an fd we own.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 fn spec_hash(spec: &WorkloadSpec) -> u64 {
@@ -594,6 +634,10 @@ impl Runtime for OciRuntime {
         let bundle_dir = self.prepare(spec, &volumes)?;
         let prepared = t0.elapsed();
         let dir = self.dir(id);
+        // Locked from before the spawn until the shim exits (the shim keeps
+        // the lock when this copy closes): see `live_shim`.
+        let lock = self.lock_shim(id)?;
+        let lock_raw = lock.as_raw_fd();
         let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
         cmd.arg("shim")
             .arg("--id")
@@ -612,13 +656,32 @@ impl Runtime for OciRuntime {
             .arg(self.cfg.log_max_bytes.to_string())
             .arg("--oom-file")
             .arg(self.oom_file(id))
+            .arg("--lock-fd")
+            .arg(SHIM_LOCK_FD.to_string())
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        // SAFETY: dup2 is async-signal-safe; the new fd (without
+        // close-on-exec) carries the locked file into the shim.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself would keep close-on-exec set.
+                let r = if lock_raw == SHIM_LOCK_FD {
+                    libc::fcntl(lock_raw, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(lock_raw, SHIM_LOCK_FD)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
+        drop(lock);
         let spawned = t0.elapsed();
         let pid = child.id().unwrap_or(0) as i32;
         let pidfd = pidfd_open(pid).map_err(|e| failed("start", id, e))?;
@@ -772,7 +835,7 @@ impl Runtime for OciRuntime {
     }
 
     async fn observe(&self, id: &MachineId) -> Result<Observed, RuntimeError> {
-        if let Some(shim) = self.adopt_shim(id) {
+        if let Some(shim) = self.live_shim(id).await {
             self.set_shim(id, Some(shim));
             return Ok(Observed::Running);
         }
@@ -784,6 +847,7 @@ impl Runtime for OciRuntime {
 
     async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
+        let cgroup = cgroups::MachineCgroup::new(&self.cgroup(id));
         if let Some(shim) = self.shim(id).or_else(|| self.adopt_shim(id).map(Arc::new)) {
             // SIGKILL reaches frozen processes only once they thaw.
             if self.is_frozen(id) {
@@ -805,6 +869,9 @@ impl Runtime for OciRuntime {
                 .stderr(Stdio::null())
                 .status()
                 .await;
+            // The init's death takes its namespace with it, but slowly when
+            // thousands of processes fork: end them all now.
+            let _ = cgroup.kill_all(Duration::from_secs(10)).await;
             if !wait_pidfd_for(&shim, Duration::from_secs(10)).await {
                 // SAFETY: kill on the shim's pid, verified by its pidfd above.
                 unsafe {
@@ -837,7 +904,16 @@ impl Runtime for OciRuntime {
                 .status()
                 .await;
         }
-        self.remove_cgroups(id);
+        // Nothing of the machine may outlive it: every process in its cgroup
+        // is killed, and the cgroup removed, before the machine counts as
+        // stopped or destroyed.
+        if cgroup.exists() {
+            cgroup
+                .kill_all(Duration::from_secs(30))
+                .await
+                .map_err(|e| failed("cleanup", id, e))?;
+            cgroup.remove().map_err(|e| failed("cleanup", id, e))?;
+        }
         let rootfs = dir.join("bundle/rootfs");
         fsutil::unmount(&rootfs).map_err(|e| failed("cleanup", id, e))?;
         if fsutil::is_mounted(&rootfs) {
@@ -901,4 +977,58 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &Path) -> OciRuntime {
+        let init = dir.join("hangar-init");
+        std::fs::write(&init, b"").unwrap();
+        OciRuntime::new(OciConfig {
+            flavor: OciFlavor::Crun,
+            runtime_path: "/bin/false".into(),
+            init_path: init,
+            machines_dir: dir.join("machines"),
+            runtime_root: dir.join("run"),
+            log_max_bytes: 1 << 20,
+            cgroup_parent: "/hangar-unit".into(),
+            secrets_dir: dir.join("secrets"),
+            volumes: None,
+        })
+        .unwrap()
+    }
+
+    /// A shim spawned by a hangard that died before the shim wrote its pid
+    /// holds its lock: the next hangard waits for the pid and adopts it
+    /// instead of finding nothing and starting a second one.
+    #[tokio::test]
+    async fn a_locked_shim_without_a_pid_yet_is_waited_for_and_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let id: MachineId = "0123456789abcd".parse().unwrap();
+        assert_eq!(rt.observe(&id).await.unwrap(), Observed::Absent);
+
+        let lock = rt.lock_shim(&id).unwrap();
+        assert!(rt.lock_shim(&id).is_err(), "a second shim must not start");
+        let pid_file = rt.dir(&id).join("state/shim.pid");
+        let me = std::process::id() as i32;
+        let line = format!("{me} {}\n", proc_start_time(me).unwrap());
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::fs::write(pid_file, line).unwrap();
+        });
+        assert_eq!(rt.observe(&id).await.unwrap(), Observed::Running);
+        writer.await.unwrap();
+        drop(lock);
+
+        // Without a lock holder and without a live pid there is nothing.
+        let other: MachineId = "abcdef01234567".parse().unwrap();
+        std::fs::create_dir_all(rt.dir(&other).join("state")).unwrap();
+        std::fs::write(rt.dir(&other).join("state/shim.pid"), "1 1\n").unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(rt.observe(&other).await.unwrap(), Observed::Absent);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+    }
 }

@@ -92,6 +92,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
             cpus: 1,
             memory_mb: 256,
             cpu_kind: CpuKind::Shared,
+            pids_max: 1024,
         },
         files: vec![],
         tty: false,

@@ -39,6 +39,17 @@ pub struct Resources {
     pub memory_mb: u64,
     /// CPU class.
     pub cpu_kind: CpuKind,
+    /// Most tasks (processes and threads) at once.
+    pub pids_max: u64,
+}
+
+impl Resources {
+    /// The default task limit for a machine with `memory_mb`: 4 per MiB,
+    /// at least 256 and at most 32768 (a 256 MB machine gets 1024), so that a
+    /// fork bomb stops long before the host's pid space runs out.
+    pub fn default_pids_max(memory_mb: u64) -> u64 {
+        memory_mb.saturating_mul(4).clamp(256, 32768)
+    }
 }
 
 /// Everything needed to start a machine's workload.

@@ -119,6 +119,11 @@ struct Args {
     /// has a specific one, else 127.0.0.1.
     #[arg(long, env = "HANGAR_PUBLIC_IP")]
     public_ip: Option<std::net::IpAddr>,
+    /// The most tasks (processes and threads) any machine may have at once.
+    /// By default each machine's limit scales with its memory: 4 per MiB,
+    /// at least 256 and at most 32768 (a 256 MB machine gets 1024).
+    #[arg(long, env = "HANGAR_MACHINE_PIDS_LIMIT", value_parser = clap::value_parser!(u64).range(16..))]
+    machine_pids_limit: Option<u64>,
     /// Run machine schedules this many times faster than real time (for
     /// tests and demos: 3600 makes `hourly` fire about every second).
     #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
@@ -246,6 +251,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             secrets_key_file: args.secrets_key_file.clone(),
             dns: !args.no_dns,
             network_range: args.network_range,
+            pids_limit: args.machine_pids_limit,
             ip_pool: Some(args.ip_pool),
             shared_ip: args.public_ip.or_else(|| {
                 let ip = args.proxy_http.0?.ip();

@@ -363,9 +363,16 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
 /// Connects, sends `line`, returns what comes back until the server closes
 /// (or 5 s pass).
 async fn tcp_roundtrip(addr: &str, line: &str) -> String {
+    try_tcp_roundtrip(addr, line)
+        .await
+        .unwrap_or_else(|e| panic!("{addr}: {e}"))
+}
+
+/// [`tcp_roundtrip`], with an error when the connection is refused.
+async fn try_tcp_roundtrip(addr: &str, line: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(line.as_bytes()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(line.as_bytes()).await?;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -378,7 +385,7 @@ async fn tcp_roundtrip(addr: &str, line: &str) -> String {
             break;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[tokio::test]
@@ -427,9 +434,11 @@ async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
     let echo = hangar_test_utils::wait_until(Duration::from_secs(10), "the TCP echo", || {
         let addr = format!("{ip}:7000");
         async move {
-            let out = tokio::time::timeout(Duration::from_secs(2), tcp_roundtrip(&addr, "ping\n"))
-                .await
-                .ok()?;
+            let out =
+                tokio::time::timeout(Duration::from_secs(2), try_tcp_roundtrip(&addr, "ping\n"))
+                    .await
+                    .ok()?
+                    .ok()?;
             (!out.is_empty()).then_some(out)
         }
     })

@@ -1,0 +1,294 @@
+//! End to end: what a crash soak and hostile tenants found (the hardening
+//! issue), each with the test that would have caught it. A real `hangard`,
+//! real crun, a real registry on loopback.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use hangar_api_types::{CreateMachineRequest, MachineConfig};
+use hangar_client::Client;
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::registry::Registry;
+use serde_json::{Value, json};
+
+async fn setup(app: &str) -> (Registry, Daemon, Client, String) {
+    let reg = Registry::start().await;
+    reg.push("test/bb", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app(app).await.unwrap();
+    let image = format!("{}/test/bb:v1", reg.addr);
+    (reg, d, c, image)
+}
+
+fn request(config: Value) -> CreateMachineRequest {
+    CreateMachineRequest {
+        config: Some(serde_json::from_value::<MachineConfig>(config).unwrap()),
+        ..CreateMachineRequest::default()
+    }
+}
+
+async fn wait(c: &Client, app: &str, id: &str, state: &str) {
+    c.wait_machine(app, id, &[state], Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("machine {id} did not reach {state}: {e}"));
+}
+
+/// A number from the clock, for spreading kills over a window.
+fn jitter(max: u64) -> u64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    (n / 1000) % (max + 1)
+}
+
+/// The machine's cgroup directories left in any hierarchy.
+fn cgroup_dirs(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let p = e.path().join("hangar").join(id);
+            if p.exists() {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    if Path::new("/sys/fs/cgroup/hangar").join(id).exists() {
+        out.push(format!("/sys/fs/cgroup/hangar/{id}"));
+    }
+    out
+}
+
+/// Pids in the machine's cgroup, from the pids controller (v1) or the
+/// unified hierarchy (v2).
+fn cgroup_pids(id: &str) -> BTreeSet<i32> {
+    ["/sys/fs/cgroup/pids/hangar", "/sys/fs/cgroup/hangar"]
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(Path::new(d).join(id).join("cgroup.procs")).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Whether the machine's memory cgroup has hit its limit (v1 `failcnt`, v2
+/// `max` events).
+fn memory_limit_hit(id: &str) -> bool {
+    let v1 = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/hangar/{id}/memory.failcnt"));
+    let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/hangar/{id}/memory.events"));
+    v1.ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+        || v2.ok().is_some_and(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("max "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+}
+
+fn pids_file(id: &str, name: &str) -> Option<String> {
+    ["/sys/fs/cgroup/pids/hangar", "/sys/fs/cgroup/hangar"]
+        .iter()
+        .find_map(|d| std::fs::read_to_string(Path::new(d).join(id).join(name)).ok())
+        .map(|s| s.trim().to_owned())
+}
+
+/// Defect 1: a kill -9 of hangard at any instant of a machine's start,
+/// followed by a new hangard, leaves the machine running: never `stopped`
+/// with an exit the machine did not make.
+#[tokio::test]
+async fn a_crash_of_hangard_during_a_start_never_kills_the_machine() {
+    let (_reg, mut d, _c, image) = setup("crash").await;
+    let mut ids = Vec::new();
+    for round in 0..24 {
+        let c = d.client();
+        let id = c
+            .create_machine(
+                "crash",
+                &request(json!({
+                    "image": image,
+                    "init": {"cmd": ["/bin/sh", "-c", "while true; do sleep 1; done"]},
+                    "restart": {"policy": "no"},
+                })),
+            )
+            .await
+            .unwrap()
+            .id;
+        // Kills land anywhere in the first 60 ms: before the shim is
+        // spawned, while it runs crun, as it reports, after.
+        tokio::time::sleep(Duration::from_millis(jitter(60))).await;
+        d.kill();
+        d.restart().await;
+        let c = d.client();
+        wait(&c, "crash", &id, "started").await;
+        let exits: Vec<_> = c
+            .machine_events("crash", &id, 50)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "exit")
+            .collect();
+        assert!(
+            exits.is_empty(),
+            "round {round}: machine {id} exited: {exits:?}\n{}",
+            d.log()
+        );
+        ids.push(id);
+    }
+    // Every one still runs, with exactly one supervisor.
+    let c = d.client();
+    for id in &ids {
+        assert_eq!(c.get_machine("crash", id).await.unwrap().state, "started");
+        let out = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap();
+        let shims = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("shim --id {id}")))
+            .count();
+        assert_eq!(shims, 1, "machine {id} has {shims} shims");
+    }
+}
+
+const BOMB: &str = "b() { b | b & }; b; while true; do sleep 1; done";
+
+/// Defect 3: each machine's task limit scales with its memory, and a fork
+/// bomb stops at it.
+#[tokio::test]
+async fn a_fork_bomb_stops_at_the_pids_limit_that_scales_with_memory() {
+    let (_reg, _d, c, image) = setup("bomb").await;
+    let plain = c
+        .create_machine(
+            "bomb",
+            &request(json!({"image": image, "init": {"cmd": ["sleep", "600"]}})),
+        )
+        .await
+        .unwrap()
+        .id;
+    // A 64 MB machine: 256 tasks at most.
+    let id = c
+        .create_machine(
+            "bomb",
+            &request(json!({
+                "image": image,
+                "guest": {"cpus": 1, "memory_mb": 64},
+                "init": {"cmd": ["/bin/sh", "-c", BOMB]},
+                "restart": {"policy": "no"},
+            })),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait(&c, "bomb", &plain, "started").await;
+    assert_eq!(pids_file(&plain, "pids.max").as_deref(), Some("1024"));
+    hangar_test_utils::wait_until(Duration::from_secs(30), "the bomb to hit its limit", || {
+        let id = id.clone();
+        async move {
+            let events: u64 = pids_file(&id, "pids.events")?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (events > 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(pids_file(&id, "pids.max").as_deref(), Some("256"));
+    let current: u64 = pids_file(&id, "pids.current")
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert!(current <= 256, "{current} tasks");
+    c.destroy_machine("bomb", &id, true).await.unwrap();
+    wait(&c, "bomb", &id, "destroyed").await;
+    assert!(cgroup_pids(&id).is_empty(), "{:?}", cgroup_pids(&id));
+}
+
+/// Defect 2: a forced destroy of a machine full of forking processes ends
+/// every one of them and removes its cgroup before it reports `destroyed`
+/// (a host with a high `--machine-pids-limit` lets the bomb grow large).
+#[tokio::test]
+async fn destroy_leaves_no_process_of_a_fork_bomb_behind() {
+    let reg = Registry::start().await;
+    reg.push("test/bb", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let d = Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--machine-pids-limit".into(),
+        "3000".into(),
+    ])
+    .await;
+    let c = d.client();
+    c.create_app("bomb").await.unwrap();
+    // Twice: how long the kernel takes varies from run to run.
+    for _ in 0..2 {
+        let id = c
+            .create_machine(
+                "bomb",
+                &request(json!({
+                    "image": format!("{}/test/bb:v1", reg.addr),
+                    "guest": {"cpus": 1, "memory_mb": 64},
+                    "init": {"cmd": ["/bin/sh", "-c", BOMB]},
+                    "restart": {"policy": "no"},
+                })),
+            )
+            .await
+            .unwrap()
+            .id;
+        // Large, and starved of memory: the state in which the kernel's own
+        // teardown of the namespace takes minutes.
+        hangar_test_utils::wait_until(
+            Duration::from_secs(60),
+            "the bomb to fill the machine",
+            || {
+                let id = id.clone();
+                async move { (cgroup_pids(&id).len() > 300 && memory_limit_hit(&id)).then_some(()) }
+            },
+        )
+        .await;
+        assert_eq!(pids_file(&id, "pids.max").as_deref(), Some("3000"));
+        // And a process of the machine's that its init's death does not take
+        // with it: one from outside its pid namespace, moved into its cgroup.
+        let mut stray = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        join_cgroup(&id, stray.id());
+        assert!(cgroup_pids(&id).contains(&(stray.id() as i32)));
+        c.destroy_machine("bomb", &id, true).await.unwrap();
+        wait(&c, "bomb", &id, "destroyed").await;
+        assert!(
+            cgroup_pids(&id).is_empty(),
+            "{} processes left after destroyed",
+            cgroup_pids(&id).len()
+        );
+        assert!(
+            cgroup_dirs(&id).is_empty(),
+            "cgroups left: {:?}",
+            cgroup_dirs(&id)
+        );
+        assert!(!d.machine_dir(&id).exists());
+        let status = stray.try_wait().unwrap();
+        let _ = stray.kill();
+        let _ = stray.wait();
+        assert!(
+            status.is_some(),
+            "a process of the machine outlived its destroy"
+        );
+    }
+}
+
+/// Moves `pid` into the machine's cgroup in every hierarchy that has it.
+fn join_cgroup(id: &str, pid: u32) {
+    for d in cgroup_dirs(id) {
+        let _ = std::fs::write(Path::new(&d).join("cgroup.procs"), pid.to_string());
+    }
+}
