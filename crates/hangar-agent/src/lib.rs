@@ -48,6 +48,9 @@ pub enum AgentError {
     /// 400: the request is malformed or a field is invalid.
     #[error("{0}")]
     InvalidArgument(String),
+    /// 403: the caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -258,6 +261,14 @@ impl Agent {
         });
         let mut live = shared.store.live_machines()?;
         tracing::info!(machines = live.len(), "resuming machines");
+        // Addresses a crash left without a live machine go back.
+        let strays = shared.store.release_stray_addresses()?;
+        if strays > 0 {
+            tracing::info!(
+                addresses = strays,
+                "released addresses of machines that are gone"
+            );
+        }
         // Machines made before private networking get their addresses now
         // (their next start wires them in).
         for rec in &mut live {
@@ -419,20 +430,41 @@ impl Agent {
         self.shared.store.app_status(name)
     }
 
-    /// Deletes an app. With machines left it refuses, unless `force`, which
-    /// destroys them first.
+    /// Deletes an app with everything that is its: its records, secrets,
+    /// addresses, tokens, volumes (their data) and snapshots, so that an app
+    /// created later under the same name starts with nothing. With machines
+    /// or volumes left it refuses, unless `force`, which destroys them first.
+    /// Machines already being destroyed do not count: the delete waits for
+    /// them.
     pub async fn delete_app(&self, name: &str, force: bool) -> Result<(), AgentError> {
         let app = self.get_app(name)?;
         let machines = self.shared.store.list_machines(&app.name, false)?;
-        if !machines.is_empty() && !force {
+        let volumes = self.live_volumes(&app.name)?;
+        let alive = machines
+            .iter()
+            .filter(|m| m.core.state != MachineState::Destroying)
+            .count();
+        if !force && alive > 0 {
             return Err(AgentError::Precondition(format!(
-                "app {name} has {} machines; destroy them first or use force=true",
-                machines.len()
+                "app {name} has {alive} machines; destroy them first or use force=true"
+            )));
+        }
+        if !force && !volumes.is_empty() {
+            return Err(AgentError::Precondition(format!(
+                "app {name} has {} volumes ({}); deleting the app deletes their data: destroy them first or use force=true",
+                volumes.len(),
+                volumes
+                    .iter()
+                    .map(|v| v.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         for m in &machines {
-            self.destroy_machine(name, m.id.as_str(), true, None)
-                .await?;
+            if m.core.state != MachineState::Destroying {
+                self.destroy_machine(name, m.id.as_str(), true, None)
+                    .await?;
+            }
         }
         for m in &machines {
             self.wait_machine(
@@ -443,7 +475,10 @@ impl Agent {
             )
             .await?;
         }
-        self.shared.store.delete_app(name)
+        self.remove_app_volumes(&app.name).await?;
+        self.shared.store.delete_app(name)?;
+        tracing::info!(app = name, "app deleted");
+        Ok(())
     }
 
     // ---- machines ----------------------------------------------------------------
@@ -496,29 +531,7 @@ impl Agent {
         if let Some(v) = &volume {
             self.bind_volume(v, &machine_id)?;
         }
-        let address = match self.shared.store.allocate_address(
-            &app.network,
-            machine_id.as_str(),
-            &self.shared.network_range,
-        ) {
-            Ok(a) => {
-                let hook = self
-                    .shared
-                    .network_hook
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                if let Some(hook) = hook {
-                    hook(a.net);
-                }
-                a
-            }
-            Err(e) => {
-                let _ = self.shared.store.release_volumes(machine_id.as_str());
-                return Err(e);
-            }
-        };
-        let rec = MachineRecord {
+        let mut rec = MachineRecord {
             id: machine_id.clone(),
             app: app.name.clone(),
             name,
@@ -528,7 +541,7 @@ impl Agent {
             instance_id: InstanceId::generate().to_string(),
             config,
             image_ref: Some(image_ref),
-            private_ip: address.ipv6().to_string(),
+            private_ip: String::new(),
             created_at: now.clone(),
             updated_at: now,
             cordoned: false,
@@ -541,10 +554,28 @@ impl Agent {
             source: "user".into(),
             request: None,
         };
-        if let Err(e) = self.shared.store.insert_machine(&rec, &event) {
-            let _ = self.shared.store.release_volumes(rec.id.as_str());
-            let _ = self.shared.store.release_address(rec.id.as_str());
-            return Err(e);
+        // The machine and its address commit together.
+        let address = match self.shared.store.insert_machine(
+            &mut rec,
+            &event,
+            Some((&app.network, &self.shared.network_range)),
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.shared.store.release_volumes(rec.id.as_str());
+                return Err(e);
+            }
+        };
+        if let Some(a) = address {
+            let hook = self
+                .shared
+                .network_hook
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                hook(a.net);
+            }
         }
         let last = self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);
         let handle = Runner::spawn(rec.clone(), self.shared.clone(), last);

@@ -216,7 +216,19 @@ impl Store {
     ) -> Result<Address, AgentError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        let net = Self::network_index(&tx, network, range)?;
+        let a = Self::allocate_in(&tx, network, machine, range)?;
+        tx.commit().map_err(db)?;
+        Ok(a)
+    }
+
+    /// [`Store::allocate_address`] inside a transaction.
+    pub(crate) fn allocate_in(
+        tx: &rusqlite::Transaction<'_>,
+        network: &str,
+        machine: &str,
+        range: &NetRange,
+    ) -> Result<Address, AgentError> {
+        let net = Self::network_index(tx, network, range)?;
         let prefix = [range.a, range.b];
         if let Some(host) = tx
             .query_row(
@@ -227,7 +239,6 @@ impl Store {
             .optional()
             .map_err(db)?
         {
-            tx.commit().map_err(db)?;
             return Ok(Address {
                 prefix,
                 net,
@@ -253,7 +264,6 @@ impl Store {
             params![network, host, machine],
         )
         .map_err(db)?;
-        tx.commit().map_err(db)?;
         Ok(Address {
             prefix,
             net,

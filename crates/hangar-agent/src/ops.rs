@@ -512,30 +512,89 @@ impl Agent {
 
     // ---- tokens -----------------------------------------------------------------------
 
-    /// Mints a token that can act on `app` only; stored hashed.
+    /// Mints a token that can act on `app` only; stored hashed. Returns its
+    /// record and the token itself (shown once, never stored). A token
+    /// minted by an app token (`minter`) is of the same app and never
+    /// outlives it: it expires when its minter does, or sooner.
     pub fn create_app_token(
         &self,
         app: &str,
         expiry: Option<Duration>,
-    ) -> Result<String, AgentError> {
-        self.get_app(app)?;
+        name: &str,
+        minter: Option<&crate::TokenRow>,
+    ) -> Result<(crate::TokenRow, String), AgentError> {
+        let app = self.get_app(app)?;
+        if name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err(AgentError::InvalidArgument(
+                "token name: at most 64 characters, no control characters".into(),
+            ));
+        }
+        if let Some(m) = minter {
+            if m.app != app.name {
+                return Err(AgentError::PermissionDenied(format!(
+                    "a token of app {} cannot mint tokens for app {}",
+                    m.app, app.name
+                )));
+            }
+        }
+        let asked = match expiry {
+            Some(e) => {
+                let secs = i64::try_from(e.as_secs())
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| {
+                        AgentError::InvalidArgument("expiry must be at least one second".into())
+                    })?;
+                Some(now_secs().saturating_add(secs))
+            }
+            None => None,
+        };
+        let expires_at = match (asked, minter.and_then(|m| m.expires_at)) {
+            (Some(a), Some(m)) => Some(a.min(m)),
+            (a, m) => a.or(m),
+        };
         let token = format!("hangar_app_{}", random_hex(24));
-        let expires_at = expiry.map(|e| now_secs() + e.as_secs() as i64);
-        self.shared.store.insert_token(
-            &format!("tok_{}", random_hex(8)),
-            &token_hash(&token),
-            app,
+        let row = crate::TokenRow {
+            id: format!("tok_{}", random_hex(8)),
+            app: app.name,
+            name: name.to_owned(),
+            created_at: store::now_rfc3339(),
             expires_at,
-        )?;
-        Ok(token)
+            minted_by: minter.map(|m| m.id.clone()),
+        };
+        self.shared.store.insert_token(&row, &token_hash(&token))?;
+        tracing::info!(app = %row.app, token = %row.id, "app token minted");
+        Ok((row, token))
     }
 
-    /// The app-scoped token `token` is, if any.
+    /// The app-scoped token `token` is, if any (unknown, revoked, expired
+    /// and deleted apps' tokens are none).
     pub fn app_token(&self, token: &str) -> Result<Option<crate::TokenRow>, AgentError> {
         if !token.starts_with("hangar_app_") {
             return Ok(None);
         }
         self.shared.store.token_by_hash(&token_hash(token))
+    }
+
+    /// The tokens of an app, or of every app (`None`), expired ones too.
+    pub fn list_tokens(&self, app: Option<&str>) -> Result<Vec<crate::TokenRow>, AgentError> {
+        if let Some(a) = app {
+            self.get_app(a)?;
+        }
+        self.shared.store.tokens(app)
+    }
+
+    /// Revokes a token (of `app`, when given) and the tokens it minted.
+    pub fn revoke_token(&self, id: &str, app: Option<&str>) -> Result<(), AgentError> {
+        if let Some(a) = app {
+            self.get_app(a)?;
+        }
+        if self.shared.store.delete_token(id, app)? {
+            tracing::info!(token = id, "token revoked");
+            Ok(())
+        } else {
+            Err(AgentError::NotFound(format!("token {id} not found")))
+        }
     }
 }
 

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_volumes.sql"),
     include_str!("../migrations/0006_networks.sql"),
     include_str!("../migrations/0007_ip_assignments.sql"),
+    include_str!("../migrations/0008_token_owners.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.
@@ -100,15 +101,21 @@ pub struct LeaseRow {
     pub version: String,
 }
 
-/// An app-scoped token.
+/// An app-scoped token (never its secret; only its hash is stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRow {
     /// Id.
     pub id: String,
     /// The app it may act on.
     pub app: String,
+    /// A name for listings (may be empty).
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
     /// Unix seconds, if it expires.
     pub expires_at: Option<i64>,
+    /// The token that minted it, if not the admin token.
+    pub minted_by: Option<String>,
 }
 
 /// An event row.
@@ -397,7 +404,8 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
-    /// Deletes an app and the records of its destroyed machines.
+    /// Deletes an app with the records of its destroyed machines, its
+    /// secrets, addresses, volumes, snapshots and tokens.
     pub fn delete_app(&self, name: &str) -> Result<(), AgentError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
@@ -419,6 +427,18 @@ impl Store {
             .map_err(db)?;
         tx.execute(
             "DELETE FROM ip_assignments WHERE app_name = ?1",
+            params![name],
+        )
+        .map_err(db)?;
+        tx.execute("DELETE FROM volumes WHERE app_name = ?1", params![name])
+            .map_err(db)?;
+        tx.execute(
+            "DELETE FROM volume_snapshots WHERE app_name = ?1",
+            params![name],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "DELETE FROM tokens WHERE app_id = (SELECT id FROM apps WHERE name = ?1)",
             params![name],
         )
         .map_err(db)?;
@@ -451,8 +471,16 @@ impl Store {
 
     // ---- machines -------------------------------------------------------------
 
-    /// Inserts a new machine, its first version and its first event.
-    pub fn insert_machine(&self, m: &MachineRecord, event: &NewEvent) -> Result<(), AgentError> {
+    /// Inserts a new machine, its first version and its first event; with
+    /// `network`, gives it an address on that network in the same
+    /// transaction (so a crash never leaves an address without its machine)
+    /// and records it as the machine's `private_ip`.
+    pub fn insert_machine(
+        &self,
+        m: &mut MachineRecord,
+        event: &NewEvent,
+        network: Option<(&str, &crate::network::NetRange)>,
+    ) -> Result<Option<crate::network::Address>, AgentError> {
         let config = serde_json::to_string(&m.config).map_err(json_err)?;
         let image_ref = m
             .image_ref
@@ -462,6 +490,14 @@ impl Store {
             .map_err(json_err)?;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
+        let address = match network {
+            Some((name, range)) => {
+                let a = Self::allocate_in(&tx, name, m.id.as_str(), range)?;
+                m.private_ip = a.ipv6().to_string();
+                Some(a)
+            }
+            None => None,
+        };
         let r = tx.execute(
             &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
@@ -506,7 +542,20 @@ impl Store {
             params![m.app],
         )
         .map_err(db)?;
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        Ok(address)
+    }
+
+    /// Frees addresses held for machines that do not exist or are
+    /// destroyed (left by a crash); returns how many.
+    pub fn release_stray_addresses(&self) -> Result<usize, AgentError> {
+        self.conn()
+            .execute(
+                "DELETE FROM ip_allocations WHERE machine_id NOT IN
+                    (SELECT id FROM machines WHERE state != 'destroyed')",
+                [],
+            )
+            .map_err(db)
     }
 
     /// One machine of an app.
@@ -741,40 +790,91 @@ impl Store {
         Ok(())
     }
 
-    /// Stores an app-scoped token by its hash.
-    pub fn insert_token(
-        &self,
-        id: &str,
-        hash: &str,
-        app: &str,
-        expires_at: Option<i64>,
-    ) -> Result<(), AgentError> {
-        self.conn()
+    /// Stores an app-scoped token by its hash, bound to its app's id.
+    pub fn insert_token(&self, t: &TokenRow, hash: &str) -> Result<(), AgentError> {
+        let n = self
+            .conn()
             .execute(
-                "INSERT INTO tokens (id, hash, app_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, hash, app, now_rfc3339(), expires_at],
+                "INSERT INTO tokens (id, hash, app_name, app_id, name, created_at, expires_at, minted_by)
+                 SELECT ?1, ?2, name, id, ?4, ?5, ?6, ?7 FROM apps WHERE name = ?3",
+                params![t.id, hash, t.app, t.name, t.created_at, t.expires_at, t.minted_by],
             )
             .map_err(db)?;
+        if n == 0 {
+            return Err(AgentError::NotFound(format!("app {} not found", t.app)));
+        }
         Ok(())
     }
 
-    /// The token with this hash, unless it expired.
+    const TOKEN_SELECT: &'static str =
+        "SELECT t.id, a.name, t.name, t.created_at, t.expires_at, t.minted_by
+         FROM tokens t JOIN apps a ON a.id = t.app_id";
+
+    fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+        Ok(TokenRow {
+            id: r.get(0)?,
+            app: r.get(1)?,
+            name: r.get(2)?,
+            created_at: r.get(3)?,
+            expires_at: r.get(4)?,
+            minted_by: r.get(5)?,
+        })
+    }
+
+    /// The token with this hash, unless it expired or its app is gone.
     pub fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, AgentError> {
         let now = now_ms() / 1000;
         self.conn()
             .query_row(
-                "SELECT id, app_name, expires_at FROM tokens WHERE hash = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                &format!(
+                    "{} WHERE t.hash = ?1 AND (t.expires_at IS NULL OR t.expires_at > ?2)",
+                    Self::TOKEN_SELECT
+                ),
                 params![hash, now],
-                |r| {
-                    Ok(TokenRow {
-                        id: r.get(0)?,
-                        app: r.get(1)?,
-                        expires_at: r.get(2)?,
-                    })
-                },
+                Self::token_from_row,
             )
             .optional()
             .map_err(db)
+    }
+
+    /// Tokens of one app (or every app), oldest first; expired ones too.
+    pub fn tokens(&self, app: Option<&str>) -> Result<Vec<TokenRow>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "{} WHERE (?1 IS NULL OR a.name = ?1) ORDER BY t.created_at, t.id",
+                Self::TOKEN_SELECT
+            ))
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![app], Self::token_from_row)
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    /// Deletes a token (of `app`, when given), and every token it minted,
+    /// transitively; false when there was no such token.
+    pub fn delete_token(&self, id: &str, app: Option<&str>) -> Result<bool, AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "DELETE FROM tokens WHERE id = ?1 AND (?2 IS NULL OR app_id = (SELECT id FROM apps WHERE name = ?2))",
+                params![id, app],
+            )
+            .map_err(db)?;
+        if n > 0 {
+            tx.execute(
+                "WITH RECURSIVE minted(id) AS (
+                    SELECT id FROM tokens WHERE minted_by = ?1
+                    UNION SELECT t.id FROM tokens t JOIN minted m ON t.minted_by = m.id)
+                 DELETE FROM tokens WHERE id IN (SELECT id FROM minted)",
+                params![id],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n > 0)
     }
 
     /// Machines of every app of an organization, ordered by last change
@@ -926,9 +1026,10 @@ mod tests {
             Err(AgentError::Conflict(_))
         ));
         let m = machine("a", "m1");
-        s.insert_machine(&m, &ev("launch")).unwrap();
+        s.insert_machine(&mut m.clone(), &ev("launch"), None)
+            .unwrap();
         assert!(matches!(
-            s.insert_machine(&machine("a", "m1"), &ev("launch")),
+            s.insert_machine(&mut machine("a", "m1"), &ev("launch"), None),
             Err(AgentError::Conflict(_))
         ));
         let mut core = m.core.clone();
@@ -958,7 +1059,8 @@ mod tests {
         let s = Store::open(&dir.path().join("db")).unwrap();
         s.insert_app(&app("a")).unwrap();
         let m = machine("a", "m");
-        s.insert_machine(&m, &ev("launch")).unwrap();
+        s.insert_machine(&mut m.clone(), &ev("launch"), None)
+            .unwrap();
         for _ in 0..(EVENTS_KEPT + 20) {
             s.commit_transition(&m.id, &m.core, &[ev("exit")], None)
                 .unwrap();

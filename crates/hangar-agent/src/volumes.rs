@@ -579,6 +579,27 @@ impl Agent {
         Ok(None)
     }
 
+    /// The volumes of an app that are not destroyed.
+    pub(crate) fn live_volumes(&self, app: &str) -> Result<Vec<VolumeRecord>, AgentError> {
+        self.shared.store.volumes(Some(app))
+    }
+
+    /// Removes the data of every volume and snapshot of an app whose
+    /// machines are all destroyed (its rows go with the app's).
+    pub(crate) async fn remove_app_volumes(&self, app: &str) -> Result<(), AgentError> {
+        for v in self.shared.store.volumes(Some(app))? {
+            self.shared.volumes.destroy(&v.id).await.map_err(host_err)?;
+            tracing::info!(app, volume = %v.id, "volume destroyed with its app");
+        }
+        for s in self.shared.store.snapshots(None, Some(app))? {
+            self.shared
+                .volumes
+                .delete_snapshot(&s.id)
+                .map_err(host_err)?;
+        }
+        Ok(())
+    }
+
     /// Deletes a volume and its data; refused while a machine holds it.
     pub async fn delete_volume(&self, app: &str, id: &str) -> Result<VolumeRecord, AgentError> {
         let mut v = self.get_volume(app, id)?;

@@ -833,7 +833,7 @@ async fn metadata_changes_without_a_new_version() {
 #[tokio::test]
 async fn app_tokens_and_org_listing() {
     let e = env().await;
-    let token = e.agent.create_app_token("app", None).unwrap();
+    let (_, token) = e.agent.create_app_token("app", None, "", None).unwrap();
     assert_eq!(e.agent.app_token(&token).unwrap().unwrap().app, "app");
     assert!(e.agent.app_token("hangar_app_nope").unwrap().is_none());
     for _ in 0..3 {
@@ -857,4 +857,103 @@ async fn app_tokens_and_org_listing() {
         e.agent.org_machines("other", false, None, None, 10),
         Err(AgentError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn minted_tokens_never_outlive_or_outreach_their_minter_and_die_with_their_app() {
+    let e = env().await;
+    e.agent.create_app("other", None, None).unwrap();
+    // A token that expires in an hour mints one asked to last a year, and one
+    // asked to last nothing more than it: both end with the minter.
+    let (minter, _) = e
+        .agent
+        .create_app_token("app", Some(Duration::from_secs(3600)), "ci", None)
+        .unwrap();
+    let (long, long_token) = e
+        .agent
+        .create_app_token(
+            "app",
+            Some(Duration::from_secs(365 * 86400)),
+            "",
+            Some(&minter),
+        )
+        .unwrap();
+    assert_eq!(long.expires_at, minter.expires_at);
+    assert_eq!(long.minted_by.as_deref(), Some(minter.id.as_str()));
+    let (forever, _) = e
+        .agent
+        .create_app_token("app", None, "", Some(&minter))
+        .unwrap();
+    assert_eq!(forever.expires_at, minter.expires_at);
+    let (short, _) = e
+        .agent
+        .create_app_token("app", Some(Duration::from_secs(60)), "", Some(&minter))
+        .unwrap();
+    assert!(short.expires_at < minter.expires_at);
+    // Never another app's.
+    assert!(matches!(
+        e.agent.create_app_token("other", None, "", Some(&minter)),
+        Err(AgentError::PermissionDenied(_))
+    ));
+    assert_eq!(e.agent.list_tokens(Some("app")).unwrap().len(), 4);
+    assert!(e.agent.list_tokens(Some("other")).unwrap().is_empty());
+
+    // Revoking the minter revokes what it minted.
+    assert!(matches!(
+        e.agent.revoke_token(&minter.id, Some("other")),
+        Err(AgentError::NotFound(_))
+    ));
+    e.agent.revoke_token(&minter.id, Some("app")).unwrap();
+    assert!(e.agent.app_token(&long_token).unwrap().is_none());
+    assert!(e.agent.list_tokens(Some("app")).unwrap().is_empty());
+
+    // A token of a deleted app reaches nothing, not even an app made later
+    // under the same name.
+    let (_, token) = e.agent.create_app_token("other", None, "", None).unwrap();
+    assert!(e.agent.app_token(&token).unwrap().is_some());
+    e.agent.delete_app("other", false).await.unwrap();
+    e.agent.create_app("other", None, None).unwrap();
+    assert!(e.agent.app_token(&token).unwrap().is_none());
+    assert!(e.agent.list_tokens(Some("other")).unwrap().is_empty());
+}
+
+/// A crash between an address allocation and its machine's insert cannot
+/// happen (they commit together); what an older version or a crash after a
+/// destroy left is released when the agent opens.
+#[tokio::test]
+async fn addresses_without_a_live_machine_are_released_at_startup() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    let range = hangar_agent::network::NetRange::default();
+    let held = e.agent.store().address_of(m.id.as_str(), &range).unwrap();
+    assert_eq!(
+        held.map(|a| a.ipv6().to_string()),
+        Some(m.private_ip.clone())
+    );
+    e.agent
+        .store()
+        .allocate_address("default", "ghost00000000a", &range)
+        .unwrap();
+    e.agent.shutdown().await;
+    drop(e.agent);
+    let agent = open(&e.dir, &e.rt).await;
+    assert!(
+        agent
+            .store()
+            .address_of("ghost00000000a", &range)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        agent
+            .store()
+            .address_of(m.id.as_str(), &range)
+            .unwrap()
+            .map(|a| a.ipv6().to_string()),
+        Some(m.private_ip)
+    );
 }

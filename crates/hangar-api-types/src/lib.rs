@@ -762,6 +762,51 @@ pub struct ImageSummary {
     pub layers: usize,
 }
 
+/// An app token as Hangar lists it (API extension,
+/// `GET /v1/hangar/apps/{app}/tokens`); never the token itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppToken {
+    /// Id (what revoking takes).
+    pub id: String,
+    /// The app it acts on.
+    pub app: String,
+    /// Its name (may be empty).
+    #[serde(default)]
+    pub name: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339; none: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Whether it has expired.
+    #[serde(default)]
+    pub expired: bool,
+    /// The id of the token that minted it; none: the admin token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted_by: Option<String>,
+}
+
+/// `POST /v1/hangar/apps/{app}/tokens` body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateAppTokenRequest {
+    /// A name for listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Lifetime as a Go duration (e.g. `720h`); none: no expiry (or the
+    /// minting token's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<String>,
+}
+
+/// `POST /v1/hangar/apps/{app}/tokens` response: the token, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedAppToken {
+    /// The token.
+    pub token: String,
+    /// What it is.
+    pub info: AppToken,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

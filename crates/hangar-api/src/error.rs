@@ -40,6 +40,7 @@ impl ApiError {
         match self {
             ApiError::Agent(e) => match e {
                 AgentError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+                AgentError::PermissionDenied(_) => StatusCode::FORBIDDEN,
                 AgentError::NotFound(_) => StatusCode::NOT_FOUND,
                 AgentError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
                 AgentError::Conflict(_) => StatusCode::CONFLICT,

@@ -20,6 +20,7 @@ mod machines;
 pub mod openapi;
 mod platform;
 mod secrets;
+mod tokens;
 mod tty;
 mod views;
 mod volumes;
@@ -59,6 +60,8 @@ pub enum Principal {
         app: String,
         /// The token's id.
         token_id: String,
+        /// Unix seconds, if it expires.
+        expires_at: Option<i64>,
     },
 }
 
@@ -107,6 +110,7 @@ impl Auth {
                 return Ok(Principal::App {
                     app: row.app,
                     token_id: row.id,
+                    expires_at: row.expires_at,
                 });
             }
         }
@@ -234,7 +238,7 @@ pub fn router(state: ApiState) -> Router {
             "/apps/{app}/machines/{id}/memory",
             get(machine_ops::memory).put(machine_ops::set_memory),
         )
-        .route("/apps/{app}/deploy_token", post(platform::deploy_token))
+        .route("/apps/{app}/deploy_token", post(tokens::deploy_token))
         .route(
             "/apps/{app}/ip_assignments",
             get(ips::list).post(ips::create),
@@ -267,6 +271,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/platform/regions", get(platform::regions))
         .route("/tokens/current", get(platform::current_token))
         .route("/hangar/apps/{app}/logs", get(logs::logs))
+        .route(
+            "/hangar/apps/{app}/tokens",
+            get(tokens::list).post(tokens::create),
+        )
+        .route("/hangar/apps/{app}/tokens/{id}", delete(tokens::revoke))
+        .route("/hangar/tokens", get(tokens::list_all))
+        .route("/hangar/tokens/{id}", delete(tokens::revoke_any))
         .route("/hangar/apps/{app}/machines/{id}/exec/tty", get(tty::tty))
         .route("/hangar/images", get(images::list))
         .route(

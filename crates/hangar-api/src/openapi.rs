@@ -6,7 +6,9 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{apps, images, ips, logs, machine_ops, machines, platform, secrets, tty, volumes};
+use crate::{
+    apps, images, ips, logs, machine_ops, machines, platform, secrets, tokens, tty, volumes,
+};
 
 /// The document.
 #[derive(OpenApi)]
@@ -27,11 +29,12 @@ use crate::{apps, images, ips, logs, machine_ops, machines, platform, secrets, t
         machine_ops::get_metadata, machine_ops::update_metadata,
         machine_ops::get_metadata_key, machine_ops::set_metadata_key, machine_ops::delete_metadata_key,
         machine_ops::exec, machine_ops::ps, machine_ops::memory, machine_ops::set_memory,
-        platform::org_machines, platform::regions, platform::current_token, platform::deploy_token,
+        platform::org_machines, platform::regions, platform::current_token, tokens::deploy_token,
         secrets::list, secrets::update, secrets::get, secrets::set, secrets::delete,
         volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
         volumes::extend, volumes::snapshots, volumes::snapshot,
         logs::logs, tty::tty, images::list, images::import,
+        tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

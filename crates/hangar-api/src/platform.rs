@@ -1,17 +1,17 @@
 //! Organization and platform endpoints: the org-wide machine listing,
-//! regions, the current token, and app deploy tokens.
+//! regions and the current token.
 
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use hangar_api_types::{
-    CreateAppDeployTokenRequest, CreateAppResponse, CurrentTokenResponse, MachineOverviewConfig,
-    OrgMachine, OrgMachinesResponse, RegionResponse, RegionRow, TokenInfo,
+    CurrentTokenResponse, MachineOverviewConfig, OrgMachine, OrgMachinesResponse, RegionResponse,
+    RegionRow, TokenInfo,
 };
 
 // Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Params};
+use crate::extract::Params;
 use crate::{ApiState, Principal};
 #[allow(unused_imports)]
 use hangar_api_types::*;
@@ -114,7 +114,7 @@ pub async fn regions(State(s): State<ApiState>) -> Json<RegionResponse> {
 pub async fn current_token(Extension(who): Extension<Principal>) -> Json<CurrentTokenResponse> {
     let (token_id, apps) = match who {
         Principal::Admin => ("admin".to_owned(), Vec::new()),
-        Principal::App { app, token_id } => (token_id, vec![app]),
+        Principal::App { app, token_id, .. } => (token_id, vec![app]),
     };
     Json(CurrentTokenResponse {
         tokens: vec![TokenInfo {
@@ -127,26 +127,4 @@ pub async fn current_token(Extension(who): Extension<Principal>) -> Json<Current
             source_machine_id: String::new(),
         }],
     })
-}
-
-/// `POST /v1/apps/{app}/deploy_token` with an optional `expiry` (a Go
-/// duration): a token that can act on this app only.
-#[utoipa::path(post, path = "/v1/apps/{app_name}/deploy_token", operation_id = "App_create_deploy_token", tag = "Tokens", params(("app_name" = String, Path, description = "App name")), request_body = CreateAppDeployTokenRequest, responses((status = 200, body = CreateAppResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
-pub async fn deploy_token(
-    State(s): State<ApiState>,
-    Path(app): Path<String>,
-    Body(req): Body<CreateAppDeployTokenRequest>,
-) -> ApiResult<Json<CreateAppResponse>> {
-    let expiry = match req.expiry.as_deref().filter(|e| !e.is_empty()) {
-        None => None,
-        Some(e) => Some(
-            hangar_core::GoDuration::parse(e)
-                .map_err(|err| {
-                    ApiError::BadRequest(format!("invalid_argument: invalid expiry: {err}"))
-                })?
-                .get(),
-        ),
-    };
-    let token = s.agent.create_app_token(&app, expiry)?;
-    Ok(Json(CreateAppResponse { token }))
 }

@@ -1054,3 +1054,135 @@ async fn platform_org_and_tokens() {
         400
     );
 }
+
+impl Api {
+    /// `method path` with `token`, an empty JSON object as the body.
+    async fn as_token(&self, token: &str, method: &str, path: &str) -> Resp {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        self.raw(req).await
+    }
+
+    async fn mint(&self, app: &str, token: Option<&str>, expiry: Option<&str>) -> String {
+        let body = match expiry {
+            Some(e) => json!({ "expiry": e }),
+            None => json!({}),
+        };
+        let path = format!("/v1/apps/{app}/deploy_token");
+        let r = match token {
+            Some(t) => {
+                let req = Request::builder()
+                    .method("POST")
+                    .uri(&path)
+                    .header("authorization", format!("Bearer {t}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap();
+                self.raw(req).await
+            }
+            None => self.call("POST", &path, Some(body)).await,
+        };
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Every operation of the API document, with its path filled in for app
+/// `web`, plus the document itself.
+fn every_route() -> Vec<(String, String)> {
+    let doc: Value = serde_json::from_str(&hangar_api::openapi::document()).unwrap();
+    let mut out = vec![("GET".to_owned(), "/openapi.json".to_owned())];
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let filled = path
+            .replace("{app_name}", "web")
+            .replace("{machine_id}", "0123456789abcd")
+            .replace("{org_slug}", "personal")
+            .replace("{org}", "personal")
+            .replace('{', "")
+            .replace('}', "");
+        for method in ops.as_object().unwrap().keys() {
+            out.push((method.to_uppercase(), filled.clone()));
+        }
+    }
+    assert!(out.len() > 60, "{} routes", out.len());
+    out
+}
+
+/// What an app token may reach outside its app's paths.
+fn platform_route(path: &str) -> bool {
+    path == "/v1/tokens/current" || path == "/v1/platform/regions"
+}
+
+/// Another app's token gets 403 on every route of app `web` and on every
+/// installation-wide route; a revoked token, an expired token (also one an
+/// expiring token minted), and the token of a deleted app (whose name was
+/// taken again) get 401 everywhere.
+#[tokio::test]
+async fn token_scope_holds_on_every_route() {
+    let a = with_app().await;
+    for app in ["other", "gone"] {
+        a.call("POST", "/v1/apps", Some(json!({ "name": app })))
+            .await;
+    }
+    let other = a.mint("other", None, None).await;
+    let revoked = a.mint("web", None, None).await;
+    let r = a.call("GET", "/v1/hangar/apps/web/tokens", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.body[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        a.call("DELETE", &format!("/v1/hangar/apps/web/tokens/{id}"), None)
+            .await
+            .status,
+        200
+    );
+    let expiring = a.mint("web", None, Some("1s")).await;
+    // A token asking for a year, minted by one that expires in a second.
+    let minted = a.mint("web", Some(&expiring), Some("8760h")).await;
+    let gone = a.mint("gone", None, None).await;
+    assert_eq!(
+        a.call("DELETE", "/v1/apps/gone", None).await.status,
+        StatusCode::ACCEPTED
+    );
+    a.call("POST", "/v1/apps", Some(json!({ "name": "gone" })))
+        .await;
+
+    // Both time-limited tokens work until the first expires, then neither.
+    assert_eq!(a.as_token(&minted, "GET", "/v1/apps/web").await.status, 200);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while a.as_token(&expiring, "GET", "/v1/apps/web").await.status != 401 {
+        assert!(std::time::Instant::now() < until, "the token never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    for (method, path) in every_route() {
+        let r = a.as_token(&other, &method, &path).await;
+        if platform_route(&path) {
+            assert_eq!(
+                r.status, 200,
+                "other app's token: {method} {path}: {}",
+                r.body
+            );
+        } else {
+            assert_eq!(
+                r.status, 403,
+                "other app's token: {method} {path}: {}",
+                r.body
+            );
+            assert!(r.body["error"].is_string(), "{method} {path}");
+        }
+        for (what, token) in [
+            ("revoked", &revoked),
+            ("expired", &expiring),
+            ("minted by an expired", &minted),
+            ("deleted app's", &gone),
+        ] {
+            let r = a.as_token(token, &method, &path).await;
+            assert_eq!(r.status, 401, "{what} token: {method} {path}: {}", r.body);
+        }
+    }
+}

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hangar_api_types::{
-    App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, AssignIpRequest,
-    CreateAppRequest, CreateMachineRequest, CreateVolumeRequest, ErrorResponse, ExecResponse,
-    ExtendVolumeRequest, ExtendVolumeResponse, ImageSummary, IpAssignment, Lease, LeaseEnvelope,
-    ListAppsResponse, ListIpAssignmentsResponse, LogEntry, Machine, MachineEvent,
-    MachineExecRequest, MachineVersion, ProcessStat, StartResponse, UpdateMachineRequest, Volume,
-    VolumeSnapshot, WaitMachineResponse,
+    App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, AppToken, AssignIpRequest,
+    CreateAppRequest, CreateAppTokenRequest, CreateMachineRequest, CreateVolumeRequest,
+    CreatedAppToken, ErrorResponse, ExecResponse, ExtendVolumeRequest, ExtendVolumeResponse,
+    ImageSummary, IpAssignment, Lease, LeaseEnvelope, ListAppsResponse, ListIpAssignmentsResponse,
+    LogEntry, Machine, MachineEvent, MachineExecRequest, MachineVersion, ProcessStat,
+    StartResponse, UpdateMachineRequest, Volume, VolumeSnapshot, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -212,6 +212,41 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// `GET /v1/hangar/apps/{app}/tokens`, or every app's tokens with `None`
+    /// (`GET /v1/hangar/tokens`, admin token only).
+    pub async fn list_tokens(&self, app: Option<&str>) -> Result<Vec<AppToken>, ClientError> {
+        let path = match app {
+            Some(a) => format!("/hangar/apps/{a}/tokens"),
+            None => "/hangar/tokens".into(),
+        };
+        self.send(self.request(Method::GET, &path)).await
+    }
+
+    /// `POST /v1/hangar/apps/{app}/tokens`.
+    pub async fn create_token(
+        &self,
+        app: &str,
+        req: &CreateAppTokenRequest,
+    ) -> Result<CreatedAppToken, ClientError> {
+        self.send(
+            self.request(Method::POST, &format!("/hangar/apps/{app}/tokens"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/hangar/apps/{app}/tokens/{id}`, or any app's with `None`
+    /// (`DELETE /v1/hangar/tokens/{id}`, admin token only).
+    pub async fn revoke_token(&self, app: Option<&str>, id: &str) -> Result<(), ClientError> {
+        let path = match app {
+            Some(a) => format!("/hangar/apps/{a}/tokens/{id}"),
+            None => format!("/hangar/tokens/{id}"),
+        };
+        self.send::<serde_json::Value>(self.request(Method::DELETE, &path))
+            .await
+            .map(|_| ())
     }
 
     /// `GET /v1/apps`.

@@ -51,6 +51,9 @@ enum Command {
     /// Show the health checks of an app's machines.
     #[command(subcommand, alias = "check")]
     Checks(cmd::checks::ChecksCmd),
+    /// Manage app tokens.
+    #[command(subcommand, alias = "token")]
+    Tokens(cmd::tokens::TokensCmd),
     /// Manage an app's volumes.
     #[command(subcommand, alias = "volume", alias = "vol")]
     Volumes(cmd::volumes::VolumesCmd),
@@ -90,6 +93,7 @@ fn main() {
             Command::Volumes(c) => cmd::volumes::run(c, &client, &out).await,
             Command::Checks(c) => cmd::checks::run(c, &client, &out).await,
             Command::Ips(c) => cmd::ips::run(c, &client, &out).await,
+            Command::Tokens(c) => cmd::tokens::run(c, &client, &out).await,
         }
     });
     if let Err(e) = result {

@@ -292,3 +292,129 @@ fn join_cgroup(id: &str, pid: u32) {
         let _ = std::fs::write(Path::new(&d).join("cgroup.procs"), pid.to_string());
     }
 }
+
+/// Defects 4, 5 and 6: an app's volumes, snapshots and tokens go with it (an
+/// app made later under its name starts empty); a delete without force is
+/// refused while volumes hold data; tokens are listed, minted no longer
+/// than their minter lives, and revoked, through the CLI.
+#[tokio::test]
+async fn an_apps_volumes_and_tokens_die_with_it() {
+    let (_reg, d, c, image) = setup("x").await;
+    let vol = c
+        .create_volume(
+            "x",
+            &hangar_api_types::CreateVolumeRequest {
+                name: Some("data".into()),
+                size_gb: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = c
+        .create_machine(
+            "x",
+            &request(json!({
+                "image": image,
+                "init": {"cmd": ["/bin/sh", "-c", "echo secret-data > /data/f; sleep 600"]},
+                "mounts": [{"volume": vol.id, "path": "/data"}],
+            })),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait(&c, "x", &id, "started").await;
+    c.create_snapshot("x", &vol.id).await.unwrap();
+    let image_file = d
+        .data_dir()
+        .join("volumes/images")
+        .join(format!("{}.img", vol.id));
+    let images_dir = d.data_dir().join("volumes/images");
+    let before: Vec<_> = std::fs::read_dir(&images_dir).unwrap().flatten().collect();
+    assert!(
+        !before.is_empty(),
+        "no volume image in {}",
+        images_dir.display()
+    );
+
+    // Tokens through the CLI: a deploy token, and one it mints for a year.
+    let (ok, token, err) = d.cli(&["tokens", "create", "deploy", "-a", "x", "--expiry", "1h"]);
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    let short = Client::new(&d.url, &token);
+    assert_eq!(
+        short
+            .list_machines("x", &Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let minted = short
+        .create_token(
+            "x",
+            &hangar_api_types::CreateAppTokenRequest {
+                name: Some("ci".into()),
+                expiry: Some("8760h".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let list = c.list_tokens(Some("x")).await.unwrap();
+    let mine = list.iter().find(|t| t.id == minted.info.id).unwrap();
+    let minter = list.iter().find(|t| t.id != minted.info.id).unwrap();
+    assert_eq!(mine.expires_at, minter.expires_at, "{list:?}");
+    let (ok, out, _) = d.cli(&["tokens", "list", "-a", "x"]);
+    assert!(
+        ok && out.contains(&minted.info.id) && out.contains("ci"),
+        "{out}"
+    );
+    // Revoking the minter takes what it minted along.
+    let (ok, _, err) = d.cli(&["tokens", "revoke", &minter.id, "-a", "x"]);
+    assert!(ok, "{err}");
+    let revoked = Client::new(&d.url, &minted.token);
+    assert_eq!(
+        revoked
+            .list_machines("x", &Default::default())
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
+    let survivor = c
+        .create_token("x", &hangar_api_types::CreateAppTokenRequest::default())
+        .await
+        .unwrap()
+        .token;
+
+    // Without force: refused while machines or volumes are there.
+    let err = c.delete_app("x", false).await.unwrap_err();
+    assert_eq!(err.status(), Some(412), "{err}");
+    c.destroy_machine("x", &id, true).await.unwrap();
+    wait(&c, "x", &id, "destroyed").await;
+    let err = c.delete_app("x", false).await.unwrap_err();
+    assert_eq!(err.status(), Some(412), "{err}");
+    assert!(err.to_string().contains(&vol.id), "{err}");
+    // With force: gone, data and all.
+    c.delete_app("x", true).await.unwrap();
+    assert!(!image_file.exists());
+    let after: Vec<_> = std::fs::read_dir(&images_dir).unwrap().flatten().collect();
+    assert!(after.is_empty(), "{after:?}");
+    assert!(
+        std::fs::read_dir(d.data_dir().join("volumes"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_dir(e.path()).ok())
+            .flatten()
+            .flatten()
+            .all(|f| !f.file_name().to_string_lossy().starts_with("vs_")),
+        "a snapshot outlived its app"
+    );
+
+    // The name taken again: nothing of the old app reaches the new one.
+    c.create_app("x").await.unwrap();
+    assert!(c.list_volumes("x").await.unwrap().is_empty());
+    assert!(c.list_tokens(Some("x")).await.unwrap().is_empty());
+    let old = Client::new(&d.url, &survivor);
+    assert_eq!(old.list_secrets("x").await.unwrap_err().status(), Some(401));
+}

@@ -21,7 +21,7 @@ pub enum AppsCmd {
     Destroy {
         /// App name.
         name: String,
-        /// Destroy its machines too.
+        /// Destroy its machines and volumes (their data) too.
         #[arg(long)]
         force: bool,
         /// Accepted for flyctl compatibility (no prompt is shown).

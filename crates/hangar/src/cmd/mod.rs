@@ -9,4 +9,5 @@ pub mod logs;
 pub mod machine;
 pub mod machine_ops;
 pub mod secrets;
+pub mod tokens;
 pub mod volumes;
