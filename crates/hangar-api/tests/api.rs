@@ -1103,8 +1103,7 @@ fn every_route() -> Vec<(String, String)> {
             .replace("{machine_id}", "0123456789abcd")
             .replace("{org_slug}", "personal")
             .replace("{org}", "personal")
-            .replace('{', "")
-            .replace('}', "");
+            .replace(['{', '}'], "");
         for method in ops.as_object().unwrap().keys() {
             out.push((method.to_uppercase(), filled.clone()));
         }
