@@ -66,6 +66,10 @@ pub enum AgentError {
     /// 422: valid but unprocessable (e.g. a region this host lacks).
     #[error("{0}")]
     Unprocessable(String),
+    /// 422 with Fly's `insufficient_capacity` status: the host cannot give
+    /// the machine what it asks for.
+    #[error("{0}")]
+    InsufficientCapacity(String),
     /// 500: the host failed; details are logged, not returned.
     #[error("{0}")]
     Internal(String),
@@ -96,6 +100,9 @@ pub struct AgentConfig {
     /// Every machine's task limit; scaled with its memory when absent
     /// (see [`hangar_runtime::Resources::default_pids_max`]).
     pub pids_limit: Option<u64>,
+    /// The host's memory: no machine may ask for more. Read from
+    /// `/proc/meminfo` when absent.
+    pub host_memory_mb: Option<u64>,
 }
 
 impl AgentConfig {
@@ -113,6 +120,7 @@ impl AgentConfig {
             ip_pool: None,
             shared_ip: None,
             pids_limit: None,
+            host_memory_mb: None,
         }
     }
 }
@@ -146,6 +154,8 @@ pub(crate) struct Shared {
     pub shared_ip: Option<std::net::IpAddr>,
     /// [`AgentConfig::pids_limit`].
     pub pids_limit: Option<u64>,
+    /// [`AgentConfig::host_memory_mb`], resolved.
+    pub host_memory_mb: Option<u64>,
     /// Called with a network's index when a machine is given an address on
     /// it (hangard starts serving DNS there).
     network_hook: Mutex<Option<NetworkHook>>,
@@ -256,6 +266,7 @@ impl Agent {
             ip_pool: cfg.ip_pool,
             shared_ip: cfg.shared_ip,
             pids_limit: cfg.pids_limit,
+            host_memory_mb: cfg.host_memory_mb.or_else(host_memory_mb),
             network_hook: Mutex::new(None),
             runners: Mutex::new(HashMap::new()),
         });
@@ -492,6 +503,7 @@ impl Agent {
     ) -> Result<MachineRecord, AgentError> {
         let app = self.get_app(app)?;
         let config = spec::normalize(req.config)?;
+        self.check_capacity_for(&config)?;
         self.check_standbys(&app.name, None, &config)?;
         self.check_secrets_version(&app.name, req.min_secrets_version)?;
         self.check_file_secrets(&app.name, &config)?;
@@ -777,6 +789,33 @@ impl Agent {
         let rec = self.get_machine(app, id)?;
         Ok(self.shared.runtime.log_path(&rec.id))
     }
+}
+
+impl Agent {
+    /// Refuses a machine that asks for more memory than the host has.
+    pub(crate) fn check_capacity_for(&self, config: &MachineConfig) -> Result<(), AgentError> {
+        let asked = spec::resources(config, None).memory_mb;
+        match self.shared.host_memory_mb {
+            Some(host) if asked > host => Err(AgentError::InsufficientCapacity(format!(
+                "insufficient memory: guest.memory_mb {asked} is more than this host has ({host} MB)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in MiB.
+fn host_memory_mb() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb / 1024)
 }
 
 /// A refusal of the state machine, as the API reports it: 409 when the

@@ -138,6 +138,7 @@ impl Agent {
             }
         }
         let config = spec::normalize(req.config)?;
+        self.check_capacity_for(&config)?;
         self.check_standbys(app, Some(&rec.id), &config)?;
         self.check_secrets_version(app, req.min_secrets_version)?;
         self.check_file_secrets(app, &config)?;

@@ -304,6 +304,32 @@ fn normalize_services(c: &mut MachineConfig) -> Result<(), AgentError> {
                 }
             };
         }
+        check_port(
+            obj.get("internal_port"),
+            &format!("config.services[{i}].internal_port"),
+        )?;
+        if let Some(p) = obj.get("protocol").filter(|p| !p.is_null()) {
+            if !matches!(p.as_str(), Some("tcp" | "udp")) {
+                return Err(invalid(format!(
+                    "invalid config.services[{i}].protocol {p}: must be tcp or udp"
+                )));
+            }
+        }
+        if let Some(ports) = obj.get("ports").filter(|p| !p.is_null()) {
+            let Some(ports) = ports.as_array() else {
+                return Err(invalid(format!(
+                    "config.services[{i}].ports must be a list"
+                )));
+            };
+            for (j, port) in ports.iter().enumerate() {
+                for key in ["port", "start_port", "end_port"] {
+                    check_port(
+                        port.get(key),
+                        &format!("config.services[{i}].ports[{j}].{key}"),
+                    )?;
+                }
+            }
+        }
         if let Some(v) = obj.get("autostart") {
             if !v.is_boolean() && !v.is_null() {
                 return Err(invalid(format!(
@@ -313,6 +339,17 @@ fn normalize_services(c: &mut MachineConfig) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// A port field, if present, must be a whole number from 1 to 65535.
+fn check_port(v: Option<&serde_json::Value>, field: &str) -> Result<(), AgentError> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(v) if v.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => Ok(()),
+        Some(v) => Err(invalid(format!(
+            "invalid {field} {v}: must be a port from 1 to 65535"
+        ))),
+    }
 }
 
 /// The state machine's policy for a (normalized) config.
@@ -591,6 +628,21 @@ mod tests {
         assert_eq!(s[2]["autostop"], "suspend");
         assert_eq!(s[3]["autostop"], true);
         assert!(s[4].get("autostop").is_none());
+        for bad in [
+            serde_json::json!({"internal_port": 99999999}),
+            serde_json::json!({"internal_port": 0}),
+            serde_json::json!({"internal_port": "80"}),
+            serde_json::json!({"internal_port": 80, "ports": [{"port": 70000}]}),
+            serde_json::json!({"internal_port": 80, "ports": [{"start_port": -1}]}),
+            serde_json::json!({"internal_port": 80, "protocol": "sctp"}),
+        ] {
+            let err = normalize(cfg(
+                serde_json::json!({"image": "x", "services": [bad.clone()]}),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("config.services[0]"), "{bad}: {err}");
+        }
         let err = normalize(cfg(
             serde_json::json!({"image": "x", "services": [{"autostop": "sometimes"}]}),
         ))

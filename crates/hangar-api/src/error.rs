@@ -32,6 +32,9 @@ pub enum ApiError {
     /// 405.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 413.
+    #[error("{0}")]
+    PayloadTooLarge(String),
 }
 
 impl ApiError {
@@ -45,7 +48,9 @@ impl ApiError {
                 AgentError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
                 AgentError::Conflict(_) => StatusCode::CONFLICT,
                 AgentError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
-                AgentError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                AgentError::Unprocessable(_) | AgentError::InsufficientCapacity(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -53,6 +58,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
@@ -67,9 +73,13 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
+        let kind = match &self {
+            ApiError::Agent(AgentError::InsufficientCapacity(_)) => "insufficient_capacity",
+            _ => "unknown",
+        };
         let body = ErrorResponse {
             error: message,
-            status: Some("unknown".to_owned()),
+            status: Some(kind.to_owned()),
         };
         (status, Json(body)).into_response()
     }

@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// The most bytes a JSON body may have (axum's default limit).
+pub const BODY_LIMIT: usize = 2 << 20;
+
 /// A JSON body; an empty body is `T::default()`.
 pub struct Body<T>(pub T);
 
@@ -18,9 +21,16 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for Body<T> {
         req: Request<axum::body::Body>,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let bytes = bytes::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+        let bytes = bytes::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!(
+                    "the request body is larger than this endpoint takes ({} bytes at most)",
+                    BODY_LIMIT
+                ))
+            } else {
+                ApiError::BadRequest(format!("cannot read the request body: {e}"))
+            }
+        })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body(T::default()));
         }

@@ -287,6 +287,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .nest("/v1", v1)
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))

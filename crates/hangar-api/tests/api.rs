@@ -1185,3 +1185,62 @@ async fn token_scope_holds_on_every_route() {
         }
     }
 }
+
+/// Bad ports, an impossible registry port, more memory than the host has
+/// and an oversized body are refused with what was wrong, never accepted.
+#[tokio::test]
+async fn impossible_configs_and_huge_bodies_are_refused() {
+    let a = with_app().await;
+    for (config, status, want) in [
+        (
+            json!({"image": "busybox", "services": [{"internal_port": 99999999}]}),
+            400,
+            "config.services[0].internal_port",
+        ),
+        (
+            json!({"image": "busybox", "services": [{"internal_port": 80, "ports": [{"port": 65536}]}]}),
+            400,
+            "ports[0].port",
+        ),
+        (
+            json!({"image": "127.0.0.1:99999/app:v1"}),
+            400,
+            "not a TCP port",
+        ),
+        (
+            json!({"image": "busybox", "guest": {"cpus": 1, "memory_mb": 1 << 20}}),
+            422,
+            "more than this host has",
+        ),
+    ] {
+        let r = a
+            .call(
+                "POST",
+                "/v1/apps/web/machines",
+                Some(json!({ "config": config })),
+            )
+            .await;
+        assert_eq!(r.status, status, "{config}: {}", r.body);
+        assert!(
+            r.body["error"].as_str().unwrap().contains(want),
+            "{config}: {}",
+            r.body
+        );
+        if status == 422 {
+            assert_eq!(r.body["status"], "insufficient_capacity");
+        }
+    }
+    let big = vec![b' '; 100 << 20];
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/apps/web/machines")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Body::from(big))
+        .unwrap();
+    let r = a.raw(req).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body["error"].is_string());
+    let r = a.call("GET", "/v1/apps/web/machines", None).await;
+    assert_eq!(r.body, json!([]));
+}

@@ -50,6 +50,10 @@ impl ImageName {
                 });
             }
         }
+        check_registry(r.registry()).map_err(|reason| ImageError::InvalidReference {
+            reference: input.to_owned(),
+            reason,
+        })?;
         Ok(ImageName {
             registry: r.registry().to_owned(),
             repository: r.repository().to_owned(),
@@ -117,6 +121,21 @@ impl fmt::Display for ImageName {
     }
 }
 
+/// A registry's port, when it names one, must be a TCP port.
+fn check_registry(registry: &str) -> Result<(), String> {
+    // `[::1]:5000`, `host:5000`, `host`.
+    let port = match registry.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !port.contains(']') => port,
+        _ => return Ok(()),
+    };
+    match port.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(()),
+        _ => Err(format!(
+            "registry port {port:?} is not a TCP port (1 to 65535)"
+        )),
+    }
+}
+
 /// Whether `d` is `sha256:` followed by 64 lowercase hex characters.
 pub fn valid_digest(d: &str) -> bool {
     d.strip_prefix("sha256:").is_some_and(|h| {
@@ -159,7 +178,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "Upper", "a b", "x@sha256:short", "../../etc"] {
+        for bad in [
+            "",
+            "Upper",
+            "a b",
+            "x@sha256:short",
+            "../../etc",
+            "127.0.0.1:99999/x:1",
+            "host:0/x",
+        ] {
             assert!(ImageName::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -13,20 +13,25 @@
 //!   rotated JSON-lines log, and when the container ends writes `exit.json`,
 //!   deletes the container and exits. `hangard` watches the shim's pid.
 //!
+//! - **session** (`hangar-init session -- ARGV...`): inside a machine, runs
+//!   an `exec`'d command as the leader of a new session, so that a timeout
+//!   can end it with everything it started.
+//!
 //! The binary is built statically (it is bind-mounted into images that have no
 //! libc of their own), so it depends on nothing but `libc` and serde.
 
 mod init;
 mod logfile;
+mod session;
 mod shim;
 mod sys;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = if args.first().map(String::as_str) == Some("shim") {
-        shim::main(&args[1..])
-    } else {
-        init::main(&args)
+    let code = match args.first().map(String::as_str) {
+        Some("shim") => shim::main(&args[1..]),
+        Some("session") => session::main(&args[1..]),
+        _ => init::main(&args),
     };
     std::process::exit(code);
 }

@@ -1,8 +1,13 @@
 //! Commands run inside a running machine (`crun exec`), with its process
-//! environment, working directory and namespaces. Output is capped; a command
-//! that outlives its timeout is killed by its pid inside the machine.
+//! environment, working directory and namespaces. Output is capped. The
+//! timeout bounds the whole exec: the command runs as the leader of its own
+//! process group (through `hangar-init session`), and when the time is up the
+//! group is killed, background children included, whether or not the
+//! command itself has ended.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hangar_core::MachineId;
 use hangar_runtime::{ExecOutput, ExecRequest, RuntimeError};
@@ -13,19 +18,42 @@ use crate::{OciRuntime, failed};
 /// Most output kept per stream.
 const OUTPUT_CAP: usize = 1 << 20;
 
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Marker in a machine's state directory: its init (bind-mounted when it
+/// started) has the `session` role.
+pub(crate) const SESSION_MARKER: &str = "state/init-session";
+
+/// Reads `r` into `out` (at most [`OUTPUT_CAP`] bytes) until EOF.
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, out: Arc<Mutex<Vec<u8>>>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
                 let room = OUTPUT_CAP.saturating_sub(out.len());
                 out.extend_from_slice(&buf[..n.min(room)]);
             }
         }
     }
-    out
+}
+
+/// Kills the exec'd command's process group (and the command itself, for a
+/// machine whose init predates the session role).
+fn kill_group(pid_file: &std::path::Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions. `-pid` names the
+    // group the command leads once it called setsid; before that no group
+    // has that id and the call fails harmlessly.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+        libc::kill(pid, libc::SIGKILL);
+    }
 }
 
 fn machine_process(rt: &OciRuntime, id: &MachineId) -> serde_json::Value {
@@ -73,14 +101,18 @@ pub(crate) async fn run(
         .join("state")
         .join(format!("exec-{}.pid", hangar_core::EventId::generate()));
     let cwd = machine_cwd(rt, id);
+    let session = rt.dir(id).join(SESSION_MARKER).exists();
     let mut cmd = rt.runtime_cmd();
     cmd.arg("exec")
         .arg("--cwd")
         .arg(&cwd)
         .arg("--pid-file")
         .arg(&pid_file)
-        .arg(id.as_str())
-        .args(&req.argv)
+        .arg(id.as_str());
+    if session {
+        cmd.arg(crate::INIT_IN_GUEST).arg("session").arg("--");
+    }
+    cmd.args(&req.argv)
         .stdin(if req.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -89,29 +121,59 @@ pub(crate) async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    let deadline = tokio::time::Instant::now() + req.timeout;
     let mut child = cmd.spawn().map_err(|e| failed("exec", id, e))?;
     if let (Some(data), Some(mut stdin)) = (req.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
             let _ = stdin.write_all(&data).await;
         });
     }
-    let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped stdout")));
-    let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped stderr")));
-    let (status, timed_out) = match tokio::time::timeout(req.timeout, child.wait()).await {
+    let (out, err) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let mut readers = [
+        tokio::spawn(read_capped(
+            child.stdout.take().expect("piped stdout"),
+            out.clone(),
+        )),
+        tokio::spawn(read_capped(
+            child.stderr.take().expect("piped stderr"),
+            err.clone(),
+        )),
+    ];
+    let (status, timed_out) = match tokio::time::timeout_at(deadline, child.wait()).await {
         Ok(status) => (status.map_err(|e| failed("exec", id, e))?, false),
         Err(_) => {
-            // The command itself, not just crun: its host pid is in the pid file.
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) on the exec'd process's pid.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            kill_group(&pid_file);
             let status = child.wait().await.map_err(|e| failed("exec", id, e))?;
             (status, true)
         }
     };
+    // Output ends when every process holding it has: background children
+    // of the command get what is left of the timeout, then their group is
+    // killed; one that left the group gets a moment, then is let go.
+    let all_read = async {
+        for r in &mut readers {
+            let _ = r.await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, all_read).await.is_err() {
+        kill_group(&pid_file);
+        let all_read = async {
+            for r in &mut readers {
+                let _ = r.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(1), all_read)
+            .await
+            .is_err()
+        {
+            for r in &readers {
+                r.abort();
+            }
+        }
+    }
     let _ = std::fs::remove_file(&pid_file);
     use std::os::unix::process::ExitStatusExt;
     let (exit_code, exit_signal) = match (status.code(), status.signal()) {
@@ -122,8 +184,8 @@ pub(crate) async fn run(
     Ok(ExecOutput {
         exit_code,
         exit_signal: exit_signal.or(timed_out.then_some(libc::SIGKILL)),
-        stdout: stdout.await.unwrap_or_default(),
-        stderr: stderr.await.unwrap_or_default(),
+        stdout: std::mem::take(&mut *out.lock().unwrap_or_else(|p| p.into_inner())),
+        stderr: std::mem::take(&mut *err.lock().unwrap_or_else(|p| p.into_inner())),
         timed_out,
     })
 }

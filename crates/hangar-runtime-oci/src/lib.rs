@@ -376,6 +376,10 @@ impl OciRuntime {
             }
             std::fs::write(&hostname, format!("{}\n", spec.hostname))
                 .map_err(err("write /etc/hostname"))?;
+            // This start binds the current init into the machine: exec can
+            // use its session role.
+            std::fs::write(dir.join(exec::SESSION_MARKER), b"")
+                .map_err(err("write the init marker"))?;
             let cgroup = self.cgroup(id);
             let config = bundle::config(
                 spec,

@@ -252,6 +252,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dns: !args.no_dns,
             network_range: args.network_range,
             pids_limit: args.machine_pids_limit,
+            host_memory_mb: None,
             ip_pool: Some(args.ip_pool),
             shared_ip: args.public_ip.or_else(|| {
                 let ip = args.proxy_http.0?.ip();

@@ -418,3 +418,75 @@ async fn an_apps_volumes_and_tokens_die_with_it() {
     let old = Client::new(&d.url, &survivor);
     assert_eq!(old.list_secrets("x").await.unwrap_err().status(), Some(401));
 }
+
+/// Defect 8: an exec's timeout ends the whole exec, background children
+/// included; and an impossible registry port or service port is a 400.
+#[tokio::test]
+async fn exec_timeouts_end_background_children_and_bad_ports_are_refused() {
+    let (_reg, _d, c, image) = setup("ex").await;
+    let id = c
+        .create_machine(
+            "ex",
+            &request(json!({"image": image, "init": {"cmd": ["sleep", "600"]}})),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait(&c, "ex", &id, "started").await;
+    let exec = |cmd: &str, timeout: i64| hangar_api_types::MachineExecRequest {
+        command: Some(vec!["/bin/sh".into(), "-c".into(), cmd.into()]),
+        timeout: Some(timeout),
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let r = c
+        .exec("ex", &id, &exec("sleep 27 & echo bg", 2))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(6), "exec took {took:?}");
+    assert_eq!(r.stdout.trim(), "bg", "{r:?}");
+    let ps = c
+        .exec(
+            "ex",
+            &id,
+            &exec("ps -o args | grep -c '^sleep 27' || true", 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ps.stdout.trim(), "0", "{ps:?}");
+    // A command that itself outlives the timeout ends too (a 408, as Fly).
+    let t0 = std::time::Instant::now();
+    let err = c
+        .exec("ex", &id, &exec("sleep 31 & sleep 30", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(408), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let ps = c
+        .exec(
+            "ex",
+            &id,
+            &exec("ps -o args | grep -c '^sleep 3[01]' || true", 5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ps.stdout.trim(), "0", "{ps:?}");
+    // Quick commands are as they were.
+    let r = c
+        .exec("ex", &id, &exec("echo hi; exit 3", 5))
+        .await
+        .unwrap();
+    assert_eq!((r.exit_code, r.stdout.as_str()), (3, "hi\n"));
+
+    for config in [
+        json!({"image": "127.0.0.1:99999/x:1"}),
+        json!({"image": image, "services": [{"internal_port": 99999999, "protocol": "tcp"}]}),
+    ] {
+        let err = c
+            .create_machine("ex", &request(config.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(400), "{config}: {err}");
+    }
+}
