@@ -165,6 +165,19 @@ impl Runner {
                 Observed::Absent
             }
         };
+        // An exit already recorded is the end of a run before the current
+        // one (hangard died after recording it, before cleaning up after
+        // it): not news about the workload the state now expects.
+        let observed = match observed {
+            Observed::Exited(info) if self.exit_recorded(&info) => {
+                tracing::info!(machine = %id, state = %self.rec.core.state, "the workload's exit was already recorded");
+                if let Err(e) = self.shared.runtime.cleanup(&id).await {
+                    tracing::warn!(machine = %id, error = %e, "cleanup failed");
+                }
+                Observed::Absent
+            }
+            o => o,
+        };
         if observed != Observed::Absent {
             tracing::info!(machine = %id, state = %self.rec.core.state, ?observed, "adopting workload");
         }
@@ -256,6 +269,20 @@ impl Runner {
         if self.rec.core.state == MachineState::Destroyed {
             self.shared.forget_runner(&id);
         }
+    }
+
+    /// Whether `info` is the exit the machine's newest exit event records.
+    fn exit_recorded(&self, info: &ExitInfo) -> bool {
+        let recorded = match self.shared.store.events(&self.rec.id, 20) {
+            Ok(events) => events.into_iter().find(|e| e.kind == "exit"),
+            Err(_) => None,
+        };
+        let at = recorded.as_ref().and_then(|e| {
+            e.request.as_ref()?["exit_event"]["exited_at"]
+                .as_str()
+                .map(str::to_owned)
+        });
+        at.is_some_and(|at| at == exited_at(info))
     }
 
     /// Applies metadata changes to the current config (no new version, no
@@ -659,13 +686,17 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// An exit's time as events record it (RFC 3339, milliseconds).
+fn exited_at(info: &ExitInfo) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(info.exited_at_ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// The stored form of an event, in Fly's shape.
 fn new_event(e: &EventRecord) -> NewEvent {
     let mut request = serde_json::Map::new();
     if let Some(x) = &e.exit {
         let signal = x.info.signal.unwrap_or(-1);
-        let exited_at =
-            std::time::UNIX_EPOCH + Duration::from_millis(x.info.exited_at_ms.max(0) as u64);
         request.insert(
             "exit_event".into(),
             serde_json::json!({
@@ -678,7 +709,7 @@ fn new_event(e: &EventRecord) -> NewEvent {
                 "signal": signal,
                 "error": x.info.error.clone().unwrap_or_default(),
                 "oom_killed": x.info.oom_killed,
-                "exited_at": humantime::format_rfc3339_millis(exited_at).to_string(),
+                "exited_at": exited_at(&x.info),
             }),
         );
         request.insert("restart_count".into(), x.restart_count.into());

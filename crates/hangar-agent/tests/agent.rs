@@ -957,3 +957,52 @@ async fn addresses_without_a_live_machine_are_released_at_startup() {
         Some(m.private_ip)
     );
 }
+
+/// hangard dies after recording an exit and moving on (a restart waiting
+/// out its backoff), before it cleaned up after the exit: the exit the next
+/// hangard finds is the one already recorded, not a new one.
+#[tokio::test]
+async fn an_exit_already_recorded_is_not_counted_again_after_a_crash() {
+    let e = env().await;
+    let m = e
+        .agent
+        .create_machine(
+            "app",
+            new_machine(serde_json::json!({
+                "image": "busybox", "restart": {"policy": "on-failure", "max_retries": 5}
+            })),
+        )
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let info = ExitInfo {
+        exit_code: 1,
+        exited_at_ms: 1_796_000_000_123,
+        ..ExitInfo::default()
+    };
+    e.rt.exit(&m.id, info.clone());
+    wait(&e.agent, m.id.as_str(), MachineState::Starting).await;
+    // The crash, mid-backoff; the runtime still holds the old exit.
+    e.agent.shutdown().await;
+    let exits = |agent: &Agent| {
+        agent
+            .machine_events("app", m.id.as_str(), 50)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "exit")
+            .count()
+    };
+    assert_eq!(exits(&e.agent), 1);
+    e.rt.set_observed(&m.id, Observed::Exited(info));
+    let agent = open(&e.dir, &e.rt).await;
+    wait(&agent, m.id.as_str(), MachineState::Started).await;
+    assert_eq!(exits(&agent), 1, "{:?}", kinds(&agent, m.id.as_str()));
+    assert_eq!(
+        agent
+            .get_machine("app", m.id.as_str())
+            .unwrap()
+            .core
+            .restart_count,
+        1
+    );
+}
