@@ -313,10 +313,10 @@ async fn crash_soak_loses_nothing_and_leaves_nothing() {
         let state = by_name
             .get(name.as_str())
             .map_or("absent", |m| m.state.as_str());
-        if let (Some(id), Some(m)) = (&k.id, by_name.get(name.as_str())) {
-            if *id != m.id {
-                failures.push(format!("{name}: id {} is not the acknowledged {id}", m.id));
-            }
+        if let (Some(id), Some(m)) = (&k.id, by_name.get(name.as_str()))
+            && *id != m.id
+        {
+            failures.push(format!("{name}: id {} is not the acknowledged {id}", m.id));
         }
         if !k.may_be.contains(state) && !k.may_be.contains("unknown") {
             failures.push(format!("{name}: {state}, expected one of {:?}", k.may_be));
