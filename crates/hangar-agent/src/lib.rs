@@ -128,6 +128,10 @@ impl AgentConfig {
 /// See [`Agent::on_network`].
 pub type NetworkHook = Arc<dyn Fn(u8) + Send + Sync>;
 
+/// How long a destroy request waits for the machine to be destroyed before
+/// it answers anyway (the teardown goes on).
+const DESTROY_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
 /// The one organization of a single-host installation.
 pub const DEFAULT_ORG: &str = "personal";
 
@@ -698,10 +702,22 @@ impl Agent {
         if !force {
             self.check_lease(app, id, nonce)?;
         }
-        self.request(app, id, machine::Input::Destroy { force }, |reply| {
-            Msg::Destroy { force, reply }
-        })
-        .await
+        let before = self
+            .request(app, id, machine::Input::Destroy { force }, |reply| {
+                Msg::Destroy { force, reply }
+            })
+            .await?;
+        // Answered once it is gone (a listing right after no longer shows
+        // it), or after a while if the teardown takes longer.
+        let _ = self
+            .wait_machine(
+                app,
+                id,
+                &[WaitFor::State(MachineState::Destroyed)],
+                DESTROY_ANSWER_WAIT,
+            )
+            .await;
+        Ok(before)
     }
 
     /// Waits until the machine is in one of `states`, for at most `timeout`.

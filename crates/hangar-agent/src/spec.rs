@@ -270,8 +270,8 @@ pub fn guest_files(
 }
 
 /// `services[].autostop` takes a boolean (old clients) or `off`, `stop`,
-/// `suspend`; like Fly, Hangar answers `false`/`true` for off/stop and
-/// `"suspend"` for suspend. `autostart` must be a boolean.
+/// `suspend`, and is answered in the form it was sent. `autostart` must be
+/// a boolean; ports must be ports.
 fn normalize_services(c: &mut MachineConfig) -> Result<(), AgentError> {
     let Some(services) = c.extra.get_mut("services") else {
         return Ok(());
@@ -283,26 +283,14 @@ fn normalize_services(c: &mut MachineConfig) -> Result<(), AgentError> {
         let Some(obj) = svc.as_object_mut() else {
             return Err(invalid(format!("config.services[{i}] must be an object")));
         };
-        if let Some(v) = obj.get_mut("autostop") {
-            *v = match &*v {
-                serde_json::Value::Bool(b) => serde_json::Value::Bool(*b),
-                serde_json::Value::Null => serde_json::Value::Bool(false),
-                serde_json::Value::String(s) => match s.as_str() {
-                    "off" | "" => serde_json::Value::Bool(false),
-                    "stop" => serde_json::Value::Bool(true),
-                    "suspend" => serde_json::Value::String("suspend".into()),
-                    other => {
-                        return Err(invalid(format!(
-                            "invalid config.services[{i}].autostop {other:?}: must be off, stop or suspend"
-                        )));
-                    }
-                },
-                other => {
-                    return Err(invalid(format!(
-                        "invalid config.services[{i}].autostop {other}: must be off, stop or suspend"
-                    )));
-                }
-            };
+        // Validated, kept as sent: a string stays a string, a boolean a
+        // boolean (Fly's spec types it a string; older clients send bools).
+        if let Some(v) = obj.get("autostop") {
+            if hangar_core::services::parse_autostop(v).is_none() {
+                return Err(invalid(format!(
+                    "invalid config.services[{i}].autostop {v}: must be off, stop or suspend (or a boolean)"
+                )));
+            }
         }
         check_port(
             obj.get("internal_port"),
@@ -623,8 +611,8 @@ mod tests {
         ]})))
         .unwrap();
         let s = &c.extra["services"];
-        assert_eq!(s[0]["autostop"], true);
-        assert_eq!(s[1]["autostop"], false);
+        assert_eq!(s[0]["autostop"], "stop");
+        assert_eq!(s[1]["autostop"], "off");
         assert_eq!(s[2]["autostop"], "suspend");
         assert_eq!(s[3]["autostop"], true);
         assert!(s[4].get("autostop").is_none());

@@ -579,6 +579,11 @@ impl Agent {
         Ok(None)
     }
 
+    /// How many volumes an app has (not destroyed).
+    pub fn volume_count(&self, app: &str) -> Result<i64, AgentError> {
+        Ok(self.shared.store.volumes(Some(app))?.len() as i64)
+    }
+
     /// The volumes of an app that are not destroyed.
     pub(crate) fn live_volumes(&self, app: &str) -> Result<Vec<VolumeRecord>, AgentError> {
         self.shared.store.volumes(Some(app))

@@ -404,8 +404,29 @@ pub struct App {
     pub volume_count: i64,
     /// Owner.
     pub organization: AppOrganization,
-    /// RFC 3339.
-    pub created_at: String,
+    /// Milliseconds since the Unix epoch, as Fly answers `POST /apps` (an
+    /// RFC 3339 string is accepted too).
+    #[serde(default, deserialize_with = "millis_or_rfc3339")]
+    pub created_at: i64,
+}
+
+/// An integer of milliseconds, or an RFC 3339 time, as milliseconds.
+fn millis_or_rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| D::Error::custom(format!("invalid time {n}"))),
+        serde_json::Value::String(s) => humantime::parse_rfc3339_weak(&s)
+            .map_err(|e| D::Error::custom(format!("invalid time {s:?}: {e}")))
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0)
+            }),
+        serde_json::Value::Null => Ok(0),
+        other => Err(D::Error::custom(format!("invalid time {other}"))),
+    }
 }
 
 /// `GET /apps` response.

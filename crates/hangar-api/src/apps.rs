@@ -13,7 +13,11 @@ use crate::{ApiState, views};
 use hangar_api_types::*;
 
 fn view(s: &ApiState, rec: &hangar_agent::AppRecord) -> ApiResult<App> {
-    Ok(views::app(rec, s.agent.app_status(&rec.name)?))
+    Ok(views::app(
+        rec,
+        s.agent.app_status(&rec.name)?,
+        s.agent.volume_count(&rec.name)?,
+    ))
 }
 
 /// `GET /v1/apps?org_slug=`.

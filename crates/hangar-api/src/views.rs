@@ -7,7 +7,7 @@ use hangar_api_types::{App, AppOrganization, Machine, MachineEvent};
 pub const MACHINE_EVENTS: usize = 20;
 
 /// An app.
-pub fn app(rec: &AppRecord, status: String) -> App {
+pub fn app(rec: &AppRecord, status: String, volume_count: i64) -> App {
     App {
         id: rec.id.clone(),
         name: rec.name.clone(),
@@ -15,13 +15,16 @@ pub fn app(rec: &AppRecord, status: String) -> App {
         network: rec.network.clone(),
         internal_numeric_id: rec.internal_numeric_id,
         machine_count: rec.machine_count,
-        volume_count: 0,
+        volume_count,
         organization: AppOrganization {
             name: "Personal".into(),
             slug: rec.org_slug.clone(),
             internal_numeric_id: 1,
         },
-        created_at: rec.created_at.clone(),
+        created_at: humantime::parse_rfc3339_weak(&rec.created_at)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64),
     }
 }
 

@@ -17,14 +17,16 @@ const TOKEN: &str = "test-token";
 
 struct Api {
     app: axum::Router,
+    rt: Arc<FakeRuntime>,
     _dir: tempfile::TempDir,
 }
 
 async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
+    let rt = Arc::new(FakeRuntime::new());
     let agent = Agent::open(
         AgentConfig::new(dir.path()),
-        Arc::new(FakeRuntime::new()),
+        rt.clone(),
         Arc::new(FakeImages),
     )
     .await
@@ -34,7 +36,7 @@ async fn api() -> Api {
         images: None,
         auth: Arc::new(Auth::new(TOKEN)),
     });
-    Api { app, _dir: dir }
+    Api { app, rt, _dir: dir }
 }
 
 struct Resp {
@@ -190,7 +192,7 @@ async fn apps_crud() {
     assert_eq!(r.status, 201);
     assert_eq!(r.body["name"], "my-app");
     assert_eq!(r.body["organization"]["slug"], "personal");
-    assert!(r.body["id"].as_str().is_some() && r.body["created_at"].as_str().is_some());
+    assert!(r.body["id"].as_str().is_some() && r.body["created_at"].as_i64().is_some());
     assert_eq!(
         a.call("POST", "/v1/apps", Some(json!({"name": "my-app"})))
             .await
@@ -1243,4 +1245,103 @@ async fn impossible_configs_and_huge_bodies_are_refused() {
     assert!(r.body["error"].is_string());
     let r = a.call("GET", "/v1/apps/web/machines", None).await;
     assert_eq!(r.body, json!([]));
+}
+
+/// What third-party Fly clients tripped over: `POST /v1/apps` answers
+/// `created_at` as integer milliseconds (a Rust client failed to decode the
+/// string), and `services[].autostop` comes back in the form it was sent.
+#[tokio::test]
+async fn created_at_is_milliseconds_and_autostop_keeps_its_form() {
+    let a = api().await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let r = a
+        .call(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "org_slug": "personal"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let at = r.body["created_at"]
+        .as_i64()
+        .expect("created_at is an integer");
+    assert!(
+        at >= before - 1000 && at <= before + 60_000,
+        "{at} vs {before}"
+    );
+    let r = a.call("GET", "/v1/apps/web", None).await;
+    assert!(r.body["created_at"].is_i64(), "{}", r.body);
+    let services = json!([
+        {"protocol": "tcp", "internal_port": 80, "autostop": "stop"},
+        {"protocol": "tcp", "internal_port": 81, "autostop": "off"},
+        {"protocol": "tcp", "internal_port": 82, "autostop": true},
+        {"protocol": "tcp", "internal_port": 83, "autostop": false},
+        {"protocol": "tcp", "internal_port": 84, "autostop": "suspend"},
+    ]);
+    let m = a
+        .machine(json!({"image": "busybox", "services": services}))
+        .await;
+    assert_eq!(m["config"]["services"], services);
+    let id = m["id"].as_str().unwrap();
+    let got = a
+        .call("GET", &format!("/v1/apps/web/machines/{id}"), None)
+        .await;
+    assert_eq!(got.body["config"]["services"], services);
+}
+
+/// A destroy is answered once the machine is destroyed: a listing right
+/// after does not show it, and the app can be deleted at once (clients did
+/// both and got the machine back, then a 412).
+#[tokio::test]
+async fn a_destroy_answers_once_the_machine_is_gone() {
+    let a = with_app().await;
+    a.rt.set_destroy_delay(std::time::Duration::from_millis(300));
+    let m = a.machine(json!({"image": "busybox"})).await;
+    let id = m["id"].as_str().unwrap();
+    a.wait(id, "started").await;
+    let r = a
+        .call(
+            "DELETE",
+            &format!("/v1/apps/web/machines/{id}?force=true"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = a.call("GET", "/v1/apps/web/machines", None).await;
+    assert_eq!(r.body, json!([]));
+    let r = a
+        .call("GET", &format!("/v1/apps/web/machines/{id}"), None)
+        .await;
+    assert_eq!(r.body["state"], "destroyed");
+    // And an app whose last machine is still being torn down can go.
+    let m = a.machine(json!({"image": "busybox"})).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    a.wait(&id, "started").await;
+    a.rt.set_destroy_delay(std::time::Duration::from_secs(2));
+    let app = a.app.clone();
+    let destroying = tokio::spawn(async move {
+        let req = Request::builder()
+            .method("DELETE")
+            .uri(format!("/v1/apps/web/machines/{id}?kill=true"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(req).await.unwrap().status()
+    });
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = a.call("GET", "/v1/apps/web/machines", None).await;
+        if r.body[0]["state"] == "destroying" {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    a.rt.set_destroy_delay(std::time::Duration::ZERO);
+    destroying.abort();
+    let r = a.call("DELETE", "/v1/apps/web", None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
 }

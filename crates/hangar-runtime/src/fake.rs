@@ -51,6 +51,7 @@ pub struct FakeRuntime {
     workloads: Mutex<HashMap<MachineId, Workload>>,
     fail_next_start: Mutex<Option<String>>,
     observed: Mutex<HashMap<MachineId, Observed>>,
+    destroy_delay: Mutex<std::time::Duration>,
 }
 
 impl FakeRuntime {
@@ -86,6 +87,11 @@ impl FakeRuntime {
         if let Some(w) = self.workloads.lock().unwrap().get(id) {
             let _ = w.exit.send(Some(info));
         }
+    }
+
+    /// Every `destroy` takes this long (a real teardown takes a while).
+    pub fn set_destroy_delay(&self, d: std::time::Duration) {
+        *self.destroy_delay.lock().unwrap() = d;
     }
 
     /// The next `start` fails with `reason`.
@@ -309,6 +315,10 @@ impl Runtime for FakeRuntime {
 
     async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
         self.record(Call::Destroy(id.clone()));
+        let delay = *self.destroy_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if let Some(w) = self.workloads.lock().unwrap().remove(id) {
             let _ = w.exit.send(Some(exit_code(137, Some(9))));
         }

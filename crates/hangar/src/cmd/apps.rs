@@ -55,7 +55,11 @@ pub async fn run(cmd: &AppsCmd, c: &Client, out: &Output) -> anyhow::Result<()> 
                             a.organization.slug,
                             a.status,
                             a.machine_count.to_string(),
-                            a.created_at,
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH
+                                    + std::time::Duration::from_millis(a.created_at.max(0) as u64),
+                            )
+                            .to_string(),
                         ]
                     })
                     .collect(),
