@@ -184,7 +184,7 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
                 } else {
                     shared
                         .store
-                        .address_of(m.id.as_str(), &shared.network_range)?
+                        .address_of(m.id.as_str(), &shared.net)?
                         .map(|a| IpAddr::V4(a.ipv4()))
                 };
                 let stamp = crate::store::now_rfc3339();

@@ -91,8 +91,16 @@ pub struct AgentConfig {
     /// Point machines' resolv.conf at hangard's DNS server (which the
     /// binary runs on every network's gateway).
     pub dns: bool,
-    /// The IPv4 range private networks are drawn from.
+    /// The IPv4 range private networks' blocks are drawn from.
     pub network_range: network::NetRange,
+    /// This host's id in the installation (part of every 6PN address).
+    pub host_id: u16,
+    /// Check the host's interfaces: refuse to open when another interface
+    /// uses a block of the range that this installation's machines use
+    /// (another installation with an overlapping range), and never take a
+    /// new block that another interface uses. hangard turns it on; tests of
+    /// the agent alone leave it off.
+    pub check_host_addresses: bool,
     /// Dedicated public addresses for apps (`ip_assignments` type `v4`).
     pub ip_pool: Option<ips::IpPool>,
     /// The proxy's shared address (`shared_v4`).
@@ -117,6 +125,8 @@ impl AgentConfig {
             secrets_key_file: None,
             dns: false,
             network_range: network::NetRange::default(),
+            host_id: 1,
+            check_host_addresses: false,
             ip_pool: None,
             shared_ip: None,
             pids_limit: None,
@@ -126,7 +136,7 @@ impl AgentConfig {
 }
 
 /// See [`Agent::on_network`].
-pub type NetworkHook = Arc<dyn Fn(u8) + Send + Sync>;
+pub type NetworkHook = Arc<dyn Fn(&network::Block) + Send + Sync>;
 
 /// How long a destroy request waits for the machine to be destroyed before
 /// it answers anyway (the teardown goes on).
@@ -151,7 +161,10 @@ pub(crate) struct Shared {
     /// Machines resolve names through hangard's DNS server on their
     /// network's gateway.
     pub dns: bool,
-    pub network_range: network::NetRange,
+    /// How machines are addressed.
+    pub net: network::NetPlan,
+    /// [`AgentConfig::check_host_addresses`].
+    pub check_host_addresses: bool,
     /// Health check results.
     pub(crate) checks: checks::Checks,
     pub ip_pool: Option<ips::IpPool>,
@@ -160,8 +173,8 @@ pub(crate) struct Shared {
     pub pids_limit: Option<u64>,
     /// [`AgentConfig::host_memory_mb`], resolved.
     pub host_memory_mb: Option<u64>,
-    /// Called with a network's index when a machine is given an address on
-    /// it (hangard starts serving DNS there).
+    /// Called with a block when a machine opens it (hangard serves DNS on
+    /// its gateway and lets its network's traffic through).
     network_hook: Mutex<Option<NetworkHook>>,
     runners: Mutex<HashMap<MachineId, Handle>>,
 }
@@ -249,6 +262,26 @@ impl Agent {
             AgentError::Internal(format!("creating {}: {e}", cfg.data_dir.display()))
         })?;
         let store = Store::open(&cfg.data_dir.join("hangar.db"))?;
+        let net = network::NetPlan {
+            range: cfg.network_range,
+            installation: store.installation_id()?,
+            host: cfg.host_id,
+        };
+        if cfg.check_host_addresses {
+            let ours = store.network_blocks()?;
+            let clashes: Vec<String> = network::foreign_blocks(&net)
+                .into_iter()
+                .filter(|(b, _)| ours.contains(b))
+                .map(|(b, ifname)| format!("{ifname} has an address in block {b}"))
+                .collect();
+            if !clashes.is_empty() {
+                return Err(AgentError::Conflict(format!(
+                    "the network range {} clashes with this host's interfaces ({}), and this installation's machines use those blocks: give each hangard on this host a --network-range of its own",
+                    net.range,
+                    clashes.join(", ")
+                )));
+            }
+        }
         let key_file = cfg
             .secrets_key_file
             .clone()
@@ -265,7 +298,8 @@ impl Agent {
             volumes,
             maintenance: tokio::sync::Mutex::new(()),
             dns: cfg.dns,
-            network_range: cfg.network_range,
+            net,
+            check_host_addresses: cfg.check_host_addresses,
             checks: Default::default(),
             ip_pool: cfg.ip_pool,
             shared_ip: cfg.shared_ip,
@@ -284,28 +318,24 @@ impl Agent {
                 "released addresses of machines that are gone"
             );
         }
-        // Machines made before private networking get their addresses now
-        // (their next start wires them in).
+        // Every machine's address as this version shapes it: machines made
+        // before private networking get one, and the 6PN address of
+        // machines of older versions follows the installation's plan
+        // (running ones are wired again as they are resumed, stopped ones at
+        // their next start).
         for rec in &mut live {
-            if shared
+            let network = shared
                 .store
-                .address_of(rec.id.as_str(), &shared.network_range)?
-                .is_none()
-            {
-                let network = shared
-                    .store
-                    .get_app(&rec.app)?
-                    .map_or_else(|| "default".to_owned(), |a| a.network);
-                let a = shared.store.allocate_address(
-                    &network,
-                    rec.id.as_str(),
-                    &shared.network_range,
-                )?;
-                rec.private_ip = a.ipv6().to_string();
-                shared
-                    .store
-                    .set_private_ip(rec.id.as_str(), &rec.private_ip)?;
-                tracing::info!(machine = %rec.id, ip = %rec.private_ip, "gave a private address to a machine made before networking");
+                .get_app(&rec.app)?
+                .map_or_else(|| "default".to_owned(), |a| a.network);
+            let (a, _) = shared
+                .store
+                .allocate_address(&network, rec.id.as_str(), &shared.net)?;
+            let ip = a.ipv6().to_string();
+            if rec.private_ip != ip {
+                tracing::info!(machine = %rec.id, from = %rec.private_ip, to = %ip, "private address follows the installation's plan");
+                shared.store.set_private_ip(rec.id.as_str(), &ip)?;
+                rec.private_ip = ip;
             }
         }
         for rec in live {
@@ -353,11 +383,11 @@ impl Agent {
         });
     }
 
-    /// Calls `hook` with the index of every network that has machines now,
-    /// and later of each network a new machine joins.
+    /// Calls `hook` with every block that has machines now, and later with
+    /// each block a new machine opens.
     pub fn on_network(&self, hook: NetworkHook) -> Result<(), AgentError> {
-        for net in self.shared.store.networks_in_use()? {
-            hook(net);
+        for b in self.shared.store.blocks_in_use(&self.shared.net)? {
+            hook(&b);
         }
         *self
             .shared
@@ -365,6 +395,21 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(hook);
         Ok(())
+    }
+
+    /// How this installation addresses machines.
+    pub fn net_plan(&self) -> network::NetPlan {
+        self.shared.net
+    }
+
+    /// The blocks that have machines on them.
+    pub fn blocks_in_use(&self) -> Result<Vec<network::Block>, AgentError> {
+        self.shared.store.blocks_in_use(&self.shared.net)
+    }
+
+    /// A machine's private addresses, if it has them.
+    pub fn machine_address(&self, id: &str) -> Result<Option<network::Address>, AgentError> {
+        self.shared.store.address_of(id, &self.shared.net)
     }
 
     /// This host's region.
@@ -570,11 +615,20 @@ impl Agent {
             source: "user".into(),
             request: None,
         };
-        // The machine and its address commit together.
+        // The machine and its address commit together. A new block must be
+        // free on this host.
+        let foreign = std::sync::OnceLock::new();
+        let block_free = |b: u8| {
+            !self.shared.check_host_addresses
+                || !foreign
+                    .get_or_init(|| network::foreign_blocks(&self.shared.net))
+                    .iter()
+                    .any(|(f, _)| *f == b)
+        };
         let address = match self.shared.store.insert_machine(
             &mut rec,
             &event,
-            Some((&app.network, &self.shared.network_range)),
+            Some((&app.network, &self.shared.net, &block_free)),
         ) {
             Ok(a) => a,
             Err(e) => {
@@ -582,7 +636,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        if let Some(a) = address {
+        if let Some((a, true)) = address {
             let hook = self
                 .shared
                 .network_hook
@@ -590,7 +644,7 @@ impl Agent {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             if let Some(hook) = hook {
-                hook(a.net);
+                hook(&self.shared.net.block(a.net, a.block));
             }
         }
         let last = self.shared.store.events(&rec.id, 1)?.pop().map(|e| e.id);

@@ -1,13 +1,26 @@
 //! Private networking: which network a machine is on and its addresses.
 //!
 //! Each app `network` name (Fly's per-org 6PN, `default` unless the app
-//! asked for another) is one isolated network: a host bridge of its own
-//! (`hangarN`), an IPv4 /24 (`10.231.N.0/24` in the default range) and an
-//! IPv6 /64 (`fdaa:0:N::/64`, the shape of Fly's 6PN addresses), where `N`
-//! is the third octet of a /24 inside the installation's [`NetRange`]. A
-//! machine gets one address of each when it is created; the IPv6 one is
-//! its `private_ip` and `FLY_PRIVATE_IP`. Addresses are never reused while
-//! a machine holds them and are released when it is destroyed.
+//! asked for another) is one isolated network with an id of its own. It
+//! takes IPv4 *blocks* (the /24s of the installation's [`NetRange`]) as it
+//! grows, 253 machines each, and every block is a host bridge of its own
+//! (a Linux bridge takes at most 1024 ports): `hgr<installation><net><block>`.
+//! A machine's IPv6 address is its identity (`private_ip`,
+//! `FLY_PRIVATE_IP`), in Fly's 6PN shape and routable as it says:
+//!
+//! ```text
+//!   fdaa : <installation> : <network> : <host> : 0 : 0 : <block> : <n>
+//!          16 bits          16 bits     16 bits                    /112 per bridge
+//! ```
+//!
+//! so a network has a /64 per host, with room for millions of machines,
+//! and the address tells the host a machine runs on. Machines of one
+//! network in different blocks reach each other through the host. The
+//! installation's id is random, made once and kept in the database, so
+//! installations on one host never share a bridge, a table or a prefix,
+//! whatever their ranges. Addresses are never reused while a machine holds
+//! them and are released when it is destroyed; a block with no machine
+//! left goes back to the range.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -17,14 +30,17 @@ use rusqlite::{OptionalExtension, params};
 use crate::AgentError;
 use crate::store::{Store, db};
 
-/// Most machines on one network.
-pub const MAX_HOSTS: i64 = 253;
+/// Machines in one block (its hosts .2 to .254; .1 is the bridge).
+pub const BLOCK_HOSTS: i64 = 253;
 
-/// The IPv4 range an installation draws its networks' /24s from: `a.b.c.0/len`
-/// with `len` between 16 and 24. Networks are the /24s inside it (but the
-/// one whose third octet is 0), and their third octet names them: bridge
-/// `hangarN`, IPv6 `fdaa:0:N::/64`. Two hangards on one host need ranges
-/// that do not overlap.
+/// Network ids run from 1 to this (three hex digits of a bridge's name).
+pub const MAX_NETWORKS: i64 = 0xfff;
+
+/// The IPv4 range an installation draws its blocks from: `a.b.c.0/len` with
+/// `len` between 16 and 24. Blocks are the /24s inside it (but the one whose
+/// third octet is 0). Two hangards on one host need ranges that do not
+/// overlap (the second refuses to start on a clash, see
+/// [`crate::AgentConfig::check_host_addresses`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetRange {
     a: u8,
@@ -87,31 +103,95 @@ impl std::str::FromStr for NetRange {
 }
 
 impl NetRange {
-    /// The first and last network (third octet) of the range.
-    pub fn networks(&self) -> (u8, u8) {
+    /// The first and last block (third octet) of the range.
+    pub fn blocks(&self) -> (u8, u8) {
         (self.first, self.last)
     }
 
-    /// The host firewall for this range.
-    pub fn firewall(&self, outbound_nat: bool) -> hangar_net::firewall::Firewall {
-        hangar_net::firewall::Firewall {
-            ipv4_range: self.to_string(),
-            first: self.first,
-            last: self.last,
-            outbound_nat,
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let [a, b, c, _] = ip.octets();
+        let size = 1u32 << (24 - self.len);
+        (a, b) == (self.a, self.b)
+            && u32::from(c) >= u32::from(self.c)
+            && u32::from(c) < u32::from(self.c) + size
+    }
+}
+
+/// How an installation addresses its machines: its IPv4 range, its id and
+/// this host's id (both part of every 6PN address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetPlan {
+    /// The IPv4 range blocks come from.
+    pub range: NetRange,
+    /// The installation's id (random, kept in the database).
+    pub installation: u16,
+    /// This host's id within the installation.
+    pub host: u16,
+}
+
+impl NetPlan {
+    /// A machine's address: network `net`, `host` of block `block`.
+    pub fn address(&self, net: u16, block: u8, host: u8) -> Address {
+        Address {
+            prefix: [self.range.a, self.range.b],
+            installation: self.installation,
+            host_id: self.host,
+            net,
+            block,
+            host,
         }
     }
 
-    /// The gateway (bridge) address of network `net`, IPv6: where its
-    /// machines find the internal DNS server.
-    pub fn gateway6(&self, net: u8) -> Ipv6Addr {
-        Address {
-            prefix: [self.a, self.b],
-            net,
-            host: 1,
-        }
-        .ipv6()
+    /// The installation's 6PN prefix, `fdaa:<installation>::/32`.
+    pub fn ipv6_prefix(&self) -> String {
+        format!("fdaa:{:x}::/32", self.installation)
     }
+
+    /// The bridge and gateway of a block.
+    pub fn block(&self, net: u16, block: u8) -> Block {
+        let gw = self.address(net, block, 1);
+        Block {
+            net,
+            block,
+            bridge: gw.bridge(),
+            gateway6: gw.ipv6(),
+        }
+    }
+
+    /// The prefix of the names of network `net`'s bridges.
+    pub fn network_prefix(&self, net: u16) -> String {
+        let b = hangar_net::bridge_name(self.installation, net, 0);
+        b[..b.len() - 2].to_owned()
+    }
+
+    /// The host firewall for these blocks.
+    pub fn firewall(&self, blocks: &[Block], outbound_nat: bool) -> hangar_net::firewall::Firewall {
+        let mut fw = hangar_net::firewall::Firewall {
+            installation: self.installation,
+            ipv4_range: self.range.to_string(),
+            ipv6_prefix: self.ipv6_prefix(),
+            networks: Vec::new(),
+            outbound_nat,
+        };
+        for b in blocks {
+            fw.add_bridge(&self.network_prefix(b.net), &b.bridge, b.gateway6);
+        }
+        fw
+    }
+}
+
+/// One block of a network on this host: its bridge and IPv6 gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// The network's id.
+    pub net: u16,
+    /// The block (the third octet of its /24).
+    pub block: u8,
+    /// Its bridge.
+    pub bridge: String,
+    /// Its IPv6 gateway (where the internal DNS server answers).
+    pub gateway6: Ipv6Addr,
 }
 
 /// A machine's addresses on its network.
@@ -119,9 +199,15 @@ impl NetRange {
 pub struct Address {
     /// The first two octets of the installation's range.
     pub prefix: [u8; 2],
-    /// The network: the third octet of its /24.
-    pub net: u8,
-    /// The machine's index in it (2..=254; 1 is the bridge).
+    /// The installation.
+    pub installation: u16,
+    /// The host.
+    pub host_id: u16,
+    /// The network's id.
+    pub net: u16,
+    /// The block: the third octet of its /24.
+    pub block: u8,
+    /// The machine's index in the block (2..=254; 1 is the bridge).
     pub host: u8,
 }
 
@@ -129,34 +215,39 @@ impl Address {
     /// The IPv4 address.
     pub fn ipv4(self) -> Ipv4Addr {
         let [a, b] = self.prefix;
-        Ipv4Addr::new(a, b, self.net, self.host)
+        Ipv4Addr::new(a, b, self.block, self.host)
     }
 
-    /// The private IPv6 address.
+    /// The private (6PN) IPv6 address.
     pub fn ipv6(self) -> Ipv6Addr {
         Ipv6Addr::new(
             0xfdaa,
+            self.installation,
+            self.net,
+            self.host_id,
             0,
-            u16::from(self.net),
             0,
-            0,
-            0,
-            0,
+            u16::from(self.block),
             u16::from(self.host),
         )
+    }
+
+    /// The block's bridge.
+    pub fn bridge(self) -> String {
+        hangar_net::bridge_name(self.installation, self.net, self.block)
     }
 
     /// What the runtime needs to wire the machine in.
     pub fn attachment(self, dns: bool) -> NetworkAttachment {
         let gw = Address { host: 1, ..self };
         NetworkAttachment {
-            bridge: format!("hangar{}", self.net),
+            bridge: self.bridge(),
             address4: self.ipv4(),
             gateway4: gw.ipv4(),
             prefix4: 24,
             address6: self.ipv6(),
             gateway6: gw.ipv6(),
-            prefix6: 64,
+            prefix6: 112,
             dns: if dns {
                 vec![gw.ipv6().into()]
             } else {
@@ -166,13 +257,41 @@ impl Address {
     }
 }
 
+/// Blocks of the range that another interface of the host uses (another
+/// installation, or anything else): `(block, interface)`.
+pub fn foreign_blocks(plan: &NetPlan) -> Vec<(u8, String)> {
+    let own = hangar_net::installation_prefix(plan.installation);
+    hangar_net::ipv4_addresses()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, addr, _)| !name.starts_with(&own) && plan.range.contains(*addr))
+        .map(|(name, addr, _)| (addr.octets()[2], name))
+        .collect()
+}
+
 impl Store {
-    /// The index of network `name`, made on first use.
-    fn network_index(
-        tx: &rusqlite::Transaction<'_>,
-        name: &str,
-        range: &NetRange,
-    ) -> Result<u8, AgentError> {
+    /// The installation's id: made (random, never 0) on first use and kept.
+    pub fn installation_id(&self) -> Result<u16, AgentError> {
+        let conn = self.conn();
+        let candidate = rand::random_range(1..=u16::MAX);
+        conn.execute(
+            "INSERT OR IGNORE INTO settings (key, value) VALUES ('installation', ?1)",
+            params![candidate.to_string()],
+        )
+        .map_err(db)?;
+        let v: String = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'installation'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        v.parse()
+            .map_err(|_| AgentError::Internal(format!("bad installation id {v:?}")))
+    }
+
+    /// The id of network `name`, made on first use (the lowest free one).
+    fn network_id(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<u16, AgentError> {
         if let Some(i) = tx
             .query_row(
                 "SELECT idx FROM networks WHERE name = ?1",
@@ -182,21 +301,14 @@ impl Store {
             .optional()
             .map_err(db)?
         {
-            return Ok(i as u8);
+            return Ok(i as u16);
         }
-        let used: Vec<i64> = {
-            let mut st = tx
-                .prepare("SELECT idx FROM networks ORDER BY idx")
-                .map_err(db)?;
-            let rows = st.query_map([], |r| r.get(0)).map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)?
-        };
-        let idx = (i64::from(range.first)..=i64::from(range.last))
+        let used = ids(tx, "SELECT idx FROM networks ORDER BY idx", params![])?;
+        let idx = (1..=MAX_NETWORKS)
             .find(|i| used.binary_search(i).is_err())
             .ok_or_else(|| {
                 AgentError::Unprocessable(format!(
-                    "this installation has no room for another network (its range holds {})",
-                    range.last - range.first + 1
+                    "this installation has no room for another network (it holds {MAX_NETWORKS})"
                 ))
             })?;
         tx.execute(
@@ -204,111 +316,149 @@ impl Store {
             params![name, idx],
         )
         .map_err(db)?;
-        Ok(idx as u8)
+        Ok(idx as u16)
     }
 
     /// Gives `machine` an address on `network` (the one it has, if any).
+    /// Returns the address and whether it opened a new block.
     pub fn allocate_address(
         &self,
         network: &str,
         machine: &str,
-        range: &NetRange,
-    ) -> Result<Address, AgentError> {
+        plan: &NetPlan,
+    ) -> Result<(Address, bool), AgentError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        let a = Self::allocate_in(&tx, network, machine, range)?;
+        let a = Self::allocate_in(&tx, network, machine, plan, &|_| true)?;
         tx.commit().map_err(db)?;
         Ok(a)
     }
 
-    /// [`Store::allocate_address`] inside a transaction.
+    /// [`Store::allocate_address`] inside a transaction; a new block must
+    /// pass `block_free` (no other interface of the host uses it).
     pub(crate) fn allocate_in(
         tx: &rusqlite::Transaction<'_>,
         network: &str,
         machine: &str,
-        range: &NetRange,
-    ) -> Result<Address, AgentError> {
-        let net = Self::network_index(tx, network, range)?;
-        let prefix = [range.a, range.b];
-        if let Some(host) = tx
+        plan: &NetPlan,
+        block_free: &dyn Fn(u8) -> bool,
+    ) -> Result<(Address, bool), AgentError> {
+        let net = Self::network_id(tx, network)?;
+        if let Some((block, host)) = tx
             .query_row(
-                "SELECT host FROM ip_allocations WHERE machine_id = ?1",
+                "SELECT block, host FROM ip_allocations WHERE machine_id = ?1",
                 params![machine],
-                |r| r.get::<_, i64>(0),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
             )
             .optional()
             .map_err(db)?
         {
-            return Ok(Address {
-                prefix,
-                net,
-                host: host as u8,
-            });
+            return Ok((plan.address(net, block as u8, host as u8), false));
         }
-        let used: Vec<i64> = {
-            let mut st = tx
-                .prepare("SELECT host FROM ip_allocations WHERE network = ?1 ORDER BY host")
-                .map_err(db)?;
-            let rows = st.query_map(params![network], |r| r.get(0)).map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)?
-        };
-        let host = (2..=MAX_HOSTS + 1)
-            .find(|h| used.binary_search(h).is_err())
+        // The lowest free host of the network's blocks, in order.
+        let blocks = ids(
+            tx,
+            "SELECT block FROM network_blocks WHERE network = ?1 ORDER BY block",
+            params![network],
+        )?;
+        for block in blocks {
+            let used = ids(
+                tx,
+                "SELECT host FROM ip_allocations WHERE block = ?1 ORDER BY host",
+                params![block],
+            )?;
+            if let Some(host) = (2..=BLOCK_HOSTS + 1).find(|h| used.binary_search(h).is_err()) {
+                insert_allocation(tx, block, host, network, machine)?;
+                return Ok((plan.address(net, block as u8, host as u8), false));
+            }
+        }
+        // A new block: the lowest of the range that is free here.
+        let taken = ids(
+            tx,
+            "SELECT block FROM network_blocks ORDER BY block",
+            params![],
+        )?;
+        let (first, last) = plan.range.blocks();
+        let block = (i64::from(first)..=i64::from(last))
+            .filter(|b| taken.binary_search(b).is_err())
+            .find(|b| block_free(*b as u8))
             .ok_or_else(|| {
-                AgentError::Unprocessable(format!(
-                    "network {network} is full ({MAX_HOSTS} machines)"
+                AgentError::InsufficientCapacity(format!(
+                    "the installation's network range {} is full ({} blocks of {BLOCK_HOSTS} machines); give hangard a wider --network-range",
+                    plan.range,
+                    taken.len()
                 ))
             })?;
         tx.execute(
-            "INSERT INTO ip_allocations (network, host, machine_id) VALUES (?1, ?2, ?3)",
-            params![network, host, machine],
+            "INSERT INTO network_blocks (block, network) VALUES (?1, ?2)",
+            params![block, network],
         )
         .map_err(db)?;
-        Ok(Address {
-            prefix,
-            net,
-            host: host as u8,
-        })
+        insert_allocation(tx, block, 2, network, machine)?;
+        Ok((plan.address(net, block as u8, 2), true))
     }
 
     /// The address `machine` holds, if any.
-    pub fn address_of(
-        &self,
-        machine: &str,
-        range: &NetRange,
-    ) -> Result<Option<Address>, AgentError> {
+    pub fn address_of(&self, machine: &str, plan: &NetPlan) -> Result<Option<Address>, AgentError> {
         self.conn()
             .query_row(
-                "SELECT n.idx, a.host FROM ip_allocations a JOIN networks n ON n.name = a.network WHERE a.machine_id = ?1",
+                "SELECT n.idx, a.block, a.host FROM ip_allocations a JOIN networks n ON n.name = a.network WHERE a.machine_id = ?1",
                 params![machine],
                 |r| {
-                    Ok(Address {
-                        prefix: [range.a, range.b],
-                        net: r.get::<_, i64>(0)? as u8,
-                        host: r.get::<_, i64>(1)? as u8,
-                    })
+                    Ok(plan.address(
+                        r.get::<_, i64>(0)? as u16,
+                        r.get::<_, i64>(1)? as u8,
+                        r.get::<_, i64>(2)? as u8,
+                    ))
                 },
             )
             .optional()
             .map_err(db)
     }
 
-    /// The networks (by index) that have machines on them.
-    pub fn networks_in_use(&self) -> Result<Vec<u8>, AgentError> {
+    /// The blocks that have machines on them.
+    pub fn blocks_in_use(&self, plan: &NetPlan) -> Result<Vec<Block>, AgentError> {
         let conn = self.conn();
         let mut st = conn
             .prepare(
-                "SELECT DISTINCT n.idx FROM networks n JOIN ip_allocations a ON a.network = n.name ORDER BY n.idx",
+                "SELECT DISTINCT n.idx, a.block FROM ip_allocations a
+                 JOIN networks n ON n.name = a.network ORDER BY n.idx, a.block",
             )
             .map_err(db)?;
         let rows = st
-            .query_map([], |r| r.get::<_, i64>(0).map(|i| i as u8))
+            .query_map([], |r| {
+                Ok(plan.block(r.get::<_, i64>(0)? as u16, r.get::<_, i64>(1)? as u8))
+            })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
+    /// Blocks held by a network (with or without machines).
+    pub fn network_blocks(&self) -> Result<Vec<u8>, AgentError> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction().map_err(db)?;
+        let v = ids(
+            &tx,
+            "SELECT block FROM network_blocks ORDER BY block",
+            params![],
+        )?;
+        Ok(v.into_iter().map(|b| b as u8).collect())
+    }
+
+    /// The network (id) a block belongs to.
+    pub fn network_of_block(&self, block: u8) -> Result<Option<u16>, AgentError> {
+        self.conn()
+            .query_row(
+                "SELECT n.idx FROM network_blocks b JOIN networks n ON n.name = b.network WHERE b.block = ?1",
+                params![i64::from(block)],
+                |r| r.get::<_, i64>(0).map(|i| i as u16),
+            )
+            .optional()
+            .map_err(db)
+    }
+
     /// The machines on network `net` (not destroyed), as DNS sees them.
-    pub fn dns_entries(&self, net: u8) -> Result<Vec<hangar_net::dns::Entry>, AgentError> {
+    pub fn dns_entries(&self, net: u16) -> Result<Vec<hangar_net::dns::Entry>, AgentError> {
         let conn = self.conn();
         let mut st = conn
             .prepare(
@@ -339,9 +489,9 @@ impl Store {
                 app,
                 id,
                 region,
-                process_group: group,
-                addr,
                 started: state == "started",
+                addr,
+                process_group: group,
             });
         }
         Ok(out)
@@ -358,16 +508,71 @@ impl Store {
         Ok(())
     }
 
-    /// Frees `machine`'s address.
+    /// Frees `machine`'s address (and its block, when that was the last
+    /// machine in it).
     pub fn release_address(&self, machine: &str) -> Result<(), AgentError> {
-        self.conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "DELETE FROM ip_allocations WHERE machine_id = ?1",
+            params![machine],
+        )
+        .map_err(db)?;
+        release_empty_blocks(&tx)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Frees addresses held for machines that do not exist or are
+    /// destroyed (left by a crash), and blocks left empty; returns how many
+    /// addresses.
+    pub fn release_stray_addresses(&self) -> Result<usize, AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
             .execute(
-                "DELETE FROM ip_allocations WHERE machine_id = ?1",
-                params![machine],
+                "DELETE FROM ip_allocations WHERE machine_id NOT IN
+                    (SELECT id FROM machines WHERE state != 'destroyed')",
+                [],
             )
             .map_err(db)?;
-        Ok(())
+        release_empty_blocks(&tx)?;
+        tx.commit().map_err(db)?;
+        Ok(n)
     }
+}
+
+fn ids(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> Result<Vec<i64>, AgentError> {
+    let mut st = tx.prepare(sql).map_err(db)?;
+    let rows = st.query_map(p, |r| r.get(0)).map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
+
+fn insert_allocation(
+    tx: &rusqlite::Transaction<'_>,
+    block: i64,
+    host: i64,
+    network: &str,
+    machine: &str,
+) -> Result<(), AgentError> {
+    tx.execute(
+        "INSERT INTO ip_allocations (block, host, network, machine_id) VALUES (?1, ?2, ?3, ?4)",
+        params![block, host, network, machine],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+fn release_empty_blocks(tx: &rusqlite::Transaction<'_>) -> Result<(), AgentError> {
+    tx.execute(
+        "DELETE FROM network_blocks WHERE block NOT IN (SELECT block FROM ip_allocations)",
+        [],
+    )
+    .map_err(db)?;
+    Ok(())
 }
 
 /// The internal DNS server reads machines from the state store: a machine
@@ -376,10 +581,10 @@ impl hangar_net::dns::Directory for Store {
     fn machines(&self, gateway: std::net::IpAddr) -> Vec<hangar_net::dns::Entry> {
         let net = match gateway {
             std::net::IpAddr::V6(a) => a.segments()[2],
-            std::net::IpAddr::V4(a) => u16::from(a.octets()[2]),
-        };
-        let Ok(net) = u8::try_from(net) else {
-            return Vec::new();
+            std::net::IpAddr::V4(a) => match self.network_of_block(a.octets()[2]) {
+                Ok(Some(n)) => n,
+                _ => return Vec::new(),
+            },
         };
         self.dns_entries(net).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "internal DNS cannot read machines");
@@ -392,60 +597,99 @@ impl hangar_net::dns::Directory for Store {
 mod tests {
     use super::*;
 
+    fn plan(range: &str) -> NetPlan {
+        NetPlan {
+            range: range.parse().unwrap(),
+            installation: 0x3fa2,
+            host: 1,
+        }
+    }
+
     #[test]
     fn addresses_are_unique_per_network_and_reused_only_when_free() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let r = NetRange::default();
-        let a = store.allocate_address("default", "m1", &r).unwrap();
-        let b = store.allocate_address("default", "m2", &r).unwrap();
-        let c = store.allocate_address("other", "m3", &r).unwrap();
-        assert_eq!((a.net, a.host), (1, 2));
-        assert_eq!((b.net, b.host), (1, 3));
-        assert_eq!((c.net, c.host), (2, 2));
+        let p = plan("10.231.0.0/16");
+        let (a, new) = store.allocate_address("default", "m1", &p).unwrap();
+        assert!(new, "the network's first block");
+        let (b, new) = store.allocate_address("default", "m2", &p).unwrap();
+        assert!(!new);
+        let (c, _) = store.allocate_address("other", "m3", &p).unwrap();
+        assert_eq!((a.net, a.block, a.host), (1, 1, 2));
+        assert_eq!((b.net, b.block, b.host), (1, 1, 3));
+        assert_eq!((c.net, c.block, c.host), (2, 2, 2));
         assert_eq!(
-            store.allocate_address("default", "m1", &r).unwrap(),
+            store.allocate_address("default", "m1", &p).unwrap().0,
             a,
             "stable"
         );
         assert_eq!(a.ipv4().to_string(), "10.231.1.2");
-        assert_eq!(a.ipv6().to_string(), "fdaa:0:1::2");
-        assert_eq!(store.address_of("m2", &r).unwrap(), Some(b));
-        assert_eq!(store.networks_in_use().unwrap(), vec![1, 2]);
+        assert_eq!(a.ipv6().to_string(), "fdaa:3fa2:1:1::1:2");
+        assert_eq!(c.ipv6().to_string(), "fdaa:3fa2:2:1::2:2");
+        assert_eq!(store.address_of("m2", &p).unwrap(), Some(b));
+        assert_eq!(
+            store
+                .blocks_in_use(&p)
+                .unwrap()
+                .iter()
+                .map(|b| b.bridge.as_str())
+                .collect::<Vec<_>>(),
+            vec!["hgr3fa200101", "hgr3fa200202"]
+        );
         store.release_address("m1").unwrap();
-        assert_eq!(store.address_of("m1", &r).unwrap(), None);
+        assert_eq!(store.address_of("m1", &p).unwrap(), None);
         // The freed address goes to the next machine; held ones never do.
-        assert_eq!(store.allocate_address("default", "m4", &r).unwrap(), a);
+        assert_eq!(store.allocate_address("default", "m4", &p).unwrap().0, a);
         let att = b.attachment(true);
-        assert_eq!(att.bridge, "hangar1");
+        assert_eq!(att.bridge, "hgr3fa200101");
         assert_eq!(att.gateway4.to_string(), "10.231.1.1");
-        assert_eq!(att.gateway6.to_string(), "fdaa:0:1::1");
+        assert_eq!(att.gateway6.to_string(), "fdaa:3fa2:1:1::1:1");
+        assert_eq!(att.prefix6, 112);
         assert_eq!(att.dns, vec![std::net::IpAddr::from(att.gateway6)]);
     }
 
     #[test]
-    fn networks_fill_gaps() {
+    fn a_network_grows_by_blocks_and_gives_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let r: NetRange = "10.231.8.0/22".parse().unwrap();
-        for n in 0..4 {
-            store
-                .allocate_address(&format!("n{n}"), &format!("m{n}"), &r)
+        let p = plan("10.231.8.0/22");
+        let mut opened = Vec::new();
+        for n in 0..(BLOCK_HOSTS * 3 + 1) {
+            let (a, new) = store
+                .allocate_address("default", &format!("m{n}"), &p)
                 .unwrap();
+            if new {
+                opened.push(a.block);
+            }
         }
-        let last = store.address_of("m3", &r).unwrap().unwrap();
-        assert_eq!(last.net, 11);
+        assert_eq!(opened, vec![8, 9, 10, 11]);
+        let last = store
+            .address_of(&format!("m{}", BLOCK_HOSTS * 3), &p)
+            .unwrap()
+            .unwrap();
         assert_eq!(last.ipv4().to_string(), "10.231.11.2");
-        let full = store.allocate_address("n4", "m4", &r).unwrap_err();
-        assert!(full.to_string().contains("no room"), "{full}");
+        assert_eq!(last.ipv6().to_string(), "fdaa:3fa2:1:1::b:2");
+        let full = store.allocate_address("other", "x", &p).unwrap_err();
+        assert!(full.to_string().contains("is full"), "{full}");
+        // A block whose machines are all gone goes back to the range.
+        for n in (BLOCK_HOSTS * 3)..(BLOCK_HOSTS * 3 + 1) {
+            store.release_address(&format!("m{n}")).unwrap();
+        }
+        assert_eq!(store.network_blocks().unwrap(), vec![8, 9, 10]);
+        let (a, new) = store.allocate_address("other", "x", &p).unwrap();
+        assert!(new);
+        assert_eq!((a.net, a.block), (2, 11));
     }
 
     #[test]
     fn ranges_parse() {
         let r: NetRange = "10.231.0.0/16".parse().unwrap();
         assert_eq!(r, NetRange::default());
+        assert!(r.contains(Ipv4Addr::new(10, 231, 200, 7)));
+        assert!(!r.contains(Ipv4Addr::new(10, 232, 0, 7)));
         let r: NetRange = "10.231.0.0/22".parse().unwrap();
         assert_eq!((r.first, r.last), (1, 3));
+        assert!(!r.contains(Ipv4Addr::new(10, 231, 4, 1)));
         assert_eq!(r.to_string(), "10.231.0.0/22");
         let r: NetRange = "192.168.7.0/24".parse().unwrap();
         assert_eq!((r.a, r.b, r.first, r.last), (192, 168, 7, 7));

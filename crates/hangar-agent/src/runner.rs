@@ -181,6 +181,22 @@ impl Runner {
         if observed != Observed::Absent {
             tracing::info!(machine = %id, state = %self.rec.core.state, ?observed, "adopting workload");
         }
+        if observed == Observed::Running {
+            // Wired as its addresses say now (a link lost while hangard was
+            // away, or addresses that moved with an upgrade).
+            let net = self
+                .shared
+                .store
+                .address_of(id.as_str(), &self.shared.net)
+                .ok()
+                .flatten();
+            if let Some(a) = net {
+                let att = a.attachment(self.shared.dns);
+                if let Err(e) = self.shared.runtime.connect_network(&id, &att).await {
+                    tracing::warn!(machine = %id, error = %e, "cannot wire the machine to its network");
+                }
+            }
+        }
         self.handle(Input::Resume(observed), None).await;
 
         while self.rec.core.state != MachineState::Destroyed {
@@ -668,7 +684,7 @@ impl Runner {
             network: self
                 .shared
                 .store
-                .address_of(self.rec.id.as_str(), &self.shared.network_range)
+                .address_of(self.rec.id.as_str(), &self.shared.net)
                 .map_err(|e| e.to_string())?
                 .map(|a| a.attachment(self.shared.dns)),
         })

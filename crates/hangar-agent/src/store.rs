@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_networks.sql"),
     include_str!("../migrations/0007_ip_assignments.sql"),
     include_str!("../migrations/0008_token_owners.sql"),
+    include_str!("../migrations/0009_network_blocks.sql"),
 ];
 
 /// Events kept per machine; older ones are pruned.
@@ -250,6 +251,10 @@ fn finish_machine(
         .map_err(json_err)?;
     Ok(m)
 }
+
+/// Where a new machine gets its address: its network, the installation's
+/// plan, and which new blocks are free on this host.
+pub type NetworkSlot<'a> = (&'a str, &'a crate::network::NetPlan, &'a dyn Fn(u8) -> bool);
 
 /// A new config version of a machine.
 #[derive(Debug, Clone)]
@@ -479,8 +484,8 @@ impl Store {
         &self,
         m: &mut MachineRecord,
         event: &NewEvent,
-        network: Option<(&str, &crate::network::NetRange)>,
-    ) -> Result<Option<crate::network::Address>, AgentError> {
+        network: Option<NetworkSlot<'_>>,
+    ) -> Result<Option<(crate::network::Address, bool)>, AgentError> {
         let config = serde_json::to_string(&m.config).map_err(json_err)?;
         let image_ref = m
             .image_ref
@@ -491,9 +496,9 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let address = match network {
-            Some((name, range)) => {
-                let a = Self::allocate_in(&tx, name, m.id.as_str(), range)?;
-                m.private_ip = a.ipv6().to_string();
+            Some((name, plan, block_free)) => {
+                let a = Self::allocate_in(&tx, name, m.id.as_str(), plan, block_free)?;
+                m.private_ip = a.0.ipv6().to_string();
                 Some(a)
             }
             None => None,
@@ -544,18 +549,6 @@ impl Store {
         .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(address)
-    }
-
-    /// Frees addresses held for machines that do not exist or are
-    /// destroyed (left by a crash); returns how many.
-    pub fn release_stray_addresses(&self) -> Result<usize, AgentError> {
-        self.conn()
-            .execute(
-                "DELETE FROM ip_allocations WHERE machine_id NOT IN
-                    (SELECT id FROM machines WHERE state != 'destroyed')",
-                [],
-            )
-            .map_err(db)
     }
 
     /// One machine of an app.
@@ -1051,6 +1044,46 @@ mod tests {
         assert_eq!(kinds, vec!["start", "launch"]);
         assert_eq!(s.get_app("a").unwrap().unwrap().machine_count, 1);
         assert!(matches!(s.delete_app("a"), Err(AgentError::Conflict(_))));
+    }
+
+    /// A database of the version before network blocks: its networks keep
+    /// their ids, their /24 becomes their first block, every allocation
+    /// keeps its IPv4 address.
+    #[test]
+    fn allocations_of_the_octet_scheme_migrate_to_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hangar.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..8] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 8).unwrap();
+            conn.execute_batch(
+                "INSERT INTO networks (name, idx) VALUES ('default', 5), ('other', 9);
+                 INSERT INTO ip_allocations (network, host, machine_id) VALUES
+                    ('default', 7, 'm1'), ('default', 8, 'm2'), ('other', 2, 'm3');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let plan = crate::network::NetPlan {
+            range: crate::network::NetRange::default(),
+            installation: s.installation_id().unwrap(),
+            host: 1,
+        };
+        let a = s.address_of("m1", &plan).unwrap().unwrap();
+        assert_eq!(a.ipv4().to_string(), "10.231.5.7");
+        assert_eq!((a.net, a.block), (5, 5));
+        let c = s.address_of("m3", &plan).unwrap().unwrap();
+        assert_eq!(c.ipv4().to_string(), "10.231.9.2");
+        assert_eq!(s.network_blocks().unwrap(), vec![5, 9]);
+        // The next machine of `default` goes on in its block.
+        let (n, new) = s.allocate_address("default", "m4", &plan).unwrap();
+        assert!(!new);
+        assert_eq!(n.ipv4().to_string(), "10.231.5.2");
+        assert_eq!(s.installation_id().unwrap(), plan.installation, "kept");
+        assert_ne!(plan.installation, 0);
     }
 
     #[test]

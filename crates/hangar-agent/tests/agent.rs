@@ -928,7 +928,7 @@ async fn addresses_without_a_live_machine_are_released_at_startup() {
         .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
         .await
         .unwrap();
-    let range = hangar_agent::network::NetRange::default();
+    let range = e.agent.net_plan();
     let held = e.agent.store().address_of(m.id.as_str(), &range).unwrap();
     assert_eq!(
         held.map(|a| a.ipv6().to_string()),

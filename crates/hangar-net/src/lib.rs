@@ -1,20 +1,27 @@
 //! Hangar's host networking.
 //!
 //! ```text
-//!   host                                         machine netns
-//!   ─────────────────────────────────────────    ─────────────────────────
-//!   lo        fdaa::3         (internal DNS)
-//!   hangar1   10.231.1.1/24  fdaa:0:1::1/64 ──┬── hv<id>  ══ eth0 10.231.1.2/24
-//!             (network "default")              │                 fdaa:0:1::2/64
-//!                                              └── hv<id>  ══ eth0 10.231.1.3 ...
-//!   hangar2   10.231.2.1/24  fdaa:0:2::1/64 ──── hv<id>  ══ eth0 10.231.2.2 ...
-//!             (another app `network`)
+//!   host (installation 3fa2, host 1)              machine netns
+//!   ──────────────────────────────────────────    ─────────────────────────────
+//!   hgr3fa200101  10.231.1.1/24               ┬── hv<id> ══ eth0 10.231.1.2/24
+//!     network 1, block 1  fdaa:3fa2:1:1::1:1/112 │            fdaa:3fa2:1:1::1:2/112
+//!                                              └── hv<id> ══ eth0 10.231.1.3 ...
+//!   hgr3fa200105  10.231.5.1/24  fdaa:3fa2:1:1::5:1/112  (network 1's second block)
+//!   hgr3fa200202  10.231.2.1/24  fdaa:3fa2:2:1::2:1/112  (network 2: another app `network`)
 //!
-//!   nftables table `inet hangar_10_231_0_0_16` (one per installation,
-//!   named after its range): no forwarding between its bridges and other
-//!   hangar bridges; masquerade 10.231.0.0/16 and its fdaa:0:N::/64s to the
-//!   outside when outbound NAT is on, else no forwarding to the outside.
+//!   nftables table `inet hangar_3fa2` (one per installation): forwarding
+//!   between the bridges of one network is let through, between any other
+//!   hangar bridges dropped; fdaa::3 (DNS) goes to the asker's gateway;
+//!   10.231.0.0/16 and fdaa:3fa2::/32 are masqueraded to the outside when
+//!   outbound NAT is on, else nothing is forwarded to the outside.
 //! ```
+//!
+//! A network grows a block (a /24 of the installation's IPv4 range and a
+//! bridge of its own, since a Linux bridge takes at most 1024 ports) for
+//! every 253 machines; machines of one network in different blocks reach
+//! each other through the host. Names come from the installation's id and
+//! the network, never from an address, so installations with different
+//! ranges share nothing.
 //!
 //! Every operation is idempotent, so whatever a crash left half done is
 //! finished (or redone) by the next call: bridges and the DNS address are
@@ -35,11 +42,77 @@ pub mod dns;
 /// Where machines find the internal DNS server (Fly's address for it).
 pub const DNS_ADDR: Ipv6Addr = Ipv6Addr::new(0xfdaa, 0, 0, 0, 0, 0, 0, 3);
 
-/// Bridges are `hangar1` to `hangar254`.
-pub const MAX_BRIDGES: u32 = 254;
+/// Prefix of the names of hangard's bridges: `hgr`, the installation's id
+/// (4 hex digits), the network (3) and the block (2).
+pub const BRIDGE_PREFIX: &str = "hgr";
 
-/// Prefix of the names of hangard's bridges.
-pub const BRIDGE_PREFIX: &str = "hangar";
+/// Prefix of the bridges of versions that named them after an octet
+/// (`hangarN`).
+pub const LEGACY_BRIDGE_PREFIX: &str = "hangar";
+
+/// The bridge of block `block` of network `net` of an installation.
+pub fn bridge_name(installation: u16, net: u16, block: u8) -> String {
+    format!(
+        "{BRIDGE_PREFIX}{installation:04x}{:03x}{block:02x}",
+        net & 0xfff
+    )
+}
+
+/// The prefix every bridge of an installation's names starts with.
+pub fn installation_prefix(installation: u16) -> String {
+    format!("{BRIDGE_PREFIX}{installation:04x}")
+}
+
+/// The host's IPv4 addresses: `(interface, address, prefix length)`.
+pub fn ipv4_addresses() -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
+    let out = run("ip", &["-4", "-o", "addr", "show"], None)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            // `2: eth0    inet 10.0.0.5/24 brd ... scope global eth0`
+            let mut w = l.split_whitespace();
+            let name = w.nth(1)?.split('@').next()?.to_owned();
+            let (addr, len) = w.skip_while(|x| *x != "inet").nth(1)?.split_once('/')?;
+            Some((name, addr.parse().ok()?, len.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Removes what versions that named bridges after an octet left for the
+/// IPv4 range `range` (`a.b.c.0/len`, networks `first..=last`): their
+/// firewall table (or iptables chains) and those of their bridges that
+/// carry the range's gateway addresses. Machines are wired again on new
+/// bridges as their agent resumes them. Returns the bridges removed.
+pub fn remove_legacy(range: &str, first: u8, last: u8) -> Result<Vec<String>, NetError> {
+    let table = format!("{LEGACY_BRIDGE_PREFIX}_{}", range.replace(['.', '/'], "_"));
+    firewall::remove_table(&table);
+    let _ = run(
+        "nft",
+        &["delete", "table", "inet", LEGACY_BRIDGE_PREFIX],
+        None,
+    );
+    let prefix: Vec<u8> = range
+        .split('.')
+        .take(2)
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    let [a, b] = prefix[..] else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    let _guard = bridges_lock();
+    for (name, addr, _) in ipv4_addresses()? {
+        let [x, y, n, h] = addr.octets();
+        if name == format!("{LEGACY_BRIDGE_PREFIX}{n}")
+            && (x, y, h) == (a, b, 1)
+            && (first..=last).contains(&n)
+        {
+            run("ip", &["link", "del", &name], None)?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +133,7 @@ pub enum NetError {
 /// One private network's bridge: its name and gateway addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bridge {
-    /// Interface name, `hangarN`.
+    /// Interface name (see [`bridge_name`]).
     pub name: String,
     /// Gateway IPv4 address.
     pub gateway4: Ipv4Addr,
@@ -138,10 +211,20 @@ pub fn ensure_bridge(bridge: &Bridge) -> Result<(), NetError> {
 
 fn ensure_bridge_locked(bridge: &Bridge) -> Result<(), NetError> {
     let name = bridge.name.as_str();
-    let mut batch = String::new();
     if !exists(name) {
-        batch.push_str(&format!("link add {name} type bridge\n"));
+        run("ip", &["link", "add", name, "type", "bridge"], None)?;
     }
+    // No duplicate address detection: while the bridge's link-local address
+    // is tentative the host sends no neighbor solicitations on it, so the
+    // first packets routed to a machine of this block (from another block
+    // of its network) would be lost.
+    let _ = std::fs::write(
+        Path::new("/proc/sys/net/ipv6/conf")
+            .join(name)
+            .join("accept_dad"),
+        "0",
+    );
+    let mut batch = String::new();
     batch.push_str(&format!(
         "addr replace {}/{} dev {name}\naddr replace {}/{} dev {name} nodad\nlink set {name} up\n",
         bridge.gateway4, bridge.prefix4, bridge.gateway6, bridge.prefix6
@@ -237,7 +320,10 @@ pub fn disconnect(host_if: &str) -> Result<(), NetError> {
     let bridge = std::fs::read_link(Path::new("/sys/class/net").join(host_if).join("master"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|b| b.starts_with(BRIDGE_PREFIX) && check_ifname(b).is_ok());
+        .filter(|b| {
+            (b.starts_with(BRIDGE_PREFIX) || b.starts_with(LEGACY_BRIDGE_PREFIX))
+                && check_ifname(b).is_ok()
+        });
     run("ip", &["link", "del", host_if], None)?;
     if let Some(bridge) = bridge {
         let empty = std::fs::read_dir(Path::new("/sys/class/net").join(&bridge).join("brif"))
@@ -280,68 +366,85 @@ pub mod firewall {
     /// One installation's rules.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Firewall {
-        /// Its IPv4 range (`a.b.c.0/len`): its networks are the /24s
-        /// `first..=last` in it.
+        /// The installation: its id names the table and its bridges.
+        pub installation: u16,
+        /// Its IPv4 range (`a.b.c.0/len`), masqueraded.
         pub ipv4_range: String,
-        /// Its first network (bridge `hangar<first>`, `fdaa:0:<first>::/64`).
-        pub first: u8,
-        /// Its last network.
-        pub last: u8,
+        /// Its 6PN prefix (`fdaa:<installation>::/32`), masqueraded.
+        pub ipv6_prefix: String,
+        /// Its networks' bridges, one list per network, each bridge with its
+        /// IPv6 gateway (where `fdaa::3` is sent).
+        pub networks: Vec<Vec<(String, Ipv6Addr)>>,
         /// Masquerade machines' traffic to the outside (IPv4 and IPv6).
         pub outbound_nat: bool,
     }
 
     impl Firewall {
-        /// The installation's table: `inet hangar_<a>_<b>_<c>_<len>`, so
-        /// that hangards with different ranges on one host keep their own.
+        /// The installation's table: `inet hangar_<installation>`.
         pub fn table(&self) -> String {
-            format!(
-                "{BRIDGE_PREFIX}_{}",
-                self.ipv4_range.replace(['.', '/'], "_")
-            )
+            format!("{LEGACY_BRIDGE_PREFIX}_{:04x}", self.installation)
         }
 
-        fn bridges(&self) -> impl Iterator<Item = u8> + '_ {
-            self.first.max(1)..=self.last.min(MAX_BRIDGES as u8)
+        /// Adds `bridge` to the list of the network whose bridges start with
+        /// `network_prefix` (a new list if none); false if it was there.
+        pub fn add_bridge(
+            &mut self,
+            network_prefix: &str,
+            bridge: &str,
+            gateway6: Ipv6Addr,
+        ) -> bool {
+            if self.networks.iter().flatten().any(|(b, _)| b == bridge) {
+                return false;
+            }
+            match self
+                .networks
+                .iter_mut()
+                .find(|n| n.iter().any(|(b, _)| b.starts_with(network_prefix)))
+            {
+                Some(n) => n.push((bridge.to_owned(), gateway6)),
+                None => self.networks.push(vec![(bridge.to_owned(), gateway6)]),
+            }
+            true
         }
 
-        /// The installation's bridges, as an nftables set.
         fn own(&self) -> String {
-            let names: Vec<String> = self
-                .bridges()
-                .map(|i| format!("\"{BRIDGE_PREFIX}{i}\""))
-                .collect();
-            format!("{{ {} }}", names.join(", "))
+            format!("\"{}*\"", installation_prefix(self.installation))
         }
 
-        /// The rules. Forwarding between one of this installation's
-        /// bridges and any other hangar bridge (a different private
-        /// network) is dropped; DNS to Fly's `fdaa::3` goes to the asker's
-        /// gateway; with `outbound_nat`, machines' traffic to the outside
-        /// is masqueraded (IPv4 from the range, IPv6 from the networks'
-        /// /64s), and without it, forwarding between the bridges and the
+        /// The rules. Forwarding between the bridges of one network is let
+        /// through; between one of this installation's bridges and any
+        /// other hangar bridge (another network, or another installation's)
+        /// it is dropped; DNS to Fly's `fdaa::3` goes to the asker's
+        /// gateway; with `outbound_nat`, machines' traffic to the outside is
+        /// masqueraded (IPv4 from the range, IPv6 from the installation's
+        /// /32), and without it, forwarding between the bridges and the
         /// outside is dropped.
         pub fn rules(&self) -> String {
             let table = self.table();
             let own = self.own();
-            // Traffic within one bridge reaches this hook only when the host
-            // has br_netfilter loaded, then with the bridge as both ends: let
-            // it through.
-            let same = self
-                .bridges()
-                .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" . \"{BRIDGE_PREFIX}{i}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
             let mut r = format!(
                 "table inet {table}\n\
                  delete table inet {table}\n\
                  table inet {table} {{\n\
                  \tchain forward {{\n\
-                 \t\ttype filter hook forward priority filter; policy accept;\n\
-                 \t\tiifname . oifname {{ {same} }} accept\n\
-                 \t\tiifname {own} oifname \"{BRIDGE_PREFIX}*\" drop\n\
-                 \t\tiifname \"{BRIDGE_PREFIX}*\" oifname {own} drop\n"
+                 \t\ttype filter hook forward priority filter; policy accept;\n"
             );
+            for net in self.networks.iter().filter(|n| !n.is_empty()) {
+                let set = net
+                    .iter()
+                    .map(|(b, _)| format!("\"{b}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                r.push_str(&format!(
+                    "\t\tiifname {{ {set} }} oifname {{ {set} }} accept\n"
+                ));
+            }
+            for other in [BRIDGE_PREFIX, LEGACY_BRIDGE_PREFIX] {
+                r.push_str(&format!(
+                    "\t\tiifname {own} oifname \"{other}*\" drop\n\
+                     \t\tiifname \"{other}*\" oifname {own} drop\n"
+                ));
+            }
             if self.outbound_nat {
                 // Out and back; nothing from outside opens a connection to
                 // a machine (the proxy is the way in).
@@ -358,30 +461,30 @@ pub mod firewall {
             // Fly's DNS address, fdaa::3, answered by the internal DNS server
             // on the asker's gateway.
             let gateways = self
-                .bridges()
-                .map(|i| format!("\"{BRIDGE_PREFIX}{i}\" : fdaa:0:{i:x}::1"))
+                .networks
+                .iter()
+                .flatten()
+                .map(|(b, gw)| format!("\"{b}\" : {gw}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            r.push_str(&format!(
-                "\tchain prerouting {{\n\
-                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
-                 \t\tip6 daddr {DNS_ADDR} meta l4proto {{ tcp, udp }} th dport 53 dnat ip6 to iifname map {{ {gateways} }}\n\
-                 \t}}\n"
-            ));
+            r.push_str(
+                "\tchain prerouting {\n\
+                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n",
+            );
+            if !gateways.is_empty() {
+                r.push_str(&format!(
+                    "\t\tip6 daddr {DNS_ADDR} meta l4proto {{ tcp, udp }} th dport 53 dnat ip6 to iifname map {{ {gateways} }}\n"
+                ));
+            }
+            r.push_str("\t}\n");
             if self.outbound_nat {
-                let v6 = self
-                    .bridges()
-                    .map(|i| format!("fdaa:0:{i:x}::/64"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let v6 = format!("{{ {v6} }}");
                 r.push_str(&format!(
                     "\tchain postrouting {{\n\
                      \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
                      \t\tip saddr {} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
-                     \t\tip6 saddr {v6} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
+                     \t\tip6 saddr {} oifname != \"{BRIDGE_PREFIX}*\" masquerade\n\
                      \t}}\n",
-                    self.ipv4_range
+                    self.ipv4_range, self.ipv6_prefix
                 ));
             }
             r.push_str("}\n");
@@ -405,14 +508,11 @@ pub mod firewall {
             match tool {
                 Tool::Nftables => {
                     run("nft", &["-f", "-"], Some(&self.rules()))?;
-                    // Versions before per-installation tables had one `inet
-                    // hangar` table for every installation on the host.
-                    let _ = run("nft", &["delete", "table", "inet", BRIDGE_PREFIX], None);
                     // An accept in our table does not overrule a drop
                     // elsewhere: where iptables' FORWARD drops by default
-                    // (Docker sets it so), machines' traffic is let
-                    // through there too.
-                    if self.outbound_nat && iptables_forward_drops() {
+                    // (Docker sets it so), machines' forwarded traffic is
+                    // let through there too.
+                    if self.forwards() && iptables_forward_drops() {
                         self.apply_iptables()?;
                     }
                 }
@@ -434,7 +534,7 @@ pub mod firewall {
                     continue;
                 }
                 run(restore, &["--noflush"], Some(&self.iptables_rules(v6)))?;
-                for (table, chain, ours) in self.iptables_jumps(v6) {
+                for (table, chain, ours) in iptables_jumps(&self.table(), v6) {
                     if run(tool, &["-t", table, "-C", chain, "-j", &ours], None).is_err() {
                         run(tool, &["-t", table, "-I", chain, "1", "-j", &ours], None)?;
                     }
@@ -443,9 +543,18 @@ pub mod firewall {
             Ok(())
         }
 
-        /// With outbound NAT, turns forwarding on.
+        /// Whether machines' traffic goes through the host's forwarding:
+        /// with outbound NAT, or when a network has more than one block.
+        fn forwards(&self) -> bool {
+            self.outbound_nat || self.networks.iter().any(|n| n.len() > 1)
+        }
+
+        /// Turns forwarding on when something needs it: outbound NAT, or a
+        /// network with more than one block (its machines reach each other
+        /// through the host). The rules keep everything else of ours from
+        /// being forwarded.
         fn apply_forwarding(&self) -> Result<(), NetError> {
-            if self.outbound_nat {
+            if self.forwards() {
                 let sysctl = |e: std::io::Error| NetError::Tool {
                     tool: "sysctl",
                     message: format!("cannot turn forwarding on: {e}"),
@@ -465,15 +574,19 @@ pub mod firewall {
         /// table, declared (so emptied) and filled again.
         pub fn iptables_rules(&self, v6: bool) -> String {
             let t = self.table();
+            let own = format!("{}+", installation_prefix(self.installation));
             let mut r = format!("*filter\n:{t}-fwd - [0:0]\n:{t}-out - [0:0]\n:{t}-in - [0:0]\n");
-            for i in self.bridges() {
-                let b = format!("{BRIDGE_PREFIX}{i}");
-                r.push_str(&format!(
-                    "-A {t}-fwd -i {b} -o {b} -j ACCEPT\n\
-                     -A {t}-fwd -i {b} -j {t}-out\n\
-                     -A {t}-fwd -o {b} -j {t}-in\n"
-                ));
+            for net in &self.networks {
+                for (a, _) in net {
+                    for (b, _) in net {
+                        r.push_str(&format!("-A {t}-fwd -i {a} -o {b} -j ACCEPT\n"));
+                    }
+                }
             }
+            r.push_str(&format!(
+                "-A {t}-fwd -i {own} -j {t}-out\n\
+                 -A {t}-fwd -o {own} -j {t}-in\n"
+            ));
             let (out, back) = if self.outbound_nat {
                 (
                     "ACCEPT",
@@ -484,31 +597,29 @@ pub mod firewall {
             };
             r.push_str(&format!(
                 "-A {t}-out -o {BRIDGE_PREFIX}+ -j DROP\n\
+                 -A {t}-out -o {LEGACY_BRIDGE_PREFIX}+ -j DROP\n\
                  -A {t}-out -j {out}\n\
                  -A {t}-in -i {BRIDGE_PREFIX}+ -j DROP\n\
+                 -A {t}-in -i {LEGACY_BRIDGE_PREFIX}+ -j DROP\n\
                  {back}-A {t}-in -j DROP\n\
                  COMMIT\n*nat\n:{t}-nat - [0:0]\n"
             ));
             if self.outbound_nat {
-                if v6 {
-                    for i in self.bridges() {
-                        r.push_str(&format!(
-                            "-A {t}-nat -s fdaa:0:{i:x}::/64 ! -o {BRIDGE_PREFIX}+ -j MASQUERADE\n"
-                        ));
-                    }
+                let source = if v6 {
+                    &self.ipv6_prefix
                 } else {
-                    r.push_str(&format!(
-                        "-A {t}-nat -s {} ! -o {BRIDGE_PREFIX}+ -j MASQUERADE\n",
-                        self.ipv4_range
-                    ));
-                }
+                    &self.ipv4_range
+                };
+                r.push_str(&format!(
+                    "-A {t}-nat -s {source} ! -o {BRIDGE_PREFIX}+ -j MASQUERADE\n"
+                ));
             }
             if v6 {
                 r.push_str(&format!(":{t}-dns - [0:0]\n"));
-                for i in self.bridges() {
+                for (b, gw) in self.networks.iter().flatten() {
                     for proto in ["udp", "tcp"] {
                         r.push_str(&format!(
-                            "-A {t}-dns -i {BRIDGE_PREFIX}{i} -d {DNS_ADDR} -p {proto} --dport 53 -j DNAT --to-destination fdaa:0:{i:x}::1\n"
+                            "-A {t}-dns -i {b} -d {DNS_ADDR} -p {proto} --dport 53 -j DNAT --to-destination {gw}\n"
                         ));
                     }
                 }
@@ -516,57 +627,44 @@ pub mod firewall {
             r.push_str("COMMIT\n");
             r
         }
-
-        /// Where the built-in chains jump to this installation's: (table,
-        /// chain, our chain).
-        fn iptables_jumps(&self, v6: bool) -> Vec<(&'static str, &'static str, String)> {
-            let t = self.table();
-            let mut j = vec![
-                ("filter", "FORWARD", format!("{t}-fwd")),
-                ("nat", "POSTROUTING", format!("{t}-nat")),
-            ];
-            if v6 {
-                j.push(("nat", "PREROUTING", format!("{t}-dns")));
-            }
-            j
-        }
-
-        /// Other installations' tables on this host whose networks overlap
-        /// this one's (their bridges would be shared).
-        pub fn overlapping(&self) -> Vec<String> {
-            let Ok(out) = run("nft", &["list", "tables", "inet"], None) else {
-                return Vec::new();
-            };
-            let mine = self.table();
-            out.lines()
-                .filter_map(|l| l.trim().strip_prefix("table inet "))
-                .filter(|t| *t != mine)
-                .filter(|t| {
-                    table_networks(t)
-                        .is_some_and(|(first, last)| first <= self.last && self.first <= last)
-                })
-                .map(str::to_owned)
-                .collect()
-        }
     }
 
-    /// The networks (third octets) a table named by [`Firewall::table`]
-    /// covers.
-    pub(crate) fn table_networks(table: &str) -> Option<(u8, u8)> {
-        let rest = table.strip_prefix(BRIDGE_PREFIX)?.strip_prefix('_')?;
-        let parts: Vec<u32> = rest
-            .split('_')
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        let [_, _, c, _, len] = parts[..] else {
-            return None;
-        };
-        if !(16..=24).contains(&len) || c > 255 {
-            return None;
+    /// Where the built-in chains jump to an installation's: (table,
+    /// chain, our chain).
+    fn iptables_jumps(t: &str, v6: bool) -> Vec<(&'static str, &'static str, String)> {
+        let mut j = vec![
+            ("filter", "FORWARD", format!("{t}-fwd")),
+            ("nat", "POSTROUTING", format!("{t}-nat")),
+        ];
+        if v6 {
+            j.push(("nat", "PREROUTING", format!("{t}-dns")));
         }
-        let last = (c + (1 << (24 - len)) - 1).min(254);
-        Some((c.max(1) as u8, last as u8))
+        j
+    }
+
+    /// Removes a table (nftables) and the chains of the same name
+    /// (iptables) with the jumps to them, wherever they are.
+    pub fn remove_table(t: &str) {
+        let _ = run("nft", &["delete", "table", "inet", t], None);
+        for (tool, v6) in [("iptables", false), ("ip6tables", true)] {
+            if run(tool, &["--version"], None).is_err() {
+                continue;
+            }
+            for (table, chain, ours) in iptables_jumps(t, v6) {
+                while run(tool, &["-t", table, "-D", chain, "-j", &ours], None).is_ok() {}
+            }
+            for (table, chains) in [
+                ("filter", ["fwd", "out", "in"].as_slice()),
+                ("nat", &["nat", "dns"]),
+            ] {
+                for c in chains {
+                    let _ = run(tool, &["-t", table, "-F", &format!("{t}-{c}")], None);
+                }
+                for c in chains {
+                    let _ = run(tool, &["-t", table, "-X", &format!("{t}-{c}")], None);
+                }
+            }
+        }
     }
 
     /// Whether iptables' FORWARD chain drops what no rule accepts.
@@ -586,7 +684,11 @@ pub mod firewall {
         for e in dir.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name == "all" || name == "lo" || name.starts_with(BRIDGE_PREFIX) {
+            if name == "all"
+                || name == "lo"
+                || name.starts_with(BRIDGE_PREFIX)
+                || name.starts_with(LEGACY_BRIDGE_PREFIX)
+            {
                 continue;
             }
             let p = e.path().join("accept_ra");
@@ -613,54 +715,63 @@ mod tests {
         assert!(check_ifname("x;rm").is_err());
     }
 
-    fn fw(range: &str, first: u8, last: u8, nat: bool) -> firewall::Firewall {
+    fn fw(nat: bool) -> firewall::Firewall {
+        let gw = |s: &str| s.parse::<Ipv6Addr>().unwrap();
         firewall::Firewall {
-            ipv4_range: range.into(),
-            first,
-            last,
+            installation: 0x3fa2,
+            ipv4_range: "10.231.0.0/16".into(),
+            ipv6_prefix: "fdaa:3fa2::/32".into(),
+            networks: vec![
+                vec![
+                    (bridge_name(0x3fa2, 1, 1), gw("fdaa:3fa2:1:1::1:1")),
+                    (bridge_name(0x3fa2, 1, 5), gw("fdaa:3fa2:1:1::5:1")),
+                ],
+                vec![(bridge_name(0x3fa2, 2, 2), gw("fdaa:3fa2:2:1::2:1"))],
+            ],
             outbound_nat: nat,
         }
     }
 
     #[test]
-    fn rules_isolate_networks_and_nat_only_when_asked() {
-        let off = fw("10.231.0.0/16", 1, 254, false).rules();
-        assert!(off.contains("\"hangar7\" . \"hangar7\""));
-        assert!(!off.contains("masquerade"));
-        assert!(off.contains("\"hangar200\" : fdaa:0:c8::1"));
-        let on = fw("10.231.0.0/16", 1, 254, true).rules();
-        assert!(on.contains("masquerade"));
-        assert!(on.contains("ip saddr 10.231.0.0/16"));
-        assert!(on.contains("ip6 saddr { fdaa:0:1::/64, fdaa:0:2::/64"));
-        // An installation's rules name its own bridges only.
-        let small = fw("10.231.8.0/22", 8, 11, false);
-        assert_eq!(small.table(), "hangar_10_231_8_0_22");
-        let r = small.rules();
-        assert!(r.contains("\"hangar11\" . \"hangar11\""));
-        assert!(!r.contains("\"hangar12\""));
-        assert!(!r.contains("\"hangar7\""));
-        // The same for iptables, in chains named after the table (at most
-        // 28 characters, whatever the range).
-        let ipt = fw("10.231.8.0/22", 8, 11, true).iptables_rules(true);
-        assert!(ipt.contains("-A hangar_10_231_8_0_22-fwd -i hangar9 -o hangar9 -j ACCEPT"));
-        assert!(ipt.contains("-s fdaa:0:b::/64 ! -o hangar+ -j MASQUERADE"));
-        assert!(ipt.contains("--to-destination fdaa:0:8::1"));
-        assert!(!ipt.contains("hangar12 "));
-        let longest = fw("255.255.255.0/24", 255, 255, true).table() + "-fwd";
-        assert!(longest.len() <= 28, "{longest}");
+    fn bridges_are_named_after_installation_network_and_block() {
+        assert_eq!(bridge_name(0x3fa2, 1, 5), "hgr3fa200105");
+        assert_eq!(bridge_name(0xffff, 0xfff, 0xfe), "hgrffffffffe");
+        assert!(check_ifname(&bridge_name(0xffff, 0xfff, 0xff)).is_ok());
     }
 
     #[test]
-    fn tables_tell_their_networks() {
-        assert_eq!(
-            firewall::table_networks("hangar_10_231_8_0_22"),
-            Some((8, 11))
+    fn rules_join_a_networks_blocks_isolate_the_rest_and_nat_only_when_asked() {
+        let mut off = fw(false);
+        let r = off.rules();
+        assert!(r.contains("table inet hangar_3fa2"));
+        assert!(r.contains(
+            "iifname { \"hgr3fa200101\", \"hgr3fa200105\" } oifname { \"hgr3fa200101\", \"hgr3fa200105\" } accept"
+        ));
+        assert!(r.contains("iifname \"hgr3fa2*\" oifname \"hgr*\" drop"));
+        assert!(r.contains("iifname \"hangar*\" oifname \"hgr3fa2*\" drop"));
+        assert!(r.contains("\"hgr3fa200202\" : fdaa:3fa2:2:1::2:1"));
+        assert!(!r.contains("masquerade"));
+        let on = fw(true).rules();
+        assert!(on.contains("ip saddr 10.231.0.0/16 oifname != \"hgr*\" masquerade"));
+        assert!(on.contains("ip6 saddr fdaa:3fa2::/32"));
+        // A new block joins its network; a known one changes nothing.
+        let gw = "fdaa:3fa2:1:1::9:1".parse().unwrap();
+        assert!(off.add_bridge("hgr3fa2001", &bridge_name(0x3fa2, 1, 9), gw));
+        assert!(!off.add_bridge("hgr3fa2001", &bridge_name(0x3fa2, 1, 9), gw));
+        assert_eq!(off.networks[0].len(), 3);
+        let gw = "fdaa:3fa2:3:1::3:1".parse().unwrap();
+        assert!(off.add_bridge("hgr3fa2003", &bridge_name(0x3fa2, 3, 3), gw));
+        assert_eq!(off.networks.len(), 3);
+        // iptables: the same, in chains named after the table.
+        let ipt = fw(true).iptables_rules(true);
+        assert!(ipt.contains("-A hangar_3fa2-fwd -i hgr3fa200101 -o hgr3fa200105 -j ACCEPT"));
+        assert!(!ipt.contains("-i hgr3fa200101 -o hgr3fa200202"));
+        assert!(ipt.contains("-s fdaa:3fa2::/32 ! -o hgr+ -j MASQUERADE"));
+        assert!(ipt.contains("--to-destination fdaa:3fa2:1:1::5:1"));
+        assert!(
+            fw(true)
+                .iptables_rules(false)
+                .contains("-s 10.231.0.0/16 ! -o hgr+ -j MASQUERADE")
         );
-        assert_eq!(
-            firewall::table_networks("hangar_10_231_0_0_16"),
-            Some((1, 254))
-        );
-        assert_eq!(firewall::table_networks("hangar"), None);
-        assert_eq!(firewall::table_networks("filter"), None);
     }
 }

@@ -7,15 +7,50 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use hangar_net::firewall::{Firewall, Tool};
-use hangar_net::{Bridge, Link};
+use hangar_net::{Bridge, Link, bridge_name};
 
-fn firewall(range: &str, first: u8, last: u8, nat: bool) -> Firewall {
+const INST: u16 = 0x3fa2;
+
+/// Installation 3fa2's firewall: `networks` lists each network's blocks.
+fn firewall(range: &str, networks: &[(u16, &[u8])], nat: bool) -> Firewall {
     Firewall {
+        installation: INST,
         ipv4_range: range.into(),
-        first,
-        last,
+        ipv6_prefix: "fdaa:3fa2::/32".into(),
+        networks: networks
+            .iter()
+            .map(|(net, blocks)| {
+                blocks
+                    .iter()
+                    .map(|b| (bridge_name(INST, *net, *b), gw6(*net, *b)))
+                    .collect()
+            })
+            .collect(),
         outbound_nat: nat,
     }
+}
+
+fn gw6(net: u16, block: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfdaa, INST, net, 1, 0, 0, u16::from(block), 1)
+}
+
+/// Block `block` of network `net` in 10.231.0.0/16, and the link of its
+/// machine number `n` (`hv<tag>`).
+fn block(net: u16, block: u8, n: u8, tag: &str) -> (Bridge, Link) {
+    (
+        Bridge {
+            name: bridge_name(INST, net, block),
+            gateway4: Ipv4Addr::new(10, 231, block, 1),
+            prefix4: 24,
+            gateway6: gw6(net, block),
+            prefix6: 112,
+        },
+        Link {
+            host_if: format!("hv{tag}"),
+            address4: Ipv4Addr::new(10, 231, block, n),
+            address6: Ipv6Addr::new(0xfdaa, INST, net, 1, 0, 0, u16::from(block), u16::from(n)),
+        },
+    )
 }
 
 #[test]
@@ -28,10 +63,11 @@ fn firewall_rules_are_valid_nftables() {
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(firewall("10.231.0.0/16", 1, 254, nat).rules().as_bytes())?;
+                c.stdin.take().unwrap().write_all(
+                    firewall("10.231.0.0/16", &[(1, &[1, 5]), (2, &[2])], nat)
+                        .rules()
+                        .as_bytes(),
+                )?;
                 c.wait_with_output()
             })
             .unwrap();
@@ -66,18 +102,7 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     let dir = tempfile::tempdir().unwrap();
     let ns = dir.path().join("ns");
     pinned_netns(&ns);
-    let bridge = Bridge {
-        name: "hangar250".into(),
-        gateway4: Ipv4Addr::new(10, 231, 250, 1),
-        prefix4: 24,
-        gateway6: "fdaa:0:fa::1".parse::<Ipv6Addr>().unwrap(),
-        prefix6: 64,
-    };
-    let link = Link {
-        host_if: "hvnettest250".into(),
-        address4: Ipv4Addr::new(10, 231, 250, 2),
-        address6: "fdaa:0:fa::2".parse().unwrap(),
-    };
+    let (bridge, link) = block(0xfa, 250, 2, "nettest250");
     hangar_net::connect(&ns, &bridge, &link).unwrap();
     assert!(hangar_net::is_connected(&link, &bridge));
     // Done twice (a crash between the steps), it ends the same.
@@ -85,7 +110,7 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     let addrs = in_ns(&ns, &["ip", "-o", "addr", "show", "dev", "eth0"]);
     let text = String::from_utf8_lossy(&addrs.stdout);
     assert!(text.contains("10.231.250.2/24"), "{text}");
-    assert!(text.contains("fdaa:0:fa::2/64"), "{text}");
+    assert!(text.contains("fdaa:3fa2:fa:1::fa:2/112"), "{text}");
     let routes = in_ns(&ns, &["ip", "route"]);
     assert!(String::from_utf8_lossy(&routes.stdout).contains("default via 10.231.250.1"));
     // The gateway answers (the host end is on the bridge).
@@ -95,7 +120,11 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     hangar_net::disconnect(&link.host_if).unwrap();
     assert!(!hangar_net::is_connected(&link, &bridge));
     // Its last link gone, the bridge goes too.
-    assert!(!std::path::Path::new("/sys/class/net/hangar250").exists());
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(&bridge.name)
+            .exists()
+    );
     hangar_net::disconnect(&link.host_if).unwrap();
     let _ = Command::new("umount").arg(&ns).status();
 }
@@ -203,25 +232,15 @@ fn nat_inside_a_host_of_its_own() {
         }
     });
 
-    // A machine on a bridge of an installation with range 10.231.8.0/22.
+    // A machine on network 1's block 9, of an installation with range
+    // 10.231.8.0/22.
     let m = dir.join("machine");
     pinned_netns(&m);
-    let bridge = Bridge {
-        name: "hangar9".into(),
-        gateway4: Ipv4Addr::new(10, 231, 9, 1),
-        prefix4: 24,
-        gateway6: "fdaa:0:9::1".parse().unwrap(),
-        prefix6: 64,
-    };
-    let link = Link {
-        host_if: "hvnat9".into(),
-        address4: Ipv4Addr::new(10, 231, 9, 2),
-        address6: "fdaa:0:9::2".parse().unwrap(),
-    };
+    let (bridge, link) = block(1, 9, 2, "nat9");
     hangar_net::connect(&m, &bridge, &link).unwrap();
 
     // NAT on: out through the host's address, IPv4 and IPv6.
-    firewall("10.231.8.0/22", 8, 11, true)
+    firewall("10.231.8.0/22", &[(1, &[9])], true)
         .apply_with(tool)
         .unwrap();
     assert_eq!(seen_from(&m, "192.0.2.2:7000"), Ok("192.0.2.1".into()));
@@ -243,27 +262,48 @@ fn nat_inside_a_host_of_its_own() {
     let e = from_outside.unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
 
-    if tool == Tool::Nftables {
-        // Another installation's rules beside these: overlapping networks
-        // are told, disjoint ones are not.
-        let overlapping = firewall("10.231.0.0/16", 1, 254, false);
-        let disjoint = firewall("10.231.12.0/22", 12, 15, false);
-        assert_eq!(overlapping.overlapping(), vec!["hangar_10_231_8_0_22"]);
-        assert!(disjoint.overlapping().is_empty());
-        assert!(
-            firewall("10.231.8.0/22", 8, 11, false)
-                .overlapping()
-                .is_empty()
-        );
-    }
+    // Network 1 grows a second block; network 2 has one. Machines of one
+    // network reach each other across blocks (through the host), IPv4 and
+    // IPv6; another network's machines do not reach them.
+    let m2 = dir.join("machine2");
+    pinned_netns(&m2);
+    let (bridge2, link2) = block(1, 10, 2, "nat10");
+    hangar_net::connect(&m2, &bridge2, &link2).unwrap();
+    let m3 = dir.join("machine3");
+    pinned_netns(&m3);
+    let (bridge3, link3) = block(2, 11, 2, "nat11");
+    hangar_net::connect(&m3, &bridge3, &link3).unwrap();
+    firewall("10.231.8.0/22", &[(1, &[9, 10]), (2, &[11])], false)
+        .apply_with(tool)
+        .unwrap();
+    let serve = |ns: &std::path::Path| {
+        let listener = on_ns(ns, || std::net::TcpListener::bind("[::]:7100").unwrap());
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { continue };
+                let from = s.peer_addr().unwrap().ip().to_canonical().to_string();
+                let _ = s.write_all(from.as_bytes());
+            }
+        });
+    };
+    serve(&m2);
+    serve(&m3);
+    assert_eq!(seen_from(&m, "10.231.10.2:7100"), Ok("10.231.9.2".into()));
+    assert_eq!(
+        seen_from(&m, &format!("[{}]:7100", link2.address6)),
+        Ok(link.address6.to_string())
+    );
+    assert!(seen_from(&m, "10.231.11.2:7100").is_err());
+    assert!(seen_from(&m, &format!("[{}]:7100", link3.address6)).is_err());
+    assert!(seen_from(&m3, "10.231.10.2:7100").is_err());
 
     // NAT off: nothing goes out.
-    firewall("10.231.8.0/22", 8, 11, false)
+    firewall("10.231.8.0/22", &[(1, &[9])], false)
         .apply_with(tool)
         .unwrap();
     assert!(seen_from(&m, "192.0.2.2:7000").is_err());
     assert!(seen_from(&m, "[2001:db8:1::2]:7000").is_err());
-    for ns in [&m, &out] {
+    for ns in [&m, &m2, &m3, &out] {
         let _ = Command::new("umount").arg(ns).status();
     }
 }
@@ -293,4 +333,25 @@ fn outbound_nat_masquerades_ipv4_and_ipv6() {
         let _ = Command::new("umount").arg(&host).status();
         assert!(st.success(), "with {tool}");
     }
+}
+
+/// What a version that named bridges after an octet left is removed: its
+/// bridges in the range (with the range's gateway address), nothing else.
+#[test]
+fn legacy_bridges_of_the_range_are_removed() {
+    run(&["ip", "link", "add", "hangar249", "type", "bridge"]);
+    run(&["ip", "addr", "add", "10.231.249.1/24", "dev", "hangar249"]);
+    run(&["ip", "link", "add", "hangar248", "type", "bridge"]);
+    run(&["ip", "addr", "add", "10.77.248.1/24", "dev", "hangar248"]);
+    let removed = hangar_net::remove_legacy("10.231.248.0/22", 248, 251).unwrap();
+    let gone = !std::path::Path::new("/sys/class/net/hangar249").exists();
+    let kept = std::path::Path::new("/sys/class/net/hangar248").exists();
+    let _ = Command::new("ip")
+        .args(["link", "del", "hangar248"])
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "del", "hangar249"])
+        .status();
+    assert_eq!(removed, vec!["hangar249"]);
+    assert!(gone && kept);
 }

@@ -741,6 +741,19 @@ impl Runtime for OciRuntime {
         Ok(())
     }
 
+    async fn connect_network(
+        &self,
+        id: &MachineId,
+        net: &hangar_runtime::NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        let netns = self.dir(id).join("netns");
+        if !netns.exists() {
+            return Ok(());
+        }
+        self.connect(id, &netns, net)
+            .map_err(|e| failed("connect to the private network", id, e))
+    }
+
     async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
         self.runtime_op(id, "freeze", &["pause"]).await
     }

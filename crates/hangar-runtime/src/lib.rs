@@ -287,6 +287,18 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Makes sure a running workload is wired to `net` as it says (after an
+    /// address change, or a link lost while `hangard` was away); does
+    /// nothing when it already is. The default does nothing.
+    async fn connect_network(
+        &self,
+        id: &MachineId,
+        net: &NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        let _ = (id, net);
+        Ok(())
+    }
+
     /// Freezes every process of the workload (suspend).
     async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
         Err(unsupported(id, "freeze"))

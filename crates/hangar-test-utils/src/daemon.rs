@@ -39,10 +39,10 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-/// A /22 of `10.231.0.0/16` (up to four private networks) that no other
+/// A /22 of `10.231.0.0/16` (four blocks of 253 machines) that no other
 /// daemon of this test process uses, so that daemons running side by side
-/// get bridges and addresses of their own.
-fn next_network_range() -> String {
+/// get addresses of their own.
+pub fn next_network_range() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 7;
@@ -72,6 +72,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with extra flags (e.g. `--insecure-registry`).
     pub async fn start(extra_args: &[String]) -> Daemon {
+        Daemon::start_in(&next_network_range(), extra_args).await
+    }
+
+    /// Starts a daemon whose private networks come from `range`.
+    pub async fn start_in(range: &str, extra_args: &[String]) -> Daemon {
         crate::require_program("crun", "crun");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut d = Daemon {
@@ -79,7 +84,7 @@ impl Daemon {
             url: String::new(),
             token: String::new(),
             port: crate::free_port(),
-            network_range: next_network_range(),
+            network_range: range.to_owned(),
             proxy_http: format!("127.0.0.1:{}", crate::free_port()),
             proxy_https: format!("127.0.0.1:{}", crate::free_port()),
             extra_args: extra_args.to_vec(),
@@ -149,8 +154,19 @@ impl Daemon {
     /// The daemon's pool of dedicated addresses: a loopback /24 of its own
     /// (named after its network range).
     pub fn ip_pool(&self) -> String {
-        let third = self.network_range.split('.').nth(2).unwrap_or("0");
-        format!("127.3.{third}.0/24")
+        let octet = |i: usize| -> u32 {
+            self.network_range
+                .split(['.', '/'])
+                .nth(i)
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0)
+        };
+        // 10.231.N.0/22 -> 127.3.N.0/24, 10.232.N.0/22 -> 127.4.N.0/24, ...
+        format!(
+            "127.{}.{}.0/24",
+            3 + octet(1).saturating_sub(231) % 250,
+            octet(2)
+        )
     }
 
     /// A client for this daemon.
@@ -282,29 +298,48 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
         self.remove_machines();
-        // The bridges of the daemon's networks.
-        let third: u32 = self
-            .network_range
-            .split('.')
-            .nth(2)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        for n in third.max(1)..third + 4 {
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("hangar{n}")])
+        // The bridges of the daemon's networks, and its firewall table,
+        // named after its installation.
+        if let Some(inst) = self.installation() {
+            let prefix = format!("hgr{inst:04x}");
+            if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&prefix) {
+                        let _ = Command::new("ip")
+                            .args(["link", "del", &name])
+                            .stderr(Stdio::null())
+                            .status();
+                    }
+                }
+            }
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", &format!("hangar_{inst:04x}")])
                 .stderr(Stdio::null())
                 .status();
         }
-        // And its firewall table (named after the range).
-        let table = format!("hangar_{}", self.network_range.replace(['.', '/'], "_"));
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &table])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
 impl Daemon {
+    /// The installation's id (it names the daemon's bridges and table), once
+    /// the daemon has made it.
+    pub fn installation(&self) -> Option<u16> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("hangar.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        db.query_row(
+            "SELECT value FROM settings WHERE key = 'installation'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()?
+        .parse()
+        .ok()
+    }
+
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

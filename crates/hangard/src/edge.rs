@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hangar_agent::network::NetRange;
 use hangar_agent::{Agent, DEFAULT_ORG, WaitFor};
 use hangar_core::MachineState;
 use hangar_proxy::{Backend, State};
@@ -15,7 +14,6 @@ use hangar_proxy::{Backend, State};
 /// [`hangar_proxy::Machines`] over the agent.
 pub struct AgentMachines {
     pub agent: Agent,
-    pub range: NetRange,
     /// Each app's backends, with the state version they were read at
     /// (database changes, check standings): the proxy asks per request.
     cache: Mutex<HashMap<String, Cached>>,
@@ -26,10 +24,9 @@ type Cached = ((u64, u64), Arc<Vec<Backend>>);
 
 impl AgentMachines {
     /// The proxy's view of `agent`'s machines.
-    pub fn new(agent: Agent, range: NetRange) -> AgentMachines {
+    pub fn new(agent: Agent) -> AgentMachines {
         AgentMachines {
             agent,
-            range,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -41,12 +38,7 @@ impl AgentMachines {
         machines
             .into_iter()
             .filter_map(|m| {
-                let addr = self
-                    .agent
-                    .store()
-                    .address_of(m.id.as_str(), &self.range)
-                    .ok()
-                    .flatten()?;
+                let addr = self.agent.machine_address(m.id.as_str()).ok().flatten()?;
                 let config = serde_json::to_value(&m.config).unwrap_or_default();
                 let standby = m.config.standbys.as_ref().is_some_and(|s| !s.is_empty());
                 let mut services = hangar_core::services::services(&config);

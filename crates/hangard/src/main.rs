@@ -73,9 +73,10 @@ struct Args {
     #[arg(long, env = "HANGAR_SECRETS_KEY_FILE")]
     secrets_key_file: Option<PathBuf>,
     /// The IPv4 range private networks are drawn from: each network (an
-    /// app `network`, `default` unless set) takes a /24 in it, with bridge
-    /// `hangarN` and IPv6 `fdaa:0:N::/64` for its third octet N. Two
-    /// hangards on one host need ranges that do not overlap.
+    /// app `network`, `default` unless set) takes a /24 of it (a block, with
+    /// a bridge of its own) for every 253 machines. Two hangards on one host
+    /// need ranges that do not overlap (the second refuses to start on a
+    /// clash).
     #[arg(long, env = "HANGAR_NETWORK_RANGE", default_value = "10.231.0.0/16")]
     network_range: hangar_agent::network::NetRange,
     /// Do not NAT machines' traffic to the outside (machines then reach only
@@ -208,20 +209,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("setting up the container runtime")?;
 
-    let firewall = args.network_range.firewall(!args.no_outbound_nat);
-    for other in firewall.overlapping() {
-        tracing::warn!(
-            table = %other,
-            range = %args.network_range,
-            "another installation's networks on this host overlap this one's (they would share bridges): give each hangard a --network-range of its own (or, if that installation is gone, nft delete table inet {other})"
-        );
+    // The installation's addressing (its id is made on first start and
+    // kept), and the firewall for the blocks in use, in place before any
+    // machine is wired.
+    let plan = {
+        let store = hangar_agent::Store::open(&data.join("hangar.db"))?;
+        hangar_agent::network::NetPlan {
+            range: args.network_range,
+            installation: store.installation_id()?,
+            host: 1,
+        }
+    };
+    let (first, last) = args.network_range.blocks();
+    match hangar_net::remove_legacy(&args.network_range.to_string(), first, last) {
+        Ok(removed) if !removed.is_empty() => tracing::info!(
+            bridges = ?removed,
+            "removed the bridges of an older version (machines are wired to new ones as they resume)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot remove an older version's bridges"),
     }
-    match firewall.apply() {
+    let blocks = {
+        let store = hangar_agent::Store::open(&data.join("hangar.db"))?;
+        store.blocks_in_use(&plan)?
+    };
+    let firewall = Arc::new(std::sync::Mutex::new(
+        plan.firewall(&blocks, !args.no_outbound_nat),
+    ));
+    let table = firewall.lock().unwrap_or_else(|p| p.into_inner()).table();
+    match apply_firewall(&firewall) {
         Ok(tool) if args.no_outbound_nat => {
-            tracing::info!(?tool, table = %firewall.table(), "private networks isolated; outbound NAT off")
+            tracing::info!(?tool, %table, installation = format!("{:04x}", plan.installation), "private networks isolated; outbound NAT off")
         }
         Ok(tool) => {
-            tracing::info!(?tool, table = %firewall.table(), "private networks isolated; outbound NAT on (IPv4 and IPv6)")
+            tracing::info!(?tool, %table, installation = format!("{:04x}", plan.installation), "private networks isolated; outbound NAT on (IPv4 and IPv6)")
         }
         Err(e) if args.no_outbound_nat => tracing::warn!(
             error = %e,
@@ -251,6 +272,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             secrets_key_file: args.secrets_key_file.clone(),
             dns: !args.no_dns,
             network_range: args.network_range,
+            host_id: plan.host,
+            check_host_addresses: true,
             pids_limit: args.machine_pids_limit,
             host_memory_mb: None,
             ip_pool: Some(args.ip_pool),
@@ -268,19 +291,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Internal DNS on the gateway of every network that has machines (bound
-    // ahead of the bridge, which appears with the network's first machine).
-    if !args.no_dns {
-        let server = hangar_net::dns::Server::new(
+    // Internal DNS on the gateway of every block that has machines (bound
+    // ahead of the bridge, which appears with the block's first machine),
+    // and each new block let into its network's rules.
+    let dns = (!args.no_dns).then(|| {
+        hangar_net::dns::Server::new(
             Arc::new(agent.store().clone()),
             hangar_net::dns::host_resolvers(),
             53,
-        );
-        let range = args.network_range;
-        agent.on_network(Arc::new(move |net| {
-            let gw = std::net::IpAddr::V6(range.gateway6(net));
-            if let Err(e) = server.listen(gw) {
-                tracing::warn!(addr = %gw, error = %e, "cannot serve internal DNS on this network's gateway (another hangard with an overlapping --network-range?)");
+        )
+    });
+    {
+        let firewall = firewall.clone();
+        agent.on_network(Arc::new(move |block| {
+            if let Some(server) = &dns {
+                let gw = std::net::IpAddr::V6(block.gateway6);
+                if let Err(e) = server.listen(gw) {
+                    tracing::warn!(addr = %gw, error = %e, "cannot serve internal DNS on this block's gateway");
+                }
+            }
+            let added = firewall
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add_bridge(&plan.network_prefix(block.net), &block.bridge, block.gateway6);
+            if added {
+                if let Err(e) = apply_firewall(&firewall) {
+                    tracing::error!(error = %e, bridge = %block.bridge, "cannot let a new block into its network's rules");
+                }
             }
         }))?;
     }
@@ -307,7 +344,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tls_key: key,
                 region: args.region.clone(),
             },
-            Arc::new(edge::AgentMachines::new(agent.clone(), args.network_range)),
+            Arc::new(edge::AgentMachines::new(agent.clone())),
         );
         Some(proxy.serve().await.context("starting the proxy")?)
     };
@@ -337,6 +374,14 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+/// Installs the firewall as it is now.
+fn apply_firewall(
+    fw: &std::sync::Mutex<hangar_net::firewall::Firewall>,
+) -> Result<hangar_net::firewall::Tool, hangar_net::NetError> {
+    let fw = fw.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    fw.apply()
 }
 
 /// A listen address, or none (`off`).

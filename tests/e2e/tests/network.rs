@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use hangar_api_types::{CreateAppRequest, CreateMachineRequest, MachineConfig, MachineExecRequest};
 use hangar_client::Client;
 use hangar_test_utils::daemon::Daemon;
@@ -58,6 +60,14 @@ fn get(addr: &str, timeout_s: u32) -> String {
     format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {timeout_s} {addr} 8080")
 }
 
+/// The bridge of the block a 6PN address is in:
+/// `fdaa:<installation>:<network>:<host>::<block>:<n>`.
+fn bridge_of(ip: &str) -> String {
+    let a: std::net::Ipv6Addr = ip.parse().unwrap();
+    let s = a.segments();
+    format!("hgr{:04x}{:03x}{:02x}", s[1], s[2], s[6])
+}
+
 /// The 6PN addresses `name` resolves to, seen from machine `id`.
 async fn lookup(c: &Client, app: &str, id: &str, name: &str) -> Vec<String> {
     let (_, out) = sh(c, app, id, &format!("nslookup -type=AAAA {name}")).await;
@@ -107,7 +117,7 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
     )
     .await;
     assert!(env.starts_with(&format!("{web_ip}\n")), "{env}");
-    assert!(env.contains(&format!("{web_ip}/64")), "{env}");
+    assert!(env.contains(&format!("{web_ip}/112")), "{env}");
     let (_, hosts) = sh(&c, "web", &web, "cat /etc/hosts /etc/resolv.conf").await;
     assert!(
         hosts.contains(&format!("{web_ip}\tfly-local-6pn")),
@@ -242,13 +252,176 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
     let next = c.list_machines("iso", &Default::default()).await.unwrap();
     assert_eq!(next[0].private_ip, web_ip);
 
-    // The last machine of a network takes its bridge with it.
-    let net: std::net::Ipv6Addr = apart_ip.parse().unwrap();
-    let bridge = format!("/sys/class/net/hangar{}", net.segments()[2]);
+    // The last machine of a network takes its bridge with it; the bridge is
+    // named after the installation, the network and the block.
+    let bridge = format!("/sys/class/net/{}", bridge_of(&apart_ip));
+    assert_eq!(
+        u16::from_str_radix(&bridge_of(&apart_ip)[3..7], 16).ok(),
+        d.installation()
+    );
     assert!(std::path::Path::new(&bridge).exists(), "{bridge}");
     c.destroy_machine("apart", &apart, true).await.unwrap();
     c.wait_machine("apart", &apart, &["destroyed"], Duration::from_secs(30))
         .await
         .unwrap();
     assert!(!std::path::Path::new(&bridge).exists(), "{bridge}");
+}
+
+/// Two installations on one host whose ranges share third octets (the old
+/// scheme named bridges and 6PN prefixes after them), and a third with the
+/// very same range as the first: each one's machines reach their own peers
+/// by name, and no one else's.
+#[tokio::test]
+async fn installations_side_by_side_keep_to_themselves_whatever_their_ranges() {
+    let reg = Registry::start().await;
+    reg.push("test/net", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/net:v1", reg.addr);
+    let flags = ["--insecure-registry".to_owned(), reg.addr.clone()];
+    let a = Daemon::start(&flags).await;
+    let other_range = a.network_range.replacen("10.231.", "10.232.", 1);
+    let b = Daemon::start_in(&other_range, &flags).await;
+    let same = Daemon::start_in(&a.network_range.clone(), &flags).await;
+    let server = "mkdir -p /www && echo hello-from-$FLY_MACHINE_ID > /www/index.html \
+                  && exec httpd -f -p 8080 -h /www";
+    let mut peers = Vec::new();
+    for d in [&a, &b, &same] {
+        let c = d.client();
+        c.create_app("peer").await.unwrap();
+        let (srv, srv_ip) = machine(&c, "peer", &image, "srv", server).await;
+        let (cli, cli_ip) = machine(&c, "peer", &image, "cli", "exec sleep 3600").await;
+        peers.push((c, srv, srv_ip, cli, cli_ip));
+    }
+    let installations: Vec<u16> = [&a, &b, &same]
+        .iter()
+        .map(|d| d.installation().unwrap())
+        .collect();
+    assert!(
+        installations[0] != installations[1] && installations[1] != installations[2],
+        "{installations:?}"
+    );
+    for (i, (c, srv, srv_ip, cli, _)) in peers.iter().enumerate() {
+        // Own peers, by name.
+        assert_eq!(
+            lookup(c, "peer", cli, "peer.internal").await.len(),
+            2,
+            "installation {i}"
+        );
+        let (code, body) = sh(c, "peer", cli, &get(&format!("{srv}.vm.peer.internal"), 5)).await;
+        assert_eq!(code, 0, "installation {i}: {body}");
+        assert!(body.ends_with(&format!("hello-from-{srv}\n")), "{body:?}");
+        let (code, _) = sh(c, "peer", cli, &get(srv_ip, 5)).await;
+        assert_eq!(code, 0, "installation {i}");
+        // Nobody else's.
+        for (j, (_, _, other_ip, _, _)) in peers.iter().enumerate() {
+            if i != j {
+                let (code, _) = sh(c, "peer", cli, &get(other_ip, 2)).await;
+                assert_ne!(
+                    code, 0,
+                    "installation {i} reached installation {j}'s machine"
+                );
+            }
+        }
+    }
+    // The third, on the first one's range, took blocks the first does not use.
+    let block = |ip: &str| ip.parse::<std::net::Ipv6Addr>().unwrap().segments()[6];
+    assert_ne!(block(&peers[0].2), block(&peers[2].2));
+}
+
+/// 300 machines of one app on one host: a network outgrows its first
+/// block (253 machines) and machines in different blocks reach each other.
+#[tokio::test]
+async fn three_hundred_machines_start_in_one_app() {
+    let reg = Registry::start().await;
+    reg.push("test/net", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/test/net:v1", reg.addr);
+    let d = Daemon::with_registry(&reg.addr).await;
+    let c = d.client();
+    c.create_app("many").await.unwrap();
+    let config: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "guest": {"cpus": 1, "memory_mb": 32},
+        "init": {"cmd": ["/bin/sh", "-c", "mkdir -p /www && echo hi-$FLY_MACHINE_ID > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+    }))
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let ids: Vec<String> = futures::stream::iter(0..300)
+        .map(|n| {
+            let c = c.clone();
+            let config = config.clone();
+            async move {
+                let m = c
+                    .create_machine(
+                        "many",
+                        &CreateMachineRequest {
+                            config: Some(config),
+                            name: Some(format!("m{n}")),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                c.wait_machine("many", &m.id, &["started"], Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                m.id
+            }
+        })
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    let took = t0.elapsed();
+    let machines = c.list_machines("many", &Default::default()).await.unwrap();
+    assert_eq!(machines.len(), 300);
+    assert!(machines.iter().all(|m| m.state == "started"));
+    let mut blocks: Vec<String> = machines.iter().map(|m| bridge_of(&m.private_ip)).collect();
+    blocks.sort();
+    blocks.dedup();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    eprintln!(
+        "300 machines created and started in {:.1} s ({:.1}/s), blocks {blocks:?}",
+        took.as_secs_f64(),
+        300.0 / took.as_secs_f64()
+    );
+    // Across blocks, by name and by address.
+    let first = machines
+        .iter()
+        .find(|m| bridge_of(&m.private_ip) == blocks[0])
+        .unwrap();
+    let second = machines
+        .iter()
+        .find(|m| bridge_of(&m.private_ip) == blocks[1])
+        .unwrap();
+    let (code, body) = sh(
+        &c,
+        "many",
+        &first.id,
+        &get(&format!("{}.vm.many.internal", second.id), 5),
+    )
+    .await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.ends_with(&format!("hi-{}\n", second.id)), "{body:?}");
+    let (code, body) = sh(&c, "many", &second.id, &get(&first.private_ip, 5)).await;
+    assert_eq!(code, 0, "{body}");
+
+    let t0 = std::time::Instant::now();
+    futures::stream::iter(ids)
+        .map(|id| {
+            let c = c.clone();
+            async move { c.destroy_machine("many", &id, true).await.unwrap() }
+        })
+        .buffer_unordered(10)
+        .collect::<Vec<_>>()
+        .await;
+    eprintln!(
+        "300 machines destroyed in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        c.list_machines("many", &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
