@@ -40,6 +40,7 @@ pub use images::{ImageSource, ResolvedImage};
 pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;
 use runner::{Handle, Msg, Runner};
+use store::NewVersion;
 pub use store::{AppRecord, EventRow, LeaseRow, MachineRecord, Store, TokenRow};
 
 /// What can go wrong, by the HTTP status it maps to.
@@ -688,28 +689,39 @@ impl Agent {
         self.shared.store.events(&m.id, limit)
     }
 
-    /// Sends a request to the machine's runner; a machine without one (it is
-    /// destroyed) answers from its record.
+    /// Sends `input` to the machine's runner, the one path of every request
+    /// that changes a machine, and returns the state before it. A machine
+    /// without a runner is destroyed: destroying it again is a no-op,
+    /// anything else is refused.
     pub(crate) async fn request(
         &self,
         app: &str,
         id: &str,
         input: machine::Input,
-        msg: impl FnOnce(runner::Reply) -> Msg,
+        version: Option<NewVersion>,
     ) -> Result<MachineState, AgentError> {
         let rec = self.get_machine(app, id)?;
+        let destroy = matches!(input, machine::Input::Destroy { .. });
         if let Some(h) = self.shared.runner(&rec.id) {
-            let (tx, rx) = oneshot::channel();
-            if h.tx.send(msg(tx)).await.is_ok() {
+            let (reply, rx) = oneshot::channel();
+            let msg = Msg::Request {
+                input,
+                version: version.map(Box::new),
+                reply,
+            };
+            if h.tx.send(msg).await.is_ok() {
                 if let Ok(r) = rx.await {
                     return r;
                 }
             }
         }
-        let rec = self.get_machine(app, id)?;
-        machine::apply(&rec.core, &spec::policy(&rec.config), input)
-            .map(|_| rec.core.state)
-            .map_err(denied)
+        // The runner is gone: the machine was destroyed (or is, an instant
+        // from now: its record says so once the runner is gone).
+        if destroy {
+            Ok(MachineState::Destroyed)
+        } else {
+            Err(denied(machine::Denied::Destroyed))
+        }
     }
 
     /// Starts a machine; returns the state it was in. `nonce` is the
@@ -721,8 +733,7 @@ impl Agent {
         nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
         self.check_lease(app, id, nonce)?;
-        self.request(app, id, machine::Input::Start, Msg::Start)
-            .await
+        self.request(app, id, machine::Input::Start, None).await
     }
 
     /// Stops a machine with an optional signal and timeout.
@@ -735,14 +746,8 @@ impl Agent {
         nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
         self.check_lease(app, id, nonce)?;
-        self.request(app, id, machine::Input::Stop { signal, timeout }, |reply| {
-            Msg::Stop {
-                signal,
-                timeout,
-                reply,
-            }
-        })
-        .await
+        self.request(app, id, machine::Input::Stop { signal, timeout }, None)
+            .await
     }
 
     /// Destroys a machine (`force` kills a running one, leased or not).
@@ -757,9 +762,7 @@ impl Agent {
             self.check_lease(app, id, nonce)?;
         }
         let before = self
-            .request(app, id, machine::Input::Destroy { force }, |reply| {
-                Msg::Destroy { force, reply }
-            })
+            .request(app, id, machine::Input::Destroy { force }, None)
             .await?;
         // Answered once it is gone (a listing right after no longer shows
         // it), or after a while if the teardown takes longer.

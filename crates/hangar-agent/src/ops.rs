@@ -83,23 +83,6 @@ impl Agent {
         }
     }
 
-    async fn send(
-        &self,
-        rec: &MachineRecord,
-        msg: impl FnOnce(oneshot::Sender<Result<MachineState, AgentError>>) -> Msg,
-    ) -> Result<MachineState, AgentError> {
-        let h = self
-            .shared
-            .runner(&rec.id)
-            .ok_or_else(|| AgentError::Precondition(machine::Denied::Destroyed.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        h.tx.send(msg(tx))
-            .await
-            .map_err(|_| AgentError::Precondition(machine::Denied::Destroyed.to_string()))?;
-        rx.await
-            .map_err(|_| AgentError::Precondition(machine::Denied::Destroyed.to_string()))?
-    }
-
     // ---- update and versions ----------------------------------------------------
 
     /// Replaces a machine's config with a new version and (unless
@@ -155,11 +138,12 @@ impl Agent {
             config,
             image_ref,
         };
-        self.send(&rec, |reply| Msg::Update {
-            version: Box::new(version),
-            launch,
-            reply,
-        })
+        self.request(
+            app,
+            rec.id.as_str(),
+            machine::Input::Update { launch },
+            Some(version),
+        )
         .await?;
         self.get_machine(app, id)
     }
@@ -187,11 +171,12 @@ impl Agent {
     ) -> Result<MachineState, AgentError> {
         let rec = self.get_machine(app, id)?;
         self.check_lease(app, id, nonce)?;
-        self.send(&rec, |reply| Msg::Restart {
-            signal,
-            timeout,
-            reply,
-        })
+        self.request(
+            app,
+            rec.id.as_str(),
+            machine::Input::Restart { signal, timeout },
+            None,
+        )
         .await
     }
 
@@ -204,7 +189,8 @@ impl Agent {
     ) -> Result<MachineState, AgentError> {
         let rec = self.get_machine(app, id)?;
         self.check_lease(app, id, nonce)?;
-        self.send(&rec, Msg::Suspend).await
+        self.request(app, rec.id.as_str(), machine::Input::Suspend, None)
+            .await
     }
 
     /// Sends a signal to a running machine's main process.
@@ -215,7 +201,7 @@ impl Agent {
         signal: Signal,
     ) -> Result<(), AgentError> {
         let rec = self.get_machine(app, id)?;
-        self.send(&rec, |reply| Msg::Signal { signal, reply })
+        self.request(app, rec.id.as_str(), machine::Input::Signal(signal), None)
             .await?;
         Ok(())
     }
@@ -363,8 +349,16 @@ impl Agent {
                 )));
             }
         }
-        self.send(&rec, |reply| Msg::Metadata { changes, reply })
-            .await?;
+        let h = self
+            .shared
+            .runner(&rec.id)
+            .ok_or_else(|| crate::denied(machine::Denied::Destroyed))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(Msg::Metadata { changes, reply })
+            .await
+            .map_err(|_| crate::denied(machine::Denied::Destroyed))?;
+        rx.await
+            .map_err(|_| crate::denied(machine::Denied::Destroyed))??;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! One task per machine: the only code that changes a machine's state.
 //!
 //! ```text
-//!   API handlers ──Msg::{Start,Stop,Destroy} + oneshot reply──►┐
+//!   API handlers ──Msg::Request{input} + oneshot reply─────────►┐
 //!   prepare task ──Msg::Prepared{gen}──────────────────────────►│ Runner
 //!   exit watcher ──Msg::Exited{gen}────────────────────────────►│  apply() → commit → reply → effects
 //!   timers, the schedule (in the runner's select loop) ────────►┘
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use hangar_core::machine::{self, Effect, EventRecord, Input, Observed, Source, Timer};
 use hangar_core::schedule::Schedule;
-use hangar_core::{ExitInfo, MachineState, Signal};
+use hangar_core::{ExitInfo, MachineState};
 use hangar_runtime::WorkloadSpec;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -38,30 +38,12 @@ pub(crate) type Reply = oneshot::Sender<Result<MachineState, AgentError>>;
 
 /// Messages to a runner.
 pub(crate) enum Msg {
-    Start(Reply),
-    Stop {
-        signal: Option<Signal>,
-        timeout: Option<Duration>,
-        reply: Reply,
-    },
-    Destroy {
-        force: bool,
-        reply: Reply,
-    },
-    Restart {
-        signal: Option<Signal>,
-        timeout: Option<Duration>,
-        reply: Reply,
-    },
-    Suspend(Reply),
-    Signal {
-        signal: Signal,
-        reply: Reply,
-    },
-    /// A new config version: committed with the transition it causes.
-    Update {
-        version: Box<NewVersion>,
-        launch: bool,
+    /// A request: an input for the state machine, answered with the state
+    /// before it or why it was refused. An update brings its new config
+    /// version, committed with the transition it causes.
+    Request {
+        input: Input,
+        version: Option<Box<NewVersion>>,
         reply: Reply,
     },
     /// Metadata changes (`None` removes a key); no new version.
@@ -221,37 +203,13 @@ impl Runner {
             };
             match msg {
                 None | Some(Msg::Shutdown) => break,
-                Some(Msg::Start(reply)) => self.handle(Input::Start, Some(reply)).await,
-                Some(Msg::Stop {
-                    signal,
-                    timeout,
-                    reply,
-                }) => {
-                    self.handle(Input::Stop { signal, timeout }, Some(reply))
-                        .await
-                }
-                Some(Msg::Destroy { force, reply }) => {
-                    self.handle(Input::Destroy { force }, Some(reply)).await
-                }
-                Some(Msg::Restart {
-                    signal,
-                    timeout,
-                    reply,
-                }) => {
-                    self.handle(Input::Restart { signal, timeout }, Some(reply))
-                        .await
-                }
-                Some(Msg::Suspend(reply)) => self.handle(Input::Suspend, Some(reply)).await,
-                Some(Msg::Signal { signal, reply }) => {
-                    self.handle(Input::Signal(signal), Some(reply)).await
-                }
-                Some(Msg::Update {
+                Some(Msg::Request {
+                    input,
                     version,
-                    launch,
                     reply,
                 }) => {
-                    self.pending_version = Some(*version);
-                    self.handle(Input::Update { launch }, Some(reply)).await;
+                    self.pending_version = version.map(|v| *v);
+                    self.handle(input, Some(reply)).await;
                     self.pending_version = None;
                 }
                 Some(Msg::Metadata { changes, reply }) => {
