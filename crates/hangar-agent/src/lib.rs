@@ -219,16 +219,19 @@ pub enum WaitFor {
     State(MachineState),
     /// Any state that is not transient.
     Settled,
+    /// An older version that an update replaced (Fly's `replaced`).
+    Replaced,
 }
 
 impl WaitFor {
     /// Parses Fly's names (`started`, `stopped`, `destroyed`, `failed`,
-    /// `settled`, and any other state name).
+    /// `settled`, `replaced`, and any other state name).
     pub fn parse(s: &str) -> Option<WaitFor> {
-        if s == "settled" {
-            return Some(WaitFor::Settled);
+        match s {
+            "settled" => Some(WaitFor::Settled),
+            "replaced" => Some(WaitFor::Replaced),
+            _ => MachineState::parse(s).map(WaitFor::State),
         }
-        MachineState::parse(s).map(WaitFor::State)
     }
 
     fn matches(self, s: MachineState) -> bool {
@@ -241,7 +244,66 @@ impl WaitFor {
                     | MachineState::Failed
                     | MachineState::Destroyed
             ),
+            WaitFor::Replaced => false,
         }
+    }
+
+    /// Whether a version that an update replaced has reached it (it has
+    /// stopped for good).
+    fn reached_by_replaced(self) -> bool {
+        matches!(
+            self,
+            WaitFor::Replaced
+                | WaitFor::Settled
+                | WaitFor::State(MachineState::Stopped | MachineState::Destroyed)
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            WaitFor::State(s) => s.as_str(),
+            WaitFor::Settled => "settled",
+            WaitFor::Replaced => "replaced",
+        }
+    }
+}
+
+/// What a wait reached: a state name (`replaced` for an older version),
+/// the version it is of and the newest event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitOutcome {
+    /// Fly's state name.
+    pub state: String,
+    /// The version.
+    pub version: String,
+    /// The newest event's id.
+    pub event_id: Option<String>,
+}
+
+/// Filters of a machine listing.
+#[derive(Debug, Clone, Default)]
+pub struct MachineFilter {
+    /// Destroyed machines too.
+    pub include_deleted: bool,
+    /// Only this region.
+    pub region: Option<String>,
+    /// Only these states (none: any).
+    pub states: Vec<MachineState>,
+    /// Only machines with every one of these metadata values.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl MachineFilter {
+    fn admits(&self, m: &MachineRecord) -> bool {
+        self.region.as_ref().is_none_or(|r| *r == m.region)
+            && (self.states.is_empty() || self.states.contains(&m.core.state))
+            && self.metadata.iter().all(|(k, v)| {
+                m.config
+                    .metadata
+                    .as_ref()
+                    .and_then(|md| md.get(k))
+                    .is_some_and(|x| x == v)
+            })
     }
 }
 
@@ -418,9 +480,21 @@ impl Agent {
         &self.region
     }
 
-    /// The database (for read-only views).
+    /// The database (for tests and read-only tools; the API goes through
+    /// the agent's methods).
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// A number that changes whenever the state changes (readers that cache
+    /// what they read compare it).
+    pub fn state_version(&self) -> u64 {
+        self.shared.store.changes()
+    }
+
+    /// Where the internal DNS server finds machines by network.
+    pub fn dns_directory(&self) -> Arc<dyn hangar_net::dns::Directory> {
+        Arc::new(self.shared.store.clone())
     }
 
     /// Stops every runner; the machines themselves keep running.
@@ -678,6 +752,83 @@ impl Agent {
         self.shared.store.list_machines(app, include_deleted)
     }
 
+    /// An app's machines that pass `filter`.
+    pub fn find_machines(
+        &self,
+        app: &str,
+        filter: &MachineFilter,
+    ) -> Result<Vec<MachineRecord>, AgentError> {
+        Ok(self
+            .list_machines(app, filter.include_deleted)?
+            .into_iter()
+            .filter(|m| filter.admits(m))
+            .collect())
+    }
+
+    /// A machine's newest events (of a record just read).
+    pub fn events_of(&self, m: &MachineRecord, limit: usize) -> Result<Vec<EventRow>, AgentError> {
+        self.shared.store.events(&m.id, limit)
+    }
+
+    /// Waits as Fly's wait endpoint does: for one of `states` (`started`
+    /// when none), of the current version or of `version`. A version that
+    /// an update replaced reaches `replaced`, `stopped`, `destroyed` and
+    /// `settled` at once and nothing else.
+    pub async fn wait(
+        &self,
+        app: &str,
+        id: &str,
+        states: &[WaitFor],
+        version: Option<&str>,
+        timeout: Duration,
+    ) -> Result<WaitOutcome, AgentError> {
+        let rec = self.get_machine(app, id)?;
+        if let Some(v) = version.filter(|v| *v != rec.instance_id) {
+            let known = self
+                .shared
+                .store
+                .versions(&rec.id)?
+                .iter()
+                .any(|(x, _)| x == v);
+            if !known {
+                return Err(AgentError::NotFound(format!(
+                    "version {v} of machine {id} not found"
+                )));
+            }
+            if !states.is_empty() && !states.iter().any(|w| w.reached_by_replaced()) {
+                return Err(AgentError::Precondition(format!(
+                    "version {v} was replaced and will not reach the desired state"
+                )));
+            }
+            return Ok(WaitOutcome {
+                state: "replaced".into(),
+                version: v.to_owned(),
+                event_id: None,
+            });
+        }
+        let wanted: Vec<WaitFor> = if states.is_empty() {
+            vec![WaitFor::State(MachineState::Started)]
+        } else {
+            states
+                .iter()
+                .copied()
+                .filter(|w| *w != WaitFor::Replaced)
+                .collect()
+        };
+        if wanted.is_empty() {
+            return Err(AgentError::Precondition(
+                "the current version is not replaced; wait on the version an update replaced"
+                    .into(),
+            ));
+        }
+        let st = self.wait_machine(app, id, &wanted, timeout).await?;
+        Ok(WaitOutcome {
+            state: st.state.as_str().into(),
+            version: st.instance_id,
+            event_id: st.last_event,
+        })
+    }
+
     /// A machine's events, newest first.
     pub fn machine_events(
         &self,
@@ -901,13 +1052,7 @@ pub(crate) fn denied(d: machine::Denied) -> AgentError {
 }
 
 fn timeout_error(states: &[WaitFor], current: MachineState) -> AgentError {
-    let want: Vec<&str> = states
-        .iter()
-        .map(|w| match w {
-            WaitFor::State(s) => s.as_str(),
-            WaitFor::Settled => "settled",
-        })
-        .collect();
+    let want: Vec<&str> = states.iter().map(|w| w.name()).collect();
     AgentError::Timeout(format!(
         "deadline_exceeded: machine failed to reach desired state, {}, currently {}",
         want.join(","),

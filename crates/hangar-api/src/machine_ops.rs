@@ -66,7 +66,7 @@ pub async fn update(
             nonce(&headers).as_deref(),
         )
         .await?;
-    let events = s.agent.store().events(&rec.id, views::MACHINE_EVENTS)?;
+    let events = s.agent.events_of(&rec, views::MACHINE_EVENTS)?;
     let checks = s.agent.checks(rec.id.as_str());
     Ok(Json(views::with_checks(
         views::machine(rec, Some(events)),

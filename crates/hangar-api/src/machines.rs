@@ -6,7 +6,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
-use hangar_agent::{NewMachine, WaitFor};
+use hangar_agent::{MachineFilter, NewMachine, WaitFor};
 use hangar_api_types::{
     CreateMachineRequest, Machine, MachineEvent, OkResponse, StartResponse, StopRequest,
     WaitMachineResponse,
@@ -22,7 +22,7 @@ use crate::{ApiState, Principal, views};
 use hangar_api_types::*;
 
 fn full_view(s: &ApiState, rec: hangar_agent::MachineRecord) -> ApiResult<Machine> {
-    let events = s.agent.store().events(&rec.id, views::MACHINE_EVENTS)?;
+    let events = s.agent.events_of(&rec, views::MACHINE_EVENTS)?;
     let checks = s.agent.checks(rec.id.as_str());
     Ok(views::with_checks(
         views::machine(rec, Some(events)),
@@ -39,32 +39,26 @@ pub async fn list(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<Machine>>> {
     let p = Params::parse(q.as_deref());
-    let include_deleted = p.bool("include_deleted")?;
     let summary = p.bool("summary")?;
-    let states = p.all("state");
-    for st in &states {
-        if MachineState::parse(st).is_none() && st != "suspended" {
-            return Err(ApiError::BadRequest(format!(
-                "invalid_argument: unknown state {st:?}"
-            )));
-        }
-    }
-    let region = p.get("region").filter(|r| !r.is_empty());
-    let metadata: Vec<(&str, &str)> = p.prefixed("metadata.").collect();
-    let mut out = Vec::new();
-    for rec in s.agent.list_machines(&app, include_deleted)? {
-        if region.is_some_and(|r| r != rec.region)
-            || (!states.is_empty() && !states.iter().any(|st| st == rec.core.state.as_str()))
-            || !metadata.iter().all(|(k, v)| {
-                rec.config
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.get(*k))
-                    .is_some_and(|x| x == v)
+    let filter = MachineFilter {
+        include_deleted: p.bool("include_deleted")?,
+        region: p.get("region").filter(|r| !r.is_empty()).map(str::to_owned),
+        states: p
+            .all("state")
+            .iter()
+            .map(|st| {
+                MachineState::parse(st).ok_or_else(|| {
+                    ApiError::BadRequest(format!("invalid_argument: unknown state {st:?}"))
+                })
             })
-        {
-            continue;
-        }
+            .collect::<ApiResult<_>>()?,
+        metadata: p
+            .prefixed("metadata.")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for rec in s.agent.find_machines(&app, &filter)? {
         out.push(if summary {
             views::machine(rec, None)
         } else {
@@ -204,21 +198,15 @@ pub async fn wait(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<WaitMachineResponse>> {
     let p = Params::parse(q.as_deref());
-    let names = p.all("state");
-    // `replaced` only describes older versions (handled below).
-    let states = if names.is_empty() {
-        vec![WaitFor::State(MachineState::Started)]
-    } else {
-        names
-            .iter()
-            .filter(|n| n.as_str() != "replaced")
-            .map(|n| {
-                WaitFor::parse(n).ok_or_else(|| {
-                    ApiError::BadRequest(format!("invalid_argument: unknown state {n:?}"))
-                })
+    let states = p
+        .all("state")
+        .iter()
+        .map(|n| {
+            WaitFor::parse(n).ok_or_else(|| {
+                ApiError::BadRequest(format!("invalid_argument: unknown state {n:?}"))
             })
-            .collect::<ApiResult<Vec<_>>>()?
-    };
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
     let timeout = match p.get("timeout").filter(|t| !t.is_empty()) {
         None => 60,
         Some(t) => {
@@ -252,61 +240,21 @@ pub async fn wait(
             version = Some(v.to_owned());
         }
     }
-    // An older version of the machine is `replaced`: it has stopped for good.
-    if let Some(v) = version {
-        if v != s.agent.get_machine(&app, &id)?.instance_id {
-            return wait_replaced(&s, &app, &id, v, &names);
-        }
-    }
-    if states.is_empty() {
-        return Err(ApiError::Agent(hangar_agent::AgentError::Precondition(
-            "the current version is not replaced; wait on the version an update replaced".into(),
-        )));
-    }
-    let st = s
+    let w = s
         .agent
-        .wait_machine(&app, &id, &states, Duration::from_secs(timeout))
+        .wait(
+            &app,
+            &id,
+            &states,
+            version.as_deref(),
+            Duration::from_secs(timeout),
+        )
         .await?;
     Ok(Json(WaitMachineResponse {
         ok: true,
-        state: st.state.as_str().into(),
-        version: st.instance_id,
-        event_id: st.last_event,
-    }))
-}
-
-/// A wait on a version that an update replaced.
-fn wait_replaced(
-    s: &ApiState,
-    app: &str,
-    id: &str,
-    version: String,
-    wanted: &[String],
-) -> ApiResult<Json<WaitMachineResponse>> {
-    let known = s
-        .agent
-        .machine_versions(app, id)?
-        .iter()
-        .any(|(v, _)| *v == version);
-    if !known {
-        return Err(ApiError::NotFound(format!(
-            "version {version} of machine {id} not found"
-        )));
-    }
-    let reached = wanted.is_empty()
-        || wanted
-            .iter()
-            .any(|n| matches!(n.as_str(), "replaced" | "stopped" | "destroyed" | "settled"));
-    if !reached {
-        return Err(ApiError::Agent(hangar_agent::AgentError::Precondition(
-            format!("version {version} was replaced and will not reach the desired state"),
-        )));
-    }
-    Ok(Json(WaitMachineResponse {
-        ok: true,
-        state: "replaced".into(),
-        version,
-        event_id: None,
+        state: w.state,
+        version: w.version,
+        event_id: w.event_id,
     }))
 }
 

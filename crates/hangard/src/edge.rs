@@ -74,7 +74,7 @@ impl hangar_proxy::Machines for AgentMachines {
     }
 
     fn backends(&self, app: &str) -> Arc<Vec<Backend>> {
-        let version = (self.agent.store().changes(), self.agent.checks_generation());
+        let version = (self.agent.state_version(), self.agent.checks_generation());
         if let Some((v, b)) = self
             .cache
             .lock()

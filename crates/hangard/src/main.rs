@@ -295,11 +295,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // ahead of the bridge, which appears with the block's first machine),
     // and each new block let into its network's rules.
     let dns = (!args.no_dns).then(|| {
-        hangar_net::dns::Server::new(
-            Arc::new(agent.store().clone()),
-            hangar_net::dns::host_resolvers(),
-            53,
-        )
+        hangar_net::dns::Server::new(agent.dns_directory(), hangar_net::dns::host_resolvers(), 53)
     });
     {
         let firewall = firewall.clone();
