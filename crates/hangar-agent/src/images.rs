@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use hangar_api_types::ImageRef;
 use hangar_core::process::ImageProcess;
+use hangar_image::ImageError;
 
 /// An image ready to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,16 +23,16 @@ pub struct ResolvedImage {
 pub trait ImageSource: Send + Sync + 'static {
     /// Checks a reference without fetching anything; returns the
     /// `image_ref` a new machine starts with (digest empty unless pinned).
-    fn parse(&self, image: &str) -> Result<ImageRef, String>;
+    fn parse(&self, image: &str) -> Result<ImageRef, ImageError>;
 
     /// Makes the image available locally (pulling if needed).
-    async fn resolve(&self, image: &str) -> Result<ResolvedImage, String>;
+    async fn resolve(&self, image: &str) -> Result<ResolvedImage, ImageError>;
 }
 
 #[async_trait::async_trait]
 impl ImageSource for hangar_image::ImageStore {
-    fn parse(&self, image: &str) -> Result<ImageRef, String> {
-        let n = hangar_image::ImageName::parse(image).map_err(|e| e.to_string())?;
+    fn parse(&self, image: &str) -> Result<ImageRef, ImageError> {
+        let n = hangar_image::ImageName::parse(image)?;
         Ok(ImageRef {
             registry: n.registry,
             repository: n.repository,
@@ -41,10 +42,8 @@ impl ImageSource for hangar_image::ImageStore {
         })
     }
 
-    async fn resolve(&self, image: &str) -> Result<ResolvedImage, String> {
-        let img = hangar_image::ImageStore::resolve(self, image)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn resolve(&self, image: &str) -> Result<ResolvedImage, ImageError> {
+        let img = hangar_image::ImageStore::resolve(self, image).await?;
         Ok(ResolvedImage {
             image_ref: ImageRef {
                 registry: img.registry.clone(),
@@ -77,9 +76,9 @@ pub mod fake {
 
     #[async_trait::async_trait]
     impl ImageSource for FakeImages {
-        fn parse(&self, image: &str) -> Result<ImageRef, String> {
+        fn parse(&self, image: &str) -> Result<ImageRef, ImageError> {
             // The real parser's verdict, the fake's answer.
-            hangar_image::ImageName::parse(image).map_err(|e| e.to_string())?;
+            hangar_image::ImageName::parse(image)?;
             Ok(ImageRef {
                 registry: "test".into(),
                 repository: image.into(),
@@ -87,9 +86,12 @@ pub mod fake {
             })
         }
 
-        async fn resolve(&self, image: &str) -> Result<ResolvedImage, String> {
+        async fn resolve(&self, image: &str) -> Result<ResolvedImage, ImageError> {
             if image.contains("missing") {
-                return Err(format!("image {image} not found"));
+                return Err(ImageError::NotFound {
+                    reference: image.to_owned(),
+                    reason: "the fake has no such image".into(),
+                });
             }
             let repository = image.split('@').next().unwrap_or(image);
             let repository = repository.strip_prefix("test/").unwrap_or(repository);

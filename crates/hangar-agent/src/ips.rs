@@ -19,11 +19,16 @@ pub struct IpPool {
     len: u8,
 }
 
-impl std::str::FromStr for IpPool {
-    type Err = String;
+/// An `--ip-pool` that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadPool(String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an IPv4 pool like 127.0.1.0/24");
+impl std::str::FromStr for IpPool {
+    type Err = BadPool;
+
+    fn from_str(s: &str) -> Result<Self, BadPool> {
+        let bad = || BadPool(format!("{s:?} is not an IPv4 pool like 127.0.1.0/24"));
         let (addr, len) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let len: u8 = len.parse().map_err(|_| bad())?;
@@ -37,7 +42,9 @@ impl std::str::FromStr for IpPool {
         };
         let base = u32::from(addr);
         if base & !mask != 0 {
-            return Err(format!("{s:?}: the address has bits set beyond the prefix"));
+            return Err(BadPool(format!(
+                "{s:?}: the address has bits set beyond the prefix"
+            )));
         }
         Ok(IpPool { base, len })
     }

@@ -43,8 +43,10 @@ use runner::{Handle, Msg, Runner};
 use store::NewVersion;
 pub use store::{AppRecord, EventRow, LeaseRow, MachineRecord, Store, TokenRow};
 
-/// What can go wrong, by the HTTP status it maps to.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What can go wrong: what the caller did wrong (each of which the API
+/// answers with its own status), or what failed on this host, with its
+/// cause kept as the error's source.
+#[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// 400: the request is malformed or a field is invalid.
     #[error("{0}")]
@@ -71,9 +73,45 @@ pub enum AgentError {
     /// the machine what it asks for.
     #[error("{0}")]
     InsufficientCapacity(String),
-    /// 500: the host failed; details are logged, not returned.
+    /// The database failed.
+    #[error("database")]
+    Database(#[source] rusqlite::Error),
+    /// A stored value does not parse.
+    #[error("stored JSON")]
+    StoredJson(#[source] serde_json::Error),
+    /// The container runtime failed.
+    #[error("container runtime")]
+    Runtime(#[source] hangar_runtime::RuntimeError),
+    /// The volume host failed.
+    #[error("volumes")]
+    Volumes(#[source] hangar_volumes::VolumeError),
+    /// A file of the host could not be read or written.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something else on this host failed.
     #[error("{0}")]
     Internal(String),
+}
+
+impl AgentError {
+    /// Whether this is the host's failure rather than the caller's.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Database(_)
+                | AgentError::StoredJson(_)
+                | AgentError::Runtime(_)
+                | AgentError::Volumes(_)
+                | AgentError::Io { .. }
+                | AgentError::Internal(_)
+        )
+    }
 }
 
 /// How the agent is set up.
@@ -321,8 +359,9 @@ impl Agent {
         runtime: Arc<dyn Runtime>,
         images: Arc<dyn ImageSource>,
     ) -> Result<Agent, AgentError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            AgentError::Internal(format!("creating {}: {e}", cfg.data_dir.display()))
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io {
+            context: format!("creating {}", cfg.data_dir.display()),
+            source,
         })?;
         let store = Store::open(&cfg.data_dir.join("hangar.db"))?;
         let net = network::NetPlan {
@@ -350,8 +389,13 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join("secrets.key"));
         let secrets = secrets::SecretBox::load_or_create(&key_file)?;
-        let volumes = hangar_volumes::VolumeHost::new(cfg.data_dir.join("volumes"))
-            .map_err(|e| AgentError::Internal(format!("volumes directory: {e}")))?;
+        let volumes =
+            hangar_volumes::VolumeHost::new(cfg.data_dir.join("volumes")).map_err(|source| {
+                AgentError::Io {
+                    context: "the volumes directory".into(),
+                    source,
+                }
+            })?;
         let shared = Arc::new(Shared {
             store,
             runtime,
@@ -636,7 +680,7 @@ impl Agent {
             .shared
             .images
             .parse(&config.image)
-            .map_err(AgentError::InvalidArgument)?;
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let region = match req
             .region
             .as_deref()

@@ -66,11 +66,20 @@ impl std::fmt::Display for NetRange {
     }
 }
 
-impl std::str::FromStr for NetRange {
-    type Err = String;
+/// A `--network-range` that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRange(String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not an IPv4 range like 10.231.0.0/16 (prefix 16 to 24)");
+impl std::str::FromStr for NetRange {
+    type Err = BadRange;
+
+    fn from_str(s: &str) -> Result<Self, BadRange> {
+        let bad = || {
+            BadRange(format!(
+                "{s:?} is not an IPv4 range like 10.231.0.0/16 (prefix 16 to 24)"
+            ))
+        };
         let (addr, len) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let len: u32 = len.parse().map_err(|_| bad())?;
@@ -80,12 +89,14 @@ impl std::str::FromStr for NetRange {
         let [a, b, c, d] = addr.octets();
         let size = 1u32 << (24 - len);
         if d != 0 || u32::from(c) % size != 0 {
-            return Err(format!("{s:?}: the address has bits set beyond the prefix"));
+            return Err(BadRange(format!(
+                "{s:?}: the address has bits set beyond the prefix"
+            )));
         }
         let first = c.max(1);
         let last = (u32::from(c) + size - 1).min(254) as u8;
         if first > last {
-            return Err(format!("{s:?} holds no usable network"));
+            return Err(BadRange(format!("{s:?} holds no usable network")));
         }
         Ok(NetRange {
             a,

@@ -130,7 +130,7 @@ impl Agent {
             .shared
             .images
             .parse(&config.image)
-            .map_err(AgentError::InvalidArgument)?;
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         // A standby stays stopped.
         let launch = !req.skip_launch && !crate::standby::is_standby(&config);
         let version = NewVersion {
@@ -380,7 +380,7 @@ impl Agent {
                 AgentError::Precondition(format!("machine {id} is not running"))
             }
             RuntimeError::InvalidSpec(m) => AgentError::InvalidArgument(m),
-            other => AgentError::Internal(other.to_string()),
+            other => AgentError::Runtime(other),
         }
     }
 

@@ -53,7 +53,7 @@ pub(crate) enum Msg {
     },
     Prepared {
         generation: u64,
-        result: Box<Result<ResolvedImage, String>>,
+        result: Box<Result<ResolvedImage, hangar_image::ImageError>>,
     },
     Exited {
         generation: u64,
@@ -226,7 +226,7 @@ impl Runner {
                             self.remember_image(img);
                             Input::Prepared
                         }
-                        Err(e) => Input::PrepareFailed(e),
+                        Err(e) => Input::PrepareFailed(e.to_string()),
                     };
                     self.handle(input, None).await;
                 }
@@ -505,7 +505,7 @@ impl Runner {
             Effect::StartWorkload => {
                 let spec = match self.workload_spec() {
                     Ok(s) => s,
-                    Err(e) => return Some(Input::WorkloadStartFailed(e)),
+                    Err(e) => return Some(Input::WorkloadStartFailed(error_chain(&e))),
                 };
                 match rt.start(&spec).await {
                     Ok(()) => {
@@ -599,11 +599,11 @@ impl Runner {
         });
     }
 
-    fn workload_spec(&self) -> Result<WorkloadSpec, String> {
+    fn workload_spec(&self) -> Result<WorkloadSpec, AgentError> {
         let img = self
             .image
             .as_ref()
-            .ok_or_else(|| "the image is not prepared".to_string())?;
+            .ok_or_else(|| AgentError::Internal("the image is not prepared".into()))?;
         let c = &self.rec.config;
         let resources = spec::resources(c, self.shared.pids_limit);
         let reserved = spec::Reserved {
@@ -619,31 +619,28 @@ impl Runner {
         // The app's secrets as they are now: a change reaches a machine at
         // its next start.
         let secrets =
-            crate::secrets::values(&self.shared.store, &self.shared.secrets, &self.rec.app)
-                .map_err(|e| e.to_string())?;
+            crate::secrets::values(&self.shared.store, &self.shared.secrets, &self.rec.app)?;
         let process = hangar_core::process::resolve(
             &img.process,
             &spec::init_overrides(c),
             &c.env.clone().unwrap_or_default(),
             &reserved.env(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         Ok(WorkloadSpec {
             id: self.rec.id.clone(),
             hostname: self.rec.id.to_string(),
             process,
             layers: img.layers.clone(),
             resources,
-            files: spec::guest_files(c, Some(&secrets)).map_err(|e| e.to_string())?,
+            files: spec::guest_files(c, Some(&secrets))?,
             tty: c.init.as_ref().and_then(|i| i.tty).unwrap_or(false),
             secret_env: hangar_runtime::SecretEnv(secrets.into_iter().collect()),
-            volumes: crate::volumes::attachments(&self.shared.store, &self.shared.secrets, c)
-                .map_err(|e| e.to_string())?,
+            volumes: crate::volumes::attachments(&self.shared.store, &self.shared.secrets, c)?,
             network: self
                 .shared
                 .store
-                .address_of(self.rec.id.as_str(), &self.shared.net)
-                .map_err(|e| e.to_string())?
+                .address_of(self.rec.id.as_str(), &self.shared.net)?
                 .map(|a| a.attachment(self.shared.dns)),
         })
     }
@@ -658,6 +655,17 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// An error and its causes, as one message for an event.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
 }
 
 /// An exit's time as events record it (RFC 3339, milliseconds).

@@ -54,8 +54,9 @@ impl SecretBox {
     /// Reads the key at `path` (32 bytes, raw or as 64 hex digits), creating
     /// it (mode 0600) when it does not exist.
     pub fn load_or_create(path: &Path) -> Result<SecretBox, AgentError> {
-        let internal = |e: std::io::Error| {
-            AgentError::Internal(format!("secrets key {}: {e}", path.display()))
+        let internal = |source: std::io::Error| AgentError::Io {
+            context: format!("secrets key {}", path.display()),
+            source,
         };
         match std::fs::read(path) {
             Ok(bytes) => {

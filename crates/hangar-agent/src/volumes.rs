@@ -57,7 +57,7 @@ fn invalid(m: impl Into<String>) -> AgentError {
 fn host_err(e: hangar_volumes::VolumeError) -> AgentError {
     match e {
         hangar_volumes::VolumeError::Invalid(m) => AgentError::InvalidArgument(m),
-        other => AgentError::Internal(other.to_string()),
+        other => AgentError::Volumes(other),
     }
 }
 
@@ -144,7 +144,10 @@ impl Agent {
             .shared
             .volumes
             .free_bytes()
-            .map_err(|e| AgentError::Internal(format!("free space: {e}")))?;
+            .map_err(|source| AgentError::Io {
+                context: "free space for volumes".into(),
+                source,
+            })?;
         if (size_gb as u64).saturating_mul(GIB) > free {
             return Err(invalid(format!(
                 "insufficient capacity: {size_gb} GB asked, this host has {} GB free",

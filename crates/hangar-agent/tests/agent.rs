@@ -374,9 +374,9 @@ async fn bad_requests_get_clear_errors() {
         .create_machine("app", new_machine(serde_json::json!({})))
         .await
         .unwrap_err();
-    assert_eq!(
-        err,
-        AgentError::InvalidArgument("config.image is required".into())
+    assert!(
+        matches!(&err, AgentError::InvalidArgument(m) if m == "config.image is required"),
+        "{err:?}"
     );
     let err = e
         .agent
@@ -439,12 +439,9 @@ async fn wait_times_out_with_fly_message() {
         )
         .await
         .unwrap_err();
-    assert_eq!(
-        err,
-        AgentError::Timeout(
-            "deadline_exceeded: machine failed to reach desired state, started, currently stopped"
-                .into()
-        )
+    assert!(
+        matches!(&err, AgentError::Timeout(m) if m == "deadline_exceeded: machine failed to reach desired state, started, currently stopped"),
+        "{err:?}"
     );
 }
 

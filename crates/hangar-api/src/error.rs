@@ -51,7 +51,8 @@ impl ApiError {
                 AgentError::Unprocessable(_) | AgentError::InsufficientCapacity(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
-                AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                e if e.is_internal() => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -67,7 +68,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
-            ApiError::Agent(AgentError::Internal(detail)) => {
+            ApiError::Agent(e) if e.is_internal() => {
+                // The whole chain of causes, in hangard's log only.
+                let mut detail = e.to_string();
+                let mut cause = std::error::Error::source(e);
+                while let Some(c) = cause {
+                    detail.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
                 tracing::error!(error = %detail, "internal error");
                 "internal error; see hangard's log".to_owned()
             }

@@ -93,6 +93,9 @@ pub struct Backend {
     pub services: Vec<Service>,
 }
 
+/// Why the platform could not start or stop a machine for the proxy.
+pub type ControlError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the proxy needs from hangard.
 #[async_trait::async_trait]
 pub trait Machines: Send + Sync + 'static {
@@ -102,9 +105,9 @@ pub trait Machines: Send + Sync + 'static {
     /// on every request: implementations should answer from a cache.
     fn backends(&self, app: &str) -> Arc<Vec<Backend>>;
     /// Starts (or resumes) a machine and returns once it is started.
-    async fn start(&self, app: &str, id: &str) -> Result<(), String>;
+    async fn start(&self, app: &str, id: &str) -> Result<(), ControlError>;
     /// Stops (or suspends) a machine.
-    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String>;
+    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), ControlError>;
     /// Apps' dedicated addresses (`ip_assignments` of type `v4`).
     fn dedicated_ips(&self) -> Vec<(String, IpAddr)>;
 }
@@ -1057,7 +1060,10 @@ impl Proxy {
             Some(_) => {
                 tracing::info!(app, machine = id, "proxy starting a machine for a request");
                 self.not_ready(id);
-                self.machines.start(app, id).await
+                self.machines
+                    .start(app, id)
+                    .await
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -1204,10 +1210,10 @@ mod tests {
         fn backends(&self, _app: &str) -> Arc<Vec<Backend>> {
             Arc::new(self.backends.lock().unwrap().clone())
         }
-        async fn start(&self, _app: &str, _id: &str) -> Result<(), String> {
+        async fn start(&self, _app: &str, _id: &str) -> Result<(), ControlError> {
             Ok(())
         }
-        async fn stop(&self, _app: &str, id: &str, suspend: bool) -> Result<(), String> {
+        async fn stop(&self, _app: &str, id: &str, suspend: bool) -> Result<(), ControlError> {
             self.stopped.lock().unwrap().push((id.to_owned(), suspend));
             for b in self.backends.lock().unwrap().iter_mut() {
                 if *b.id == *id {

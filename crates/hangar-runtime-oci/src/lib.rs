@@ -356,7 +356,7 @@ impl OciRuntime {
             let passwd = fsutil::read_in_root(&rootfs, "etc/passwd").unwrap_or_default();
             let group = fsutil::read_in_root(&rootfs, "etc/group").unwrap_or_default();
             let who = user::resolve(&spec.process.user, &passwd, &group)
-                .map_err(RuntimeError::InvalidSpec)?;
+                .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
             let hosts = dir.join("etc/hosts");
             let hostname = dir.join("etc/hostname");
             std::fs::write(&hosts, hosts_file(spec)).map_err(err("write /etc/hosts"))?;

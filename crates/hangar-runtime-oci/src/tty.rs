@@ -77,14 +77,22 @@ pub(crate) async fn run(
             Err(_) => return Err(failed("exec", id, "the runtime did not hand over a terminal")),
         },
         status = child.wait() => {
-            let mut msg = String::new();
-            let _ = stderr.read_to_string(&mut msg).await;
-            let _ = status;
-            return Err(RuntimeError::InvalidSpec(format!(
-                "cannot run {:?}: {}",
-                req.argv[0],
-                msg.trim()
-            )));
+            // The runtime may hand the terminal over and then fail (the
+            // command does not exist): the terminal then carries the error,
+            // as a shell would show it.
+            match tokio::time::timeout(Duration::from_millis(200), listener.accept()).await {
+                Ok(Ok((stream, _))) => stream,
+                _ => {
+                    let mut msg = String::new();
+                    let _ = stderr.read_to_string(&mut msg).await;
+                    let _ = status;
+                    return Err(RuntimeError::InvalidSpec(format!(
+                        "cannot run {:?}: {}",
+                        req.argv[0],
+                        msg.trim()
+                    )));
+                }
+            }
         }
     };
     let master = loop {

@@ -48,9 +48,20 @@ fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
     })
 }
 
+/// A user or group the image does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// No such user in the image's `/etc/passwd`.
+    #[error("unable to find user {0}: no matching entries in the image's /etc/passwd")]
+    NoUser(String),
+    /// No such group in the image's `/etc/group`.
+    #[error("unable to find group {0}: no matching entries in the image's /etc/group")]
+    NoGroup(String),
+}
+
 /// Resolves `spec` with the image's passwd and group files (empty when the
 /// image has none).
-pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String> {
+pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserError> {
     let spec = spec.trim();
     let (user, grp) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -66,11 +77,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String
     } else {
         let e = passwd_entries(passwd)
             .find(|e| e.name == user)
-            .ok_or_else(|| {
-                format!(
-                    "unable to find user {user}: no matching entries in the image's /etc/passwd"
-                )
-            })?;
+            .ok_or_else(|| UserError::NoUser(user.to_owned()))?;
         (e.uid, e.gid, Some(user.to_owned()))
     };
     if let Some(g) = grp.filter(|g| !g.is_empty()) {
@@ -79,11 +86,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, String
             Err(_) => group_entries(group)
                 .find(|(n, _, _)| *n == g)
                 .map(|(_, id, _)| id)
-                .ok_or_else(|| {
-                    format!(
-                        "unable to find group {g}: no matching entries in the image's /etc/group"
-                    )
-                })?,
+                .ok_or_else(|| UserError::NoGroup(g.to_owned()))?,
         };
     }
     // As initgroups(3) does: the primary group, then every group listing
@@ -141,6 +144,7 @@ mod tests {
         assert!(
             resolve("alice", PASSWD, GROUP)
                 .unwrap_err()
+                .to_string()
                 .contains("alice")
         );
         assert!(resolve("bob:nogroup", PASSWD, GROUP).is_err());

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hangar_agent::{Agent, DEFAULT_ORG, WaitFor};
 use hangar_core::MachineState;
-use hangar_proxy::{Backend, State};
+use hangar_proxy::{Backend, ControlError, State};
 
 /// [`hangar_proxy::Machines`] over the agent.
 pub struct AgentMachines {
@@ -104,11 +104,8 @@ impl hangar_proxy::Machines for AgentMachines {
             .collect()
     }
 
-    async fn start(&self, app: &str, id: &str) -> Result<(), String> {
-        self.agent
-            .start_machine(app, id, None)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn start(&self, app: &str, id: &str) -> Result<(), ControlError> {
+        self.agent.start_machine(app, id, None).await?;
         self.agent
             .wait_machine(
                 app,
@@ -116,17 +113,17 @@ impl hangar_proxy::Machines for AgentMachines {
                 &[WaitFor::State(MachineState::Started)],
                 Duration::from_secs(60),
             )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .await?;
+        Ok(())
     }
 
-    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), String> {
+    async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), ControlError> {
         let r = if suspend {
             self.agent.suspend_machine(app, id, None).await
         } else {
             self.agent.stop_machine(app, id, None, None, None).await
         };
-        r.map(drop).map_err(|e| e.to_string())
+        r?;
+        Ok(())
     }
 }

@@ -75,11 +75,11 @@ impl Drop for Conn<'_> {
 }
 
 pub(crate) fn db(e: rusqlite::Error) -> AgentError {
-    AgentError::Internal(format!("database: {e}"))
+    AgentError::Database(e)
 }
 
 pub(crate) fn json_err(e: serde_json::Error) -> AgentError {
-    AgentError::Internal(format!("stored JSON: {e}"))
+    AgentError::StoredJson(e)
 }
 
 /// Current time, RFC 3339 to the second, as Fly formats it.
