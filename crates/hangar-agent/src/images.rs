@@ -67,6 +67,7 @@ impl ImageSource for hangar_image::ImageStore {
 /// An in-memory [`ImageSource`] for tests: every reference resolves to a
 /// one-layer-less image running `/bin/sh`, except references containing
 /// `missing`, which fail as an unknown image would.
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake {
     use super::*;
 

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 
 use std::path::PathBuf;
