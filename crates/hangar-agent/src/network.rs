@@ -162,6 +162,7 @@ impl NetPlan {
             net,
             block,
             bridge: gw.bridge(),
+            gateway4: gw.ipv4(),
             gateway6: gw.ipv6(),
         }
     }
@@ -197,8 +198,23 @@ pub struct Block {
     pub block: u8,
     /// Its bridge.
     pub bridge: String,
+    /// Its IPv4 gateway.
+    pub gateway4: Ipv4Addr,
     /// Its IPv6 gateway (where the internal DNS server answers).
     pub gateway6: Ipv6Addr,
+}
+
+impl Block {
+    /// The block's bridge as the host makes it.
+    pub fn bridge(&self) -> hangar_net::Bridge {
+        hangar_net::Bridge {
+            name: self.bridge.clone(),
+            gateway4: self.gateway4,
+            prefix4: 24,
+            gateway6: self.gateway6,
+            prefix6: 112,
+        }
+    }
 }
 
 /// A machine's addresses on its network.

@@ -505,7 +505,11 @@ impl Runner {
             Effect::StartWorkload => {
                 let spec = match self.workload_spec() {
                     Ok(s) => s,
-                    Err(e) => return Some(Input::WorkloadStartFailed(error_chain(&e))),
+                    Err(e) => {
+                        return Some(Input::WorkloadStartFailed(
+                            hangar_core::errors::error_chain(&e),
+                        ));
+                    }
                 };
                 match rt.start(&spec).await {
                     Ok(()) => {
@@ -655,17 +659,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// An error and its causes, as one message for an event.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    s
 }
 
 /// An exit's time as events record it (RFC 3339, milliseconds).

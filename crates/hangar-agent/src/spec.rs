@@ -3,7 +3,6 @@
 //! and the derived policy, resources and process overrides.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use hangar_api_types::{MachineConfig, MachineGuest, MachineInit};
 use hangar_core::machine::{
@@ -439,34 +438,6 @@ impl Reserved<'_> {
     }
 }
 
-/// A stop request's timeout, from Fly's encodings: a Go duration string
-/// (`"10s"`), integer nanoseconds (fly-go's Duration), or a bare number of
-/// seconds as a string (`"10"`).
-pub fn parse_timeout(v: &serde_json::Value) -> Result<Duration, AgentError> {
-    let d = match v {
-        serde_json::Value::String(s) => hangar_core::GoDuration::parse(s)
-            .map_err(|e| invalid(format!("invalid timeout: {e}")))?
-            .get(),
-        serde_json::Value::Number(n) => match n.as_u64() {
-            Some(ns) => Duration::from_nanos(ns),
-            None => return Err(invalid(format!("invalid timeout {n}"))),
-        },
-        other => return Err(invalid(format!("invalid timeout {other}"))),
-    };
-    if d > MAX_STOP_TIMEOUT {
-        return Err(invalid(format!(
-            "timeout {} is longer than the maximum of 5m0s",
-            hangar_core::GoDuration(d)
-        )));
-    }
-    Ok(d)
-}
-
-/// A signal from a request: a name or a number.
-pub fn parse_signal(v: &serde_json::Value) -> Result<Signal, AgentError> {
-    serde_json::from_value::<Signal>(v.clone()).map_err(|_| invalid(format!("invalid signal {v}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,28 +625,8 @@ mod tests {
         assert_eq!(p.restart, RestartPolicy::Always);
         assert!(p.auto_destroy);
         assert_eq!(p.stop_signal, Signal::Term);
-        assert_eq!(p.stop_timeout, Duration::from_secs(30));
+        assert_eq!(p.stop_timeout, std::time::Duration::from_secs(30));
         let p = policy(&cfg(serde_json::json!({"image": "x"})));
         assert_eq!((p.restart, p.max_retries), (RestartPolicy::OnFailure, 10));
-    }
-
-    #[test]
-    fn parses_timeouts_and_signals() {
-        assert_eq!(
-            parse_timeout(&serde_json::json!("10s")).unwrap(),
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            parse_timeout(&serde_json::json!(2_000_000_000u64)).unwrap(),
-            Duration::from_secs(2)
-        );
-        assert!(parse_timeout(&serde_json::json!("-1s")).is_err());
-        assert!(parse_timeout(&serde_json::json!("1h")).is_err());
-        assert_eq!(parse_signal(&serde_json::json!(9)).unwrap(), Signal::Kill);
-        assert_eq!(
-            parse_signal(&serde_json::json!("SIGTERM")).unwrap(),
-            Signal::Term
-        );
-        assert!(parse_signal(&serde_json::json!("SIGFOO")).is_err());
     }
 }

@@ -70,12 +70,7 @@ impl IntoResponse for ApiError {
         let message = match &self {
             ApiError::Agent(e) if e.is_internal() => {
                 // The whole chain of causes, in hangard's log only.
-                let mut detail = e.to_string();
-                let mut cause = std::error::Error::source(e);
-                while let Some(c) = cause {
-                    detail.push_str(&format!(": {c}"));
-                    cause = c.source();
-                }
+                let detail = hangar_core::errors::error_chain(e);
                 tracing::error!(error = %detail, "internal error");
                 "internal error; see hangard's log".to_owned()
             }

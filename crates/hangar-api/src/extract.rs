@@ -6,6 +6,11 @@ use axum::extract::FromRequest;
 use axum::http::Request;
 use serde::de::DeserializeOwned;
 
+use std::time::Duration;
+
+use hangar_core::Signal;
+use hangar_core::machine::MAX_STOP_TIMEOUT;
+
 use crate::error::ApiError;
 
 /// The most bytes a JSON body may have (axum's default limit).
@@ -127,5 +132,113 @@ mod tests {
             p.prefixed("metadata.").collect::<Vec<_>>(),
             vec![("role", "web")]
         );
+    }
+}
+
+/// A JSON value a client sent, unless it is absent, null or `""`.
+pub fn present(v: &Option<serde_json::Value>) -> Option<&serde_json::Value> {
+    v.as_ref()
+        .filter(|v| !v.is_null() && v.as_str() != Some(""))
+}
+
+/// A stop, restart or signal request's signal and timeout, from the body
+/// (JSON values) or the query string (text), the body winning.
+pub fn stop_options(
+    body_signal: &Option<serde_json::Value>,
+    body_timeout: &Option<serde_json::Value>,
+    query: &Params,
+) -> Result<(Option<Signal>, Option<Duration>), ApiError> {
+    let text = |k: &str| {
+        query
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| serde_json::Value::String(v.into()))
+    };
+    let signal = match present(body_signal).cloned().or_else(|| text("signal")) {
+        Some(v) => Some(parse_signal(&v)?),
+        None => None,
+    };
+    let timeout = match present(body_timeout).cloned().or_else(|| text("timeout")) {
+        Some(v) => Some(parse_timeout(&v)?),
+        None => None,
+    };
+    Ok((signal, timeout))
+}
+
+/// A stop request's timeout, from Fly's encodings: a Go duration string
+/// (`"10s"`), integer nanoseconds (fly-go's Duration), or a bare number of
+/// seconds as a string (`"10"`).
+pub fn parse_timeout(v: &serde_json::Value) -> Result<Duration, ApiError> {
+    let d = match v {
+        serde_json::Value::String(s) => hangar_core::GoDuration::parse(s)
+            .map_err(|e| invalid(format!("invalid timeout: {e}")))?
+            .get(),
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(ns) => Duration::from_nanos(ns),
+            None => return Err(invalid(format!("invalid timeout {n}"))),
+        },
+        other => return Err(invalid(format!("invalid timeout {other}"))),
+    };
+    if d > MAX_STOP_TIMEOUT {
+        return Err(invalid(format!(
+            "timeout {} is longer than the maximum of 5m0s",
+            hangar_core::GoDuration(d)
+        )));
+    }
+    Ok(d)
+}
+
+/// A signal from a request: a name or a number.
+pub fn parse_signal(v: &serde_json::Value) -> Result<Signal, ApiError> {
+    serde_json::from_value::<Signal>(v.clone()).map_err(|_| invalid(format!("invalid signal {v}")))
+}
+
+fn invalid(m: String) -> ApiError {
+    ApiError::BadRequest(m)
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn parses_timeouts_and_signals() {
+        assert_eq!(
+            parse_timeout(&serde_json::json!("10s")).unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            parse_timeout(&serde_json::json!(2_000_000_000u64)).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert!(parse_timeout(&serde_json::json!("-1s")).is_err());
+        assert!(parse_timeout(&serde_json::json!("1h")).is_err());
+        assert_eq!(parse_signal(&serde_json::json!(9)).unwrap(), Signal::Kill);
+        assert_eq!(
+            parse_signal(&serde_json::json!("SIGTERM")).unwrap(),
+            Signal::Term
+        );
+        assert!(parse_signal(&serde_json::json!("SIGFOO")).is_err());
+    }
+
+    #[test]
+    fn stop_options_come_from_the_body_or_the_query() {
+        let q = Params::parse(Some("signal=SIGTERM&timeout=3s"));
+        let none = Params::parse(None);
+        assert_eq!(
+            stop_options(&None, &None, &q).unwrap(),
+            (Some(Signal::Term), Some(Duration::from_secs(3)))
+        );
+        assert_eq!(
+            stop_options(
+                &Some(serde_json::json!(9)),
+                &Some(serde_json::json!("")),
+                &q
+            )
+            .unwrap(),
+            (Some(Signal::Kill), Some(Duration::from_secs(3)))
+        );
+        assert_eq!(stop_options(&None, &None, &none).unwrap(), (None, None));
+        assert!(stop_options(&Some(serde_json::json!("SIGNOPE")), &None, &none).is_err());
     }
 }

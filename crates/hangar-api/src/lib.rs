@@ -95,17 +95,11 @@ impl Auth {
         header: Option<&HeaderValue>,
         agent: &Agent,
     ) -> Result<Principal, ApiError> {
-        if self.check(header).is_ok() {
+        let tokens = tokens(header)?;
+        if tokens.iter().any(|t| self.is_admin(t)) {
             return Ok(Principal::Admin);
         }
-        self.check_scheme(header)?;
-        let value = header.and_then(|h| h.to_str().ok()).unwrap_or_default();
-        let tokens = value
-            .trim()
-            .split_once(' ')
-            .map(|(_, t)| t)
-            .unwrap_or_default();
-        for t in tokens.split(',').map(str::trim) {
+        for t in tokens {
             if let Some(row) = agent.app_token(t)? {
                 return Ok(Principal::App {
                     app: row.app,
@@ -114,54 +108,44 @@ impl Auth {
                 });
             }
         }
-        Err(ApiError::Unauthorized(
-            "Authenticate: token validation error".into(),
-        ))
-    }
-
-    fn check_scheme(&self, header: Option<&HeaderValue>) -> Result<(), ApiError> {
-        let value = header.and_then(|h| h.to_str().ok()).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "Authenticate: missing Authorization header (use \"Bearer <token>\")".into(),
-            )
-        })?;
-        let (scheme, _) = value.trim().split_once(' ').ok_or_else(|| {
-            ApiError::Unauthorized("Authenticate: malformed Authorization header".into())
-        })?;
-        if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("flyv1") {
-            return Err(ApiError::Unauthorized(format!(
-                "Authenticate: unsupported scheme {scheme:?} (use Bearer or FlyV1)"
-            )));
-        }
-        Ok(())
+        Err(rejected())
     }
 
     /// Checks an `Authorization` header value against the admin token.
     pub fn check(&self, header: Option<&HeaderValue>) -> Result<(), ApiError> {
-        let value = header.and_then(|h| h.to_str().ok()).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "Authenticate: missing Authorization header (use \"Bearer <token>\")".into(),
-            )
-        })?;
-        let (scheme, tokens) = value.trim().split_once(' ').ok_or_else(|| {
-            ApiError::Unauthorized("Authenticate: malformed Authorization header".into())
-        })?;
-        if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("flyv1") {
-            return Err(ApiError::Unauthorized(format!(
-                "Authenticate: unsupported scheme {scheme:?} (use Bearer or FlyV1)"
-            )));
-        }
-        if tokens
-            .split(',')
-            .any(|t| constant_time_eq(t.trim().as_bytes(), self.admin_token.as_bytes()))
-        {
+        if tokens(header)?.iter().any(|t| self.is_admin(t)) {
             Ok(())
         } else {
-            Err(ApiError::Unauthorized(
-                "Authenticate: token validation error".into(),
-            ))
+            Err(rejected())
         }
     }
+
+    fn is_admin(&self, token: &str) -> bool {
+        constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
+    }
+}
+
+fn rejected() -> ApiError {
+    ApiError::Unauthorized("Authenticate: token validation error".into())
+}
+
+/// The tokens of an `Authorization` header: `Bearer` or Fly's `FlyV1`
+/// scheme, several comma-separated as fly-go sends them.
+fn tokens(header: Option<&HeaderValue>) -> Result<Vec<&str>, ApiError> {
+    let value = header.and_then(|h| h.to_str().ok()).ok_or_else(|| {
+        ApiError::Unauthorized(
+            "Authenticate: missing Authorization header (use \"Bearer <token>\")".into(),
+        )
+    })?;
+    let (scheme, tokens) = value.trim().split_once(' ').ok_or_else(|| {
+        ApiError::Unauthorized("Authenticate: malformed Authorization header".into())
+    })?;
+    if !scheme.eq_ignore_ascii_case("bearer") && !scheme.eq_ignore_ascii_case("flyv1") {
+        return Err(ApiError::Unauthorized(format!(
+            "Authenticate: unsupported scheme {scheme:?} (use Bearer or FlyV1)"
+        )));
+    }
+    Ok(tokens.split(',').map(str::trim).collect())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

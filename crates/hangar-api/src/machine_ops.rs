@@ -16,11 +16,10 @@ use hangar_api_types::{
     UpdateMetadataRequest, UpsertMetadataKeyRequest,
 };
 use hangar_core::Signal;
-use serde_json::Value;
 
 // Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Params};
+use crate::extract::{Body, Params, parse_signal, present, stop_options};
 use crate::{ApiState, Principal, views};
 #[allow(unused_imports)]
 use hangar_api_types::*;
@@ -32,11 +31,6 @@ pub(crate) fn nonce(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
-}
-
-fn present(v: &Option<Value>) -> Option<&Value> {
-    v.as_ref()
-        .filter(|v| !v.is_null() && v.as_str() != Some(""))
 }
 
 /// `POST /v1/apps/{app}/machines/{id}`: full config replacement.
@@ -102,22 +96,7 @@ pub async fn restart(
     Body(body): Body<RestartRequest>,
 ) -> ApiResult<Json<OkResponse>> {
     let p = Params::parse(q.as_deref());
-    let signal = match (
-        present(&body.signal),
-        p.get("signal").filter(|v| !v.is_empty()),
-    ) {
-        (Some(v), _) => Some(hangar_agent::spec::parse_signal(v)?),
-        (None, Some(v)) => Some(hangar_agent::spec::parse_signal(&Value::String(v.into()))?),
-        (None, None) => None,
-    };
-    let timeout = match (
-        present(&body.timeout),
-        p.get("timeout").filter(|v| !v.is_empty()),
-    ) {
-        (Some(v), _) => Some(hangar_agent::spec::parse_timeout(v)?),
-        (None, Some(v)) => Some(hangar_agent::spec::parse_timeout(&Value::String(v.into()))?),
-        (None, None) => None,
-    };
+    let (signal, timeout) = stop_options(&body.signal, &body.timeout, &p)?;
     let force = body.force_stop.unwrap_or(false) || p.bool("force_stop")?;
     let signal = if force { Some(Signal::Kill) } else { signal };
     s.agent
@@ -135,7 +114,7 @@ pub async fn signal(
 ) -> ApiResult<Json<OkResponse>> {
     let v =
         present(&req.signal).ok_or_else(|| ApiError::BadRequest("signal is required".into()))?;
-    let sig = hangar_agent::spec::parse_signal(v)?;
+    let sig = parse_signal(v)?;
     s.agent.signal_machine(&app, &id, sig).await?;
     Ok(Json(OkResponse { ok: true }))
 }

@@ -15,7 +15,7 @@ use hangar_core::MachineState;
 
 // Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Params};
+use crate::extract::{Body, Params, stop_options};
 use crate::machine_ops::nonce;
 use crate::{ApiState, Principal, views};
 #[allow(unused_imports)]
@@ -156,18 +156,7 @@ pub async fn stop(
     headers: HeaderMap,
     Body(req): Body<StopRequest>,
 ) -> ApiResult<Json<OkResponse>> {
-    let signal = req
-        .signal
-        .as_ref()
-        .filter(|v| !v.is_null() && v.as_str() != Some(""))
-        .map(hangar_agent::spec::parse_signal)
-        .transpose()?;
-    let timeout = req
-        .timeout
-        .as_ref()
-        .filter(|v| !v.is_null() && v.as_str() != Some(""))
-        .map(hangar_agent::spec::parse_timeout)
-        .transpose()?;
+    let (signal, timeout) = stop_options(&req.signal, &req.timeout, &Params::default())?;
     s.agent
         .stop_machine(&app, &id, signal, timeout, nonce(&headers).as_deref())
         .await?;

@@ -142,7 +142,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let resp = rb.send().await.map_err(|e| ClientError::Transport {
             url: self.base.clone(),
-            reason: error_chain(&e),
+            reason: hangar_core::errors::error_chain(&e),
         })?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Transport {
@@ -693,7 +693,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Transport {
                 url: self.base.clone(),
-                reason: error_chain(&e),
+                reason: hangar_core::errors::error_chain(&e),
             })?;
         let status = resp.status();
         if !status.is_success() {
@@ -792,20 +792,6 @@ pub struct LogsQuery {
     pub tail: Option<usize>,
     /// Keep streaming new lines.
     pub follow: bool,
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// A command to run with a terminal ([`Client::exec_tty`]).

@@ -10,6 +10,7 @@
 
 pub mod checks;
 pub mod duration;
+pub mod errors;
 pub mod exit;
 pub mod guest_path;
 pub mod ids;

@@ -802,7 +802,7 @@ impl Inner {
             },
             OciDistributionError::RequestError(e) => ImageError::Unreachable {
                 registry,
-                reason: error_chain(&e),
+                reason: hangar_core::errors::error_chain(&e),
             },
             OciDistributionError::DigestError(e) => ImageError::DigestMismatch {
                 reference,
@@ -984,21 +984,6 @@ impl Inner {
             }),
         }
     }
-}
-
-/// An error and its sources, joined (reqwest hides the useful part in them).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

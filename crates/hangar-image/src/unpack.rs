@@ -190,7 +190,7 @@ fn unpack_into(blob: &Path, diff_id: &str, root: &Path) -> Result<(), ImageError
                 layer_err(format!(
                     "unpacking {}: {}",
                     rel.display(),
-                    crate::error_chain(&e)
+                    hangar_core::errors::error_chain(&e)
                 ))
             })?;
         }

@@ -9,6 +9,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+pub use hangar_volumes::is_mounted;
+
 #[repr(C)]
 struct OpenHow {
     flags: u64,
@@ -198,17 +200,6 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Whether `path` is a mount point (per /proc/self/mountinfo).
-pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.display().to_string();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp == want)
 }
 
 #[cfg(test)]

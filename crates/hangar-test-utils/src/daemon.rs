@@ -45,6 +45,25 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
 pub fn next_network_range() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Third octets already on this host's interfaces (daemons of other test
+    // processes running beside this one).
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let taken: Vec<u32> = out
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("10.231."))
+        .filter_map(|rest| rest.split('.').next()?.parse().ok())
+        .collect();
+    for _ in 0..63 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 7;
+        let first = (n % 63 + 1) * 4;
+        if !(first..first + 4).any(|o| taken.contains(&o)) {
+            return format!("10.231.{first}.0/22");
+        }
+    }
     let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() * 7;
     format!("10.231.{}.0/22", (n % 63 + 1) * 4)
 }

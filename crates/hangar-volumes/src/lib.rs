@@ -143,7 +143,8 @@ async fn run(tool: &str, args: &[&str]) -> Result<String, VolumeError> {
 }
 
 /// Whether `path` is a mount point.
-fn is_mounted(path: &Path) -> bool {
+/// Whether something is mounted at `path` (this process's mount table).
+pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };

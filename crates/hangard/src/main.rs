@@ -300,6 +300,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         let firewall = firewall.clone();
         agent.on_network(Arc::new(move |block| {
+            // The bridge at once, not at the block's first start: its
+            // address tells other installations the /24 is taken.
+            if let Err(e) = hangar_net::ensure_bridge(&block.bridge()) {
+                tracing::warn!(bridge = %block.bridge, error = %e, "cannot make a block's bridge");
+            }
             if let Some(server) = &dns {
                 let gw = std::net::IpAddr::V6(block.gateway6);
                 if let Err(e) = server.listen(gw) {

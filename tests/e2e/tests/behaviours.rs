@@ -4,36 +4,22 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
+use hangar_api_types::MachineExecRequest;
 use hangar_client::{Client, LogsQuery};
+use hangar_e2e::request;
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::{ImageBuilder, Layer};
 use hangar_test_utils::registry::Registry;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const APP: &str = "beh";
 
 async fn setup(image: ImageBuilder) -> (Registry, Daemon, Client, String) {
-    let reg = Registry::start().await;
-    reg.push("test/beh", "v1", &image.build()).await;
-    let d = Daemon::with_registry(&reg.addr).await;
-    let c = d.client();
-    c.create_app(APP).await.unwrap();
-    let image = format!("{}/test/beh:v1", reg.addr);
-    (reg, d, c, image)
-}
-
-fn request(config: Value) -> CreateMachineRequest {
-    CreateMachineRequest {
-        config: Some(serde_json::from_value::<MachineConfig>(config).unwrap()),
-        ..CreateMachineRequest::default()
-    }
+    hangar_e2e::setup(APP, image).await
 }
 
 async fn wait(c: &Client, id: &str, state: &str) {
-    c.wait_machine(APP, id, &[state], Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("machine {id} did not reach {state}: {e}"));
+    hangar_e2e::wait(c, APP, id, state).await
 }
 
 async fn sh(c: &Client, id: &str, script: &str) -> String {

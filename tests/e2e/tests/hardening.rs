@@ -6,35 +6,15 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use hangar_api_types::{CreateMachineRequest, MachineConfig};
 use hangar_client::Client;
+use hangar_e2e::{request, wait};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
-use serde_json::{Value, json};
+use serde_json::json;
 
 async fn setup(app: &str) -> (Registry, Daemon, Client, String) {
-    let reg = Registry::start().await;
-    reg.push("test/bb", "v1", &ImageBuilder::busybox().build())
-        .await;
-    let d = Daemon::with_registry(&reg.addr).await;
-    let c = d.client();
-    c.create_app(app).await.unwrap();
-    let image = format!("{}/test/bb:v1", reg.addr);
-    (reg, d, c, image)
-}
-
-fn request(config: Value) -> CreateMachineRequest {
-    CreateMachineRequest {
-        config: Some(serde_json::from_value::<MachineConfig>(config).unwrap()),
-        ..CreateMachineRequest::default()
-    }
-}
-
-async fn wait(c: &Client, app: &str, id: &str, state: &str) {
-    c.wait_machine(app, id, &[state], Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("machine {id} did not reach {state}: {e}"));
+    hangar_e2e::setup(app, ImageBuilder::busybox()).await
 }
 
 /// A number from the clock, for spreading kills over a window.

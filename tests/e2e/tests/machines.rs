@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use hangar_api_types::{CreateMachineRequest, MachineConfig};
 use hangar_client::Client;
+use hangar_e2e::request;
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::{ImageBuilder, Layer};
 use hangar_test_utils::registry::Registry;
@@ -31,21 +31,12 @@ async fn setup() -> (Registry, Daemon, Client, String) {
     (reg, d, c, image)
 }
 
-fn request(config: Value) -> CreateMachineRequest {
-    CreateMachineRequest {
-        config: Some(serde_json::from_value::<MachineConfig>(config).unwrap()),
-        ..CreateMachineRequest::default()
-    }
+async fn wait(c: &Client, id: &str, state: &str) {
+    hangar_e2e::wait(c, "e2e", id, state).await
 }
 
 async fn create(c: &Client, config: Value) -> String {
     c.create_machine("e2e", &request(config)).await.unwrap().id
-}
-
-async fn wait(c: &Client, id: &str, state: &str) {
-    c.wait_machine("e2e", id, &[state], Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("machine {id} did not reach {state}: {e}"));
 }
 
 async fn last_exit(c: &Client, id: &str) -> Value {

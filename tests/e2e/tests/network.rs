@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use hangar_api_types::{CreateAppRequest, CreateMachineRequest, MachineConfig, MachineExecRequest};
+use hangar_api_types::{CreateAppRequest, CreateMachineRequest, MachineConfig};
 use hangar_client::Client;
+use hangar_e2e::sh;
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
@@ -36,22 +37,6 @@ async fn machine(c: &Client, app: &str, image: &str, name: &str, cmd: &str) -> (
         .await
         .unwrap();
     (m.id, m.private_ip)
-}
-
-async fn sh(c: &Client, app: &str, id: &str, cmd: &str) -> (i32, String) {
-    let r = c
-        .exec(
-            app,
-            id,
-            &MachineExecRequest {
-                command: Some(vec!["/bin/sh".into(), "-c".into(), cmd.into()]),
-                timeout: Some(20),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    (r.exit_code, format!("{}{}", r.stdout, r.stderr))
 }
 
 /// A shell command that GETs `/` from port 8080 of `addr` (busybox's
