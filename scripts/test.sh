@@ -23,4 +23,4 @@ install_packages "${packages[@]}"
 echo "==> building"
 cargo build --workspace --bins --quiet
 echo "==> testing"
-cargo test --workspace --no-fail-fast "$@"
+HANGAR_HOST_TESTS=1 cargo test --workspace --no-fail-fast "$@"

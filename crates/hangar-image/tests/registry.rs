@@ -20,6 +20,12 @@ fn store(dir: &Path, reg: &Registry) -> ImageStore {
 
 #[tokio::test]
 async fn pulls_by_tag_then_resolves_by_digest_offline() {
+    if !hangar_test_utils::host_tier(
+        "pulls_by_tag_then_resolves_by_digest_offline",
+        &["docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     let img = ImageBuilder::busybox()
         .layer(
@@ -70,6 +76,9 @@ async fn pulls_by_tag_then_resolves_by_digest_offline() {
 
 #[tokio::test]
 async fn zstd_and_plain_layers() {
+    if !hangar_test_utils::host_tier("zstd_and_plain_layers", &["docker-registry"]) {
+        return;
+    }
     let reg = Registry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), &reg);
@@ -92,6 +101,9 @@ async fn zstd_and_plain_layers() {
 
 #[tokio::test]
 async fn multi_arch_index_picks_linux_amd64() {
+    if !hangar_test_utils::host_tier("multi_arch_index_picks_linux_amd64", &["docker-registry"]) {
+        return;
+    }
     let reg = Registry::start().await;
     let amd = ImageBuilder::busybox()
         .layer(Layer::new().file("arch", b"amd64", 0o644))
@@ -127,6 +139,9 @@ async fn multi_arch_index_picks_linux_amd64() {
 
 #[tokio::test]
 async fn concurrent_resolves_share_one_pull() {
+    if !hangar_test_utils::host_tier("concurrent_resolves_share_one_pull", &["docker-registry"]) {
+        return;
+    }
     let reg = Registry::start().await;
     let img = ImageBuilder::busybox().build();
     reg.push("test/once", "v1", &img).await;
@@ -142,6 +157,9 @@ async fn concurrent_resolves_share_one_pull() {
 
 #[tokio::test]
 async fn failures_are_clear() {
+    if !hangar_test_utils::host_tier("failures_are_clear", &["docker-registry"]) {
+        return;
+    }
     let reg = Registry::start().await;
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path(), &reg);
@@ -173,6 +191,9 @@ async fn failures_are_clear() {
 
 #[tokio::test]
 async fn basic_auth() {
+    if !hangar_test_utils::host_tier("basic_auth", &["docker-registry"]) {
+        return;
+    }
     let reg = Registry::start_with_auth("hangar", "s3cret").await;
     let img = ImageBuilder::busybox().build();
     reg.push("private/app", "v1", &img).await;
@@ -198,6 +219,9 @@ async fn basic_auth() {
 
 #[tokio::test]
 async fn imports_oci_and_docker_archives() {
+    if !hangar_test_utils::host_tier("imports_oci_and_docker_archives", &["docker-registry"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let s = ImageStore::open(dir.path().join("images"), StoreOptions::default()).unwrap();
     let img = ImageBuilder::busybox()

@@ -55,6 +55,12 @@ fn block(net: u16, block: u8, n: u8, tag: &str) -> (Bridge, Link) {
 
 #[test]
 fn firewall_rules_are_valid_nftables() {
+    if !hangar_test_utils::host_tier(
+        "firewall_rules_are_valid_nftables",
+        &["ip", "nft", "iptables"],
+    ) {
+        return;
+    }
     for nat in [false, true] {
         let out = Command::new("nft")
             .args(["-c", "-f", "-"])
@@ -99,6 +105,12 @@ fn in_ns(ns: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn a_namespace_is_wired_to_its_bridge_idempotently() {
+    if !hangar_test_utils::host_tier(
+        "a_namespace_is_wired_to_its_bridge_idempotently",
+        &["ip", "nft", "iptables"],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let ns = dir.path().join("ns");
     pinned_netns(&ns);
@@ -174,6 +186,9 @@ fn seen_from(ns: &std::path::Path, to: &str) -> Result<String, String> {
 /// nothing when run any other way.
 #[test]
 fn nat_inside_a_host_of_its_own() {
+    if !hangar_test_utils::host_tier("nat_inside_a_host_of_its_own", &["ip", "nft", "iptables"]) {
+        return;
+    }
     use std::io::Write;
     let Some(dir) = std::env::var_os("HANGAR_NAT_TEST_DIR") else {
         return;
@@ -310,6 +325,12 @@ fn nat_inside_a_host_of_its_own() {
 
 #[test]
 fn outbound_nat_masquerades_ipv4_and_ipv6() {
+    if !hangar_test_utils::host_tier(
+        "outbound_nat_masquerades_ipv4_and_ipv6",
+        &["ip", "nft", "iptables"],
+    ) {
+        return;
+    }
     if std::env::var_os("HANGAR_NAT_TEST_DIR").is_some() {
         return;
     }
@@ -339,6 +360,12 @@ fn outbound_nat_masquerades_ipv4_and_ipv6() {
 /// bridges in the range (with the range's gateway address), nothing else.
 #[test]
 fn legacy_bridges_of_the_range_are_removed() {
+    if !hangar_test_utils::host_tier(
+        "legacy_bridges_of_the_range_are_removed",
+        &["ip", "nft", "iptables"],
+    ) {
+        return;
+    }
     run(&["ip", "link", "add", "hangar249", "type", "bridge"]);
     run(&["ip", "addr", "add", "10.231.249.1/24", "dev", "hangar249"]);
     run(&["ip", "link", "add", "hangar248", "type", "bridge"]);

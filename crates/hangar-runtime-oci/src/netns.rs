@@ -104,6 +104,9 @@ mod tests {
 
     #[test]
     fn pins_and_removes_a_namespace() {
+        if !hangar_test_utils::host_tier("pins_and_removes_a_namespace", &[]) {
+            return;
+        }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("netns");
         ensure(&p).unwrap();

@@ -124,6 +124,9 @@ async fn wait(rt: &OciRuntime, id: &MachineId) -> hangar_core::ExitInfo {
 
 #[tokio::test]
 async fn runs_captures_output_and_reports_exit_code() {
+    if !hangar_test_utils::host_tier("runs_captures_output_and_reports_exit_code", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let s = spec(
@@ -154,6 +157,9 @@ async fn runs_captures_output_and_reports_exit_code() {
 
 #[tokio::test]
 async fn main_process_on_a_terminal() {
+    if !hangar_test_utils::host_tier("main_process_on_a_terminal", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let mut s = spec(
@@ -198,6 +204,9 @@ fn tree_contains(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
 
 #[tokio::test]
 async fn secrets_reach_the_process_but_not_the_disk() {
+    if !hangar_test_utils::host_tier("secrets_reach_the_process_but_not_the_disk", &["crun"]) {
+        return;
+    }
     use hangar_runtime::{GuestFile, SecretEnv};
     let env = env().await;
     let rt = runtime(env.dir.path());
@@ -256,6 +265,9 @@ async fn secrets_reach_the_process_but_not_the_disk() {
 
 #[tokio::test]
 async fn signals_reach_the_main_process_and_kill_works() {
+    if !hangar_test_utils::host_tier("signals_reach_the_main_process_and_kill_works", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let s = spec(
@@ -289,6 +301,9 @@ async fn signals_reach_the_main_process_and_kill_works() {
 
 #[tokio::test]
 async fn memory_limit_kills_with_oom() {
+    if !hangar_test_utils::host_tier("memory_limit_kills_with_oom", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let mut s = spec(
@@ -305,6 +320,9 @@ async fn memory_limit_kills_with_oom() {
 
 #[tokio::test]
 async fn runs_as_the_image_user_and_resets_the_rootfs() {
+    if !hangar_test_utils::host_tier("runs_as_the_image_user_and_resets_the_rootfs", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let mut s = spec(&env, "id; touch /tmp/was-here; ls /tmp");
@@ -351,6 +369,9 @@ async fn runs_as_the_image_user_and_resets_the_rootfs() {
 
 #[tokio::test]
 async fn missing_executable_exits_127() {
+    if !hangar_test_utils::host_tier("missing_executable_exits_127", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let mut s = spec(&env, "");
@@ -364,6 +385,12 @@ async fn missing_executable_exits_127() {
 
 #[tokio::test]
 async fn a_new_driver_adopts_running_machines_and_finds_missed_exits() {
+    if !hangar_test_utils::host_tier(
+        "a_new_driver_adopts_running_machines_and_finds_missed_exits",
+        &["crun"],
+    ) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let long = spec(&env, "trap 'exit 5' INT; while true; do sleep 0.05; done");
@@ -392,6 +419,9 @@ async fn a_new_driver_adopts_running_machines_and_finds_missed_exits() {
 
 #[tokio::test]
 async fn destroy_leaves_no_process_mount_or_cgroup() {
+    if !hangar_test_utils::host_tier("destroy_leaves_no_process_mount_or_cgroup", &["crun"]) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let s = spec(&env, "sleep 1000");
@@ -433,6 +463,12 @@ async fn destroy_leaves_no_process_mount_or_cgroup() {
 
 #[tokio::test]
 async fn prewarmed_starts_use_a_clean_root_and_the_current_spec() {
+    if !hangar_test_utils::host_tier(
+        "prewarmed_starts_use_a_clean_root_and_the_current_spec",
+        &["crun"],
+    ) {
+        return;
+    }
     let env = env().await;
     let rt = runtime(env.dir.path());
     let mut s = spec(&env, "touch /tmp/dirty; echo run=$RUN");
@@ -490,6 +526,9 @@ async fn prewarmed_starts_use_a_clean_root_and_the_current_spec() {
 
 #[tokio::test]
 async fn freeze_thaw_exec_ps_and_memory() {
+    if !hangar_test_utils::host_tier("freeze_thaw_exec_ps_and_memory", &["crun"]) {
+        return;
+    }
     use hangar_runtime::ExecRequest;
     let env = env().await;
     let rt = runtime(env.dir.path());
@@ -598,6 +637,12 @@ async fn freeze_thaw_exec_ps_and_memory() {
 
 #[tokio::test]
 async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
+    if !hangar_test_utils::host_tier(
+        "interactive_terminal_with_ctrl_c_resize_and_exit_code",
+        &["crun"],
+    ) {
+        return;
+    }
     use hangar_runtime::{Terminal, TtyRequest};
     let env = env().await;
     let rt = runtime(env.dir.path());

@@ -33,13 +33,42 @@ where
     }
 }
 
+/// Whether a test of the host tier (root, a container runtime, a registry,
+/// network namespaces) can run here. A plain `cargo test` as a normal user
+/// skips such tests with a message (they return early); with
+/// `HANGAR_HOST_TESTS=1`, which `scripts/test.sh` sets, they must run, and
+/// a missing prerequisite fails them instead of skipping.
+pub fn host_tier(test: &str, programs: &[&str]) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
+    let required = std::env::var("HANGAR_HOST_TESTS").is_ok_and(|v| v == "1");
+    if root && missing.is_empty() {
+        return true;
+    }
+    let why = if root {
+        format!("needs {} (apt-get install -y ...)", missing.join(", "))
+    } else {
+        "needs root".to_owned()
+    };
+    assert!(
+        !required,
+        "{test}: {why}; HANGAR_HOST_TESTS=1 asks for every tier (./scripts/test.sh installs what they need and runs as root)"
+    );
+    eprintln!("skipped {test}: host tier, {why} (./scripts/test.sh runs it)");
+    false
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
 /// Panics with an install hint unless `program` is on PATH.
 pub fn require_program(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
     assert!(
-        found,
+        on_path(program),
         "{program} is required for this test: apt-get install -y {package} (the README's test command installs it)"
     );
 }

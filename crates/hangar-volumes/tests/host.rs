@@ -45,6 +45,12 @@ fn loops_of(file: &Path) -> String {
 
 #[tokio::test]
 async fn a_volume_lives_grows_and_snapshots() {
+    if !hangar_test_utils::host_tier(
+        "a_volume_lives_grows_and_snapshots",
+        &["losetup", "mkfs.ext4"],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let host = VolumeHost::new(dir.path()).unwrap();
     host.create("vol_plain", 1, Fstype::Ext4, false)
@@ -142,6 +148,12 @@ async fn a_volume_lives_grows_and_snapshots() {
 
 #[tokio::test]
 async fn encrypted_volumes_keep_data_unreadable_without_the_key() {
+    if !hangar_test_utils::host_tier(
+        "encrypted_volumes_keep_data_unreadable_without_the_key",
+        &["losetup", "mkfs.ext4"],
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let host = VolumeHost::new(dir.path()).unwrap();
     let key = [42u8; 64];
@@ -216,6 +228,9 @@ async fn encrypted_volumes_keep_data_unreadable_without_the_key() {
 
 #[tokio::test]
 async fn raw_volumes_stay_unformatted() {
+    if !hangar_test_utils::host_tier("raw_volumes_stay_unformatted", &["losetup", "mkfs.ext4"]) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let host = VolumeHost::new(dir.path()).unwrap();
     host.create("vol_raw", 1, Fstype::Raw, false).await.unwrap();

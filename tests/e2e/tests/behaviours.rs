@@ -44,6 +44,12 @@ fn b64(s: &[u8]) -> String {
 
 #[tokio::test]
 async fn files_are_written_inside_the_machine_and_nowhere_else() {
+    if !hangar_test_utils::host_tier(
+        "files_are_written_inside_the_machine_and_nowhere_else",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     // The image has symlinks that point out of its root, as absolute and
     // relative links; writes through them must land inside the machine.
     let host = tempfile::tempdir().unwrap();
@@ -191,6 +197,12 @@ async fn files_are_written_inside_the_machine_and_nowhere_else() {
 
 #[tokio::test]
 async fn logs_show_and_follow_every_machine_across_restarts() {
+    if !hangar_test_utils::host_tier(
+        "logs_show_and_follow_every_machine_across_restarts",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     use futures::StreamExt;
     let (_reg, d, c, image) = setup(ImageBuilder::busybox()).await;
     let create = |name: &'static str, script: &'static str| {
@@ -287,6 +299,12 @@ async fn logs_show_and_follow_every_machine_across_restarts() {
 
 #[tokio::test]
 async fn exec_with_a_terminal_and_a_throwaway_shell() {
+    if !hangar_test_utils::host_tier(
+        "exec_with_a_terminal_and_a_throwaway_shell",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, d, c, image) = setup(ImageBuilder::busybox()).await;
     let m = c
         .create_machine(
@@ -424,6 +442,12 @@ fn flyd_starts(events: &[hangar_api_types::MachineEvent]) -> usize {
 
 #[tokio::test]
 async fn scheduled_machines_run_on_their_schedule_only() {
+    if !hangar_test_utils::host_tier(
+        "scheduled_machines_run_on_their_schedule_only",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/beh", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -496,6 +520,12 @@ async fn scheduled_machines_run_on_their_schedule_only() {
 
 #[tokio::test]
 async fn standbys_stop_config_env_and_resources() {
+    if !hangar_test_utils::host_tier(
+        "standbys_stop_config_env_and_resources",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, d, c, image) = setup(ImageBuilder::busybox()).await;
     let cli = |args: &[&str]| {
         let (ok, out, err) = d.cli(args);

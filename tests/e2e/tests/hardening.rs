@@ -84,6 +84,12 @@ fn pids_file(id: &str, name: &str) -> Option<String> {
 /// with an exit the machine did not make.
 #[tokio::test]
 async fn a_crash_of_hangard_during_a_start_never_kills_the_machine() {
+    if !hangar_test_utils::host_tier(
+        "a_crash_of_hangard_during_a_start_never_kills_the_machine",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, mut d, _c, image) = setup("crash").await;
     let mut ids = Vec::new();
     for round in 0..24 {
@@ -143,6 +149,12 @@ const BOMB: &str = "b() { b | b & }; b; while true; do sleep 1; done";
 /// bomb stops at it.
 #[tokio::test]
 async fn a_fork_bomb_stops_at_the_pids_limit_that_scales_with_memory() {
+    if !hangar_test_utils::host_tier(
+        "a_fork_bomb_stops_at_the_pids_limit_that_scales_with_memory",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, _d, c, image) = setup("bomb").await;
     let plain = c
         .create_machine(
@@ -196,6 +208,12 @@ async fn a_fork_bomb_stops_at_the_pids_limit_that_scales_with_memory() {
 /// (a host with a high `--machine-pids-limit` lets the bomb grow large).
 #[tokio::test]
 async fn destroy_leaves_no_process_of_a_fork_bomb_behind() {
+    if !hangar_test_utils::host_tier(
+        "destroy_leaves_no_process_of_a_fork_bomb_behind",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/bb", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -279,6 +297,12 @@ fn join_cgroup(id: &str, pid: u32) {
 /// than their minter lives, and revoked, through the CLI.
 #[tokio::test]
 async fn an_apps_volumes_and_tokens_die_with_it() {
+    if !hangar_test_utils::host_tier(
+        "an_apps_volumes_and_tokens_die_with_it",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, d, c, image) = setup("x").await;
     let vol = c
         .create_volume(
@@ -403,6 +427,12 @@ async fn an_apps_volumes_and_tokens_die_with_it() {
 /// included; and an impossible registry port or service port is a 400.
 #[tokio::test]
 async fn exec_timeouts_end_background_children_and_bad_ports_are_refused() {
+    if !hangar_test_utils::host_tier(
+        "exec_timeouts_end_background_children_and_bad_ports_are_refused",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, _d, c, image) = setup("ex").await;
     let id = c
         .create_machine(

@@ -60,6 +60,12 @@ fn process_running(needle: &str) -> bool {
 
 #[tokio::test]
 async fn runs_a_machine_from_the_registry_with_env_and_exit_code() {
+    if !hangar_test_utils::host_tier(
+        "runs_a_machine_from_the_registry_with_env_and_exit_code",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, d, c, image) = setup().await;
     let id = create(&c, json!({
         "image": image,
@@ -90,6 +96,12 @@ async fn runs_a_machine_from_the_registry_with_env_and_exit_code() {
 
 #[tokio::test]
 async fn entrypoint_and_cmd_follow_docker_rules() {
+    if !hangar_test_utils::host_tier(
+        "entrypoint_and_cmd_follow_docker_rules",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     let img = ImageBuilder::busybox()
         .set("Entrypoint", json!(["/bin/echo", "ep"]))
@@ -131,6 +143,12 @@ async fn entrypoint_and_cmd_follow_docker_rules() {
 
 #[tokio::test]
 async fn stop_start_destroy_and_nothing_left_behind() {
+    if !hangar_test_utils::host_tier(
+        "stop_start_destroy_and_nothing_left_behind",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, d, c, image) = setup().await;
     let id = create(&c, json!({
         "image": image,
@@ -171,6 +189,12 @@ async fn stop_start_destroy_and_nothing_left_behind() {
 
 #[tokio::test]
 async fn memory_limit_is_enforced_and_oom_reported() {
+    if !hangar_test_utils::host_tier(
+        "memory_limit_is_enforced_and_oom_reported",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, _d, c, image) = setup().await;
     let id = create(&c, json!({
         "image": image,
@@ -186,6 +210,12 @@ async fn memory_limit_is_enforced_and_oom_reported() {
 
 #[tokio::test]
 async fn restart_policy_on_failure_retries_then_stops() {
+    if !hangar_test_utils::host_tier(
+        "restart_policy_on_failure_retries_then_stops",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, _d, c, image) = setup().await;
     let id = create(
         &c,
@@ -240,6 +270,12 @@ async fn restart_policy_on_failure_retries_then_stops() {
 
 #[tokio::test]
 async fn hangard_restarts_and_crashes_lose_nothing() {
+    if !hangar_test_utils::host_tier(
+        "hangard_restarts_and_crashes_lose_nothing",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (_reg, mut d, c, image) = setup().await;
     let long = create(
         &c,
@@ -285,6 +321,12 @@ async fn hangard_restarts_and_crashes_lose_nothing() {
 
 #[tokio::test]
 async fn image_failures_fail_the_machine_with_the_reason() {
+    if !hangar_test_utils::host_tier(
+        "image_failures_fail_the_machine_with_the_reason",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let (reg, _d, c, _image) = setup().await;
     let id = create(&c, json!({"image": format!("{}/test/nope:v1", reg.addr)})).await;
     let err = c
@@ -315,6 +357,9 @@ async fn image_failures_fail_the_machine_with_the_reason() {
 
 #[tokio::test]
 async fn bad_input_and_auth() {
+    if !hangar_test_utils::host_tier("bad_input_and_auth", &["crun", "docker-registry"]) {
+        return;
+    }
     let (_reg, d, c, image) = setup().await;
     let http = reqwest::Client::new();
     let post = |path: &str, body: &str, token: Option<&str>| {
@@ -391,6 +436,9 @@ async fn bad_input_and_auth() {
 
 #[tokio::test]
 async fn cli_imports_runs_and_reports() {
+    if !hangar_test_utils::host_tier("cli_imports_runs_and_reports", &["crun", "docker-registry"]) {
+        return;
+    }
     let d = Daemon::start(&[]).await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -506,6 +554,9 @@ async fn cli_imports_runs_and_reports() {
 
 #[tokio::test]
 async fn runs_with_runc_too() {
+    if !hangar_test_utils::host_tier("runs_with_runc_too", &["crun", "docker-registry"]) {
+        return;
+    }
     hangar_test_utils::require_program("runc", "runc");
     let reg = Registry::start().await;
     reg.push("test/bb", "v1", &ImageBuilder::busybox().build())
@@ -538,6 +589,9 @@ async fn runs_with_runc_too() {
 
 #[tokio::test]
 async fn pulls_by_digest() {
+    if !hangar_test_utils::host_tier("pulls_by_digest", &["crun", "docker-registry"]) {
+        return;
+    }
     let reg = Registry::start().await;
     let img = ImageBuilder::busybox()
         .layer(Layer::new().file("v", b"1", 0o644))

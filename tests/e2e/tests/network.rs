@@ -65,6 +65,12 @@ async fn lookup(c: &Client, app: &str, id: &str, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
+    if !hangar_test_utils::host_tier(
+        "machines_reach_each_other_by_name_and_other_networks_cannot",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/net", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -258,6 +264,12 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
 /// by name, and no one else's.
 #[tokio::test]
 async fn installations_side_by_side_keep_to_themselves_whatever_their_ranges() {
+    if !hangar_test_utils::host_tier(
+        "installations_side_by_side_keep_to_themselves_whatever_their_ranges",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/net", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -317,6 +329,12 @@ async fn installations_side_by_side_keep_to_themselves_whatever_their_ranges() {
 /// block (253 machines) and machines in different blocks reach each other.
 #[tokio::test]
 async fn three_hundred_machines_start_in_one_app() {
+    if !hangar_test_utils::host_tier(
+        "three_hundred_machines_start_in_one_app",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/net", "v1", &ImageBuilder::busybox().build())
         .await;

@@ -12,6 +12,12 @@ use serde_json::json;
 
 #[tokio::test]
 async fn update_exec_suspend_ps_leases_metadata_restart_clone_signal() {
+    if !hangar_test_utils::host_tier(
+        "update_exec_suspend_ps_leases_metadata_restart_clone_signal",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     for v in ["v1", "v2"] {
         let img = ImageBuilder::busybox()

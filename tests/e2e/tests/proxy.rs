@@ -68,6 +68,12 @@ async fn get(d: &Daemon, http: &reqwest::Client, app: &str, path: &str) -> reqwe
 
 #[tokio::test]
 async fn the_proxy_routes_balances_starts_and_stops_machines() {
+    if !hangar_test_utils::host_tier(
+        "the_proxy_routes_balances_starts_and_stops_machines",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     let image = ImageBuilder::busybox()
         .layer(
@@ -244,6 +250,12 @@ async fn the_proxy_routes_balances_starts_and_stops_machines() {
 
 #[tokio::test]
 async fn failing_health_checks_take_machines_out_of_rotation() {
+    if !hangar_test_utils::host_tier(
+        "failing_health_checks_take_machines_out_of_rotation",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/web", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -390,6 +402,12 @@ async fn try_tcp_roundtrip(addr: &str, line: &str) -> std::io::Result<String> {
 
 #[tokio::test]
 async fn dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp() {
+    if !hangar_test_utils::host_tier(
+        "dedicated_addresses_serve_raw_tcp_proxy_protocol_tls_http_and_udp",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/tcp", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -604,6 +622,12 @@ fn insecure_tls() -> tokio_rustls::TlsConnector {
 
 #[tokio::test]
 async fn a_machine_at_its_limit_spills_to_a_second_one() {
+    if !hangar_test_utils::host_tier(
+        "a_machine_at_its_limit_spills_to_a_second_one",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     let slow = "#!/bin/sh\nsleep 3\necho 'Content-Type: text/plain'\necho\ncat /www/index.html\n";
     let image = ImageBuilder::busybox()
@@ -687,6 +711,12 @@ async fn ask(
 
 #[tokio::test]
 async fn connections_services_count_client_connections() {
+    if !hangar_test_utils::host_tier(
+        "connections_services_count_client_connections",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/web", "v1", &ImageBuilder::busybox().build())
         .await;
@@ -778,6 +808,12 @@ fn upgrade_echo_in(netns: &std::path::Path, port: u16) {
 
 #[tokio::test]
 async fn upgrades_and_http2_pass_through() {
+    if !hangar_test_utils::host_tier(
+        "upgrades_and_http2_pass_through",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let reg = Registry::start().await;
     reg.push("test/web", "v1", &ImageBuilder::busybox().build())
@@ -847,6 +883,12 @@ async fn upgrades_and_http2_pass_through() {
 
 #[tokio::test]
 async fn a_service_made_with_the_cli_port_flags_serves_through_the_proxy() {
+    if !hangar_test_utils::host_tier(
+        "a_service_made_with_the_cli_port_flags_serves_through_the_proxy",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     let image = ImageBuilder::busybox()
         .layer(

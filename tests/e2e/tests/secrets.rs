@@ -31,6 +31,12 @@ fn files_containing(dir: &Path, needle: &[u8], out: &mut Vec<std::path::PathBuf>
 
 #[tokio::test]
 async fn secrets_reach_machines_and_nothing_else() {
+    if !hangar_test_utils::host_tier(
+        "secrets_reach_machines_and_nothing_else",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/sec", "v1", &ImageBuilder::busybox().build())
         .await;

@@ -232,6 +232,12 @@ async fn worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_soak_loses_nothing_and_leaves_nothing() {
+    if !hangar_test_utils::host_tier(
+        "crash_soak_loses_nothing_and_leaves_nothing",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let secs: u64 = std::env::var("HANGAR_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -42,6 +42,12 @@ const SCRIPT: &str = "n=$(cat /data/count 2>/dev/null || echo 0); n=$((n+1)); ec
 
 #[tokio::test]
 async fn volumes_keep_data_through_everything() {
+    if !hangar_test_utils::host_tier(
+        "volumes_keep_data_through_everything",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
     let reg = Registry::start().await;
     reg.push("test/vol", "v1", &ImageBuilder::busybox().build())
         .await;
