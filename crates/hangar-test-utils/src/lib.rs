@@ -10,6 +10,8 @@
 
 pub mod daemon;
 pub mod image;
+#[cfg(feature = "inproc")]
+pub mod inproc;
 pub mod registry;
 
 use std::time::{Duration, Instant};
