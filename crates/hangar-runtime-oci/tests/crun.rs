@@ -555,9 +555,13 @@ async fn freeze_thaw_exec_ps_and_memory() {
             .parse::<u64>()
             .unwrap_or(0)
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hangar_test_utils::wait_until(Duration::from_secs(10), "the counter to count", || async {
+        (count().await > 0).then_some(())
+    })
+    .await;
 
-    // Frozen: the counter stands still; thawed: it moves again.
+    // Frozen: the counter stands still (over a moment it would otherwise
+    // have counted in); thawed: it moves again.
     rt.freeze(&s.id).await.unwrap();
     let a = std::fs::read_to_string(
         env.dir
@@ -579,8 +583,12 @@ async fn freeze_thaw_exec_ps_and_memory() {
     assert_eq!(a, b, "a frozen machine kept running");
     rt.thaw(&s.id).await.unwrap();
     let before = count().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(count().await > before);
+    hangar_test_utils::wait_until(
+        Duration::from_secs(10),
+        "the counter to move again",
+        || async { (count().await > before).then_some(()) },
+    )
+    .await;
 
     // exec: env and cwd of the machine, stdin, exit codes, timeouts.
     let out = rt
@@ -686,7 +694,10 @@ async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
     // Ctrl-C interrupts the foreground command, not the shell.
     let started = std::time::Instant::now();
     term.write(b"sleep 30\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hangar_test_utils::wait_until(Duration::from_secs(10), "sleep 30 to run", || async {
+        host_ps("sleep 30").then_some(())
+    })
+    .await;
     term.write(b"\x03").await.unwrap();
     term.write(b"echo after-$((1+1))\n").await.unwrap();
     until(&mut term, &mut out, "after-2").await;
@@ -713,20 +724,13 @@ async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let ps = |needle: &str| {
-        let out = std::process::Command::new("ps")
-            .args(["-eo", "args"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.trim() == needle)
-    };
-    assert!(ps("sleep 4242"));
+    hangar_test_utils::wait_until(Duration::from_secs(10), "sleep 4242 to run", || async {
+        host_ps("sleep 4242").then_some(())
+    })
+    .await;
     drop(term);
     hangar_test_utils::wait_until(Duration::from_secs(5), "the command to end", || async {
-        (!ps("sleep 4242")).then_some(())
+        (!host_ps("sleep 4242")).then_some(())
     })
     .await;
     // A command that does not exist says so and fails.
@@ -760,4 +764,15 @@ async fn interactive_terminal_with_ctrl_c_resize_and_exit_code() {
         "{out:?}"
     );
     rt.destroy(&s.id).await.unwrap();
+}
+
+/// Whether a process of this host runs exactly `args`.
+fn host_ps(args: &str) -> bool {
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == args)
 }

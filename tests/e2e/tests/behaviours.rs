@@ -360,7 +360,15 @@ async fn exec_with_a_terminal_and_a_throwaway_shell() {
     until(&mut session.1, &mut seen, "20 70").await;
     session.0.resize(33, 99).await.unwrap();
     session.0.send(b"sleep 60\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hangar_test_utils::wait_until(Duration::from_secs(10), "sleep 60 to run", || {
+        let c = c.clone();
+        let id = m.id.clone();
+        async move {
+            let (_, ps) = hangar_e2e::sh(&c, APP, &id, "ps -o args").await;
+            ps.lines().any(|l| l.trim() == "sleep 60").then_some(())
+        }
+    })
+    .await;
     session.0.send(b"\x03stty size\n").await.unwrap();
     until(&mut session.1, &mut seen, "33 99").await;
     session.0.send(b"exit 0\n").await.unwrap();

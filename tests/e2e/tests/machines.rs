@@ -306,7 +306,11 @@ async fn hangard_restarts_and_crashes_lose_nothing() {
 
     // A crash too; the short one ends while hangard is away.
     d.kill();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    hangar_test_utils::wait_until(Duration::from_secs(10), "the short machine to end", || {
+        let needle = format!("shim --id {short}");
+        async move { (!process_running(&needle)).then_some(()) }
+    })
+    .await;
     d.restart().await;
     let c = d.client();
     wait(&c, &short, "stopped").await;

@@ -673,7 +673,33 @@ async fn a_machine_at_its_limit_spills_to_a_second_one() {
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Once the slow request runs in A.
+    hangar_test_utils::wait_until(
+        Duration::from_secs(10),
+        "the slow request to reach A",
+        || {
+            let c = c.clone();
+            let a = a.clone();
+            async move {
+                let out = c
+                    .exec(
+                        "web",
+                        &a,
+                        &hangar_api_types::MachineExecRequest {
+                            command: Some(vec!["ps".into(), "-o".into(), "args".into()]),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .ok()?;
+                out.stdout
+                    .lines()
+                    .any(|l| l.trim() == "sleep 3")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     let second = get(&d, &http, "web", "/").await.text().await.unwrap();
     assert_eq!(second, format!("hello-from-{b}\n"));
     assert_eq!(busy.await.unwrap(), format!("hello-from-{a}\n"));
