@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checks;
+pub mod clock;
 pub mod images;
 pub mod ips;
 pub mod logs;
@@ -121,9 +122,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// This host's region code.
     pub region: String,
-    /// How many times faster than real time schedules run: 1 in
-    /// production; tests and demos run an "hour" in milliseconds.
-    pub schedule_time_scale: u32,
+    /// The clock of schedules and volume upkeep (the system's, but in
+    /// tests).
+    pub clock: Arc<dyn clock::Clock>,
     /// The secrets key; `<data_dir>/secrets.key` (created when missing)
     /// when not given.
     pub secrets_key_file: Option<PathBuf>,
@@ -160,7 +161,7 @@ impl AgentConfig {
         AgentConfig {
             data_dir: data_dir.into(),
             region: "local".into(),
-            schedule_time_scale: 1,
+            clock: Arc::new(clock::SystemClock),
             secrets_key_file: None,
             dns: false,
             network_range: network::NetRange::default(),
@@ -189,8 +190,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub runtime: Arc<dyn Runtime>,
     pub images: Arc<dyn ImageSource>,
-    /// [`AgentConfig::schedule_time_scale`].
-    pub schedule_time_scale: u32,
+    /// [`AgentConfig::clock`].
+    pub clock: Arc<dyn clock::Clock>,
     /// Seals and opens app secrets.
     pub secrets: secrets::SecretBox,
     /// Volume images on this host.
@@ -400,7 +401,7 @@ impl Agent {
             store,
             runtime,
             images,
-            schedule_time_scale: cfg.schedule_time_scale.max(1),
+            clock: cfg.clock.clone(),
             secrets,
             volumes,
             maintenance: tokio::sync::Mutex::new(()),
@@ -465,13 +466,16 @@ impl Agent {
     }
 
     /// Runs [`Agent::maintain_volumes`] every
-    /// [`volumes::MAINTENANCE_INTERVAL`] (scaled like schedules) for as long
-    /// as the agent exists.
+    /// [`volumes::MAINTENANCE_INTERVAL`] of the agent's clock for as long as
+    /// the agent exists.
     fn spawn_volume_maintenance(&self) {
         let weak = Arc::downgrade(&self.shared);
         let region = self.region.clone();
-        // Scaled like schedules, but never busier than once a second.
-        let every = (volumes::MAINTENANCE_INTERVAL / self.shared.schedule_time_scale)
+        // By the agent's clock, but never busier than once a second.
+        let every = self
+            .shared
+            .clock
+            .until(self.shared.clock.now_ms() + volumes::MAINTENANCE_INTERVAL.as_millis() as i64)
             .max(Duration::from_secs(1));
         tokio::spawn(async move {
             loop {

@@ -319,11 +319,7 @@ impl Runner {
 
     fn next_run_ms(&self, schedule: Schedule) -> i64 {
         let jitter = rand::random_range(-1.0..=1.0);
-        schedule.next_run_ms(
-            crate::store::now_ms(),
-            self.shared.schedule_time_scale,
-            jitter,
-        )
+        schedule.next_run_ms(self.shared.clock.now_ms(), jitter)
     }
 
     /// Keeps the schedule's timer in line with the config and the state:
@@ -361,8 +357,7 @@ impl Runner {
             Some(next) => next,
         };
         self.schedule_armed_for = Some(schedule);
-        let wait = (next - crate::store::now_ms()).max(0) as u64;
-        self.schedule_at = Some(Instant::now() + Duration::from_millis(wait));
+        self.schedule_at = Some(Instant::now() + self.shared.clock.until(next));
     }
 
     /// A scheduled run is due: the next one is recorded first (so a crash

@@ -16,7 +16,7 @@ use hangar_runtime::VolumeAttachment;
 use hangar_volumes::{Fstype, GIB, Usage};
 
 pub use crate::store::volumes::{SnapshotRecord, VolumeRecord};
-use crate::store::{Store, now_ms, now_rfc3339};
+use crate::store::{Store, now_rfc3339};
 use crate::{Agent, AgentError};
 
 /// Largest volume, GB (Fly's limit).
@@ -441,7 +441,7 @@ impl Agent {
             encrypted: v.encrypted,
             key_sealed: key.map(|k| self.shared.secrets.seal("snapshots", &snap, &k)),
             created_at: now_rfc3339(),
-            created_at_ms: now_ms(),
+            created_at_ms: self.shared.clock.now_ms(),
         };
         if let Err(e) = self.shared.store.insert_snapshot(app, &rec) {
             let _ = self.shared.volumes.delete_snapshot(&snap);
@@ -456,8 +456,8 @@ impl Agent {
     /// shortened by the schedule time scale (for tests).
     pub async fn maintain_volumes(&self) -> Result<(), AgentError> {
         let _one_at_a_time = self.shared.maintenance.lock().await;
-        let day = DAY_MS / i64::from(self.shared.schedule_time_scale);
-        let now = now_ms();
+        let day = DAY_MS;
+        let now = self.shared.clock.now_ms();
         for s in self.shared.store.snapshots(None, None)? {
             if s.created_at_ms + s.retention_days * day <= now {
                 self.shared

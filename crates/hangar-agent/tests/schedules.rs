@@ -1,10 +1,11 @@
 //! Schedules and standbys, with the agent's real store and runners over the
-//! fake runtime; schedules run 18000 times faster than real time, so an
-//! "hour" lasts 200 ms.
+//! fake runtime; the agent runs on an injected clock 18000 times faster than
+//! real time, so an "hour" lasts 200 ms.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hangar_agent::clock::ScaledClock;
 use hangar_agent::images::fake::FakeImages;
 use hangar_agent::{Agent, AgentConfig, AgentError, NewMachine, UpdateMachine, WaitFor};
 use hangar_core::{ExitInfo, MachineId, MachineState};
@@ -13,10 +14,17 @@ use hangar_runtime::fake::FakeRuntime;
 const SCALE: u32 = 18_000;
 const HOUR: Duration = Duration::from_millis(200);
 
+/// One clock for every agent of the test process (reopened agents read the
+/// time the one before them stored).
+fn clock() -> ScaledClock {
+    static ORIGIN: std::sync::OnceLock<ScaledClock> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(|| ScaledClock::from_now(SCALE))
+}
+
 async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
     Agent::open(
         AgentConfig {
-            schedule_time_scale: SCALE,
+            clock: Arc::new(clock()),
             ..AgentConfig::new(dir.path())
         },
         rt.clone(),
@@ -344,7 +352,7 @@ async fn volume_backups_run_daily_and_expire() {
     let rt = Arc::new(FakeRuntime::new());
     let agent = Agent::open(
         AgentConfig {
-            schedule_time_scale: 86_400_000,
+            clock: Arc::new(ScaledClock::from_now(86_400_000)),
             ..AgentConfig::new(dir.path())
         },
         rt.clone(),

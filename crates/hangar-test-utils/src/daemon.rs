@@ -84,6 +84,7 @@ pub struct Daemon {
     /// The proxy's HTTPS listener, `127.0.0.1:PORT`.
     pub proxy_https: String,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -96,6 +97,16 @@ impl Daemon {
 
     /// Starts a daemon whose private networks come from `range`.
     pub async fn start_in(range: &str, extra_args: &[String]) -> Daemon {
+        Daemon::start_with(range, extra_args, &[]).await
+    }
+
+    /// Starts a daemon with extra flags and environment variables (kept
+    /// across restarts).
+    pub async fn start_env(extra_args: &[String], env: &[(&str, String)]) -> Daemon {
+        Daemon::start_with(&next_network_range(), extra_args, env).await
+    }
+
+    async fn start_with(range: &str, extra_args: &[String], env: &[(&str, String)]) -> Daemon {
         crate::require_program("crun", "crun");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut d = Daemon {
@@ -107,6 +118,10 @@ impl Daemon {
             proxy_http: format!("127.0.0.1:{}", crate::free_port()),
             proxy_https: format!("127.0.0.1:{}", crate::free_port()),
             extra_args: extra_args.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             child: None,
             _dir: dir,
         };
@@ -143,6 +158,7 @@ impl Daemon {
             .arg("--proxy-https")
             .arg(&self.proxy_https)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("HANGAR_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -125,10 +125,6 @@ struct Args {
     /// at least 256 and at most 32768 (a 256 MB machine gets 1024).
     #[arg(long, env = "HANGAR_MACHINE_PIDS_LIMIT", value_parser = clap::value_parser!(u64).range(16..))]
     machine_pids_limit: Option<u64>,
-    /// Run machine schedules this many times faster than real time (for
-    /// tests and demos: 3600 makes `hourly` fire about every second).
-    #[arg(long, env = "HANGAR_SCHEDULE_TIME_SCALE", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), hide = true)]
-    schedule_time_scale: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -268,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         AgentConfig {
             data_dir: data.clone(),
             region: args.region.clone(),
-            schedule_time_scale: args.schedule_time_scale,
+            clock: test_clock(),
             secrets_key_file: args.secrets_key_file.clone(),
             dns: !args.no_dns,
             network_range: args.network_range,
@@ -375,6 +371,24 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+/// The clock of schedules and volume upkeep: the system's. Debug builds (the
+/// tests') take `HANGAR_TEST_CLOCK=SCALE@ORIGIN_MS`, a clock running SCALE
+/// times faster from ORIGIN_MS on, so that an "hour" passes in a second.
+fn test_clock() -> Arc<dyn hangar_agent::clock::Clock> {
+    #[cfg(debug_assertions)]
+    if let Some(c) = std::env::var("HANGAR_TEST_CLOCK")
+        .ok()
+        .and_then(|v| hangar_agent::clock::ScaledClock::parse(&v))
+    {
+        tracing::warn!(
+            scale = c.scale,
+            "schedules run on a test clock (HANGAR_TEST_CLOCK)"
+        );
+        return Arc::new(c);
+    }
+    Arc::new(hangar_agent::clock::SystemClock)
 }
 
 /// Installs the firewall as it is now.

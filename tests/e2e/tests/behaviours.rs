@@ -430,14 +430,17 @@ async fn exec_with_a_terminal_and_a_throwaway_shell() {
         .unwrap();
 }
 
-/// A daemon whose schedules run 3600 times faster: an "hour" is a second.
+/// A daemon on a test clock 3600 times faster than real time (an "hour"
+/// is a second), the same across its restarts.
 async fn fast_schedules(reg: &Registry) -> Daemon {
-    Daemon::start(&[
-        "--insecure-registry".into(),
-        reg.addr.clone(),
-        "--schedule-time-scale".into(),
-        "3600".into(),
-    ])
+    let origin = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    Daemon::start_env(
+        &["--insecure-registry".into(), reg.addr.clone()],
+        &[("HANGAR_TEST_CLOCK", format!("3600@{origin}"))],
+    )
     .await
 }
 
