@@ -1,0 +1,82 @@
+//! The autostop pass: idle machines stop or suspend.
+
+use super::*;
+
+impl Proxy {
+    /// Stops (or suspends) the started machines that have been idle for
+    /// the idle timeout, per service with autostop, keeping
+    /// `min_machines_running`.
+    pub async fn autostop_pass(&self) {
+        let now = Instant::now();
+        for app in self.machines.apps() {
+            let backends = self.machines.backends(&app);
+            let mut chosen: Vec<(Arc<str>, bool)> = Vec::new();
+            // One decision per service (by internal port) of the app.
+            let mut ports: Vec<u16> = backends
+                .iter()
+                .flat_map(|b| b.services.iter())
+                .filter(|s| s.autostop != Autostop::Off)
+                .map(|s| s.internal_port)
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            for port in ports {
+                let members: Vec<(&Backend, &Service)> = backends
+                    .iter()
+                    .filter_map(|b| {
+                        b.services
+                            .iter()
+                            .find(|s| s.internal_port == port)
+                            .map(|s| (b, s))
+                    })
+                    .collect();
+                let Some((_, first)) = members.first() else {
+                    continue;
+                };
+                let running: Vec<services::Running> = {
+                    let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                    members
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (b, _))| b.state == State::Started)
+                        .map(|(index, (b, _))| {
+                            let l = loads.entry(Arc::clone(&b.id)).or_insert_with(Load::new);
+                            services::Running {
+                                index,
+                                load: l.in_flight,
+                                idle_for: now.saturating_duration_since(l.last_active),
+                            }
+                        })
+                        .collect()
+                };
+                for i in
+                    services::autostop(&running, first.min_machines_running, self.cfg.idle_timeout)
+                {
+                    let (b, s) = members[i];
+                    if s.autostop == Autostop::Off || chosen.iter().any(|(id, _)| *id == b.id) {
+                        continue;
+                    }
+                    chosen.push((Arc::clone(&b.id), s.autostop == Autostop::Suspend));
+                }
+            }
+            for (id, suspend) in chosen {
+                tracing::info!(app, machine = %id, suspend, "proxy stopping an idle machine");
+                {
+                    // Stopped, it no longer listens; its load starts
+                    // afresh unless connections are still counted on it.
+                    let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(l) = loads.get_mut(&id) {
+                        if l.in_flight == 0 && l.conns == 0 {
+                            loads.remove(&id);
+                        } else {
+                            l.ready = false;
+                        }
+                    }
+                }
+                if let Err(e) = self.machines.stop(&app, &id, suspend).await {
+                    tracing::warn!(app, machine = %id, error = %e, "autostop failed");
+                }
+            }
+        }
+    }
+}

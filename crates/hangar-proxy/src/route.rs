@@ -1,0 +1,277 @@
+//! One request, from its Host to the machine and back.
+
+use super::*;
+
+impl Proxy {
+    pub(crate) async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        conn: &ClientConn,
+    ) -> Response<Body> {
+        let mut buf = [0u8; ulid::ULID_LEN];
+        let id = ulid::Ulid::new().array_to_str(&mut buf);
+        id.make_ascii_lowercase();
+        let request_id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
+        let mut resp = self.route(req, conn, &request_id).await;
+        let h = resp.headers_mut();
+        h.insert(FLY_REQUEST_ID, request_id);
+        h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
+        resp
+    }
+
+    /// A request's way: its app, the machines serving its port, an HTTPS
+    /// redirect if the service forces it, the machine it goes to, and the
+    /// forwarding.
+    pub(crate) async fn route(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        conn: &ClientConn,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        let ctx = &conn.ctx;
+        // The host the client asked for: in the URI (absolute form, HTTP/2)
+        // or the Host header.
+        let host = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let app: Cow<'_, str> = match &ctx.app {
+            Some(app) => Cow::Borrowed(app),
+            None => match app_of(host_str, &self.cfg.domain) {
+                Some(app) => app,
+                None => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        format!("no app here: ask for <app>.{}", self.cfg.domain),
+                    );
+                }
+            },
+        };
+        let all = self.machines.backends(&app);
+        let Some((members, kind, force_https)) = http_members(&all, ctx.port) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("app {app} has no HTTP service on port {}", ctx.port),
+            );
+        };
+        if ctx.scheme == Scheme::Http && force_https {
+            return self.https_redirect(&req, ctx, host_str);
+        }
+        let (backend, svc, guard) = match self.place(&app, members, kind, ctx).await {
+            Ok(placed) => placed,
+            Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
+        };
+        let target = SocketAddr::new(backend.addr, svc.internal_port);
+        self.forward(req, conn, host.as_ref(), request_id, target, guard)
+            .await
+            .unwrap_or_else(|()| {
+                self.not_ready(&backend.id);
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("machine {} of app {app} did not answer", backend.id),
+                )
+            })
+    }
+
+    /// A 301 to the same place over HTTPS.
+    fn https_redirect(&self, req: &Request<Incoming>, ctx: &Ctx, host: &str) -> Response<Body> {
+        let host_only = app_of_host_without_port(host);
+        let https_port = match ctx.app {
+            // An app's own address serves HTTPS on 443.
+            Some(_) => 443,
+            None => self.cfg.https.map(|a| a.port()).unwrap_or(443),
+        };
+        let authority = if https_port == 443 {
+            host_only
+        } else {
+            format!("{host_only}:{https_port}")
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut r = text(StatusCode::MOVED_PERMANENTLY, "use https");
+        if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        r
+    }
+
+    /// The machine a request goes to, with its load counted. `requests`
+    /// services: every request goes where the rules pick. `connections`
+    /// services: a client connection is bound to one machine, and counts on
+    /// it, for as long as it lasts.
+    async fn place<'a>(
+        &self,
+        app: &str,
+        members: Vec<(&'a Backend, &'a Service)>,
+        kind: LoadKind,
+        ctx: &Ctx,
+    ) -> Result<(&'a Backend, &'a Service, LoadGuard), String> {
+        let bound = match kind {
+            LoadKind::Connections => ctx.upstream.bound_in(&members),
+            LoadKind::Requests => None,
+        };
+        if let Some((b, s)) = bound {
+            return Ok((b, s, self.add_load(&b.id, Counts::Request)));
+        }
+        let counts = match kind {
+            LoadKind::Requests => Counts::Request,
+            LoadKind::Connections => Counts::Connection,
+        };
+        let c = self.choose(app, members, kind, counts).await?;
+        if kind == LoadKind::Connections {
+            ctx.upstream.bind(c.guard);
+            Ok((
+                c.backend,
+                c.svc,
+                self.add_load(&c.backend.id, Counts::Request),
+            ))
+        } else {
+            Ok((c.backend, c.svc, c.guard))
+        }
+    }
+
+    /// Forwards the request to `target` with the proxy's headers and brings
+    /// the answer back (an upgraded connection is relayed both ways); the
+    /// load stays counted until the answer's body is done. `Err` when the
+    /// machine did not answer.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ClientConn,
+        host: Option<&HeaderValue>,
+        request_id: &HeaderValue,
+        target: SocketAddr,
+        guard: LoadGuard,
+    ) -> Result<Response<Body>, ()> {
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // HTTP/1 requests go over the client connection's own upstream
+        // connection (origin-form target); HTTP/2 streams and upgrades
+        // through the pool (absolute target).
+        let sticky = !upgrade && req.version() != http::Version::HTTP_2;
+        if !sticky || req.uri().authority().is_some() {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let uri: Result<Uri, _> = if sticky {
+                path.parse()
+            } else {
+                format!("http://{target}{path}").parse()
+            };
+            match uri {
+                Ok(u) => *req.uri_mut() = u,
+                Err(_) => return Ok(text(StatusCode::BAD_REQUEST, "bad request target")),
+            }
+        }
+        *req.version_mut() = http::Version::HTTP_11;
+        self.add_headers(req.headers_mut(), conn, host, request_id, upgrade);
+
+        let sent = if sticky {
+            conn.ctx.upstream.send(target, req).await
+        } else {
+            client().request(req).await.map_err(|e| e.to_string())
+        };
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "proxy upstream failed");
+                return Err(());
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let server_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    if let (Ok(c), Ok(s)) = (client_upgrade.await, server_upgrade.await) {
+                        let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                    }
+                });
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(
+                    parts,
+                    Full::new(Bytes::new()).map_err(|n| match n {}).boxed(),
+                ));
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut(), false);
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .map_frame(move |f| {
+                let _ = &guard;
+                f
+            })
+            .boxed();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The headers a machine gets with a request: Fly's `Fly-*`, the
+    /// `X-Forwarded-*` ones, `Via`; hop-by-hop ones go.
+    fn add_headers(
+        &self,
+        h: &mut HeaderMap,
+        conn: &ClientConn,
+        host: Option<&HeaderValue>,
+        request_id: &HeaderValue,
+        upgrade: bool,
+    ) {
+        let scheme = conn.ctx.scheme;
+        strip_hop_by_hop(h, upgrade);
+        if !h.contains_key(header::HOST) {
+            if let Some(host) = host {
+                h.insert(header::HOST, host.clone());
+            }
+        }
+        let client_ip = conn.client_ip.clone();
+        let xff = match h.get(X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut v = prev.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(client_ip.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone())
+            }
+            None => client_ip.clone(),
+        };
+        let proto = HeaderValue::from_static(scheme.as_str());
+        let port_value = conn.port.clone();
+        h.insert(X_FORWARDED_FOR, xff);
+        h.insert(X_FORWARDED_PROTO, proto.clone());
+        h.insert(X_FORWARDED_PORT, port_value.clone());
+        h.insert(
+            X_FORWARDED_SSL,
+            HeaderValue::from_static(if scheme == Scheme::Https { "on" } else { "off" }),
+        );
+        h.insert(FLY_CLIENT_IP, client_ip);
+        h.insert(FLY_FORWARDED_PROTO, proto);
+        h.insert(FLY_FORWARDED_PORT, port_value);
+        h.insert(FLY_REGION, self.region.clone());
+        h.insert(FLY_REQUEST_ID, request_id.clone());
+        h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
+    }
+}
+
+/// Machines with the service that matched, their load kind, and whether
+/// HTTPS is forced.
+type Members<'a> = (Vec<(&'a Backend, &'a Service)>, LoadKind, bool);
+
+/// The app's machines with an HTTP service on `port`, the service's load
+/// kind, and whether one of them forces HTTPS; none when no service
+/// covers the port.
+fn http_members(all: &[Backend], port: u16) -> Option<Members<'_>> {
+    let mut force_https = false;
+    let members: Vec<(&Backend, &Service)> = all
+        .iter()
+        .filter_map(|b| {
+            b.services.iter().find_map(|s| {
+                let p = s.ports.iter().find(|p| p.covers(port) && p.is_http())?;
+                force_https |= p.force_https;
+                Some((b, s))
+            })
+        })
+        .collect();
+    let kind = members.first()?.1.concurrency.kind;
+    Some((members, kind, force_https))
+}
