@@ -1,27 +1,13 @@
-//! `hangar machine run|create|list|status|start|stop|destroy|wait` and the
-//! dispatch of the other machine commands (see machine_ops.rs), with flyctl's
-//! flags and defaults.
+//! The flags of `run`, `create` and `update`, and the config they make.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
-use hangar_api_types::{
-    CreateMachineRequest, Machine, MachineConfig, MachineFile, MachineGuest, MachineInit,
-    MachineRestart, StopConfig,
-};
-use hangar_client::{Client, ClientError, ListMachines};
-
-use super::machine_ops;
-use crate::output::{Output, spinner};
+use super::*;
 
 /// The app flag, as flyctl spells it.
 #[derive(Debug, Args)]
 pub struct AppArg {
     /// App name.
     #[arg(long, short = 'a', env = "HANGAR_APP")]
-    app: Option<String>,
+    pub(crate) app: Option<String>,
 }
 
 impl AppArg {
@@ -38,109 +24,103 @@ pub struct RunArgs {
     /// The image to run (e.g. `nginx`, `registry:5000/team/app:v2`); with
     /// --shell, `ubuntu` when absent.
     #[arg(required_unless_present = "shell")]
-    image: Option<String>,
+    pub(crate) image: Option<String>,
     /// Command and arguments (replace the image's CMD).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    pub(crate) command: Vec<String>,
     #[command(flatten)]
-    app: AppArg,
+    pub(crate) app: AppArg,
     /// Machine name.
     #[arg(long, short = 'n')]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Region.
     #[arg(long, short = 'r')]
-    region: Option<String>,
+    pub(crate) region: Option<String>,
     #[command(flatten)]
-    flags: ConfigFlags,
+    pub(crate) flags: ConfigFlags,
     /// Destroy the machine when its main process exits.
     #[arg(long)]
-    rm: bool,
+    pub(crate) rm: bool,
     /// Return once the machine is created; do not wait for it.
     #[arg(long, short = 'd')]
-    detach: bool,
+    pub(crate) detach: bool,
     /// Open a shell on a temporary machine, destroyed when the shell exits.
     #[arg(long, conflicts_with_all = ["detach", "command"])]
-    shell: bool,
+    pub(crate) shell: bool,
     /// Mount a volume: NAME_OR_ID:/path (a name picks an unattached volume).
     #[arg(long, short = 'v')]
-    volume: Option<String>,
+    pub(crate) volume: Option<String>,
     /// With --shell: the shell to run.
     #[arg(long = "command", requires = "shell", default_value = "/bin/sh")]
-    shell_command: String,
+    pub(crate) shell_command: String,
 }
-
-/// The image `hangar machine run --shell` uses when none is given (flyctl's).
-const DEFAULT_SHELL_IMAGE: &str = "ubuntu";
 
 /// Config flags shared by `run`, `create` and `update`.
 #[derive(Debug, Args, Default)]
 pub struct ConfigFlags {
     /// Environment variable NAME=VALUE (repeatable).
     #[arg(long = "env", short = 'e')]
-    env: Vec<String>,
+    pub(crate) env: Vec<String>,
     /// Metadata NAME=VALUE (repeatable).
     #[arg(long = "metadata", short = 'm')]
-    metadata: Vec<String>,
+    pub(crate) metadata: Vec<String>,
     /// Replace the image's ENTRYPOINT (shell words).
     #[arg(long)]
-    entrypoint: Option<String>,
+    pub(crate) entrypoint: Option<String>,
     /// Number of vCPUs.
     #[arg(long = "vm-cpus", alias = "cpus")]
-    vm_cpus: Option<i64>,
+    pub(crate) vm_cpus: Option<i64>,
     /// Memory in MB (or with a unit: 512mb, 1gb).
     #[arg(long = "vm-memory", alias = "memory")]
-    vm_memory: Option<String>,
+    pub(crate) vm_memory: Option<String>,
     /// `shared` or `performance`.
     #[arg(long = "vm-cpu-kind")]
-    vm_cpu_kind: Option<String>,
+    pub(crate) vm_cpu_kind: Option<String>,
     /// A size preset (shared-cpu-1x ... performance-16x).
     #[arg(long = "vm-size", alias = "size")]
-    vm_size: Option<String>,
+    pub(crate) vm_size: Option<String>,
     /// Restart policy: no, always, on-fail.
     #[arg(long)]
-    restart: Option<String>,
+    pub(crate) restart: Option<String>,
     /// A GPU kind (e.g. a100-pcie-40gb); refused where the host has none.
     #[arg(long = "vm-gpu-kind")]
-    vm_gpu_kind: Option<String>,
+    pub(crate) vm_gpu_kind: Option<String>,
     /// Copy a local file into the machine: /guest/path=local/path
     /// (repeatable; keeps the local file's permission bits).
     #[arg(long = "file-local")]
-    file_local: Vec<String>,
+    pub(crate) file_local: Vec<String>,
     /// Write text into a file in the machine: /guest/path=TEXT (repeatable).
     #[arg(long = "file-literal")]
-    file_literal: Vec<String>,
+    pub(crate) file_literal: Vec<String>,
     /// Write an app secret (base64) into a file: /guest/path=SECRET_NAME.
     #[arg(long = "file-secret")]
-    file_secret: Vec<String>,
+    pub(crate) file_secret: Vec<String>,
     /// Signal that stops the machine (e.g. SIGTERM).
     #[arg(long = "kill-signal")]
-    kill_signal: Option<String>,
+    pub(crate) kill_signal: Option<String>,
     /// Time to wait for it to stop before SIGKILL (seconds, or 30s, 1m).
     #[arg(long = "kill-timeout")]
-    kill_timeout: Option<String>,
+    pub(crate) kill_timeout: Option<String>,
     /// Start the machine on a schedule: hourly, daily, weekly or monthly.
     #[arg(long)]
-    schedule: Option<String>,
+    pub(crate) schedule: Option<String>,
     /// Make this a standby for these machines (comma list; "" clears).
     #[arg(long = "standby-for")]
-    standby_for: Option<String>,
+    pub(crate) standby_for: Option<String>,
     /// A service for the proxy: port[:machinePort][/protocol[:handler...]],
     /// e.g. 80:8080/tcp:http or 443:8080/tcp:http:tls (repeatable; replaces
     /// the services).
     #[arg(long = "port", short = 'p')]
-    port: Vec<String>,
+    pub(crate) port: Vec<String>,
     /// Let the proxy start the machine on a request (true when given
     /// without a value); needs services.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
-    autostart: Option<bool>,
+    pub(crate) autostart: Option<bool>,
     /// Let the proxy stop the idle machine: off, stop or suspend (stop
     /// when given without a value); needs services.
     #[arg(long, num_args = 0..=1, default_missing_value = "stop", require_equals = true)]
-    autostop: Option<String>,
+    pub(crate) autostop: Option<String>,
 }
-
-/// Handlers the proxy knows (Fly's names).
-const HANDLERS: [&str; 5] = ["http", "tls", "proxy_proto", "pg_tls", "edge_http"];
 
 /// Parses flyctl's `--port`: `port[:machinePort][/protocol[:handler...]]`,
 /// where `port` may be a range `start-end`. One service per flag.
@@ -312,7 +292,7 @@ pub(crate) fn apply_flags(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Res
 
 /// `--file-local`, `--file-literal`, `--file-secret`: each replaces the
 /// config's file at the same guest path, or adds one.
-fn apply_files(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Result<()> {
+pub(crate) fn apply_files(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Result<()> {
     use base64::Engine as _;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let mut new = Vec::new();
@@ -363,7 +343,7 @@ fn apply_files(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn restart_policy(p: &str) -> anyhow::Result<String> {
+pub(crate) fn restart_policy(p: &str) -> anyhow::Result<String> {
     Ok(match p {
         "on-fail" | "on-failure" => "on-failure",
         "no" | "never" => "no",
@@ -373,352 +353,8 @@ fn restart_policy(p: &str) -> anyhow::Result<String> {
     .to_owned())
 }
 
-/// Machine commands.
-#[derive(Debug, Subcommand)]
-pub enum MachineCmd {
-    /// Create and start a machine.
-    Run(RunArgs),
-    /// Create a machine without starting it.
-    Create(RunArgs),
-    /// List an app's machines.
-    #[command(alias = "ls")]
-    List {
-        #[command(flatten)]
-        app: AppArg,
-        /// Include destroyed machines.
-        #[arg(long)]
-        all: bool,
-        /// Only IDs, one per line.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-    },
-    /// Show a machine's details and recent events.
-    Status {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-        /// Also print the machine's config.
-        #[arg(long, short = 'd')]
-        display_config: bool,
-    },
-    /// Start machines.
-    Start {
-        /// Machine IDs or names.
-        #[arg(required = true)]
-        ids: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// Stop machines.
-    Stop {
-        /// Machine IDs or names.
-        #[arg(required = true)]
-        ids: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-        /// Signal to send (default: the machine's stop_config.signal, SIGINT).
-        #[arg(long, short = 's')]
-        signal: Option<String>,
-        /// Seconds (or a duration such as 30s) before SIGKILL.
-        #[arg(long)]
-        timeout: Option<String>,
-    },
-    /// Destroy a machine.
-    #[command(alias = "remove", alias = "rm")]
-    Destroy {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-        /// Kill it if it runs.
-        #[arg(long, short = 'f')]
-        force: bool,
-    },
-    /// Replace a machine's config (image, env, size, ...) and restart it.
-    Update(machine_ops::UpdateArgs),
-    /// Create a machine with the same config as another.
-    Clone(machine_ops::CloneArgs),
-    /// Restart machines.
-    Restart {
-        /// Machine IDs or names.
-        #[arg(required = true)]
-        ids: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-        /// Signal to stop with.
-        #[arg(long, short = 's')]
-        signal: Option<String>,
-        /// Time before SIGKILL (e.g. 30s).
-        #[arg(long = "time", alias = "timeout")]
-        time: Option<String>,
-        /// Kill at once (SIGKILL).
-        #[arg(long, short = 'f')]
-        force: bool,
-    },
-    /// Send a signal to a machine's main process.
-    Signal {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-        /// The signal (name or number).
-        #[arg(long, short = 's')]
-        signal: String,
-    },
-    /// Suspend a machine (freeze it; `start` resumes it).
-    Suspend {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// Take a machine out of proxy rotation.
-    Cordon {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// Put a machine back into proxy rotation.
-    Uncordon {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// Run a command in a machine: one argument is a command line, several
-    /// are the program and its arguments.
-    Exec {
-        /// Machine ID or name.
-        id: String,
-        /// The command.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-        #[command(flatten)]
-        app: AppArg,
-        /// Seconds before the command is killed (without --tty).
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-        /// Pass stdin to the command.
-        #[arg(long, short = 'i')]
-        interactive: bool,
-        /// Attach a terminal (PTY) to the command, as `docker exec -it`.
-        #[arg(long, short = 't')]
-        tty: bool,
-    },
-    /// List a machine's processes.
-    Ps {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-    },
-    /// View or clear a machine's lease.
-    #[command(subcommand, alias = "lease")]
-    Leases(machine_ops::LeasesCmd),
-    /// Get, set or unset a machine's metadata.
-    #[command(subcommand)]
-    Metadata(machine_ops::MetadataCmd),
-    /// Wait for a machine to reach a state.
-    Wait {
-        /// Machine ID or name.
-        id: String,
-        #[command(flatten)]
-        app: AppArg,
-        /// The state to wait for.
-        #[arg(long, default_value = "started")]
-        state: String,
-        /// How long to wait (e.g. 60s, 5m).
-        #[arg(long = "wait-timeout", alias = "timeout", default_value = "5m")]
-        wait_timeout: String,
-    },
-}
-
-/// Runs a machine command.
-pub async fn run(cmd: &MachineCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
-    match cmd {
-        MachineCmd::Run(args) => run_machine(args, c, out, true).await,
-        MachineCmd::Update(a) => machine_ops::update(a, c, out).await,
-        MachineCmd::Clone(a) => machine_ops::clone(a, c, out).await,
-        MachineCmd::Restart {
-            ids,
-            app,
-            signal,
-            time,
-            force,
-        } => {
-            let time = time.as_deref().map(seconds_to_duration);
-            machine_ops::restart(ids, app, signal.as_deref(), time.as_deref(), *force, c).await
-        }
-        MachineCmd::Signal { id, app, signal } => {
-            let app = app.get()?;
-            let id = resolve(c, app, id).await?;
-            c.signal_machine(app, &id, signal).await?;
-            println!("Sent {signal} to machine {id}");
-            Ok(())
-        }
-        MachineCmd::Suspend { id, app } => action(c, app, id, "suspend", "suspended").await,
-        MachineCmd::Cordon { id, app } => action(c, app, id, "cordon", "cordoned").await,
-        MachineCmd::Uncordon { id, app } => action(c, app, id, "uncordon", "uncordoned").await,
-        MachineCmd::Exec {
-            id,
-            command,
-            app,
-            timeout,
-            interactive,
-            tty,
-        } => {
-            if *tty {
-                machine_ops::exec_tty(id, app, command, c).await
-            } else {
-                machine_ops::exec(id, app, command, *timeout, *interactive, c, out).await
-            }
-        }
-        MachineCmd::Ps { id, app } => machine_ops::ps(id, app, c, out).await,
-        MachineCmd::Leases(cmd) => machine_ops::leases(cmd, c, out).await,
-        MachineCmd::Metadata(cmd) => machine_ops::metadata(cmd, c, out).await,
-        MachineCmd::Create(args) => run_machine(args, c, out, false).await,
-        MachineCmd::List { app, all, quiet } => {
-            let app = app.get()?;
-            let machines = c
-                .list_machines(
-                    app,
-                    &ListMachines {
-                        include_deleted: *all,
-                        ..ListMachines::default()
-                    },
-                )
-                .await?;
-            if out.json {
-                return out.print_json(&machines);
-            }
-            if *quiet {
-                machines.iter().for_each(|m| println!("{}", m.id));
-                return Ok(());
-            }
-            if machines.is_empty() {
-                println!("No machines in app {app}");
-                return Ok(());
-            }
-            out.table(
-                &[
-                    "ID", "NAME", "STATE", "REGION", "IMAGE", "CREATED", "UPDATED",
-                ],
-                machines
-                    .into_iter()
-                    .map(|m| {
-                        vec![
-                            m.id,
-                            m.name,
-                            m.state,
-                            m.region,
-                            m.config.map(|c| c.image).unwrap_or_default(),
-                            m.created_at,
-                            m.updated_at,
-                        ]
-                    })
-                    .collect(),
-            );
-            Ok(())
-        }
-        MachineCmd::Status {
-            id,
-            app,
-            display_config,
-        } => {
-            let app = app.get()?;
-            let id = resolve(c, app, id).await?;
-            let m = c.get_machine(app, &id).await?;
-            if out.json {
-                return out.print_json(&m);
-            }
-            print_status(&m, out, *display_config)
-        }
-        MachineCmd::Start { ids, app } => {
-            let app = app.get()?;
-            for id in ids {
-                let id = resolve(c, app, id).await?;
-                let r = c.start_machine(app, &id).await?;
-                if out.json {
-                    out.print_json(&r)?;
-                } else {
-                    println!("{id} has been started (was {})", r.previous_state);
-                }
-            }
-            Ok(())
-        }
-        MachineCmd::Stop {
-            ids,
-            app,
-            signal,
-            timeout,
-        } => {
-            let app = app.get()?;
-            let timeout = timeout.as_deref().map(seconds_to_duration);
-            for id in ids {
-                let id = resolve(c, app, id).await?;
-                c.stop_machine(app, &id, signal.as_deref(), timeout.as_deref())
-                    .await?;
-                println!(
-                    "Sent {} to machine {id}",
-                    signal.as_deref().unwrap_or("stop")
-                );
-            }
-            Ok(())
-        }
-        MachineCmd::Destroy { id, app, force } => {
-            let app = app.get()?;
-            let id = resolve(c, app, id).await?;
-            c.destroy_machine(app, &id, *force).await?;
-            let pb = spinner(format!("Destroying machine {id}"));
-            let r = c
-                .wait_machine(app, &id, &["destroyed"], Duration::from_secs(60))
-                .await;
-            pb.finish_and_clear();
-            r?;
-            println!("Machine {id} was destroyed");
-            Ok(())
-        }
-        MachineCmd::Wait {
-            id,
-            app,
-            state,
-            wait_timeout,
-        } => {
-            let app = app.get()?;
-            let id = resolve(c, app, id).await?;
-            let timeout = parse_duration(wait_timeout)?;
-            let pb = spinner(format!("Waiting for machine {id} to reach {state}"));
-            let r = c.wait_machine(app, &id, &[state], timeout).await;
-            pb.finish_and_clear();
-            let r = r?;
-            if out.json {
-                return out.print_json(&r);
-            }
-            println!("Machine {id} is {}", r.state);
-            Ok(())
-        }
-    }
-}
-
-/// Suspend, cordon and uncordon.
-async fn action(
-    c: &Client,
-    app: &AppArg,
-    id: &str,
-    action: &str,
-    done: &str,
-) -> anyhow::Result<()> {
-    let app = app.get()?;
-    let id = resolve(c, app, id).await?;
-    c.machine_action(app, &id, action).await?;
-    println!("Machine {id} {done}");
-    Ok(())
-}
-
 /// `30` means 30 seconds, as flyctl takes it; durations pass through.
-fn seconds_to_duration(t: &str) -> String {
+pub(crate) fn seconds_to_duration(t: &str) -> String {
     if t.chars().all(|ch| ch.is_ascii_digit()) {
         format!("{t}s")
     } else {
@@ -726,21 +362,7 @@ fn seconds_to_duration(t: &str) -> String {
     }
 }
 
-/// A machine ID, or the ID of the app's machine with that name.
-pub(crate) async fn resolve(c: &Client, app: &str, id_or_name: &str) -> anyhow::Result<String> {
-    let is_id = id_or_name.len() == 14 && id_or_name.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_id {
-        return Ok(id_or_name.to_owned());
-    }
-    let machines = c.list_machines(app, &ListMachines::default()).await?;
-    machines
-        .into_iter()
-        .find(|m| m.name == id_or_name)
-        .map(|m| m.id)
-        .with_context(|| format!("no machine with ID or name {id_or_name:?} in app {app}"))
-}
-
-fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
@@ -758,7 +380,7 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 /// `512`, `512mb`, `1gb`, `1GB` as MB.
-fn parse_memory(s: &str) -> anyhow::Result<i64> {
+pub(crate) fn parse_memory(s: &str) -> anyhow::Result<i64> {
     let l = s.trim().to_ascii_lowercase();
     let (num, mult) = if let Some(n) = l.strip_suffix("gb").or_else(|| l.strip_suffix('g')) {
         (n, 1024)
@@ -774,7 +396,7 @@ fn parse_memory(s: &str) -> anyhow::Result<i64> {
     Ok(n * mult)
 }
 
-fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
     list.iter()
         .map(|kv| {
             kv.split_once('=')
@@ -785,7 +407,7 @@ fn pairs(list: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>
 }
 
 /// The machine config flyctl's `machine run` builds from its flags.
-fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
+pub(crate) fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
     let image = match (&args.image, args.shell) {
         (Some(i), _) => i.clone(),
         (None, true) => DEFAULT_SHELL_IMAGE.to_owned(),
@@ -830,189 +452,6 @@ fn config_from(args: &RunArgs, run: bool) -> anyhow::Result<MachineConfig> {
         });
     }
     Ok(c)
-}
-
-async fn run_machine(args: &RunArgs, c: &Client, out: &Output, start: bool) -> anyhow::Result<()> {
-    let app = args.app.get()?;
-    if args.shell && !start {
-        bail!("--shell works with `hangar machine run`");
-    }
-    let shell = if args.shell {
-        Some(
-            shlex::split(&args.shell_command)
-                .filter(|a| !a.is_empty())
-                .with_context(|| format!("invalid --command {:?}", args.shell_command))?,
-        )
-    } else {
-        None
-    };
-    match c.get_app(app).await {
-        Ok(_) => {}
-        Err(ClientError::Api { status: 404, .. }) => {
-            c.create_app(app).await?;
-            if !out.json {
-                println!("Created app {app}");
-            }
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let mut config = config_from(args, start)?;
-    if let Some(spec) = &args.volume {
-        let (volume, path) = super::volumes::resolve_mount(c, app, spec).await?;
-        config.mounts = Some(vec![hangar_api_types::MachineMount {
-            volume: Some(volume),
-            path,
-            ..Default::default()
-        }]);
-    }
-    // A standby stays stopped: wait for that instead.
-    let start = start && config.standbys.is_none();
-    let req = CreateMachineRequest {
-        config: Some(config),
-        name: args.name.clone(),
-        region: args.region.clone(),
-        skip_launch: (!start).then_some(true),
-        ..CreateMachineRequest::default()
-    };
-    let m = c.create_machine(app, &req).await?;
-    let id = m.id.clone();
-    if !args.detach {
-        let (want, verb) = if start {
-            ("started", "start")
-        } else {
-            ("stopped", "be created")
-        };
-        let pb = spinner(format!("Waiting for machine {id} to {verb}"));
-        let r = c
-            .wait_machine(app, &id, &[want], Duration::from_secs(300))
-            .await;
-        pb.finish_and_clear();
-        if let Err(e) = r {
-            bail!("machine {id} did not {verb}: {e}");
-        }
-    }
-    if let Some(argv) = shell {
-        let code = machine_ops::attach_tty(c, app, &id, argv).await;
-        // The machine was only for the shell.
-        let _ = c.destroy_machine(app, &id, true).await;
-        let code = code?;
-        std::process::exit(code.clamp(0, 255));
-    }
-    let m = c.get_machine(app, &id).await?;
-    if out.json {
-        return out.print_json(&m);
-    }
-    println!(
-        "Machine {} ({}) {}",
-        m.id,
-        m.name,
-        if start { "is launched" } else { "is created" }
-    );
-    println!(" App:         {app}");
-    println!(" Instance ID: {}", m.instance_id);
-    println!(" State:       {}", m.state);
-    println!(
-        " Image:       {}",
-        m.config.as_ref().map(|c| c.image.as_str()).unwrap_or("")
-    );
-    Ok(())
-}
-
-fn print_status(m: &Machine, out: &Output, display_config: bool) -> anyhow::Result<()> {
-    let image = m
-        .image_ref
-        .as_ref()
-        .map(|r| {
-            let tag = if r.tag.is_empty() {
-                String::new()
-            } else {
-                format!(":{}", r.tag)
-            };
-            let digest = if r.digest.is_empty() {
-                String::new()
-            } else {
-                format!("@{}", r.digest)
-            };
-            format!("{}/{}{tag}{digest}", r.registry, r.repository)
-        })
-        .unwrap_or_default();
-    println!("Machine ID:  {}", m.id);
-    println!("Name:        {}", m.name);
-    println!("State:       {}", m.state);
-    println!("Region:      {}", m.region);
-    println!("Image:       {image}");
-    println!("Instance ID: {}", m.instance_id);
-    if !m.private_ip.is_empty() {
-        println!("Private IP:  {}", m.private_ip);
-    }
-    println!("Created:     {}", m.created_at);
-    println!("Updated:     {}", m.updated_at);
-    if let Some(g) = m.config.as_ref().and_then(|c| c.guest.as_ref()) {
-        println!(
-            "Size:        {} x{} CPU, {} MB",
-            g.cpu_kind.as_deref().unwrap_or("shared"),
-            g.cpus.unwrap_or(1),
-            g.memory_mb.unwrap_or(256)
-        );
-    }
-    println!();
-    println!("Event Logs");
-    let rows = m
-        .events
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| {
-            let info = e
-                .request
-                .as_ref()
-                .map(|r| {
-                    if let Some(x) = r.get("exit_event") {
-                        format!(
-                            "exit_code={},oom_killed={},requested_stop={}",
-                            x["exit_code"], x["oom_killed"], x["requested_stop"]
-                        )
-                    } else if let Some(err) = r.get("error").and_then(|v| v.as_str()) {
-                        err.to_owned()
-                    } else {
-                        String::new()
-                    }
-                })
-                .unwrap_or_default();
-            vec![e.status, e.kind, e.source, format_ms(e.timestamp), info]
-        })
-        .collect();
-    out.table(&["STATE", "EVENT", "SOURCE", "TIMESTAMP", "INFO"], rows);
-    if let Some(checks) = m.checks.as_ref().filter(|c| !c.is_empty()) {
-        println!();
-        println!("Checks");
-        out.table(
-            &["NAME", "STATUS", "LAST UPDATED", "OUTPUT"],
-            checks
-                .iter()
-                .map(|c| {
-                    vec![
-                        c.name.clone(),
-                        c.status.clone(),
-                        c.updated_at.clone(),
-                        c.output.clone(),
-                    ]
-                })
-                .collect(),
-        );
-    }
-    if display_config {
-        println!();
-        println!("Config:");
-        println!("{}", serde_json::to_string_pretty(&m.config)?);
-    }
-    Ok(())
-}
-
-/// Unix milliseconds as `2026-11-22T01:02:03.456Z`.
-fn format_ms(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]
@@ -1222,6 +661,9 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("soon").is_err());
-        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            super::super::show::format_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
     }
 }
