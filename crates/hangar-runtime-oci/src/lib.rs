@@ -583,10 +583,18 @@ fn spec_hash(spec: &WorkloadSpec) -> u64 {
     h.finish()
 }
 
+/// The start time of a live process (field 22 of its `stat`); none for a
+/// process that has ended, zombies included: a shim that exited while no
+/// `hangard` was there to reap it stays a zombie until the host's init does,
+/// and adopting it would take its last run's end for the current one's.
 fn proc_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next()?, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -1039,6 +1047,18 @@ mod tests {
         assert_eq!(rt.observe(&id).await.unwrap(), Observed::Running);
         writer.await.unwrap();
         drop(lock);
+
+        // A zombie (a shim that ended with nobody to reap it) is not alive.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let zpid = zombie.id() as i32;
+        hangar_test_utils::wait_until_sync(Duration::from_secs(5), || {
+            std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        });
+        assert_eq!(proc_start_time(zpid), None);
+        let _ = zombie.wait();
 
         // Without a lock holder and without a live pid there is nothing.
         let other: MachineId = "abcdef01234567".parse().unwrap();

@@ -35,6 +35,15 @@ where
     }
 }
 
+/// Polls `check` every 10 ms until it holds; panics after `timeout`.
+pub fn wait_until_sync(timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Whether a test of the host tier (root, a container runtime, a registry,
 /// network namespaces) can run here. A plain `cargo test` as a normal user
 /// skips such tests with a message (they return early); with
