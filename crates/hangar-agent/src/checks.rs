@@ -177,8 +177,7 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
                 if map.get(&id).is_some_and(|c| c.instance == m.instance_id) {
                     continue;
                 }
-                let config = serde_json::to_value(&m.config).unwrap_or_default();
-                let defs = hangar_core::checks::checks(&config);
+                let defs = m.spec.checks.clone();
                 let ip = if defs.is_empty() {
                     None
                 } else {

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use hangar_api_types::ImageRef;
 use hangar_core::process::ImageProcess;
+use hangar_core::spec::ImageRef;
 use hangar_image::ImageError;
 
 /// An image ready to run.

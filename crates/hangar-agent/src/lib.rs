@@ -31,8 +31,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hangar_api_types::MachineConfig;
 use hangar_core::machine::{self, Machine as MachineCore};
+use hangar_core::spec::{MachineSpec, Parsed};
 use hangar_core::{AppName, InstanceId, MachineId, MachineState, Signal};
 use hangar_runtime::Runtime;
 use tokio::sync::oneshot;
@@ -237,10 +237,10 @@ impl Shared {
 }
 
 /// A new machine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NewMachine {
-    /// Its config (image required).
-    pub config: MachineConfig,
+    /// Its config, parsed where it entered.
+    pub config: Parsed,
     /// Name; generated when absent.
     pub name: Option<String>,
     /// Region; this host's when absent.
@@ -249,6 +249,20 @@ pub struct NewMachine {
     pub skip_launch: bool,
     /// Refuse (412) unless the app's secrets have reached this version.
     pub min_secrets_version: Option<i64>,
+}
+
+impl NewMachine {
+    /// A machine of `config`, started once created, with a generated name,
+    /// in this host's region.
+    pub fn new(config: Parsed) -> NewMachine {
+        NewMachine {
+            config,
+            name: None,
+            region: None,
+            skip_launch: false,
+            min_secrets_version: None,
+        }
+    }
 }
 
 /// A state a waiter can ask for.
@@ -336,13 +350,10 @@ impl MachineFilter {
     fn admits(&self, m: &MachineRecord) -> bool {
         self.region.as_ref().is_none_or(|r| *r == m.region)
             && (self.states.is_empty() || self.states.contains(&m.core.state))
-            && self.metadata.iter().all(|(k, v)| {
-                m.config
-                    .metadata
-                    .as_ref()
-                    .and_then(|md| md.get(k))
-                    .is_some_and(|x| x == v)
-            })
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| m.spec.metadata.get(k).is_some_and(|x| x == v))
     }
 }
 
@@ -674,16 +685,16 @@ impl Agent {
         req: NewMachine,
     ) -> Result<MachineRecord, AgentError> {
         let app = self.get_app(app)?;
-        let config = spec::normalize(req.config)?;
-        self.check_capacity_for(&config)?;
-        self.check_standbys(&app.name, None, &config)?;
+        let Parsed { json, spec } = req.config;
+        self.check_capacity_for(&spec)?;
+        self.check_standbys(&app.name, None, &spec)?;
         self.check_secrets_version(&app.name, req.min_secrets_version)?;
-        self.check_file_secrets(&app.name, &config)?;
-        let volume = self.mount_volume(&app.name, None, &config)?;
+        self.check_file_secrets(&app.name, &spec)?;
+        let volume = self.mount_volume(&app.name, None, &spec)?;
         let image_ref = self
             .shared
             .images
-            .parse(&config.image)
+            .parse(&spec.image)
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let region = match req
             .region
@@ -721,9 +732,10 @@ impl Agent {
             name,
             region,
             // A standby settles in `stopped`, like skip_launch.
-            core: MachineCore::new(!req.skip_launch && !standby::is_standby(&config)),
+            core: MachineCore::new(!req.skip_launch && !spec.is_standby()),
             instance_id: InstanceId::generate().to_string(),
-            config,
+            config: json,
+            spec,
             image_ref: Some(image_ref),
             private_ip: String::new(),
             created_at: now.clone(),
@@ -777,7 +789,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(rec.id.clone(), handle);
-        tracing::info!(machine = %rec.id, app = %rec.app, image = %rec.config.image, "machine created");
+        tracing::info!(machine = %rec.id, app = %rec.app, image = %rec.spec.image, "machine created");
         Ok(rec)
     }
 
@@ -1065,8 +1077,8 @@ impl Agent {
 
 impl Agent {
     /// Refuses a machine that asks for more memory than the host has.
-    pub(crate) fn check_capacity_for(&self, config: &MachineConfig) -> Result<(), AgentError> {
-        let asked = spec::resources(config, None).memory_mb;
+    pub(crate) fn check_capacity_for(&self, spec: &MachineSpec) -> Result<(), AgentError> {
+        let asked = spec::resources(spec, None).memory_mb;
         match self.shared.host_memory_mb {
             Some(host) if asked > host => Err(AgentError::InsufficientCapacity(format!(
                 "insufficient memory: guest.memory_mb {asked} is more than this host has ({host} MB)"

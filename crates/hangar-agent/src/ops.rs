@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hangar_api_types::MachineConfig;
 use hangar_core::machine;
+use hangar_core::spec::Parsed;
 use hangar_core::{InstanceId, MachineState, Signal};
 use hangar_runtime::{
     ExecOutput, ExecRequest, MemoryInfo, ProcessInfo, RuntimeError, Terminal, TtyRequest,
@@ -23,10 +23,10 @@ use crate::store::{self, LeaseRow, MachineRecord, NewVersion};
 use crate::{Agent, AgentError, spec};
 
 /// A full config replacement (`POST /apps/{app}/machines/{id}`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UpdateMachine {
-    /// The new config (image required).
-    pub config: MachineConfig,
+    /// The new config, parsed where it entered.
+    pub config: Parsed,
     /// Optimistic check: the version the client last saw.
     pub current_version: Option<String>,
     /// Leave the machine stopped with the new config.
@@ -37,6 +37,20 @@ pub struct UpdateMachine {
     pub region: Option<String>,
     /// Refuse (412) unless the app's secrets have reached this version.
     pub min_secrets_version: Option<i64>,
+}
+
+impl UpdateMachine {
+    /// A replacement by `config`, run at once, with no preconditions.
+    pub fn new(config: Parsed) -> UpdateMachine {
+        UpdateMachine {
+            config,
+            current_version: None,
+            skip_launch: false,
+            name: None,
+            region: None,
+            min_secrets_version: None,
+        }
+    }
 }
 
 /// A page of the organization-wide machine listing.
@@ -120,19 +134,19 @@ impl Agent {
                 )));
             }
         }
-        let config = spec::normalize(req.config)?;
-        self.check_capacity_for(&config)?;
-        self.check_standbys(app, Some(&rec.id), &config)?;
+        let config = req.config;
+        self.check_capacity_for(&config.spec)?;
+        self.check_standbys(app, Some(&rec.id), &config.spec)?;
         self.check_secrets_version(app, req.min_secrets_version)?;
-        self.check_file_secrets(app, &config)?;
-        crate::volumes::check_mounts_unchanged(&rec.config, &config)?;
+        self.check_file_secrets(app, &config.spec)?;
+        crate::volumes::check_mounts_unchanged(&rec.spec, &config.spec)?;
         let image_ref = self
             .shared
             .images
-            .parse(&config.image)
+            .parse(&config.spec.image)
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         // A standby stays stopped.
-        let launch = !req.skip_launch && !crate::standby::is_standby(&config);
+        let launch = !req.skip_launch && !config.spec.is_standby();
         let version = NewVersion {
             instance_id: InstanceId::generate().to_string(),
             config,
@@ -153,7 +167,7 @@ impl Agent {
         &self,
         app: &str,
         id: &str,
-    ) -> Result<Vec<(String, MachineConfig)>, AgentError> {
+    ) -> Result<Vec<(String, serde_json::Value)>, AgentError> {
         let rec = self.get_machine(app, id)?;
         self.shared.store.versions(&rec.id)
     }
@@ -317,11 +331,7 @@ impl Agent {
         app: &str,
         id: &str,
     ) -> Result<BTreeMap<String, String>, AgentError> {
-        Ok(self
-            .get_machine(app, id)?
-            .config
-            .metadata
-            .unwrap_or_default())
+        Ok(self.get_machine(app, id)?.spec.metadata)
     }
 
     /// Upserts (`Some`) and removes (`None`) metadata keys; with
@@ -448,7 +458,7 @@ impl Agent {
         limit_mb: u64,
     ) -> Result<MemoryInfo, AgentError> {
         let rec = self.running(app, id)?;
-        let max = spec::resources(&rec.config, None).memory_mb;
+        let max = spec::resources(&rec.spec, None).memory_mb;
         if limit_mb < 32 || limit_mb > max {
             return Err(AgentError::InvalidArgument(format!(
                 "limit_mb must be between 32 and the machine's guest.memory_mb ({max})"

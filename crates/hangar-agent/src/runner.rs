@@ -265,25 +265,33 @@ impl Runner {
         &mut self,
         changes: BTreeMap<String, Option<String>>,
     ) -> Result<MachineState, AgentError> {
-        let mut config = self.rec.config.clone();
-        let md = config.metadata.get_or_insert_with(BTreeMap::new);
+        let mut metadata = self.rec.spec.metadata.clone();
         for (k, v) in changes {
             match v.filter(|v| !v.is_empty()) {
                 Some(v) => {
-                    md.insert(k, v);
+                    metadata.insert(k, v);
                 }
                 None => {
-                    md.remove(&k);
+                    metadata.remove(&k);
                 }
             }
         }
-        if md.is_empty() {
-            config.metadata = None;
+        let mut config = self.rec.config.clone();
+        if let Some(c) = config.as_object_mut() {
+            if metadata.is_empty() {
+                c.remove("metadata");
+            } else {
+                c.insert(
+                    "metadata".into(),
+                    serde_json::to_value(&metadata).unwrap_or_default(),
+                );
+            }
         }
         self.shared
             .store
             .set_config(&self.rec.id, &self.rec.instance_id, &config)?;
         self.rec.config = config;
+        self.rec.spec.metadata = metadata;
         Ok(self.rec.core.state)
     }
 
@@ -303,11 +311,11 @@ impl Runner {
 
     /// The machine's schedule, if it runs on one (standbys never do).
     fn schedule(&self) -> Option<Schedule> {
-        let c = &self.rec.config;
-        if crate::standby::is_standby(c) {
+        let s = &self.rec.spec;
+        if s.is_standby() {
             return None;
         }
-        c.schedule.as_deref().and_then(Schedule::parse)
+        s.schedule
     }
 
     fn set_schedule_next(&mut self, next_ms: Option<i64>) {
@@ -394,8 +402,10 @@ impl Runner {
     async fn apply_all(&mut self, first: Input, mut reply: Option<Reply>) {
         let mut queue = VecDeque::from([first]);
         while let Some(input) = queue.pop_front() {
-            let mut policy = spec::policy(&self.rec.config);
-            policy.scheduled = self.schedule().is_some() && self.rec.schedule_next_ms.is_some();
+            let policy = self
+                .rec
+                .spec
+                .policy(self.schedule().is_some() && self.rec.schedule_next_ms.is_some());
             let before = self.rec.core.state;
             let t = match machine::apply(&self.rec.core, &policy, input) {
                 Ok(t) => t,
@@ -422,7 +432,8 @@ impl Runner {
                             // The new config may name another image: resolve
                             // it afresh (a tag is looked up again, as Fly does).
                             self.rec.instance_id = v.instance_id;
-                            self.rec.config = v.config;
+                            self.rec.config = v.config.json;
+                            self.rec.spec = v.config.spec;
                             self.rec.image_ref = Some(v.image_ref);
                             self.image = None;
                         }
@@ -577,7 +588,7 @@ impl Runner {
     fn image_reference(&self) -> String {
         match &self.rec.image_ref {
             Some(r) if !r.digest.is_empty() => pinned(r),
-            _ => self.rec.config.image.clone(),
+            _ => self.rec.spec.image.clone(),
         }
     }
 
@@ -603,7 +614,7 @@ impl Runner {
             .image
             .as_ref()
             .ok_or_else(|| AgentError::Internal("the image is not prepared".into()))?;
-        let c = &self.rec.config;
+        let c = &self.rec.spec;
         let resources = spec::resources(c, self.shared.pids_limit);
         let reserved = spec::Reserved {
             app: &self.rec.app,
@@ -612,28 +623,24 @@ impl Runner {
             image: &c.image,
             version: &self.rec.instance_id,
             memory_mb: resources.memory_mb,
-            metadata: c.metadata.as_ref(),
+            metadata: Some(&c.metadata),
             private_ip: &self.rec.private_ip,
         };
         // The app's secrets as they are now: a change reaches a machine at
         // its next start.
         let secrets =
             crate::secrets::values(&self.shared.store, &self.shared.secrets, &self.rec.app)?;
-        let process = hangar_core::process::resolve(
-            &img.process,
-            &spec::init_overrides(c),
-            &c.env.clone().unwrap_or_default(),
-            &reserved.env(),
-        )
-        .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let process =
+            hangar_core::process::resolve(&img.process, &c.init.overrides, &c.env, &reserved.env())
+                .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         Ok(WorkloadSpec {
             id: self.rec.id.clone(),
             hostname: self.rec.id.to_string(),
             process,
             layers: img.layers.clone(),
             resources,
-            files: spec::guest_files(c, Some(&secrets))?,
-            tty: c.init.as_ref().and_then(|i| i.tty).unwrap_or(false),
+            files: spec::guest_files(c, &secrets)?,
+            tty: c.init.tty,
             secret_env: hangar_runtime::SecretEnv(secrets.into_iter().collect()),
             volumes: crate::volumes::attachments(&self.shared.store, &self.shared.secrets, c)?,
             network: self
@@ -645,7 +652,7 @@ impl Runner {
     }
 }
 
-fn pinned(r: &hangar_api_types::ImageRef) -> String {
+fn pinned(r: &hangar_core::spec::ImageRef) -> String {
     format!("{}/{}@{}", r.registry, r.repository, r.digest)
 }
 

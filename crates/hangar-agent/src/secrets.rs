@@ -262,19 +262,13 @@ impl Agent {
     pub(crate) fn check_file_secrets(
         &self,
         app: &str,
-        config: &hangar_api_types::MachineConfig,
+        spec: &hangar_core::spec::MachineSpec,
     ) -> Result<(), AgentError> {
-        let wanted: Vec<&str> = config
-            .files
-            .iter()
-            .flatten()
-            .filter_map(|f| f.secret_name.as_deref().filter(|s| !s.is_empty()))
-            .collect();
-        if wanted.is_empty() {
+        if spec.file_secrets().next().is_none() {
             return Ok(());
         }
         let values = self.secret_values(app)?;
-        crate::spec::guest_files(config, Some(&values)).map(|_| ())
+        crate::spec::guest_files(spec, &values).map(|_| ())
     }
 
     /// 412 unless the app's secrets have reached `min` (a version a client

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use hangar_api_types::MachineConfig;
-use hangar_core::{GuestPath, MachineId, MachineState};
+use hangar_core::spec::MachineSpec;
+use hangar_core::{MachineId, MachineState};
 use hangar_runtime::VolumeAttachment;
 use hangar_volumes::{Fstype, GIB, Usage};
 
@@ -494,23 +494,12 @@ impl Agent {
         &self,
         app: &str,
         machine: Option<&str>,
-        config: &MachineConfig,
+        spec: &MachineSpec,
     ) -> Result<Option<String>, AgentError> {
-        let Some(mounts) = config.mounts.as_ref().filter(|m| !m.is_empty()) else {
+        let Some(m) = spec.mounts.first() else {
             return Ok(None);
         };
-        if mounts.len() > 1 {
-            return Err(invalid("a machine can mount at most one volume"));
-        }
-        let m = &mounts[0];
-        let path =
-            GuestPath::parse(&m.path).map_err(|e| invalid(format!("config.mounts[0].path {e}")))?;
-        let _ = path;
-        let vol = m
-            .volume
-            .as_deref()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| invalid("config.mounts[0].volume is required (a volume id)"))?;
+        let vol = m.volume.as_str();
         let mut v = self.get_volume(app, vol)?;
         if v.fstype != "ext4" {
             return Err(invalid(format!(
@@ -541,17 +530,10 @@ impl Agent {
 
 /// Mounts must not change on update (a machine keeps its volume).
 pub(crate) fn check_mounts_unchanged(
-    old: &MachineConfig,
-    new: &MachineConfig,
+    old: &MachineSpec,
+    new: &MachineSpec,
 ) -> Result<(), AgentError> {
-    let key = |c: &MachineConfig| -> Vec<(Option<String>, String)> {
-        c.mounts
-            .iter()
-            .flatten()
-            .map(|m| (m.volume.clone(), m.path.clone()))
-            .collect()
-    };
-    if key(old) != key(new) {
+    if old.mounts != new.mounts {
         return Err(invalid(
             "mounts cannot change on update: destroy the machine and create a new one with the other volume",
         ));
@@ -563,13 +545,11 @@ pub(crate) fn check_mounts_unchanged(
 pub(crate) fn attachments(
     store: &Store,
     secrets: &crate::secrets::SecretBox,
-    config: &MachineConfig,
+    spec: &MachineSpec,
 ) -> Result<Vec<VolumeAttachment>, AgentError> {
     let mut out = Vec::new();
-    for m in config.mounts.iter().flatten() {
-        let Some(id) = m.volume.as_deref() else {
-            continue;
-        };
+    for m in &spec.mounts {
+        let id = m.volume.as_str();
         let v = store
             .volume(id)?
             .filter(|v| v.state != "destroyed")
@@ -590,7 +570,7 @@ pub(crate) fn attachments(
         };
         out.push(VolumeAttachment {
             id: v.id,
-            guest_path: m.path.clone(),
+            guest_path: m.path.as_str().to_owned(),
             key,
         });
     }

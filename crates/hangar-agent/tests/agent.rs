@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use hangar_agent::images::fake::FakeImages;
 use hangar_agent::{Agent, AgentConfig, AgentError, NewMachine, WaitFor};
-use hangar_api_types::MachineConfig;
 use hangar_core::machine::Observed;
+use hangar_core::spec::Parsed;
 use hangar_core::{ExitInfo, MachineState, Signal};
 use hangar_runtime::fake::{Call, FakeRuntime};
 
@@ -35,15 +35,12 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
     .unwrap()
 }
 
-fn config(v: serde_json::Value) -> MachineConfig {
-    serde_json::from_value(v).unwrap()
+fn config(v: serde_json::Value) -> Parsed {
+    Parsed::new(v).unwrap()
 }
 
 fn new_machine(v: serde_json::Value) -> NewMachine {
-    NewMachine {
-        config: config(v),
-        ..NewMachine::default()
-    }
+    NewMachine::new(config(v))
 }
 
 async fn wait(agent: &Agent, id: &str, state: MachineState) {
@@ -369,15 +366,9 @@ async fn bad_requests_get_clear_errors() {
         .await
         .unwrap_err();
     assert!(matches!(err, AgentError::NotFound(_)), "{err}");
-    let err = e
-        .agent
-        .create_machine("app", new_machine(serde_json::json!({})))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, AgentError::InvalidArgument(m) if m == "config.image is required"),
-        "{err:?}"
-    );
+    // Configs are parsed once, at the edge: a bad one never reaches the agent.
+    let err = Parsed::new(serde_json::json!({})).unwrap_err();
+    assert_eq!(err.to_string(), "config.image is required");
     let err = e
         .agent
         .create_machine(
@@ -563,10 +554,11 @@ async fn update_replaces_a_running_machine_with_a_new_version() {
         .unwrap();
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
     let upd = |v: &str, current: Option<String>, skip: bool| hangar_agent::UpdateMachine {
-        config: config(serde_json::json!({"image": "busybox", "env": {"V": v}})),
         current_version: current,
         skip_launch: skip,
-        ..Default::default()
+        ..hangar_agent::UpdateMachine::new(config(
+            serde_json::json!({"image": "busybox", "env": {"V": v}}),
+        ))
     };
     // A stale current_version is refused.
     let err = e
@@ -595,7 +587,8 @@ async fn update_replaces_a_running_machine_with_a_new_version() {
         .await
         .unwrap();
     assert_ne!(updated.instance_id, m.instance_id);
-    assert_eq!(updated.config.env.as_ref().unwrap()["V"], "2");
+    assert_eq!(updated.config["env"]["V"], "2");
+    assert_eq!(updated.spec.env["V"], "2");
     wait(&e.agent, m.id.as_str(), MachineState::Started).await;
     let specs: Vec<_> =
         e.rt.calls()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hangar_agent::clock::ScaledClock;
 use hangar_agent::images::fake::FakeImages;
 use hangar_agent::{Agent, AgentConfig, AgentError, NewMachine, UpdateMachine, WaitFor};
+use hangar_core::spec::Parsed;
 use hangar_core::{ExitInfo, MachineId, MachineState};
 use hangar_runtime::fake::FakeRuntime;
 
@@ -36,9 +37,8 @@ async fn open(dir: &tempfile::TempDir, rt: &Arc<FakeRuntime>) -> Agent {
 
 fn machine(v: serde_json::Value, skip_launch: bool) -> NewMachine {
     NewMachine {
-        config: serde_json::from_value(v).unwrap(),
         skip_launch,
-        ..NewMachine::default()
+        ..NewMachine::new(Parsed::new(v).unwrap())
     }
 }
 
@@ -111,16 +111,16 @@ async fn a_scheduled_machine_runs_once_per_period_and_not_by_hand() {
     );
 
     // Without a schedule it is an ordinary machine again.
-    let mut config = agent.get_machine("app", &id).unwrap().config;
-    config.schedule = None;
+    let mut json = agent.get_machine("app", &id).unwrap().config;
+    json.as_object_mut().unwrap().remove("schedule");
+    let config = Parsed::new(json).unwrap();
     agent
         .update_machine(
             "app",
             &id,
             UpdateMachine {
-                config,
                 skip_launch: true,
-                ..UpdateMachine::default()
+                ..UpdateMachine::new(config)
             },
             None,
         )
@@ -271,12 +271,19 @@ async fn standbys_stay_stopped_until_their_machine_is_lost() {
         v.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        let err = agent
-            .create_machine("app", machine(v, false))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AgentError::InvalidArgument(_)), "{err:?}");
-        assert!(err.to_string().contains(want), "{err}");
+        // Shape is checked where the config is parsed, references by the agent.
+        let err = match Parsed::new(v) {
+            Err(e) => e.to_string(),
+            Ok(parsed) => {
+                let err = agent
+                    .create_machine("app", NewMachine::new(parsed))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, AgentError::InvalidArgument(_)), "{err:?}");
+                err.to_string()
+            }
+        };
+        assert!(err.contains(want), "{err}");
     }
 
     let standby = agent
@@ -296,13 +303,10 @@ async fn standbys_stay_stopped_until_their_machine_is_lost() {
         .update_machine(
             "app",
             &standby,
-            UpdateMachine {
-                config: serde_json::from_value(
-                    serde_json::json!({"image": "busybox", "standbys": [standby]}),
-                )
-                .unwrap(),
-                ..UpdateMachine::default()
-            },
+            UpdateMachine::new(
+                Parsed::new(serde_json::json!({"image": "busybox", "standbys": [standby]}))
+                    .unwrap(),
+            ),
             None,
         )
         .await
@@ -326,10 +330,7 @@ async fn standbys_stay_stopped_until_their_machine_is_lost() {
         .update_machine(
             "app",
             &standby,
-            UpdateMachine {
-                config: serde_json::from_value(serde_json::json!({"image": "busybox"})).unwrap(),
-                ..UpdateMachine::default()
-            },
+            UpdateMachine::new(Parsed::new(serde_json::json!({"image": "busybox"})).unwrap()),
             None,
         )
         .await
@@ -339,9 +340,9 @@ async fn standbys_stay_stopped_until_their_machine_is_lost() {
         agent
             .get_machine("app", &standby)
             .unwrap()
-            .config
+            .spec
             .standbys
-            .is_none()
+            .is_empty()
     );
 }
 

@@ -249,6 +249,30 @@ pub struct ImageRef {
     pub labels: BTreeMap<String, String>,
 }
 
+impl From<hangar_core::spec::ImageRef> for ImageRef {
+    fn from(r: hangar_core::spec::ImageRef) -> ImageRef {
+        ImageRef {
+            registry: r.registry,
+            repository: r.repository,
+            tag: r.tag,
+            digest: r.digest,
+            labels: r.labels,
+        }
+    }
+}
+
+/// Parsing once, at the door: a wire config becomes the typed spec the
+/// platform acts on, beside its JSON (stored and answered as received, with
+/// Fly's defaults filled in).
+impl TryFrom<&MachineConfig> for hangar_core::spec::Parsed {
+    type Error = hangar_core::spec::SpecError;
+
+    fn try_from(c: &MachineConfig) -> Result<Self, Self::Error> {
+        let json = serde_json::to_value(c).unwrap_or_default();
+        hangar_core::spec::Parsed::new(json)
+    }
+}
+
 /// A machine event (`MachineEvent`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineEvent {

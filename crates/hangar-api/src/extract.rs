@@ -135,6 +135,16 @@ mod tests {
     }
 }
 
+/// A machine config, parsed once, here at the door: the typed spec the
+/// platform acts on, beside the JSON it came as (400 with what is wrong).
+pub fn parse_config(
+    config: Option<&hangar_api_types::MachineConfig>,
+) -> Result<hangar_core::spec::Parsed, ApiError> {
+    let config = config
+        .ok_or_else(|| ApiError::BadRequest("config is required (with config.image)".into()))?;
+    hangar_core::spec::Parsed::try_from(config).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
 /// A JSON value a client sent, unless it is absent, null or `""`.
 pub fn present(v: &Option<serde_json::Value>) -> Option<&serde_json::Value> {
     v.as_ref()

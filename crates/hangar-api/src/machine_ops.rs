@@ -19,7 +19,7 @@ use hangar_core::Signal;
 
 // Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Params, parse_signal, present, stop_options};
+use crate::extract::{Body, Params, parse_config, parse_signal, present, stop_options};
 use crate::{ApiState, Principal, views};
 #[allow(unused_imports)]
 use hangar_api_types::*;
@@ -41,9 +41,7 @@ pub async fn update(
     headers: HeaderMap,
     Body(req): Body<UpdateMachineRequest>,
 ) -> ApiResult<Json<Machine>> {
-    let config = req
-        .config
-        .ok_or_else(|| ApiError::BadRequest("config is required (with config.image)".into()))?;
+    let config = parse_config(req.config.as_ref())?;
     let rec = s
         .agent
         .update_machine(
@@ -79,7 +77,7 @@ pub async fn versions(
         v.into_iter()
             .map(|(version, user_config)| MachineVersion {
                 version,
-                user_config,
+                user_config: views::wire_config(user_config),
             })
             .collect(),
     ))

@@ -15,7 +15,7 @@ use hangar_core::MachineState;
 
 // Types named only in the OpenAPI annotations below.
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Params, stop_options};
+use crate::extract::{Body, Params, parse_config, stop_options};
 use crate::machine_ops::nonce;
 use crate::{ApiState, Principal, views};
 #[allow(unused_imports)]
@@ -83,9 +83,7 @@ pub async fn create(
             "invalid_argument: lease_ttl must be positive".into(),
         ));
     }
-    let config = req
-        .config
-        .ok_or_else(|| ApiError::BadRequest("config is required (with config.image)".into()))?;
+    let config = parse_config(req.config.as_ref())?;
     let rec = s
         .agent
         .create_machine(

@@ -74,10 +74,13 @@ pub async fn org_machines(
             instance_id: m.instance_id,
             created_at: m.created_at,
             updated_at: m.updated_at,
-            config: (!summary).then(|| MachineOverviewConfig {
-                image: m.config.image,
-                guest: m.config.guest,
-                metadata: m.config.metadata,
+            config: (!summary).then(|| {
+                let c = crate::views::wire_config(m.config);
+                MachineOverviewConfig {
+                    image: c.image,
+                    guest: c.guest,
+                    metadata: c.metadata,
+                }
             }),
         })
         .collect();

@@ -40,6 +40,11 @@ pub fn event(e: EventRow) -> MachineEvent {
     }
 }
 
+/// A stored config as Fly's wire type (it was one when it was stored).
+pub fn wire_config(json: serde_json::Value) -> hangar_api_types::MachineConfig {
+    serde_json::from_value(json).unwrap_or_default()
+}
+
 /// A machine; `events` is `None` for summaries, which also omit the config
 /// and host status.
 pub fn machine(rec: MachineRecord, events: Option<Vec<EventRow>>) -> Machine {
@@ -53,8 +58,8 @@ pub fn machine(rec: MachineRecord, events: Option<Vec<EventRow>>) -> Machine {
         version: rec.instance_id.clone(),
         instance_id: rec.instance_id,
         private_ip: rec.private_ip,
-        config: (!summary).then_some(rec.config),
-        image_ref: rec.image_ref,
+        config: (!summary).then(|| wire_config(rec.config)),
+        image_ref: rec.image_ref.map(Into::into),
         created_at: rec.created_at,
         updated_at: rec.updated_at,
         events: events.map(|v| v.into_iter().map(event).collect()),

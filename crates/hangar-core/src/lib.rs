@@ -20,6 +20,7 @@ pub mod process;
 pub mod schedule;
 pub mod services;
 pub mod signal;
+pub mod spec;
 
 pub use duration::GoDuration;
 pub use exit::ExitInfo;

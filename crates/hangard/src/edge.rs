@@ -39,10 +39,8 @@ impl AgentMachines {
             .into_iter()
             .filter_map(|m| {
                 let addr = self.agent.machine_address(m.id.as_str()).ok().flatten()?;
-                let config = serde_json::to_value(&m.config).unwrap_or_default();
-                let standby = m.config.standbys.as_ref().is_some_and(|s| !s.is_empty());
-                let mut services = hangar_core::services::services(&config);
-                if standby {
+                let mut services = m.spec.services.clone();
+                if m.spec.is_standby() {
                     for s in &mut services {
                         s.autostart = false;
                     }

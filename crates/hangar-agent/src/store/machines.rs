@@ -1,7 +1,7 @@
 //! Machines, their config versions, events and leases.
 
-use hangar_api_types::{ImageRef, MachineConfig};
 use hangar_core::machine::Machine as MachineCore;
+use hangar_core::spec::{ImageRef, MachineSpec, Parsed};
 use hangar_core::{MachineId, MachineState};
 use rusqlite::{OptionalExtension, params};
 
@@ -26,8 +26,11 @@ pub struct MachineRecord {
     pub core: MachineCore,
     /// Current version.
     pub instance_id: String,
-    /// Current config.
-    pub config: MachineConfig,
+    /// Current config: Fly's `MachineConfig` as JSON, as received (with
+    /// Fly's defaults filled in).
+    pub config: serde_json::Value,
+    /// What the current config asks for.
+    pub spec: MachineSpec,
     /// The image actually pulled.
     pub image_ref: Option<ImageRef>,
     /// Private address.
@@ -87,7 +90,7 @@ pub struct NewVersion {
     /// The new `instance_id`.
     pub instance_id: String,
     /// The new config.
-    pub config: MachineConfig,
+    pub config: Parsed,
     /// The image reference it starts from (digest unknown until pulled).
     pub image_ref: ImageRef,
 }
@@ -139,7 +142,8 @@ fn machine_from_row(
                 launch: r.get::<_, i64>(6)? != 0,
             },
             instance_id: r.get(7)?,
-            config: MachineConfig::default(),
+            config: serde_json::Value::Null,
+            spec: empty_spec(),
             image_ref: None,
             private_ip: r.get(10)?,
             created_at: r.get(11)?,
@@ -156,7 +160,14 @@ fn machine_from_row(
 fn finish_machine(
     (mut m, config, image_ref): (MachineRecord, String, Option<String>),
 ) -> Result<MachineRecord, AgentError> {
-    m.config = serde_json::from_str(&config).map_err(json_err)?;
+    let parsed = Parsed::new(serde_json::from_str(&config).map_err(json_err)?).map_err(|e| {
+        AgentError::Internal(format!(
+            "machine {} has a stored config that does not parse: {e}",
+            m.id
+        ))
+    })?;
+    m.config = parsed.json;
+    m.spec = parsed.spec;
     m.image_ref = image_ref
         .map(|s| serde_json::from_str(&s))
         .transpose()
@@ -319,7 +330,7 @@ impl Store {
         )
         .map_err(db)?;
         if let Some(v) = version {
-            let config = serde_json::to_string(&v.config).map_err(json_err)?;
+            let config = serde_json::to_string(&v.config.json).map_err(json_err)?;
             let image_ref = serde_json::to_string(&v.image_ref).map_err(json_err)?;
             tx.execute(
                 "UPDATE machines SET instance_id = ?2, config = ?3, image_ref = ?4 WHERE id = ?1",
@@ -362,7 +373,7 @@ impl Store {
     }
 
     /// A machine's config versions, newest first: `(version, config)`.
-    pub fn versions(&self, id: &MachineId) -> Result<Vec<(String, MachineConfig)>, AgentError> {
+    pub fn versions(&self, id: &MachineId) -> Result<Vec<(String, serde_json::Value)>, AgentError> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT version, config FROM machine_versions WHERE machine_id = ?1 ORDER BY rowid DESC")
@@ -383,7 +394,7 @@ impl Store {
         &self,
         id: &MachineId,
         instance_id: &str,
-        config: &MachineConfig,
+        config: &serde_json::Value,
     ) -> Result<(), AgentError> {
         let c = serde_json::to_string(config).map_err(json_err)?;
         let mut conn = self.conn();
@@ -563,4 +574,10 @@ fn insert_event(
     )
     .map_err(db)?;
     Ok(event_id)
+}
+
+/// A placeholder until the stored config is read ([`finish_machine`]).
+fn empty_spec() -> MachineSpec {
+    let mut json = serde_json::json!({"image": "-"});
+    MachineSpec::parse(&mut json).unwrap_or_else(|_| unreachable!("a minimal config parses"))
 }

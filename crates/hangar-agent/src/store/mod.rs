@@ -171,6 +171,9 @@ mod tests {
     }
 
     fn machine(app: &str, name: &str) -> MachineRecord {
+        let parsed =
+            hangar_core::spec::Parsed::new(serde_json::json!({"image": "busybox", "x": 1}))
+                .unwrap();
         MachineRecord {
             id: MachineId::generate(),
             app: app.into(),
@@ -178,8 +181,8 @@ mod tests {
             region: "local".into(),
             core: MachineCore::new(true),
             instance_id: hangar_core::InstanceId::generate().to_string(),
-            config: serde_json::from_value(serde_json::json!({"image": "busybox", "x": 1}))
-                .unwrap(),
+            config: parsed.json,
+            spec: parsed.spec,
             image_ref: None,
             private_ip: String::new(),
             created_at: now_rfc3339(),
@@ -225,7 +228,8 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let got = s.get_machine("a", m.id.as_str()).unwrap().unwrap();
         assert_eq!(got.core.state, MachineState::Started);
-        assert_eq!(got.config.extra["x"], 1);
+        assert_eq!(got.config["x"], 1);
+        assert_eq!(got.spec.image, "busybox");
         let kinds: Vec<String> = s
             .events(&m.id, 10)
             .unwrap()
