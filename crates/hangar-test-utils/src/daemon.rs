@@ -172,7 +172,7 @@ impl Daemon {
         let token_file = self.data_dir.join("admin-token");
         let url = format!("{}/v1/apps?org_slug=personal", self.url);
         let http = reqwest::Client::new();
-        let token = crate::wait_until(Duration::from_secs(30), "hangard to serve", || {
+        let token = crate::poll_until(Duration::from_secs(30), || {
             let http = http.clone();
             let url = url.clone();
             let token_file = token_file.clone();
@@ -183,6 +183,18 @@ impl Daemon {
             }
         })
         .await;
+        let Some(token) = token else {
+            // Keep the log: the temp dir goes with the panic.
+            let keep = std::env::temp_dir().join(format!("hangard-{}.log", self.port));
+            let log = self.log();
+            let _ = std::fs::write(&keep, &log);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out after 30s waiting for hangard to serve; its log is kept in {}; last lines:\n{}",
+                keep.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        };
         self.token = token;
     }
 
