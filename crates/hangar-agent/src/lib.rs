@@ -19,6 +19,7 @@ pub mod ips;
 pub mod logs;
 pub mod network;
 mod ops;
+mod releases;
 mod runner;
 pub mod secrets;
 pub mod spec;
@@ -42,7 +43,9 @@ pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;
 use runner::{Handle, Msg, Runner};
 use store::NewVersion;
-pub use store::{AppRecord, EventRow, LeaseRow, MachineRecord, Store, TokenRow};
+pub use store::{
+    AppRecord, EventRow, LeaseRow, MachineRecord, ReleaseEvent, ReleaseRow, Store, TokenRow,
+};
 
 /// What can go wrong: what the caller did wrong (each of which the API
 /// answers with its own status), or what failed on this host, with its

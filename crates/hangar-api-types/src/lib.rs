@@ -852,6 +852,185 @@ pub struct CreatedAppToken {
     pub info: AppToken,
 }
 
+/// A release of an app (Hangar's extension, `/v1/apps/{app}/releases`):
+/// one deploy, secrets change, restart or rollback, run by hangard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Release {
+    /// `rel_<ULID>`.
+    pub id: String,
+    /// Per app, from 1.
+    pub version: i64,
+    /// pending, running, rolling_back, complete, failed, interrupted or
+    /// rolled_back.
+    pub status: String,
+    /// Whether this is the newest complete release.
+    #[serde(default)]
+    pub stable: bool,
+    /// deploy, secrets, restart, rollback or scale.
+    pub reason: String,
+    /// A line for listings.
+    #[serde(default)]
+    pub description: String,
+    /// rolling, immediate, canary or bluegreen.
+    pub strategy: String,
+    /// The image as asked for.
+    pub image_ref: String,
+    /// The manifest digest it resolved to (empty until resolved).
+    #[serde(default)]
+    pub image_digest: String,
+    /// The app's secrets version when it was made.
+    #[serde(default)]
+    pub secrets_version: i64,
+    /// Who asked (a token's id, or `admin`).
+    pub user: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The release a rollback restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+    /// Each machine's step: what it does and how it went.
+    #[serde(default)]
+    pub machines: Vec<ReleaseStep>,
+    /// The fly.toml it deploys, as JSON.
+    #[serde(default)]
+    pub definition: Value,
+}
+
+/// One step of a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReleaseStep {
+    /// release_command, create, update or destroy.
+    pub action: String,
+    /// The process group.
+    pub process_group: String,
+    /// The machine (for a create, once made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The machine's version before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// Its version after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    /// Whether it was started before (stopped machines stay stopped).
+    #[serde(default)]
+    pub was_started: bool,
+    /// A standby of the group's first new machine.
+    #[serde(default)]
+    pub standby: bool,
+    /// Config keys the change touches.
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// pending, running, done, failed, rolled_back or skipped.
+    pub outcome: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/releases` body: a deploy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreateReleaseRequest {
+    /// The fly.toml, as JSON (what `hangar config show` prints).
+    #[serde(default)]
+    pub definition: Value,
+    /// The image to deploy.
+    #[serde(default)]
+    pub image: String,
+    /// rolling, immediate, canary or bluegreen (else fly.toml's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// A fraction of a group (< 1) or a number of machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<f64>,
+    /// Per machine, as a Go duration or seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout: Option<Value>,
+    /// As a Go duration or seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_command_timeout: Option<Value>,
+    /// Don't run the release command.
+    #[serde(default)]
+    pub skip_release_command: bool,
+    /// Don't create machines for groups without any.
+    #[serde(default)]
+    pub update_only: bool,
+    /// Two machines per new group (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<bool>,
+    /// Only these process groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_groups: Vec<String>,
+    /// Only these machines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only_machines: Vec<String>,
+    /// Not these machines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_machines: Vec<String>,
+    /// Confirms destroying the machines of groups fly.toml no longer has.
+    #[serde(default)]
+    pub yes: bool,
+    /// Leave changed machines as they are if the release fails.
+    #[serde(default)]
+    pub no_rollback: bool,
+    /// A line for listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Instead of a definition and image: deploy this earlier release's
+    /// (id or `vN`) again, by digest, without its release command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
+}
+
+/// `POST /v1/apps/{app}/releases?dry_run=true` response: what a deploy
+/// would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReleasePlan {
+    /// The app's newest release, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Release>,
+    /// The strategy it would run.
+    pub strategy: String,
+    /// Its steps.
+    pub machines: Vec<ReleaseStep>,
+}
+
+/// `GET /v1/apps/{app}/releases` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListReleasesResponse {
+    /// Newest first.
+    pub releases: Vec<Release>,
+}
+
+/// One line of a release's progress
+/// (`GET /v1/apps/{app}/releases/{id}/events`, NDJSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReleaseEvent {
+    /// From 1, in order (pass the last one seen as `after`).
+    pub seq: i64,
+    /// RFC 3339 with milliseconds.
+    pub timestamp: String,
+    /// image, release_command, deploy, create, update, canary, destroy,
+    /// rollback, resume, finished, failed or rolled_back.
+    pub phase: String,
+    /// The release's status when it happened.
+    pub status: String,
+    /// The machine it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

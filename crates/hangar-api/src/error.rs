@@ -88,5 +88,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<hangar_deploy::DeployError> for ApiError {
+    fn from(e: hangar_deploy::DeployError) -> ApiError {
+        use hangar_deploy::DeployError as D;
+        match e {
+            D::Agent(e) => ApiError::Agent(e),
+            D::Config(e) => ApiError::BadRequest(format!("invalid_argument: fly.toml: {e}")),
+            D::Invalid(m) => ApiError::BadRequest(format!("invalid_argument: {m}")),
+            D::Denied(d) => ApiError::Agent(AgentError::Precondition(d.to_string())),
+        }
+    }
+}
+
 /// Handler result.
 pub type ApiResult<T> = Result<T, ApiError>;

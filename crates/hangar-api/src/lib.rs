@@ -19,6 +19,7 @@ mod machine_ops;
 mod machines;
 pub mod openapi;
 mod platform;
+mod releases;
 mod secrets;
 mod tokens;
 mod tty;
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub images: Option<Arc<hangar_image::ImageStore>>,
     /// Accepted tokens.
     pub auth: Arc<Auth>,
+    /// The release executor.
+    pub deploy: hangar_deploy::Deployer,
 }
 
 /// Who a request acts as.
@@ -223,6 +226,19 @@ pub fn router(state: ApiState) -> Router {
             get(machine_ops::memory).put(machine_ops::set_memory),
         )
         .route("/apps/{app}/deploy_token", post(tokens::deploy_token))
+        .route(
+            "/apps/{app}/releases",
+            get(releases::list).post(releases::create),
+        )
+        .route("/apps/{app}/releases/{release}", get(releases::get))
+        .route(
+            "/apps/{app}/releases/{release}/events",
+            get(releases::events),
+        )
+        .route(
+            "/apps/{app}/releases/{release}/cancel",
+            post(releases::cancel),
+        )
         .route(
             "/apps/{app}/ip_assignments",
             get(ips::list).post(ips::create),

@@ -7,7 +7,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    apps, images, ips, logs, machine_ops, machines, platform, secrets, tokens, tty, volumes,
+    apps, images, ips, logs, machine_ops, machines, platform, releases, secrets, tokens, tty,
+    volumes,
 };
 
 /// The document.
@@ -35,6 +36,7 @@ use crate::{
         volumes::extend, volumes::snapshots, volumes::snapshot,
         logs::logs, tty::tty, images::list, images::import,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
+        releases::list, releases::create, releases::get, releases::cancel, releases::events,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -32,9 +32,10 @@ async fn api() -> Api {
     .await
     .unwrap();
     let app = router(ApiState {
-        agent,
+        agent: agent.clone(),
         images: None,
         auth: Arc::new(Auth::new(TOKEN)),
+        deploy: hangar_deploy::Deployer::new(agent.clone()),
     });
     Api { app, rt, _dir: dir }
 }

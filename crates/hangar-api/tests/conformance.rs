@@ -129,9 +129,10 @@ impl Harness {
         .unwrap();
         Harness {
             app: router(ApiState {
-                agent,
+                agent: agent.clone(),
                 images: None,
                 auth: Arc::new(Auth::new(TOKEN)),
+                deploy: hangar_deploy::Deployer::new(agent.clone()),
             }),
             spec: Spec::load(),
             covered: BTreeSet::new(),

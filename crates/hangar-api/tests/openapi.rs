@@ -44,8 +44,9 @@ fn document_describes_every_operation() {
         }
     }
     // The operations of Fly's spec listed in the README, and Hangar's
-    // extensions (images, logs, terminal, tokens).
-    assert_eq!(ops.len(), 61, "{ops:#?}");
+    // extensions (images, logs, terminal, tokens, releases).
+    assert_eq!(ops.len(), 66, "{ops:#?}");
+    assert!(ops.contains(&"POST /v1/apps/{app_name}/releases".to_string()));
     assert!(ops.contains(&"POST /v1/apps/{app_name}/machines/{machine_id}/lease".to_string()));
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
@@ -90,9 +91,10 @@ async fn served_at_openapi_json() {
     .await
     .unwrap();
     let app = router(ApiState {
-        agent,
+        agent: agent.clone(),
         images: None,
         auth: Arc::new(Auth::new("t")),
+        deploy: hangar_deploy::Deployer::new(agent.clone()),
     });
     let req = Request::get("/openapi.json")
         .header("authorization", "Bearer t")

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use hangar_api_types::{
     App, AppSecrets, AppSecretsUpdateRequest, AppSecretsUpdateResp, AppToken, AssignIpRequest,
-    CreateAppRequest, CreateAppTokenRequest, CreateMachineRequest, CreateVolumeRequest,
-    CreatedAppToken, ErrorResponse, ExecResponse, ExtendVolumeRequest, ExtendVolumeResponse,
-    ImageSummary, IpAssignment, Lease, LeaseEnvelope, ListAppsResponse, ListIpAssignmentsResponse,
-    LogEntry, Machine, MachineEvent, MachineExecRequest, MachineVersion, ProcessStat,
+    CreateAppRequest, CreateAppTokenRequest, CreateMachineRequest, CreateReleaseRequest,
+    CreateVolumeRequest, CreatedAppToken, ErrorResponse, ExecResponse, ExtendVolumeRequest,
+    ExtendVolumeResponse, ImageSummary, IpAssignment, Lease, LeaseEnvelope, ListAppsResponse,
+    ListIpAssignmentsResponse, ListReleasesResponse, LogEntry, Machine, MachineEvent,
+    MachineExecRequest, MachineVersion, ProcessStat, Release, ReleaseEvent, ReleasePlan,
     StartResponse, UpdateMachineRequest, Volume, VolumeSnapshot, WaitMachineResponse,
 };
 use reqwest::{Method, StatusCode};
@@ -672,7 +673,6 @@ impl Client {
         query: &LogsQuery,
     ) -> Result<impl futures::Stream<Item = Result<LogEntry, ClientError>> + use<>, ClientError>
     {
-        use futures::StreamExt;
         let mut q: Vec<(&str, String)> = Vec::new();
         if let Some(m) = &query.machine {
             q.push(("machine_id", m.clone()));
@@ -687,14 +687,24 @@ impl Client {
             q.push(("follow", "true".into()));
         }
         let resp = self
-            .request(Method::GET, &format!("/hangar/apps/{app}/logs"))
-            .query(&q)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport {
-                url: self.base.clone(),
-                reason: hangar_core::errors::error_chain(&e),
-            })?;
+            .open_stream(
+                self.request(Method::GET, &format!("/hangar/apps/{app}/logs"))
+                    .query(&q),
+            )
+            .await?;
+        Ok(self.ndjson::<LogEntry>(resp))
+    }
+
+    /// Sends a request whose answer streams; an error status becomes an
+    /// error.
+    async fn open_stream(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = rb.send().await.map_err(|e| ClientError::Transport {
+            url: self.base.clone(),
+            reason: hangar_core::errors::error_chain(&e),
+        })?;
         let status = resp.status();
         if !status.is_success() {
             let bytes = resp.bytes().await.unwrap_or_default();
@@ -706,6 +716,15 @@ impl Client {
                 message,
             });
         }
+        Ok(resp)
+    }
+
+    /// An NDJSON answer, one `T` per line.
+    fn ndjson<T: DeserializeOwned + Send + 'static>(
+        &self,
+        resp: reqwest::Response,
+    ) -> futures::stream::BoxStream<'static, Result<T, ClientError>> {
+        use futures::StreamExt;
         let base = self.base.clone();
         let lines = futures::stream::unfold(
             (resp.bytes_stream(), Vec::<u8>::new(), base),
@@ -713,12 +732,11 @@ impl Client {
                 loop {
                     if let Some(i) = buf.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = buf.drain(..=i).collect();
-                        let item = serde_json::from_slice::<LogEntry>(&line).map_err(|e| {
-                            ClientError::Api {
+                        let item =
+                            serde_json::from_slice::<T>(&line).map_err(|e| ClientError::Api {
                                 status: 200,
-                                message: format!("unexpected log line: {e}"),
-                            }
-                        });
+                                message: format!("unexpected line in a stream: {e}"),
+                            });
                         return Some((item, (body, buf, base)));
                     }
                     match body.next().await {
@@ -735,7 +753,92 @@ impl Client {
                 }
             },
         );
-        Ok(lines.boxed())
+        lines.boxed()
+    }
+
+    // ---- releases (Hangar extension) ----
+
+    /// `POST /v1/apps/{app}/releases`: a deploy hangard runs.
+    pub async fn create_release(
+        &self,
+        app: &str,
+        req: &CreateReleaseRequest,
+    ) -> Result<Release, ClientError> {
+        self.send(
+            self.request(Method::POST, &format!("/apps/{app}/releases"))
+                .json(req),
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/{app}/releases?dry_run=true`: what a deploy would do.
+    pub async fn plan_release(
+        &self,
+        app: &str,
+        req: &CreateReleaseRequest,
+    ) -> Result<ReleasePlan, ClientError> {
+        self.send(
+            self.request(Method::POST, &format!("/apps/{app}/releases"))
+                .query(&[("dry_run", "true")])
+                .json(req),
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/{app}/releases` with `rollback_to`: an earlier
+    /// release's definition and image again.
+    pub async fn rollback_release(&self, app: &str, key: &str) -> Result<Release, ClientError> {
+        let req = CreateReleaseRequest {
+            rollback_to: Some(key.to_owned()),
+            ..CreateReleaseRequest::default()
+        };
+        self.create_release(app, &req).await
+    }
+
+    /// `GET /v1/apps/{app}/releases`, newest first.
+    pub async fn list_releases(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> Result<Vec<Release>, ClientError> {
+        let r: ListReleasesResponse = self
+            .send(
+                self.request(Method::GET, &format!("/apps/{app}/releases"))
+                    .query(&[("limit", limit.to_string())]),
+            )
+            .await?;
+        Ok(r.releases)
+    }
+
+    /// `GET /v1/apps/{app}/releases/{id or vN}`.
+    pub async fn get_release(&self, app: &str, key: &str) -> Result<Release, ClientError> {
+        self.send(self.request(Method::GET, &format!("/apps/{app}/releases/{key}")))
+            .await
+    }
+
+    /// `POST /v1/apps/{app}/releases/{id}/cancel`.
+    pub async fn cancel_release(&self, app: &str, key: &str) -> Result<Release, ClientError> {
+        self.send(self.request(Method::POST, &format!("/apps/{app}/releases/{key}/cancel")))
+            .await
+    }
+
+    /// `GET /v1/apps/{app}/releases/{id}/events`: the progress after
+    /// `after`; with `follow`, until the release ends.
+    pub async fn release_events(
+        &self,
+        app: &str,
+        key: &str,
+        after: i64,
+        follow: bool,
+    ) -> Result<futures::stream::BoxStream<'static, Result<ReleaseEvent, ClientError>>, ClientError>
+    {
+        let resp = self
+            .open_stream(
+                self.request(Method::GET, &format!("/apps/{app}/releases/{key}/events"))
+                    .query(&[("after", after.to_string()), ("follow", follow.to_string())]),
+            )
+            .await?;
+        Ok(self.ndjson::<ReleaseEvent>(resp))
     }
 
     // ---- images (Hangar extension) ----

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod machine;
 pub mod names;
 pub mod process;
+pub mod release;
 pub mod schedule;
 pub mod services;
 pub mod signal;

@@ -43,6 +43,7 @@ impl TestDaemon {
             agent: agent.clone(),
             images: None,
             auth: Arc::new(Auth::new(token.clone())),
+            deploy: hangar_deploy::Deployer::new(agent.clone()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

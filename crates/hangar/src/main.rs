@@ -57,6 +57,14 @@ enum Command {
     /// Manage an app's volumes.
     #[command(subcommand, alias = "volume", alias = "vol")]
     Volumes(cmd::volumes::VolumesCmd),
+    /// Deploy fly.toml: a release that hangard runs.
+    Deploy(cmd::deploy::DeployArgs),
+    /// List an app's releases; show, watch, cancel or roll back one.
+    #[command(alias = "release")]
+    Releases(cmd::deploy::ReleasesArgs),
+    /// Show or check fly.toml.
+    #[command(subcommand)]
+    Config(cmd::deploy::ConfigCmd),
 }
 
 impl Cli {
@@ -94,10 +102,22 @@ fn main() {
             Command::Checks(c) => cmd::checks::run(c, &client, &out).await,
             Command::Ips(c) => cmd::ips::run(c, &client, &out).await,
             Command::Tokens(c) => cmd::tokens::run(c, &client, &out).await,
+            Command::Deploy(a) => cmd::deploy::deploy(a, &client, &out).await,
+            Command::Releases(a) => cmd::deploy::releases(a, &client, &out).await,
+            Command::Config(c) => cmd::deploy::config(c, &out),
         }
     });
     if let Err(e) = result {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_s_flags_fit_together() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

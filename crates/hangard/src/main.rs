@@ -346,10 +346,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(proxy.serve().await.context("starting the proxy")?)
     };
 
+    // Releases a previous hangard left unfinished go on (or roll back).
+    let deploy = hangar_deploy::Deployer::new(agent.clone());
+    let resumed = deploy.resume_all().context("resuming releases")?;
+    if resumed > 0 {
+        tracing::info!(releases = resumed, "resumed unfinished releases");
+    }
     let app = hangar_api::router(ApiState {
         agent: agent.clone(),
         images: Some(images),
         auth: Arc::new(Auth::new(token)),
+        deploy,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -142,6 +142,8 @@ impl Store {
         .map_err(db)?;
         tx.execute("DELETE FROM volumes WHERE app_name = ?1", params![name])
             .map_err(db)?;
+        tx.execute("DELETE FROM releases WHERE app_name = ?1", params![name])
+            .map_err(db)?;
         tx.execute(
             "DELETE FROM volume_snapshots WHERE app_name = ?1",
             params![name],

@@ -20,11 +20,13 @@ mod apps;
 pub(crate) mod ips;
 mod machines;
 mod network;
+mod releases;
 pub(crate) mod secrets;
 pub(crate) mod volumes;
 
 pub use apps::{AppRecord, TokenRow};
 pub use machines::{EventRow, LeaseRow, MachineRecord, NetworkSlot, NewEvent, NewVersion};
+pub use releases::{ReleaseEvent, ReleaseRow};
 
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
@@ -36,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_ip_assignments.sql"),
     include_str!("../../migrations/0008_token_owners.sql"),
     include_str!("../../migrations/0009_network_blocks.sql"),
+    include_str!("../../migrations/0010_releases.sql"),
 ];
 
 /// The database. Cheap to clone.

@@ -3,6 +3,8 @@
 
 pub mod apps;
 pub mod checks;
+pub mod deploy;
+pub mod flytoml;
 pub mod image;
 pub mod ips;
 pub mod logs;

@@ -2,21 +2,7 @@
 
 use super::*;
 
-/// The app flag, as flyctl spells it.
-#[derive(Debug, Args)]
-pub struct AppArg {
-    /// App name.
-    #[arg(long, short = 'a', env = "HANGAR_APP")]
-    pub(crate) app: Option<String>,
-}
-
-impl AppArg {
-    pub(crate) fn get(&self) -> anyhow::Result<&str> {
-        self.app
-            .as_deref()
-            .context("no app given: use --app NAME (or set HANGAR_APP)")
-    }
-}
+pub use crate::cmd::flytoml::AppArg;
 
 /// Flags shared by `run` and `create`.
 #[derive(Debug, Args)]
