@@ -989,6 +989,11 @@ pub struct CreateReleaseRequest {
     /// (id or `vN`) again, by digest, without its release command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_to: Option<String>,
+    /// Instead of a definition and image: restart the managed machines
+    /// with the current release's, for this reason (`secrets` or
+    /// `restart`), with its strategy and health gating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
 }
 
 /// `POST /v1/apps/{app}/releases?dry_run=true` response: what a deploy

@@ -183,6 +183,18 @@ pub async fn create(
         let rel = s.deploy.rollback(&app, key, &who.owner())?;
         return Ok((StatusCode::CREATED, Json(view(rel, false))).into_response());
     }
+    if let Some(reason) = b.restart.as_deref() {
+        let reason = match ReleaseReason::parse(reason) {
+            Some(r @ (ReleaseReason::Secrets | ReleaseReason::Restart)) => r,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid_argument: restart {reason:?}: must be secrets or restart"
+                )));
+            }
+        };
+        let rel = s.deploy.restart(&app, reason, &who.owner())?;
+        return Ok((StatusCode::CREATED, Json(view(rel, false))).into_response());
+    }
     let req = new_release(&app, &who, b)?;
     if p.bool("dry_run")? {
         let steps = s.deploy.preview(&req)?;

@@ -795,6 +795,17 @@ impl Client {
         self.create_release(app, &req).await
     }
 
+    /// `POST /v1/apps/{app}/releases` with `restart`: the managed machines
+    /// restarted with the current release, for `reason` (`secrets`,
+    /// `restart`).
+    pub async fn restart_release(&self, app: &str, reason: &str) -> Result<Release, ClientError> {
+        let req = CreateReleaseRequest {
+            restart: Some(reason.to_owned()),
+            ..CreateReleaseRequest::default()
+        };
+        self.create_release(app, &req).await
+    }
+
     /// `GET /v1/apps/{app}/releases`, newest first.
     pub async fn list_releases(
         &self,

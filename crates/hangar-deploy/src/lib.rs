@@ -118,7 +118,18 @@ impl Deployer {
                 req.app
             )));
         }
-        if req.options.strategy(&cfg) == hangar_appconfig::Strategy::Bluegreen {
+        let strategy = req.options.strategy(&cfg);
+        if matches!(
+            strategy,
+            hangar_appconfig::Strategy::Canary | hangar_appconfig::Strategy::Bluegreen
+        ) && !cfg.mounts.is_empty()
+        {
+            return Err(DeployError::Invalid(format!(
+                "the {} strategy is refused with [mounts]: its new machines cannot share their twins' volumes; use rolling or immediate",
+                strategy.as_str()
+            )));
+        }
+        if strategy == hangar_appconfig::Strategy::Bluegreen {
             return Err(DeployError::Invalid(
                 "the bluegreen strategy is not supported by hangard yet; use rolling, canary or immediate".into(),
             ));
@@ -197,6 +208,46 @@ impl Deployer {
             user: user.to_owned(),
             description: format!("rollback to v{}", old.version),
             rollback_of: Some(old.id),
+        })
+    }
+
+    /// Restarts the app's managed machines with the current release's
+    /// definition and image (the newest complete release), with its
+    /// strategy and health gating: what a secrets change or `apps restart`
+    /// does. The machines pick up the app's current secrets.
+    pub fn restart(
+        &self,
+        app: &str,
+        reason: ReleaseReason,
+        user: &str,
+    ) -> Result<ReleaseRow, DeployError> {
+        let agent = &self.inner.agent;
+        let current = agent
+            .list_releases(app, 1000)?
+            .into_iter()
+            .find(|r| r.status == ReleaseStatus::Complete && !r.image_digest.is_empty())
+            .ok_or_else(|| {
+                DeployError::Invalid(format!(
+                    "app {app} has no complete release to restart from: deploy it first"
+                ))
+            })?;
+        let r = agent.parse_image(&current.image_ref)?;
+        let mut options: Options =
+            serde_json::from_value(current.options.clone()).unwrap_or_default();
+        options.restart_only = true;
+        options.skip_release_command = true;
+        options.only_machines.clear();
+        options.exclude_machines.clear();
+        options.process_groups.clear();
+        self.submit(NewRelease {
+            app: app.to_owned(),
+            definition: current.definition.clone(),
+            image: run::pinned(&r.registry, &r.repository, &current.image_digest),
+            options,
+            reason,
+            user: user.to_owned(),
+            description: format!("{} restart on v{}", reason.as_str(), current.version),
+            rollback_of: None,
         })
     }
 

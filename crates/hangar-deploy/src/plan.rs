@@ -296,6 +296,16 @@ pub fn plan(
                         MachineState::Started | MachineState::Starting | MachineState::Created
                     );
                     let merged = machine::merge(&m.config, &target);
+                    let (had, wants) = (
+                        machine::mount_names(&m.config),
+                        machine::mount_names(&merged),
+                    );
+                    if had != wants {
+                        return Err(format!(
+                            "machine {} of group {g} mounts volume(s) {had:?} but fly.toml now gives the group {wants:?}: a machine never changes its volume in place, and replacing machines with volumes is not supported yet; destroy the machine (its volume stays) and deploy again",
+                            m.id
+                        ));
+                    }
                     s.changes = changed_keys(&m.config, &merged)
                         .into_iter()
                         .filter(|k| k != "metadata")

@@ -485,6 +485,7 @@ impl Run {
                 config["env"]["FLY_STANDBY_FOR"] = json!(first);
             }
         }
+        self.attach_volumes(&mut config).await?;
         let parsed = Parsed::new(config).map_err(|e| format!("group {g}: {e}"))?;
         let mut req = NewMachine::new(parsed);
         req.region = self.cfg.primary_region.clone();
@@ -514,6 +515,56 @@ impl Run {
             .await;
         self.record(i, r.clone());
         r.map(|_| ())
+    }
+
+    /// Gives each mount of a new machine's config a volume: an unattached
+    /// one of the mount's name, else a new one (`[mounts] initial_size`,
+    /// 1 GB by default).
+    async fn attach_volumes(&mut self, config: &mut Value) -> StepResult {
+        let agent = self.d.agent().clone();
+        let app = self.app().to_owned();
+        let Some(mounts) = config["mounts"].as_array_mut() else {
+            return Ok(());
+        };
+        for m in mounts.iter_mut().filter(|m| m.get("volume").is_none()) {
+            let name = m["name"].as_str().unwrap_or_default().to_owned();
+            let free = agent
+                .list_volumes(&app)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|v| v.name == name && v.state == "created" && v.attached_machine_id.is_none());
+            let id = match free {
+                Some(v) => v.id,
+                None => {
+                    let spec = self.cfg.mounts.iter().find(|x| x.source == name);
+                    let size = spec
+                        .and_then(|x| x.initial_size.as_ref())
+                        .and_then(|s| s.gb().ok())
+                        .unwrap_or(1);
+                    let v = agent
+                        .create_volume(
+                            &app,
+                            hangar_agent::volumes::NewVolume {
+                                name: name.clone(),
+                                region: self.cfg.primary_region.clone(),
+                                size_gb: Some(size),
+                                snapshot_retention: spec.and_then(|x| x.snapshot_retention),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                        .map_err(|e| format!("creating volume {name}: {e}"))?;
+                    self.event(
+                        "volume",
+                        None,
+                        &format!("Created volume {} ({name}, {size} GB)", v.id),
+                    );
+                    v.id
+                }
+            };
+            m["volume"] = json!(id);
+        }
+        Ok(())
     }
 
     /// A canary: one extra machine of the release in group `g` (from the

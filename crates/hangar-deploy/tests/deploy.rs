@@ -489,3 +489,122 @@ async fn stopped_machines_stay_stopped_but_one_proves_the_release_boots() {
         );
     }
 }
+
+#[tokio::test]
+async fn canary_and_immediate_strategies() {
+    let e = env().await;
+    finished(&e, &e.d.submit(release(definition(FLY_TOML), "shop-v1")).unwrap().id).await;
+    let ids: Vec<String> = managed(&e).iter().map(|m| m.id.to_string()).collect();
+    // Canary: an extra machine per group with started machines passes
+    // first, and is gone afterwards.
+    let mut rel = release(definition(&FLY_TOML.replace("hello", "canary")), "shop-v2");
+    rel.options.strategy = Some("canary".into());
+    let r = finished(&e, &e.d.submit(rel).unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    assert_eq!(r.strategy, "canary");
+    let said: Vec<String> = e
+        .agent
+        .release_events(&r.id, 0)
+        .unwrap()
+        .into_iter()
+        .map(|ev| ev.body["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(said.iter().filter(|m| m.contains("Canary passed")).count(), 2, "{said:#?}");
+    let now: Vec<String> = managed(&e).iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(now, ids, "the canaries are gone, the machines the same");
+    assert!(managed(&e).iter().all(|m| m.config["env"]["GREETING"] == "canary"));
+    // A canary that fails stops the release before any machine changes,
+    // and is gone too.
+    let watcher = {
+        let (rt, agent) = (e.rt.clone(), e.agent.clone());
+        tokio::spawn(async move {
+            loop {
+                for m in agent.list_machines("shop", false).unwrap() {
+                    if m.config["metadata"]["fly_canary"] == "true" && rt.is_running(&m.id) {
+                        rt.exit(&m.id, exit_code(9));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let before: Vec<String> = managed(&e).iter().map(|m| m.instance_id.clone()).collect();
+    let mut rel = release(definition(&FLY_TOML.replace("hello", "bad")), "shop-v3");
+    rel.options.strategy = Some("canary".into());
+    let r = finished(&e, &e.d.submit(rel).unwrap().id).await;
+    watcher.abort();
+    assert_eq!(r.status, ReleaseStatus::Failed, "{:?}", r.error);
+    assert!(r.error.as_deref().unwrap().contains("canary"), "{:?}", r.error);
+    let after: Vec<String> = managed(&e).iter().map(|m| m.instance_id.clone()).collect();
+    assert_eq!(before, after);
+    assert!(e
+        .agent
+        .list_machines("shop", false)
+        .unwrap()
+        .iter()
+        .all(|m| m.config["metadata"]["fly_canary"] != "true"));
+    // Immediate: everything at once, no gating.
+    let mut rel = release(definition(&FLY_TOML.replace("hello", "now")), "shop-v4");
+    rel.options.strategy = Some("immediate".into());
+    let r = finished(&e, &e.d.submit(rel).unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    assert!(managed(&e).iter().all(|m| m.config["env"]["GREETING"] == "now"));
+}
+
+#[tokio::test]
+async fn a_secrets_change_is_a_release_that_restarts_the_managed_machines() {
+    let e = env().await;
+    // Nothing deployed yet: nothing to restart from.
+    let err = e.d.restart("shop", ReleaseReason::Secrets, "test").unwrap_err();
+    assert!(err.to_string().contains("deploy it first"), "{err}");
+    let r1 = finished(&e, &e.d.submit(release(definition(FLY_TOML), "shop-v1")).unwrap().id).await;
+    let before: Vec<(String, String, MachineState)> = managed(&e)
+        .iter()
+        .map(|m| (m.id.to_string(), m.instance_id.clone(), m.core.state))
+        .collect();
+    let mut values = std::collections::BTreeMap::new();
+    values.insert("API_KEY".to_string(), Some("s3cret".to_string()));
+    e.agent.update_secrets("shop", values).unwrap();
+    let r = e.d.restart("shop", ReleaseReason::Secrets, "test").unwrap();
+    assert!(r.secrets_version > r1.secrets_version);
+    let r = finished(&e, &r.id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    assert_eq!(r.reason, ReleaseReason::Secrets);
+    assert!(steps(&r).iter().all(|s| s.action == Action::Update));
+    for (id, version, state) in before {
+        let m = e.agent.get_machine("shop", &id).unwrap();
+        assert_ne!(m.instance_id, version, "{id} got a new version");
+        assert_eq!(m.core.state, state, "{id} is as it was (standbys stay stopped)");
+        assert_eq!(m.config["metadata"]["fly_release_version"], r.version.to_string());
+    }
+}
+
+#[tokio::test]
+async fn mounts_get_volumes_that_machines_keep() {
+    let e = env().await;
+    let text = "app = \"shop\"\n[env]\nV = \"1\"\n[mounts]\nsource = \"data\"\ndestination = \"/data\"\ninitial_size = \"2gb\"\n";
+    let r = finished(&e, &e.d.submit(release(definition(text), "db-v1")).unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    let ms = managed(&e);
+    assert_eq!(ms.len(), 1, "a group with a volume gets no HA twin");
+    let vols = e.agent.list_volumes("shop").unwrap();
+    assert_eq!(vols.len(), 1);
+    assert_eq!((vols[0].name.as_str(), vols[0].size_gb), ("data", 2));
+    let vol = ms[0].config["mounts"][0]["volume"].as_str().unwrap().to_owned();
+    assert_eq!(vol, vols[0].id);
+    // The next deploy keeps the machine on its volume.
+    let r = finished(&e, &e.d.submit(release(definition(&text.replace("\"1\"", "\"2\"")), "db-v2")).unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    let m = &managed(&e)[0];
+    assert_eq!(m.config["mounts"][0]["volume"], vol.as_str());
+    assert_eq!(m.config["env"]["V"], "2");
+    // A new volume name is refused, not silently re-mounted; so are
+    // canary and bluegreen.
+    let err = e.d.submit(release(definition(&text.replace("source = \"data\"", "source = \"other\"")), "db-v3")).unwrap_err();
+    assert!(err.to_string().contains("never changes its volume"), "{err}");
+    let mut rel = release(definition(text), "db-v3");
+    rel.options.strategy = Some("canary".into());
+    let err = e.d.submit(rel).unwrap_err();
+    assert!(err.to_string().contains("refused with [mounts]"), "{err}");
+    assert_eq!(e.agent.list_volumes("shop").unwrap().len(), 1);
+}

@@ -227,6 +227,7 @@ pub async fn deploy(a: &DeployArgs, c: &Client, out: &Output) -> anyhow::Result<
         no_rollback: a.no_rollback,
         description: None,
         rollback_to: None,
+        restart: None,
     };
     let plan = c.plan_release(&app, &req).await?;
     if out.json && a.dry_run {
@@ -296,7 +297,7 @@ fn print_plan(app: &str, image: &str, plan: &ReleasePlan) {
 }
 
 /// Follows a release until it ends; an error unless it completed.
-async fn follow(c: &Client, app: &str, id: &str, out: &Output) -> anyhow::Result<()> {
+pub(crate) async fn follow(c: &Client, app: &str, id: &str, out: &Output) -> anyhow::Result<()> {
     let mut after = 0;
     // A dropped stream (hangard restarted) is picked up again.
     for _ in 0..100 {

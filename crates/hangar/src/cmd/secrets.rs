@@ -125,9 +125,38 @@ pub async fn run(cmd: &SecretsCmd, c: &Client, out: &Output) -> anyhow::Result<(
         }
         return Ok(());
     }
-    // Roll the change out: restart the app's running machines, one at a time.
+    // Roll the change out. Machines a deploy manages: a release (reason
+    // `secrets`) with the current release's strategy and health gating.
+    // Others (from `machine run`): restarted one at a time.
+    let deployed = c
+        .list_releases(app, 100)
+        .await?
+        .iter()
+        .any(|r| r.status == "complete");
+    if deployed {
+        let rel = c.restart_release(app, "secrets").await?;
+        if !out.json {
+            println!(
+                "==> Release v{} restarts the app's machines with the new secrets",
+                rel.version
+            );
+        }
+        super::deploy::follow(c, app, &rel.id, out).await?;
+    }
     let machines = c.list_machines(app, &ListMachines::default()).await?;
-    for m in machines.iter().filter(|m| m.state == "started") {
+    let unmanaged = |m: &&hangar_api_types::Machine| {
+        !deployed
+            || m.config
+                .as_ref()
+                .and_then(|c| c.metadata.as_ref())
+                .and_then(|md| md.get("fly_platform_version"))
+                .is_none_or(|v| v != "v2")
+    };
+    for m in machines
+        .iter()
+        .filter(|m| m.state == "started")
+        .filter(unmanaged)
+    {
         let pb = spinner(format!("Restarting machine {} ({})", m.id, m.name));
         c.restart_machine(app, &m.id, None, None, false).await?;
         let r = c
