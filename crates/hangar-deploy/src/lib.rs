@@ -63,6 +63,13 @@ pub struct NewRelease {
     pub rollback_of: Option<String>,
 }
 
+/// What the proxy has on a machine: a bluegreen deploy waits until an old
+/// machine it took out of rotation has none before stopping it.
+pub trait Traffic: Send + Sync + 'static {
+    /// Requests in flight and raw connections open on machine `id`.
+    fn on(&self, id: &str) -> u32;
+}
+
 /// Runs releases. Cheap to clone.
 #[derive(Clone)]
 pub struct Deployer {
@@ -75,18 +82,30 @@ struct Inner {
     changed: watch::Sender<u64>,
     /// Releases being run, by id: cancelling one sets its flag.
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// The proxy's view of traffic, when there is a proxy.
+    traffic: Option<Arc<dyn Traffic>>,
 }
 
 impl Deployer {
     /// An executor driving `agent`'s machines.
     pub fn new(agent: Agent) -> Deployer {
+        Deployer::with_traffic(agent, None)
+    }
+
+    /// An executor that drains machines through `traffic` (the proxy).
+    pub fn with_traffic(agent: Agent, traffic: Option<Arc<dyn Traffic>>) -> Deployer {
         Deployer {
             inner: Arc::new(Inner {
                 agent,
                 changed: watch::channel(0).0,
                 running: Mutex::default(),
+                traffic,
             }),
         }
+    }
+
+    pub(crate) fn traffic(&self, id: &str) -> u32 {
+        self.inner.traffic.as_ref().map_or(0, |t| t.on(id))
     }
 
     /// Takes up every release a previous hangard left unfinished.
@@ -130,9 +149,15 @@ impl Deployer {
             )));
         }
         if strategy == hangar_appconfig::Strategy::Bluegreen {
-            return Err(DeployError::Invalid(
-                "the bluegreen strategy is not supported by hangard yet; use rolling, canary or immediate".into(),
-            ));
+            let checked = cfg.groups().iter().any(|g| {
+                let c = hangar_appconfig::machine::group_config(&cfg, g, "x");
+                hangar_core::checks::checks(&c).len() > 0
+            });
+            if !checked {
+                return Err(DeployError::Invalid(
+                    "the bluegreen strategy needs at least one health check ([[http_service.checks]], [[services.*_checks]] or [checks]): it is how a new machine proves itself before the old one goes".into(),
+                ));
+            }
         }
         if req.image.trim().is_empty() {
             return Err(DeployError::Invalid(

@@ -185,6 +185,13 @@ pub struct Step {
     /// A create of a standby for the group's first new machine.
     #[serde(default)]
     pub standby: bool,
+    /// A bluegreen deploy's new machine: the machine it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// A bluegreen deploy's new machine taken into rotation: it stays,
+    /// whatever happens next.
+    #[serde(default)]
+    pub committed: bool,
     /// Config keys the change touches (for the plan shown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<String>,
@@ -205,6 +212,8 @@ impl Step {
             to_version: None,
             was_started: false,
             standby: false,
+            replaces: None,
+            committed: false,
             changes: Vec::new(),
             outcome: Outcome::Pending,
             error: None,
@@ -271,6 +280,7 @@ pub fn plan(
     for list in by_group.values_mut() {
         list.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     }
+    let bluegreen = opts.strategy(cfg) == Strategy::Bluegreen;
     let mut steps = Vec::new();
     let has_release_command = cfg
         .deploy
@@ -310,6 +320,16 @@ pub fn plan(
                         .into_iter()
                         .filter(|k| k != "metadata")
                         .collect();
+                    if bluegreen {
+                        // A green twin born out of rotation, then the blue goes.
+                        let mut green = Step::new(Action::Create, g);
+                        green.replaces = s.id.clone();
+                        green.was_started = s.was_started;
+                        green.changes = s.changes.clone();
+                        steps.push(green);
+                        s.action = Action::Destroy;
+                        s.changes.clear();
+                    }
                     steps.push(s);
                 }
             }

@@ -292,6 +292,9 @@ impl Run {
     async fn group(&mut self, g: &str, strategy: Strategy) -> StepResult {
         let gate = strategy != Strategy::Immediate;
         let wait = self.opts.wait_timeout(&self.cfg);
+        if strategy == Strategy::Bluegreen {
+            return self.bluegreen(g, wait).await;
+        }
         // New machines: the first, then its twin (or standby).
         for i in self.indexes(|s| s.action == Action::Create && s.process_group == g) {
             self.create_step(i, gate, wait).await?;
@@ -517,6 +520,153 @@ impl Run {
         r.map(|_| ())
     }
 
+    /// Bluegreen for group `g`: a green twin of every machine, born out of
+    /// rotation (cordoned), started where its blue was, and healthy; then
+    /// the greens go into rotation, the blues out, and once the proxy has
+    /// no traffic left on a blue, it is stopped and destroyed. A failure
+    /// before the greens are in rotation destroys the greens and leaves
+    /// the blues as they were.
+    async fn bluegreen(&mut self, g: &str, wait: Duration) -> StepResult {
+        let greens = self.indexes(|s| {
+            s.action == Action::Create && s.process_group == g && s.replaces.is_some()
+        });
+        let app = self.app().to_owned();
+        let agent = self.d.agent().clone();
+        let tag = (now_ms() / 1000).to_string();
+        // Standbys last: their greens watch the greens of what they watched.
+        let mut order = greens.clone();
+        order.sort_by_key(|i| {
+            let blue = self.steps[*i].replaces.clone().unwrap_or_default();
+            agent
+                .get_machine(&app, &blue)
+                .is_ok_and(|m| m.spec.is_standby())
+        });
+        for i in order {
+            if self.steps[i].id.is_some() {
+                continue; // made before a crash
+            }
+            let blue_id = self.steps[i].replaces.clone().unwrap_or_default();
+            let blue = agent
+                .get_machine(&app, &blue_id)
+                .map_err(|e| format!("{blue_id}: {e}"))?;
+            let mut config = self.stamp(machine::merge(
+                &blue.config,
+                &machine::group_config(&self.cfg, g, &self.image),
+            ));
+            config["metadata"][keys::BLUEGREEN_TAG] = json!(tag);
+            if let Some(list) = config["standbys"].as_array_mut() {
+                for w in list.iter_mut() {
+                    let green = self
+                        .steps
+                        .iter()
+                        .find(|s| s.replaces.as_deref() == w.as_str())
+                        .and_then(|s| s.id.clone());
+                    if let Some(green) = green {
+                        *w = json!(green);
+                    }
+                }
+                if let Some(first) = list.first().cloned() {
+                    config["env"]["FLY_STANDBY_FOR"] = first;
+                }
+            }
+            let parsed = Parsed::new(config).map_err(|e| format!("green of {blue_id}: {e}"))?;
+            let mut req = NewMachine::new(parsed);
+            req.region = Some(blue.region.clone());
+            req.skip_launch = true;
+            self.steps[i].outcome = Outcome::Running;
+            self.save();
+            let rec = agent
+                .create_machine(&app, req)
+                .await
+                .map_err(|e| format!("creating the green of {blue_id}: {e}"))?;
+            let id = rec.id.to_string();
+            self.steps[i].id = Some(id.clone());
+            self.steps[i].to_version = Some(rec.instance_id.clone());
+            self.save();
+            agent
+                .wait_machine(&app, &id, &[hangar_agent::WaitFor::Settled], wait)
+                .await
+                .map_err(|e| format!("green {id}: {e}"))?;
+            agent
+                .cordon_machine(&app, &id, true, None)
+                .map_err(|e| format!("cordoning green {id}: {e}"))?;
+            self.event(
+                "bluegreen",
+                Some(&id),
+                &format!("Created green {id} for {blue_id}, out of rotation"),
+            );
+        }
+        // Start the greens whose blues ran, and wait until all are healthy.
+        let mut waits = Vec::new();
+        for &i in &greens {
+            let s = &self.steps[i];
+            if s.committed || !s.was_started {
+                continue;
+            }
+            let id = s.id.clone().unwrap_or_default();
+            let m = agent.get_machine(&app, &id).map_err(|e| e.to_string())?;
+            if m.core.state != MachineState::Started && m.core.state != MachineState::Starting {
+                agent
+                    .start_machine(&app, &id, None)
+                    .await
+                    .map_err(|e| format!("starting green {id}: {e}"))?;
+            }
+            let since = now_ms() - 1;
+            let w = Worker::of(self);
+            waits.push(async move { (i, w.healthy(&id, &m.instance_id, wait, since).await) });
+        }
+        let results = futures::future::join_all(waits).await;
+        let mut first_err = None;
+        for (i, r) in results {
+            if let Err(e) = r {
+                self.steps[i].outcome = Outcome::Failed;
+                self.steps[i].error = Some(e.clone());
+                first_err.get_or_insert(e);
+            }
+        }
+        self.save();
+        if let Some(e) = first_err {
+            return Err(format!("a green machine did not become healthy: {e}"));
+        }
+        // Into rotation: from here the greens stay.
+        for &i in &greens {
+            let id = self.steps[i].id.clone().unwrap_or_default();
+            agent
+                .cordon_machine(&app, &id, false, None)
+                .map_err(|e| format!("uncordoning green {id}: {e}"))?;
+            self.steps[i].committed = true;
+            self.steps[i].outcome = Outcome::Done;
+        }
+        self.save();
+        self.event(
+            "bluegreen",
+            None,
+            &format!("Greens of group {g} are in rotation"),
+        );
+        // Blues out of rotation, drained, stopped, destroyed.
+        let blues = self.indexes(|s| s.action == Action::Destroy && s.process_group == g);
+        for &i in &blues {
+            let id = self.steps[i].id.clone().unwrap_or_default();
+            let _ = agent.cordon_machine(&app, &id, true, None);
+        }
+        let drain_deadline = Instant::now() + wait.min(Duration::from_secs(60));
+        for &i in &blues {
+            let id = self.steps[i].id.clone().unwrap_or_default();
+            while self.d.traffic(&id) > 0 && Instant::now() < drain_deadline {
+                tokio::time::sleep(POLL).await;
+            }
+            self.event(
+                "bluegreen",
+                Some(&id),
+                &format!("Blue {id} is out of rotation and drained"),
+            );
+        }
+        for i in blues {
+            self.destroy_step(i).await?;
+        }
+        Ok(())
+    }
+
     /// Gives each mount of a new machine's config a volume: an unattached
     /// one of the mount's name, else a new one (`[mounts] initial_size`,
     /// 1 GB by default).
@@ -532,7 +682,9 @@ impl Run {
                 .list_volumes(&app)
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .find(|v| v.name == name && v.state == "created" && v.attached_machine_id.is_none());
+                .find(|v| {
+                    v.name == name && v.state == "created" && v.attached_machine_id.is_none()
+                });
             let id = match free {
                 Some(v) => v.id,
                 None => {
@@ -627,11 +779,16 @@ impl Run {
             .await
             .map(|_| String::new())
             .map_err(|e| format!("destroying {id}: {e}"));
+        let why = if self.cfg.groups().contains(&self.steps[i].process_group) {
+            "replaced by its green"
+        } else {
+            "group removed from fly.toml"
+        };
         self.event(
             "destroy",
             Some(&id),
             &format!(
-                "Destroyed {} machine {id} (group removed from fly.toml)",
+                "Destroyed {} machine {id} ({why})",
                 self.steps[i].process_group
             ),
         );

@@ -493,7 +493,13 @@ async fn stopped_machines_stay_stopped_but_one_proves_the_release_boots() {
 #[tokio::test]
 async fn canary_and_immediate_strategies() {
     let e = env().await;
-    finished(&e, &e.d.submit(release(definition(FLY_TOML), "shop-v1")).unwrap().id).await;
+    finished(
+        &e,
+        &e.d.submit(release(definition(FLY_TOML), "shop-v1"))
+            .unwrap()
+            .id,
+    )
+    .await;
     let ids: Vec<String> = managed(&e).iter().map(|m| m.id.to_string()).collect();
     // Canary: an extra machine per group with started machines passes
     // first, and is gone afterwards.
@@ -509,10 +515,18 @@ async fn canary_and_immediate_strategies() {
         .into_iter()
         .map(|ev| ev.body["message"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(said.iter().filter(|m| m.contains("Canary passed")).count(), 2, "{said:#?}");
+    assert_eq!(
+        said.iter().filter(|m| m.contains("Canary passed")).count(),
+        2,
+        "{said:#?}"
+    );
     let now: Vec<String> = managed(&e).iter().map(|m| m.id.to_string()).collect();
     assert_eq!(now, ids, "the canaries are gone, the machines the same");
-    assert!(managed(&e).iter().all(|m| m.config["env"]["GREETING"] == "canary"));
+    assert!(
+        managed(&e)
+            .iter()
+            .all(|m| m.config["env"]["GREETING"] == "canary")
+    );
     // A canary that fails stops the release before any machine changes,
     // and is gone too.
     let watcher = {
@@ -534,30 +548,47 @@ async fn canary_and_immediate_strategies() {
     let r = finished(&e, &e.d.submit(rel).unwrap().id).await;
     watcher.abort();
     assert_eq!(r.status, ReleaseStatus::Failed, "{:?}", r.error);
-    assert!(r.error.as_deref().unwrap().contains("canary"), "{:?}", r.error);
+    assert!(
+        r.error.as_deref().unwrap().contains("canary"),
+        "{:?}",
+        r.error
+    );
     let after: Vec<String> = managed(&e).iter().map(|m| m.instance_id.clone()).collect();
     assert_eq!(before, after);
-    assert!(e
-        .agent
-        .list_machines("shop", false)
-        .unwrap()
-        .iter()
-        .all(|m| m.config["metadata"]["fly_canary"] != "true"));
+    assert!(
+        e.agent
+            .list_machines("shop", false)
+            .unwrap()
+            .iter()
+            .all(|m| m.config["metadata"]["fly_canary"] != "true")
+    );
     // Immediate: everything at once, no gating.
     let mut rel = release(definition(&FLY_TOML.replace("hello", "now")), "shop-v4");
     rel.options.strategy = Some("immediate".into());
     let r = finished(&e, &e.d.submit(rel).unwrap().id).await;
     assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
-    assert!(managed(&e).iter().all(|m| m.config["env"]["GREETING"] == "now"));
+    assert!(
+        managed(&e)
+            .iter()
+            .all(|m| m.config["env"]["GREETING"] == "now")
+    );
 }
 
 #[tokio::test]
 async fn a_secrets_change_is_a_release_that_restarts_the_managed_machines() {
     let e = env().await;
     // Nothing deployed yet: nothing to restart from.
-    let err = e.d.restart("shop", ReleaseReason::Secrets, "test").unwrap_err();
+    let err =
+        e.d.restart("shop", ReleaseReason::Secrets, "test")
+            .unwrap_err();
     assert!(err.to_string().contains("deploy it first"), "{err}");
-    let r1 = finished(&e, &e.d.submit(release(definition(FLY_TOML), "shop-v1")).unwrap().id).await;
+    let r1 = finished(
+        &e,
+        &e.d.submit(release(definition(FLY_TOML), "shop-v1"))
+            .unwrap()
+            .id,
+    )
+    .await;
     let before: Vec<(String, String, MachineState)> = managed(&e)
         .iter()
         .map(|m| (m.id.to_string(), m.instance_id.clone(), m.core.state))
@@ -574,8 +605,14 @@ async fn a_secrets_change_is_a_release_that_restarts_the_managed_machines() {
     for (id, version, state) in before {
         let m = e.agent.get_machine("shop", &id).unwrap();
         assert_ne!(m.instance_id, version, "{id} got a new version");
-        assert_eq!(m.core.state, state, "{id} is as it was (standbys stay stopped)");
-        assert_eq!(m.config["metadata"]["fly_release_version"], r.version.to_string());
+        assert_eq!(
+            m.core.state, state,
+            "{id} is as it was (standbys stay stopped)"
+        );
+        assert_eq!(
+            m.config["metadata"]["fly_release_version"],
+            r.version.to_string()
+        );
     }
 }
 
@@ -583,28 +620,120 @@ async fn a_secrets_change_is_a_release_that_restarts_the_managed_machines() {
 async fn mounts_get_volumes_that_machines_keep() {
     let e = env().await;
     let text = "app = \"shop\"\n[env]\nV = \"1\"\n[mounts]\nsource = \"data\"\ndestination = \"/data\"\ninitial_size = \"2gb\"\n";
-    let r = finished(&e, &e.d.submit(release(definition(text), "db-v1")).unwrap().id).await;
+    let r = finished(
+        &e,
+        &e.d.submit(release(definition(text), "db-v1")).unwrap().id,
+    )
+    .await;
     assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
     let ms = managed(&e);
     assert_eq!(ms.len(), 1, "a group with a volume gets no HA twin");
     let vols = e.agent.list_volumes("shop").unwrap();
     assert_eq!(vols.len(), 1);
     assert_eq!((vols[0].name.as_str(), vols[0].size_gb), ("data", 2));
-    let vol = ms[0].config["mounts"][0]["volume"].as_str().unwrap().to_owned();
+    let vol = ms[0].config["mounts"][0]["volume"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(vol, vols[0].id);
     // The next deploy keeps the machine on its volume.
-    let r = finished(&e, &e.d.submit(release(definition(&text.replace("\"1\"", "\"2\"")), "db-v2")).unwrap().id).await;
+    let r = finished(
+        &e,
+        &e.d.submit(release(
+            definition(&text.replace("\"1\"", "\"2\"")),
+            "db-v2",
+        ))
+        .unwrap()
+        .id,
+    )
+    .await;
     assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
     let m = &managed(&e)[0];
     assert_eq!(m.config["mounts"][0]["volume"], vol.as_str());
     assert_eq!(m.config["env"]["V"], "2");
     // A new volume name is refused, not silently re-mounted; so are
     // canary and bluegreen.
-    let err = e.d.submit(release(definition(&text.replace("source = \"data\"", "source = \"other\"")), "db-v3")).unwrap_err();
-    assert!(err.to_string().contains("never changes its volume"), "{err}");
+    let err =
+        e.d.submit(release(
+            definition(&text.replace("source = \"data\"", "source = \"other\"")),
+            "db-v3",
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("never changes its volume"),
+        "{err}"
+    );
     let mut rel = release(definition(text), "db-v3");
     rel.options.strategy = Some("canary".into());
     let err = e.d.submit(rel).unwrap_err();
     assert!(err.to_string().contains("refused with [mounts]"), "{err}");
     assert_eq!(e.agent.list_volumes("shop").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bluegreen_replaces_every_machine_with_a_healthy_twin() {
+    let e = env().await;
+    // A check that is never probed (its grace period outlasts the test:
+    // the fake runtime's machines have no address on this host, and tests
+    // send nothing off it), so no green ever passes.
+    let text = "app = \"shop\"\n[env]\nV = \"1\"\n[http_service]\ninternal_port = 8080\n[checks.alive]\ntype = \"tcp\"\nport = 8080\ngrace_period = \"1h\"\n";
+    // Without a check, bluegreen is refused.
+    let mut rel = release(definition(FLY_TOML), "shop-v1");
+    rel.options.strategy = Some("bluegreen".into());
+    let err = e.d.submit(rel).unwrap_err().to_string();
+    assert!(err.contains("needs at least one health check"), "{err}");
+    let first = "app = \"shop\"\n[env]\nV = \"1\"\n[http_service]\ninternal_port = 8080\n";
+    finished(
+        &e,
+        &e.d.submit(release(definition(first), "shop-v1"))
+            .unwrap()
+            .id,
+    )
+    .await;
+    let blues: Vec<String> = managed(&e).iter().map(|m| m.id.to_string()).collect();
+    let mut rel = release(definition(&text.replace("\"1\"", "\"2\"")), "shop-v2");
+    rel.options.strategy = Some("bluegreen".into());
+    rel.options.wait_timeout_secs = Some(1.0);
+    let plan = e.d.preview(&rel).unwrap();
+    assert_eq!(
+        plan.iter()
+            .filter(|s| s.action == Action::Create && s.replaces.is_some())
+            .count(),
+        2
+    );
+    assert_eq!(
+        plan.iter().filter(|s| s.action == Action::Destroy).count(),
+        2
+    );
+    // The greens' checks never pass: the release fails before any green
+    // goes into rotation; the greens are destroyed and the blues never
+    // touched. (The real bluegreen, greens passing, is in the end-to-end
+    // deploy test.)
+    let r = finished(&e, &e.d.submit(rel).unwrap().id).await;
+    let said: Vec<String> = e
+        .agent
+        .release_events(&r.id, 0)
+        .unwrap()
+        .into_iter()
+        .map(|ev| ev.body["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        r.status,
+        ReleaseStatus::RolledBack,
+        "{:?} {said:#?} {:#?}",
+        r.error,
+        r.machines
+    );
+    assert!(
+        r.error.as_deref().unwrap().contains("green"),
+        "{:?}",
+        r.error
+    );
+    let now: Vec<String> = managed(&e).iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(now, blues);
+    for m in managed(&e) {
+        assert_eq!(m.core.state, MachineState::Started);
+        assert!(!m.cordoned);
+        assert_eq!(m.config["env"]["V"], "1");
+    }
 }

@@ -113,6 +113,18 @@ impl Drop for LoadGuard {
 }
 
 impl Proxy {
+    /// What the proxy has on machine `id` right now: HTTP requests in
+    /// flight and raw TCP connections open. A machine out of rotation is
+    /// drained when this is 0 (an idle kept-alive client connection bound
+    /// to it moves to another machine with its next request).
+    pub fn traffic(&self, id: &str) -> u32 {
+        self.loads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map_or(0, |l| l.in_flight)
+    }
+
     #[cfg(test)]
     pub(crate) fn load(&self, id: &str, kind: LoadKind) -> u32 {
         self.loads

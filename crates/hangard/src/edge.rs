@@ -125,3 +125,12 @@ impl hangar_proxy::Machines for AgentMachines {
         Ok(())
     }
 }
+
+/// The proxy's traffic per machine, for the deploy executor's drains.
+pub struct ProxyTraffic(pub Arc<hangar_proxy::Proxy>);
+
+impl hangar_deploy::Traffic for ProxyTraffic {
+    fn on(&self, id: &str) -> u32 {
+        self.0.traffic(id)
+    }
+}

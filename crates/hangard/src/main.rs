@@ -319,7 +319,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }))?;
     }
 
-    let _proxy = if args.proxy_http.0.is_none() && args.proxy_https.0.is_none() {
+    let proxy = if args.proxy_http.0.is_none() && args.proxy_https.0.is_none() {
         None
     } else {
         let (cert, key) = match (&args.proxy_tls_cert, &args.proxy_tls_key) {
@@ -343,11 +343,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
             Arc::new(edge::AgentMachines::new(agent.clone())),
         );
-        Some(proxy.serve().await.context("starting the proxy")?)
+        let tasks = proxy.serve().await.context("starting the proxy")?;
+        Some((proxy, tasks))
     };
 
     // Releases a previous hangard left unfinished go on (or roll back).
-    let deploy = hangar_deploy::Deployer::new(agent.clone());
+    let traffic = proxy
+        .as_ref()
+        .map(|(p, _)| Arc::new(edge::ProxyTraffic(p.clone())) as Arc<dyn hangar_deploy::Traffic>);
+    let deploy = hangar_deploy::Deployer::with_traffic(agent.clone(), traffic);
     let resumed = deploy.resume_all().context("resuming releases")?;
     if resumed > 0 {
         tracing::info!(releases = resumed, "resumed unfinished releases");

@@ -17,7 +17,8 @@ use hangar_test_utils::registry::Registry;
 use hangar_test_utils::wait_until;
 
 const START: &str = "#!/bin/sh\nmkdir -p /www\necho \"$GREETING from $FLY_MACHINE_ID\" > /www/index.html\nexec httpd -f -p 8080 -h /www\n";
-const CRASH: &str = "#!/bin/sh\necho 'this release cannot start: crashing on purpose' >&2\nexit 3\n";
+const CRASH: &str =
+    "#!/bin/sh\necho 'this release cannot start: crashing on purpose' >&2\nexit 3\n";
 
 fn fly_toml(image: &str, greeting: &str, extra: &str) -> String {
     format!(
@@ -72,10 +73,15 @@ async fn managed(c: &Client) -> Vec<Machine> {
         .unwrap()
         .into_iter()
         .filter(|m| {
-            m.config.as_ref().and_then(|c| c.metadata.as_ref()).is_some_and(|md| {
-                md.get("fly_platform_version").map(String::as_str) == Some("v2")
-                    && md.get("fly_process_group").map(String::as_str) != Some("fly_app_release_command")
-            }) && m.state != "destroyed"
+            m.config
+                .as_ref()
+                .and_then(|c| c.metadata.as_ref())
+                .is_some_and(|md| {
+                    md.get("fly_platform_version").map(String::as_str) == Some("v2")
+                        && md.get("fly_process_group").map(String::as_str)
+                            != Some("fly_app_release_command")
+                })
+                && m.state != "destroyed"
         })
         .collect();
     v.sort_by(|a, b| a.id.cmp(&b.id));
@@ -182,7 +188,11 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     let reg = Registry::start().await;
     for (tag, script) in [("v1", START), ("crash", CRASH)] {
         let img = ImageBuilder::busybox()
-            .layer(Layer::new().dir("app", 0o755).file("app/start.sh", script.as_bytes(), 0o755))
+            .layer(
+                Layer::new()
+                    .dir("app", 0o755)
+                    .file("app/start.sh", script.as_bytes(), 0o755),
+            )
             .build();
         reg.push("test/shop", tag, &img).await;
     }
@@ -198,9 +208,12 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
         .create_machine(
             "shop",
             &CreateMachineRequest {
-                config: Some(serde_json::from_value::<MachineConfig>(serde_json::json!({
-                    "image": image, "init": {"cmd": ["sleep", "86400"]}
-                })).unwrap()),
+                config: Some(
+                    serde_json::from_value::<MachineConfig>(serde_json::json!({
+                        "image": image, "init": {"cmd": ["sleep", "86400"]}
+                    }))
+                    .unwrap(),
+                ),
                 ..Default::default()
             },
         )
@@ -211,7 +224,10 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     let path = write(dir.path(), &fly_toml(&image, "hello", ""));
     let (ok, out, err) = cli(&d, &["deploy", &path]).await;
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("==> Verifying app config") && out.contains("--> Finished deploying"), "{out}");
+    assert!(
+        out.contains("==> Verifying app config") && out.contains("--> Finished deploying"),
+        "{out}"
+    );
     assert!(out.contains("App shop: first deploy"), "{out}");
     let ms = managed(&c).await;
     let web: Vec<&Machine> = ms.iter().filter(|m| group(m) == "web").collect();
@@ -230,48 +246,134 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     let (served, failed) = load.finish().await;
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("update 2 \"web\" machine(s): env"), "{out}");
-    assert!(failed.is_empty(), "{} of {} requests failed during the roll: {:?}", failed.len(), served + failed.len() as u64, &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the roll: {:?}",
+        failed.len(),
+        served + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
     assert!(served > 10, "only {served} requests went through");
     eprintln!("rolling deploy of 4 machines: {rolled_in:?}, {served} requests, none failed");
     let ms = managed(&c).await;
     assert!(ms.iter().all(|m| env_of(m, "GREETING") == "bonjour"));
     assert!(greeting(&d).await.starts_with("bonjour from "));
+    // 2b. Bluegreen: every machine gets a healthy twin, born out of
+    //     rotation, before it goes; no request fails.
+    let blues: Vec<String> = ms.iter().map(|m| m.id.clone()).collect();
+    let load = Load::start(&d);
+    let path = write(dir.path(), &fly_toml(&image, "bluegreen", ""));
+    let started = Instant::now();
+    let (ok, out, err) = cli(&d, &["deploy", &path, "--strategy", "bluegreen"]).await;
+    let took = started.elapsed();
+    let (served, failed) = load.finish().await;
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during bluegreen: {:?}",
+        failed.len(),
+        served + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    eprintln!("bluegreen deploy of 4 machines: {took:?}, {served} requests, none failed");
+    let ms = managed(&c).await;
+    assert_eq!(ms.len(), 4);
+    assert!(
+        ms.iter().all(|m| !blues.contains(&m.id)),
+        "every machine was replaced"
+    );
+    assert!(
+        ms.iter()
+            .all(|m| env_of(m, "GREETING") == "bluegreen" && !m.cordoned)
+    );
+    let standby = ms
+        .iter()
+        .find(|m| {
+            m.config
+                .as_ref()
+                .unwrap()
+                .standbys
+                .as_ref()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .expect("the worker's standby");
+    let watched = &standby.config.as_ref().unwrap().standbys.as_ref().unwrap()[0];
+    assert!(
+        ms.iter().any(|m| &m.id == watched),
+        "the standby watches a live machine: {watched} {:#?}",
+        ms.iter()
+            .map(|m| (
+                m.id.clone(),
+                m.state.clone(),
+                m.config.as_ref().unwrap().standbys.clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert!(greeting(&d).await.starts_with("bluegreen from "));
     let versions: Vec<String> = ms.iter().map(|m| m.instance_id.clone()).collect();
     let m = c.get_machine("shop", &loose.id).await.unwrap();
-    assert_eq!(m.instance_id, loose.instance_id, "the unmanaged machine was not touched");
+    assert_eq!(
+        m.instance_id, loose.instance_id,
+        "the unmanaged machine was not touched"
+    );
 
     // 3. A failing release command leaves every machine as it was.
     let extra = "  release_command = \"/bin/sh -c 'echo migrating the database; exit 4'\"\n";
     let path = write(dir.path(), &fly_toml(&image, "never", extra));
     let (ok, out, err) = cli(&d, &["deploy", &path]).await;
     assert!(!ok, "{out}");
-    assert!(err.contains("exit code 4") && err.contains("migrating the database"), "{err}");
-    let now: Vec<String> = managed(&c).await.iter().map(|m| m.instance_id.clone()).collect();
+    assert!(
+        err.contains("exit code 4") && err.contains("migrating the database"),
+        "{err}"
+    );
+    let now: Vec<String> = managed(&c)
+        .await
+        .iter()
+        .map(|m| m.instance_id.clone())
+        .collect();
     assert_eq!(now, versions);
 
     // 4. An image that crashes fails at its first machine, at once, and
     //    that machine goes back to the release before.
-    let path = write(dir.path(), &fly_toml(&image, "bonjour", ""));
+    let path = write(dir.path(), &fly_toml(&image, "crashing", ""));
     let started = Instant::now();
     let (ok, out, err) = cli(&d, &["deploy", &path, "--image", &crash]).await;
     assert!(!ok, "{out}");
-    assert!(started.elapsed() < Duration::from_secs(45), "not failed fast: {:?}", started.elapsed());
-    assert!(err.contains("rolled back") && err.contains("exited with code 3"), "{err}");
-    assert!(err.contains("crashing on purpose"), "the machine's last log lines are shown: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "not failed fast: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("rolled back") && err.contains("exited with code 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("crashing on purpose"),
+        "the machine's last log lines are shown: {err}"
+    );
     let ms = managed(&c).await;
     for m in &ms {
         let img = m.config.as_ref().unwrap().image.clone();
-        assert!(!img.contains("crash") && !img.ends_with(":crash"), "{} runs {img}", m.id);
+        assert!(
+            !img.contains("crash") && !img.ends_with(":crash"),
+            "{} runs {img}",
+            m.id
+        );
     }
-    wait_until(Duration::from_secs(30), "the web machines to serve again", || async {
-        let ms = managed(&c).await;
-        ms.iter()
-            .filter(|m| group(m) == "web")
-            .all(|m| m.state == "started")
-            .then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the web machines to serve again",
+        || async {
+            let ms = managed(&c).await;
+            ms.iter()
+                .filter(|m| group(m) == "web")
+                .all(|m| m.state == "started")
+                .then_some(())
+        },
+    )
     .await;
-    assert!(greeting(&d).await.starts_with("bonjour from "));
+    assert!(greeting(&d).await.starts_with("bluegreen from "));
 
     // 5. One release at a time: a second deploy while one runs gets 409.
     let extra = "  release_command = \"sleep 3\"\n";
@@ -280,7 +382,10 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     assert!(ok, "{out}\n{err}");
     let (ok, _, err) = cli(&d, &["deploy", &path]).await;
     assert!(!ok);
-    assert!(err.contains("is running") || err.contains("is pending"), "{err}");
+    assert!(
+        err.contains("is running") || err.contains("is pending"),
+        "{err}"
+    );
     let (ok, out, err) = cli(&d, &["releases", "watch", "-a", "shop"]).await;
     assert!(ok, "{out}\n{err}");
 
@@ -291,21 +396,29 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     let (ok, out, err) = cli(&d, &["deploy", &path, "--detach"]).await;
     assert!(ok, "{out}\n{err}");
     let rel = c.list_releases("shop", 1).await.unwrap().remove(0);
-    wait_until(Duration::from_secs(60), "the release to be changing machines", || async {
-        let r = c.get_release("shop", &rel.id).await.ok()?;
-        r.machines
-            .iter()
-            .any(|s| s.action == "update" && s.outcome == "running")
-            .then_some(())
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the release to be changing machines",
+        || async {
+            let r = c.get_release("shop", &rel.id).await.ok()?;
+            r.machines
+                .iter()
+                .any(|s| s.action == "update" && s.outcome == "running")
+                .then_some(())
+        },
+    )
     .await;
     let mut d = Arc::try_unwrap(d).unwrap_or_else(|_| panic!("daemon still shared"));
     d.restart().await;
     let c = d.client();
-    let end = wait_until(Duration::from_secs(120), "the release to end after the crash", || async {
-        let r = c.get_release("shop", &rel.id).await.ok()?;
-        matches!(r.status.as_str(), "complete" | "rolled_back" | "failed").then_some(r)
-    })
+    let end = wait_until(
+        Duration::from_secs(120),
+        "the release to end after the crash",
+        || async {
+            let r = c.get_release("shop", &rel.id).await.ok()?;
+            matches!(r.status.as_str(), "complete" | "rolled_back" | "failed").then_some(r)
+        },
+    )
     .await;
     assert!(
         matches!(end.status.as_str(), "complete" | "rolled_back"),
@@ -314,14 +427,23 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
         end.error
     );
     let ms = managed(&c).await;
-    let greetings: std::collections::BTreeSet<&str> = ms.iter().map(|m| env_of(m, "GREETING")).collect();
-    assert_eq!(greetings.len(), 1, "mixed releases after the crash: {greetings:?}");
+    let greetings: std::collections::BTreeSet<&str> =
+        ms.iter().map(|m| env_of(m, "GREETING")).collect();
+    assert_eq!(
+        greetings.len(),
+        1,
+        "mixed releases after the crash: {greetings:?}"
+    );
     for m in &ms {
-        assert!(c.get_lease("shop", &m.id).await.unwrap().is_none(), "lease left on {}", m.id);
+        assert!(
+            c.get_lease("shop", &m.id).await.unwrap().is_none(),
+            "lease left on {}",
+            m.id
+        );
     }
     let (ok, out, _) = d.cli(&["releases", "-a", "shop"]);
     assert!(ok);
-    for v in ["v1", "v2", "v3", "v4", "v5", "v6"] {
+    for v in ["v1", "v2", "v3", "v4", "v5", "v6", "v7"] {
         assert!(out.contains(v), "{out}");
     }
 }
