@@ -151,7 +151,7 @@ impl Deployer {
         if strategy == hangar_appconfig::Strategy::Bluegreen {
             let checked = cfg.groups().iter().any(|g| {
                 let c = hangar_appconfig::machine::group_config(&cfg, g, "x");
-                hangar_core::checks::checks(&c).len() > 0
+                !hangar_core::checks::checks(&c).is_empty()
             });
             if !checked {
                 return Err(DeployError::Invalid(
