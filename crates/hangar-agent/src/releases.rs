@@ -8,10 +8,15 @@ use crate::{Agent, AgentError};
 
 impl Agent {
     /// Records a new release of an existing app with the app's next
-    /// version; 409 naming the unfinished one if there is one.
-    pub fn create_release(&self, mut rel: ReleaseRow) -> Result<ReleaseRow, AgentError> {
+    /// version; 409 naming the unfinished one if there is one, unless
+    /// `queue` (then it waits its turn).
+    pub fn create_release(
+        &self,
+        mut rel: ReleaseRow,
+        queue: bool,
+    ) -> Result<ReleaseRow, AgentError> {
         self.get_app(&rel.app)?;
-        rel.version = self.shared.store.insert_release(&rel)?;
+        rel.version = self.shared.store.insert_release(&rel, queue)?;
         Ok(rel)
     }
 

@@ -994,6 +994,42 @@ pub struct CreateReleaseRequest {
     /// `restart`), with its strategy and health gating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<String>,
+    /// Instead of a definition and image: give a process group this many
+    /// machines (`{"process_group": "web", "count": 3}`), from the current
+    /// release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_count: Option<ScaleCountRequest>,
+    /// Instead of a definition and image: give the managed machines (of
+    /// `process_groups`, or all) this `guest`, rolled as a deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_vm: Option<ScaleVmRequest>,
+    /// Wait behind the app's unfinished release instead of a 409.
+    #[serde(default)]
+    pub queue: bool,
+}
+
+/// `scale_count` of a [`CreateReleaseRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScaleCountRequest {
+    /// The group (`app` by default).
+    #[serde(default)]
+    pub process_group: Option<String>,
+    /// Machines it should have.
+    pub count: usize,
+}
+
+/// `scale_vm` of a [`CreateReleaseRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScaleVmRequest {
+    /// The guest (`cpu_kind`, `cpus`, `memory_mb`), or use `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<MachineGuest>,
+    /// A preset such as `shared-cpu-2x`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Only these groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process_groups: Vec<String>,
 }
 
 /// `POST /v1/apps/{app}/releases?dry_run=true` response: what a deploy

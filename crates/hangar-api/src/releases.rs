@@ -104,6 +104,25 @@ fn seconds(v: &Option<Value>, key: &str) -> ApiResult<Option<f64>> {
     }
 }
 
+/// The guest `scale vm` asks for, checked as a machine's would be.
+fn scale_guest(vm: &hangar_api_types::ScaleVmRequest) -> ApiResult<Value> {
+    let mut probe = serde_json::json!({"image": "scale"});
+    if let Some(g) = &vm.guest {
+        probe["guest"] = serde_json::to_value(g).unwrap_or_default();
+    }
+    if let Some(size) = &vm.size {
+        probe["size"] = Value::String(size.clone());
+    }
+    if probe.get("guest").is_none() && probe.get("size").is_none() {
+        return Err(ApiError::BadRequest(
+            "invalid_argument: scale_vm needs a size or a guest".into(),
+        ));
+    }
+    let parsed = hangar_core::spec::Parsed::new(probe)
+        .map_err(|e| ApiError::BadRequest(format!("invalid_argument: {e}")))?;
+    Ok(parsed.json["guest"].clone())
+}
+
 /// The request as the executor takes it.
 fn new_release(app: &str, who: &Principal, b: CreateReleaseRequest) -> ApiResult<NewRelease> {
     let options = Options {
@@ -123,6 +142,9 @@ fn new_release(app: &str, who: &Principal, b: CreateReleaseRequest) -> ApiResult
         allow_destroy: b.yes,
         no_rollback: b.no_rollback,
         restart_only: false,
+        queue: b.queue,
+        scale: None,
+        guest: None,
     };
     let definition = match b.definition {
         Value::Null => Value::Object(Default::default()),
@@ -181,6 +203,18 @@ pub async fn create(
     let p = Params::parse(q.as_deref());
     if let Some(key) = b.rollback_to.as_deref() {
         let rel = s.deploy.rollback(&app, key, &who.owner())?;
+        return Ok((StatusCode::CREATED, Json(view(rel, false))).into_response());
+    }
+    if let Some(sc) = &b.scale_count {
+        let group = sc.process_group.clone().unwrap_or_else(|| "app".into());
+        let rel = s.deploy.scale_count(&app, &group, sc.count, &who.owner())?;
+        return Ok((StatusCode::CREATED, Json(view(rel, false))).into_response());
+    }
+    if let Some(vm) = &b.scale_vm {
+        let guest = scale_guest(vm)?;
+        let rel = s
+            .deploy
+            .scale_vm(&app, guest, vm.process_groups.clone(), &who.owner())?;
         return Ok((StatusCode::CREATED, Json(view(rel, false))).into_response());
     }
     if let Some(reason) = b.restart.as_deref() {

@@ -806,6 +806,36 @@ impl Client {
         self.create_release(app, &req).await
     }
 
+    /// `POST /v1/apps/{app}/releases` with `scale_count`.
+    pub async fn scale_count(
+        &self,
+        app: &str,
+        group: &str,
+        count: usize,
+    ) -> Result<Release, ClientError> {
+        let req = CreateReleaseRequest {
+            scale_count: Some(hangar_api_types::ScaleCountRequest {
+                process_group: Some(group.to_owned()),
+                count,
+            }),
+            ..CreateReleaseRequest::default()
+        };
+        self.create_release(app, &req).await
+    }
+
+    /// `POST /v1/apps/{app}/releases` with `scale_vm`.
+    pub async fn scale_vm(
+        &self,
+        app: &str,
+        vm: hangar_api_types::ScaleVmRequest,
+    ) -> Result<Release, ClientError> {
+        let req = CreateReleaseRequest {
+            scale_vm: Some(vm),
+            ..CreateReleaseRequest::default()
+        };
+        self.create_release(app, &req).await
+    }
+
     /// `GET /v1/apps/{app}/releases`, newest first.
     pub async fn list_releases(
         &self,

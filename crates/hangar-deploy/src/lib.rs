@@ -195,7 +195,7 @@ impl Deployer {
             error: None,
             rollback_of: req.rollback_of.clone(),
         };
-        let rel = self.inner.agent.create_release(rel)?;
+        let rel = self.inner.agent.create_release(rel, req.options.queue)?;
         tracing::info!(
             app = rel.app,
             release = rel.id,
@@ -217,17 +217,13 @@ impl Deployer {
                 old.version
             )));
         }
-        let r = agent.parse_image(&old.image_ref)?;
-        let mut options: Options = serde_json::from_value(old.options.clone()).unwrap_or_default();
-        options.skip_release_command = true;
-        options.update_only = false;
-        options.only_machines.clear();
-        options.exclude_machines.clear();
-        options.process_groups.clear();
+        let options = serde_json::from_value::<Options>(old.options.clone())
+            .unwrap_or_default()
+            .for_rerun();
         self.submit(NewRelease {
             app: app.to_owned(),
             definition: old.definition.clone(),
-            image: run::pinned(&r.registry, &r.repository, &old.image_digest),
+            image: run::pin(agent, &old.image_ref, &old.image_digest)?,
             options,
             reason: ReleaseReason::Rollback,
             user: user.to_owned(),
@@ -246,6 +242,59 @@ impl Deployer {
         reason: ReleaseReason,
         user: &str,
     ) -> Result<ReleaseRow, DeployError> {
+        self.rerun_current(app, reason, user, "restart", |o| o.restart_only = true)
+    }
+
+    /// `scale count`: `group` gets `count` machines, made from the current
+    /// release's fly.toml and image, or destroyed (stopped ones first).
+    pub fn scale_count(
+        &self,
+        app: &str,
+        group: &str,
+        count: usize,
+        user: &str,
+    ) -> Result<ReleaseRow, DeployError> {
+        if count > 100 {
+            return Err(DeployError::Invalid(format!(
+                "count {count}: at most 100 machines per group at a time"
+            )));
+        }
+        let what = format!("scale {group} to {count}");
+        self.rerun_current(app, ReleaseReason::Scale, user, &what, |o| {
+            o.scale = Some(plan::ScaleCount {
+                group: group.to_owned(),
+                count,
+            })
+        })
+    }
+
+    /// `scale vm`: the managed machines of `groups` (all when empty) get
+    /// `guest`, rolled with the current release's strategy and gating.
+    pub fn scale_vm(
+        &self,
+        app: &str,
+        guest: Value,
+        groups: Vec<String>,
+        user: &str,
+    ) -> Result<ReleaseRow, DeployError> {
+        let what = format!("scale vm {guest}");
+        self.rerun_current(app, ReleaseReason::Scale, user, &what, move |o| {
+            o.guest = Some(guest);
+            o.process_groups = groups;
+            o.update_only = true;
+        })
+    }
+
+    /// A release of the current (newest complete) release's definition and
+    /// image, with `tweak` applied to its options.
+    fn rerun_current(
+        &self,
+        app: &str,
+        reason: ReleaseReason,
+        user: &str,
+        what: &str,
+        tweak: impl FnOnce(&mut Options),
+    ) -> Result<ReleaseRow, DeployError> {
         let agent = &self.inner.agent;
         let current = agent
             .list_releases(app, 1000)?
@@ -253,25 +302,21 @@ impl Deployer {
             .find(|r| r.status == ReleaseStatus::Complete && !r.image_digest.is_empty())
             .ok_or_else(|| {
                 DeployError::Invalid(format!(
-                    "app {app} has no complete release to restart from: deploy it first"
+                    "app {app} has no complete release to {what} from: deploy it first"
                 ))
             })?;
-        let r = agent.parse_image(&current.image_ref)?;
-        let mut options: Options =
-            serde_json::from_value(current.options.clone()).unwrap_or_default();
-        options.restart_only = true;
-        options.skip_release_command = true;
-        options.only_machines.clear();
-        options.exclude_machines.clear();
-        options.process_groups.clear();
+        let mut options = serde_json::from_value::<Options>(current.options.clone())
+            .unwrap_or_default()
+            .for_rerun();
+        tweak(&mut options);
         self.submit(NewRelease {
             app: app.to_owned(),
             definition: current.definition.clone(),
-            image: run::pinned(&r.registry, &r.repository, &current.image_digest),
+            image: run::pin(agent, &current.image_ref, &current.image_digest)?,
             options,
             reason,
             user: user.to_owned(),
-            description: format!("{} restart on v{}", reason.as_str(), current.version),
+            description: format!("{what} (v{})", current.version),
             rollback_of: None,
         })
     }

@@ -51,6 +51,26 @@ pub struct Options {
     /// Restart with the current definition and image; no release command
     /// (secrets changes, `apps restart`, rollbacks).
     pub restart_only: bool,
+    /// Wait behind the app's unfinished release instead of a 409.
+    pub queue: bool,
+    /// `scale count`: this group gets this many machines (created from
+    /// fly.toml's config for it, or destroyed: stopped ones first, then the
+    /// newest); no other change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleCount>,
+    /// `scale vm`: this guest for the machines of `process_groups` (all
+    /// when empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<serde_json::Value>,
+}
+
+/// `hangar scale count`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleCount {
+    /// The process group.
+    pub group: String,
+    /// How many machines it should have.
+    pub count: usize,
 }
 
 impl Options {
@@ -100,6 +120,23 @@ impl Options {
             (n as f64 * m).ceil() as usize
         };
         k.max(1)
+    }
+
+    /// These options without what applied to their own run only (filters,
+    /// confirmations, scaling, queueing, the release command): for a
+    /// release that deploys an earlier one's definition again.
+    pub fn for_rerun(mut self) -> Options {
+        self.skip_release_command = true;
+        self.update_only = false;
+        self.only_machines.clear();
+        self.exclude_machines.clear();
+        self.process_groups.clear();
+        self.allow_destroy = false;
+        self.restart_only = false;
+        self.queue = false;
+        self.scale = None;
+        self.guest = None;
+        self
     }
 
     /// Checks the options on their own.
@@ -280,6 +317,9 @@ pub fn plan(
     for list in by_group.values_mut() {
         list.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     }
+    if let Some(sc) = &opts.scale {
+        return Ok(scale_plan(cfg, &by_group, sc));
+    }
     let bluegreen = opts.strategy(cfg) == Strategy::Bluegreen;
     let mut steps = Vec::new();
     let has_release_command = cfg
@@ -305,7 +345,10 @@ pub fn plan(
                         m.core.state,
                         MachineState::Started | MachineState::Starting | MachineState::Created
                     );
-                    let merged = machine::merge(&m.config, &target);
+                    let mut merged = machine::merge(&m.config, &target);
+                    if let Some(g) = &opts.guest {
+                        merged["guest"] = g.clone();
+                    }
                     let (had, wants) = (
                         machine::mount_names(&m.config),
                         machine::mount_names(&merged),
@@ -374,4 +417,39 @@ pub fn plan(
         }
     }
     Ok(steps)
+}
+
+/// The steps of `scale count`: creates up to the count, or destroys down to
+/// it (stopped machines first, then the newest).
+fn scale_plan(
+    cfg: &AppConfig,
+    by_group: &BTreeMap<String, Vec<&MachineRecord>>,
+    sc: &ScaleCount,
+) -> Vec<Step> {
+    let _ = cfg;
+    let have: Vec<&MachineRecord> = by_group
+        .get(&sc.group)
+        .map(|l| l.iter().copied().filter(|m| !m.spec.is_standby()).collect())
+        .unwrap_or_default();
+    let mut steps = Vec::new();
+    if sc.count > have.len() {
+        for _ in have.len()..sc.count {
+            steps.push(Step::new(Action::Create, &sc.group));
+        }
+    } else {
+        let mut doomed = have.clone();
+        doomed.sort_by_key(|m| {
+            (
+                m.core.state == MachineState::Started,
+                std::cmp::Reverse(m.created_at.clone()),
+            )
+        });
+        for m in doomed.into_iter().take(have.len() - sc.count) {
+            let mut s = Step::new(Action::Destroy, &sc.group);
+            s.id = Some(m.id.to_string());
+            s.from_version = Some(m.instance_id.clone());
+            steps.push(s);
+        }
+    }
+    steps
 }

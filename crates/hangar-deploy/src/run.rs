@@ -67,16 +67,80 @@ impl Run {
         }
         match self.rel.status {
             ReleaseStatus::Pending => {
+                if !self.wait_turn().await {
+                    let _ = self.apply(Input::Cancel { rollback: false });
+                    self.rel.error = Some("cancelled while queued".into());
+                    self.save();
+                    self.event("failed", None, "cancelled while queued");
+                    return;
+                }
+                // The plan is made again now: machines may have changed since
+                // it was submitted (a queued release waited for another).
+                let machines = self
+                    .d
+                    .agent()
+                    .list_machines(&self.rel.app, false)
+                    .unwrap_or_default();
+                let replanned =
+                    crate::plan::plan(&self.cfg, &self.rel.image_ref, &machines, &self.opts);
                 if self.apply(Input::Begin).is_err() {
                     return;
                 }
                 self.rel.started_at = Some(now_ms());
-                self.save();
-                self.forward().await;
+                match replanned {
+                    Ok(steps) => {
+                        self.steps = steps;
+                        self.save();
+                        self.forward().await;
+                    }
+                    Err(e) => {
+                        self.rel.error = Some(e.clone());
+                        let _ = self.apply(Input::Failed { rollback: false });
+                        self.event("failed", None, &e);
+                    }
+                }
             }
             ReleaseStatus::Running => self.forward().await,
             ReleaseStatus::RollingBack => self.backward().await,
             _ => {}
+        }
+    }
+
+    /// Waits until no earlier release of the app is unfinished (a queued
+    /// release); false when cancelled meanwhile.
+    async fn wait_turn(&mut self) -> bool {
+        let mut changed = self.d.subscribe();
+        let mut said = false;
+        loop {
+            if self.cancelled() {
+                return false;
+            }
+            let ahead = self
+                .d
+                .agent()
+                .list_releases(&self.rel.app, 1000)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.version < self.rel.version && !r.status.is_finished())
+                .map(|r| r.version)
+                .min();
+            let Some(v) = ahead else {
+                return true;
+            };
+            if !said {
+                self.event(
+                    "queued",
+                    None,
+                    &format!("Waiting for release v{v} to finish"),
+                );
+                said = true;
+            }
+            let mut cancel = self.cancel.clone();
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = cancel.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 
@@ -275,10 +339,8 @@ impl Run {
             self.save();
             self.image = pinned(&r.registry, &r.repository, &r.digest);
         } else {
-            let r = agent
-                .parse_image(&self.rel.image_ref)
+            self.image = pin(&agent, &self.rel.image_ref, &self.rel.image_digest)
                 .map_err(|e| e.to_string())?;
-            self.image = pinned(&r.registry, &r.repository, &self.rel.image_digest);
             agent
                 .resolve_image(&self.image)
                 .await
@@ -409,10 +471,13 @@ impl Run {
             .map_err(|e| format!("machine {id}: {e}"))?;
         let applied = m.config["metadata"][keys::RELEASE_ID] == self.rel.id.as_str();
         let g = self.steps[i].process_group.clone();
-        let target = self.stamp(machine::merge(
+        let mut target = self.stamp(machine::merge(
             &m.config,
             &machine::group_config(&self.cfg, &g, &self.image),
         ));
+        if let Some(guest) = &self.opts.guest {
+            target["guest"] = guest.clone();
+        }
         self.steps[i].outcome = Outcome::Running;
         self.save();
         Ok(Prepared {
@@ -470,7 +535,35 @@ impl Run {
                 return r.map(|_| ());
             }
         }
-        let mut config = self.stamp(machine::group_config(&self.cfg, &g, &self.image));
+        let target = machine::group_config(&self.cfg, &g, &self.image);
+        // Scaling up clones a machine of the group (its size and own
+        // settings), with a volume of its own.
+        let like = self
+            .opts
+            .scale
+            .as_ref()
+            .and_then(|_| self.d.agent().list_machines(&app, false).ok())
+            .and_then(|ms| {
+                ms.into_iter().find(|m| {
+                    crate::plan::is_managed(m)
+                        && crate::plan::group_of(m) == g
+                        && !m.spec.is_standby()
+                })
+            });
+        let mut config = self.stamp(match like {
+            Some(m) => {
+                let mut c = machine::merge(&m.config, &target);
+                if let Some(mounts) = c["mounts"].as_array_mut() {
+                    for mount in mounts {
+                        if let Some(o) = mount.as_object_mut() {
+                            o.remove("volume");
+                        }
+                    }
+                }
+                c
+            }
+            None => target,
+        });
         if standby {
             let first = self
                 .steps
@@ -779,7 +872,9 @@ impl Run {
             .await
             .map(|_| String::new())
             .map_err(|e| format!("destroying {id}: {e}"));
-        let why = if self.cfg.groups().contains(&self.steps[i].process_group) {
+        let why = if self.opts.scale.is_some() {
+            "scaled down"
+        } else if self.cfg.groups().contains(&self.steps[i].process_group) {
             "replaced by its green"
         } else {
             "group removed from fly.toml"
@@ -1212,6 +1307,20 @@ impl Worker {
             _ => String::new(),
         }
     }
+}
+
+/// `image_ref` by `digest`: as it is when it is already pinned, else its
+/// registry and repository with the digest.
+pub(crate) fn pin(
+    agent: &hangar_agent::Agent,
+    image_ref: &str,
+    digest: &str,
+) -> Result<String, hangar_agent::AgentError> {
+    if image_ref.contains('@') {
+        return Ok(image_ref.to_owned());
+    }
+    let r = agent.parse_image(image_ref)?;
+    Ok(pinned(&r.registry, &r.repository, digest))
 }
 
 pub(crate) fn pinned(registry: &str, repository: &str, digest: &str) -> String {

@@ -737,3 +737,136 @@ async fn bluegreen_replaces_every_machine_with_a_healthy_twin() {
         assert_eq!(m.config["env"]["V"], "1");
     }
 }
+
+#[tokio::test]
+async fn a_queued_deploy_waits_its_turn() {
+    let e = env().await;
+    let slow = format!("{FLY_TOML}\n[deploy]\nrelease_command = \"migrate\"\n");
+    let r1 = e.d.submit(release(definition(&slow), "shop-v1")).unwrap();
+    let mut queued = release(definition(&FLY_TOML.replace("hello", "queued")), "shop-v2");
+    queued.options.queue = true;
+    let r2 = e.d.submit(queued).unwrap();
+    assert_eq!(r2.version, 2);
+    // r2 waits while r1's release command runs.
+    let rc = wait_until(
+        Duration::from_secs(10),
+        "the release command machine",
+        || async {
+            e.agent
+                .list_machines("shop", false)
+                .unwrap()
+                .into_iter()
+                .find(|m| {
+                    group(m) == "fly_app_release_command" && m.core.state == MachineState::Started
+                })
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "r2 to say it is queued",
+        || async {
+            e.agent
+                .release_events(&r2.id, 0)
+                .unwrap()
+                .iter()
+                .any(|ev| ev.body["phase"] == "queued")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        e.agent.get_release("shop", &r2.id).unwrap().status,
+        ReleaseStatus::Pending
+    );
+    e.rt.exit(&rc.id, exit_code(0));
+    let r1 = finished(&e, &r1.id).await;
+    assert_eq!(r1.status, ReleaseStatus::Complete, "{:?}", r1.error);
+    let r2 = finished(&e, &r2.id).await;
+    assert_eq!(r2.status, ReleaseStatus::Complete, "{:?}", r2.error);
+    assert!(r2.started_at.unwrap() >= r1.finished_at.unwrap());
+    assert!(
+        managed(&e)
+            .iter()
+            .all(|m| m.config["env"]["GREETING"] == "queued")
+    );
+}
+
+#[tokio::test]
+async fn scale_count_and_vm_are_releases_of_the_current_definition() {
+    let e = env().await;
+    let web = |e: &Env| -> Vec<MachineRecord> {
+        managed(e)
+            .into_iter()
+            .filter(|m| group(m) == "web")
+            .collect()
+    };
+    finished(
+        &e,
+        &e.d.submit(release(definition(FLY_TOML), "shop-v1"))
+            .unwrap()
+            .id,
+    )
+    .await;
+    assert_eq!(web(&e).len(), 2);
+    let r = finished(&e, &e.d.scale_count("shop", "web", 4, "test").unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    assert_eq!(r.reason, ReleaseReason::Scale);
+    let ms = web(&e);
+    assert_eq!(ms.len(), 4);
+    assert!(
+        ms.iter().all(
+            |m| m.config["env"]["GREETING"] == "hello" && m.core.state == MachineState::Started
+        )
+    );
+    // Down to one: the worker group is untouched.
+    let workers = managed(&e).iter().filter(|m| group(m) == "worker").count();
+    let r = finished(&e, &e.d.scale_count("shop", "web", 1, "test").unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    assert_eq!(web(&e).len(), 1);
+    assert_eq!(
+        managed(&e).iter().filter(|m| group(m) == "worker").count(),
+        workers
+    );
+    // A size for the web group only, rolled; a later deploy keeps it.
+    let r =
+        e.d.scale_vm(
+            "shop",
+            json!({"cpu_kind": "shared", "cpus": 2, "memory_mb": 1024}),
+            vec!["web".into()],
+            "test",
+        )
+        .unwrap();
+    let r = finished(&e, &r.id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    assert_eq!(web(&e)[0].config["guest"]["memory_mb"], 1024);
+    assert!(
+        managed(&e)
+            .iter()
+            .filter(|m| group(m) == "worker")
+            .all(|m| m.config["guest"]["memory_mb"] != 1024)
+    );
+    finished(
+        &e,
+        &e.d.submit(release(
+            definition(&FLY_TOML.replace("hello", "again")),
+            "shop-v2",
+        ))
+        .unwrap()
+        .id,
+    )
+    .await;
+    assert_eq!(
+        web(&e)[0].config["guest"]["memory_mb"],
+        1024,
+        "deploy keeps the machine's guest without [vm]"
+    );
+    // Scaling up again clones that size.
+    finished(&e, &e.d.scale_count("shop", "web", 2, "test").unwrap().id).await;
+    assert!(
+        web(&e)
+            .iter()
+            .all(|m| m.config["guest"]["memory_mb"] == 1024)
+    );
+    assert!(e.d.scale_count("shop", "web", 1000, "test").is_err());
+}

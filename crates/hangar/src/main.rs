@@ -65,6 +65,11 @@ enum Command {
     /// Show or check fly.toml.
     #[command(subcommand)]
     Config(cmd::deploy::ConfigCmd),
+    /// Change how many machines a process group has, or their size.
+    #[command(subcommand)]
+    Scale(cmd::scale::ScaleCmd),
+    /// Create an app and its fly.toml from an image, then deploy it.
+    Launch(cmd::launch::LaunchArgs),
 }
 
 impl Cli {
@@ -105,6 +110,8 @@ fn main() {
             Command::Deploy(a) => cmd::deploy::deploy(a, &client, &out).await,
             Command::Releases(a) => cmd::deploy::releases(a, &client, &out).await,
             Command::Config(c) => cmd::deploy::config(c, &out),
+            Command::Scale(c) => cmd::scale::run(c, &client, &out).await,
+            Command::Launch(a) => cmd::launch::run(a, &client, &out).await,
         }
     });
     if let Err(e) = result {

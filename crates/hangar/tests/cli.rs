@@ -79,3 +79,117 @@ async fn apps_machines_and_tokens_through_the_cli() {
     let (_, out, _) = hangar(&d, &["apps", "list"]);
     assert!(!out.contains("web"), "{out}");
 }
+
+/// Runs `hangar` in `dir` (where fly.toml is).
+fn hangar_in(d: &TestDaemon, dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .current_dir(dir)
+        .env("HANGAR_API_URL", &d.url)
+        .env("HANGAR_API_TOKEN", &d.token)
+        .env_remove("HANGAR_APP")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running hangar");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_deploy_scale_and_releases_through_the_cli() {
+    let d = TestDaemon::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    // launch: an app and its fly.toml from an image, then its first deploy.
+    let (ok, out, err) = hangar_in(
+        &d,
+        p,
+        &[
+            "launch",
+            "--image",
+            "busybox",
+            "--name",
+            "shop",
+            "--vm-memory",
+            "512",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("Wrote") && out.contains("Finished deploying"),
+        "{out}"
+    );
+    let toml = std::fs::read_to_string(p.join("fly.toml")).unwrap();
+    assert!(
+        toml.contains("app = \"shop\"") && toml.contains("image = \"busybox\""),
+        "{toml}"
+    );
+    // The app comes from fly.toml in every command.
+    let (ok, out, err) = hangar_in(&d, p, &["machine", "list", "--json"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "no services: a machine and its standby: {list}"
+    );
+    let (ok, out, _) = hangar_in(&d, p, &["config", "validate"]);
+    assert!(ok && out.contains("is valid"), "{out}");
+    let (ok, out, _) = hangar_in(&d, p, &["config", "show"]);
+    assert!(ok && out.contains("\"memory\": 512"), "{out}");
+    // A warning for an unknown key, an error with the line for a wrong type.
+    std::fs::write(p.join("fly.toml"), format!("bogus = 1\n{toml}")).unwrap();
+    let (ok, _, err) = hangar_in(&d, p, &["deploy", "--dry-run"]);
+    assert!(ok && err.contains("unknown key `bogus`"), "{err}");
+    std::fs::write(
+        p.join("fly.toml"),
+        format!("kill_timeout = \"soon\"\n{toml}"),
+    )
+    .unwrap();
+    let (ok, _, err) = hangar_in(&d, p, &["deploy"]);
+    assert!(
+        !ok && err.contains("kill_timeout") && err.contains("line"),
+        "{err}"
+    );
+    std::fs::write(p.join("fly.toml"), &toml).unwrap();
+    // Another app's token cannot deploy this one.
+    hangar(&d, &["apps", "create", "other"]);
+    let (_, other_token, _) = hangar(&d, &["tokens", "create", "deploy", "-a", "other"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["deploy"])
+        .current_dir(p)
+        .env("HANGAR_API_URL", &d.url)
+        .env("HANGAR_API_TOKEN", other_token.trim())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("app other only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Scale up, then releases lists v1 and v2.
+    let (ok, out, err) = hangar_in(&d, p, &["scale", "count", "3"]);
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, _) = hangar_in(&d, p, &["scale", "show"]);
+    assert!(ok && out.contains("app") && out.contains('3'), "{out}");
+    let (ok, out, _) = hangar_in(&d, p, &["releases", "--image"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("v1") && out.contains("v2") && out.contains("scale"),
+        "{out}"
+    );
+    let (ok, out, _) = hangar_in(&d, p, &["releases", "show", "v2", "--json"]);
+    assert!(ok);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["reason"], "scale");
+    assert_eq!(r["machines"].as_array().unwrap().len(), 2);
+    // apps restart is a release too.
+    let (ok, out, err) = hangar_in(&d, p, &["apps", "restart"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("Release v3"), "{out}");
+}

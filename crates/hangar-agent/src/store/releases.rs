@@ -105,9 +105,9 @@ fn finish(
 
 impl Store {
     /// Inserts a release with the app's next version, unless another of
-    /// the app's releases is unfinished (409 naming it), in one
-    /// transaction. Returns the version.
-    pub fn insert_release(&self, rel: &ReleaseRow) -> Result<i64, AgentError> {
+    /// the app's releases is unfinished (409 naming it; with `queue` it
+    /// goes in behind it), in one transaction. Returns the version.
+    pub fn insert_release(&self, rel: &ReleaseRow, queue: bool) -> Result<i64, AgentError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let running: Option<(i64, String, String, i64)> = tx
@@ -120,7 +120,7 @@ impl Store {
             )
             .optional()
             .map_err(db)?;
-        if let Some((v, status, user, at)) = running {
+        if let Some((v, status, user, at)) = running.filter(|_| !queue) {
             let since = humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64),
             );

@@ -16,6 +16,13 @@ pub enum AppsCmd {
     /// List apps.
     #[command(alias = "ls")]
     List,
+    /// Restart an app's machines: a release with the current fly.toml and
+    /// image (health-gated), or each started machine of an app never
+    /// deployed.
+    Restart {
+        /// App name (default: fly.toml's).
+        name: Option<String>,
+    },
     /// Destroy an app.
     #[command(alias = "delete", alias = "rm")]
     Destroy {
@@ -39,6 +46,10 @@ pub async fn run(cmd: &AppsCmd, c: &Client, out: &Output) -> anyhow::Result<()> 
                 return out.print_json(&app);
             }
             println!("New app created: {}", app.name);
+        }
+        AppsCmd::Restart { name } => {
+            let arg = super::flytoml::AppArg::from_name(name.clone());
+            return super::scale::restart_app(c, arg.get()?, out).await;
         }
         AppsCmd::List => {
             let apps = c.list_apps().await?;

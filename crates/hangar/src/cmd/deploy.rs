@@ -72,6 +72,36 @@ pub struct DeployArgs {
     /// Leave changed machines as they are if the release fails.
     #[arg(long)]
     no_rollback: bool,
+    /// Wait for the app's running release to end instead of failing.
+    #[arg(long)]
+    queue: bool,
+}
+
+impl DeployArgs {
+    /// A plain deploy of the fly.toml in `dir` (what `launch` runs).
+    pub(crate) fn for_launch(dir: PathBuf) -> DeployArgs {
+        DeployArgs {
+            workdir: Some(dir),
+            app: AppArg::from_name(None),
+            image: None,
+            strategy: None,
+            wait_timeout: None,
+            max_unavailable: None,
+            detach: false,
+            env: Vec::new(),
+            primary_region: None,
+            ha: None,
+            update_only: false,
+            skip_release_command: false,
+            process_groups: Vec::new(),
+            only_machines: Vec::new(),
+            exclude_machines: Vec::new(),
+            yes: false,
+            dry_run: false,
+            no_rollback: false,
+            queue: false,
+        }
+    }
 }
 
 /// `hangar releases ...`.
@@ -228,6 +258,9 @@ pub async fn deploy(a: &DeployArgs, c: &Client, out: &Output) -> anyhow::Result<
         description: None,
         rollback_to: None,
         restart: None,
+        scale_count: None,
+        scale_vm: None,
+        queue: a.queue,
     };
     let plan = c.plan_release(&app, &req).await?;
     if out.json && a.dry_run {

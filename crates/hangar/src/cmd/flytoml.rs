@@ -24,6 +24,15 @@ pub struct AppArg {
 }
 
 impl AppArg {
+    /// An app given by name (or none: fly.toml's).
+    pub(crate) fn from_name(app: Option<String>) -> AppArg {
+        AppArg {
+            app,
+            config: None,
+            resolved: OnceLock::new(),
+        }
+    }
+
     /// The app: `--app`, else fly.toml's `app`.
     pub(crate) fn get(&self) -> anyhow::Result<&str> {
         if let Some(a) = &self.app {
