@@ -22,76 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
+use hangar_bench::{Wrk, median, wrk};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::{ImageBuilder, Layer};
 use hangar_test_utils::registry::Registry;
-
-/// What one wrk run reports.
-#[derive(Debug, Clone, Copy)]
-struct Wrk {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn parse_latency(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        "m" => v * 60_000.0,
-        _ => return None,
-    })
-}
-
-fn wrk(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
-    let mut cmd = Command::new("wrk");
-    cmd.args([
-        "-t",
-        "2",
-        "-c",
-        &conns.to_string(),
-        "-d",
-        &format!("{seconds}s"),
-        "--latency",
-    ]);
-    if let Some(h) = host {
-        cmd.args(["-H", &format!("Host: {h}")]);
-    }
-    let out = cmd
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
-    if text.contains("Non-2xx") {
-        bail!("wrk saw errors against {url}:\n{text}");
-    }
-    let field = |prefix: &str| -> Option<String> {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(str::to_owned)
-    };
-    Ok(Wrk {
-        rps: field("Requests/sec:")
-            .and_then(|v| v.parse().ok())
-            .context("no Requests/sec in wrk's output")?,
-        p50_ms: field("50%")
-            .and_then(|v| parse_latency(&v))
-            .context("no p50")?,
-        p99_ms: field("99%")
-            .and_then(|v| parse_latency(&v))
-            .context("no p99")?,
-    })
-}
 
 /// CPU time (user + system, seconds) of the `/proc/<pid>/stat`-shaped
 /// files given.
@@ -141,16 +75,6 @@ fn nginx_cpu(pid: u32) -> f64 {
         })
         .chain([std::path::PathBuf::from(format!("/proc/{pid}/stat"))]);
     cpu_of(procs)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// The machine's web server: the host's nginx with its libraries (busybox

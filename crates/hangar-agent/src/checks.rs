@@ -97,6 +97,21 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// The latest results of the checks of version `instance` of machine
+    /// `id`: none until that version's checks are set up (so a version
+    /// never passes on the results of the one it replaced).
+    pub fn version_checks(&self, id: &str, instance: &str) -> Vec<CheckResult> {
+        self.shared
+            .checks
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|m| m.instance == instance)
+            .map(|m| m.results.clone())
+            .unwrap_or_default()
+    }
+
     /// A number that changes whenever a check's status changes (for
     /// callers that cache [`Agent::failing_traffic_checks`]).
     pub fn checks_generation(&self) -> u64 {

@@ -20,6 +20,9 @@ use crate::{Deployer, now_ms};
 const POLL: Duration = Duration::from_millis(50);
 /// At most this many machines change at once.
 const MAX_CONCURRENT: usize = 8;
+/// How long a machine out of rotation must stay without traffic to count
+/// as drained.
+const SETTLE: Duration = Duration::from_millis(50);
 /// Log lines shown with a machine that failed.
 const LOG_LINES: usize = 20;
 
@@ -742,12 +745,9 @@ impl Run {
             let id = self.steps[i].id.clone().unwrap_or_default();
             let _ = agent.cordon_machine(&app, &id, true, None);
         }
-        let drain_deadline = Instant::now() + wait.min(Duration::from_secs(60));
         for &i in &blues {
             let id = self.steps[i].id.clone().unwrap_or_default();
-            while self.d.traffic(&id) > 0 && Instant::now() < drain_deadline {
-                tokio::time::sleep(POLL).await;
-            }
+            Worker::of(self).drained(&id, wait).await;
             self.event(
                 "bluegreen",
                 Some(&id),
@@ -1090,6 +1090,10 @@ impl Run {
                 .healthy(id, &rec.instance_id, wait, now_ms() - 1)
                 .await?;
         }
+        // A machine drained for its update goes back into rotation.
+        agent
+            .cordon_machine(&app, id, false, None)
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -1136,28 +1140,74 @@ impl Worker {
     ) -> Result<String, String> {
         let agent = self.d.agent();
         let since = now_ms() - 1;
-        let version = match p.applied {
-            Some(v) => v,
+        let ttl = wait + Duration::from_secs(60);
+        let nonce = self.lease(&p.id, ttl)?;
+        let r = self.update_drained(&p, gate, wait, since, &nonce).await;
+        let _ = agent.release_lease(&self.app, &p.id, Some(&nonce));
+        r
+    }
+
+    /// The update under the lease `nonce`: a started machine that is gated
+    /// leaves the proxy's rotation first and is drained (no request in
+    /// flight), and comes back into it once its new version is healthy.
+    async fn update_drained(
+        &self,
+        p: &Prepared,
+        gate: bool,
+        wait: Duration,
+        since: i64,
+        nonce: &str,
+    ) -> Result<String, String> {
+        let agent = self.d.agent();
+        let drain = gate && p.launch;
+        let version = match &p.applied {
+            Some(v) => v.clone(),
             None => {
-                let ttl = wait + Duration::from_secs(60);
-                let nonce = self.lease(&p.id, ttl)?;
-                let parsed = Parsed::new(p.target).map_err(|e| format!("{}: {e}", p.id))?;
+                if drain {
+                    agent
+                        .cordon_machine(&self.app, &p.id, true, Some(nonce))
+                        .map_err(|e| format!("taking {} out of rotation: {e}", p.id))?;
+                    self.drained(&p.id, wait).await;
+                }
+                let parsed = Parsed::new(p.target.clone()).map_err(|e| format!("{}: {e}", p.id))?;
                 let mut upd = UpdateMachine::new(parsed);
                 upd.skip_launch = !p.launch;
-                let r = agent
-                    .update_machine(&self.app, &p.id, upd, Some(&nonce))
+                agent
+                    .update_machine(&self.app, &p.id, upd, Some(nonce))
                     .await
-                    .map_err(|e| format!("updating {}: {e}", p.id));
-                let _ = agent.release_lease(&self.app, &p.id, Some(&nonce));
-                r?.instance_id
+                    .map_err(|e| format!("updating {}: {e}", p.id))?
+                    .instance_id
             }
         };
         self.event(&p.id, &format!("Updated {} to version {version}", p.id));
-        if gate && p.launch {
+        if drain {
             self.healthy(&p.id, &version, wait, since).await?;
-            self.event(&p.id, &format!("{} is started and healthy", p.id));
+            agent
+                .cordon_machine(&self.app, &p.id, false, Some(nonce))
+                .map_err(|e| format!("putting {} back into rotation: {e}", p.id))?;
+            self.event(
+                &p.id,
+                &format!("{} is started, healthy and in rotation", p.id),
+            );
         }
         Ok(version)
+    }
+
+    /// Waits until the proxy has no request in flight on machine `id` (out
+    /// of rotation), for at most `wait` (and 30 s). Idle is seen twice,
+    /// [`SETTLE`] apart: a request that read the machine list just before
+    /// the machine left rotation is placed within microseconds, and shows.
+    async fn drained(&self, id: &str, wait: Duration) {
+        let deadline = Instant::now() + wait.min(Duration::from_secs(30));
+        let mut idle_since: Option<Instant> = None;
+        while Instant::now() < deadline {
+            if self.d.traffic(id) > 0 {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= SETTLE {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn lease(&self, id: &str, ttl: Duration) -> Result<String, String> {
@@ -1231,7 +1281,7 @@ impl Worker {
             match m.core.state {
                 MachineState::Started => {
                     let want = m.spec.checks.len();
-                    let results = agent.checks(id);
+                    let results = agent.version_checks(id, version);
                     let passing = results
                         .iter()
                         .filter(|c| c.status == hangar_agent::checks::Health::Passing)

@@ -1,0 +1,125 @@
+//! What the benchmarks share: running `wrk` and reading its report, medians.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// What one wrk run reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Wrk {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Requests answered with a status other than 2xx or 3xx.
+    pub non_2xx: u64,
+    /// Connect, read, write and timeout errors.
+    pub socket_errors: u64,
+    /// Requests in all.
+    pub requests: u64,
+}
+
+/// `1.23ms`, `456us`, `2s` in milliseconds.
+pub fn parse_latency(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// Runs wrk against `url` (with `Host: host`) and fails on any non-2xx
+/// answer.
+pub fn wrk(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
+    let w = wrk_report(url, host, seconds, conns)?;
+    if w.non_2xx > 0 {
+        bail!("wrk saw {} non-2xx answers against {url}", w.non_2xx);
+    }
+    Ok(w)
+}
+
+/// Runs wrk against `url` (with `Host: host`) and reads its report,
+/// errors included.
+pub fn wrk_report(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t",
+        "2",
+        "-c",
+        &conns.to_string(),
+        "-d",
+        &format!("{seconds}s"),
+        "--latency",
+    ]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    let out = cmd
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = |prefix: &str| -> Option<&str> {
+        text.lines().map(str::trim).find(|l| l.starts_with(prefix))
+    };
+    let field = |prefix: &str| -> Option<String> {
+        line(prefix)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    let non_2xx = line("Non-2xx or 3xx responses:")
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // "Socket errors: connect 0, read 3, write 0, timeout 0"
+    let socket_errors = line("Socket errors:")
+        .map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    let requests = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ok(Wrk {
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .context("no Requests/sec in wrk's output")?,
+        p50_ms: field("50%")
+            .and_then(|v| parse_latency(&v))
+            .context("no p50")?,
+        p99_ms: field("99%")
+            .and_then(|v| parse_latency(&v))
+            .context("no p99")?,
+        non_2xx,
+        socket_errors,
+        requests,
+    })
+}
+
+/// The median.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
