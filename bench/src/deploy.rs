@@ -174,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
     let mut k = 0;
     for run in 0..runs {
         for (i, what) in ["rolling", "bluegreen", "by hand"].iter().enumerate() {
+            if std::env::var("HANGAR_BENCH_ONLY").is_ok_and(|o| o != *what) {
+                continue;
+            }
             k += 1;
             let greeting = format!("g{k}");
             // wrk runs across the whole deploy, with margin on both sides.
@@ -189,7 +192,12 @@ async fn main() -> anyhow::Result<()> {
                     let http = reqwest::Client::new();
                     let mut bad = Vec::new();
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        match http.get(&url).header("host", "bench.localhost").send().await {
+                        match http
+                            .get(&url)
+                            .header("host", "bench.localhost")
+                            .send()
+                            .await
+                        {
                             Ok(r) if r.status().is_success() => {}
                             Ok(r) => {
                                 let st = r.status();
@@ -215,6 +223,24 @@ async fn main() -> anyhow::Result<()> {
                 _ => by_hand(&c, &greeting).await?,
             }
             let took = started.elapsed().as_secs_f64() * 1000.0;
+            if took > 3000.0 && i < 2 {
+                // A slow deploy: its events, with their times.
+                let rel = c.list_releases("bench", 1).await?.remove(0);
+                let mut events = c.release_events("bench", &rel.id, 0, false).await?;
+                use futures::StreamExt;
+                let mut ids = Vec::new();
+                while let Some(Ok(ev)) = events.next().await {
+                    eprintln!("  slow {what}: {} {}", ev.timestamp, ev.message);
+                    ids.extend(ev.machine_id);
+                }
+                for line in d
+                    .log()
+                    .lines()
+                    .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+                {
+                    eprintln!("  log: {line}");
+                }
+            }
             let w: Wrk = load.join().map_err(|_| anyhow::anyhow!("wrk thread"))??;
             diag_stop.store(true, std::sync::atomic::Ordering::Relaxed);
             if let Some(diag) = diag {
@@ -241,6 +267,9 @@ async fn main() -> anyhow::Result<()> {
                 w.requests, w.non_2xx, w.socket_errors
             );
         }
+    }
+    if times.iter().any(Vec::is_empty) {
+        return Ok(());
     }
     let [rolling, bluegreen, hand] = times.map(median);
     println!(

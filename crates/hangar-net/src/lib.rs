@@ -306,6 +306,18 @@ pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetErro
         let _ = run("ip", &["link", "del", host_if], None);
         return Err(e);
     }
+    // The addresses may have been a destroyed machine's: the host must not
+    // keep sending to its link-layer address (a stale neighbor entry lasts
+    // about half a minute, during which nothing on the host reaches the
+    // new machine).
+    let _ = run(
+        "ip",
+        &["-batch", "-"],
+        Some(&format!(
+            "neigh flush to {} dev {}\nneigh flush to {} dev {}\n",
+            link.address4, bridge.name, link.address6, bridge.name
+        )),
+    );
     Ok(())
 }
 

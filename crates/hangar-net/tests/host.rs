@@ -141,6 +141,57 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     let _ = Command::new("umount").arg(&ns).status();
 }
 
+#[test]
+fn an_address_given_again_is_reached_at_once() {
+    if !hangar_test_utils::host_tier(
+        "an_address_given_again_is_reached_at_once",
+        &["ip", "nft", "iptables"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, ns1, ns2) = (
+        dir.path().join("k"),
+        dir.path().join("a"),
+        dir.path().join("b"),
+    );
+    for ns in [&keep, &ns1, &ns2] {
+        pinned_netns(ns);
+    }
+    // A machine that keeps the bridge up, and one whose address (.5) the
+    // host talks to, then gives up.
+    let (bridge, keeper) = block(0xfb, 249, 9, "nettest249k");
+    hangar_net::connect(&keep, &bridge, &keeper).unwrap();
+    let (_, first) = block(0xfb, 249, 5, "nettest249a");
+    hangar_net::connect(&ns1, &bridge, &first).unwrap();
+    let ping = |to: &str| {
+        Command::new("busybox")
+            .args(["ping", "-c1", "-W1", to])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ping("10.231.249.5"));
+    hangar_net::disconnect(&first.host_if).unwrap();
+    // Another machine (another link-layer address) gets .5: the host
+    // reaches it at once, not once its neighbor entry for the old one
+    // has gone stale.
+    let (_, second) = block(0xfb, 249, 5, "nettest249b");
+    hangar_net::connect(&ns2, &bridge, &second).unwrap();
+    let ok = ping("10.231.249.5");
+    for l in [&second, &keeper] {
+        hangar_net::disconnect(&l.host_if).unwrap();
+    }
+    for ns in [&keep, &ns1, &ns2] {
+        let _ = Command::new("umount").arg(ns).status();
+    }
+    assert!(
+        ok,
+        "the host could not reach the new machine at a reused address"
+    );
+}
+
 fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(
