@@ -926,6 +926,33 @@ impl Run {
         self.steps[i].id = Some(id.clone());
         self.save();
         let since = now_ms() - 1;
+        // Its output, as it comes, in the release's progress.
+        let streaming = agent
+            .follow_logs(
+                &app,
+                LogQuery {
+                    machine: Some(id.clone()),
+                    since: None,
+                    tail: Some(1000),
+                },
+            )
+            .ok()
+            .map(|mut lines| {
+                let w = Worker::of(self);
+                let id = id.clone();
+                tokio::spawn(async move {
+                    while let Some(l) = lines.recv().await {
+                        let body = json!({
+                            "phase": "release_command_output",
+                            "status": "running",
+                            "machine_id": id,
+                            "message": l.message,
+                        });
+                        let _ = w.d.agent().push_release_event(&w.release, &body);
+                        w.d.bump();
+                    }
+                })
+            });
         let ended = agent
             .wait_machine(
                 &app,
@@ -940,6 +967,12 @@ impl Run {
             .await;
         let exit = Worker::of(self).exit_since(&id, since, false);
         let logs = Worker::of(self).log_tail(&id);
+        if let Some(task) = streaming {
+            // What it wrote last is read (the stream reads the log every
+            // FOLLOW_INTERVAL) before the stream stops.
+            tokio::time::sleep(hangar_agent::logs::FOLLOW_INTERVAL * 2).await;
+            task.abort();
+        }
         let _ = agent.destroy_machine(&app, &id, true, None).await;
         let r = match (ended, exit) {
             (Err(_), _) => Err(format!(

@@ -326,6 +326,10 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
         err.contains("exit code 4") && err.contains("migrating the database"),
         "{err}"
     );
+    assert!(
+        out.lines().any(|l| l.contains("] migrating the database")),
+        "the release command's output streams as it runs: {out}"
+    );
     let now: Vec<String> = managed(&c)
         .await
         .iter()
