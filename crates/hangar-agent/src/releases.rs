@@ -84,6 +84,17 @@ impl Agent {
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))
     }
 
+    /// The unpacked layers (bottom first) of an image this host has (or
+    /// pulls).
+    pub async fn image_layers(&self, image: &str) -> Result<Vec<std::path::PathBuf>, AgentError> {
+        self.shared
+            .images
+            .resolve(image)
+            .await
+            .map(|r| r.layers)
+            .map_err(|e| AgentError::Unprocessable(format!("image {image}: {e}")))
+    }
+
     /// The app's secrets version.
     pub fn secrets_version(&self, app: &str) -> Result<i64, AgentError> {
         Ok(self.list_secrets(app)?.1)

@@ -43,6 +43,7 @@ mod headers;
 mod listen;
 mod placement;
 mod route;
+mod statics;
 pub mod tls;
 mod upstream;
 
@@ -50,6 +51,8 @@ use headers::*;
 use listen::*;
 use placement::*;
 use upstream::*;
+
+pub use statics::Static;
 
 /// How the proxy is set up.
 #[derive(Debug, Clone)]
@@ -102,6 +105,9 @@ pub struct Backend {
     pub out_of_rotation: bool,
     /// Its services.
     pub services: Vec<Service>,
+    /// Its config has `statics` (the proxy then asks
+    /// [`Machines::statics`] for `GET`s and `HEAD`s).
+    pub statics: bool,
 }
 
 /// Why the platform could not start or stop a machine for the proxy.
@@ -121,6 +127,11 @@ pub trait Machines: Send + Sync + 'static {
     async fn stop(&self, app: &str, id: &str, suspend: bool) -> Result<(), ControlError>;
     /// Apps' dedicated addresses (`ip_assignments` of type `v4`).
     fn dedicated_ips(&self) -> Vec<(String, IpAddr)>;
+    /// The app's `[[statics]]`, with the image layers they serve from.
+    async fn statics(&self, app: &str) -> Arc<Vec<Static>> {
+        let _ = app;
+        Arc::new(Vec::new())
+    }
 }
 
 /// What went wrong setting the proxy up.
@@ -228,6 +239,7 @@ mod tests {
             state: State::Started,
             out_of_rotation: false,
             services: services::services(&config),
+            statics: false,
         }
     }
 

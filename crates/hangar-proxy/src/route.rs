@@ -58,6 +58,13 @@ impl Proxy {
         if ctx.scheme == Scheme::Http && force_https {
             return self.https_redirect(&req, ctx, host_str);
         }
+        if matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && members.iter().any(|(b, _)| b.statics)
+        {
+            if let Some(resp) = self.serve_static(&app, &req).await {
+                return resp;
+            }
+        }
         let (backend, svc, guard) = match self.place(&app, members, kind, ctx).await {
             Ok(placed) => placed,
             Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),

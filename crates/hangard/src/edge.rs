@@ -17,6 +17,8 @@ pub struct AgentMachines {
     /// Each app's backends, with the state version they were read at
     /// (database changes, check standings): the proxy asks per request.
     cache: Mutex<HashMap<String, Cached>>,
+    /// Each app's statics, with the state version they were read at.
+    statics: Mutex<HashMap<String, (u64, Arc<Vec<hangar_proxy::Static>>)>>,
 }
 
 /// Backends as read at a state version (database changes, check standings).
@@ -28,6 +30,7 @@ impl AgentMachines {
         AgentMachines {
             agent,
             cache: Mutex::new(HashMap::new()),
+            statics: Mutex::new(HashMap::new()),
         }
     }
 
@@ -56,6 +59,9 @@ impl AgentMachines {
                     },
                     out_of_rotation: m.cordoned || self.agent.failing_traffic_checks(m.id.as_str()),
                     services,
+                    statics: m.config["statics"]
+                        .as_array()
+                        .is_some_and(|s| !s.is_empty()),
                 })
             })
             .collect()
@@ -85,6 +91,58 @@ impl hangar_proxy::Machines for AgentMachines {
         }
         let fresh = Arc::new(self.read_backends(app));
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(app.to_owned(), (version, Arc::clone(&fresh)));
+        fresh
+    }
+
+    async fn statics(&self, app: &str) -> Arc<Vec<hangar_proxy::Static>> {
+        let version = self.agent.state_version();
+        if let Some((v, s)) = self
+            .statics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+        {
+            if *v == version {
+                return Arc::clone(s);
+            }
+        }
+        // The statics of the app's newest started machine that has some
+        // (a deploy gives every machine of a release the same), served from
+        // its image.
+        let mut found = Vec::new();
+        let mut machines = self.agent.list_machines(app, false).unwrap_or_default();
+        machines.retain(|m| {
+            m.config["statics"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+                && m.core.state == MachineState::Started
+        });
+        machines.sort_by_key(|m| std::cmp::Reverse(m.updated_at_ms));
+        if let Some(m) = machines.first() {
+            if let Some(image) = m.config["image"].as_str() {
+                if let Ok(layers) = self.agent.image_layers(image).await {
+                    for s in m.config["statics"].as_array().into_iter().flatten() {
+                        let (Some(prefix), Some(path)) =
+                            (s["url_prefix"].as_str(), s["guest_path"].as_str())
+                        else {
+                            continue;
+                        };
+                        found.push(hangar_proxy::Static {
+                            url_prefix: prefix.to_owned(),
+                            guest_path: path.to_owned(),
+                            index_document: s["index_document"].as_str().map(str::to_owned),
+                            layers: layers.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let fresh = Arc::new(found);
+        let mut cache = self.statics.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 10_000 {
             cache.clear();
         }

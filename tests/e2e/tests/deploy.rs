@@ -43,6 +43,10 @@ fn fly_toml(image: &str, greeting: &str, extra: &str) -> String {
     timeout = "1s"
     path = "/"
 
+[[statics]]
+  guest_path = "/app/public"
+  url_prefix = "/static"
+
 [deploy]
   wait_timeout = "60s"
 {extra}
@@ -191,7 +195,13 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
             .layer(
                 Layer::new()
                     .dir("app", 0o755)
-                    .file("app/start.sh", script.as_bytes(), 0o755),
+                    .file("app/start.sh", script.as_bytes(), 0o755)
+                    .dir("app/public", 0o755)
+                    .file(
+                        "app/public/hello.txt",
+                        format!("static {tag}\n").as_bytes(),
+                        0o644,
+                    ),
             )
             .build();
         reg.push("test/shop", tag, &img).await;
@@ -235,6 +245,22 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     assert_eq!((web.len(), worker.len()), (2, 2), "{ms:#?}");
     assert!(web.iter().all(|m| m.state == "started"));
     assert!(greeting(&d).await.starts_with("hello from "));
+    // [[statics]]: served by the proxy from the image.
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("http://{}{path}", d.proxy_http))
+            .header("host", "shop.localhost")
+            .send()
+    };
+    let r = get("/static/hello.txt").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), "static v1\n");
+    let r = get("/static/%2e%2e/%2e%2e/etc/passwd").await.unwrap();
+    assert!(
+        !r.text().await.unwrap().contains("root:"),
+        "nothing outside the image's tree"
+    );
 
     // 2. A changed env rolls, health-gated, while traffic flows: no
     //    request fails.
