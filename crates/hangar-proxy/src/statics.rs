@@ -157,9 +157,7 @@ pub(crate) fn resolve(statics: &[Static], path: &str) -> Option<PathBuf> {
         if !(rest.is_empty() || rest.starts_with('/')) {
             continue;
         }
-        let Some(mut parts) = components(rest) else {
-            return None;
-        };
+        let mut parts = components(rest)?;
         let base = components(&s.guest_path)?;
         let mut full = base;
         full.append(&mut parts);

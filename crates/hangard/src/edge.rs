@@ -18,8 +18,11 @@ pub struct AgentMachines {
     /// (database changes, check standings): the proxy asks per request.
     cache: Mutex<HashMap<String, Cached>>,
     /// Each app's statics, with the state version they were read at.
-    statics: Mutex<HashMap<String, (u64, Arc<Vec<hangar_proxy::Static>>)>>,
+    statics: Mutex<HashMap<String, CachedStatics>>,
 }
+
+/// Statics as read at a state version.
+type CachedStatics = (u64, Arc<Vec<hangar_proxy::Static>>);
 
 /// Backends as read at a state version (database changes, check standings).
 type Cached = ((u64, u64), Arc<Vec<Backend>>);
