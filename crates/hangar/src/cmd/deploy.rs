@@ -332,12 +332,13 @@ fn print_plan(app: &str, image: &str, plan: &ReleasePlan) {
 /// Follows a release until it ends; an error unless it completed.
 pub(crate) async fn follow(c: &Client, app: &str, id: &str, out: &Output) -> anyhow::Result<()> {
     let mut after = 0;
+    let mut lines = Lines::new(out.json);
     // A dropped stream (hangard restarted) is picked up again.
     for _ in 0..100 {
         let mut events = match c.release_events(app, id, after, true).await {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("(lost the release's progress: {e}; retrying)");
+                lines.say(&format!("(lost the release's progress: {e}; retrying)"));
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }
@@ -348,21 +349,93 @@ pub(crate) async fn follow(c: &Client, app: &str, id: &str, out: &Output) -> any
             if out.json {
                 println!("{}", serde_json::to_string(&ev)?);
             } else {
-                let who = ev
-                    .machine_id
-                    .as_deref()
-                    .map(|m| format!("[{m}] "))
-                    .unwrap_or_default();
-                println!("  {who}{}", ev.message);
+                lines.event(&ev);
             }
         }
         let rel = c.get_release(app, id).await?;
         if is_finished(&rel) {
+            lines.done(rel.status == "complete");
             return finish(rel, out);
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     bail!("lost track of release {id}; see `hangar releases show {id}`")
+}
+
+/// How a release's progress is shown: on a terminal, one line per machine
+/// with a spinner that shows what it is doing (and a mark once done);
+/// otherwise, and for the release's own steps, plain lines.
+struct Lines {
+    multi: Option<indicatif::MultiProgress>,
+    bars: BTreeMap<String, indicatif::ProgressBar>,
+}
+
+impl Lines {
+    fn new(json: bool) -> Lines {
+        use std::io::IsTerminal;
+        let tty = !json && std::io::stdout().is_terminal();
+        Lines {
+            multi: tty.then(indicatif::MultiProgress::new),
+            bars: BTreeMap::new(),
+        }
+    }
+
+    fn say(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => println!("{line}"),
+        }
+    }
+
+    fn event(&mut self, ev: &hangar_api_types::ReleaseEvent) {
+        let (Some(multi), Some(machine)) = (&self.multi, ev.machine_id.as_deref()) else {
+            let who = ev
+                .machine_id
+                .as_deref()
+                .map(|m| format!("[{m}] "))
+                .unwrap_or_default();
+            self.say(&format!("  {who}{}", ev.message));
+            return;
+        };
+        if ev.phase == "release_command_output" {
+            self.say(&format!("  | {}", ev.message));
+            return;
+        }
+        let bar = self.bars.entry(machine.to_owned()).or_insert_with(|| {
+            let b = multi.add(indicatif::ProgressBar::new_spinner());
+            b.set_style(
+                indicatif::ProgressStyle::with_template("  {spinner} [{prefix}] {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            b.set_prefix(machine.to_owned());
+            b.enable_steady_tick(std::time::Duration::from_millis(100));
+            b
+        });
+        bar.set_message(ev.message.clone());
+        let finished = ev.message.contains("healthy and in rotation")
+            || ev.message.contains("is started and healthy")
+            || ev.phase == "destroy";
+        if finished {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("  ✔ [{prefix}] {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.finish();
+        }
+    }
+
+    fn done(&mut self, ok: bool) {
+        let mark = if ok { "✔" } else { "✖" };
+        for bar in self.bars.values().filter(|b| !b.is_finished()) {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&format!("  {mark} [{{prefix}}] {{msg}}"))
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.finish();
+        }
+    }
 }
 
 fn is_finished(r: &Release) -> bool {
