@@ -188,8 +188,24 @@ async fn launch_deploy_scale_and_releases_through_the_cli() {
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["reason"], "scale");
     assert_eq!(r["machines"].as_array().unwrap().len(), 2);
+    // On a terminal: a spinner line per machine, marked when done.
+    let cmd = format!("{} deploy --env TTY=1", env!("CARGO_BIN_EXE_hangar"));
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(p)
+        .env("HANGAR_API_URL", &d.url)
+        .env("HANGAR_API_TOKEN", &d.token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs the CLI on a terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\u{2714} ["),
+        "a finished machine's line: {text}"
+    );
     // apps restart is a release too.
     let (ok, out, err) = hangar_in(&d, p, &["apps", "restart"]);
     assert!(ok, "{out}\n{err}");
-    assert!(out.contains("Release v3"), "{out}");
+    assert!(out.contains("Release v4"), "{out}");
 }
