@@ -927,6 +927,13 @@ pub struct ReleaseStep {
     /// A standby of the group's first new machine.
     #[serde(default)]
     pub standby: bool,
+    /// The volume (by name) a new machine mounts: an unattached one, or a
+    /// new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The machine a new one replaces (bluegreen, or a changed volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
     /// Config keys the change touches.
     #[serde(default)]
     pub changes: Vec<String>,

@@ -42,6 +42,8 @@ fn step(s: Step) -> ReleaseStep {
         to_version: s.to_version,
         was_started: s.was_started,
         standby: s.standby,
+        volume: s.volume,
+        replaces: s.replaces,
         changes: s.changes,
         outcome: text("outcome"),
         error: s.error,

@@ -222,6 +222,10 @@ pub struct Step {
     /// A create of a standby for the group's first new machine.
     #[serde(default)]
     pub standby: bool,
+    /// The volume (by name) a new machine of this step mounts: one that is
+    /// not attached, or a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// A bluegreen deploy's new machine: the machine it replaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
@@ -249,6 +253,7 @@ impl Step {
             to_version: None,
             was_started: false,
             standby: false,
+            volume: None,
             replaces: None,
             committed: false,
             changes: Vec::new(),
@@ -353,22 +358,21 @@ pub fn plan(
                         machine::mount_names(&m.config),
                         machine::mount_names(&merged),
                     );
-                    if had != wants {
-                        return Err(format!(
-                            "machine {} of group {g} mounts volume(s) {had:?} but fly.toml now gives the group {wants:?}: a machine never changes its volume in place, and replacing machines with volumes is not supported yet; destroy the machine (its volume stays) and deploy again",
-                            m.id
-                        ));
-                    }
                     s.changes = changed_keys(&m.config, &merged)
                         .into_iter()
                         .filter(|k| k != "metadata")
                         .collect();
-                    if bluegreen {
+                    // A machine never changes its volume in place: one
+                    // whose volume would change is replaced (a new machine
+                    // with the new volume, then the old one goes).
+                    let replace = had != wants;
+                    if bluegreen || replace {
                         // A green twin born out of rotation, then the blue goes.
                         let mut green = Step::new(Action::Create, g);
                         green.replaces = s.id.clone();
                         green.was_started = s.was_started;
                         green.changes = s.changes.clone();
+                        green.volume = wants.first().cloned();
                         steps.push(green);
                         s.action = Action::Destroy;
                         s.changes.clear();
@@ -377,7 +381,9 @@ pub fn plan(
                 }
             }
             None if !opts.update_only && !opts.restart_only => {
-                steps.push(Step::new(Action::Create, g));
+                let mut first = Step::new(Action::Create, g);
+                first.volume = machine::mount_names(&target).first().cloned();
+                steps.push(first);
                 if opts.ha.unwrap_or(true) && machine::mount_names(&target).is_empty() {
                     let mut twin = Step::new(Action::Create, g);
                     twin.standby = !machine::has_services(cfg, g);

@@ -360,8 +360,19 @@ impl Run {
         if strategy == Strategy::Bluegreen {
             return self.bluegreen(g, wait).await;
         }
+        // Machines whose volume changes are replaced the bluegreen way: a
+        // new machine with the new volume proves itself, then the old goes.
+        if self
+            .steps
+            .iter()
+            .any(|s| s.process_group == g && s.replaces.is_some() && s.outcome != Outcome::Done)
+        {
+            self.bluegreen(g, wait).await?;
+        }
         // New machines: the first, then its twin (or standby).
-        for i in self.indexes(|s| s.action == Action::Create && s.process_group == g) {
+        for i in self
+            .indexes(|s| s.action == Action::Create && s.process_group == g && s.replaces.is_none())
+        {
             self.create_step(i, gate, wait).await?;
         }
         let updates = self.indexes(|s| s.action == Action::Update && s.process_group == g);
@@ -650,6 +661,7 @@ impl Run {
                 &machine::group_config(&self.cfg, g, &self.image),
             ));
             config["metadata"][keys::BLUEGREEN_TAG] = json!(tag);
+            self.attach_volumes(&mut config).await?;
             if let Some(list) = config["standbys"].as_array_mut() {
                 for w in list.iter_mut() {
                     let green = self

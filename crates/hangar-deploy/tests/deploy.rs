@@ -651,23 +651,31 @@ async fn mounts_get_volumes_that_machines_keep() {
     let m = &managed(&e)[0];
     assert_eq!(m.config["mounts"][0]["volume"], vol.as_str());
     assert_eq!(m.config["env"]["V"], "2");
-    // A new volume name is refused, not silently re-mounted; so are
-    // canary and bluegreen.
-    let err =
-        e.d.submit(release(
-            definition(&text.replace("source = \"data\"", "source = \"other\"")),
-            "db-v3",
-        ))
-        .unwrap_err();
+    // A new volume name replaces the machine (a new one with a new volume,
+    // then the old one goes; its volume stays), never re-mounts it; canary
+    // and bluegreen are refused with volumes.
+    let old_id = m.id.to_string();
+    let other = definition(&text.replace("source = \"data\"", "source = \"other\""));
+    let r = finished(&e, &e.d.submit(release(other, "db-v3")).unwrap().id).await;
+    assert_eq!(r.status, ReleaseStatus::Complete, "{:?}", r.error);
+    let ms = managed(&e);
+    assert_eq!(ms.len(), 1);
+    assert_ne!(ms[0].id.to_string(), old_id, "replaced");
+    let vols = e.agent.list_volumes("shop").unwrap();
+    let other = vols
+        .iter()
+        .find(|v| v.name == "other")
+        .expect("a new volume");
+    assert_eq!(ms[0].config["mounts"][0]["volume"], other.id.as_str());
     assert!(
-        err.to_string().contains("never changes its volume"),
-        "{err}"
+        vols.iter().any(|v| v.name == "data"),
+        "the old volume stays"
     );
     let mut rel = release(definition(text), "db-v3");
     rel.options.strategy = Some("canary".into());
     let err = e.d.submit(rel).unwrap_err();
     assert!(err.to_string().contains("refused with [mounts]"), "{err}");
-    assert_eq!(e.agent.list_volumes("shop").unwrap().len(), 1);
+    assert_eq!(e.agent.list_volumes("shop").unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -405,6 +405,50 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     .await;
     assert!(greeting(&d).await.starts_with("bluegreen from "));
 
+    // 4b. Canary (an extra machine passes first, then is gone) and
+    //     immediate.
+    let before: Vec<String> = managed(&c).await.iter().map(|m| m.id.clone()).collect();
+    let path = write(dir.path(), &fly_toml(&image, "canary", ""));
+    let (ok, out, err) = cli(&d, &["deploy", &path, "--strategy", "canary"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("Canary passed"), "{out}");
+    let after: Vec<String> = managed(&c).await.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(
+        before, after,
+        "the canaries are gone, the machines the same"
+    );
+    let path = write(dir.path(), &fly_toml(&image, "immediate", ""));
+    let (ok, out, err) = cli(&d, &["deploy", &path, "--strategy", "immediate"]).await;
+    assert!(ok, "{out}\n{err}");
+    wait_until(
+        Duration::from_secs(30),
+        "the immediate release to serve",
+        || async {
+            greeting(&d)
+                .await
+                .starts_with("immediate from ")
+                .then_some(())
+        },
+    )
+    .await;
+    // 4c. A secrets change is a release that restarts the managed machines.
+    let versions: Vec<String> = managed(&c)
+        .await
+        .iter()
+        .map(|m| m.instance_id.clone())
+        .collect();
+    let (ok, out, err) = cli(&d, &["secrets", "set", "-a", "shop", "API_KEY=s3cret"]).await;
+    assert!(ok, "{out}\n{err}");
+    let rel = c.list_releases("shop", 1).await.unwrap().remove(0);
+    assert_eq!(
+        (rel.reason.as_str(), rel.status.as_str()),
+        ("secrets", "complete")
+    );
+    let now = managed(&c).await;
+    for (m, v) in now.iter().zip(&versions) {
+        assert_ne!(&m.instance_id, v, "{} restarted", m.id);
+    }
+
     // 5. One release at a time: a second deploy while one runs gets 409.
     let extra = "  release_command = \"sleep 3\"\n";
     let path = write(dir.path(), &fly_toml(&image, "queued", extra));

@@ -272,6 +272,7 @@ pub async fn deploy(a: &DeployArgs, c: &Client, out: &Output) -> anyhow::Result<
     if a.dry_run {
         return Ok(());
     }
+    confirm_volumes(&plan, a.yes)?;
     let rel = c.create_release(&app, &req).await?;
     say(&format!(
         "==> Release v{} ({}) created; hangard runs it",
@@ -288,6 +289,37 @@ pub async fn deploy(a: &DeployArgs, c: &Client, out: &Output) -> anyhow::Result<
         return Ok(());
     }
     follow(c, &app, &rel.id, out).await
+}
+
+/// New machines with volumes on a deploy that is not the first: asked on a
+/// terminal, `--yes` elsewhere (the first deploy makes them as on Fly).
+fn confirm_volumes(plan: &ReleasePlan, yes: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let names: Vec<&str> = plan
+        .machines
+        .iter()
+        .filter(|s| s.action == "create")
+        .filter_map(|s| s.volume.as_deref())
+        .collect();
+    if yes || names.is_empty() || plan.current.is_none() {
+        return Ok(());
+    }
+    let what = format!(
+        "{} new machine(s) will mount volume(s) {} (an unattached one of that name, or a new one)",
+        names.len(),
+        names.join(", ")
+    );
+    if !std::io::stdin().is_terminal() {
+        bail!("{what}: pass --yes to go ahead");
+    }
+    print!("{what}. Go ahead? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("nothing was done");
+    }
+    Ok(())
 }
 
 fn print_plan(app: &str, image: &str, plan: &ReleasePlan) {
@@ -320,6 +352,28 @@ fn print_plan(app: &str, image: &str, plan: &ReleasePlan) {
     for ((g, action), (n, changes)) in per {
         match action.as_str() {
             "release_command" => println!(" * run the release command"),
+            "create" => {
+                let vols: Vec<&str> = plan
+                    .machines
+                    .iter()
+                    .filter(|s| s.action == "create" && s.process_group == g)
+                    .filter_map(|s| s.volume.as_deref())
+                    .collect();
+                let replacing = plan
+                    .machines
+                    .iter()
+                    .filter(|s| s.action == "create" && s.process_group == g)
+                    .filter(|s| s.replaces.is_some())
+                    .count();
+                let mut line = format!(" * create {n} \"{g}\" machine(s)");
+                if replacing > 0 {
+                    line.push_str(&format!(", replacing {replacing}"));
+                }
+                if !vols.is_empty() {
+                    line.push_str(&format!(" with volume(s) {}", vols.join(", ")));
+                }
+                println!("{line}");
+            }
             "update" if changes.is_empty() => {
                 println!(" * update {n} \"{g}\" machine(s) (image only)")
             }
