@@ -19,6 +19,7 @@ mod machine_ops;
 mod machines;
 pub mod openapi;
 mod platform;
+mod registry;
 mod releases;
 mod secrets;
 mod tokens;
@@ -50,6 +51,8 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// The release executor.
     pub deploy: hangar_deploy::Deployer,
+    /// The built-in registry's storage (`/v2/`), when there is one.
+    pub registry: Option<hangar_registry::Storage>,
 }
 
 /// Who a request acts as.
@@ -284,6 +287,7 @@ pub fn router(state: ApiState) -> Router {
             "/hangar/images/import",
             post(images::import).layer(DefaultBodyLimit::disable()),
         );
+    let registry = registry::router(state.clone());
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .nest("/v1", v1)
@@ -291,8 +295,9 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(request_id))
         .with_state(state)
+        .merge(registry)
+        .layer(middleware::from_fn(request_id))
 }
 
 async fn openapi_json() -> impl IntoResponse {

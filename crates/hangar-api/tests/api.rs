@@ -36,6 +36,7 @@ async fn api() -> Api {
         images: None,
         auth: Arc::new(Auth::new(TOKEN)),
         deploy: hangar_deploy::Deployer::new(agent.clone()),
+        registry: None,
     });
     Api { app, rt, _dir: dir }
 }

@@ -133,6 +133,7 @@ impl Harness {
                 images: None,
                 auth: Arc::new(Auth::new(TOKEN)),
                 deploy: hangar_deploy::Deployer::new(agent.clone()),
+                registry: None,
             }),
             spec: Spec::load(),
             covered: BTreeSet::new(),

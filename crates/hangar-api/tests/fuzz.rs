@@ -307,6 +307,7 @@ fn thousands_of_generated_requests_never_fail_the_server() {
         images: None,
         auth: Arc::new(Auth::new(TOKEN)),
         deploy: hangar_deploy::Deployer::new(agent.clone()),
+        registry: None,
     });
     rt.block_on(async { agent.create_app("f", None, None).unwrap() });
     let mut ids = Vec::new();

@@ -95,6 +95,7 @@ async fn served_at_openapi_json() {
         images: None,
         auth: Arc::new(Auth::new("t")),
         deploy: hangar_deploy::Deployer::new(agent.clone()),
+        registry: None,
     });
     let req = Request::get("/openapi.json")
         .header("authorization", "Bearer t")

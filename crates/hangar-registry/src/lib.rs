@@ -99,10 +99,14 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RegistryErro
 
 /// `sha256:<64 hex>`, checked; returns the hex.
 pub fn digest_hex(digest: &str) -> Result<&str, RegistryError> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| RegistryError::DigestInvalid(format!("{digest:?}: only sha256 is supported")))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+        RegistryError::DigestInvalid(format!("{digest:?}: only sha256 is supported"))
+    })?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(RegistryError::DigestInvalid(format!("{digest:?}")));
     }
     Ok(hex)
@@ -357,10 +361,7 @@ impl Storage {
             write_atomic(&blob, bytes)?;
         }
         let dir = self.root.join("repos").join(repo);
-        write_atomic(
-            &dir.join("manifests").join(&hex),
-            media_type.as_bytes(),
-        )?;
+        write_atomic(&dir.join("manifests").join(&hex), media_type.as_bytes())?;
         if !reference.starts_with("sha256:") {
             write_atomic(&dir.join("tags").join(reference), digest.as_bytes())?;
         }
@@ -370,10 +371,14 @@ impl Storage {
     /// The media type of manifest `digest` in `repo`, if pushed there.
     fn manifest_type(&self, repo: &str, digest: &str) -> Result<Option<String>, RegistryError> {
         let hex = digest_hex(digest)?;
-        Ok(
-            std::fs::read_to_string(self.root.join("repos").join(repo).join("manifests").join(hex))
-                .ok(),
+        Ok(std::fs::read_to_string(
+            self.root
+                .join("repos")
+                .join(repo)
+                .join("manifests")
+                .join(hex),
         )
+        .ok())
     }
 
     /// A manifest of `repo` by tag or digest.
@@ -383,8 +388,14 @@ impl Storage {
             reference.to_owned()
         } else {
             check_tag(reference)?;
-            std::fs::read_to_string(self.root.join("repos").join(repo).join("tags").join(reference))
-                .map_err(|_| RegistryError::ManifestUnknown(format!("{repo}:{reference}")))?
+            std::fs::read_to_string(
+                self.root
+                    .join("repos")
+                    .join(repo)
+                    .join("tags")
+                    .join(reference),
+            )
+            .map_err(|_| RegistryError::ManifestUnknown(format!("{repo}:{reference}")))?
         };
         let media_type = self
             .manifest_type(repo, &digest)?
@@ -433,7 +444,12 @@ impl Storage {
     }
 
     /// `repo`'s tags in order: at most `n` after `last`.
-    pub fn tags(&self, repo: &str, n: Option<usize>, last: Option<&str>) -> Result<Vec<String>, RegistryError> {
+    pub fn tags(
+        &self,
+        repo: &str,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, RegistryError> {
         check_repo(repo)?;
         Ok(self
             .tag_digests(repo)

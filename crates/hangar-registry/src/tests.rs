@@ -19,11 +19,19 @@ async fn uploads_commit_only_when_their_digest_matches() {
     let s = Storage::open(dir.path()).unwrap();
     // One PATCH without a range, then an empty PUT (containers/image).
     let id = s.start_upload("web").unwrap();
-    assert_eq!(s.append(&id, None, body(&[b"hello ", b"world"])).await.unwrap(), 11);
+    assert_eq!(
+        s.append(&id, None, body(&[b"hello ", b"world"]))
+            .await
+            .unwrap(),
+        11
+    );
     let d = sha(b"hello world");
     assert_eq!(s.commit(&id, &d, body(&[])).await.unwrap(), 11);
     let (path, len) = s.blob(&d).unwrap().unwrap();
-    assert_eq!((std::fs::read(path).unwrap(), len), (b"hello world".to_vec(), 11));
+    assert_eq!(
+        (std::fs::read(path).unwrap(), len),
+        (b"hello world".to_vec(), 11)
+    );
     assert!(s.upload_size(&id).is_err(), "the session is gone");
     // The whole blob in the PUT (containerd).
     let id = s.start_upload("web").unwrap();
@@ -34,7 +42,10 @@ async fn uploads_commit_only_when_their_digest_matches() {
     let id = s.start_upload("web").unwrap();
     s.append(&id, Some(0), body(&[b"abc"])).await.unwrap();
     match s.append(&id, Some(5), body(&[b"x"])).await {
-        Err(RegistryError::RangeInvalid { expected: 3, got: 5 }) => {}
+        Err(RegistryError::RangeInvalid {
+            expected: 3,
+            got: 5,
+        }) => {}
         other => panic!("{other:?}"),
     }
     s.append(&id, Some(3), body(&[b"def"])).await.unwrap();
@@ -42,11 +53,19 @@ async fn uploads_commit_only_when_their_digest_matches() {
     // A wrong digest stores nothing and ends the session.
     let id = s.start_upload("web").unwrap();
     let claimed = sha(b"what the client says");
-    let err = s.commit(&id, &claimed, body(&[b"something else"])).await.unwrap_err();
+    let err = s
+        .commit(&id, &claimed, body(&[b"something else"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "DIGEST_INVALID");
     assert!(s.blob(&claimed).unwrap().is_none());
     assert!(s.blob(&sha(b"something else")).unwrap().is_none());
-    assert!(std::fs::read_dir(dir.path().join("uploads")).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     // Bad names and digests.
     assert!(s.blob("md5:abc").is_err());
     assert!(s.blob("sha256:../../etc/passwd").is_err());
@@ -79,22 +98,56 @@ async fn manifests_and_tags() {
     let d = s.put_manifest("web", "v1", oci, &bytes).unwrap();
     assert_eq!(d, sha(&bytes));
     let m = s.manifest("web", "v1").unwrap();
-    assert_eq!((m.digest.as_str(), m.media_type.as_str()), (d.as_str(), oci));
+    assert_eq!(
+        (m.digest.as_str(), m.media_type.as_str()),
+        (d.as_str(), oci)
+    );
     assert_eq!(m.bytes, bytes, "byte for byte");
     assert_eq!(s.manifest("web", &d).unwrap().bytes, bytes);
-    assert!(s.manifest("other", &d).is_err(), "a manifest belongs to the repository it was pushed to");
+    assert!(
+        s.manifest("other", &d).is_err(),
+        "a manifest belongs to the repository it was pushed to"
+    );
     // By digest, a mismatch is refused; missing blobs are refused.
-    assert_eq!(s.put_manifest("web", &sha(b"x"), oci, &bytes).unwrap_err().code(), "DIGEST_INVALID");
+    assert_eq!(
+        s.put_manifest("web", &sha(b"x"), oci, &bytes)
+            .unwrap_err()
+            .code(),
+        "DIGEST_INVALID"
+    );
     let dangling = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "config": {"digest": sha(b"nope")}, "layers": []})).unwrap();
-    assert_eq!(s.put_manifest("web", "v2", oci, &dangling).unwrap_err().code(), "MANIFEST_BLOB_UNKNOWN");
-    assert_eq!(s.put_manifest("web", "v2", oci, b"not json").unwrap_err().code(), "MANIFEST_INVALID");
-    assert_eq!(s.put_manifest("web", "bad tag!", oci, &bytes).unwrap_err().code(), "NAME_INVALID");
+        "schemaVersion": 2, "config": {"digest": sha(b"nope")}, "layers": []}))
+    .unwrap();
+    assert_eq!(
+        s.put_manifest("web", "v2", oci, &dangling)
+            .unwrap_err()
+            .code(),
+        "MANIFEST_BLOB_UNKNOWN"
+    );
+    assert_eq!(
+        s.put_manifest("web", "v2", oci, b"not json")
+            .unwrap_err()
+            .code(),
+        "MANIFEST_INVALID"
+    );
+    assert_eq!(
+        s.put_manifest("web", "bad tag!", oci, &bytes)
+            .unwrap_err()
+            .code(),
+        "NAME_INVALID"
+    );
     // An index of it; tags in order, paged.
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": oci, "digest": d, "size": bytes.len()}]})).unwrap();
-    s.put_manifest("web", "multi", "application/vnd.oci.image.index.v1+json", &index).unwrap();
+        "manifests": [{"mediaType": oci, "digest": d, "size": bytes.len()}]}))
+    .unwrap();
+    s.put_manifest(
+        "web",
+        "multi",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    )
+    .unwrap();
     s.put_manifest("web", "a", oci, &bytes).unwrap();
     assert_eq!(s.tags("web", None, None).unwrap(), vec!["a", "multi", "v1"]);
     assert_eq!(s.tags("web", Some(1), Some("a")).unwrap(), vec!["multi"]);

@@ -361,6 +361,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         images: Some(images),
         auth: Arc::new(Auth::new(token)),
         deploy,
+        registry: Some(
+            hangar_registry::Storage::open(data.join("registry"))
+                .context("opening the registry")?,
+        ),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
