@@ -16,7 +16,7 @@ fi
 # util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup;
 # private networks use iproute2 (ip) and nftables (nft); the firewall tests
 # also check the iptables fallback.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo)
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

@@ -131,6 +131,20 @@ impl Client {
         &self.base
     }
 
+    /// The token it sends (for the registry's credentials).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// hangard's registry: `host:port` of its API address.
+    pub fn registry_host(&self) -> String {
+        self.base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}/v1{path}", self.base))

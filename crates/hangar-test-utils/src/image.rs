@@ -216,11 +216,16 @@ impl ImageBuilder {
             ));
             diff_ids.push(diff_id);
         }
+        // One history entry per layer, as builders expect of a base image.
+        let history: Vec<serde_json::Value> = (0..diff_ids.len())
+            .map(|i| serde_json::json!({"created_by": format!("hangar-test-utils layer {i}")}))
+            .collect();
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": self.architecture,
             "os": "linux",
             "config": self.config,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": history,
         }))
         .unwrap();
         BuiltImage { layers, config }

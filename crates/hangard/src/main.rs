@@ -249,14 +249,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     }
 
-    let credentials = match &args.registry_auth_file {
+    let mut credentials = match &args.registry_auth_file {
         Some(p) => Credentials::from_docker_config(p)?,
         None => Credentials::default(),
     };
+    // Its own registry: images pushed to `<listen address>/<app>` run as
+    // they are (plain HTTP on the API listener, with the admin token).
+    let own_registry = args.listen.to_string();
+    credentials.insert(&own_registry, "hangar", &token);
+    let mut insecure = args.insecure_registries.clone();
+    insecure.push(own_registry);
     let images = Arc::new(ImageStore::open(
         data.join("images"),
         StoreOptions {
-            insecure_registries: args.insecure_registries.clone(),
+            insecure_registries: insecure,
             credentials,
         },
     )?);

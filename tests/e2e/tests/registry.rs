@@ -105,6 +105,33 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
             .unwrap();
     assert_eq!(index["manifests"][0]["digest"], img.digest());
 
+    // A machine runs from the pushed image (hangard pulls from itself).
+    let config: hangar_api_types::MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": format!("{host}/shop:v1"),
+        "init": {"cmd": ["/bin/sh", "-c", "cat /app/hello; sleep 600"]},
+    }))
+    .unwrap();
+    let m = c
+        .create_machine(
+            "shop",
+            &hangar_api_types::CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_machine(
+        "shop",
+        &m.id,
+        &["started"],
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let m = c.get_machine("shop", &m.id).await.unwrap();
+    assert_eq!(m.image_ref.unwrap().digest, img.digest());
+
     // A second push of the same image moves no blob again: the client
     // asks (HEAD) and the registry has them.
     let (ok, out) = skopeo(&[

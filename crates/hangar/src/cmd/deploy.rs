@@ -75,6 +75,14 @@ pub struct DeployArgs {
     /// Wait for the app's running release to end instead of failing.
     #[arg(long)]
     queue: bool,
+    #[command(flatten)]
+    build: super::build::BuildFlags,
+    /// Build the image and stop (pushed only with --push).
+    #[arg(long)]
+    build_only: bool,
+    /// With --build-only: push the image to hangard too.
+    #[arg(long)]
+    push: bool,
 }
 
 impl DeployArgs {
@@ -100,6 +108,12 @@ impl DeployArgs {
             dry_run: false,
             no_rollback: false,
             queue: false,
+            build: super::build::BuildFlags {
+                builder: "auto".into(),
+                ..Default::default()
+            },
+            build_only: false,
+            push: false,
         }
     }
 }
@@ -230,16 +244,41 @@ pub async fn deploy(a: &DeployArgs, c: &Client, out: &Output) -> anyhow::Result<
     inline_files(&mut cfg, path.parent().unwrap_or(Path::new(".")))?;
     cfg.validate()?;
     say("--> Verified app config");
-    let image = a
-        .image
-        .clone()
-        .or_else(|| cfg.build.as_ref().and_then(|b| b.image.clone()))
-        .context(
-            "no image to deploy: pass --image, or set [build] image in fly.toml (building from a Dockerfile is not supported yet)",
-        )?;
     c.get_app(&app)
         .await
         .with_context(|| format!("app {app}: create it first with `hangar apps create {app}`"))?;
+    let dir = path
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let image = match a
+        .image
+        .clone()
+        .or_else(|| cfg.build.as_ref().and_then(|b| b.image.clone()))
+    {
+        Some(i) if !a.build_only => i,
+        _ => {
+            let req = super::build::request(&dir, &a.build, cfg.build.as_ref()).with_context(|| {
+                format!(
+                    "no image to deploy: pass --image, set [build] image in fly.toml, or put a Dockerfile in {}",
+                    dir.display()
+                )
+            })?;
+            let builder = super::build::pick(&a.build.builder)?;
+            let tag = super::build::deployment_tag();
+            if a.build_only && !a.push {
+                let local = format!("localhost/hangar-build/{app}:{tag}");
+                builder.build(&req, &local)?;
+                println!("--> Built {local} (not pushed; --push pushes it to hangard)");
+                return Ok(());
+            }
+            let image = super::build::build_and_push(c, builder.as_ref(), &req, &app, &tag)?;
+            if a.build_only {
+                return Ok(());
+            }
+            image
+        }
+    };
     let req = CreateReleaseRequest {
         definition: serde_json::to_value(&cfg)?,
         image: image.clone(),

@@ -22,11 +22,47 @@ pub enum ImageCmd {
     /// List stored images.
     #[command(alias = "ls")]
     List,
+    /// Push an image built elsewhere (in buildah's or podman's local
+    /// storage) to hangard's registry as `<app>:<tag>`.
+    Push {
+        /// The local image (e.g. `localhost/shop:dev`).
+        local: String,
+        #[command(flatten)]
+        app: super::flytoml::AppArg,
+        /// The tag in hangard (default: the local image's, else latest).
+        #[arg(long)]
+        tag: Option<String>,
+        /// buildah, podman or auto.
+        #[arg(long, default_value = "auto")]
+        builder: String,
+    },
 }
 
 /// Runs an image command.
 pub async fn run(cmd: &ImageCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
     match cmd {
+        ImageCmd::Push {
+            local,
+            app,
+            tag,
+            builder,
+        } => {
+            let app = app.get()?;
+            let tag = tag.clone().unwrap_or_else(|| {
+                local
+                    .rsplit_once(':')
+                    .filter(|(_, t)| !t.contains('/'))
+                    .map_or("latest".into(), |(_, t)| t.to_owned())
+            });
+            let b = super::build::pick(builder)?;
+            let host = c.registry_host();
+            let digest = b.push(
+                local,
+                &format!("docker://{host}/{app}:{tag}"),
+                &format!("hangar:{}", c.token()),
+            )?;
+            println!("Pushed {host}/{app}:{tag} ({digest})");
+        }
         ImageCmd::Import { path, name } => {
             let pb = spinner(format!("Importing {}", path.display()));
             let result = import(c, path, name.as_deref()).await;

@@ -2,6 +2,7 @@
 //! prints.
 
 pub mod apps;
+pub mod build;
 pub mod checks;
 pub mod deploy;
 pub mod flytoml;

@@ -24,6 +24,9 @@ pub struct RunArgs {
     pub(crate) region: Option<String>,
     #[command(flatten)]
     pub(crate) flags: ConfigFlags,
+    /// For `run .`: how to build the image from the directory's Dockerfile.
+    #[command(flatten)]
+    pub(crate) build: crate::cmd::build::BuildFlags,
     /// Destroy the machine when its main process exits.
     #[arg(long)]
     pub(crate) rm: bool,

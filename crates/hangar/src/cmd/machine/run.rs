@@ -32,6 +32,25 @@ pub(crate) async fn run_machine(
         Err(e) => return Err(e.into()),
     }
     let mut config = config_from(args, start)?;
+    // `run .` (a directory): its Dockerfile, built and pushed to hangard.
+    if let Some(dir) = args
+        .image
+        .as_deref()
+        .filter(|i| *i == "." || i.starts_with("./") || i.starts_with('/'))
+        .map(std::path::Path::new)
+        .filter(|p| p.is_dir())
+    {
+        let req = crate::cmd::build::request(dir, &args.build, None)
+            .with_context(|| format!("no Dockerfile in {}", dir.display()))?;
+        let builder = crate::cmd::build::pick(&args.build.builder)?;
+        config.image = crate::cmd::build::build_and_push(
+            c,
+            builder.as_ref(),
+            &req,
+            app,
+            &crate::cmd::build::deployment_tag(),
+        )?;
+    }
     if let Some(spec) = &args.volume {
         let (volume, path) = super::super::volumes::resolve_mount(c, app, spec).await?;
         config.mounts = Some(vec![hangar_api_types::MachineMount {

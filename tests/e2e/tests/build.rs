@@ -1,0 +1,150 @@
+//! End to end: images from source. `hangar deploy` in a directory with a
+//! Dockerfile builds it with buildah, pushes it to hangard's registry and
+//! deploys the digest; the app serves through the proxy; an edit moves one
+//! layer; `hangar machine run .` does the same for one machine; a failing
+//! build stops before anything is deployed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::registry::Registry;
+use hangar_test_utils::wait_until;
+
+fn hangar(d: &Daemon, dir: &Path, storage: &Path, args: &[&str]) -> (bool, String) {
+    let (_, bin) = hangar_test_utils::daemon::binaries();
+    let token = std::fs::read_to_string(d.data_dir().join("admin-token")).unwrap();
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .env("HANGAR_API_URL", d.client().base_url())
+        .env("HANGAR_API_TOKEN", token.trim())
+        .env("HANGAR_BUILD_STORAGE", storage)
+        .env_remove("HANGAR_APP")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn blobs(d: &Daemon) -> usize {
+    std::fs::read_dir(d.data_dir().join("registry/blobs/sha256"))
+        .map(|r| r.count())
+        .unwrap_or(0)
+}
+
+async fn page(d: &Daemon) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/", d.proxy_http))
+        .header("host", "site.localhost")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_builds_the_dockerfile_and_pushes_only_what_changed() {
+    if !hangar_test_utils::host_tier(
+        "deploy_builds_the_dockerfile_and_pushes_only_what_changed",
+        &["crun", "docker-registry", "buildah"],
+    ) {
+        return;
+    }
+    let reg = Registry::start().await;
+    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
+    let c = d.client();
+    c.create_app("site").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM {}/base/busybox:v1\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(p.join("index.html"), "version one\n").unwrap();
+    std::fs::write(
+        p.join("fly.toml"),
+        "app = \"site\"\n\n[http_service]\n  internal_port = 8080\n  auto_stop_machines = \"off\"\n  [[http_service.checks]]\n    interval = \"500ms\"\n    path = \"/\"\n",
+    )
+    .unwrap();
+
+    // Built, pushed to hangard, deployed by digest, served.
+    let (ok, out) = hangar(&d, p, storage.path(), &["deploy"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Building image with buildah") && out.contains("Pushed image"),
+        "{out}"
+    );
+    assert_eq!(page(&d).await, "version one\n");
+    let rel = c.list_releases("site", 1).await.unwrap().remove(0);
+    assert!(rel.image_ref.contains("/site@sha256:"), "{}", rel.image_ref);
+
+    // One line changed: one new layer (and a new config and manifest) is
+    // all that reaches the registry.
+    let before = blobs(&d);
+    std::fs::write(p.join("index.html"), "version two\n").unwrap();
+    let (ok, out) = hangar(&d, p, storage.path(), &["deploy"]);
+    assert!(ok, "{out}");
+    assert_eq!(blobs(&d), before + 3, "layer, config and manifest only");
+    wait_until(
+        Duration::from_secs(30),
+        "the new version to serve",
+        || async { (page(&d).await == "version two\n").then_some(()) },
+    )
+    .await;
+
+    // `machine run .`: the same for one machine (unmanaged).
+    let (ok, out) = hangar(
+        &d,
+        p,
+        storage.path(),
+        &[
+            "machine", "run", ".", "-a", "site", "--name", "one-off", "--json",
+        ],
+    );
+    assert!(ok, "{out}");
+    let m = c
+        .list_machines("site", &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "one-off")
+        .expect("the machine from `run .`");
+    assert_eq!(m.state, "started");
+    assert!(m.config.unwrap().image.contains("/site@sha256:"));
+
+    // A failing build deploys nothing.
+    let releases = c.list_releases("site", 100).await.unwrap().len();
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM {}/base/busybox:v1\nRUN echo about to fail && false\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let (ok, out) = hangar(&d, p, storage.path(), &["deploy"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the build failed") && out.contains("about to fail"),
+        "{out}"
+    );
+    assert_eq!(c.list_releases("site", 100).await.unwrap().len(), releases);
+}
