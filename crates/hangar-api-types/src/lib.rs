@@ -1052,6 +1052,18 @@ pub struct ReleasePlan {
     pub machines: Vec<ReleaseStep>,
 }
 
+/// `POST /v1/hangar/images/prune` response: what the registry's garbage
+/// collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PruneReport {
+    /// Manifests no tag, release or machine uses, dropped.
+    pub manifests: usize,
+    /// Blobs nothing kept names, deleted.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
 /// `GET /v1/apps/{app}/releases` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListReleasesResponse {

@@ -97,3 +97,33 @@ pub async fn import(
     let _ = tokio::fs::remove_file(&path).await;
     result
 }
+
+/// `POST /v1/hangar/images/prune`: the registry's garbage collection
+/// (admin token only). Kept: tagged manifests, the images of releases and
+/// machines, and their blobs; blobs younger than an hour stay (a push may
+/// still be coming).
+#[utoipa::path(post, path = "/v1/hangar/images/prune", operation_id = "Images_prune", tag = "Hangar extensions", responses((status = 200, body = PruneReport), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "Not the admin token", body = ErrorResponse), (status = 404, description = "No registry", body = ErrorResponse)))]
+pub async fn prune(
+    State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<crate::Principal>,
+) -> ApiResult<Json<PruneReport>> {
+    if who != crate::Principal::Admin {
+        return Err(ApiError::Forbidden(
+            "pruning the registry needs the admin token".into(),
+        ));
+    }
+    let reg = s
+        .registry
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("this hangard has no registry".into()))?;
+    let keep = crate::registry::in_use(&s.agent);
+    let r = tokio::task::spawn_blocking(move || reg.gc(&keep, crate::registry::GC_MIN_AGE))
+        .await
+        .map_err(|e| ApiError::Agent(hangar_agent::AgentError::Internal(e.to_string())))?
+        .map_err(|e| ApiError::Agent(hangar_agent::AgentError::Internal(e.to_string())))?;
+    Ok(Json(PruneReport {
+        manifests: r.manifests,
+        blobs: r.blobs,
+        bytes: r.bytes,
+    }))
+}

@@ -19,7 +19,7 @@ mod machine_ops;
 mod machines;
 pub mod openapi;
 mod platform;
-mod registry;
+pub mod registry;
 mod releases;
 mod secrets;
 mod tokens;
@@ -283,6 +283,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/hangar/tokens/{id}", delete(tokens::revoke_any))
         .route("/hangar/apps/{app}/machines/{id}/exec/tty", get(tty::tty))
         .route("/hangar/images", get(images::list))
+        .route("/hangar/images/prune", post(images::prune))
         .route(
             "/hangar/images/import",
             post(images::import).layer(DefaultBodyLimit::disable()),

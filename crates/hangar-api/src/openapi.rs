@@ -34,7 +34,7 @@ use crate::{
         secrets::list, secrets::update, secrets::get, secrets::set, secrets::delete,
         volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
         volumes::extend, volumes::snapshots, volumes::snapshot,
-        logs::logs, tty::tty, images::list, images::import,
+        logs::logs, tty::tty, images::list, images::import, images::prune,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
         releases::list, releases::create, releases::get, releases::cancel, releases::events,
     ),

@@ -445,3 +445,29 @@ async fn tags(
     }
     Ok(r)
 }
+
+/// What the registry must keep: `(app, digest)` of every release's image
+/// and every machine's image (releases and machines keep their images).
+pub fn in_use(agent: &hangar_agent::Agent) -> Vec<(String, String)> {
+    let mut keep = Vec::new();
+    for app in agent
+        .list_apps(hangar_agent::DEFAULT_ORG)
+        .unwrap_or_default()
+    {
+        for r in agent.list_releases(&app.name, 100_000).unwrap_or_default() {
+            if !r.image_digest.is_empty() {
+                keep.push((app.name.clone(), r.image_digest));
+            }
+        }
+        for m in agent.list_machines(&app.name, false).unwrap_or_default() {
+            if let Some(i) = m.image_ref.filter(|i| !i.digest.is_empty()) {
+                keep.push((app.name.clone(), i.digest));
+            }
+        }
+    }
+    keep
+}
+
+/// Blobs younger than this are never collected (a push may still be
+/// bringing the manifest that names them).
+pub const GC_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);

@@ -45,7 +45,7 @@ fn document_describes_every_operation() {
     }
     // The operations of Fly's spec listed in the README, and Hangar's
     // extensions (images, logs, terminal, tokens, releases).
-    assert_eq!(ops.len(), 66, "{ops:#?}");
+    assert_eq!(ops.len(), 67, "{ops:#?}");
     assert!(ops.contains(&"POST /v1/apps/{app_name}/releases".to_string()));
     assert!(ops.contains(&"POST /v1/apps/{app_name}/machines/{machine_id}/lease".to_string()));
     assert_eq!(

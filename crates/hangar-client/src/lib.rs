@@ -770,6 +770,12 @@ impl Client {
         lines.boxed()
     }
 
+    /// `POST /v1/hangar/images/prune`: the registry's garbage collection.
+    pub async fn prune_images(&self) -> Result<hangar_api_types::PruneReport, ClientError> {
+        self.send(self.request(Method::POST, "/hangar/images/prune"))
+            .await
+    }
+
     // ---- releases (Hangar extension) ----
 
     /// `POST /v1/apps/{app}/releases`: a deploy hangard runs.

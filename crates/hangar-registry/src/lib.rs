@@ -466,6 +466,131 @@ impl Storage {
     }
 }
 
+/// What a garbage collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifests dropped from repositories.
+    pub manifests: usize,
+    /// Blobs deleted.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Storage {
+    /// Collects garbage. Kept: every manifest a tag names, every manifest
+    /// `keep` names (`(repository, digest)`: what releases and machines
+    /// use), the manifests kept indexes name, and the blobs of all of
+    /// those. Other manifests leave their repository; blobs nothing keeps
+    /// are deleted once older than `min_age` (so that the layers of a push
+    /// whose manifest has not come yet stay); upload sessions older than a
+    /// day go too.
+    pub fn gc(
+        &self,
+        keep: &[(String, String)],
+        min_age: std::time::Duration,
+    ) -> Result<GcReport, RegistryError> {
+        let mut report = GcReport::default();
+        let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let repos: Vec<String> = std::fs::read_dir(self.root.join("repos"))
+            .map_err(io("listing repositories"))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|r| check_repo(r).is_ok())
+            .collect();
+        for repo in repos {
+            let dir = self.root.join("repos").join(&repo).join("manifests");
+            let mut kept: Vec<String> = self
+                .tag_digests(&repo)
+                .into_iter()
+                .map(|(_, d)| d)
+                .chain(
+                    keep.iter()
+                        .filter(|(r, _)| *r == repo)
+                        .map(|(_, d)| d.clone()),
+                )
+                .collect();
+            // Kept indexes keep what they list.
+            let mut i = 0;
+            while i < kept.len() {
+                if let Ok(m) = self.manifest(&repo, &kept[i]) {
+                    let v: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+                    for c in v["manifests"].as_array().into_iter().flatten() {
+                        if let Some(d) = c["digest"].as_str() {
+                            if !kept.iter().any(|k| k == d) {
+                                kept.push(d.to_owned());
+                            }
+                        }
+                    }
+                }
+                i += 1;
+            }
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let Ok(hex) = e.file_name().into_string() else {
+                    continue;
+                };
+                let digest = format!("sha256:{hex}");
+                if kept.contains(&digest) {
+                    live.insert(hex);
+                    if let Ok(m) = self.manifest(&repo, &digest) {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&m.bytes).unwrap_or_default();
+                        let named = v["config"]["digest"].as_str().into_iter().chain(
+                            v["layers"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|l| l["digest"].as_str()),
+                        );
+                        for d in named {
+                            if let Ok(h) = digest_hex(d) {
+                                live.insert(h.to_owned());
+                            }
+                        }
+                    }
+                } else if !hex.starts_with('.') {
+                    let _ = std::fs::remove_file(e.path());
+                    report.manifests += 1;
+                }
+            }
+        }
+        let now = std::time::SystemTime::now();
+        let old_enough = |p: &Path, age: std::time::Duration| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|a| a >= age)
+        };
+        for e in std::fs::read_dir(self.root.join("blobs/sha256"))
+            .map_err(io("listing blobs"))?
+            .flatten()
+        {
+            let Ok(hex) = e.file_name().into_string() else {
+                continue;
+            };
+            if live.contains(&hex) || !old_enough(&e.path(), min_age) {
+                continue;
+            }
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(e.path()).is_ok() {
+                report.blobs += 1;
+                report.bytes += size;
+            }
+        }
+        for e in std::fs::read_dir(self.root.join("uploads"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if old_enough(&e.path(), std::time::Duration::from_secs(86_400)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(report)
+    }
+}
+
 fn hash_file(path: &Path) -> Result<String, RegistryError> {
     let mut f = std::fs::File::open(path).map_err(io("reading an upload"))?;
     let mut h = Sha256::new();

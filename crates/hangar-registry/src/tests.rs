@@ -156,3 +156,71 @@ async fn manifests_and_tags() {
     assert_eq!(s.tags("web", None, None).unwrap(), vec!["multi"]);
     assert!(s.manifest("web", "v1").is_err());
 }
+
+#[tokio::test]
+async fn garbage_collection_keeps_what_is_tagged_or_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path()).unwrap();
+    let put = |b: Vec<u8>| {
+        let s = s.clone();
+        async move {
+            let id = s.start_upload("web").unwrap();
+            let d = sha(&b);
+            s.commit(
+                &id,
+                &d,
+                futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(b))]),
+            )
+            .await
+            .unwrap();
+            d
+        }
+    };
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let image = |config: &str, layer: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": oci,
+            "config": {"digest": config}, "layers": [{"digest": layer}]}))
+        .unwrap()
+    };
+    let shared = put(b"shared layer".to_vec()).await;
+    let (c1, l1) = (
+        put(b"config 1".to_vec()).await,
+        put(b"layer 1".to_vec()).await,
+    );
+    let (c2, l2) = (
+        put(b"config 2".to_vec()).await,
+        put(b"layer 2".to_vec()).await,
+    );
+    let (c3, _) = (put(b"config 3".to_vec()).await, ());
+    let m1 = s.put_manifest("web", "v1", oci, &image(&c1, &l1)).unwrap();
+    let m2 = s
+        .put_manifest("web", "deployment-2", oci, &image(&c2, &shared))
+        .unwrap();
+    let m3 = s
+        .put_manifest("web", "deployment-3", oci, &image(&c3, &l2))
+        .unwrap();
+    // deployment-2 and -3 lose their tags; a release still uses m2.
+    for t in ["deployment-2", "deployment-3"] {
+        std::fs::remove_file(dir.path().join("repos/web/tags").join(t)).unwrap();
+    }
+    let orphan = put(b"a layer of a push still going on".to_vec()).await;
+    // Old enough blobs go; a fresh orphan stays (its push may not be done).
+    let r = s
+        .gc(&[("web".into(), m2.clone())], std::time::Duration::ZERO)
+        .unwrap();
+    assert_eq!(r.manifests, 1, "m3 goes");
+    assert!(s.manifest("web", &m1).is_ok() && s.manifest("web", &m2).is_ok());
+    assert!(s.manifest("web", &m3).is_err());
+    for kept in [&c1, &l1, &c2, &shared, &m1, &m2] {
+        assert!(s.blob(kept).unwrap().is_some(), "{kept} kept");
+    }
+    for gone in [&c3, &l2, &m3, &orphan] {
+        assert!(s.blob(gone).unwrap().is_none(), "{gone} collected");
+    }
+    assert_eq!(r.blobs, 4);
+    // With a grace period, a fresh orphan stays.
+    let fresh = put(b"fresh".to_vec()).await;
+    s.gc(&[], std::time::Duration::from_secs(3600)).unwrap();
+    assert!(s.blob(&fresh).unwrap().is_some());
+}

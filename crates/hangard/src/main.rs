@@ -362,15 +362,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if resumed > 0 {
         tracing::info!(releases = resumed, "resumed unfinished releases");
     }
+    let registry =
+        hangar_registry::Storage::open(data.join("registry")).context("opening the registry")?;
+    // The registry's garbage goes once a day (and `hangar image prune`).
+    {
+        let (registry, agent) = (registry.clone(), agent.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(86_400));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let keep = hangar_api::registry::in_use(&agent);
+                let reg = registry.clone();
+                match tokio::task::spawn_blocking(move || {
+                    reg.gc(&keep, hangar_api::registry::GC_MIN_AGE)
+                })
+                .await
+                {
+                    Ok(Ok(r)) => tracing::info!(
+                        manifests = r.manifests,
+                        blobs = r.blobs,
+                        bytes = r.bytes,
+                        "registry garbage collected"
+                    ),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "registry garbage collection failed"),
+                    Err(e) => tracing::warn!(error = %e, "registry garbage collection failed"),
+                }
+            }
+        });
+    }
     let app = hangar_api::router(ApiState {
         agent: agent.clone(),
         images: Some(images),
         auth: Arc::new(Auth::new(token)),
         deploy,
-        registry: Some(
-            hangar_registry::Storage::open(data.join("registry"))
-                .context("opening the registry")?,
-        ),
+        registry: Some(registry),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

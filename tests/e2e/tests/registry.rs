@@ -220,6 +220,25 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
             .is_none(),
         "no upload left behind"
     );
+    // Garbage collection: what is tagged or in use stays (and nothing
+    // younger than an hour goes); only the admin token may run it.
+    let r = c.prune_images().await.unwrap();
+    assert_eq!(r.blobs, 0, "{r:?}");
+    let (ok, out) = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &dest,
+    ]);
+    assert!(ok, "{out}");
+    let own_client = hangar_client::Client::new(d.client().base_url(), &own);
+    assert!(
+        own_client.prune_images().await.is_err(),
+        "an app token may not prune"
+    );
+
     // A repository that is not an app.
     let r = http
         .get(format!("http://{host}/v2/nope/tags/list"))

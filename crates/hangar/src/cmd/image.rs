@@ -22,6 +22,9 @@ pub enum ImageCmd {
     /// List stored images.
     #[command(alias = "ls")]
     List,
+    /// Collect the registry's garbage: images no tag, release or machine
+    /// uses, and their layers.
+    Prune,
     /// Push an image built elsewhere (in buildah's or podman's local
     /// storage) to hangard's registry as `<app>:<tag>`.
     Push {
@@ -41,6 +44,18 @@ pub enum ImageCmd {
 /// Runs an image command.
 pub async fn run(cmd: &ImageCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
     match cmd {
+        ImageCmd::Prune => {
+            let r = c.prune_images().await?;
+            if out.json {
+                return out.print_json(&r);
+            }
+            println!(
+                "Removed {} manifest(s) and {} blob(s), {} MB freed",
+                r.manifests,
+                r.blobs,
+                r.bytes / 1_000_000
+            );
+        }
         ImageCmd::Push {
             local,
             app,
