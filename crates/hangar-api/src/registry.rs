@@ -208,14 +208,30 @@ fn created(name: &str, digest: &str) -> Response {
 async fn start_upload(
     State(s): State<ApiState>,
     Path(name): Path<String>,
+    axum::Extension(who): axum::Extension<Principal>,
     RawQuery(q): RawQuery,
     body: Body,
 ) -> RegResult<Response> {
     let st = storage(&s)?;
     let p = Params::parse(q.as_deref());
+    // A cross-repository mount, for a client that may read the other
+    // repository (the admin token; an app token reaches one app).
+    if let (Some(digest), Some(from)) = (
+        p.get("mount").filter(|d| !d.is_empty()),
+        p.get("from").filter(|f| !f.is_empty()),
+    ) {
+        let may = match &who {
+            Principal::Admin => true,
+            Principal::App { app, .. } => app == from,
+        };
+        if may && st.mount(&name, from, digest)? {
+            return Ok(created(&name, digest));
+        }
+    }
     let id = st.start_upload(&name)?;
     if let Some(digest) = p.get("digest").filter(|d| !d.is_empty()) {
-        st.commit(&id, digest, body.into_data_stream()).await?;
+        st.commit(&name, &id, digest, body.into_data_stream())
+            .await?;
         return Ok(created(&name, digest));
     }
     Ok((StatusCode::ACCEPTED, upload_headers(&name, &id, 0)).into_response())
@@ -225,7 +241,7 @@ async fn upload_status(
     State(s): State<ApiState>,
     Path((name, id)): Path<(String, String)>,
 ) -> RegResult<Response> {
-    let size = storage(&s)?.upload_size(&id)?;
+    let size = storage(&s)?.upload_size(&name, &id)?;
     Ok((StatusCode::NO_CONTENT, upload_headers(&name, &id, size)).into_response())
 }
 
@@ -258,7 +274,7 @@ async fn upload_chunk(
         ),
     };
     let size = storage(&s)?
-        .append(&id, start, body.into_data_stream())
+        .append(&name, &id, start, body.into_data_stream())
         .await?;
     Ok((StatusCode::ACCEPTED, upload_headers(&name, &id, size)).into_response())
 }
@@ -279,16 +295,16 @@ async fn upload_commit(
         )
     })?;
     storage(&s)?
-        .commit(&id, digest, body.into_data_stream())
+        .commit(&name, &id, digest, body.into_data_stream())
         .await?;
     Ok(created(&name, digest))
 }
 
 async fn upload_cancel(
     State(s): State<ApiState>,
-    Path((_, id)): Path<(String, String)>,
+    Path((name, id)): Path<(String, String)>,
 ) -> RegResult<StatusCode> {
-    storage(&s)?.cancel(&id)?;
+    storage(&s)?.cancel(&name, &id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -298,8 +314,7 @@ async fn blob(
     Path((name, digest)): Path<(String, String)>,
     method: Method,
 ) -> RegResult<Response> {
-    let _ = name;
-    let (path, len) = storage(&s)?.blob(&digest)?.ok_or_else(|| {
+    let (path, len) = storage(&s)?.blob(&name, &digest)?.ok_or_else(|| {
         RegErr(
             StatusCode::NOT_FOUND,
             "BLOB_UNKNOWN",

@@ -3,10 +3,15 @@
 //!
 //! ```text
 //! blobs/sha256/<hex>                 content-addressed: layers, configs, manifests
-//! uploads/<id>                       an upload session's bytes so far
+//! uploads/<app>/<id>                 an upload session's bytes so far
+//! repos/<app>/blobs/<hex>            a blob pushed to this repository (a link)
 //! repos/<app>/manifests/<hex>        a manifest pushed to this repository: its media type
 //! repos/<app>/tags/<tag>             the digest the tag names
 //! ```
+//!
+//! A blob is stored once, but a repository sees only the blobs pushed to
+//! it (or mounted from one its client may read): knowing a digest of
+//! another app's layer does not make it readable.
 //!
 //! An upload is hashed when it is committed and renamed into place only if
 //! its digest is the one the client named, so an interrupted or corrupt
@@ -173,37 +178,68 @@ impl Storage {
             std::fs::create_dir_all(root.join(d)).map_err(io(format!("creating {d}")))?;
         }
         // Sessions of a previous run are gone with it.
-        if let Ok(rd) = std::fs::read_dir(root.join("uploads")) {
-            for e in rd.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        let _ = std::fs::remove_dir_all(root.join("uploads"));
+        std::fs::create_dir_all(root.join("uploads")).map_err(io("creating uploads"))?;
         Ok(Storage { root })
     }
 
-    /// A blob's file, if the registry has it.
-    pub fn blob(&self, digest: &str) -> Result<Option<(PathBuf, u64)>, RegistryError> {
+    /// A blob's file, if `repo` has it.
+    pub fn blob(&self, repo: &str, digest: &str) -> Result<Option<(PathBuf, u64)>, RegistryError> {
+        check_repo(repo)?;
         let hex = digest_hex(digest)?;
+        if !self
+            .root
+            .join("repos")
+            .join(repo)
+            .join("blobs")
+            .join(hex)
+            .exists()
+        {
+            return Ok(None);
+        }
         let p = self.root.join("blobs/sha256").join(hex);
         Ok(std::fs::metadata(&p).ok().map(|m| (p, m.len())))
+    }
+
+    /// Makes blob `digest` (stored) part of `repo`.
+    fn link(&self, repo: &str, hex: &str) -> Result<(), RegistryError> {
+        let path = self.root.join("repos").join(repo).join("blobs").join(hex);
+        if !path.exists() {
+            write_atomic(&path, b"")?;
+        }
+        Ok(())
+    }
+
+    /// Mounts blob `digest` of repository `from` into `repo` (a client that
+    /// may read both): false when `from` does not have it.
+    pub fn mount(&self, repo: &str, from: &str, digest: &str) -> Result<bool, RegistryError> {
+        check_repo(repo)?;
+        if self.blob(from, digest)?.is_none() {
+            return Ok(false);
+        }
+        self.link(repo, digest_hex(digest)?)?;
+        Ok(true)
     }
 
     /// Opens an upload session for `repo`; returns its id.
     pub fn start_upload(&self, repo: &str) -> Result<String, RegistryError> {
         check_repo(repo)?;
         let id = ulid::Ulid::new().to_string().to_lowercase();
-        std::fs::File::create(self.upload_path(&id)).map_err(io("creating an upload"))?;
+        let dir = self.root.join("uploads").join(repo);
+        std::fs::create_dir_all(&dir).map_err(io("creating an upload"))?;
+        std::fs::File::create(dir.join(&id)).map_err(io("creating an upload"))?;
         Ok(id)
     }
 
-    fn upload_path(&self, id: &str) -> PathBuf {
-        self.root.join("uploads").join(id)
+    fn upload_path(&self, repo: &str, id: &str) -> PathBuf {
+        self.root.join("uploads").join(repo).join(id)
     }
 
-    /// Bytes received so far by upload `id`.
-    pub fn upload_size(&self, id: &str) -> Result<u64, RegistryError> {
+    /// Bytes received so far by upload `id` of `repo`.
+    pub fn upload_size(&self, repo: &str, id: &str) -> Result<u64, RegistryError> {
+        check_repo(repo)?;
         check_upload(id)?;
-        std::fs::metadata(self.upload_path(id))
+        std::fs::metadata(self.upload_path(repo, id))
             .map(|m| m.len())
             .map_err(|_| RegistryError::UploadUnknown(id.to_owned()))
     }
@@ -212,6 +248,7 @@ impl Storage {
     /// must begin where the upload ends. Returns the new size.
     pub async fn append<S, E>(
         &self,
+        repo: &str,
         id: &str,
         start: Option<u64>,
         body: S,
@@ -220,7 +257,7 @@ impl Storage {
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let size = self.upload_size(id)?;
+        let size = self.upload_size(repo, id)?;
         if let Some(start) = start {
             if start != size {
                 return Err(RegistryError::RangeInvalid {
@@ -231,7 +268,7 @@ impl Storage {
         }
         let mut f = tokio::fs::OpenOptions::new()
             .append(true)
-            .open(self.upload_path(id))
+            .open(self.upload_path(repo, id))
             .await
             .map_err(|_| RegistryError::UploadUnknown(id.to_owned()))?;
         let mut body = body;
@@ -251,14 +288,20 @@ impl Storage {
     /// Commits upload `id` as `digest` (after appending `body`, which may be
     /// empty): the bytes are hashed and must match, then moved into place.
     /// A mismatch removes the upload and stores nothing.
-    pub async fn commit<S, E>(&self, id: &str, digest: &str, body: S) -> Result<u64, RegistryError>
+    pub async fn commit<S, E>(
+        &self,
+        repo: &str,
+        id: &str,
+        digest: &str,
+        body: S,
+    ) -> Result<u64, RegistryError>
     where
         S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let hex = digest_hex(digest)?.to_owned();
-        let appended = self.append(id, None, body).await;
-        let path = self.upload_path(id);
+        let appended = self.append(repo, id, None, body).await;
+        let path = self.upload_path(repo, id);
         let size = match appended {
             Ok(s) => s,
             Err(e) => {
@@ -285,13 +328,15 @@ impl Storage {
             .map_err(io("syncing an upload"))?;
         std::fs::rename(&path, &dest).map_err(io("committing an upload"))?;
         sync_dir(dest.parent());
+        self.link(repo, &hex)?;
         Ok(size)
     }
 
-    /// Drops upload `id`.
-    pub fn cancel(&self, id: &str) -> Result<(), RegistryError> {
+    /// Drops upload `id` of `repo`.
+    pub fn cancel(&self, repo: &str, id: &str) -> Result<(), RegistryError> {
+        check_repo(repo)?;
         check_upload(id)?;
-        std::fs::remove_file(self.upload_path(id))
+        std::fs::remove_file(self.upload_path(repo, id))
             .map_err(|_| RegistryError::UploadUnknown(id.to_owned()))
     }
 
@@ -351,7 +396,7 @@ impl Storage {
                 ));
             }
             for d in named {
-                if self.blob(d)?.is_none() {
+                if self.blob(repo, d)?.is_none() {
                     return Err(RegistryError::ManifestBlobUnknown(format!("blob {d}")));
                 }
             }
@@ -360,6 +405,7 @@ impl Storage {
         if !blob.exists() {
             write_atomic(&blob, bytes)?;
         }
+        self.link(repo, &hex)?;
         let dir = self.root.join("repos").join(repo);
         write_atomic(&dir.join("manifests").join(&hex), media_type.as_bytes())?;
         if !reference.starts_with("sha256:") {
@@ -578,13 +624,35 @@ impl Storage {
                 report.bytes += size;
             }
         }
-        for e in std::fs::read_dir(self.root.join("uploads"))
+        for dir in std::fs::read_dir(self.root.join("uploads"))
             .into_iter()
             .flatten()
             .flatten()
         {
-            if old_enough(&e.path(), std::time::Duration::from_secs(86_400)) {
-                let _ = std::fs::remove_file(e.path());
+            for e in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if old_enough(&e.path(), std::time::Duration::from_secs(86_400)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        // Links to blobs that are gone go too.
+        for repo in std::fs::read_dir(self.root.join("repos"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for e in std::fs::read_dir(repo.path().join("blobs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !self.root.join("blobs/sha256").join(e.file_name()).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         Ok(report)

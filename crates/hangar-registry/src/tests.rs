@@ -20,57 +20,69 @@ async fn uploads_commit_only_when_their_digest_matches() {
     // One PATCH without a range, then an empty PUT (containers/image).
     let id = s.start_upload("web").unwrap();
     assert_eq!(
-        s.append(&id, None, body(&[b"hello ", b"world"]))
+        s.append("web", &id, None, body(&[b"hello ", b"world"]))
             .await
             .unwrap(),
         11
     );
     let d = sha(b"hello world");
-    assert_eq!(s.commit(&id, &d, body(&[])).await.unwrap(), 11);
-    let (path, len) = s.blob(&d).unwrap().unwrap();
+    assert_eq!(s.commit("web", &id, &d, body(&[])).await.unwrap(), 11);
+    let (path, len) = s.blob("web", &d).unwrap().unwrap();
     assert_eq!(
         (std::fs::read(path).unwrap(), len),
         (b"hello world".to_vec(), 11)
     );
-    assert!(s.upload_size(&id).is_err(), "the session is gone");
+    assert!(s.upload_size("web", &id).is_err(), "the session is gone");
     // The whole blob in the PUT (containerd).
     let id = s.start_upload("web").unwrap();
     let d2 = sha(b"second");
-    s.commit(&id, &d2, body(&[b"second"])).await.unwrap();
-    assert!(s.blob(&d2).unwrap().is_some());
+    s.commit("web", &id, &d2, body(&[b"second"])).await.unwrap();
+    assert!(s.blob("web", &d2).unwrap().is_some());
+    // Another repository does not see it, whoever knows its digest; a
+    // mount from a repository that has it links it.
+    assert!(s.blob("other", &d2).unwrap().is_none());
+    assert!(!s.mount("third", "other", &d2).unwrap());
+    assert!(s.mount("other", "web", &d2).unwrap());
+    assert!(s.blob("other", &d2).unwrap().is_some());
     // Chunks in order with ranges; one out of order is refused.
     let id = s.start_upload("web").unwrap();
-    s.append(&id, Some(0), body(&[b"abc"])).await.unwrap();
-    match s.append(&id, Some(5), body(&[b"x"])).await {
+    s.append("web", &id, Some(0), body(&[b"abc"]))
+        .await
+        .unwrap();
+    match s.append("web", &id, Some(5), body(&[b"x"])).await {
         Err(RegistryError::RangeInvalid {
             expected: 3,
             got: 5,
         }) => {}
         other => panic!("{other:?}"),
     }
-    s.append(&id, Some(3), body(&[b"def"])).await.unwrap();
-    s.commit(&id, &sha(b"abcdef"), body(&[])).await.unwrap();
+    s.append("web", &id, Some(3), body(&[b"def"]))
+        .await
+        .unwrap();
+    s.commit("web", &id, &sha(b"abcdef"), body(&[]))
+        .await
+        .unwrap();
     // A wrong digest stores nothing and ends the session.
     let id = s.start_upload("web").unwrap();
     let claimed = sha(b"what the client says");
     let err = s
-        .commit(&id, &claimed, body(&[b"something else"]))
+        .commit("web", &id, &claimed, body(&[b"something else"]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "DIGEST_INVALID");
-    assert!(s.blob(&claimed).unwrap().is_none());
-    assert!(s.blob(&sha(b"something else")).unwrap().is_none());
+    assert!(s.blob("web", &claimed).unwrap().is_none());
+    assert!(s.blob("web", &sha(b"something else")).unwrap().is_none());
     assert!(
-        std::fs::read_dir(dir.path().join("uploads"))
+        std::fs::read_dir(dir.path().join("uploads/web"))
             .unwrap()
             .next()
             .is_none()
     );
     // Bad names and digests.
-    assert!(s.blob("md5:abc").is_err());
-    assert!(s.blob("sha256:../../etc/passwd").is_err());
+    assert!(s.blob("web", "md5:abc").is_err());
+    assert!(s.blob("web", "sha256:../../etc/passwd").is_err());
     assert!(s.start_upload("../x").is_err());
-    assert!(s.upload_size("../../etc/passwd").is_err());
+    assert!(s.upload_size("web", "../../etc/passwd").is_err());
 }
 
 #[tokio::test]
@@ -81,7 +93,7 @@ async fn manifests_and_tags() {
         let s = s.clone();
         async move {
             let id = s.start_upload("web").unwrap();
-            s.commit(&id, &sha(b), body(&[b])).await.unwrap();
+            s.commit("web", &id, &sha(b), body(&[b])).await.unwrap();
             sha(b)
         }
     };
@@ -167,6 +179,7 @@ async fn garbage_collection_keeps_what_is_tagged_or_used() {
             let id = s.start_upload("web").unwrap();
             let d = sha(&b);
             s.commit(
+                "web",
                 &id,
                 &d,
                 futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(b))]),
@@ -213,14 +226,14 @@ async fn garbage_collection_keeps_what_is_tagged_or_used() {
     assert!(s.manifest("web", &m1).is_ok() && s.manifest("web", &m2).is_ok());
     assert!(s.manifest("web", &m3).is_err());
     for kept in [&c1, &l1, &c2, &shared, &m1, &m2] {
-        assert!(s.blob(kept).unwrap().is_some(), "{kept} kept");
+        assert!(s.blob("web", kept).unwrap().is_some(), "{kept} kept");
     }
     for gone in [&c3, &l2, &m3, &orphan] {
-        assert!(s.blob(gone).unwrap().is_none(), "{gone} collected");
+        assert!(s.blob("web", gone).unwrap().is_none(), "{gone} collected");
     }
     assert_eq!(r.blobs, 4);
     // With a grace period, a fresh orphan stays.
     let fresh = put(b"fresh".to_vec()).await;
     s.gc(&[], std::time::Duration::from_secs(3600)).unwrap();
-    assert!(s.blob(&fresh).unwrap().is_some());
+    assert!(s.blob("web", &fresh).unwrap().is_some());
 }

@@ -182,6 +182,29 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
         .await
         .unwrap()
         .token;
+    // Knowing a digest of another app's layer does not make it readable.
+    let manifest: serde_json::Value = serde_json::from_slice(&img.manifest()).unwrap();
+    let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let r = http
+        .head(format!("http://{host}/v2/other/blobs/{layer_digest}"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a blob of shop seen through other");
+    let r = http
+        .put(format!("http://{host}/v2/other/manifests/stolen"))
+        .bearer_auth(&other)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(img.manifest())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "a manifest naming shop's blobs pushed to other"
+    );
     let (ok, out) = skopeo(&[
         "inspect",
         "--raw",
@@ -214,7 +237,7 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
         .unwrap();
     assert_eq!(r.status(), 404);
     assert!(
-        std::fs::read_dir(d.data_dir().join("registry/uploads"))
+        std::fs::read_dir(d.data_dir().join("registry/uploads/shop"))
             .unwrap()
             .next()
             .is_none(),
