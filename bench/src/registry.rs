@@ -132,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
         dir.join("fly.toml"),
         "app = \"site\"\n[http_service]\n  internal_port = 8080\n  auto_stop_machines = \"off\"\n  [[http_service.checks]]\n    interval = \"500ms\"\n    path = \"/\"\n",
     )?;
-    let storage = work.path().join("build-storage");
+    let build_storage = hangar_test_utils::build_storage::BuildStorage::new();
+    let storage = build_storage.path().to_owned();
     let (_, hangar) = hangar_test_utils::daemon::binaries();
     let deploy = || -> anyhow::Result<()> {
         run(Command::new(hangar)

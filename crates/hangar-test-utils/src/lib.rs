@@ -8,6 +8,7 @@
 //! prerequisites are reported with the command that installs
 //! them, and fail the test: a green run never means "skipped".
 
+pub mod build_storage;
 pub mod daemon;
 pub mod image;
 #[cfg(feature = "inproc")]

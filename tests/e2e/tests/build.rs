@@ -68,7 +68,7 @@ async fn deploy_builds_the_dockerfile_and_pushes_only_what_changed() {
     let c = d.client();
     c.create_app("site").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = tempfile::tempdir().unwrap();
+    let storage = hangar_test_utils::build_storage::BuildStorage::new();
     let p = dir.path();
     std::fs::write(
         p.join("Dockerfile"),

@@ -106,7 +106,13 @@ impl Builder for Engine {
         // chroot isolation: RUN steps need no OCI runtime and make no
         // network rules on the host. Base images from plain-HTTP registries
         // (local ones) are allowed.
-        c.args(["--isolation", "chroot", "--tls-verify=false", "--layers"]);
+        c.args([
+            "--isolation",
+            "chroot",
+            "--tls-verify=false",
+            "--layers",
+            "--force-rm",
+        ]);
         c.arg("-f").arg(&req.dockerfile).args(["-t", local]);
         if let Some(t) = &req.target {
             c.args(["--target", t]);
