@@ -62,28 +62,11 @@ async fn web(c: &Client) -> anyhow::Result<Vec<Machine>> {
 
 /// Runs `hangar` with `args` in `dir`; fails with its output.
 fn hangar(d: &Daemon, dir: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
-    let (_, bin) = hangar_test_utils::daemon::binaries();
-    let out = std::process::Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .env("HANGAR_API_URL", d.client().base_url())
-        .env("HANGAR_API_TOKEN", token(d))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "hangar {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let (ok, out, err) = d.cli_in(Some(dir), &[], args);
+    if !ok {
+        bail!("hangar {args:?} failed:\n{out}{err}");
     }
     Ok(())
-}
-
-fn token(d: &Daemon) -> String {
-    std::fs::read_to_string(d.data_dir().join("admin-token"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }
 
 /// The baseline: each machine updated with `greeting` through the API, one

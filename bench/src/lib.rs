@@ -113,6 +113,19 @@ pub fn wrk_report(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> an
     })
 }
 
+/// Runs `cmd`; fails with its output when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().context("running a tool")?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

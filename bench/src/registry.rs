@@ -15,23 +15,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use hangar_bench::median;
+use anyhow::bail;
+use hangar_bench::{median, run};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::{ImageBuilder, Layer};
 use hangar_test_utils::registry::Registry;
-
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().context("running a tool")?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
 
 fn random(n: usize, seed: u64) -> Vec<u8> {
     // xorshift: incompressible enough, reproducible.
@@ -56,9 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let reg = Registry::start().await;
     let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
     let c = d.client();
-    let token = std::fs::read_to_string(d.data_dir().join("admin-token"))?
-        .trim()
-        .to_owned();
+    let token = c.token().to_owned();
     let host = c.registry_host();
     let work = tempfile::tempdir()?;
 
@@ -134,14 +120,16 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let build_storage = hangar_test_utils::build_storage::BuildStorage::new();
     let storage = build_storage.path().to_owned();
-    let (_, hangar) = hangar_test_utils::daemon::binaries();
     let deploy = || -> anyhow::Result<()> {
-        run(Command::new(hangar)
-            .arg("deploy")
-            .current_dir(&dir)
-            .env("HANGAR_API_URL", c.base_url())
-            .env("HANGAR_API_TOKEN", &token)
-            .env("HANGAR_BUILD_STORAGE", &storage))
+        let (ok, out, err) = d.cli_in(
+            Some(&dir),
+            &[("HANGAR_BUILD_STORAGE", storage.as_os_str())],
+            &["deploy"],
+        );
+        if !ok {
+            bail!("hangar deploy failed:\n{out}{err}");
+        }
+        Ok(())
     };
     std::fs::write(dir.join("index.html"), "v0\n")?;
     deploy()?;

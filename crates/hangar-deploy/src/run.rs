@@ -168,16 +168,8 @@ impl Run {
     }
 
     fn event(&self, phase: &str, machine: Option<&str>, message: &str) {
-        let mut body =
-            json!({"phase": phase, "status": self.rel.status.as_str(), "message": message});
-        if let Some(m) = machine {
-            body["machine_id"] = json!(m);
-        }
         tracing::info!(release = self.rel.id, phase, machine, "{message}");
-        if let Err(e) = self.d.agent().push_release_event(&self.rel.id, &body) {
-            tracing::error!(release = self.rel.id, error = %e, "recording release event");
-        }
-        self.d.bump();
+        Worker::of(self).push(phase, self.rel.status.as_str(), machine, message);
     }
 
     fn cancelled(&self) -> bool {
@@ -954,14 +946,7 @@ impl Run {
                 let id = id.clone();
                 tokio::spawn(async move {
                     while let Some(l) = lines.recv().await {
-                        let body = json!({
-                            "phase": "release_command_output",
-                            "status": "running",
-                            "machine_id": id,
-                            "message": l.message,
-                        });
-                        let _ = w.d.agent().push_release_event(&w.release, &body);
-                        w.d.bump();
+                        w.push("release_command_output", "running", Some(&id), &l.message);
                     }
                 })
             });
@@ -1170,8 +1155,18 @@ impl Worker {
     }
 
     fn event(&self, machine: &str, message: &str) {
-        let body = json!({"phase": "update", "status": "running", "machine_id": machine, "message": message});
-        let _ = self.d.agent().push_release_event(&self.release, &body);
+        self.push("update", "running", Some(machine), message);
+    }
+
+    /// Records a progress event of the release and wakes its followers.
+    fn push(&self, phase: &str, status: &str, machine: Option<&str>, message: &str) {
+        let mut body = json!({"phase": phase, "status": status, "message": message});
+        if let Some(m) = machine {
+            body["machine_id"] = json!(m);
+        }
+        if let Err(e) = self.d.agent().push_release_event(&self.release, &body) {
+            tracing::error!(release = self.release, error = %e, "recording release event");
+        }
         self.d.bump();
     }
 

@@ -263,15 +263,30 @@ impl Daemon {
     /// Runs the `hangar` CLI against this daemon; returns (success, stdout,
     /// stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_in(None, &[], args)
+    }
+
+    /// Runs the `hangar` CLI against this daemon in `dir` (where a
+    /// fly.toml may be), with extra environment variables; returns
+    /// (success, stdout, stderr).
+    pub fn cli_in(
+        &self,
+        dir: Option<&std::path::Path>,
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
+    ) -> (bool, String, String) {
         let (_, hangar) = binaries();
-        let out = Command::new(hangar)
-            .args(args)
+        let mut cmd = Command::new(hangar);
+        cmd.args(args)
             .env("HANGAR_API_URL", &self.url)
             .env("HANGAR_API_TOKEN", &self.token)
             .env_remove("HANGAR_APP")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running hangar");
+            .envs(env.iter().copied())
+            .stdin(Stdio::null());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let out = cmd.output().expect("running hangar");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

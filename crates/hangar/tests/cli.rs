@@ -7,14 +7,31 @@ use hangar_test_utils::inproc::TestDaemon;
 
 /// Runs `hangar` against `d`; returns (success, stdout, stderr).
 fn hangar(d: &TestDaemon, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
+    hangar_with(d, None, &d.token, args)
+}
+
+/// Runs `hangar` in `dir` (where fly.toml is).
+fn hangar_in(d: &TestDaemon, dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    hangar_with(d, Some(dir), &d.token, args)
+}
+
+/// Runs `hangar` against `d` with `token`, in `dir` if given.
+fn hangar_with(
+    d: &TestDaemon,
+    dir: Option<&std::path::Path>,
+    token: &str,
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
+    cmd.args(args)
         .env("HANGAR_API_URL", &d.url)
-        .env("HANGAR_API_TOKEN", &d.token)
+        .env("HANGAR_API_TOKEN", token)
         .env_remove("HANGAR_APP")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running hangar");
+        .stdin(Stdio::null());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("running hangar");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -80,24 +97,6 @@ async fn apps_machines_and_tokens_through_the_cli() {
     assert!(!out.contains("web"), "{out}");
 }
 
-/// Runs `hangar` in `dir` (where fly.toml is).
-fn hangar_in(d: &TestDaemon, dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .current_dir(dir)
-        .env("HANGAR_API_URL", &d.url)
-        .env("HANGAR_API_TOKEN", &d.token)
-        .env_remove("HANGAR_APP")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running hangar");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_deploy_scale_and_releases_through_the_cli() {
     let d = TestDaemon::start().await;
@@ -158,20 +157,9 @@ async fn launch_deploy_scale_and_releases_through_the_cli() {
     // Another app's token cannot deploy this one.
     hangar(&d, &["apps", "create", "other"]);
     let (_, other_token, _) = hangar(&d, &["tokens", "create", "deploy", "-a", "other"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(["deploy"])
-        .current_dir(p)
-        .env("HANGAR_API_URL", &d.url)
-        .env("HANGAR_API_TOKEN", other_token.trim())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("app other only"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, _, err) = hangar_with(&d, Some(p), other_token.trim(), &["deploy"]);
+    assert!(!ok);
+    assert!(err.contains("app other only"), "{err}");
     // Scale up, then releases lists v1 and v2.
     let (ok, out, err) = hangar_in(&d, p, &["scale", "count", "3"]);
     assert!(ok, "{out}\n{err}");

@@ -5,7 +5,6 @@
 //! build stops before anything is deployed.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use hangar_test_utils::daemon::Daemon;
@@ -14,25 +13,12 @@ use hangar_test_utils::registry::Registry;
 use hangar_test_utils::wait_until;
 
 fn hangar(d: &Daemon, dir: &Path, storage: &Path, args: &[&str]) -> (bool, String) {
-    let (_, bin) = hangar_test_utils::daemon::binaries();
-    let token = std::fs::read_to_string(d.data_dir().join("admin-token")).unwrap();
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .env("HANGAR_API_URL", d.client().base_url())
-        .env("HANGAR_API_TOKEN", token.trim())
-        .env("HANGAR_BUILD_STORAGE", storage)
-        .env_remove("HANGAR_APP")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (ok, out, err) = d.cli_in(
+        Some(dir),
+        &[("HANGAR_BUILD_STORAGE", storage.as_os_str())],
+        args,
+    );
+    (ok, format!("{out}{err}"))
 }
 
 fn blobs(d: &Daemon) -> usize {

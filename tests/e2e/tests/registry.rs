@@ -33,10 +33,7 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
     let c = d.client();
     c.create_app("shop").await.unwrap();
     c.create_app("other").await.unwrap();
-    let token = std::fs::read_to_string(d.data_dir().join("admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = c.token().to_owned();
     let host = d
         .client()
         .base_url()
