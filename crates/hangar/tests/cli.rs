@@ -160,6 +160,23 @@ async fn launch_deploy_scale_and_releases_through_the_cli() {
     let (ok, _, err) = hangar_with(&d, Some(p), other_token.trim(), &["deploy"]);
     assert!(!ok);
     assert!(err.contains("app other only"), "{err}");
+    // Token listings take the app from fly.toml too.
+    let (ok, out, _) = hangar_in(&d, p, &["tokens", "list", "--json"]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["app"] == "shop"),
+        "{listed}"
+    );
+    let (_, out, _) = hangar(&d, &["tokens", "list", "--json"]);
+    assert!(
+        out.contains("\"other\""),
+        "without fly.toml: every app's: {out}"
+    );
     // Scale up, then releases lists v1 and v2.
     let (ok, out, err) = hangar_in(&d, p, &["scale", "count", "3"]);
     assert!(ok, "{out}\n{err}");

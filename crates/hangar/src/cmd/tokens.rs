@@ -10,12 +10,12 @@ use crate::output::Output;
 /// `hangar tokens ...`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
-    /// List the app's tokens (every app's without --app; admin token only).
+    /// List the app's tokens (--app, else fly.toml's app; every app's
+    /// without either, admin token only).
     #[command(alias = "ls")]
     List {
-        /// App name.
-        #[arg(long, short = 'a', env = "HANGAR_APP")]
-        app: Option<String>,
+        #[command(flatten)]
+        app: AppArg,
     },
     /// Mint a token that acts on one app only. Minted with an app token, it
     /// expires no later than that token.
@@ -25,9 +25,9 @@ pub enum TokensCmd {
     Revoke {
         /// Token id (`tok_...`, from `hangar tokens list`).
         id: String,
-        /// App name (needed with an app token).
-        #[arg(long, short = 'a', env = "HANGAR_APP")]
-        app: Option<String>,
+        /// The app (--app, else fly.toml's; needed with an app token).
+        #[command(flatten)]
+        app: AppArg,
     },
 }
 
@@ -51,7 +51,7 @@ pub enum CreateCmd {
 pub async fn run(cmd: &TokensCmd, c: &Client, out: &Output) -> anyhow::Result<()> {
     match cmd {
         TokensCmd::List { app } => {
-            let tokens = c.list_tokens(app.as_deref()).await?;
+            let tokens = c.list_tokens(app.get().ok()).await?;
             if out.json {
                 return out.print_json(&tokens);
             }
@@ -87,7 +87,7 @@ pub async fn run(cmd: &TokensCmd, c: &Client, out: &Output) -> anyhow::Result<()
             println!("{}", created.token);
         }
         TokensCmd::Revoke { id, app } => {
-            c.revoke_token(app.as_deref(), id).await?;
+            c.revoke_token(app.get().ok(), id).await?;
             println!("Revoked {id}");
         }
     }
