@@ -418,9 +418,19 @@ impl VolumeHost {
     pub async fn detach(&self, id: &str) -> Result<(), VolumeError> {
         check_id(id)?;
         let mnt = self.mountpoint(id);
-        if is_mounted(&mnt) {
-            nix::mount::umount2(&mnt, nix::mount::MntFlags::empty())
-                .map_err(|e| io_err(format!("unmounting volume {id}"))(e.into()))?;
+        // A mount is busy for a moment after its last user is gone (a
+        // process forked elsewhere holds a copy of a file descriptor until it
+        // execs; a probe reads the new filesystem): try again until a
+        // deadline before reporting it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while is_mounted(&mnt) {
+            match nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(io_err(format!("unmounting volume {id}"))(e.into())),
+            }
         }
         // `losetup -d` only marks a device that something still holds open
         // (udev probing it, the tail of the unmount) for clearing on last
