@@ -15,8 +15,9 @@ fi
 # images are built from busybox-static; ps and mount come from procps and
 # util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup;
 # private networks use iproute2 (ip) and nftables (nft); the firewall tests
-# also check the iptables fallback.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah)
+# also check the iptables fallback; skopeo, buildah and podman push to and
+# pull from the built-in registry.
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

@@ -422,6 +422,17 @@ async fn delete_manifest(
             "delete a manifest by its digest".into(),
         ));
     }
+    // What a release or machine runs stays (rollbacks and restarts need it).
+    if let Some((_, user)) = in_use_by(&s.agent, &name)
+        .into_iter()
+        .find(|(d, _)| *d == reference)
+    {
+        return Err(RegErr(
+            StatusCode::CONFLICT,
+            "DENIED",
+            format!("{name}@{reference} is the image of {user}; it stays while in use"),
+        ));
+    }
     storage(&s)?.delete_manifest(&name, &reference)?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -464,23 +475,38 @@ async fn tags(
 /// What the registry must keep: `(app, digest)` of every release's image
 /// and every machine's image (releases and machines keep their images).
 pub fn in_use(agent: &hangar_agent::Agent) -> Vec<(String, String)> {
-    let mut keep = Vec::new();
-    for app in agent
+    agent
         .list_apps(hangar_agent::DEFAULT_ORG)
         .unwrap_or_default()
-    {
-        for r in agent.list_releases(&app.name, 100_000).unwrap_or_default() {
-            if !r.image_digest.is_empty() {
-                keep.push((app.name.clone(), r.image_digest));
-            }
-        }
-        for m in agent.list_machines(&app.name, false).unwrap_or_default() {
-            if let Some(i) = m.image_ref.filter(|i| !i.digest.is_empty()) {
-                keep.push((app.name.clone(), i.digest));
-            }
-        }
-    }
-    keep
+        .into_iter()
+        .flat_map(|app| {
+            in_use_by(agent, &app.name)
+                .into_iter()
+                .map(move |(digest, _)| (app.name.clone(), digest))
+        })
+        .collect()
+}
+
+/// The image digests app `app`'s releases and machines use, each with who
+/// uses it (`release vN`, `machine ID`).
+fn in_use_by(agent: &hangar_agent::Agent, app: &str) -> Vec<(String, String)> {
+    let releases = agent
+        .list_releases(app, 100_000)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.image_digest.is_empty())
+        .map(|r| (r.image_digest, format!("release v{}", r.version)));
+    let machines = agent
+        .list_machines(app, false)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| {
+            let id = m.id.to_string();
+            m.image_ref
+                .filter(|i| !i.digest.is_empty())
+                .map(|i| (i.digest, format!("machine {id}")))
+        });
+    releases.chain(machines).collect()
 }
 
 /// Blobs younger than this are never collected (a push may still be

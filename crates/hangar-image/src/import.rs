@@ -13,38 +13,38 @@ use crate::reference::{digest_hex, valid_digest};
 use crate::unpack::{file_digest, remove_tree};
 use crate::{ImageError, ImageName, ImageRecord, Inner, LayerRecord, RefEntry, Source};
 
-const INDEX_MEDIA_TYPES: &[&str] = &[
+pub(crate) const INDEX_MEDIA_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
 #[derive(Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
+pub(crate) struct Index {
+    pub(crate) manifests: Vec<Descriptor>,
 }
 
 #[derive(Deserialize, Clone)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: String,
-    digest: String,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
     annotations: std::collections::BTreeMap<String, String>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
 }
 
 #[derive(Deserialize, Clone)]
-struct Platform {
-    architecture: String,
-    os: String,
+pub(crate) struct Platform {
+    pub(crate) architecture: String,
+    pub(crate) os: String,
 }
 
 #[derive(Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
+pub(crate) struct Manifest {
+    pub(crate) config: Descriptor,
+    pub(crate) layers: Vec<Descriptor>,
 }
 
 #[derive(Deserialize)]

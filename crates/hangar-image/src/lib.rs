@@ -23,6 +23,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod import;
+mod local;
 mod reference;
 mod unpack;
 
@@ -39,6 +40,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
 
+pub use local::{LocalManifest, LocalRegistry};
 pub use reference::{ImageName, valid_digest};
 
 /// What can go wrong getting an image.
@@ -294,6 +296,9 @@ pub struct StoreOptions {
     pub insecure_registries: Vec<String>,
     /// Registry credentials.
     pub credentials: Credentials,
+    /// The registry this process serves, read from its storage instead of
+    /// over HTTP.
+    pub local: Option<Arc<dyn LocalRegistry>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +345,8 @@ struct Inner {
     credentials: Credentials,
     pulls: Mutex<HashMap<String, PullFuture>>,
     pull_count: std::sync::atomic::AtomicU64,
+    local: Option<Arc<dyn LocalRegistry>>,
+    local_pull_count: std::sync::atomic::AtomicU64,
     layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -380,6 +387,8 @@ impl ImageStore {
                 credentials: opts.credentials,
                 pulls: Mutex::new(HashMap::new()),
                 pull_count: std::sync::atomic::AtomicU64::new(0),
+                local: opts.local,
+                local_pull_count: std::sync::atomic::AtomicU64::new(0),
                 layer_locks: Mutex::new(HashMap::new()),
             }),
         })
@@ -397,8 +406,10 @@ impl ImageStore {
     pub async fn resolve(&self, image: &str) -> Result<Image, ImageError> {
         let name = ImageName::parse(image)?;
         if let Some(d) = &name.digest {
-            if let Some(img) = self.inner.load_complete(d)? {
-                return Ok(img);
+            if self.inner.visible(&name, d)? {
+                if let Some(img) = self.inner.load_complete(d)? {
+                    return Ok(img);
+                }
             }
         } else if let Some(r) = self.inner.read_ref(&name.key())? {
             if r.source == Source::Import {
@@ -479,11 +490,19 @@ impl ImageStore {
         ))
     }
 
-    /// How many registry pulls this store has started (for tests and
-    /// metrics).
+    /// How many registry pulls over HTTP this store has started (for tests
+    /// and metrics).
     pub fn pull_count(&self) -> u64 {
         self.inner
             .pull_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many images this store has read from the local registry's
+    /// storage.
+    pub fn local_pull_count(&self) -> u64 {
+        self.inner
+            .local_pull_count
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -728,6 +747,22 @@ impl Inner {
         }))
     }
 
+    /// Whether `name` may use the stored image `digest`: in this host's
+    /// registry only the repository it was pushed to (or mounted into) sees
+    /// it, as over HTTP; elsewhere a digest names the same image anywhere.
+    fn visible(&self, name: &ImageName, digest: &str) -> Result<bool, ImageError> {
+        match self.local.as_ref().filter(|l| l.serves(&name.registry)) {
+            Some(local) => local
+                .manifest(&name.repository, digest)
+                .map(|m| m.is_some())
+                .map_err(|reason| ImageError::Registry {
+                    reference: name.to_string(),
+                    reason,
+                }),
+            None => Ok(true),
+        }
+    }
+
     fn layer_lock(&self, diff_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.layer_locks
             .lock()
@@ -831,6 +866,11 @@ impl Inner {
     }
 
     async fn pull(self: &Arc<Self>, name: &ImageName) -> Result<Image, ImageError> {
+        if let Some(local) = self.local.as_ref().filter(|l| l.serves(&name.registry)) {
+            self.local_pull_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return local::pull(self, local, name).await;
+        }
         let reference = name.to_oci();
         let auth = self.credentials.for_registry(&name.registry);
         self.pull_count
@@ -882,13 +922,24 @@ impl Inner {
             .buffered(3)
             .try_collect()
             .await?;
+        self.file_pulled(name, digest, image_config, layers)
+    }
 
+    /// Files an image whose layers are all unpacked: its record, and its tag
+    /// when that names something new.
+    fn file_pulled(
+        &self,
+        name: &ImageName,
+        digest: String,
+        config: ImageConfig,
+        layers: Vec<LayerRecord>,
+    ) -> Result<Image, ImageError> {
         let rec = ImageRecord {
             registry: name.registry.clone(),
             repository: name.repository.clone(),
             tag: name.tag.clone(),
             digest: digest.clone(),
-            config: image_config,
+            config,
             layers,
         };
         // A tag that still names the image we have needs no new records.

@@ -211,6 +211,7 @@ async fn basic_auth() {
         StoreOptions {
             insecure_registries: vec![reg.addr.clone()],
             credentials: creds,
+            ..Default::default()
         },
     )
     .unwrap();

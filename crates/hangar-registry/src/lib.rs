@@ -25,6 +25,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures::{Stream, StreamExt};
+
+mod local;
+pub use local::{LocalSource, Names};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 

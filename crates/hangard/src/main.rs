@@ -57,6 +57,17 @@ struct Args {
     /// Registry credentials in Docker's config.json format (`auths`).
     #[arg(long, env = "HANGAR_REGISTRY_AUTH_FILE")]
     registry_auth_file: Option<PathBuf>,
+    /// Another name (HOST[:PORT], as in image names) that reaches this
+    /// hangard's registry, e.g. a reverse proxy's; repeatable. The API
+    /// listener's address, and `localhost` or this host's name and addresses
+    /// where the listener takes them, are known already. Images under these
+    /// names are read from the registry's storage, not over HTTP.
+    #[arg(
+        long = "registry-name",
+        env = "HANGAR_REGISTRY_NAMES",
+        value_delimiter = ','
+    )]
+    registry_names: Vec<String>,
     /// Size at which a machine's log file is rotated (bytes).
     #[arg(long, env = "HANGAR_LOG_MAX_BYTES", default_value_t = 10 << 20)]
     log_max_bytes: u64,
@@ -259,11 +270,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     credentials.insert(&own_registry, "hangar", &token);
     let mut insecure = args.insecure_registries.clone();
     insecure.push(own_registry);
+    let registry =
+        hangar_registry::Storage::open(data.join("registry")).context("opening the registry")?;
     let images = Arc::new(ImageStore::open(
         data.join("images"),
         StoreOptions {
             insecure_registries: insecure,
             credentials,
+            local: Some(Arc::new(hangar_registry::LocalSource::new(
+                registry.clone(),
+                hangar_registry::Names::new(args.listen, args.registry_names.clone()),
+            ))),
         },
     )?);
     let agent = Agent::open(
@@ -362,8 +379,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if resumed > 0 {
         tracing::info!(releases = resumed, "resumed unfinished releases");
     }
-    let registry =
-        hangar_registry::Storage::open(data.join("registry")).context("opening the registry")?;
     // The registry's garbage goes once a day (and `hangar image prune`).
     {
         let (registry, agent) = (registry.clone(), agent.clone());

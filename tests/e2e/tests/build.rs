@@ -2,7 +2,8 @@
 //! Dockerfile builds it with buildah, pushes it to hangard's registry and
 //! deploys the digest; the app serves through the proxy; an edit moves one
 //! layer; `hangar machine run .` does the same for one machine; a failing
-//! build stops before anything is deployed.
+//! build stops before anything is deployed. podman builds, pushes and pulls
+//! back the same way.
 
 use std::path::Path;
 use std::time::Duration;
@@ -81,6 +82,7 @@ async fn deploy_builds_the_dockerfile_and_pushes_only_what_changed() {
     assert_eq!(page(&d).await, "version one\n");
     let rel = c.list_releases("site", 1).await.unwrap().remove(0);
     assert!(rel.image_ref.contains("/site@sha256:"), "{}", rel.image_ref);
+    pull_back(&d, "buildah", "site", &rel.image_digest).await;
 
     // One line changed: one new layer (and a new config and manifest) is
     // all that reaches the registry.
@@ -133,4 +135,102 @@ async fn deploy_builds_the_dockerfile_and_pushes_only_what_changed() {
         "{out}"
     );
     assert_eq!(c.list_releases("site", 100).await.unwrap().len(), releases);
+}
+
+/// `podman` (Debian's package) as the builder and as a client of hangard's
+/// registry: it builds and pushes for `hangar deploy --builder podman`, and
+/// pulls the pushed image back by digest with the app's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_builds_pushes_and_pulls_back() {
+    if !hangar_test_utils::host_tier(
+        "podman_builds_pushes_and_pulls_back",
+        &["crun", "docker-registry", "podman"],
+    ) {
+        return;
+    }
+    let reg = Registry::start().await;
+    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
+    let c = d.client();
+    c.create_app("site").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = hangar_test_utils::build_storage::BuildStorage::new();
+    let p = dir.path();
+    std::fs::write(
+        p.join("Dockerfile"),
+        format!(
+            "FROM {}/base/busybox:v1\nRUN echo built by podman > /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("fly.toml"),
+        "app = \"site\"\n\n[http_service]\n  internal_port = 8080\n  auto_stop_machines = \"off\"\n",
+    )
+    .unwrap();
+    let (ok, out) = hangar(&d, p, storage.path(), &["deploy", "--builder", "podman"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Building image with podman"), "{out}");
+    wait_until(Duration::from_secs(30), "the app to serve", || async {
+        (page(&d).await == "built by podman\n").then_some(())
+    })
+    .await;
+    let rel = c.list_releases("site", 1).await.unwrap().remove(0);
+    let digest = rel.image_digest.clone();
+    assert!(digest.starts_with("sha256:"), "{rel:?}");
+
+    // Pulled back by digest into a storage of its own, with an app token.
+    pull_back(&d, "podman", "site", &digest).await;
+}
+
+/// Pulls `<hangard>/<app>@<digest>` with `program` (buildah or podman) into
+/// a storage of its own with an app token, and checks what it got.
+async fn pull_back(d: &Daemon, program: &str, app: &str, digest: &str) {
+    let c = d.client();
+    let token = c
+        .create_token(app, &Default::default())
+        .await
+        .unwrap()
+        .token;
+    let host = c.base_url().trim_start_matches("http://").to_owned();
+    let image = format!("{host}/{app}@{digest}");
+    let storage = hangar_test_utils::build_storage::BuildStorage::new();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .arg("--root")
+            .arg(storage.path().join("root"))
+            .arg("--runroot")
+            .arg(storage.path().join("run"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    run(&[
+        "pull",
+        "--tls-verify=false",
+        "--creds",
+        &format!("x:{token}"),
+        &image,
+    ]);
+    let got = if program == "podman" {
+        run(&["image", "inspect", "--format", "{{.Digest}}", &image])
+    } else {
+        run(&[
+            "inspect",
+            "--type",
+            "image",
+            "--format",
+            "{{.FromImageDigest}}",
+            &image,
+        ])
+    };
+    assert_eq!(got, digest, "{program} pulled another image");
 }

@@ -128,6 +128,39 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
     .unwrap();
     let m = c.get_machine("shop", &m.id).await.unwrap();
     assert_eq!(m.image_ref.unwrap().digest, img.digest());
+    // Read from the registry's own storage, with no HTTP round trip to
+    // itself, under `localhost` too.
+    let log = d.log();
+    assert!(
+        log.contains("image read from this host's registry"),
+        "{log}"
+    );
+    assert!(!log.contains("pulling image"), "{log}");
+    let port = host.rsplit_once(':').unwrap().1;
+    let config: hangar_api_types::MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": format!("localhost:{port}/shop:v1"),
+        "init": {"cmd": ["/bin/sh", "-c", "cat /app/hello; sleep 600"]},
+    }))
+    .unwrap();
+    let m2 = c
+        .create_machine(
+            "shop",
+            &hangar_api_types::CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_machine(
+        "shop",
+        &m2.id,
+        &["started"],
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(!d.log().contains("pulling image"));
 
     // A second push of the same image moves no blob again: the client
     // asks (HEAD) and the registry has them.
@@ -257,6 +290,51 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
     assert!(
         own_client.prune_images().await.is_err(),
         "an app token may not prune"
+    );
+
+    // Another app cannot run shop's image by its digest, though this host
+    // has it unpacked.
+    let other_client = hangar_client::Client::new(d.client().base_url(), &other);
+    let config: hangar_api_types::MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": format!("{host}/other@{}", img.digest()),
+    }))
+    .unwrap();
+    let stolen = other_client
+        .create_machine(
+            "other",
+            &hangar_api_types::CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    other_client
+        .wait_machine(
+            "other",
+            &stolen.id,
+            &["failed"],
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert!(!d.log().contains("pulling image"));
+    // The image a machine runs cannot be deleted from under it.
+    let r = http
+        .delete(format!("http://{host}/v2/shop/manifests/{}", img.digest()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is the image of machine "),
+        "{body}"
     );
 
     // A repository that is not an app.

@@ -1,6 +1,7 @@
 //! Images from source: a `Builder` builds a Dockerfile and pushes the
 //! result to hangard's registry (`<hangard>/<app>:<tag>`), returning the
-//! digest; `auto` picks buildah (daemonless), then podman. Build output
+//! digest; `auto` picks buildah (daemonless), then podman, then a docker
+//! daemon. Build output
 //! goes to the terminal as it comes; a failed build stops here, before
 //! anything is deployed.
 
@@ -33,7 +34,8 @@ pub struct BuildFlags {
     /// A label NAME=VALUE for the image (repeatable).
     #[arg(long = "image-label", value_name = "NAME=VALUE")]
     pub(crate) labels: Vec<String>,
-    /// buildah, podman or auto (buildah, then podman).
+    /// buildah, podman, docker or auto (buildah, then podman, then a
+    /// docker daemon that answers).
     #[arg(long, default_value = "auto")]
     pub(crate) builder: String,
 }
@@ -169,12 +171,120 @@ impl Builder for Engine {
     }
 }
 
+/// A docker daemon, through the `docker` CLI: `docker build` (BuildKit when
+/// the daemon has it), then `docker push` with the token in a
+/// `DOCKER_CONFIG` of its own, so the user's docker login is never touched.
+/// The daemon reaches hangard over plain HTTP on loopback addresses (docker
+/// allows 127.0.0.0/8 by default); another address must be in the daemon's
+/// `insecure-registries`.
+struct Docker;
+
+impl Docker {
+    /// Whether a daemon answers.
+    fn answers() -> bool {
+        on_path("docker")
+            && Command::new("docker")
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    }
+}
+
+/// A docker `config.json` that logs in to `host` with `creds` (`user:pass`).
+fn docker_config(host: &str, creds: &str) -> String {
+    use base64::Engine as _;
+    serde_json::json!({
+        "auths": {host: {"auth": base64::engine::general_purpose::STANDARD.encode(creds)}}
+    })
+    .to_string()
+}
+
+/// The digest in `docker push`'s last line (`TAG: digest: sha256:... size: N`).
+fn pushed_digest(output: &str) -> Option<String> {
+    output.lines().rev().find_map(|l| {
+        let rest = l.split("digest: ").nth(1)?;
+        let d = rest.split_whitespace().next()?;
+        (d.starts_with("sha256:") && d.len() == 71).then(|| d.to_owned())
+    })
+}
+
+impl Builder for Docker {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn build(&self, req: &BuildRequest, local: &str) -> anyhow::Result<()> {
+        let mut c = Command::new("docker");
+        c.arg("build")
+            .arg("-f")
+            .arg(&req.dockerfile)
+            .args(["-t", local]);
+        if let Some(t) = &req.target {
+            c.args(["--target", t]);
+        }
+        for (k, v) in &req.args {
+            c.arg("--build-arg").arg(format!("{k}={v}"));
+        }
+        for s in &req.secrets {
+            c.arg("--secret").arg(s);
+        }
+        for l in &req.labels {
+            c.arg("--label").arg(l);
+        }
+        if req.no_cache {
+            c.arg("--no-cache");
+        }
+        if req.ignorefile.is_some() {
+            bail!("[build] ignorefile needs buildah or podman: docker reads only .dockerignore");
+        }
+        c.arg(&req.context);
+        if !c.status().context("running docker")?.success() {
+            bail!("the build failed (its output is above): nothing was deployed");
+        }
+        Ok(())
+    }
+
+    fn push(&self, local: &str, dest: &str, creds: &str) -> anyhow::Result<String> {
+        let target = dest.trim_start_matches("docker://");
+        let host = target.split('/').next().unwrap_or_default();
+        let config = tempfile::tempdir()?;
+        std::fs::write(
+            config.path().join("config.json"),
+            docker_config(host, creds),
+        )?;
+        if !Command::new("docker")
+            .args(["tag", local, target])
+            .status()
+            .context("running docker tag")?
+            .success()
+        {
+            bail!("docker tag {local} {target} failed");
+        }
+        let out = Command::new("docker")
+            .arg("--config")
+            .arg(config.path())
+            .args(["push", target])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running docker push")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        if !out.status.success() {
+            bail!("pushing the image to hangard failed (see above)");
+        }
+        pushed_digest(&text).context("docker push did not print the pushed digest")
+    }
+}
+
 fn on_path(p: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(p).is_file()))
 }
 
-/// The builder `choice` names (`auto`: buildah, then podman).
+/// The builder `choice` names (`auto`: buildah, then podman, then a docker
+/// daemon that answers).
 pub fn pick(choice: &str) -> anyhow::Result<Box<dyn Builder>> {
     let engine = |program: &'static str| -> anyhow::Result<Box<dyn Builder>> {
         if !on_path(program) {
@@ -185,15 +295,26 @@ pub fn pick(choice: &str) -> anyhow::Result<Box<dyn Builder>> {
     match choice {
         "buildah" => engine("buildah"),
         "podman" => engine("podman"),
+        "docker" => {
+            if !Docker::answers() {
+                bail!(
+                    "no docker daemon answers here (docker version failed); use --builder buildah"
+                );
+            }
+            Ok(Box::new(Docker))
+        }
         "auto" => {
             for p in ["buildah", "podman"] {
                 if on_path(p) {
                     return engine(p);
                 }
             }
-            bail!("no builder here: apt-get install -y buildah (or podman)")
+            if Docker::answers() {
+                return Ok(Box::new(Docker));
+            }
+            bail!("no builder here: apt-get install -y buildah (or podman, or run a docker daemon)")
         }
-        other => bail!("--builder {other:?}: use buildah, podman or auto"),
+        other => bail!("--builder {other:?}: use buildah, podman, docker or auto"),
     }
 }
 
@@ -270,4 +391,25 @@ pub fn request(
 /// A deployment tag, as flyctl makes them.
 pub fn deployment_tag() -> String {
     format!("deployment-{}", ulid::Ulid::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_push_logs_in_on_its_own_and_reports_the_digest() {
+        let c: serde_json::Value =
+            serde_json::from_str(&docker_config("127.0.0.1:4280", "hangar:tok:en")).unwrap();
+        assert_eq!(c["auths"]["127.0.0.1:4280"]["auth"], "aGFuZ2FyOnRvazplbg==");
+        let out = "The push refers to repository [127.0.0.1:4280/site]\n\
+            5f70bf18a086: Pushed\n\
+            deployment-01J: digest: sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef size: 527\n";
+        assert_eq!(
+            pushed_digest(out).as_deref(),
+            Some("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(pushed_digest("error: denied\n"), None);
+        assert!(pick("kaniko").is_err());
+    }
 }
