@@ -14,6 +14,7 @@
 
 pub mod checks;
 pub mod clock;
+mod cluster;
 pub mod images;
 pub mod ips;
 pub mod logs;
@@ -38,6 +39,7 @@ use hangar_core::{AppName, InstanceId, MachineId, MachineState, Signal};
 use hangar_runtime::Runtime;
 use tokio::sync::oneshot;
 
+pub use cluster::MachineSummary;
 pub use images::{ImageSource, ResolvedImage};
 pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;
@@ -542,6 +544,11 @@ impl Agent {
         &self.region
     }
 
+    /// The memory of this host machines may reserve (MiB), when known.
+    pub fn host_memory_mb(&self) -> Option<u64> {
+        self.shared.host_memory_mb
+    }
+
     /// The database (for tests and read-only tools; the API goes through
     /// the agent's methods).
     pub fn store(&self) -> &Store {
@@ -634,6 +641,15 @@ impl Agent {
     /// Machines already being destroyed do not count: the delete waits for
     /// them.
     pub async fn delete_app(&self, name: &str, force: bool) -> Result<(), AgentError> {
+        self.delete_app_as(name, force, true).await
+    }
+
+    async fn delete_app_as(
+        &self,
+        name: &str,
+        force: bool,
+        publish: bool,
+    ) -> Result<(), AgentError> {
         let app = self.get_app(name)?;
         let machines = self.shared.store.list_machines(&app.name, false)?;
         let volumes = self.live_volumes(&app.name)?;
@@ -673,7 +689,11 @@ impl Agent {
             .await?;
         }
         self.remove_app_volumes(&app.name).await?;
-        self.shared.store.delete_app(name)?;
+        if publish {
+            self.shared.store.delete_app(name)?;
+        } else {
+            self.shared.store.apply_app_deleted(name)?;
+        }
         tracing::info!(app = name, "app deleted");
         Ok(())
     }

@@ -1486,3 +1486,45 @@ pub struct CreateAppResponse {
     /// The token.
     pub token: String,
 }
+
+/// A host of the installation (`GET /v1/hangar/hosts`, a Hangar extension).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostView {
+    /// Its id.
+    pub id: String,
+    /// Its region.
+    pub region: String,
+    /// Where its API answers (empty on a single host).
+    #[serde(default)]
+    pub api_url: String,
+    /// `up`, or `down` once it has been silent for too long.
+    pub state: String,
+    /// Drained hosts take no new machines.
+    #[serde(default)]
+    pub drained: bool,
+    /// vCPUs machines may reserve.
+    pub cpus: u32,
+    /// Memory machines may reserve, MiB.
+    pub memory_mb: u64,
+    /// vCPUs its machines reserve.
+    pub reserved_cpus: u64,
+    /// Memory its machines reserve, MiB.
+    pub reserved_memory_mb: u64,
+    /// Machines it runs.
+    pub machines: u64,
+    /// Seconds since it was last heard from.
+    #[serde(default)]
+    pub heartbeat_age_secs: f64,
+    /// Whether this is the host that answered.
+    #[serde(default)]
+    pub this_host: bool,
+}
+
+/// `GET /v1/hangar/hosts` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostsResponse {
+    /// The hosts, by id.
+    pub hosts: Vec<HostView>,
+    /// Whether the installation is a cluster (`hangard --cluster`).
+    pub cluster: bool,
+}

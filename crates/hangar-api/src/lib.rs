@@ -10,8 +10,10 @@
 #![forbid(unsafe_code)]
 
 mod apps;
+pub mod cluster;
 pub mod error;
 mod extract;
+mod hosts;
 mod images;
 mod ips;
 mod logs;
@@ -53,6 +55,8 @@ pub struct ApiState {
     pub deploy: hangar_deploy::Deployer,
     /// The built-in registry's storage (`/v2/`), when there is one.
     pub registry: Option<hangar_registry::Storage>,
+    /// This host's cluster membership (`hangard --cluster`), if any.
+    pub cluster: Option<cluster::ClusterApi>,
 }
 
 /// Who a request acts as.
@@ -84,6 +88,7 @@ impl Principal {
 /// Token checking.
 pub struct Auth {
     admin_token: String,
+    cluster: Option<hangar_cluster::Cluster>,
 }
 
 impl Auth {
@@ -91,7 +96,14 @@ impl Auth {
     pub fn new(admin_token: impl Into<String>) -> Auth {
         Auth {
             admin_token: admin_token.into(),
+            cluster: None,
         }
+    }
+
+    /// Accepts the admin token of every host of `cluster` too.
+    pub fn with_cluster(mut self, cluster: hangar_cluster::Cluster) -> Auth {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Checks an `Authorization` header value against the admin token and
@@ -128,6 +140,10 @@ impl Auth {
 
     fn is_admin(&self, token: &str) -> bool {
         constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())
+            || self
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.is_admin_token(token))
     }
 }
 
@@ -282,6 +298,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/hangar/tokens", get(tokens::list_all))
         .route("/hangar/tokens/{id}", delete(tokens::revoke_any))
         .route("/hangar/apps/{app}/machines/{id}/exec/tty", get(tty::tty))
+        .route("/hangar/hosts", get(hosts::list))
         .route("/hangar/images", get(images::list))
         .route("/hangar/images/prune", post(images::prune))
         .route(
@@ -295,6 +312,10 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::route,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
         .merge(registry)

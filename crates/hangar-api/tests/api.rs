@@ -37,6 +37,7 @@ async fn api() -> Api {
         auth: Arc::new(Auth::new(TOKEN)),
         deploy: hangar_deploy::Deployer::new(agent.clone()),
         registry: None,
+        cluster: None,
     });
     Api { app, rt, _dir: dir }
 }

@@ -134,6 +134,7 @@ impl Harness {
                 auth: Arc::new(Auth::new(TOKEN)),
                 deploy: hangar_deploy::Deployer::new(agent.clone()),
                 registry: None,
+                cluster: None,
             }),
             spec: Spec::load(),
             covered: BTreeSet::new(),

@@ -308,6 +308,7 @@ fn thousands_of_generated_requests_never_fail_the_server() {
         auth: Arc::new(Auth::new(TOKEN)),
         deploy: hangar_deploy::Deployer::new(agent.clone()),
         registry: None,
+        cluster: None,
     });
     rt.block_on(async { agent.create_app("f", None, None).unwrap() });
     let mut ids = Vec::new();

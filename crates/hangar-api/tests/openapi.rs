@@ -44,8 +44,9 @@ fn document_describes_every_operation() {
         }
     }
     // The operations of Fly's spec listed in the README, and Hangar's
-    // extensions (images, logs, terminal, tokens, releases).
-    assert_eq!(ops.len(), 67, "{ops:#?}");
+    // extensions (images, logs, terminal, tokens, releases, hosts).
+    assert_eq!(ops.len(), 68, "{ops:#?}");
+    assert!(ops.contains(&"GET /v1/hangar/hosts".to_string()));
     assert!(ops.contains(&"POST /v1/apps/{app_name}/releases".to_string()));
     assert!(ops.contains(&"POST /v1/apps/{app_name}/machines/{machine_id}/lease".to_string()));
     assert_eq!(
@@ -96,6 +97,7 @@ async fn served_at_openapi_json() {
         auth: Arc::new(Auth::new("t")),
         deploy: hangar_deploy::Deployer::new(agent.clone()),
         registry: None,
+        cluster: None,
     });
     let req = Request::get("/openapi.json")
         .header("authorization", "Bearer t")

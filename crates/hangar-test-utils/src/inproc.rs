@@ -45,6 +45,7 @@ impl TestDaemon {
             auth: Arc::new(Auth::new(token.clone())),
             deploy: hangar_deploy::Deployer::new(agent.clone()),
             registry: None,
+            cluster: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

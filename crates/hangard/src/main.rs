@@ -126,6 +126,25 @@ struct Args {
     /// addresses routed to this host to serve the world.
     #[arg(long, env = "HANGAR_IP_POOL", default_value = "127.0.2.0/24")]
     ip_pool: hangar_agent::ips::IpPool,
+    /// Join a cluster whose shared state is in this PostgreSQL database
+    /// (`postgres://user:pass@host/db`, or `host=/run/postgresql
+    /// dbname=hangar`). Without it this host stands alone on its SQLite.
+    #[arg(long, env = "HANGAR_CLUSTER")]
+    cluster: Option<String>,
+    /// This host's id in the cluster (default: the host name).
+    #[arg(long, env = "HANGAR_HOST_ID")]
+    host_id: Option<String>,
+    /// The URL other hosts reach this host's API at (default: http:// and
+    /// the --listen address, which must then be a specific one).
+    #[arg(long, env = "HANGAR_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// How long a host may stay silent before the cluster declares it down.
+    #[arg(long, env = "HANGAR_CLUSTER_DOWN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
+    cluster_down_after: std::time::Duration,
+    /// Memory (MiB) machines may reserve on this host, for placement
+    /// (default: the host's memory).
+    #[arg(long, env = "HANGAR_CAPACITY_MEMORY_MB")]
+    capacity_memory_mb: Option<u64>,
     /// The address clients reach the proxy's shared listeners at (what
     /// `shared_v4` assignments report); the HTTP listener's address when it
     /// has a specific one, else 127.0.0.1.
@@ -406,12 +425,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         });
     }
+    let mut auth = Auth::new(token.clone());
+    let cluster = match &args.cluster {
+        None => None,
+        Some(url) => {
+            let c = join_cluster(&args, url, &token, &agent).await?;
+            auth = auth.with_cluster(c.clone());
+            Some(hangar_api::cluster::ClusterApi::new(c))
+        }
+    };
     let app = hangar_api::router(ApiState {
         agent: agent.clone(),
         images: Some(images),
-        auth: Arc::new(Auth::new(token)),
+        auth: Arc::new(auth),
         deploy,
         registry: Some(registry),
+        cluster,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -502,6 +531,63 @@ fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
         bail!("another hangard is using {}", dir.display());
     }
     Ok(f)
+}
+
+/// Joins the cluster at `url` as this host.
+async fn join_cluster(
+    args: &Args,
+    url: &str,
+    token: &str,
+    agent: &Agent,
+) -> anyhow::Result<hangar_cluster::Cluster> {
+    let host_id = match &args.host_id {
+        Some(h) => h.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_ascii_lowercase())
+            .unwrap_or_default(),
+    };
+    let api_url = match &args.advertise_url {
+        Some(u) => u.clone(),
+        None if !args.listen.ip().is_unspecified() => format!("http://{}", args.listen),
+        None => bail!(
+            "--listen {} takes every address: say which one other hosts reach this API at with --advertise-url",
+            args.listen
+        ),
+    };
+    let memory_mb = args
+        .capacity_memory_mb
+        .or_else(|| {
+            std::fs::read_to_string("/proc/meminfo")
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|kb| kb / 1024)
+        })
+        .unwrap_or(1024);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let c = hangar_cluster::Cluster::join(
+        hangar_cluster::ClusterConfig {
+            url: url.to_owned(),
+            host_id,
+            region: args.region.clone(),
+            api_url,
+            cpus,
+            memory_mb,
+            admin_token_hash: hangar_cluster::token_hash(token),
+            down_after: args.cluster_down_after,
+        },
+        agent.clone(),
+    )
+    .await
+    .context("joining the cluster")?;
+    Ok(c)
 }
 
 /// Creates the admin token on first start (0600); returns its path.

@@ -2,6 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::cluster::{CatalogChange, record};
 use super::{Store, db, now_ms};
 use crate::AgentError;
 
@@ -44,7 +45,9 @@ pub struct TokenRow {
 impl Store {
     /// Inserts an app; `Conflict` when the name is taken.
     pub fn insert_app(&self, app: &AppRecord) -> Result<(), AgentError> {
-        let r = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let r = tx.execute(
             "INSERT INTO apps (id, name, org_slug, network, status, internal_numeric_id, created_at)
              VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
             params![
@@ -57,17 +60,19 @@ impl Store {
             ],
         );
         match r {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(AgentError::Conflict(format!(
+                return Err(AgentError::Conflict(format!(
                     "app name {:?} is already taken",
                     app.name
-                )))
+                )));
             }
-            Err(e) => Err(db(e)),
+            Err(e) => return Err(db(e)),
         }
+        record(self, &tx, &CatalogChange::app(app))?;
+        tx.commit().map_err(db)
     }
 
     fn app_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AppRecord> {
@@ -117,6 +122,15 @@ impl Store {
     /// Deletes an app with the records of its destroyed machines, its
     /// secrets, addresses, volumes, snapshots and tokens.
     pub fn delete_app(&self, name: &str) -> Result<(), AgentError> {
+        self.delete_app_as(name, true)
+    }
+
+    /// [`Store::delete_app`] of an app another host deleted.
+    pub fn apply_app_deleted(&self, name: &str) -> Result<(), AgentError> {
+        self.delete_app_as(name, false)
+    }
+
+    fn delete_app_as(&self, name: &str, publish: bool) -> Result<(), AgentError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let live: i64 = tx
@@ -156,6 +170,15 @@ impl Store {
         .map_err(db)?;
         tx.execute("DELETE FROM apps WHERE name = ?1", params![name])
             .map_err(db)?;
+        if publish {
+            record(
+                self,
+                &tx,
+                &CatalogChange::AppDeleted {
+                    name: name.to_owned(),
+                },
+            )?;
+        }
         tx.commit().map_err(db)
     }
 
@@ -183,8 +206,9 @@ impl Store {
 
     /// Stores an app-scoped token by its hash, bound to its app's id.
     pub fn insert_token(&self, t: &TokenRow, hash: &str) -> Result<(), AgentError> {
-        let n = self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx
             .execute(
                 "INSERT INTO tokens (id, hash, app_name, app_id, name, created_at, expires_at, minted_by)
                  SELECT ?1, ?2, name, id, ?4, ?5, ?6, ?7 FROM apps WHERE name = ?3",
@@ -194,7 +218,8 @@ impl Store {
         if n == 0 {
             return Err(AgentError::NotFound(format!("app {} not found", t.app)));
         }
-        Ok(())
+        record(self, &tx, &CatalogChange::token(t, hash))?;
+        tx.commit().map_err(db)
     }
 
     const TOKEN_SELECT: &'static str =
@@ -246,6 +271,20 @@ impl Store {
     /// Deletes a token (of `app`, when given), and every token it minted,
     /// transitively; false when there was no such token.
     pub fn delete_token(&self, id: &str, app: Option<&str>) -> Result<bool, AgentError> {
+        self.delete_token_as(id, app, true)
+    }
+
+    /// [`Store::delete_token`] of a token another host revoked.
+    pub fn apply_token_deleted(&self, id: &str) -> Result<(), AgentError> {
+        self.delete_token_as(id, None, false).map(|_| ())
+    }
+
+    fn delete_token_as(
+        &self,
+        id: &str,
+        app: Option<&str>,
+        publish: bool,
+    ) -> Result<bool, AgentError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let n = tx
@@ -263,6 +302,13 @@ impl Store {
                 params![id],
             )
             .map_err(db)?;
+            if publish {
+                record(
+                    self,
+                    &tx,
+                    &CatalogChange::TokenDeleted { id: id.to_owned() },
+                )?;
+            }
         }
         tx.commit().map_err(db)?;
         Ok(n > 0)

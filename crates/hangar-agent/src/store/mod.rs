@@ -17,6 +17,7 @@ use rusqlite::Connection;
 use crate::AgentError;
 
 mod apps;
+mod cluster;
 pub(crate) mod ips;
 mod machines;
 mod network;
@@ -25,6 +26,7 @@ pub(crate) mod secrets;
 pub(crate) mod volumes;
 
 pub use apps::{AppRecord, TokenRow};
+pub use cluster::CatalogChange;
 pub use machines::{EventRow, LeaseRow, MachineRecord, NetworkSlot, NewEvent, NewVersion};
 pub use releases::{ReleaseEvent, ReleaseRow};
 
@@ -39,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0008_token_owners.sql"),
     include_str!("../../migrations/0009_network_blocks.sql"),
     include_str!("../../migrations/0010_releases.sql"),
+    include_str!("../../migrations/0011_cluster.sql"),
 ];
 
 /// The database. Cheap to clone.
@@ -48,6 +51,8 @@ pub struct Store {
     /// The connection's `total_changes` as of the last time it was let go:
     /// [`Store::changes`] reads it without taking the connection.
     changes: Arc<AtomicU64>,
+    /// In a cluster: catalogue changes go to the outbox too.
+    clustered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The connection, held: when let go, it records how many rows it has
@@ -112,6 +117,7 @@ impl Store {
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
             changes: Arc::default(),
+            clustered: Arc::default(),
         };
         store.migrate()?;
         Ok(store)

@@ -1,0 +1,117 @@
+//! What the cluster layer (`hangar-cluster`) asks of a host's agent: the
+//! catalogue changes this host made (its outbox), applying those of other
+//! hosts, and a summary of the machines it runs for the shared directory.
+
+use crate::store::{AppRecord, CatalogChange, TokenRow};
+use crate::{Agent, AgentError};
+
+/// One machine this host runs, as the cluster's directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineSummary {
+    /// Machine id.
+    pub id: String,
+    /// Its app.
+    pub app: String,
+    /// Its state.
+    pub state: String,
+    /// Its region.
+    pub region: String,
+    /// vCPUs it reserves.
+    pub cpus: u32,
+    /// Memory it reserves, MiB.
+    pub memory_mb: u64,
+}
+
+impl Agent {
+    /// Puts this host in a cluster: catalogue changes go to the outbox from
+    /// now on.
+    pub fn enable_cluster(&self) {
+        self.shared.store.set_clustered();
+    }
+
+    /// The oldest catalogue changes this host has not sent yet.
+    pub fn cluster_outbox(&self, limit: usize) -> Result<Vec<(i64, CatalogChange)>, AgentError> {
+        self.shared.store.outbox(limit)
+    }
+
+    /// Marks the outbox sent up to `seq`.
+    pub fn cluster_outbox_sent(&self, seq: i64) -> Result<(), AgentError> {
+        self.shared.store.outbox_sent(seq)
+    }
+
+    /// A value this host keeps about the cluster.
+    pub fn cluster_value(&self, key: &str) -> Result<Option<String>, AgentError> {
+        self.shared.store.cluster_value(key)
+    }
+
+    /// Sets a value this host keeps about the cluster.
+    pub fn set_cluster_value(&self, key: &str, value: &str) -> Result<(), AgentError> {
+        self.shared.store.set_cluster_value(key, value)
+    }
+
+    /// Applies a catalogue change another host made. An app deleted
+    /// elsewhere takes this host's machines and volumes of it along.
+    pub async fn apply_catalog_change(&self, change: &CatalogChange) -> Result<(), AgentError> {
+        match change {
+            CatalogChange::App {
+                id,
+                name,
+                org_slug,
+                network,
+                internal_numeric_id,
+                created_at,
+            } => self.shared.store.apply_app(&AppRecord {
+                id: id.clone(),
+                name: name.clone(),
+                org_slug: org_slug.clone(),
+                network: network.clone(),
+                internal_numeric_id: *internal_numeric_id,
+                created_at: created_at.clone(),
+                machine_count: 0,
+            }),
+            CatalogChange::AppDeleted { name } => match self.delete_app_as(name, true, false).await
+            {
+                Err(AgentError::NotFound(_)) => Ok(()),
+                r => r,
+            },
+            CatalogChange::Token {
+                id,
+                app,
+                name,
+                created_at,
+                expires_at,
+                minted_by,
+                hash,
+            } => self.shared.store.apply_token(
+                &TokenRow {
+                    id: id.clone(),
+                    app: app.clone(),
+                    name: name.clone(),
+                    created_at: created_at.clone(),
+                    expires_at: *expires_at,
+                    minted_by: minted_by.clone(),
+                },
+                hash,
+            ),
+            CatalogChange::TokenDeleted { id } => self.shared.store.apply_token_deleted(id),
+        }
+    }
+
+    /// Every machine this host runs (not destroyed), for the directory.
+    pub fn machine_summaries(&self) -> Result<Vec<MachineSummary>, AgentError> {
+        let mut out = Vec::new();
+        for app in self.shared.store.list_apps(crate::DEFAULT_ORG)? {
+            for m in self.shared.store.list_machines(&app.name, false)? {
+                out.push(MachineSummary {
+                    id: m.id.to_string(),
+                    app: m.app.clone(),
+                    state: m.core.state.to_string(),
+                    region: m.region.clone(),
+                    cpus: m.spec.guest.cpus,
+                    memory_mb: m.spec.guest.memory_mb,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

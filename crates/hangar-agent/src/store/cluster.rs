@@ -1,0 +1,223 @@
+//! The cluster outbox and cursor: what this host changed in the
+//! cluster-wide catalogue (apps and tokens), recorded in the transaction of
+//! the change, and how far it has applied the changes of other hosts.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{AppRecord, Store, TokenRow, db};
+use crate::AgentError;
+
+/// A change to the cluster-wide catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CatalogChange {
+    /// An app was created.
+    App {
+        /// Its id.
+        id: String,
+        /// Its name.
+        name: String,
+        /// Its organization.
+        org_slug: String,
+        /// Its network.
+        network: String,
+        /// Its numeric id.
+        internal_numeric_id: i64,
+        /// When (RFC 3339).
+        created_at: String,
+    },
+    /// An app was deleted, with its tokens.
+    AppDeleted {
+        /// Its name.
+        name: String,
+    },
+    /// A token was minted (its hash only).
+    Token {
+        /// Id.
+        id: String,
+        /// Its app.
+        app: String,
+        /// Its name.
+        name: String,
+        /// RFC 3339.
+        created_at: String,
+        /// Unix seconds.
+        expires_at: Option<i64>,
+        /// The token that minted it.
+        minted_by: Option<String>,
+        /// SHA-256 of the token, hex.
+        hash: String,
+    },
+    /// A token was revoked, with those it minted.
+    TokenDeleted {
+        /// Its id.
+        id: String,
+    },
+}
+
+impl CatalogChange {
+    pub(crate) fn app(a: &AppRecord) -> CatalogChange {
+        CatalogChange::App {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            org_slug: a.org_slug.clone(),
+            network: a.network.clone(),
+            internal_numeric_id: a.internal_numeric_id,
+            created_at: a.created_at.clone(),
+        }
+    }
+
+    pub(crate) fn token(t: &TokenRow, hash: &str) -> CatalogChange {
+        CatalogChange::Token {
+            id: t.id.clone(),
+            app: t.app.clone(),
+            name: t.name.clone(),
+            created_at: t.created_at.clone(),
+            expires_at: t.expires_at,
+            minted_by: t.minted_by.clone(),
+            hash: hash.to_owned(),
+        }
+    }
+}
+
+/// Records `change` in the outbox, inside the caller's transaction, when
+/// this host is in a cluster.
+pub(crate) fn record(
+    store: &Store,
+    tx: &rusqlite::Transaction<'_>,
+    change: &CatalogChange,
+) -> Result<(), AgentError> {
+    if !store.clustered() {
+        return Ok(());
+    }
+    let body = serde_json::to_string(change)
+        .map_err(|e| AgentError::Internal(format!("encoding a cluster change: {e}")))?;
+    tx.execute(
+        "INSERT INTO cluster_outbox (kind, body) VALUES ('catalog', ?1)",
+        params![body],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+impl Store {
+    /// Turns the outbox on: this host is in a cluster.
+    pub fn set_clustered(&self) {
+        self.clustered
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn clustered(&self) -> bool {
+        self.clustered.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The oldest `limit` changes not yet sent, with their sequence numbers.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(i64, CatalogChange)>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT seq, body FROM cluster_outbox ORDER BY seq LIMIT ?1")
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row.map_err(db)?;
+            match serde_json::from_str(&body) {
+                Ok(c) => out.push((seq, c)),
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "dropping an unreadable cluster change");
+                    conn.execute("DELETE FROM cluster_outbox WHERE seq = ?1", params![seq])
+                        .map_err(db)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets the sent changes up to `seq`.
+    pub fn outbox_sent(&self, seq: i64) -> Result<(), AgentError> {
+        self.conn()
+            .execute("DELETE FROM cluster_outbox WHERE seq <= ?1", params![seq])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// A value this host keeps about the cluster (its change-log cursor).
+    pub fn cluster_value(&self, key: &str) -> Result<Option<String>, AgentError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM cluster_state WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    /// Sets a value this host keeps about the cluster.
+    pub fn set_cluster_value(&self, key: &str, value: &str) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "INSERT INTO cluster_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Applies an app another host created: inserted, or when this host
+    /// has an app of that name made at the same moment, given the
+    /// cluster's id (the cluster's record wins; the two are the same app).
+    pub fn apply_app(&self, a: &AppRecord) -> Result<(), AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT id FROM apps WHERE name = ?1",
+                params![a.name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO apps (id, name, org_slug, network, status, internal_numeric_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                    params![a.id, a.name, a.org_slug, a.network, a.internal_numeric_id, a.created_at],
+                )
+                .map_err(db)?;
+            }
+            Some(old) if old != a.id => {
+                tx.execute(
+                    "UPDATE apps SET id = ?2, internal_numeric_id = ?3, created_at = ?4 WHERE name = ?1",
+                    params![a.name, a.id, a.internal_numeric_id, a.created_at],
+                )
+                .map_err(db)?;
+                tx.execute(
+                    "UPDATE tokens SET app_id = ?2 WHERE app_id = ?1",
+                    params![old, a.id],
+                )
+                .map_err(db)?;
+            }
+            Some(_) => {}
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Applies a token another host minted (known already: nothing).
+    pub fn apply_token(&self, t: &TokenRow, hash: &str) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO tokens (id, hash, app_name, app_id, name, created_at, expires_at, minted_by)
+                 SELECT ?1, ?2, name, id, ?4, ?5, ?6, ?7 FROM apps WHERE name = ?3",
+                params![t.id, hash, t.app, t.name, t.created_at, t.expires_at, t.minted_by],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! Any host answers any API call (`hangard --cluster`): a request for a
+//! machine another host runs goes to that host, a new machine goes to the
+//! host placement picks, and an app's machine list merges every host's.
+//! The request travels with its own credentials, so the owner checks it as
+//! if the client had called it; `hangar-forwarded-by` marks it so it is
+//! never sent on again. Hosts are found in the cluster's in-memory copy of
+//! the directory: nothing here reads the database.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::{ApiError, ApiState};
+
+/// Marks a request one host sent to another.
+pub const FORWARDED_BY: &str = "hangar-forwarded-by";
+
+/// The largest request body forwarded (machine configs; images go through
+/// the registry, which is not forwarded).
+const BODY_LIMIT: usize = 16 << 20;
+
+/// A cluster membership with the HTTP client hosts call each other with.
+#[derive(Clone)]
+pub struct ClusterApi {
+    /// The membership.
+    pub cluster: hangar_cluster::Cluster,
+    http: reqwest::Client,
+}
+
+impl ClusterApi {
+    /// Wraps a membership.
+    pub fn new(cluster: hangar_cluster::Cluster) -> ClusterApi {
+        ClusterApi {
+            cluster,
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(3))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The routing middleware (inside authentication).
+pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let Some(c) = s.cluster.clone() else {
+        return next.run(req).await;
+    };
+    if req.headers().contains_key(FORWARDED_BY) {
+        let resp = next.run(req).await;
+        c.cluster.poke();
+        return resp;
+    }
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["v1", "apps", app, "machines"] if req.method() == Method::GET => {
+            list(&c, app, req, next).await
+        }
+        ["v1", "apps", app, "machines"] if req.method() == Method::POST => {
+            create(&c, app, req, next).await
+        }
+        ["v1", "apps", app, "machines", id, ..] if !id.is_empty() => {
+            let local = s.agent.get_machine(app, id).is_ok();
+            match c.cluster.remote_owner(id) {
+                Some(owner) if !local => forward(&c, &owner, req).await,
+                _ => {
+                    let mutating = req.method() != Method::GET;
+                    let resp = next.run(req).await;
+                    if mutating {
+                        c.cluster.poke();
+                    }
+                    resp
+                }
+            }
+        }
+        _ => next.run(req).await,
+    }
+}
+
+fn unreachable(host: &hangar_cluster::HostInfo, why: &str) -> Response {
+    ApiError::Unavailable(format!(
+        "host {} ({}) is unreachable: {why}",
+        host.id, host.region
+    ))
+    .into_response()
+}
+
+/// Sends `req` to `owner` and relays its answer (streamed: waits, event
+/// and log streams work through it).
+async fn forward(c: &ClusterApi, owner: &hangar_cluster::HostInfo, req: Request) -> Response {
+    if owner.state != "up" {
+        return unreachable(owner, "it is down");
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::BadRequest(format!("request body: {e}")).into_response();
+        }
+    };
+    match send(c, owner, &parts.method, &parts.uri, &parts.headers, body).await {
+        Ok(resp) => relay(resp),
+        Err(e) => unreachable(owner, &e),
+    }
+}
+
+async fn send(
+    c: &ClusterApi,
+    owner: &hangar_cluster::HostInfo,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> Result<reqwest::Response, String> {
+    let url = format!(
+        "{}{}",
+        owner.api_url.trim_end_matches('/'),
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut rb = c.http.request(method.clone(), url).body(body);
+    for (k, v) in headers {
+        if matches!(
+            k.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding"
+        ) {
+            continue;
+        }
+        rb = rb.header(k, v);
+    }
+    rb.header(FORWARDED_BY, c.cluster.host_id())
+        .send()
+        .await
+        .map_err(|e| hangar_core::errors::error_chain(&e))
+}
+
+fn relay(resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let mut out = Response::builder().status(status.as_u16());
+    for (k, v) in resp.headers() {
+        if matches!(
+            k.as_str(),
+            "content-length" | "connection" | "transfer-encoding"
+        ) {
+            continue;
+        }
+        out = out.header(k, v);
+    }
+    out.body(Body::from_stream(resp.bytes_stream()))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// An app's machines on every host: this host's, then each other host's
+/// that runs some (hosts that are down are left out).
+async fn list(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response {
+    let others = c.cluster.other_hosts_of(app);
+    if others.is_empty() {
+        return next.run(req).await;
+    }
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
+    let local = next.run(req).await;
+    if !local.status().is_success() {
+        return local;
+    }
+    let Ok(bytes) = axum::body::to_bytes(local.into_body(), 64 << 20).await else {
+        return ApiError::Agent(hangar_agent::AgentError::Internal(
+            "reading this host's list".into(),
+        ))
+        .into_response();
+    };
+    let mut all: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap_or_default();
+    for h in others.iter().filter(|h| h.state == "up") {
+        match send(c, h, &method, &uri, &headers, bytes::Bytes::new()).await {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(more) = r.json::<Vec<serde_json::Value>>().await {
+                    all.extend(more);
+                }
+            }
+            Ok(r) => {
+                tracing::warn!(host = %h.id, status = %r.status(), "listing machines of another host failed")
+            }
+            Err(e) => {
+                tracing::warn!(host = %h.id, error = %e, "listing machines of another host failed")
+            }
+        }
+    }
+    axum::Json(all).into_response()
+}
+
+/// A new machine: on the host placement picks (this one, or forwarded).
+async fn create(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::BadRequest(format!("request body: {e}")).into_response();
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let region = v.get("region").and_then(|r| r.as_str());
+    let guest = v.pointer("/config/guest");
+    let cpus = guest
+        .and_then(|g| g.get("cpus"))
+        .and_then(|c| c.as_u64())
+        .unwrap_or(1);
+    let memory = guest
+        .and_then(|g| g.get("memory_mb"))
+        .and_then(|m| m.as_u64())
+        .unwrap_or(256);
+    let host = match c
+        .cluster
+        .place(region, u32::try_from(cpus).unwrap_or(u32::MAX), memory)
+    {
+        Ok(h) => h,
+        Err(e) => {
+            return ApiError::Agent(hangar_agent::AgentError::InsufficientCapacity(
+                e.to_string(),
+            ))
+            .into_response();
+        }
+    };
+    if host.id == c.cluster.host_id() {
+        let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
+        c.cluster.poke();
+        return resp;
+    }
+    match send(c, &host, &parts.method, &parts.uri, &parts.headers, body).await {
+        Ok(r) if r.status().is_success() => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            let Ok(bytes) = r.bytes().await else {
+                return unreachable(&host, "its answer was cut off");
+            };
+            if let Some(id) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|m| m.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+            {
+                c.cluster.note_machine(&id, app, &host.id);
+            }
+            let mut out = Response::builder().status(status.as_u16());
+            if let Some(ct) = headers.get(http::header::CONTENT_TYPE) {
+                out = out.header(http::header::CONTENT_TYPE, ct);
+            }
+            out.body(Body::from(bytes))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Ok(r) => relay(r),
+        Err(e) => unreachable(&host, &e),
+    }
+}

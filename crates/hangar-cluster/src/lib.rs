@@ -1,0 +1,811 @@
+//! Many hosts, one platform: each `hangard` keeps its own SQLite state and
+//! stays the authority for the machines it runs (Fly's flyd model);
+//! PostgreSQL holds what hosts share:
+//!
+//! ```text
+//!  hangard A ──┐  hosts      (id, region, API URL, capacity, heartbeat, state)
+//!  hangard B ──┼─ apps       (names unique across the cluster)
+//!  hangard C ──┘  changes    (the catalogue's log: apps, tokens; by revision)
+//!                 machines   (directory: machine → host, state, reservation)
+//! ```
+//!
+//! A host writes its catalogue changes to a local outbox in the same SQLite
+//! transaction, and a background session sends them here afterwards, so a
+//! crash in between loses nothing. Every host follows `changes` by revision
+//! (woken by `NOTIFY`, and every half second regardless) and applies what
+//! other hosts did to its own SQLite; it publishes its machines to the
+//! directory and keeps a copy of the directory and the hosts in memory. No
+//! request reads PostgreSQL: the API and the proxy read the copies, so a host
+//! whose database is gone keeps serving what it runs, and catches up when
+//! the database is back.
+//!
+//! Liveness: hosts stamp their row with the database's clock; any host's
+//! sweeper marks those silent for longer than `down_after` `down` with one
+//! conditional `UPDATE ... RETURNING`, which exactly one sweeper wins.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hangar_agent::store::CatalogChange;
+use hangar_agent::{Agent, MachineSummary};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// A cluster failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The database refused or could not be reached.
+    #[error("cluster database: {context}")]
+    Database {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A bad setting.
+    #[error("cluster: {0}")]
+    Config(String),
+    /// The host agent failed.
+    #[error("cluster: {0}")]
+    Agent(#[from] hangar_agent::AgentError),
+    /// The database did not answer in time.
+    #[error("cluster database: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+fn pg(context: &str) -> impl FnOnce(tokio_postgres::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Database {
+        context: context.to_owned(),
+        source,
+    }
+}
+
+/// How this host joins.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `postgres://...` (or key=value settings).
+    pub url: String,
+    /// This host's id (unique in the cluster).
+    pub host_id: String,
+    /// This host's region.
+    pub region: String,
+    /// Where other hosts reach this host's API (`http://host:port`).
+    pub api_url: String,
+    /// vCPUs machines may reserve here.
+    pub cpus: u32,
+    /// Memory machines may reserve here, MiB.
+    pub memory_mb: u64,
+    /// SHA-256 (hex) of this host's admin token: every host accepts the
+    /// admin token of every host.
+    pub admin_token_hash: String,
+    /// Silence after which a host is declared down.
+    pub down_after: Duration,
+}
+
+/// A host, as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HostInfo {
+    /// Its id.
+    pub id: String,
+    /// Its region.
+    pub region: String,
+    /// Its API.
+    pub api_url: String,
+    /// `up` or `down`.
+    pub state: String,
+    /// Drained hosts take no new machines.
+    pub drained: bool,
+    /// vCPUs machines may reserve.
+    pub cpus: u32,
+    /// Memory machines may reserve, MiB.
+    pub memory_mb: u64,
+    /// vCPUs its machines reserve.
+    pub reserved_cpus: u64,
+    /// Memory its machines reserve, MiB.
+    pub reserved_memory_mb: u64,
+    /// Machines it runs (not destroyed).
+    pub machines: u64,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_secs: f64,
+    /// How many times it has joined after being declared down, plus one.
+    pub epoch: i64,
+    #[serde(skip)]
+    admin_token_hash: String,
+}
+
+/// Where a machine runs, as the directory says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DirEntry {
+    /// The host that runs it.
+    pub host: String,
+    /// Its app.
+    pub app: String,
+    /// Its state.
+    pub state: String,
+}
+
+/// No host can take a machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// No host of the region is up (or the region is unknown).
+    #[error("Region '{0}' cannot host your machine")]
+    Region(String),
+    /// Hosts of the region are up but full.
+    #[error("insufficient resources to create machine in region '{0}'")]
+    Full(String),
+}
+
+#[derive(Default)]
+struct View {
+    hosts: HashMap<String, HostInfo>,
+    machines: HashMap<String, DirEntry>,
+    /// Machines created through this host on others, kept until the
+    /// directory has them (their owner publishes within a round).
+    noted: HashMap<String, (DirEntry, Instant)>,
+}
+
+struct Inner {
+    cfg: ClusterConfig,
+    agent: Agent,
+    view: RwLock<View>,
+    doorbell: Notify,
+}
+
+/// This host's membership of a cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+/// How long one round of the session may take before it counts as a lost
+/// database.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the session runs when nothing wakes it.
+const TICK: Duration = Duration::from_millis(500);
+/// How often hosts stamp their heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl Cluster {
+    /// Joins the cluster: checks the database, creates the schema, registers
+    /// this host and syncs once (apps, tokens, the directory) before
+    /// returning; then keeps following in the background, through outages
+    /// of the database.
+    pub async fn join(cfg: ClusterConfig, agent: Agent) -> Result<Cluster, ClusterError> {
+        check_id(&cfg.host_id)?;
+        if cfg.region.is_empty() || cfg.api_url.is_empty() {
+            return Err(ClusterError::Config(
+                "a cluster host needs a region and the URL other hosts reach its API at".into(),
+            ));
+        }
+        agent.enable_cluster();
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                cfg,
+                agent,
+                view: RwLock::new(View::default()),
+                doorbell: Notify::new(),
+            }),
+        };
+        // The first session must work: a host that cannot reach the
+        // database at its first start has nothing to serve from.
+        let mut session = Session::open(&cluster.inner).await?;
+        session.register().await?;
+        session.round().await?;
+        tracing::info!(host = %cluster.inner.cfg.host_id, region = %cluster.inner.cfg.region, hosts = cluster.hosts().len(), "joined the cluster");
+        let inner = cluster.inner.clone();
+        tokio::spawn(async move { run(inner, Some(session)).await });
+        Ok(cluster)
+    }
+
+    /// This host's id.
+    pub fn host_id(&self) -> &str {
+        &self.inner.cfg.host_id
+    }
+
+    /// This host's region.
+    pub fn region(&self) -> &str {
+        &self.inner.cfg.region
+    }
+
+    /// Wakes the background session (after a local change).
+    pub fn poke(&self) {
+        self.inner.doorbell.notify_one();
+    }
+
+    /// The hosts, by id.
+    pub fn hosts(&self) -> Vec<HostInfo> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut hosts: Vec<HostInfo> = v.hosts.values().cloned().collect();
+        hosts.sort_by(|a, b| a.id.cmp(&b.id));
+        hosts
+    }
+
+    /// A host by id.
+    pub fn host(&self, id: &str) -> Option<HostInfo> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        v.hosts.get(id).cloned()
+    }
+
+    /// Where machine `id` runs, when it is another host.
+    pub fn remote_owner(&self, id: &str) -> Option<HostInfo> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let e = v.machines.get(id)?;
+        if e.host == self.inner.cfg.host_id {
+            return None;
+        }
+        v.hosts.get(&e.host).cloned()
+    }
+
+    /// Records that machine `id` of `app` now runs on `host` (a create this
+    /// host forwarded), ahead of the directory.
+    pub fn note_machine(&self, id: &str, app: &str, host: &str) {
+        let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
+        let e = DirEntry {
+            host: host.to_owned(),
+            app: app.to_owned(),
+            state: "created".into(),
+        };
+        v.machines.insert(id.to_owned(), e.clone());
+        v.noted.insert(id.to_owned(), (e, Instant::now()));
+    }
+
+    /// The other hosts that run machines of `app`.
+    pub fn other_hosts_of(&self, app: &str) -> Vec<HostInfo> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<&String> = v
+            .machines
+            .values()
+            .filter(|e| e.app == app && e.host != self.inner.cfg.host_id)
+            .map(|e| &e.host)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|h| v.hosts.get(h).cloned())
+            .collect()
+    }
+
+    /// Whether `token` is the admin token of a host of the cluster.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let hash = token_hash(token);
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        v.hosts.values().any(|h| h.admin_token_hash == hash)
+    }
+
+    /// The host a new machine of `cpus` vCPUs and `memory_mb` MiB goes to:
+    /// in `region` (this host's when none is asked for), a host that is up
+    /// and not drained with the most free memory, this host on a tie.
+    pub fn place(
+        &self,
+        region: Option<&str>,
+        cpus: u32,
+        memory_mb: u64,
+    ) -> Result<HostInfo, PlaceError> {
+        let region = region
+            .filter(|r| !r.is_empty())
+            .unwrap_or(&self.inner.cfg.region);
+        let hosts = self.hosts();
+        let candidates: Vec<&HostInfo> = hosts
+            .iter()
+            .filter(|h| h.region == region && h.state == "up" && !h.drained)
+            .collect();
+        if candidates.is_empty() {
+            return Err(PlaceError::Region(region.to_owned()));
+        }
+        let free = |h: &HostInfo| h.memory_mb.saturating_sub(h.reserved_memory_mb);
+        candidates
+            .into_iter()
+            .filter(|h| {
+                free(h) >= memory_mb && u64::from(h.cpus) * 8 >= h.reserved_cpus + u64::from(cpus)
+            })
+            .max_by_key(|h| (free(h), h.id == self.inner.cfg.host_id))
+            .cloned()
+            .ok_or_else(|| PlaceError::Full(region.to_owned()))
+    }
+}
+
+/// SHA-256 of a token, hex.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn check_id(id: &str) -> Result<(), ClusterError> {
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Config(format!(
+            "host id {id:?}: 1 to 63 lower-case letters, digits and dashes"
+        )))
+    }
+}
+
+/// Sessions, one after the other, for as long as the process runs: a lost
+/// database ends a session and the next one starts when it answers again.
+async fn run(inner: Arc<Inner>, mut session: Option<Session>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let s = match session.take() {
+            Some(s) => s,
+            None => match Session::open(&inner).await {
+                Ok(mut s) => match s.register().await {
+                    Ok(()) => {
+                        tracing::info!("cluster database reachable again; catching up");
+                        backoff = Duration::from_millis(200);
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %hangar_error_chain(&e), "cluster: registering failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %hangar_error_chain(&e), "cluster database unreachable");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let e = s.serve().await;
+        tracing::warn!(error = %hangar_error_chain(&e), "cluster database lost; this host keeps serving what it runs");
+    }
+}
+
+fn hangar_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// One connection's worth of following and publishing.
+struct Session {
+    inner: Arc<Inner>,
+    db: tokio_postgres::Client,
+    /// What this session has published to the directory.
+    published: HashMap<String, MachineSummary>,
+    /// Whether the directory rows of this host were replaced in full yet.
+    full_published: bool,
+    last_heartbeat: Instant,
+    closed: Arc<Notify>,
+}
+
+impl Session {
+    async fn open(inner: &Arc<Inner>) -> Result<Session, ClusterError> {
+        let mut config: tokio_postgres::Config = inner
+            .cfg
+            .url
+            .parse()
+            .map_err(pg("parsing the cluster URL"))?;
+        config.connect_timeout(Duration::from_secs(5));
+        config.application_name(format!("hangard {}", inner.cfg.host_id));
+        let (db, mut conn) = tokio::time::timeout(ROUND_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
+            .map_err(pg("connecting"))?;
+        let closed = Arc::new(Notify::new());
+        {
+            let inner = inner.clone();
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                while let Some(m) = messages.next().await {
+                    match m {
+                        Ok(AsyncMessage::Notification(_)) => inner.doorbell.notify_one(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cluster connection ended");
+                            break;
+                        }
+                    }
+                }
+                closed.notify_one();
+            });
+        }
+        let mut s = Session {
+            inner: inner.clone(),
+            db,
+            published: HashMap::new(),
+            full_published: false,
+            last_heartbeat: Instant::now(),
+            closed,
+        };
+        s.migrate().await?;
+        s.db.batch_execute("LISTEN hangar_changes")
+            .await
+            .map_err(pg("listening for changes"))?;
+        Ok(s)
+    }
+
+    async fn migrate(&mut self) -> Result<(), ClusterError> {
+        let tx = self
+            .db
+            .transaction()
+            .await
+            .map_err(pg("starting the schema transaction"))?;
+        tx.execute("SELECT pg_advisory_xact_lock(424242)", &[])
+            .await
+            .map_err(pg("locking the schema"))?;
+        tx.batch_execute(include_str!("schema.sql"))
+            .await
+            .map_err(pg("creating the schema"))?;
+        tx.commit().await.map_err(pg("creating the schema"))
+    }
+
+    /// Registers this host (again): up, with a new epoch when it had been
+    /// declared down.
+    async fn register(&mut self) -> Result<(), ClusterError> {
+        let c = &self.inner.cfg;
+        let row = self
+            .db
+            .query_one(
+                "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET
+                    region = excluded.region, api_url = excluded.api_url,
+                    cpus = excluded.cpus, memory_mb = excluded.memory_mb,
+                    admin_token_hash = excluded.admin_token_hash,
+                    epoch = hosts.epoch + CASE WHEN hosts.state = 'down' THEN 1 ELSE 0 END,
+                    state = 'up', heartbeat_at = now()
+                 RETURNING epoch",
+                &[
+                    &c.host_id,
+                    &c.region,
+                    &c.api_url,
+                    &(c.cpus as i32),
+                    &(c.memory_mb as i64),
+                    &c.admin_token_hash,
+                ],
+            )
+            .await
+            .map_err(pg("registering this host"))?;
+        let epoch: i64 = row.get(0);
+        tracing::info!(host = %c.host_id, epoch, "host registered");
+        self.last_heartbeat = Instant::now();
+        Ok(())
+    }
+
+    /// Rounds until the connection fails; returns why.
+    async fn serve(mut self) -> ClusterError {
+        let closed = self.closed.clone();
+        loop {
+            if let Err(e) = self.round().await {
+                return e;
+            }
+            let inner = self.inner.clone();
+            tokio::select! {
+                _ = inner.doorbell.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                _ = closed.notified() => {
+                    return ClusterError::Config("the database closed the connection".into());
+                }
+            }
+        }
+    }
+
+    async fn round(&mut self) -> Result<(), ClusterError> {
+        tokio::time::timeout(ROUND_TIMEOUT, async {
+            if self.last_heartbeat.elapsed() >= HEARTBEAT {
+                self.heartbeat().await?;
+                self.sweep().await?;
+            }
+            self.send_outbox().await?;
+            self.follow().await?;
+            self.publish_directory().await?;
+            self.refresh_view().await
+        })
+        .await
+        .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), ClusterError> {
+        let n = self
+            .db
+            .execute(
+                "UPDATE hosts SET heartbeat_at = now() WHERE id = $1 AND state = 'up'",
+                &[&self.inner.cfg.host_id],
+            )
+            .await
+            .map_err(pg("heartbeat"))?;
+        if n == 0 {
+            // Declared down while this host could not reach the database:
+            // it joins again under a new epoch.
+            tracing::warn!("this host was declared down while away; joining again");
+            self.register().await?;
+        }
+        self.last_heartbeat = Instant::now();
+        Ok(())
+    }
+
+    /// Declares silent hosts down; exactly one sweeper wins each.
+    async fn sweep(&mut self) -> Result<(), ClusterError> {
+        let secs = self.inner.cfg.down_after.as_secs_f64();
+        let rows = self
+            .db
+            .query(
+                "UPDATE hosts SET state = 'down'
+                 WHERE state = 'up' AND heartbeat_at < now() - make_interval(secs => $1)
+                 RETURNING id",
+                &[&secs],
+            )
+            .await
+            .map_err(pg("sweeping silent hosts"))?;
+        for r in rows {
+            let id: String = r.get(0);
+            tracing::warn!(host = %id, after_secs = secs, "host declared down");
+        }
+        Ok(())
+    }
+
+    /// Sends the outbox: each change appended to the log (app names
+    /// arbitrated by the `apps` table), then forgotten locally.
+    async fn send_outbox(&mut self) -> Result<(), ClusterError> {
+        loop {
+            let batch = self.inner.agent.cluster_outbox(100)?;
+            let Some(last) = batch.last().map(|(seq, _)| *seq) else {
+                return Ok(());
+            };
+            let mut adopt = Vec::new();
+            let tx = self
+                .db
+                .transaction()
+                .await
+                .map_err(pg("starting to send changes"))?;
+            tx.batch_execute("LOCK TABLE changes IN EXCLUSIVE MODE")
+                .await
+                .map_err(pg("locking the change log"))?;
+            for (_, change) in &batch {
+                let body = serde_json::to_string(change).unwrap_or_default();
+                let append = match change {
+                    CatalogChange::App { name, .. } => {
+                        let inserted = tx
+                            .execute(
+                                "INSERT INTO apps (name, body) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                                &[name, &body],
+                            )
+                            .await
+                            .map_err(pg("recording an app"))?;
+                        if inserted == 0 {
+                            // Made at the same moment on another host: the
+                            // cluster's record wins.
+                            let row = tx
+                                .query_one("SELECT body FROM apps WHERE name = $1", &[name])
+                                .await
+                                .map_err(pg("reading an app"))?;
+                            let theirs: String = row.get(0);
+                            if let Ok(c) = serde_json::from_str::<CatalogChange>(&theirs) {
+                                adopt.push(c);
+                            }
+                        }
+                        inserted > 0
+                    }
+                    CatalogChange::AppDeleted { name } => {
+                        tx.execute("DELETE FROM apps WHERE name = $1", &[name])
+                            .await
+                            .map_err(pg("deleting an app"))?;
+                        true
+                    }
+                    CatalogChange::Token { .. } | CatalogChange::TokenDeleted { .. } => true,
+                };
+                if append {
+                    tx.execute(
+                        "INSERT INTO changes (origin, body) VALUES ($1, $2)",
+                        &[&self.inner.cfg.host_id, &body],
+                    )
+                    .await
+                    .map_err(pg("appending a change"))?;
+                }
+            }
+            tx.batch_execute("NOTIFY hangar_changes")
+                .await
+                .map_err(pg("ringing the doorbell"))?;
+            tx.commit().await.map_err(pg("sending changes"))?;
+            self.inner.agent.cluster_outbox_sent(last)?;
+            for c in adopt {
+                self.inner.agent.apply_catalog_change(&c).await?;
+            }
+        }
+    }
+
+    /// Applies the changes other hosts made since this host's cursor.
+    async fn follow(&mut self) -> Result<(), ClusterError> {
+        let mut cursor: i64 = self
+            .inner
+            .agent
+            .cluster_value("changes_rev")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        loop {
+            let rows = self
+                .db
+                .query(
+                    "SELECT rev, origin, body FROM changes WHERE rev > $1 ORDER BY rev LIMIT 500",
+                    &[&cursor],
+                )
+                .await
+                .map_err(pg("reading the change log"))?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for r in &rows {
+                let rev: i64 = r.get(0);
+                let origin: String = r.get(1);
+                let body: String = r.get(2);
+                if origin != self.inner.cfg.host_id {
+                    match serde_json::from_str::<CatalogChange>(&body) {
+                        Ok(c) => {
+                            if let Err(e) = self.inner.agent.apply_catalog_change(&c).await {
+                                tracing::warn!(rev, error = %e, "could not apply a cluster change");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(rev, error = %e, "skipping an unreadable cluster change")
+                        }
+                    }
+                }
+                cursor = rev;
+            }
+            self.inner
+                .agent
+                .set_cluster_value("changes_rev", &cursor.to_string())?;
+        }
+    }
+
+    /// Publishes what changed among this host's machines since the last
+    /// round (everything, the first time in a session).
+    async fn publish_directory(&mut self) -> Result<(), ClusterError> {
+        let now: HashMap<String, MachineSummary> = self
+            .inner
+            .agent
+            .machine_summaries()?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let host = self.inner.cfg.host_id.clone();
+        let changed: Vec<&MachineSummary> = now
+            .values()
+            .filter(|m| !self.full_published || self.published.get(&m.id) != Some(*m))
+            .collect();
+        let gone: Vec<String> = self
+            .published
+            .keys()
+            .filter(|id| !now.contains_key(*id))
+            .cloned()
+            .collect();
+        if changed.is_empty() && gone.is_empty() && self.full_published {
+            return Ok(());
+        }
+        let tx = self
+            .db
+            .transaction()
+            .await
+            .map_err(pg("starting to publish machines"))?;
+        if !self.full_published {
+            let ids: Vec<String> = now.keys().cloned().collect();
+            tx.execute(
+                "DELETE FROM machines WHERE host = $1 AND NOT (id = ANY($2))",
+                &[&host, &ids],
+            )
+            .await
+            .map_err(pg("replacing this host's machines"))?;
+        }
+        for m in &changed {
+            tx.execute(
+                "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                 ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
+                    region = excluded.region, state = excluded.state, cpus = excluded.cpus,
+                    memory_mb = excluded.memory_mb, updated_at = now()",
+                &[
+                    &m.id,
+                    &m.app,
+                    &host,
+                    &m.region,
+                    &m.state,
+                    &(m.cpus as i32),
+                    &(m.memory_mb as i64),
+                ],
+            )
+            .await
+            .map_err(pg("publishing a machine"))?;
+        }
+        if !gone.is_empty() {
+            tx.execute(
+                "DELETE FROM machines WHERE host = $1 AND id = ANY($2)",
+                &[&host, &gone],
+            )
+            .await
+            .map_err(pg("unpublishing machines"))?;
+        }
+        tx.batch_execute("NOTIFY hangar_changes")
+            .await
+            .map_err(pg("ringing the doorbell"))?;
+        tx.commit().await.map_err(pg("publishing machines"))?;
+        self.published = now;
+        self.full_published = true;
+        Ok(())
+    }
+
+    /// Reads the hosts and the directory into memory.
+    async fn refresh_view(&mut self) -> Result<(), ClusterError> {
+        let host_rows = self
+            .db
+            .query(
+                "SELECT h.id, h.region, h.api_url, h.state, h.drained, h.cpus, h.memory_mb,
+                        h.admin_token_hash, h.epoch,
+                        EXTRACT(EPOCH FROM now() - h.heartbeat_at)::float8,
+                        COALESCE(SUM(m.cpus), 0)::int8, COALESCE(SUM(m.memory_mb), 0)::int8,
+                        COUNT(m.id)::int8
+                 FROM hosts h LEFT JOIN machines m ON m.host = h.id AND m.state <> 'destroyed'
+                 GROUP BY h.id",
+                &[],
+            )
+            .await
+            .map_err(pg("reading the hosts"))?;
+        let machine_rows = self
+            .db
+            .query("SELECT id, host, app, state FROM machines", &[])
+            .await
+            .map_err(pg("reading the directory"))?;
+        let mut hosts = HashMap::new();
+        for r in host_rows {
+            let h = HostInfo {
+                id: r.get(0),
+                region: r.get(1),
+                api_url: r.get(2),
+                state: r.get(3),
+                drained: r.get(4),
+                cpus: r.get::<_, i32>(5).max(0) as u32,
+                memory_mb: r.get::<_, i64>(6).max(0) as u64,
+                admin_token_hash: r.get(7),
+                epoch: r.get(8),
+                heartbeat_age_secs: r.get(9),
+                reserved_cpus: r.get::<_, i64>(10).max(0) as u64,
+                reserved_memory_mb: r.get::<_, i64>(11).max(0) as u64,
+                machines: r.get::<_, i64>(12).max(0) as u64,
+            };
+            hosts.insert(h.id.clone(), h);
+        }
+        let mut machines: HashMap<String, DirEntry> = machine_rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    DirEntry {
+                        host: r.get(1),
+                        app: r.get(2),
+                        state: r.get(3),
+                    },
+                )
+            })
+            .collect();
+        let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
+        v.noted.retain(|id, (e, at)| {
+            let keep = !machines.contains_key(id) && at.elapsed() < Duration::from_secs(10);
+            if keep {
+                machines.insert(id.clone(), e.clone());
+            }
+            keep
+        });
+        v.hosts = hosts;
+        v.machines = machines;
+        Ok(())
+    }
+}

@@ -1,0 +1,40 @@
+-- Hangar's shared state (run under an advisory lock, idempotent). Each host
+-- stays the authority for what it runs; this holds what hosts share.
+CREATE TABLE IF NOT EXISTS hosts (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    api_url TEXT NOT NULL,
+    cpus INTEGER NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    admin_token_hash TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'up',
+    epoch BIGINT NOT NULL DEFAULT 1,
+    drained BOOLEAN NOT NULL DEFAULT FALSE,
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    joined_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- The catalogue's change log, in commit order (appends hold a table lock).
+CREATE TABLE IF NOT EXISTS changes (
+    rev BIGSERIAL PRIMARY KEY,
+    origin TEXT NOT NULL,
+    body TEXT NOT NULL,
+    at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- App names are unique across the cluster.
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+-- Which host runs each machine; written only by that host.
+CREATE TABLE IF NOT EXISTS machines (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    host TEXT NOT NULL,
+    region TEXT NOT NULL,
+    state TEXT NOT NULL,
+    cpus INTEGER NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS machines_by_host ON machines (host);
+CREATE INDEX IF NOT EXISTS machines_by_app ON machines (app);

@@ -1,0 +1,208 @@
+//! A real PostgreSQL server for tests (Debian's `postgresql` package):
+//! `initdb` in a temporary directory and `postgres` run as the `postgres`
+//! user (it refuses root) in a process group of its own, reachable only
+//! over a unix socket in that directory. Stopped, with its files, when
+//! dropped.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running server.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The directory of the newest installed PostgreSQL's programs.
+pub fn bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").is_file().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, b)| b)
+}
+
+impl Postgres {
+    /// Initializes and starts a server; panics with an install hint when
+    /// PostgreSQL is missing.
+    pub fn start() -> Postgres {
+        let bin = bin_dir().expect("PostgreSQL is required: apt-get install -y postgresql");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The server runs as `postgres`: it must reach its directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).expect("socket dir");
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let chown = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&sock)
+            .arg(&data)
+            .status()
+            .expect("chown");
+        assert!(chown.success());
+        let out = as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = crate::free_port();
+        let child = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&sock)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        let pg = Postgres {
+            dir,
+            port,
+            child: Some(child),
+        };
+        pg.wait_ready();
+        pg
+    }
+
+    fn wait_ready(&self) {
+        let socket = self.socket_dir().join(format!(".s.PGSQL.{}", self.port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres did not start in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    /// Connection settings for database `db` (key=value form, which
+    /// `hangard --cluster` takes as well as URLs).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// Runs `sql` with psql (as the `postgres` user) in database `db`;
+    /// returns its output (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let bin = bin_dir().expect("postgresql");
+        let psql = if bin.join("psql").is_file() {
+            bin.join("psql")
+        } else {
+            PathBuf::from("psql")
+        };
+        let out = as_postgres(&psql)
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Creates database `db`.
+    pub fn create_db(&self, db: &str) {
+        self.psql("postgres", &format!("CREATE DATABASE {db}"));
+    }
+
+    /// Signals the server and its backends (its process group).
+    fn signal_all(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill on the process group of the server we started.
+            unsafe { libc::kill(-(c.id() as i32), sig) };
+        }
+    }
+
+    /// Stops the server (fast shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill on the server we started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Pauses the server and its backends (SIGSTOP): connections hang, as
+    /// with a lost network.
+    pub fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    /// Resumes a paused server.
+    pub fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+}
+
+/// `program` to be run as the `postgres` user (with its own session, so
+/// it never touches a terminal).
+fn as_postgres(program: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let name = std::ffi::CString::new("postgres").expect("name");
+    // SAFETY: getpwnam with a valid C string; the fields are read at once.
+    let (uid, gid) = unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(
+            !pw.is_null(),
+            "no postgres user: apt-get install -y postgresql"
+        );
+        ((*pw).pw_uid, (*pw).pw_gid)
+    };
+    let mut c = Command::new(program);
+    c.uid(uid)
+        .gid(gid)
+        .process_group(0)
+        .env("HOME", "/tmp")
+        .current_dir("/");
+    c
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.resume();
+        self.stop();
+    }
+}

@@ -1,0 +1,243 @@
+//! End to end: two hosts, one platform. A real PostgreSQL (initdb in a temp
+//! dir, run as the `postgres` user, on a unix socket) holds the shared
+//! catalogue and directory; two real `hangard`s in two regions join it.
+//! Apps and tokens made on one host work on the other; a machine asked for
+//! in a region lands on that region's host and is driven through the other
+//! host's API; lists merge; a full or unknown region refuses with Fly's
+//! error; a host killed is declared down once, and comes back with its
+//! machine; the database paused leaves both hosts serving.
+
+use std::time::Duration;
+
+use hangar_client::Client;
+use hangar_e2e::request;
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::postgres::Postgres;
+use hangar_test_utils::registry::Registry;
+use hangar_test_utils::wait_until;
+use serde_json::{Value, json};
+
+async fn hosts(d: &Daemon) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/v1/hangar/hosts", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn host_state(d: &Daemon, id: &str) -> Option<String> {
+    hosts(d).await["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["id"] == id)
+        .and_then(|h| h["state"].as_str().map(str::to_owned))
+}
+
+async fn create_raw(d: &Daemon, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/apps/web/machines", d.url))
+        .bearer_auth(&d.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
+    if !hangar_test_utils::host_tier(
+        "two_hosts_share_apps_place_by_region_and_answer_for_each_other",
+        &["crun", "docker-registry"],
+    ) {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.create_db("hangar");
+    let url = pg.url("hangar");
+    let reg = Registry::start().await;
+    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/base/busybox:v1", reg.addr);
+    let host = |id: &str, region: &str, memory: &str| -> Vec<String> {
+        [
+            "--insecure-registry",
+            &reg.addr,
+            "--cluster",
+            &url,
+            "--host-id",
+            id,
+            "--region",
+            region,
+            "--cluster-down-after",
+            "3s",
+            "--capacity-memory-mb",
+            memory,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = Daemon::start(&host("host-a", "ams", "4096")).await;
+    let mut b = Daemon::start(&host("host-b", "sjc", "512")).await;
+    let (ca, cb) = (a.client(), b.client());
+
+    // Both hosts see both hosts, up.
+    wait_until(Duration::from_secs(10), "both hosts listed", || async {
+        (host_state(&a, "host-b").await.as_deref() == Some("up")
+            && host_state(&b, "host-a").await.as_deref() == Some("up"))
+        .then_some(())
+    })
+    .await;
+
+    // An app made on A is B's too, and its name is taken on B.
+    ca.create_app("web").await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the app to reach host B",
+        || async { cb.get_app("web").await.ok() },
+    )
+    .await;
+    let err = cb.create_app("web").await.unwrap_err();
+    assert!(err.to_string().contains("already taken"), "{err}");
+    // A token minted on B works on A (and A's admin token on B).
+    let token = cb
+        .create_token("web", &Default::default())
+        .await
+        .unwrap()
+        .token;
+    let via_a = Client::new(&a.url, &token);
+    wait_until(
+        Duration::from_secs(10),
+        "B's token to work on A",
+        || async { via_a.list_machines("web", &Default::default()).await.ok() },
+    )
+    .await;
+    assert!(Client::new(&b.url, &a.token).list_apps().await.is_ok());
+
+    // A machine asked for in sjc, through A, runs on B; A answers for it.
+    let config = json!({"image": image, "init": {"cmd": ["sleep", "3600"]}});
+    let mut req = request(config.clone());
+    req.region = Some("sjc".into());
+    let m = ca.create_machine("web", &req).await.unwrap();
+    assert_eq!(m.region, "sjc");
+    assert!(
+        cb.get_machine("web", &m.id).await.is_ok(),
+        "the machine is B's"
+    );
+    let timeout = Duration::from_secs(60);
+    ca.wait_machine("web", &m.id, &["started"], timeout)
+        .await
+        .unwrap();
+    ca.stop_machine("web", &m.id, None, None).await.unwrap();
+    ca.wait_machine("web", &m.id, &["stopped"], timeout)
+        .await
+        .unwrap();
+    ca.start_machine("web", &m.id).await.unwrap();
+    ca.wait_machine("web", &m.id, &["started"], timeout)
+        .await
+        .unwrap();
+    let out = ca
+        .exec(
+            "web",
+            &m.id,
+            &hangar_api_types::MachineExecRequest {
+                command: Some(vec!["echo".into(), "hello from sjc".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "hello from sjc");
+
+    // One on A (this host's region by default): each host lists both.
+    let local = ca
+        .create_machine("web", &request(config.clone()))
+        .await
+        .unwrap();
+    assert_eq!(local.region, "ams");
+    wait_until(Duration::from_secs(10), "both lists to merge", || async {
+        let la = ca.list_machines("web", &Default::default()).await.ok()?;
+        let lb = cb.list_machines("web", &Default::default()).await.ok()?;
+        // B answers for A's machine too.
+        cb.get_machine("web", &local.id).await.ok()?;
+        (la.len() == 2 && lb.len() == 2).then_some(())
+    })
+    .await;
+
+    // Fly's errors: an unknown region, a full one (B offers 512 MiB).
+    let (status, body) = create_raw(&a, json!({"region": "xyz", "config": config})).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "Region 'xyz' cannot host your machine");
+    assert_eq!(body["status"], "insufficient_capacity");
+    let mut big = config.clone();
+    big["guest"] = json!({"cpus": 1, "memory_mb": 1024});
+    let (status, body) = create_raw(&a, json!({"region": "sjc", "config": big})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient resources"),
+        "{body}"
+    );
+
+    // The database paused: both hosts keep answering for what they run.
+    pg.pause();
+    ca.stop_machine("web", &local.id, None, None).await.unwrap();
+    ca.wait_machine("web", &local.id, &["stopped"], timeout)
+        .await
+        .unwrap();
+    assert_eq!(cb.get_machine("web", &m.id).await.unwrap().state, "started");
+    assert_eq!(
+        ca.get_machine("web", &m.id).await.unwrap().state,
+        "started",
+        "A still reaches B's machine through its copy of the directory"
+    );
+    pg.resume();
+
+    // B killed: A declares it down (once), and says so for its machine.
+    b.kill();
+    wait_until(Duration::from_secs(20), "host B declared down", || async {
+        (host_state(&a, "host-b").await.as_deref() == Some("down")).then_some(())
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/apps/web/machines/{}", a.url, m.id))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("host-b"), "{body}");
+    let declared = a
+        .log()
+        .lines()
+        .filter(|l| l.contains("host declared down") && l.contains("host-b"))
+        .count();
+    assert_eq!(declared, 1, "declared down exactly once");
+
+    // B back: up again under a new epoch, with its machine.
+    b.restart().await;
+    wait_until(Duration::from_secs(20), "host B up again", || async {
+        (host_state(&a, "host-b").await.as_deref() == Some("up")).then_some(())
+    })
+    .await;
+    let back = ca.get_machine("web", &m.id).await.unwrap();
+    assert_eq!(back.id, m.id);
+    let h = hosts(&a).await;
+    let hb = h["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "host-b")
+        .unwrap()
+        .clone();
+    assert_eq!(hb["machines"], 1, "{h}");
+}
