@@ -94,7 +94,18 @@ impl Agent {
                 hash,
             ),
             CatalogChange::TokenDeleted { id } => self.shared.store.apply_token_deleted(id),
+            CatalogChange::Secrets {
+                app,
+                changes,
+                version,
+            } => self.shared.store.apply_secrets(app, changes, *version),
         }
+    }
+
+    /// An id of this host's secrets key (a digest made with it, not the
+    /// key): the hosts of a cluster must share the key to share secrets.
+    pub fn secrets_key_id(&self) -> String {
+        self.shared.secrets.digest("hangar", "secrets key id", b"")
     }
 
     /// Every machine this host runs (not destroyed), for the directory.

@@ -2,10 +2,28 @@
 //! `hangard --cluster`), with their load.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
+use hangar_agent::AgentError;
 use hangar_api_types::{ErrorResponse, HostView, HostsResponse};
 
 use crate::{ApiState, error::ApiResult};
+
+fn view(h: hangar_cluster::HostInfo, me: &str) -> HostView {
+    HostView {
+        this_host: h.id == me,
+        id: h.id,
+        region: h.region,
+        api_url: h.api_url,
+        state: h.state,
+        drained: h.drained,
+        cpus: h.cpus,
+        memory_mb: h.memory_mb,
+        reserved_cpus: h.reserved_cpus,
+        reserved_memory_mb: h.reserved_memory_mb,
+        machines: h.machines,
+        heartbeat_age_secs: h.heartbeat_age_secs,
+    }
+}
 
 /// `GET /v1/hangar/hosts`.
 #[utoipa::path(get, path = "/v1/hangar/hosts", operation_id = "Hosts_list", tag = "Hangar", responses((status = 200, body = HostsResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "An app token", body = ErrorResponse)))]
@@ -16,20 +34,7 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<HostsResponse>> {
             .cluster
             .hosts()
             .into_iter()
-            .map(|h| HostView {
-                this_host: h.id == me,
-                id: h.id,
-                region: h.region,
-                api_url: h.api_url,
-                state: h.state,
-                drained: h.drained,
-                cpus: h.cpus,
-                memory_mb: h.memory_mb,
-                reserved_cpus: h.reserved_cpus,
-                reserved_memory_mb: h.reserved_memory_mb,
-                machines: h.machines,
-                heartbeat_age_secs: h.heartbeat_age_secs,
-            })
+            .map(|h| view(h, &me))
             .collect();
         return Ok(Json(HostsResponse {
             hosts,
@@ -56,4 +61,44 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<HostsResponse>> {
         }],
         cluster: false,
     }))
+}
+
+async fn set_drained(s: &ApiState, id: &str, drained: bool) -> ApiResult<Json<HostView>> {
+    let Some(c) = &s.cluster else {
+        return Err(AgentError::Precondition(
+            "this hangard is not in a cluster (hangard --cluster): there is no host to drain"
+                .into(),
+        )
+        .into());
+    };
+    match c.cluster.set_drained(id, drained).await {
+        Ok(true) => {}
+        Ok(false) => return Err(AgentError::NotFound(format!("host {id} not found")).into()),
+        Err(e) => {
+            return Err(crate::error::ApiError::Unavailable(format!(
+                "the cluster database cannot be reached: {e}"
+            )));
+        }
+    }
+    let h = c
+        .cluster
+        .host(id)
+        .ok_or_else(|| AgentError::NotFound(format!("host {id} not found")))?;
+    Ok(Json(view(h, c.cluster.host_id())))
+}
+
+/// `POST /v1/hangar/hosts/{id}/drain`: the host takes no new machines
+/// (those it runs stay).
+#[utoipa::path(post, path = "/v1/hangar/hosts/{id}/drain", operation_id = "Hosts_drain", tag = "Hangar", params(("id" = String, Path, description = "Host id")), responses((status = 200, body = HostView), (status = 404, description = "No such host", body = ErrorResponse), (status = 412, description = "Not a cluster", body = ErrorResponse)))]
+pub async fn drain(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<HostView>> {
+    set_drained(&s, &id, true).await
+}
+
+/// `POST /v1/hangar/hosts/{id}/undrain`: the host takes new machines again.
+#[utoipa::path(post, path = "/v1/hangar/hosts/{id}/undrain", operation_id = "Hosts_undrain", tag = "Hangar", params(("id" = String, Path, description = "Host id")), responses((status = 200, body = HostView), (status = 404, description = "No such host", body = ErrorResponse), (status = 412, description = "Not a cluster", body = ErrorResponse)))]
+pub async fn undrain(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostView>> {
+    set_drained(&s, &id, false).await
 }

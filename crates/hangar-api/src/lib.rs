@@ -299,6 +299,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/hangar/tokens/{id}", delete(tokens::revoke_any))
         .route("/hangar/apps/{app}/machines/{id}/exec/tty", get(tty::tty))
         .route("/hangar/hosts", get(hosts::list))
+        .route("/hangar/hosts/{id}/drain", post(hosts::drain))
+        .route("/hangar/hosts/{id}/undrain", post(hosts::undrain))
         .route("/hangar/images", get(images::list))
         .route("/hangar/images/prune", post(images::prune))
         .route(

@@ -37,7 +37,7 @@ use crate::{
         logs::logs, tty::tty, images::list, images::import, images::prune,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
         releases::list, releases::create, releases::get, releases::cancel, releases::events,
-        hosts::list,
+        hosts::list, hosts::drain, hosts::undrain,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

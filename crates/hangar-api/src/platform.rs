@@ -93,21 +93,49 @@ pub async fn org_machines(
     }))
 }
 
-/// `GET /v1/platform/regions`: the regions of this installation (its one).
+/// `GET /v1/platform/regions`: the regions of this installation (this
+/// host's, or every region a host of the cluster is in; a region whose
+/// hosts are all down or drained says `(no capacity)`).
 #[utoipa::path(get, path = "/v1/platform/regions", operation_id = "Platform_regions_get", tag = "Platform", responses((status = 200, body = RegionResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn regions(State(s): State<ApiState>) -> Json<RegionResponse> {
     let code = s.agent.region().to_owned();
+    let row = |code: &str, name: String| RegionRow {
+        name,
+        code: code.to_owned(),
+        latitude: 0.0,
+        longitude: 0.0,
+        gateway_available: false,
+        requires_paid_plan: false,
+        deprecated: false,
+        geo_region: "local".into(),
+    };
+    let regions = match &s.cluster {
+        None => vec![row(&code, format!("{code} (this host)"))],
+        Some(c) => {
+            let mut by_region: std::collections::BTreeMap<String, (usize, u64)> =
+                Default::default();
+            for h in c.cluster.hosts() {
+                let e = by_region.entry(h.region.clone()).or_default();
+                if h.state == "up" && !h.drained {
+                    e.0 += 1;
+                    e.1 += h.memory_mb.saturating_sub(h.reserved_memory_mb);
+                }
+            }
+            by_region
+                .into_iter()
+                .map(|(r, (hosts, free))| {
+                    let name = if hosts == 0 {
+                        format!("{r} (no capacity)")
+                    } else {
+                        format!("{r} ({hosts} hosts, {free} MB free)")
+                    };
+                    row(&r, name)
+                })
+                .collect()
+        }
+    };
     Json(RegionResponse {
-        regions: vec![RegionRow {
-            name: format!("{code} (this host)"),
-            code: code.clone(),
-            latitude: 0.0,
-            longitude: 0.0,
-            gateway_available: false,
-            requires_paid_plan: false,
-            deprecated: false,
-            geo_region: "local".into(),
-        }],
+        regions,
         nearest: code,
     })
 }

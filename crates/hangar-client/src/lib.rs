@@ -776,6 +776,25 @@ impl Client {
             .await
     }
 
+    // ---- hosts (Hangar extension) ----
+
+    /// `GET /v1/hangar/hosts`: the installation's hosts.
+    pub async fn list_hosts(&self) -> Result<hangar_api_types::HostsResponse, ClientError> {
+        self.send(self.request(Method::GET, "/hangar/hosts")).await
+    }
+
+    /// `POST /v1/hangar/hosts/{id}/drain` (or `undrain`): whether a host
+    /// takes new machines.
+    pub async fn drain_host(
+        &self,
+        id: &str,
+        drain: bool,
+    ) -> Result<hangar_api_types::HostView, ClientError> {
+        let action = if drain { "drain" } else { "undrain" };
+        self.send(self.request(Method::POST, &format!("/hangar/hosts/{id}/{action}")))
+            .await
+    }
+
     // ---- releases (Hangar extension) ----
 
     /// `POST /v1/apps/{app}/releases`: a deploy hangard runs.

@@ -277,6 +277,49 @@ impl Cluster {
         v.hosts.values().any(|h| h.admin_token_hash == hash)
     }
 
+    /// Drains host `id` (it takes no new machines) or undrains it; false
+    /// when there is no such host. Written to the database at once, on a
+    /// connection of its own.
+    pub async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, ClusterError> {
+        let mut config: tokio_postgres::Config = self
+            .inner
+            .cfg
+            .url
+            .parse()
+            .map_err(pg("parsing the cluster URL"))?;
+        config.connect_timeout(Duration::from_secs(5));
+        let (db, conn) = tokio::time::timeout(ROUND_TIMEOUT, config.connect(NoTls))
+            .await
+            .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
+            .map_err(pg("connecting"))?;
+        let task = tokio::spawn(conn);
+        let n = tokio::time::timeout(ROUND_TIMEOUT, async {
+            let n = db
+                .execute(
+                    "UPDATE hosts SET drained = $2 WHERE id = $1",
+                    &[&id, &drained],
+                )
+                .await
+                .map_err(pg("draining a host"))?;
+            db.batch_execute("NOTIFY hangar_changes")
+                .await
+                .map_err(pg("ringing the doorbell"))?;
+            Ok::<_, ClusterError>(n)
+        })
+        .await
+        .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))??;
+        drop(db);
+        let _ = task.await;
+        if n > 0 {
+            let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = v.hosts.get_mut(id) {
+                h.drained = drained;
+            }
+            tracing::info!(host = id, drained, "host drain changed");
+        }
+        Ok(n > 0)
+    }
+
     /// The host a new machine of `cpus` vCPUs and `memory_mb` MiB goes to:
     /// in `region` (this host's when none is asked for), a host that is up
     /// and not drained with the most free memory, this host on a tie.
@@ -289,24 +332,42 @@ impl Cluster {
         let region = region
             .filter(|r| !r.is_empty())
             .unwrap_or(&self.inner.cfg.region);
-        let hosts = self.hosts();
-        let candidates: Vec<&HostInfo> = hosts
-            .iter()
-            .filter(|h| h.region == region && h.state == "up" && !h.drained)
-            .collect();
-        if candidates.is_empty() {
-            return Err(PlaceError::Region(region.to_owned()));
-        }
-        let free = |h: &HostInfo| h.memory_mb.saturating_sub(h.reserved_memory_mb);
-        candidates
-            .into_iter()
-            .filter(|h| {
-                free(h) >= memory_mb && u64::from(h.cpus) * 8 >= h.reserved_cpus + u64::from(cpus)
-            })
-            .max_by_key(|h| (free(h), h.id == self.inner.cfg.host_id))
-            .cloned()
-            .ok_or_else(|| PlaceError::Full(region.to_owned()))
+        pick_host(
+            &self.hosts(),
+            region,
+            &self.inner.cfg.host_id,
+            cpus,
+            memory_mb,
+        )
     }
+}
+
+/// Placement: among the hosts of `region` that are up and not drained,
+/// those with room for `memory_mb` (and `cpus`, overcommitted 8 to 1), the
+/// one with the most free memory; `me` on a tie.
+fn pick_host(
+    hosts: &[HostInfo],
+    region: &str,
+    me: &str,
+    cpus: u32,
+    memory_mb: u64,
+) -> Result<HostInfo, PlaceError> {
+    let candidates: Vec<&HostInfo> = hosts
+        .iter()
+        .filter(|h| h.region == region && h.state == "up" && !h.drained)
+        .collect();
+    if candidates.is_empty() {
+        return Err(PlaceError::Region(region.to_owned()));
+    }
+    let free = |h: &HostInfo| h.memory_mb.saturating_sub(h.reserved_memory_mb);
+    candidates
+        .into_iter()
+        .filter(|h| {
+            free(h) >= memory_mb && u64::from(h.cpus) * 8 >= h.reserved_cpus + u64::from(cpus)
+        })
+        .max_by_key(|h| (free(h), h.id == me))
+        .cloned()
+        .ok_or_else(|| PlaceError::Full(region.to_owned()))
 }
 
 /// SHA-256 of a token, hex.
@@ -453,15 +514,31 @@ impl Session {
     /// declared down.
     async fn register(&mut self) -> Result<(), ClusterError> {
         let c = &self.inner.cfg;
+        let key_id = self.inner.agent.secrets_key_id();
+        if let Some(other) = self
+            .db
+            .query_opt(
+                "SELECT id FROM hosts WHERE id <> $1 AND secrets_key_id <> '' AND secrets_key_id <> $2 LIMIT 1",
+                &[&c.host_id, &key_id],
+            )
+            .await
+            .map_err(pg("checking the secrets key"))?
+        {
+            let other: String = other.get(0);
+            return Err(ClusterError::Config(format!(
+                "this host's secrets key is not host {other}'s: the hosts of a cluster share one key (copy host {other}'s <data-dir>/secrets.key, or the file its --secrets-key-file names, to this host's before it joins)"
+            )));
+        }
         let row = self
             .db
             .query_one(
-                "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (id) DO UPDATE SET
                     region = excluded.region, api_url = excluded.api_url,
                     cpus = excluded.cpus, memory_mb = excluded.memory_mb,
                     admin_token_hash = excluded.admin_token_hash,
+                    secrets_key_id = excluded.secrets_key_id,
                     epoch = hosts.epoch + CASE WHEN hosts.state = 'down' THEN 1 ELSE 0 END,
                     state = 'up', heartbeat_at = now()
                  RETURNING epoch",
@@ -472,6 +549,7 @@ impl Session {
                     &(c.cpus as i32),
                     &(c.memory_mb as i64),
                     &c.admin_token_hash,
+                    &key_id,
                 ],
             )
             .await
@@ -602,7 +680,9 @@ impl Session {
                             .map_err(pg("deleting an app"))?;
                         true
                     }
-                    CatalogChange::Token { .. } | CatalogChange::TokenDeleted { .. } => true,
+                    CatalogChange::Token { .. }
+                    | CatalogChange::TokenDeleted { .. }
+                    | CatalogChange::Secrets { .. } => true,
                 };
                 if append {
                     tx.execute(
@@ -807,5 +887,65 @@ impl Session {
         v.hosts = hosts;
         v.machines = machines;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, region: &str, memory: u64, reserved: u64) -> HostInfo {
+        HostInfo {
+            id: id.into(),
+            region: region.into(),
+            api_url: String::new(),
+            state: "up".into(),
+            drained: false,
+            cpus: 2,
+            memory_mb: memory,
+            reserved_cpus: 0,
+            reserved_memory_mb: reserved,
+            machines: 0,
+            heartbeat_age_secs: 0.0,
+            epoch: 1,
+            admin_token_hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn placement_picks_the_region_s_host_with_room() {
+        let hosts = vec![
+            host("a", "ams", 4096, 3500),
+            host("b", "ams", 2048, 0),
+            host("c", "sjc", 1024, 0),
+        ];
+        assert_eq!(pick_host(&hosts, "ams", "a", 1, 256).unwrap().id, "b");
+        assert_eq!(pick_host(&hosts, "sjc", "a", 1, 256).unwrap().id, "c");
+        assert_eq!(
+            pick_host(&hosts, "sjc", "a", 1, 2048),
+            Err(PlaceError::Full("sjc".into()))
+        );
+        assert_eq!(
+            pick_host(&hosts, "fra", "a", 1, 256)
+                .unwrap_err()
+                .to_string(),
+            "Region 'fra' cannot host your machine"
+        );
+        // Down and drained hosts take nothing; ties go to this host.
+        let mut down = hosts.clone();
+        down[1].state = "down".into();
+        assert_eq!(pick_host(&down, "ams", "a", 1, 256).unwrap().id, "a");
+        down[0].drained = true;
+        assert!(matches!(
+            pick_host(&down, "ams", "a", 1, 256),
+            Err(PlaceError::Region(_))
+        ));
+        let tie = vec![host("x", "ams", 1024, 0), host("y", "ams", 1024, 0)];
+        assert_eq!(pick_host(&tie, "ams", "x", 1, 256).unwrap().id, "x");
+        assert_eq!(pick_host(&tie, "ams", "y", 1, 256).unwrap().id, "y");
+        // CPUs overcommit 8 to 1.
+        let mut busy = vec![host("z", "ams", 8192, 0)];
+        busy[0].reserved_cpus = 16;
+        assert!(pick_host(&busy, "ams", "z", 1, 256).is_err());
     }
 }

@@ -70,6 +70,9 @@ enum Command {
     Scale(cmd::scale::ScaleCmd),
     /// Create an app and its fly.toml from an image, then deploy it.
     Launch(cmd::launch::LaunchArgs),
+    /// The hosts of the installation (a cluster's, with hangard --cluster).
+    #[command(subcommand, alias = "host")]
+    Hosts(cmd::hosts::HostsCmd),
 }
 
 impl Cli {
@@ -112,6 +115,7 @@ fn main() {
             Command::Config(c) => cmd::deploy::config(c, &out),
             Command::Scale(c) => cmd::scale::run(c, &client, &out).await,
             Command::Launch(a) => cmd::launch::run(a, &client, &out).await,
+            Command::Hosts(c) => cmd::hosts::run(c, &client, &out).await,
         }
     });
     if let Err(e) = result {

@@ -3,7 +3,8 @@
 //! catalogue and directory; two real `hangard`s in two regions join it.
 //! Apps and tokens made on one host work on the other; a machine asked for
 //! in a region lands on that region's host and is driven through the other
-//! host's API; lists merge; a full or unknown region refuses with Fly's
+//! host's API; secrets set on one host reach machines on the other; lists
+//! merge; a full or unknown region refuses with Fly's
 //! error; a host killed is declared down once, and comes back with its
 //! machine; the database paused leaves both hosts serving.
 
@@ -64,8 +65,13 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
         .await;
     let image = format!("{}/base/busybox:v1", reg.addr);
+    // The hosts of a cluster share one secrets key (made by the first).
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secrets.key").display().to_string();
     let host = |id: &str, region: &str, memory: &str| -> Vec<String> {
         [
+            "--secrets-key-file",
+            &key,
             "--insecure-registry",
             &reg.addr,
             "--cluster",
@@ -155,6 +161,46 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         .unwrap();
     assert_eq!(out.stdout.trim(), "hello from sjc");
 
+    // Secrets set through A reach a new machine on B.
+    let mut secrets = std::collections::BTreeMap::new();
+    secrets.insert("GREETING".to_owned(), Some("hello across hosts".to_owned()));
+    let version = ca.update_secrets("web", secrets).await.unwrap();
+    let mut req = request(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c", "echo \"$GREETING\" > /tmp/greeting; sleep 3600"]},
+    }));
+    req.region = Some("sjc".into());
+    req.min_secrets_version = Some(version);
+    let with_secret = wait_until(Duration::from_secs(10), "B to have the secret", || async {
+        ca.create_machine("web", &req).await.ok()
+    })
+    .await;
+    ca.wait_machine("web", &with_secret.id, &["started"], timeout)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the secret in B's machine",
+        || async {
+            let out = ca
+                .exec(
+                    "web",
+                    &with_secret.id,
+                    &hangar_api_types::MachineExecRequest {
+                        command: Some(vec!["cat".into(), "/tmp/greeting".into()]),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .ok()?;
+            (out.stdout.trim() == "hello across hosts").then_some(())
+        },
+    )
+    .await;
+    ca.destroy_machine("web", &with_secret.id, true)
+        .await
+        .unwrap();
+
     // One on A (this host's region by default): each host lists both.
     let local = ca
         .create_machine("web", &request(config.clone()))
@@ -186,6 +232,55 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
             .contains("insufficient resources"),
         "{body}"
     );
+
+    // The CLI lists the hosts; a drained host takes no new machines.
+    let (ok, out, err) = a.cli(&["hosts", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("host-a *") && out.contains("host-b") && out.contains("sjc"),
+        "{out}"
+    );
+    let (ok, out, err) = a.cli(&["hosts", "drain", "host-b"]);
+    assert!(ok && out.contains("drained"), "{out}{err}");
+    wait_until(Duration::from_secs(10), "host B drained on B", || async {
+        let h = hosts(&b).await;
+        h["hosts"]
+            .as_array()?
+            .iter()
+            .any(|x| x["id"] == "host-b" && x["drained"] == true)
+            .then_some(())
+    })
+    .await;
+    let (status, body) = create_raw(&b, json!({"region": "sjc", "config": config})).await;
+    assert_eq!(status, 422, "{body}");
+    let (ok, _, err) = b.cli(&["hosts", "undrain", "host-b"]);
+    assert!(ok, "{err}");
+    wait_until(Duration::from_secs(10), "host B undrained on A", || async {
+        let h = hosts(&a).await;
+        h["hosts"]
+            .as_array()?
+            .iter()
+            .any(|x| x["id"] == "host-b" && x["drained"] == false)
+            .then_some(())
+    })
+    .await;
+    let regions: Value = reqwest::Client::new()
+        .get(format!("{}/v1/platform/regions", b.url))
+        .bearer_auth(&b.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let codes: Vec<&str> = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["code"].as_str())
+        .collect();
+    assert_eq!(codes, ["ams", "sjc"], "{regions}");
+    assert_eq!(regions["nearest"], "sjc");
 
     // The database paused: both hosts keep answering for what they run.
     pg.pause();

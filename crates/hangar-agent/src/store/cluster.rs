@@ -53,6 +53,17 @@ pub enum CatalogChange {
         /// Its id.
         id: String,
     },
+    /// An app's secrets changed: sealed values (hex; every host of a
+    /// cluster has the same secrets key) and digests, or `None` for a
+    /// removal; the app's secrets version after the change.
+    Secrets {
+        /// The app.
+        app: String,
+        /// `(name, Some((sealed hex, digest)))`, or `(name, None)`.
+        changes: Vec<(String, Option<(String, String)>)>,
+        /// The version the change made.
+        version: i64,
+    },
 }
 
 impl CatalogChange {
@@ -209,6 +220,52 @@ impl Store {
         tx.commit().map_err(db)
     }
 
+    /// Applies secrets another host changed; the app's version becomes at
+    /// least theirs.
+    pub fn apply_secrets(
+        &self,
+        app: &str,
+        changes: &[(String, Option<(String, String)>)],
+        version: i64,
+    ) -> Result<(), AgentError> {
+        let now = super::now_rfc3339();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        for (name, change) in changes {
+            match change {
+                Some((sealed_hex, digest)) => {
+                    let sealed = hex_decode(sealed_hex).ok_or_else(|| {
+                        AgentError::Internal(format!(
+                            "secret {name} of {app}: unreadable sealed value"
+                        ))
+                    })?;
+                    tx.execute(
+                        "INSERT INTO secrets (app_name, name, sealed, digest, created_at, updated_at)
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?5 FROM apps WHERE name = ?1
+                         ON CONFLICT (app_name, name) DO UPDATE SET
+                           sealed = excluded.sealed, digest = excluded.digest,
+                           updated_at = excluded.updated_at",
+                        params![app, name, sealed, digest, now],
+                    )
+                    .map_err(db)?;
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM secrets WHERE app_name = ?1 AND name = ?2",
+                        params![app, name],
+                    )
+                    .map_err(db)?;
+                }
+            }
+        }
+        tx.execute(
+            "UPDATE apps SET secrets_version = MAX(secrets_version, ?2) WHERE name = ?1",
+            params![app, version],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
     /// Applies a token another host minted (known already: nothing).
     pub fn apply_token(&self, t: &TokenRow, hash: &str) -> Result<(), AgentError> {
         self.conn()
@@ -219,5 +276,97 @@ impl Store {
             )
             .map_err(db)?;
         Ok(())
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+pub(crate) fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, id: &str) -> AppRecord {
+        AppRecord {
+            id: id.into(),
+            name: name.into(),
+            org_slug: "personal".into(),
+            network: "default".into(),
+            internal_numeric_id: 7,
+            created_at: super::super::now_rfc3339(),
+            machine_count: 0,
+        }
+    }
+
+    #[test]
+    fn local_changes_go_to_the_outbox_and_applied_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        // A single host records nothing.
+        s.insert_app(&app("solo", "id-solo")).unwrap();
+        assert!(s.outbox(10).unwrap().is_empty());
+        s.set_clustered();
+        s.insert_app(&app("web", "id-web")).unwrap();
+        let t = TokenRow {
+            id: "tok_1".into(),
+            app: "web".into(),
+            name: String::new(),
+            created_at: super::super::now_rfc3339(),
+            expires_at: None,
+            minted_by: None,
+        };
+        s.insert_token(&t, "hash1").unwrap();
+        assert!(s.delete_token("tok_1", None).unwrap());
+        let out = s.outbox(10).unwrap();
+        let kinds: Vec<&CatalogChange> = out.iter().map(|(_, c)| c).collect();
+        assert!(matches!(kinds[0], CatalogChange::App { name, .. } if name == "web"));
+        assert!(matches!(kinds[1], CatalogChange::Token { hash, .. } if hash == "hash1"));
+        assert!(matches!(kinds[2], CatalogChange::TokenDeleted { id } if id == "tok_1"));
+        s.outbox_sent(out.last().unwrap().0).unwrap();
+        assert!(s.outbox(10).unwrap().is_empty());
+
+        // Another host's app, token and deletion: applied, not sent back.
+        s.apply_app(&app("api", "id-api")).unwrap();
+        s.apply_token(
+            &TokenRow {
+                id: "tok_2".into(),
+                app: "api".into(),
+                ..t.clone()
+            },
+            "hash2",
+        )
+        .unwrap();
+        assert_eq!(s.token_by_hash("hash2").unwrap().unwrap().app, "api");
+        // The same app made here at the same moment takes the cluster's id,
+        // and its tokens follow.
+        s.apply_app(&app("web", "id-cluster")).unwrap();
+        assert_eq!(s.get_app("web").unwrap().unwrap().id, "id-cluster");
+        s.apply_token_deleted("tok_2").unwrap();
+        assert!(s.token_by_hash("hash2").unwrap().is_none());
+        s.apply_app_deleted("api").unwrap();
+        assert!(s.get_app("api").unwrap().is_none());
+        assert!(s.outbox(10).unwrap().is_empty());
+        // Secrets: sealed bytes travel as hex; the version only grows.
+        s.apply_secrets(
+            "web",
+            &[("A".into(), Some((hex_encode(b"sealed"), "d1".into())))],
+            5,
+        )
+        .unwrap();
+        assert_eq!(s.secrets_version("web").unwrap(), 5);
+        s.apply_secrets("web", &[("A".into(), None)], 3).unwrap();
+        assert_eq!(s.secrets_version("web").unwrap(), 5);
+        assert!(s.outbox(10).unwrap().is_empty());
     }
 }

@@ -117,6 +117,27 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(db)?;
+        if changed > 0 {
+            super::cluster::record(
+                self,
+                &tx,
+                &super::cluster::CatalogChange::Secrets {
+                    app: app.to_owned(),
+                    changes: changes
+                        .iter()
+                        .map(|(n, c)| {
+                            (
+                                n.clone(),
+                                c.as_ref().map(|(sealed, digest)| {
+                                    (super::cluster::hex_encode(sealed), digest.clone())
+                                }),
+                            )
+                        })
+                        .collect(),
+                    version,
+                },
+            )?;
+        }
         tx.commit().map_err(db)?;
         Ok(version)
     }

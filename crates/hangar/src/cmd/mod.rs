@@ -6,6 +6,7 @@ pub mod build;
 pub mod checks;
 pub mod deploy;
 pub mod flytoml;
+pub mod hosts;
 pub mod image;
 pub mod ips;
 pub mod launch;
