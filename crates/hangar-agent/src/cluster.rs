@@ -2,6 +2,8 @@
 //! catalogue changes this host made (its outbox), applying those of other
 //! hosts, and a summary of the machines it runs for the shared directory.
 
+use std::sync::Arc;
+
 use crate::store::{AppRecord, CatalogChange, TokenRow};
 use crate::{Agent, AgentError};
 
@@ -20,13 +22,23 @@ pub struct MachineSummary {
     pub cpus: u32,
     /// Memory it reserves, MiB.
     pub memory_mb: u64,
+    /// The machines it stands by for (`config.standbys`).
+    pub standbys: Vec<String>,
+}
+
+/// What a host knows of the machines other hosts run (its copy of the
+/// cluster's directory).
+pub trait RemoteMachines: Send + Sync {
+    /// Whether another host runs machine `id` of `app`.
+    fn exists(&self, app: &str, id: &str) -> bool;
 }
 
 impl Agent {
     /// Puts this host in a cluster: catalogue changes go to the outbox from
     /// now on.
-    pub fn enable_cluster(&self) {
+    pub fn enable_cluster(&self, remote: Arc<dyn RemoteMachines>) {
         self.shared.store.set_clustered();
+        let _ = self.shared.remote.set(remote);
     }
 
     /// The oldest catalogue changes this host has not sent yet.
@@ -120,6 +132,7 @@ impl Agent {
                     region: m.region.clone(),
                     cpus: m.spec.guest.cpus,
                     memory_mb: m.spec.guest.memory_mb,
+                    standbys: m.spec.standbys.iter().map(|s| s.to_string()).collect(),
                 });
             }
         }

@@ -39,7 +39,7 @@ use hangar_core::{AppName, InstanceId, MachineId, MachineState, Signal};
 use hangar_runtime::Runtime;
 use tokio::sync::oneshot;
 
-pub use cluster::MachineSummary;
+pub use cluster::{MachineSummary, RemoteMachines};
 pub use images::{ImageSource, ResolvedImage};
 pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;
@@ -222,6 +222,8 @@ pub(crate) struct Shared {
     /// its gateway and lets its network's traffic through).
     network_hook: Mutex<Option<NetworkHook>>,
     runners: Mutex<HashMap<MachineId, Handle>>,
+    /// In a cluster: the machines other hosts run.
+    pub(crate) remote: std::sync::OnceLock<Arc<dyn cluster::RemoteMachines>>,
 }
 
 impl Shared {
@@ -431,6 +433,7 @@ impl Agent {
             host_memory_mb: cfg.host_memory_mb.or_else(host_memory_mb),
             network_hook: Mutex::new(None),
             runners: Mutex::new(HashMap::new()),
+            remote: std::sync::OnceLock::new(),
         });
         let mut live = shared.store.live_machines()?;
         tracing::info!(machines = live.len(), "resuming machines");

@@ -4,8 +4,10 @@
 //! over its watched machine's role) and no schedule, and `hangar machine
 //! update --standby-for ""` makes it an ordinary machine again.
 //!
-//! On one host there is no other host to fail; [`Agent::start_standbys_for`]
-//! is where the multi-host control plane's host-down signal will arrive.
+//! On one host there is no other host to fail; in a cluster the host-down
+//! signal arrives at [`Agent::start_standbys_for`], and a host that comes
+//! back after its machines' standbys took over stops those machines
+//! ([`Agent::fence`]).
 
 use hangar_core::spec::MachineSpec;
 use hangar_core::{MachineId, MachineState};
@@ -31,6 +33,12 @@ impl Agent {
             }
             match self.shared.store.get_machine(app, id.as_str())? {
                 Some(m) if m.core.state != MachineState::Destroyed => {}
+                // A machine another host of the cluster runs.
+                _ if self
+                    .shared
+                    .remote
+                    .get()
+                    .is_some_and(|r| r.exists(app, id.as_str())) => {}
                 _ => {
                     return Err(AgentError::InvalidArgument(format!(
                         "config.standbys[{i}]: machine {id} not found in app {app}"
@@ -63,5 +71,21 @@ impl Agent {
             }
         }
         Ok(started)
+    }
+
+    /// This host was declared down and its machines' standbys may have
+    /// started elsewhere: stops each of `ids` (its machines that a started
+    /// standby watches) so that nothing runs twice; they stay stopped until
+    /// someone starts them. Returns the ids stopped.
+    pub async fn fence(&self, ids: &[String]) -> Result<Vec<String>, AgentError> {
+        let mut stopped = Vec::new();
+        for s in self.machine_summaries()? {
+            if ids.contains(&s.id) && s.state == "started" {
+                tracing::warn!(machine = %s.id, "its standby took over while this host was down: stopping it");
+                self.stop_machine(&s.app, &s.id, None, None, None).await?;
+                stopped.push(s.id);
+            }
+        }
+        Ok(stopped)
     }
 }

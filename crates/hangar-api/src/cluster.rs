@@ -212,10 +212,21 @@ async fn create(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response
         .and_then(|g| g.get("memory_mb"))
         .and_then(|m| m.as_u64())
         .unwrap_or(256);
-    let host = match c
-        .cluster
-        .place(region, u32::try_from(cpus).unwrap_or(u32::MAX), memory)
-    {
+    let standbys: Vec<String> = v
+        .pointer("/config/standbys")
+        .and_then(|s| s.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let host = match c.cluster.place(
+        region,
+        u32::try_from(cpus).unwrap_or(u32::MAX),
+        memory,
+        &standbys,
+    ) {
         Ok(h) => h,
         Err(e) => {
             return ApiError::Agent(hangar_agent::AgentError::InsufficientCapacity(

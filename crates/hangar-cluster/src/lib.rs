@@ -127,6 +127,8 @@ pub struct DirEntry {
     pub app: String,
     /// Its state.
     pub state: String,
+    /// The machines it stands by for.
+    pub standbys: Vec<String>,
 }
 
 /// No host can take a machine.
@@ -138,6 +140,12 @@ pub enum PlaceError {
     /// Hosts of the region are up but full.
     #[error("insufficient resources to create machine in region '{0}'")]
     Full(String),
+    /// The only hosts of the region with room run the machines a standby
+    /// would watch.
+    #[error(
+        "no host in region '{0}' can take a standby: the others run the machines it stands by for"
+    )]
+    Standby(String),
 }
 
 #[derive(Default)]
@@ -152,9 +160,40 @@ struct View {
 struct Inner {
     cfg: ClusterConfig,
     agent: Agent,
-    view: RwLock<View>,
+    view: Arc<RwLock<View>>,
     doorbell: Notify,
 }
+
+/// The agent's window on the directory (standbys of machines elsewhere).
+struct Remote {
+    view: Arc<RwLock<View>>,
+    me: String,
+}
+
+impl hangar_agent::RemoteMachines for Remote {
+    fn exists(&self, app: &str, id: &str) -> bool {
+        let v = self.view.read().unwrap_or_else(|p| p.into_inner());
+        v.machines
+            .get(id)
+            .is_some_and(|e| e.app == app && e.host != self.me && e.state != "destroyed")
+    }
+}
+
+/// Events of the cluster itself in the change log (origin `cluster`):
+/// every host applies them, the one that wrote them too.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum ClusterEvent {
+    /// A host was declared down, with the machines the directory had on it
+    /// (`(app, id)`).
+    HostDown {
+        host: String,
+        machines: Vec<(String, String)>,
+    },
+}
+
+/// The origin of [`ClusterEvent`]s in the change log.
+const CLUSTER_ORIGIN: &str = "cluster";
 
 /// This host's membership of a cluster. Cheap to clone.
 #[derive(Clone)]
@@ -182,12 +221,16 @@ impl Cluster {
                 "a cluster host needs a region and the URL other hosts reach its API at".into(),
             ));
         }
-        agent.enable_cluster();
+        let view: Arc<RwLock<View>> = Arc::default();
+        agent.enable_cluster(Arc::new(Remote {
+            view: view.clone(),
+            me: cfg.host_id.clone(),
+        }));
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 cfg,
                 agent,
-                view: RwLock::new(View::default()),
+                view,
                 doorbell: Notify::new(),
             }),
         };
@@ -249,6 +292,7 @@ impl Cluster {
             host: host.to_owned(),
             app: app.to_owned(),
             state: "created".into(),
+            standbys: Vec::new(),
         };
         v.machines.insert(id.to_owned(), e.clone());
         v.noted.insert(id.to_owned(), (e, Instant::now()));
@@ -322,23 +366,35 @@ impl Cluster {
 
     /// The host a new machine of `cpus` vCPUs and `memory_mb` MiB goes to:
     /// in `region` (this host's when none is asked for), a host that is up
-    /// and not drained with the most free memory, this host on a tie.
+    /// and not drained with the most free memory, this host on a tie; for a
+    /// standby, never the host of a machine in `standbys`.
     pub fn place(
         &self,
         region: Option<&str>,
         cpus: u32,
         memory_mb: u64,
+        standbys: &[String],
     ) -> Result<HostInfo, PlaceError> {
         let region = region
             .filter(|r| !r.is_empty())
             .unwrap_or(&self.inner.cfg.region);
-        pick_host(
-            &self.hosts(),
-            region,
-            &self.inner.cfg.host_id,
-            cpus,
-            memory_mb,
-        )
+        // A standby never shares a host with a machine it watches.
+        let avoid: Vec<String> = {
+            let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+            standbys
+                .iter()
+                .filter_map(|id| v.machines.get(id).map(|e| e.host.clone()))
+                .collect()
+        };
+        let hosts: Vec<HostInfo> = self
+            .hosts()
+            .into_iter()
+            .filter(|h| !avoid.contains(&h.id))
+            .collect();
+        match pick_host(&hosts, region, &self.inner.cfg.host_id, cpus, memory_mb) {
+            Err(PlaceError::Region(r)) if !avoid.is_empty() => Err(PlaceError::Standby(r)),
+            r => r,
+        }
     }
 }
 
@@ -529,6 +585,12 @@ impl Session {
                 "this host's secrets key is not host {other}'s: the hosts of a cluster share one key (copy host {other}'s <data-dir>/secrets.key, or the file its --secrets-key-file names, to this host's before it joins)"
             )));
         }
+        let was_down = self
+            .db
+            .query_opt("SELECT state FROM hosts WHERE id = $1", &[&c.host_id])
+            .await
+            .map_err(pg("reading this host"))?
+            .is_some_and(|r| r.get::<_, String>(0) == "down");
         let row = self
             .db
             .query_one(
@@ -557,6 +619,9 @@ impl Session {
         let epoch: i64 = row.get(0);
         tracing::info!(host = %c.host_id, epoch, "host registered");
         self.last_heartbeat = Instant::now();
+        if was_down {
+            self.fence().await?;
+        }
         Ok(())
     }
 
@@ -615,8 +680,12 @@ impl Session {
     /// Declares silent hosts down; exactly one sweeper wins each.
     async fn sweep(&mut self) -> Result<(), ClusterError> {
         let secs = self.inner.cfg.down_after.as_secs_f64();
-        let rows = self
+        let tx = self
             .db
+            .transaction()
+            .await
+            .map_err(pg("starting a sweep"))?;
+        let rows = tx
             .query(
                 "UPDATE hosts SET state = 'down'
                  WHERE state = 'up' AND heartbeat_at < now() - make_interval(secs => $1)
@@ -625,9 +694,94 @@ impl Session {
             )
             .await
             .map_err(pg("sweeping silent hosts"))?;
-        for r in rows {
+        if rows.is_empty() {
+            return tx.commit().await.map_err(pg("sweeping silent hosts"));
+        }
+        // The one sweeper that won tells every host, in the same
+        // transaction: the event exists exactly when the host went down.
+        tx.batch_execute("LOCK TABLE changes IN EXCLUSIVE MODE")
+            .await
+            .map_err(pg("locking the change log"))?;
+        for r in &rows {
             let id: String = r.get(0);
+            let machines = tx
+                .query("SELECT app, id FROM machines WHERE host = $1", &[&id])
+                .await
+                .map_err(pg("reading a down host's machines"))?
+                .into_iter()
+                .map(|m| (m.get::<_, String>(0), m.get::<_, String>(1)))
+                .collect();
+            let body = serde_json::to_string(&ClusterEvent::HostDown {
+                host: id.clone(),
+                machines,
+            })
+            .unwrap_or_default();
+            tx.execute(
+                "INSERT INTO changes (origin, body) VALUES ($1, $2)",
+                &[&CLUSTER_ORIGIN, &body],
+            )
+            .await
+            .map_err(pg("announcing a down host"))?;
             tracing::warn!(host = %id, after_secs = secs, "host declared down");
+        }
+        tx.batch_execute("NOTIFY hangar_changes")
+            .await
+            .map_err(pg("ringing the doorbell"))?;
+        tx.commit().await.map_err(pg("sweeping silent hosts"))
+    }
+
+    /// A host went down: the standbys here of its machines start, unless it
+    /// is already back (an old event read late).
+    async fn host_down(&mut self, host: &str, machines: &[(String, String)]) {
+        if host == self.inner.cfg.host_id {
+            return;
+        }
+        if let Ok(rows) = self
+            .db
+            .query("SELECT state FROM hosts WHERE id = $1", &[&host])
+            .await
+        {
+            if rows.first().is_some_and(|r| r.get::<_, String>(0) == "up") {
+                return;
+            }
+        }
+        let mut by_app: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (app, id) in machines {
+            by_app.entry(app).or_default().push(id);
+        }
+        for (app, ids) in by_app {
+            match self.inner.agent.start_standbys_for(app, &ids).await {
+                Ok(started) if !started.is_empty() => {
+                    tracing::warn!(%host, %app, ?started, "standbys started for a down host's machines")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%host, %app, error = %e, "could not start standbys"),
+            }
+        }
+    }
+
+    /// After this host was declared down: stops its machines whose
+    /// standbys took over elsewhere, so nothing runs twice.
+    async fn fence(&mut self) -> Result<(), ClusterError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT standbys FROM machines WHERE host <> $1 AND state IN ('starting', 'started') AND standbys <> ''",
+                &[&self.inner.cfg.host_id],
+            )
+            .await
+            .map_err(pg("reading standbys"))?;
+        let watched: Vec<String> = rows
+            .iter()
+            .flat_map(|r| {
+                r.get::<_, String>(0)
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !watched.is_empty() {
+            self.inner.agent.fence(&watched).await?;
         }
         Ok(())
     }
@@ -728,7 +882,16 @@ impl Session {
                 let rev: i64 = r.get(0);
                 let origin: String = r.get(1);
                 let body: String = r.get(2);
-                if origin != self.inner.cfg.host_id {
+                if origin == CLUSTER_ORIGIN {
+                    match serde_json::from_str::<ClusterEvent>(&body) {
+                        Ok(ClusterEvent::HostDown { host, machines }) => {
+                            self.host_down(&host, &machines).await
+                        }
+                        Err(e) => {
+                            tracing::warn!(rev, error = %e, "skipping an unreadable cluster event")
+                        }
+                    }
+                } else if origin != self.inner.cfg.host_id {
                     match serde_json::from_str::<CatalogChange>(&body) {
                         Ok(c) => {
                             if let Err(e) = self.inner.agent.apply_catalog_change(&c).await {
@@ -788,11 +951,11 @@ impl Session {
         }
         for m in &changed {
             tx.execute(
-                "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
                  ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
                     region = excluded.region, state = excluded.state, cpus = excluded.cpus,
-                    memory_mb = excluded.memory_mb, updated_at = now()",
+                    memory_mb = excluded.memory_mb, standbys = excluded.standbys, updated_at = now()",
                 &[
                     &m.id,
                     &m.app,
@@ -801,6 +964,7 @@ impl Session {
                     &m.state,
                     &(m.cpus as i32),
                     &(m.memory_mb as i64),
+                    &m.standbys.join(","),
                 ],
             )
             .await
@@ -841,7 +1005,7 @@ impl Session {
             .map_err(pg("reading the hosts"))?;
         let machine_rows = self
             .db
-            .query("SELECT id, host, app, state FROM machines", &[])
+            .query("SELECT id, host, app, state, standbys FROM machines", &[])
             .await
             .map_err(pg("reading the directory"))?;
         let mut hosts = HashMap::new();
@@ -872,6 +1036,12 @@ impl Session {
                         host: r.get(1),
                         app: r.get(2),
                         state: r.get(3),
+                        standbys: r
+                            .get::<_, String>(4)
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
                     },
                 )
             })

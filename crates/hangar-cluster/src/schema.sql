@@ -40,3 +40,5 @@ CREATE INDEX IF NOT EXISTS machines_by_host ON machines (host);
 CREATE INDEX IF NOT EXISTS machines_by_app ON machines (app);
 -- The id of each host's secrets key: hosts share secrets sealed with one key.
 ALTER TABLE hosts ADD COLUMN IF NOT EXISTS secrets_key_id TEXT NOT NULL DEFAULT '';
+-- The machines each machine stands by for (comma-separated ids).
+ALTER TABLE machines ADD COLUMN IF NOT EXISTS standbys TEXT NOT NULL DEFAULT '';

@@ -5,8 +5,10 @@
 //! in a region lands on that region's host and is driven through the other
 //! host's API; secrets set on one host reach machines on the other; lists
 //! merge; a full or unknown region refuses with Fly's
-//! error; a host killed is declared down once, and comes back with its
-//! machine; the database paused leaves both hosts serving.
+//! error; the database paused leaves both hosts serving; a host killed is
+//! declared down once, the standby of its machine starts on the other host,
+//! and when it comes back its machine is there, stopped (nothing runs
+//! twice).
 
 use std::time::Duration;
 
@@ -296,6 +298,31 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     );
     pg.resume();
 
+    // A standby for B's machine never goes to B (the only host of sjc), and
+    // waits stopped on A.
+    let standby_config = json!({
+        "image": image,
+        "init": {"cmd": ["sleep", "3600"]},
+        "standbys": [m.id],
+    });
+    let (status, body) = create_raw(
+        &a,
+        json!({"region": "sjc", "config": standby_config.clone()}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("standby"),
+        "{body}"
+    );
+    let mut sreq = request(standby_config);
+    sreq.region = Some("ams".into());
+    let standby = ca.create_machine("web", &sreq).await.unwrap();
+    assert!(ca.get_machine("web", &standby.id).await.is_ok());
+    ca.wait_machine("web", &standby.id, &["stopped"], timeout)
+        .await
+        .unwrap();
+
     // B killed: A declares it down (once), and says so for its machine.
     b.kill();
     wait_until(Duration::from_secs(20), "host B declared down", || async {
@@ -317,6 +344,10 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         .filter(|l| l.contains("host declared down") && l.contains("host-b"))
         .count();
     assert_eq!(declared, 1, "declared down exactly once");
+    // The standby took over.
+    ca.wait_machine("web", &standby.id, &["started"], timeout)
+        .await
+        .unwrap();
 
     // B back: up again under a new epoch, with its machine.
     b.restart().await;
@@ -324,8 +355,17 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         (host_state(&a, "host-b").await.as_deref() == Some("up")).then_some(())
     })
     .await;
-    let back = ca.get_machine("web", &m.id).await.unwrap();
-    assert_eq!(back.id, m.id);
+    // Its machine is there, stopped: its standby runs in its place, so it
+    // does not run twice.
+    wait_until(Duration::from_secs(20), "B's machine fenced", || async {
+        let back = ca.get_machine("web", &m.id).await.ok()?;
+        (back.state == "stopped").then_some(())
+    })
+    .await;
+    assert_eq!(
+        ca.get_machine("web", &standby.id).await.unwrap().state,
+        "started"
+    );
     let h = hosts(&a).await;
     let hb = h["hosts"]
         .as_array()
