@@ -76,6 +76,9 @@ pub struct ClusterConfig {
     pub region: String,
     /// Where other hosts reach this host's API (`http://host:port`).
     pub api_url: String,
+    /// Where other hosts' proxies reach this host's proxy (its plain HTTP
+    /// listener), if it has one.
+    pub proxy_addr: Option<std::net::SocketAddr>,
     /// vCPUs machines may reserve here.
     pub cpus: u32,
     /// Memory machines may reserve here, MiB.
@@ -96,6 +99,8 @@ pub struct HostInfo {
     pub region: String,
     /// Its API.
     pub api_url: String,
+    /// Its proxy's plain HTTP listener, for other hosts' proxies.
+    pub proxy_addr: Option<std::net::SocketAddr>,
     /// `up` or `down`.
     pub state: String,
     /// Drained hosts take no new machines.
@@ -312,6 +317,28 @@ impl Cluster {
         ids.into_iter()
             .filter_map(|h| v.hosts.get(h).cloned())
             .collect()
+    }
+
+    /// The proxy of another host that runs machines of `app` and is up:
+    /// one with a started machine of it first.
+    pub fn edge_for(&self, app: &str) -> Option<std::net::SocketAddr> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let me = &self.inner.cfg.host_id;
+        let mut best: Option<(bool, &String)> = None;
+        for e in v.machines.values() {
+            if e.app != app || &e.host == me || e.state == "destroyed" {
+                continue;
+            }
+            let started = e.state == "started";
+            let up = v
+                .hosts
+                .get(&e.host)
+                .is_some_and(|h| h.state == "up" && h.proxy_addr.is_some());
+            if up && best.is_none_or(|(s, h)| (started, &e.host) > (s, h)) {
+                best = Some((started, &e.host));
+            }
+        }
+        best.and_then(|(_, h)| v.hosts.get(h)?.proxy_addr)
     }
 
     /// Whether `token` is the admin token of a host of the cluster.
@@ -594,13 +621,14 @@ impl Session {
         let row = self
             .db
             .query_one(
-                "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id, proxy_addr)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (id) DO UPDATE SET
                     region = excluded.region, api_url = excluded.api_url,
                     cpus = excluded.cpus, memory_mb = excluded.memory_mb,
                     admin_token_hash = excluded.admin_token_hash,
                     secrets_key_id = excluded.secrets_key_id,
+                    proxy_addr = excluded.proxy_addr,
                     epoch = hosts.epoch + CASE WHEN hosts.state = 'down' THEN 1 ELSE 0 END,
                     state = 'up', heartbeat_at = now()
                  RETURNING epoch",
@@ -612,6 +640,7 @@ impl Session {
                     &(c.memory_mb as i64),
                     &c.admin_token_hash,
                     &key_id,
+                    &c.proxy_addr.map(|a| a.to_string()).unwrap_or_default(),
                 ],
             )
             .await
@@ -996,7 +1025,7 @@ impl Session {
                         h.admin_token_hash, h.epoch,
                         EXTRACT(EPOCH FROM now() - h.heartbeat_at)::float8,
                         COALESCE(SUM(m.cpus), 0)::int8, COALESCE(SUM(m.memory_mb), 0)::int8,
-                        COUNT(m.id)::int8
+                        COUNT(m.id)::int8, h.proxy_addr
                  FROM hosts h LEFT JOIN machines m ON m.host = h.id AND m.state <> 'destroyed'
                  GROUP BY h.id",
                 &[],
@@ -1024,6 +1053,7 @@ impl Session {
                 reserved_cpus: r.get::<_, i64>(10).max(0) as u64,
                 reserved_memory_mb: r.get::<_, i64>(11).max(0) as u64,
                 machines: r.get::<_, i64>(12).max(0) as u64,
+                proxy_addr: r.get::<_, String>(13).parse().ok(),
             };
             hosts.insert(h.id.clone(), h);
         }
@@ -1079,6 +1109,7 @@ mod tests {
             heartbeat_age_secs: 0.0,
             epoch: 1,
             admin_token_hash: String::new(),
+            proxy_addr: None,
         }
     }
 

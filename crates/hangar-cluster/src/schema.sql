@@ -42,3 +42,5 @@ CREATE INDEX IF NOT EXISTS machines_by_app ON machines (app);
 ALTER TABLE hosts ADD COLUMN IF NOT EXISTS secrets_key_id TEXT NOT NULL DEFAULT '';
 -- The machines each machine stands by for (comma-separated ids).
 ALTER TABLE machines ADD COLUMN IF NOT EXISTS standbys TEXT NOT NULL DEFAULT '';
+-- Where each host's proxy takes plain HTTP from the other hosts' proxies.
+ALTER TABLE hosts ADD COLUMN IF NOT EXISTS proxy_addr TEXT NOT NULL DEFAULT '';

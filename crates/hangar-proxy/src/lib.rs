@@ -132,7 +132,19 @@ pub trait Machines: Send + Sync + 'static {
         let _ = app;
         Arc::new(Vec::new())
     }
+    /// In a cluster: the proxy of another host that runs machines of `app`
+    /// (one with a started machine first), for requests this host has no
+    /// machine for.
+    fn remote(&self, app: &str) -> Option<SocketAddr> {
+        let _ = app;
+        None
+    }
 }
+
+/// Marks a request one host's proxy relayed to another's, with the
+/// client's scheme and port there (`https:443`): the next proxy serves it
+/// from its own machines only.
+pub const HANGAR_RELAYED: &str = "hangar-relayed";
 
 /// What went wrong setting the proxy up.
 #[derive(Debug, thiserror::Error)]

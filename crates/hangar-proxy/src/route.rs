@@ -48,14 +48,33 @@ impl Proxy {
                 }
             },
         };
+        // Relayed by another host's proxy: the client's scheme and port
+        // there.
+        let relayed = req
+            .headers()
+            .get(HANGAR_RELAYED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(':'))
+            .and_then(|(scheme, port)| Some((scheme == "https", port.parse::<u16>().ok()?)));
+        let (https, port) = match relayed {
+            Some((https, port)) => (https, port),
+            None => (ctx.scheme == Scheme::Https, ctx.port),
+        };
         let all = self.machines.backends(&app);
-        let Some((members, kind, force_https)) = http_members(&all, ctx.port) else {
+        let Some((members, kind, force_https)) = http_members(&all, port) else {
+            if relayed.is_none() {
+                if let Some(edge) = self.machines.remote(&app) {
+                    return self
+                        .relay_to_host(req, conn, host.as_ref(), request_id, edge, https, port)
+                        .await;
+                }
+            }
             return text(
                 StatusCode::NOT_FOUND,
-                format!("app {app} has no HTTP service on port {}", ctx.port),
+                format!("app {app} has no HTTP service on port {port}"),
             );
         };
-        if ctx.scheme == Scheme::Http && force_https {
+        if !https && force_https {
             return self.https_redirect(&req, ctx, host_str);
         }
         if matches!(*req.method(), http::Method::GET | http::Method::HEAD)
@@ -70,13 +89,40 @@ impl Proxy {
             Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
         };
         let target = SocketAddr::new(backend.addr, svc.internal_port);
-        self.forward(req, conn, host.as_ref(), request_id, target, guard)
+        self.forward(req, conn, host.as_ref(), request_id, target, Some(guard))
             .await
             .unwrap_or_else(|()| {
                 self.not_ready(&backend.id);
                 text(
                     StatusCode::BAD_GATEWAY,
                     format!("machine {} of app {app} did not answer", backend.id),
+                )
+            })
+    }
+
+    /// Sends a request for an app whose machines all run on other hosts to
+    /// the proxy of one of them, and its answer back.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_to_host(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ClientConn,
+        host: Option<&HeaderValue>,
+        request_id: &HeaderValue,
+        edge: SocketAddr,
+        https: bool,
+        port: u16,
+    ) -> Response<Body> {
+        let mark = format!("{}:{port}", if https { "https" } else { "http" });
+        if let Ok(v) = HeaderValue::from_str(&mark) {
+            req.headers_mut().insert(HANGAR_RELAYED, v);
+        }
+        self.forward(req, conn, host, request_id, edge, None)
+            .await
+            .unwrap_or_else(|()| {
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the host at {edge} that runs this app's machines did not answer"),
                 )
             })
     }
@@ -152,7 +198,7 @@ impl Proxy {
         host: Option<&HeaderValue>,
         request_id: &HeaderValue,
         target: SocketAddr,
-        guard: LoadGuard,
+        guard: Option<LoadGuard>,
     ) -> Result<Response<Body>, ()> {
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -19,6 +19,8 @@ pub struct AgentMachines {
     cache: Mutex<HashMap<String, Cached>>,
     /// Each app's statics, with the state version they were read at.
     statics: Mutex<HashMap<String, CachedStatics>>,
+    /// In a cluster: where the other hosts' proxies are.
+    pub cluster: std::sync::OnceLock<hangar_cluster::Cluster>,
 }
 
 /// Statics as read at a state version.
@@ -34,6 +36,7 @@ impl AgentMachines {
             agent,
             cache: Mutex::new(HashMap::new()),
             statics: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,6 +102,10 @@ impl hangar_proxy::Machines for AgentMachines {
         }
         cache.insert(app.to_owned(), (version, Arc::clone(&fresh)));
         fresh
+    }
+
+    fn remote(&self, app: &str) -> Option<std::net::SocketAddr> {
+        self.cluster.get()?.edge_for(app)
     }
 
     async fn statics(&self, app: &str) -> Arc<Vec<hangar_proxy::Static>> {

@@ -141,6 +141,11 @@ struct Args {
     /// How long a host may stay silent before the cluster declares it down.
     #[arg(long, env = "HANGAR_CLUSTER_DOWN_AFTER", default_value = "15s", value_parser = humantime::parse_duration)]
     cluster_down_after: std::time::Duration,
+    /// Where the other hosts' proxies reach this host's proxy (its plain
+    /// HTTP listener), for apps whose machines run here only (default: the
+    /// --proxy-http address, or its port on the --advertise-url host).
+    #[arg(long, env = "HANGAR_ADVERTISE_PROXY")]
+    advertise_proxy: Option<SocketAddr>,
     /// Memory (MiB) machines may reserve on this host, for placement
     /// (default: the host's memory).
     #[arg(long, env = "HANGAR_CAPACITY_MEMORY_MB")]
@@ -361,6 +366,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }))?;
     }
 
+    let edge_machines = Arc::new(edge::AgentMachines::new(agent.clone()));
     let proxy = if args.proxy_http.0.is_none() && args.proxy_https.0.is_none() {
         None
     } else {
@@ -383,7 +389,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tls_key: key,
                 region: args.region.clone(),
             },
-            Arc::new(edge::AgentMachines::new(agent.clone())),
+            edge_machines.clone(),
         );
         let tasks = proxy.serve().await.context("starting the proxy")?;
         Some((proxy, tasks))
@@ -430,6 +436,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
         Some(url) => {
             let c = join_cluster(&args, url, &token, &agent).await?;
+            let _ = edge_machines.cluster.set(c.clone());
             auth = auth.with_cluster(c.clone());
             Some(hangar_api::cluster::ClusterApi::new(c))
         }
@@ -572,12 +579,22 @@ async fn join_cluster(
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
+    let proxy_addr = args.advertise_proxy.or_else(|| {
+        let http = args.proxy_http.0?;
+        if !http.ip().is_unspecified() {
+            return Some(http);
+        }
+        let host = url::Url::parse(&api_url).ok()?.host_str()?.to_owned();
+        let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+        Some(SocketAddr::new(ip, http.port()))
+    });
     let c = hangar_cluster::Cluster::join(
         hangar_cluster::ClusterConfig {
             url: url.to_owned(),
             host_id,
             region: args.region.clone(),
             api_url,
+            proxy_addr,
             cpus,
             memory_mb,
             admin_token_hash: hangar_cluster::token_hash(token),

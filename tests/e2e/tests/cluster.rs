@@ -8,7 +8,8 @@
 //! error; the database paused leaves both hosts serving; a host killed is
 //! declared down once, the standby of its machine starts on the other host,
 //! and when it comes back its machine is there, stopped (nothing runs
-//! twice).
+//! twice). One host's proxy serves, and starts, an app whose machine runs
+//! on the other.
 
 use std::time::Duration;
 
@@ -284,6 +285,59 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     assert_eq!(codes, ["ams", "sjc"], "{regions}");
     assert_eq!(regions["nearest"], "sjc");
 
+    // A's proxy serves an app whose only machine runs on B, and starts it
+    // when it is stopped.
+    ca.create_app("site").await.unwrap();
+    wait_until(Duration::from_secs(10), "site on B", || async {
+        cb.get_app("site").await.ok()
+    })
+    .await;
+    let mut sreq = request(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c", "echo served from sjc > /www/index.html; exec httpd -f -p 8080 -h /www"]},
+        "services": [{
+            "protocol": "tcp", "internal_port": 8080,
+            "autostart": true, "autostop": "off",
+            "ports": [{"port": 80, "handlers": ["http"]}],
+        }],
+    }));
+    sreq.region = Some("sjc".into());
+    let web = ca.create_machine("site", &sreq).await.unwrap();
+    ca.wait_machine("site", &web.id, &["started"], timeout)
+        .await
+        .unwrap();
+    let page = || async {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/", a.proxy_http))
+            .header("host", "site.localhost")
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(r.text().await.ok()?)
+    };
+    let got = wait_until(
+        Duration::from_secs(15),
+        "A's proxy to serve B's machine",
+        || page(),
+    )
+    .await;
+    assert_eq!(got, "served from sjc\n");
+    ca.stop_machine("site", &web.id, None, None).await.unwrap();
+    ca.wait_machine("site", &web.id, &["stopped"], timeout)
+        .await
+        .unwrap();
+    let got = wait_until(
+        Duration::from_secs(30),
+        "B's machine autostarted through A",
+        || page(),
+    )
+    .await;
+    assert_eq!(got, "served from sjc\n");
+    assert_eq!(
+        ca.get_machine("site", &web.id).await.unwrap().state,
+        "started"
+    );
+
     // The database paused: both hosts keep answering for what they run.
     pg.pause();
     ca.stop_machine("web", &local.id, None, None).await.unwrap();
@@ -374,5 +428,5 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         .find(|x| x["id"] == "host-b")
         .unwrap()
         .clone();
-    assert_eq!(hb["machines"], 1, "{h}");
+    assert_eq!(hb["machines"], 2, "{h}");
 }
