@@ -341,6 +341,19 @@ impl Cluster {
         best.and_then(|(_, h)| v.hosts.get(h)?.proxy_addr)
     }
 
+    /// Whether `registry` (`host:port`) is the API (and registry) of
+    /// another host of the cluster.
+    pub fn is_peer_registry(&self, registry: &str) -> bool {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        v.hosts.values().any(|h| {
+            h.id != self.inner.cfg.host_id
+                && h.api_url
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .eq_ignore_ascii_case(registry)
+        })
+    }
+
     /// Whether `token` is the admin token of a host of the cluster.
     pub fn is_admin_token(&self, token: &str) -> bool {
         let hash = token_hash(token);

@@ -289,6 +289,14 @@ impl Credentials {
     }
 }
 
+/// The registries of the other hosts of a cluster (each `hangard` serves
+/// one): reached over plain HTTP on the hosts' API addresses.
+pub trait PeerRegistries: std::fmt::Debug + Send + Sync {
+    /// The user and password to pull from `registry` (`host:port`) with,
+    /// when it is another host's.
+    fn credentials(&self, registry: &str) -> Option<(String, String)>;
+}
+
 /// How the store talks to registries.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
@@ -347,6 +355,11 @@ struct Inner {
     pull_count: std::sync::atomic::AtomicU64,
     local: Option<Arc<dyn LocalRegistry>>,
     local_pull_count: std::sync::atomic::AtomicU64,
+    /// The other hosts of a cluster, whose registries answer over plain
+    /// HTTP (set once the cluster is joined).
+    peers: std::sync::OnceLock<Arc<dyn PeerRegistries>>,
+    /// A client for peers: plain HTTP.
+    peer_client: oci_client::Client,
     layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -389,9 +402,24 @@ impl ImageStore {
                 pull_count: std::sync::atomic::AtomicU64::new(0),
                 local: opts.local,
                 local_pull_count: std::sync::atomic::AtomicU64::new(0),
+                peers: std::sync::OnceLock::new(),
+                peer_client: oci_client::Client::new(ClientConfig {
+                    protocol: ClientProtocol::Http,
+                    platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+                    connect_timeout: Some(std::time::Duration::from_secs(10)),
+                    read_timeout: Some(std::time::Duration::from_secs(60)),
+                    user_agent: concat!("hangar/", env!("CARGO_PKG_VERSION")),
+                    ..ClientConfig::default()
+                }),
                 layer_locks: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Registries of the other hosts of this host's cluster (once it has
+    /// joined one).
+    pub fn set_peers(&self, peers: Arc<dyn PeerRegistries>) {
+        let _ = self.inner.peers.set(peers);
     }
 
     /// The store's root directory.
@@ -772,6 +800,15 @@ impl Inner {
             .clone()
     }
 
+    /// The client and credentials for `registry`: a peer host's over plain
+    /// HTTP with its credentials, else the configured ones.
+    fn client_for(&self, registry: &str) -> (&oci_client::Client, RegistryAuth) {
+        if let Some((user, password)) = self.peers.get().and_then(|p| p.credentials(registry)) {
+            return (&self.peer_client, RegistryAuth::Basic(user, password));
+        }
+        (&self.client, self.credentials.for_registry(registry))
+    }
+
     fn map_oci(&self, name: &ImageName, e: OciDistributionError) -> ImageError {
         let reference = name.to_string();
         let registry = name.registry.clone();
@@ -872,12 +909,11 @@ impl Inner {
             return local::pull(self, local, name).await;
         }
         let reference = name.to_oci();
-        let auth = self.credentials.for_registry(&name.registry);
+        let (client, auth) = self.client_for(&name.registry);
         self.pull_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(image = %name, "pulling image");
-        let (manifest, digest, config) = self
-            .client
+        let (manifest, digest, config) = client
             .pull_manifest_and_config(&reference, &auth)
             .await
             .map_err(|e| self.map_oci(name, e))?;
@@ -997,8 +1033,8 @@ impl Inner {
         let file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| ImageError::io("create", &tmp, e))?;
-        let result = self
-            .client
+        let (client, _) = self.client_for(&name.registry);
+        let result = client
             .pull_blob(&name.to_oci(), desc, file)
             .await
             .map_err(|e| self.map_oci(name, e));

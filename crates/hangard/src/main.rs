@@ -437,6 +437,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(url) => {
             let c = join_cluster(&args, url, &token, &agent).await?;
             let _ = edge_machines.cluster.set(c.clone());
+            // Images pushed to another host's registry are pulled from it.
+            images.set_peers(Arc::new(PeerHosts {
+                cluster: c.clone(),
+                token: token.clone(),
+            }));
             auth = auth.with_cluster(c.clone());
             Some(hangar_api::cluster::ClusterApi::new(c))
         }
@@ -538,6 +543,28 @@ fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
         bail!("another hangard is using {}", dir.display());
     }
     Ok(f)
+}
+
+/// The other hosts' registries, as the image store reaches them: plain
+/// HTTP on their API address, with this host's admin token (every host
+/// accepts every host's).
+struct PeerHosts {
+    cluster: hangar_cluster::Cluster,
+    token: String,
+}
+
+impl std::fmt::Debug for PeerHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerHosts").finish_non_exhaustive()
+    }
+}
+
+impl hangar_image::PeerRegistries for PeerHosts {
+    fn credentials(&self, registry: &str) -> Option<(String, String)> {
+        self.cluster
+            .is_peer_registry(registry)
+            .then(|| ("hangar".to_owned(), self.token.clone()))
+    }
 }
 
 /// Joins the cluster at `url` as this host.

@@ -3,8 +3,8 @@
 //! catalogue and directory; two real `hangard`s in two regions join it.
 //! Apps and tokens made on one host work on the other; a machine asked for
 //! in a region lands on that region's host and is driven through the other
-//! host's API; secrets set on one host reach machines on the other; lists
-//! merge; a full or unknown region refuses with Fly's
+//! host's API; secrets set on one host reach machines on the other, and
+//! images pushed to one host's registry run on the other; lists merge; a full or unknown region refuses with Fly's
 //! error; the database paused leaves both hosts serving; a host killed is
 //! declared down once, the standby of its machine starts on the other host,
 //! and when it comes back its machine is there, stopped (nothing runs
@@ -57,7 +57,7 @@ async fn create_raw(d: &Daemon, body: Value) -> (u16, Value) {
 async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     if !hangar_test_utils::host_tier(
         "two_hosts_share_apps_place_by_region_and_answer_for_each_other",
-        &["crun", "docker-registry"],
+        &["crun", "docker-registry", "skopeo"],
     ) {
         return;
     }
@@ -203,6 +203,55 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     ca.destroy_machine("web", &with_secret.id, true)
         .await
         .unwrap();
+
+    // An image pushed to A's registry runs on B (pulled from A).
+    let dir = tempfile::tempdir().unwrap();
+    let pushed = ImageBuilder::busybox()
+        .layer(
+            hangar_test_utils::image::Layer::new()
+                .dir("app", 0o755)
+                .file("app/hello", b"pushed to host A\n", 0o644),
+        )
+        .build();
+    let archive = dir.path().join("image.tar");
+    std::fs::write(&archive, pushed.oci_archive(None)).unwrap();
+    let a_host = a.url.trim_start_matches("http://").to_owned();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &format!("x:{}", a.token),
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker://{a_host}/web:v1"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut req = request(json!({
+        "image": format!("{a_host}/web:v1"),
+        "init": {"cmd": ["sleep", "3600"]},
+    }));
+    req.region = Some("sjc".into());
+    let from_a = ca.create_machine("web", &req).await.unwrap();
+    ca.wait_machine("web", &from_a.id, &["started"], timeout)
+        .await
+        .unwrap();
+    assert_eq!(
+        cb.get_machine("web", &from_a.id)
+            .await
+            .unwrap()
+            .image_ref
+            .unwrap()
+            .digest,
+        pushed.digest(),
+        "B runs the image pushed to A"
+    );
+    ca.destroy_machine("web", &from_a.id, true).await.unwrap();
 
     // One on A (this host's region by default): each host lists both.
     let local = ca
