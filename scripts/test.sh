@@ -16,8 +16,9 @@ fi
 # util-linux; volumes use e2fsprogs (mkfs.ext4, resize2fs) and losetup;
 # private networks use iproute2 (ip) and nftables (nft); the firewall tests
 # also check the iptables fallback; skopeo, buildah and podman push to and
-# pull from the built-in registry; the cluster tests run their own PostgreSQL.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql)
+# pull from the built-in registry; the cluster tests run their own PostgreSQL
+# (and the cluster demo builds its image with umoci).
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

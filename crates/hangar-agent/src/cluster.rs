@@ -24,6 +24,9 @@ pub struct MachineSummary {
     pub memory_mb: u64,
     /// The machines it stands by for (`config.standbys`).
     pub standbys: Vec<String>,
+    /// The public ports its services serve over HTTP, as `start-end`
+    /// ranges (a host's proxy relays requests for them).
+    pub http_ports: Vec<(u16, u16)>,
 }
 
 /// What a host knows of the machines other hosts run (its copy of the
@@ -133,6 +136,14 @@ impl Agent {
                     cpus: m.spec.guest.cpus,
                     memory_mb: m.spec.guest.memory_mb,
                     standbys: m.spec.standbys.iter().map(|s| s.to_string()).collect(),
+                    http_ports: m
+                        .spec
+                        .services
+                        .iter()
+                        .flat_map(|s| s.ports.iter())
+                        .filter(|p| p.is_http())
+                        .map(|p| (p.start, p.end))
+                        .collect(),
                 });
             }
         }

@@ -134,6 +134,25 @@ pub struct DirEntry {
     pub state: String,
     /// The machines it stands by for.
     pub standbys: Vec<String>,
+    /// The public ports it serves over HTTP, as ranges.
+    pub http_ports: Vec<(u16, u16)>,
+}
+
+fn ports_text(ports: &[(u16, u16)]) -> String {
+    ports
+        .iter()
+        .map(|(a, b)| format!("{a}-{b}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_ports(text: &str) -> Vec<(u16, u16)> {
+    text.split(',')
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
 }
 
 /// No host can take a machine.
@@ -298,6 +317,7 @@ impl Cluster {
             app: app.to_owned(),
             state: "created".into(),
             standbys: Vec::new(),
+            http_ports: Vec::new(),
         };
         v.machines.insert(id.to_owned(), e.clone());
         v.noted.insert(id.to_owned(), (e, Instant::now()));
@@ -319,14 +339,19 @@ impl Cluster {
             .collect()
     }
 
-    /// The proxy of another host that runs machines of `app` and is up:
-    /// one with a started machine of it first.
-    pub fn edge_for(&self, app: &str) -> Option<std::net::SocketAddr> {
+    /// The proxy of another host that runs machines of `app` serving
+    /// public `port` over HTTP, and is up: one with a started machine of
+    /// it first.
+    pub fn edge_for(&self, app: &str, port: u16) -> Option<std::net::SocketAddr> {
         let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
         let me = &self.inner.cfg.host_id;
         let mut best: Option<(bool, &String)> = None;
         for e in v.machines.values() {
-            if e.app != app || &e.host == me || e.state == "destroyed" {
+            if e.app != app
+                || &e.host == me
+                || e.state == "destroyed"
+                || !e.http_ports.iter().any(|(a, b)| (*a..=*b).contains(&port))
+            {
                 continue;
             }
             let started = e.state == "started";
@@ -993,11 +1018,12 @@ impl Session {
         }
         for m in &changed {
             tx.execute(
-                "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
                  ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
                     region = excluded.region, state = excluded.state, cpus = excluded.cpus,
-                    memory_mb = excluded.memory_mb, standbys = excluded.standbys, updated_at = now()",
+                    memory_mb = excluded.memory_mb, standbys = excluded.standbys,
+                    http_ports = excluded.http_ports, updated_at = now()",
                 &[
                     &m.id,
                     &m.app,
@@ -1007,6 +1033,7 @@ impl Session {
                     &(m.cpus as i32),
                     &(m.memory_mb as i64),
                     &m.standbys.join(","),
+                    &ports_text(&m.http_ports),
                 ],
             )
             .await
@@ -1047,7 +1074,10 @@ impl Session {
             .map_err(pg("reading the hosts"))?;
         let machine_rows = self
             .db
-            .query("SELECT id, host, app, state, standbys FROM machines", &[])
+            .query(
+                "SELECT id, host, app, state, standbys, http_ports FROM machines",
+                &[],
+            )
             .await
             .map_err(pg("reading the directory"))?;
         let mut hosts = HashMap::new();
@@ -1085,6 +1115,7 @@ impl Session {
                             .filter(|s| !s.is_empty())
                             .map(str::to_owned)
                             .collect(),
+                        http_ports: parse_ports(&r.get::<_, String>(5)),
                     },
                 )
             })

@@ -44,3 +44,5 @@ ALTER TABLE hosts ADD COLUMN IF NOT EXISTS secrets_key_id TEXT NOT NULL DEFAULT 
 ALTER TABLE machines ADD COLUMN IF NOT EXISTS standbys TEXT NOT NULL DEFAULT '';
 -- Where each host's proxy takes plain HTTP from the other hosts' proxies.
 ALTER TABLE hosts ADD COLUMN IF NOT EXISTS proxy_addr TEXT NOT NULL DEFAULT '';
+-- The public ports each machine serves over HTTP (`80-80,443-443`).
+ALTER TABLE machines ADD COLUMN IF NOT EXISTS http_ports TEXT NOT NULL DEFAULT '';

@@ -133,10 +133,10 @@ pub trait Machines: Send + Sync + 'static {
         Arc::new(Vec::new())
     }
     /// In a cluster: the proxy of another host that runs machines of `app`
-    /// (one with a started machine first), for requests this host has no
-    /// machine for.
-    fn remote(&self, app: &str) -> Option<SocketAddr> {
-        let _ = app;
+    /// serving public `port` over HTTP (one with a started machine first),
+    /// for requests this host has no machine for.
+    fn remote(&self, app: &str, port: u16) -> Option<SocketAddr> {
+        let _ = (app, port);
         None
     }
 }

@@ -63,7 +63,7 @@ impl Proxy {
         let all = self.machines.backends(&app);
         let Some((members, kind, force_https)) = http_members(&all, port) else {
             if relayed.is_none() {
-                if let Some(edge) = self.machines.remote(&app) {
+                if let Some(edge) = self.machines.remote(&app, port) {
                     return self
                         .relay_to_host(req, conn, host.as_ref(), request_id, edge, https, port)
                         .await;

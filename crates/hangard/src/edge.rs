@@ -104,8 +104,8 @@ impl hangar_proxy::Machines for AgentMachines {
         fresh
     }
 
-    fn remote(&self, app: &str) -> Option<std::net::SocketAddr> {
-        self.cluster.get()?.edge_for(app)
+    fn remote(&self, app: &str, port: u16) -> Option<std::net::SocketAddr> {
+        self.cluster.get()?.edge_for(app, port)
     }
 
     async fn statics(&self, app: &str) -> Arc<Vec<hangar_proxy::Static>> {

@@ -479,3 +479,87 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         .clone();
     assert_eq!(hb["machines"], 2, "{h}");
 }
+
+/// `scripts/cluster-demo.sh` brings up three hosts and prints what scripts
+/// need (`HOST`, `TOKEN`, `IMAGE` lines); the image runs on every host;
+/// `stop` leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing() {
+    if !hangar_test_utils::host_tier(
+        "the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing",
+        &["crun", "skopeo", "umoci"],
+    ) {
+        return;
+    }
+    let root = std::path::Path::new("/var/lib/hangar-cluster-demo");
+    assert!(
+        !root.exists(),
+        "a cluster demo is running on this machine: scripts/cluster-demo.sh stop first"
+    );
+    let (hangard, _) = hangar_test_utils::daemon::binaries();
+    let bin_dir = hangard.parent().unwrap().to_owned();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster-demo.sh");
+    let out = std::process::Command::new(&script)
+        .env("HANGAR_BIN_DIR", &bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Stopped whatever happens next.
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new(&self.0).arg("stop").output();
+        }
+    }
+    let stop = Stop(script.clone());
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hosts: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("HOST "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(hosts.len(), 3, "{stdout}");
+    let field = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} line: {stdout}"))
+            .to_owned()
+    };
+    let (token, image) = (field("TOKEN"), field("IMAGE"));
+    // The image runs on every host, each asked through another.
+    for (i, h) in hosts.iter().enumerate() {
+        let (name, region) = (h[1], h[2]);
+        let via = Client::new(hosts[(i + 1) % 3][3], &token);
+        let mut req = request(json!({"image": image, "init": {"cmd": ["sleep", "600"]}}));
+        req.region = Some(region.to_owned());
+        let m = via.create_machine("demo", &req).await.unwrap();
+        via.wait_machine("demo", &m.id, &["started"], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(m.region, region, "{name}");
+    }
+    let listed = Client::new(hosts[0][3], &token)
+        .list_machines("demo", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    drop(stop);
+    assert!(!root.exists(), "the demo's files are gone");
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        !ps.contains("hangar-cluster-demo"),
+        "a process of the demo is left: {ps}"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains("hangar-demo-host"), "{mounts}");
+}
