@@ -35,6 +35,58 @@ use hangar_agent::{Agent, MachineSummary};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
+/// The statements hosts run against the shared database each round (also
+/// what `bench/` drives to simulate a large cluster).
+pub mod sql {
+    /// The schema, idempotent (run under an advisory lock).
+    pub const SCHEMA: &str = include_str!("schema.sql");
+    /// Registers a host (again).
+    pub const REGISTER: &str = "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id, proxy_addr)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (id) DO UPDATE SET
+                    region = excluded.region, api_url = excluded.api_url,
+                    cpus = excluded.cpus, memory_mb = excluded.memory_mb,
+                    admin_token_hash = excluded.admin_token_hash,
+                    secrets_key_id = excluded.secrets_key_id,
+                    proxy_addr = excluded.proxy_addr,
+                    epoch = hosts.epoch + CASE WHEN hosts.state = 'down' THEN 1 ELSE 0 END,
+                    state = 'up', heartbeat_at = now()
+                 RETURNING epoch";
+    /// A host's heartbeat.
+    pub const HEARTBEAT: &str =
+        "UPDATE hosts SET heartbeat_at = now() WHERE id = $1 AND state = 'up'";
+    /// Declares silent hosts down ($1: seconds).
+    pub const SWEEP: &str = "UPDATE hosts SET state = 'down'
+                 WHERE state = 'up' AND heartbeat_at < now() - make_interval(secs => $1)
+                 RETURNING id";
+    /// Appends to the change log.
+    pub const APPEND_CHANGE: &str = "INSERT INTO changes (origin, body) VALUES ($1, $2)";
+    /// Reads the change log after a revision.
+    pub const FOLLOW: &str =
+        "SELECT rev, origin, body FROM changes WHERE rev > $1 ORDER BY rev LIMIT 500";
+    /// Publishes a machine to the directory.
+    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+                 ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
+                    region = excluded.region, state = excluded.state, cpus = excluded.cpus,
+                    memory_mb = excluded.memory_mb, standbys = excluded.standbys,
+                    http_ports = excluded.http_ports, updated_at = now()";
+    /// Removes a host's machines from the directory.
+    pub const DELETE_MACHINES: &str = "DELETE FROM machines WHERE host = $1 AND id = ANY($2)";
+    /// Reads the hosts with their reservations.
+    pub const READ_HOSTS: &str =
+        "SELECT h.id, h.region, h.api_url, h.state, h.drained, h.cpus, h.memory_mb,
+                        h.admin_token_hash, h.epoch,
+                        EXTRACT(EPOCH FROM now() - h.heartbeat_at)::float8,
+                        COALESCE(SUM(m.cpus), 0)::int8, COALESCE(SUM(m.memory_mb), 0)::int8,
+                        COUNT(m.id)::int8, h.proxy_addr
+                 FROM hosts h LEFT JOIN machines m ON m.host = h.id AND m.state <> 'destroyed'
+                 GROUP BY h.id";
+    /// Reads the directory.
+    pub const READ_MACHINES: &str =
+        "SELECT id, host, app, state, standbys, http_ports FROM machines";
+}
+
 /// A cluster failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -566,6 +618,11 @@ struct Session {
     /// Whether the directory rows of this host were replaced in full yet.
     full_published: bool,
     last_heartbeat: Instant,
+    /// Since when this session has reached the database without a stall:
+    /// it sweeps only once every live host has had `down_after` to
+    /// heartbeat since (so an outage or a stall of the database itself
+    /// declares nobody down).
+    healthy_since: Instant,
     closed: Arc<Notify>,
 }
 
@@ -607,6 +664,7 @@ impl Session {
             published: HashMap::new(),
             full_published: false,
             last_heartbeat: Instant::now(),
+            healthy_since: Instant::now(),
             closed,
         };
         s.migrate().await?;
@@ -625,7 +683,7 @@ impl Session {
         tx.execute("SELECT pg_advisory_xact_lock(424242)", &[])
             .await
             .map_err(pg("locking the schema"))?;
-        tx.batch_execute(include_str!("schema.sql"))
+        tx.batch_execute(sql::SCHEMA)
             .await
             .map_err(pg("creating the schema"))?;
         tx.commit().await.map_err(pg("creating the schema"))
@@ -659,17 +717,7 @@ impl Session {
         let row = self
             .db
             .query_one(
-                "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id, proxy_addr)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (id) DO UPDATE SET
-                    region = excluded.region, api_url = excluded.api_url,
-                    cpus = excluded.cpus, memory_mb = excluded.memory_mb,
-                    admin_token_hash = excluded.admin_token_hash,
-                    secrets_key_id = excluded.secrets_key_id,
-                    proxy_addr = excluded.proxy_addr,
-                    epoch = hosts.epoch + CASE WHEN hosts.state = 'down' THEN 1 ELSE 0 END,
-                    state = 'up', heartbeat_at = now()
-                 RETURNING epoch",
+                sql::REGISTER,
                 &[
                     &c.host_id,
                     &c.region,
@@ -712,9 +760,18 @@ impl Session {
 
     async fn round(&mut self) -> Result<(), ClusterError> {
         tokio::time::timeout(ROUND_TIMEOUT, async {
-            if self.last_heartbeat.elapsed() >= HEARTBEAT {
+            let since_last = self.last_heartbeat.elapsed();
+            if since_last >= HEARTBEAT {
+                let started = Instant::now();
                 self.heartbeat().await?;
-                self.sweep().await?;
+                if since_last >= HEARTBEAT * 3 || started.elapsed() >= HEARTBEAT {
+                    // This host could not heartbeat for a while: the
+                    // database stalled, and the others' heartbeats with it.
+                    self.healthy_since = Instant::now();
+                }
+                if self.healthy_since.elapsed() >= self.inner.cfg.down_after {
+                    self.sweep().await?;
+                }
             }
             self.send_outbox().await?;
             self.follow().await?;
@@ -728,10 +785,7 @@ impl Session {
     async fn heartbeat(&mut self) -> Result<(), ClusterError> {
         let n = self
             .db
-            .execute(
-                "UPDATE hosts SET heartbeat_at = now() WHERE id = $1 AND state = 'up'",
-                &[&self.inner.cfg.host_id],
-            )
+            .execute(sql::HEARTBEAT, &[&self.inner.cfg.host_id])
             .await
             .map_err(pg("heartbeat"))?;
         if n == 0 {
@@ -753,12 +807,7 @@ impl Session {
             .await
             .map_err(pg("starting a sweep"))?;
         let rows = tx
-            .query(
-                "UPDATE hosts SET state = 'down'
-                 WHERE state = 'up' AND heartbeat_at < now() - make_interval(secs => $1)
-                 RETURNING id",
-                &[&secs],
-            )
+            .query(sql::SWEEP, &[&secs])
             .await
             .map_err(pg("sweeping silent hosts"))?;
         if rows.is_empty() {
@@ -783,12 +832,9 @@ impl Session {
                 machines,
             })
             .unwrap_or_default();
-            tx.execute(
-                "INSERT INTO changes (origin, body) VALUES ($1, $2)",
-                &[&CLUSTER_ORIGIN, &body],
-            )
-            .await
-            .map_err(pg("announcing a down host"))?;
+            tx.execute(sql::APPEND_CHANGE, &[&CLUSTER_ORIGIN, &body])
+                .await
+                .map_err(pg("announcing a down host"))?;
             tracing::warn!(host = %id, after_secs = secs, "host declared down");
         }
         tx.batch_execute("NOTIFY hangar_changes")
@@ -906,12 +952,9 @@ impl Session {
                     | CatalogChange::Secrets { .. } => true,
                 };
                 if append {
-                    tx.execute(
-                        "INSERT INTO changes (origin, body) VALUES ($1, $2)",
-                        &[&self.inner.cfg.host_id, &body],
-                    )
-                    .await
-                    .map_err(pg("appending a change"))?;
+                    tx.execute(sql::APPEND_CHANGE, &[&self.inner.cfg.host_id, &body])
+                        .await
+                        .map_err(pg("appending a change"))?;
                 }
             }
             tx.batch_execute("NOTIFY hangar_changes")
@@ -936,10 +979,7 @@ impl Session {
         loop {
             let rows = self
                 .db
-                .query(
-                    "SELECT rev, origin, body FROM changes WHERE rev > $1 ORDER BY rev LIMIT 500",
-                    &[&cursor],
-                )
+                .query(sql::FOLLOW, &[&cursor])
                 .await
                 .map_err(pg("reading the change log"))?;
             if rows.is_empty() {
@@ -1018,12 +1058,7 @@ impl Session {
         }
         for m in &changed {
             tx.execute(
-                "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
-                 ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
-                    region = excluded.region, state = excluded.state, cpus = excluded.cpus,
-                    memory_mb = excluded.memory_mb, standbys = excluded.standbys,
-                    http_ports = excluded.http_ports, updated_at = now()",
+                sql::UPSERT_MACHINE,
                 &[
                     &m.id,
                     &m.app,
@@ -1040,12 +1075,9 @@ impl Session {
             .map_err(pg("publishing a machine"))?;
         }
         if !gone.is_empty() {
-            tx.execute(
-                "DELETE FROM machines WHERE host = $1 AND id = ANY($2)",
-                &[&host, &gone],
-            )
-            .await
-            .map_err(pg("unpublishing machines"))?;
+            tx.execute(sql::DELETE_MACHINES, &[&host, &gone])
+                .await
+                .map_err(pg("unpublishing machines"))?;
         }
         tx.batch_execute("NOTIFY hangar_changes")
             .await
@@ -1060,24 +1092,12 @@ impl Session {
     async fn refresh_view(&mut self) -> Result<(), ClusterError> {
         let host_rows = self
             .db
-            .query(
-                "SELECT h.id, h.region, h.api_url, h.state, h.drained, h.cpus, h.memory_mb,
-                        h.admin_token_hash, h.epoch,
-                        EXTRACT(EPOCH FROM now() - h.heartbeat_at)::float8,
-                        COALESCE(SUM(m.cpus), 0)::int8, COALESCE(SUM(m.memory_mb), 0)::int8,
-                        COUNT(m.id)::int8, h.proxy_addr
-                 FROM hosts h LEFT JOIN machines m ON m.host = h.id AND m.state <> 'destroyed'
-                 GROUP BY h.id",
-                &[],
-            )
+            .query(sql::READ_HOSTS, &[])
             .await
             .map_err(pg("reading the hosts"))?;
         let machine_rows = self
             .db
-            .query(
-                "SELECT id, host, app, state, standbys, http_ports FROM machines",
-                &[],
-            )
+            .query(sql::READ_MACHINES, &[])
             .await
             .map_err(pg("reading the directory"))?;
         let mut hosts = HashMap::new();

@@ -1,7 +1,7 @@
 //! A real PostgreSQL server for tests (Debian's `postgresql` package):
 //! `initdb` in a temporary directory and `postgres` run as the `postgres`
-//! user (it refuses root) in a process group of its own, reachable only
-//! over a unix socket in that directory. Stopped, with its files, when
+//! user (it refuses root), reachable only over a unix socket in that
+//! directory. Stopped, with its files, when
 //! dropped.
 
 use std::os::unix::fs::PermissionsExt;
@@ -35,6 +35,13 @@ impl Postgres {
     /// Initializes and starts a server; panics with an install hint when
     /// PostgreSQL is missing.
     pub fn start() -> Postgres {
+        Postgres::start_with(&[])
+    }
+
+    /// [`Postgres::start`] with more settings (`name`, `value`), which win
+    /// over the defaults (`fsync=off`, ...): a benchmark asks for a durable
+    /// server with `fsync=on`.
+    pub fn start_with(settings: &[(&str, &str)]) -> Postgres {
         let bin = bin_dir().expect("PostgreSQL is required: apt-get install -y postgresql");
         let dir = tempfile::tempdir().expect("tempdir");
         // The server runs as `postgres`: it must reach its directory.
@@ -80,6 +87,11 @@ impl Postgres {
                 "-c",
                 "full_page_writes=off",
             ])
+            .args(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_owned(), format!("{k}={v}")]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -94,16 +106,52 @@ impl Postgres {
         pg
     }
 
+    /// Waits until the server accepts connections: its `postmaster.pid`
+    /// says `ready` (the socket appears earlier, while it still starts up).
     fn wait_ready(&self) {
-        let socket = self.socket_dir().join(format!(".s.PGSQL.{}", self.port));
+        let pidfile = self.dir.path().join("data/postmaster.pid");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
+        loop {
+            let ready = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.lines().nth(7).map(|l| l.trim() == "ready"))
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "postgres did not start in 30 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's processes: the postmaster and its children (backends
+    /// and workers, which each make a session of their own).
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(c) = &self.child else {
+            return Vec::new();
+        };
+        let postmaster = c.id() as i32;
+        let ppid = |pid: i32| -> Option<i32> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|pid| ppid(*pid) == Some(postmaster))
+            .collect();
+        pids.push(postmaster);
+        pids
     }
 
     fn socket_dir(&self) -> PathBuf {
@@ -148,11 +196,11 @@ impl Postgres {
         self.psql("postgres", &format!("CREATE DATABASE {db}"));
     }
 
-    /// Signals the server and its backends (its process group).
+    /// Signals the server and every process of it.
     fn signal_all(&self, sig: i32) {
-        if let Some(c) = &self.child {
-            // SAFETY: kill on the process group of the server we started.
-            unsafe { libc::kill(-(c.id() as i32), sig) };
+        for pid in self.pids() {
+            // SAFETY: kill on a process of the server we started.
+            unsafe { libc::kill(pid, sig) };
         }
     }
 

@@ -387,19 +387,51 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         "started"
     );
 
-    // The database paused: both hosts keep answering for what they run.
+    // The database paused (every process of it) for twice the time after
+    // which a silent host is declared down: both hosts keep answering for
+    // what they run and serving through their proxies; when it is back
+    // nobody is declared down, and both catch up.
     pg.pause();
+    let paused = std::time::Instant::now();
     ca.stop_machine("web", &local.id, None, None).await.unwrap();
     ca.wait_machine("web", &local.id, &["stopped"], timeout)
         .await
         .unwrap();
-    assert_eq!(cb.get_machine("web", &m.id).await.unwrap().state, "started");
-    assert_eq!(
-        ca.get_machine("web", &m.id).await.unwrap().state,
-        "started",
-        "A still reaches B's machine through its copy of the directory"
-    );
+    while paused.elapsed() < Duration::from_secs(6) {
+        assert_eq!(cb.get_machine("web", &m.id).await.unwrap().state, "started");
+        assert_eq!(
+            ca.get_machine("web", &m.id).await.unwrap().state,
+            "started",
+            "A still reaches B's machine through its copy of the directory"
+        );
+        assert_eq!(page().await.as_deref(), Some("served from sjc\n"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     pg.resume();
+    ca.start_machine("web", &local.id).await.unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "both hosts heard again",
+        || async {
+            let h = hosts(&b).await;
+            h["hosts"]
+                .as_array()?
+                .iter()
+                .all(|x| {
+                    x["state"] == "up" && x["heartbeat_age_secs"].as_f64().is_some_and(|a| a < 2.0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Past a sweep window: still nobody down.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for d in [&a, &b] {
+        assert!(
+            !d.log().contains("host declared down"),
+            "a host was declared down for the database's outage"
+        );
+    }
 
     // A standby for B's machine never goes to B (the only host of sjc), and
     // waits stopped on A.
