@@ -3,7 +3,8 @@
 //! running the statements a `hangard` runs (`hangar_cluster::sql`) on the
 //! same schedule: a heartbeat and a sweep every second, and every half
 //! second (or when a `NOTIFY` rings) the change log followed, its changed
-//! machines published, the hosts and the directory read. M machines spread
+//! machines published, the hosts and the directory's rows changed since
+//! its last read read (the whole directory at its start). M machines spread
 //! over the hosts change state at a set rate; catalogue changes (tokens,
 //! apps) are appended at another.
 //!
@@ -109,18 +110,23 @@ async fn host(
     .await?;
     let mut states: Vec<&str> = vec!["started"; machines.len()];
     // The first publish: every machine.
+    let tx = db.transaction().await?;
+    tx.execute(sql::LOCK_DIRECTORY, &[]).await?;
     for m in &machines {
-        db.execute(
+        tx.execute(
             sql::UPSERT_MACHINE,
             &[m, &"app", &id, &"sim", &"started", &1i32, &256i64, &"", &""],
         )
         .await?;
     }
+    tx.commit().await?;
+    let mut dir_rev: i64 = 0;
     let mut cursor: i64 = db
         .query_one("SELECT COALESCE(MAX(rev), 0) FROM changes", &[])
         .await?
         .get(0);
     let mut last_beat = Instant::now();
+    let mut hosts_read: Option<Instant> = None;
     while Instant::now() < until {
         let started = Instant::now();
         if last_beat.elapsed() >= Duration::from_secs(1) {
@@ -142,6 +148,7 @@ async fn host(
         let dirty: Vec<usize> = std::mem::take(&mut *changed.lock().await);
         if !dirty.is_empty() {
             let tx = db.transaction().await?;
+            tx.execute(sql::LOCK_DIRECTORY, &[]).await?;
             for i in dirty {
                 states[i] = if states[i] == "started" {
                     "stopped"
@@ -167,8 +174,18 @@ async fn host(
             tx.batch_execute("NOTIFY hangar_changes").await?;
             tx.commit().await?;
         }
-        let h = db.query(sql::READ_HOSTS, &[]).await?;
-        let m = db.query(sql::READ_MACHINES, &[]).await?;
+        // Hosts once a second, the directory's changes every round (as
+        // hangar-cluster does).
+        let h = if hosts_read.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            hosts_read = Some(Instant::now());
+            db.query(sql::READ_HOSTS, &[]).await?
+        } else {
+            Vec::new()
+        };
+        let m = db.query(sql::READ_MACHINES, &[&dir_rev]).await?;
+        for r in &m {
+            dir_rev = dir_rev.max(r.get::<_, i64>(8));
+        }
         stats
             .rows_read
             .fetch_add((h.len() + m.len()) as u64, Ordering::Relaxed);
@@ -177,6 +194,7 @@ async fn host(
             .lock()
             .await
             .push(started.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
         tokio::select! {
             _ = bell.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

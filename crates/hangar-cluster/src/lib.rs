@@ -65,26 +65,36 @@ pub mod sql {
     pub const FOLLOW: &str =
         "SELECT rev, origin, body FROM changes WHERE rev > $1 ORDER BY rev LIMIT 500";
     /// Publishes a machine to the directory.
-    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, rev, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('machine_revs'), now())
                  ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
                     region = excluded.region, state = excluded.state, cpus = excluded.cpus,
                     memory_mb = excluded.memory_mb, standbys = excluded.standbys,
-                    http_ports = excluded.http_ports, updated_at = now()";
-    /// Removes a host's machines from the directory.
-    pub const DELETE_MACHINES: &str = "DELETE FROM machines WHERE host = $1 AND id = ANY($2)";
-    /// Reads the hosts with their reservations.
-    pub const READ_HOSTS: &str =
-        "SELECT h.id, h.region, h.api_url, h.state, h.drained, h.cpus, h.memory_mb,
-                        h.admin_token_hash, h.epoch,
-                        EXTRACT(EPOCH FROM now() - h.heartbeat_at)::float8,
-                        COALESCE(SUM(m.cpus), 0)::int8, COALESCE(SUM(m.memory_mb), 0)::int8,
-                        COUNT(m.id)::int8, h.proxy_addr
-                 FROM hosts h LEFT JOIN machines m ON m.host = h.id AND m.state <> 'destroyed'
-                 GROUP BY h.id";
-    /// Reads the directory.
+                    http_ports = excluded.http_ports, rev = excluded.rev, updated_at = now()";
+    /// Held by every transaction that writes the directory: revisions
+    /// commit in the order they are taken.
+    pub const LOCK_DIRECTORY: &str = "SELECT pg_advisory_xact_lock(424243)";
+    /// Marks machines of a host gone from the directory ($2: ids).
+    pub const DELETE_MACHINES: &str =
+        "UPDATE machines SET state = 'gone', rev = nextval('machine_revs'), updated_at = now()
+                 WHERE host = $1 AND id = ANY($2) AND state <> 'gone'";
+    /// Marks the machines of a host that are not in $2 gone.
+    pub const REPLACE_MACHINES: &str =
+        "UPDATE machines SET state = 'gone', rev = nextval('machine_revs'), updated_at = now()
+                 WHERE host = $1 AND NOT (id = ANY($2)) AND state <> 'gone'";
+    /// Forgets machines gone for ten minutes (a host rereads the whole
+    /// directory every five).
+    pub const PURGE_MACHINES: &str =
+        "DELETE FROM machines WHERE state = 'gone' AND updated_at < now() - interval '10 minutes'";
+    /// Reads the hosts.
+    pub const READ_HOSTS: &str = "SELECT id, region, api_url, state, drained, cpus, memory_mb,
+                        admin_token_hash, epoch,
+                        EXTRACT(EPOCH FROM now() - heartbeat_at)::float8, proxy_addr
+                 FROM hosts";
+    /// Reads the directory's rows written after revision $1, in order.
     pub const READ_MACHINES: &str =
-        "SELECT id, host, app, state, standbys, http_ports FROM machines";
+        "SELECT id, host, app, state, standbys, http_ports, cpus, memory_mb, rev
+                 FROM machines WHERE rev > $1 ORDER BY rev";
 }
 
 /// A cluster failure.
@@ -188,6 +198,10 @@ pub struct DirEntry {
     pub standbys: Vec<String>,
     /// The public ports it serves over HTTP, as ranges.
     pub http_ports: Vec<(u16, u16)>,
+    /// vCPUs it reserves.
+    pub cpus: u32,
+    /// Memory it reserves, MiB.
+    pub memory_mb: u64,
 }
 
 fn ports_text(ports: &[(u16, u16)]) -> String {
@@ -227,10 +241,9 @@ pub enum PlaceError {
 #[derive(Default)]
 struct View {
     hosts: HashMap<String, HostInfo>,
+    /// Machines by id (those created through this host on another are
+    /// noted here before their owner publishes them, within a round).
     machines: HashMap<String, DirEntry>,
-    /// Machines created through this host on others, kept until the
-    /// directory has them (their owner publishes within a round).
-    noted: HashMap<String, (DirEntry, Instant)>,
 }
 
 struct Inner {
@@ -282,6 +295,11 @@ pub struct Cluster {
 const ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the session runs when nothing wakes it.
 const TICK: Duration = Duration::from_millis(500);
+/// The least time from one round's start to the next one's.
+const MIN_GAP: Duration = Duration::from_millis(100);
+/// How often the hosts are read (the directory and the change log are
+/// read every round).
+const HOSTS_EVERY: Duration = Duration::from_secs(1);
 /// How often hosts stamp their heartbeat.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -370,9 +388,10 @@ impl Cluster {
             state: "created".into(),
             standbys: Vec::new(),
             http_ports: Vec::new(),
+            cpus: 0,
+            memory_mb: 0,
         };
-        v.machines.insert(id.to_owned(), e.clone());
-        v.noted.insert(id.to_owned(), (e, Instant::now()));
+        v.machines.insert(id.to_owned(), e);
     }
 
     /// The other hosts that run machines of `app`.
@@ -617,6 +636,15 @@ struct Session {
     published: HashMap<String, MachineSummary>,
     /// Whether the directory rows of this host were replaced in full yet.
     full_published: bool,
+    /// The directory's revision this session has read up to (0: read it
+    /// whole next).
+    dir_rev: i64,
+    /// When the directory was last read whole.
+    full_read_at: Instant,
+    /// When gone machines were last purged.
+    last_purge: Instant,
+    /// When the hosts were last read (`None`: never in this session).
+    hosts_read_at: Option<Instant>,
     last_heartbeat: Instant,
     /// Since when this session has reached the database without a stall:
     /// it sweeps only once every live host has had `down_after` to
@@ -663,6 +691,10 @@ impl Session {
             db,
             published: HashMap::new(),
             full_published: false,
+            dir_rev: 0,
+            full_read_at: Instant::now(),
+            last_purge: Instant::now(),
+            hosts_read_at: None,
             last_heartbeat: Instant::now(),
             healthy_since: Instant::now(),
             closed,
@@ -744,9 +776,13 @@ impl Session {
     async fn serve(mut self) -> ClusterError {
         let closed = self.closed.clone();
         loop {
+            let started = Instant::now();
             if let Err(e) = self.round().await {
                 return e;
             }
+            // Doorbells that ring while a round runs, or right after it,
+            // are answered together by the next one.
+            tokio::time::sleep(MIN_GAP.saturating_sub(started.elapsed())).await;
             let inner = self.inner.clone();
             tokio::select! {
                 _ = inner.doorbell.notified() => {}
@@ -821,7 +857,10 @@ impl Session {
         for r in &rows {
             let id: String = r.get(0);
             let machines = tx
-                .query("SELECT app, id FROM machines WHERE host = $1", &[&id])
+                .query(
+                    "SELECT app, id FROM machines WHERE host = $1 AND state <> 'gone'",
+                    &[&id],
+                )
                 .await
                 .map_err(pg("reading a down host's machines"))?
                 .into_iter()
@@ -1047,14 +1086,14 @@ impl Session {
             .transaction()
             .await
             .map_err(pg("starting to publish machines"))?;
+        tx.execute(sql::LOCK_DIRECTORY, &[])
+            .await
+            .map_err(pg("locking the directory"))?;
         if !self.full_published {
             let ids: Vec<String> = now.keys().cloned().collect();
-            tx.execute(
-                "DELETE FROM machines WHERE host = $1 AND NOT (id = ANY($2))",
-                &[&host, &ids],
-            )
-            .await
-            .map_err(pg("replacing this host's machines"))?;
+            tx.execute(sql::REPLACE_MACHINES, &[&host, &ids])
+                .await
+                .map_err(pg("replacing this host's machines"))?;
         }
         for m in &changed {
             tx.execute(
@@ -1088,22 +1127,100 @@ impl Session {
         Ok(())
     }
 
-    /// Reads the hosts and the directory into memory.
+    /// Reads the hosts, and what changed in the directory since the last
+    /// round (all of it at the start of a session and every five minutes),
+    /// into memory.
     async fn refresh_view(&mut self) -> Result<(), ClusterError> {
-        let host_rows = self
-            .db
-            .query(sql::READ_HOSTS, &[])
-            .await
-            .map_err(pg("reading the hosts"))?;
+        if self.full_read_at.elapsed() >= Duration::from_secs(300) {
+            self.dir_rev = 0;
+        }
+        if self.last_purge.elapsed() >= Duration::from_secs(60) {
+            self.db
+                .execute(sql::PURGE_MACHINES, &[])
+                .await
+                .map_err(pg("purging gone machines"))?;
+            self.last_purge = Instant::now();
+        }
+        let host_rows = if self
+            .hosts_read_at
+            .is_none_or(|at| at.elapsed() >= HOSTS_EVERY)
+        {
+            self.hosts_read_at = Some(Instant::now());
+            Some(
+                self.db
+                    .query(sql::READ_HOSTS, &[])
+                    .await
+                    .map_err(pg("reading the hosts"))?,
+            )
+        } else {
+            None
+        };
         let machine_rows = self
             .db
-            .query(sql::READ_MACHINES, &[])
+            .query(sql::READ_MACHINES, &[&self.dir_rev])
             .await
             .map_err(pg("reading the directory"))?;
+        let whole = self.dir_rev == 0;
+        let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
+        if whole {
+            v.machines.clear();
+            self.full_read_at = Instant::now();
+        }
+        for r in machine_rows {
+            let id: String = r.get(0);
+            let state: String = r.get(3);
+            self.dir_rev = self.dir_rev.max(r.get::<_, i64>(8));
+            if state == "gone" {
+                v.machines.remove(&id);
+                continue;
+            }
+            v.machines.insert(
+                id,
+                DirEntry {
+                    host: r.get(1),
+                    app: r.get(2),
+                    state,
+                    standbys: r
+                        .get::<_, String>(4)
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    http_ports: parse_ports(&r.get::<_, String>(5)),
+                    cpus: r.get::<_, i32>(6).max(0) as u32,
+                    memory_mb: r.get::<_, i64>(7).max(0) as u64,
+                },
+            );
+        }
+        // Each host's reservations, from the directory in memory.
+        let mut load: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        for e in v.machines.values().filter(|e| e.state != "destroyed") {
+            let l = load.entry(e.host.clone()).or_default();
+            l.0 += u64::from(e.cpus);
+            l.1 += e.memory_mb;
+            l.2 += 1;
+        }
         let mut hosts = HashMap::new();
-        for r in host_rows {
+        let rows = match host_rows {
+            Some(rows) => rows,
+            None => {
+                // The hosts as last read, with their reservations now.
+                let mut hosts = std::mem::take(&mut v.hosts);
+                for h in hosts.values_mut() {
+                    let (c, m, n) = load.get(h.id.as_str()).copied().unwrap_or_default();
+                    (h.reserved_cpus, h.reserved_memory_mb, h.machines) = (c, m, n);
+                }
+                drop(load);
+                v.hosts = hosts;
+                return Ok(());
+            }
+        };
+        for r in rows {
+            let id: String = r.get(0);
+            let (reserved_cpus, reserved_memory_mb, machines) =
+                load.get(id.as_str()).copied().unwrap_or_default();
             let h = HostInfo {
-                id: r.get(0),
+                id,
                 region: r.get(1),
                 api_url: r.get(2),
                 state: r.get(3),
@@ -1113,43 +1230,15 @@ impl Session {
                 admin_token_hash: r.get(7),
                 epoch: r.get(8),
                 heartbeat_age_secs: r.get(9),
-                reserved_cpus: r.get::<_, i64>(10).max(0) as u64,
-                reserved_memory_mb: r.get::<_, i64>(11).max(0) as u64,
-                machines: r.get::<_, i64>(12).max(0) as u64,
-                proxy_addr: r.get::<_, String>(13).parse().ok(),
+                reserved_cpus,
+                reserved_memory_mb,
+                machines,
+                proxy_addr: r.get::<_, String>(10).parse().ok(),
             };
             hosts.insert(h.id.clone(), h);
         }
-        let mut machines: HashMap<String, DirEntry> = machine_rows
-            .into_iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    DirEntry {
-                        host: r.get(1),
-                        app: r.get(2),
-                        state: r.get(3),
-                        standbys: r
-                            .get::<_, String>(4)
-                            .split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                        http_ports: parse_ports(&r.get::<_, String>(5)),
-                    },
-                )
-            })
-            .collect();
-        let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
-        v.noted.retain(|id, (e, at)| {
-            let keep = !machines.contains_key(id) && at.elapsed() < Duration::from_secs(10);
-            if keep {
-                machines.insert(id.clone(), e.clone());
-            }
-            keep
-        });
+        drop(load);
         v.hosts = hosts;
-        v.machines = machines;
         Ok(())
     }
 }

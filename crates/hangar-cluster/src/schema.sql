@@ -46,3 +46,9 @@ ALTER TABLE machines ADD COLUMN IF NOT EXISTS standbys TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN IF NOT EXISTS proxy_addr TEXT NOT NULL DEFAULT '';
 -- The public ports each machine serves over HTTP (`80-80,443-443`).
 ALTER TABLE machines ADD COLUMN IF NOT EXISTS http_ports TEXT NOT NULL DEFAULT '';
+-- The directory is followed by revision: every write of a machine row takes
+-- the next one (writes hold an advisory lock, so revisions commit in order),
+-- and a machine leaves as a `gone` row (purged after ten minutes).
+CREATE SEQUENCE IF NOT EXISTS machine_revs;
+ALTER TABLE machines ADD COLUMN IF NOT EXISTS rev BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS machines_by_rev ON machines (rev);
