@@ -61,6 +61,21 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
         ["v1", "apps", app, "machines"] if req.method() == Method::POST => {
             create(&c, app, req, next).await
         }
+        ["v1", "apps", app] if req.method() == Method::DELETE => {
+            // Deleting an app deletes it on every host, with its machines
+            // and volumes there: without `force`, every other host must
+            // have none (asked now; a host that cannot say refuses it).
+            let force = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force=1"));
+            if !force {
+                if let Err(resp) = nothing_elsewhere(&c, app, req.headers()).await {
+                    return resp;
+                }
+            }
+            next.run(req).await
+        }
         ["v1", "apps", app, "machines", id, ..] if !id.is_empty() => {
             let local = s.agent.get_machine(app, id).is_ok();
             match c.cluster.remote_owner(id) {
@@ -77,6 +92,43 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
         }
         _ => next.run(req).await,
     }
+}
+
+/// Checks that no other host has machines or volumes of `app`; the
+/// answer to give otherwise.
+async fn nothing_elsewhere(c: &ClusterApi, app: &str, headers: &HeaderMap) -> Result<(), Response> {
+    let me = c.cluster.host_id().to_owned();
+    for h in c.cluster.hosts().into_iter().filter(|h| h.id != me) {
+        if h.state != "up" {
+            return Err(unreachable(
+                &h,
+                "it is down, so whether it has machines or volumes of the app cannot be known; use force=true to delete the app anyway",
+            ));
+        }
+        for what in ["machines", "volumes"] {
+            let uri: http::Uri = match format!("/v1/apps/{app}/{what}").parse() {
+                Ok(u) => u,
+                Err(_) => return Ok(()),
+            };
+            let r = send(c, &h, &Method::GET, &uri, headers, bytes::Bytes::new())
+                .await
+                .map_err(|e| unreachable(&h, &e))?;
+            if r.status() == StatusCode::NOT_FOUND {
+                continue;
+            }
+            let items: Vec<serde_json::Value> = r.json().await.unwrap_or_default();
+            if !items.is_empty() {
+                return Err(ApiError::Agent(hangar_agent::AgentError::Precondition(format!(
+                    "app {app} has {} {what} on host {} ({}); destroy them first or use force=true",
+                    items.len(),
+                    h.id,
+                    h.region
+                )))
+                .into_response());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn unreachable(host: &hangar_cluster::HostInfo, why: &str) -> Response {

@@ -386,6 +386,18 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         ca.get_machine("site", &web.id).await.unwrap().state,
         "started"
     );
+    // Deleting the app through A without force: refused, because B runs
+    // its machine (the delete would take it on every host).
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v1/apps/site", a.url))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("host-b"), "{body}");
+    assert!(cb.get_app("site").await.is_ok() && ca.get_app("site").await.is_ok());
 
     // The database paused (every process of it) for twice the time after
     // which a silent host is declared down: both hosts keep answering for
