@@ -391,7 +391,7 @@ impl Cluster {
             cpus: 0,
             memory_mb: 0,
         };
-        v.machines.insert(id.to_owned(), e);
+        v.machines.entry(id.to_owned()).or_insert(e);
     }
 
     /// The other hosts that run machines of `app`.

@@ -42,15 +42,31 @@ async fn host_state(d: &Daemon, id: &str) -> Option<String> {
         .and_then(|h| h["state"].as_str().map(str::to_owned))
 }
 
-async fn create_raw(d: &Daemon, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/apps/web/machines", d.url))
-        .bearer_auth(&d.token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+/// Sends a request of `d`'s admin; its status and JSON body.
+async fn answer(
+    d: &Daemon,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut rb = reqwest::Client::new()
+        .request(method, format!("{}{path}", d.url))
+        .bearer_auth(&d.token);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+async fn create_raw(d: &Daemon, body: Value) -> (u16, Value) {
+    answer(
+        d,
+        reqwest::Method::POST,
+        "/v1/apps/web/machines",
+        Some(body),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,14 +404,8 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     );
     // Deleting the app through A without force: refused, because B runs
     // its machine (the delete would take it on every host).
-    let r = reqwest::Client::new()
-        .delete(format!("{}/v1/apps/site", a.url))
-        .bearer_auth(&a.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 412);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = answer(&a, reqwest::Method::DELETE, "/v1/apps/site", None).await;
+    assert_eq!(status, 412, "{body}");
     assert!(body["error"].as_str().unwrap().contains("host-b"), "{body}");
     assert!(cb.get_app("site").await.is_ok() && ca.get_app("site").await.is_ok());
 
@@ -476,14 +486,14 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         (host_state(&a, "host-b").await.as_deref() == Some("down")).then_some(())
     })
     .await;
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/apps/web/machines/{}", a.url, m.id))
-        .bearer_auth(&a.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = answer(
+        &a,
+        reqwest::Method::GET,
+        &format!("/v1/apps/web/machines/{}", m.id),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("host-b"), "{body}");
     let declared = a
         .log()
@@ -513,15 +523,22 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         ca.get_machine("web", &standby.id).await.unwrap().state,
         "started"
     );
-    let h = hosts(&a).await;
-    let hb = h["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == "host-b")
-        .unwrap()
-        .clone();
-    assert_eq!(hb["machines"], 2, "{h}");
+    // B's two machines (its first one and the site's), as A's copy of the
+    // directory counts them once B has published again.
+    wait_until(
+        Duration::from_secs(10),
+        "A to count B's two machines",
+        || async {
+            let h = hosts(&a).await;
+            let hb = h["hosts"]
+                .as_array()?
+                .iter()
+                .find(|x| x["id"] == "host-b")?
+                .clone();
+            (hb["machines"] == 2 && hb["reserved_memory_mb"] == 512).then_some(())
+        },
+    )
+    .await;
 }
 
 /// `scripts/cluster-demo.sh` brings up three hosts and prints what scripts
