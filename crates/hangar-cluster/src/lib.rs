@@ -241,9 +241,12 @@ pub enum PlaceError {
 #[derive(Default)]
 struct View {
     hosts: HashMap<String, HostInfo>,
-    /// Machines by id (those created through this host on another are
-    /// noted here before their owner publishes them, within a round).
+    /// Machines by id.
     machines: HashMap<String, DirEntry>,
+    /// Machines created through this host on another, known before their
+    /// owner publishes them (within a round); forgotten after ten seconds
+    /// unless the directory has them by then.
+    noted: HashMap<String, (DirEntry, Instant)>,
 }
 
 struct Inner {
@@ -371,7 +374,10 @@ impl Cluster {
     /// Where machine `id` runs, when it is another host.
     pub fn remote_owner(&self, id: &str) -> Option<HostInfo> {
         let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
-        let e = v.machines.get(id)?;
+        let e = v
+            .machines
+            .get(id)
+            .or_else(|| v.noted.get(id).map(|(e, _)| e))?;
         if e.host == self.inner.cfg.host_id {
             return None;
         }
@@ -391,7 +397,7 @@ impl Cluster {
             cpus: 0,
             memory_mb: 0,
         };
-        v.machines.entry(id.to_owned()).or_insert(e);
+        v.noted.insert(id.to_owned(), (e, Instant::now()));
     }
 
     /// The other hosts that run machines of `app`.
@@ -1191,6 +1197,14 @@ impl Session {
                     memory_mb: r.get::<_, i64>(7).max(0) as u64,
                 },
             );
+        }
+        {
+            let View {
+                noted, machines, ..
+            } = &mut *v;
+            noted.retain(|id, (_, at)| {
+                !machines.contains_key(id) && at.elapsed() < Duration::from_secs(10)
+            });
         }
         // Each host's reservations, from the directory in memory.
         let mut load: HashMap<String, (u64, u64, u64)> = HashMap::new();

@@ -525,20 +525,25 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     );
     // B's two machines (its first one and the site's), as A's copy of the
     // directory counts them once B has published again.
-    wait_until(
-        Duration::from_secs(10),
-        "A to count B's two machines",
-        || async {
-            let h = hosts(&a).await;
-            let hb = h["hosts"]
-                .as_array()?
-                .iter()
-                .find(|x| x["id"] == "host-b")?
-                .clone();
-            (hb["machines"] == 2 && hb["reserved_memory_mb"] == 512).then_some(())
-        },
-    )
+    let counted = hangar_test_utils::poll_until(Duration::from_secs(20), || async {
+        let h = hosts(&a).await;
+        let hb = h["hosts"]
+            .as_array()?
+            .iter()
+            .find(|x| x["id"] == "host-b")?
+            .clone();
+        (hb["machines"] == 2 && hb["reserved_memory_mb"] == 512).then_some(())
+    })
     .await;
+    assert!(
+        counted.is_some(),
+        "A does not count B's two machines: {}\nthe directory:\n{}",
+        hosts(&a).await,
+        pg.psql(
+            "hangar",
+            "SELECT id, host, state, memory_mb, rev FROM machines ORDER BY rev"
+        )
+    );
 }
 
 /// `scripts/cluster-demo.sh` brings up three hosts and prints what scripts
