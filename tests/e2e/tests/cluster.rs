@@ -383,7 +383,7 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     let got = wait_until(
         Duration::from_secs(15),
         "A's proxy to serve B's machine",
-        || page(),
+        &page,
     )
     .await;
     assert_eq!(got, "served from sjc\n");
@@ -394,7 +394,7 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     let got = wait_until(
         Duration::from_secs(30),
         "B's machine autostarted through A",
-        || page(),
+        &page,
     )
     .await;
     assert_eq!(got, "served from sjc\n");
