@@ -90,6 +90,7 @@ fi
 
 packages=(crun busybox-static umoci skopeo util-linux e2fsprogs iproute2 nftables ca-certificates curl postgresql)
 . scripts/packages.sh
+. scripts/demo-image.sh
 install_packages "${packages[@]}"
 
 BIN=${HANGAR_BIN_DIR:-}
@@ -147,20 +148,7 @@ A="http://127.0.0.1:$(api_port 0)"
 echo "==> building the demo image from busybox-static and pushing it to host-a" >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/www"
-cp /bin/busybox "$work/rootfs/bin/busybox"
-for applet in $("$work/rootfs/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$work/rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$work/rootfs/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$work/rootfs/etc/group"
-echo '<h1>hello from a hangar cluster</h1>' >"$work/rootfs/www/index.html"
-umoci init --layout "$work/image" >/dev/null
-umoci new --image "$work/image:latest" >/dev/null
-umoci insert --image "$work/image:latest" "$work/rootfs" / >/dev/null
-umoci config --image "$work/image:latest" --os linux --architecture amd64 \
-    --config.cmd /bin/sh --config.env PATH=/bin --config.workingdir / >/dev/null
-umoci gc --layout "$work/image" >/dev/null
+build_demo_image "$work" '<h1>hello from a hangar cluster</h1>'
 curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -d '{"app_name":"demo","org_slug":"personal"}' "$A/v1/apps"
 skopeo copy --quiet --dest-tls-verify=false --dest-creds "hangar:$TOKEN" \

@@ -20,6 +20,7 @@ export HANGAR_DATA_DIR=$DATA_DIR HANGAR_API_URL="http://$LISTEN"
 
 packages=(crun busybox-static umoci util-linux e2fsprogs iproute2 nftables ca-certificates curl)
 . scripts/packages.sh
+. scripts/demo-image.sh
 install_packages "${packages[@]}"
 
 echo "==> building hangard and hangar (release)"
@@ -45,20 +46,7 @@ fi
 echo "==> building the demo image from busybox-static"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/rootfs/bin" "$work/rootfs/etc" "$work/rootfs/tmp" "$work/rootfs/www"
-cp /bin/busybox "$work/rootfs/bin/busybox"
-for applet in $("$work/rootfs/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$work/rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$work/rootfs/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$work/rootfs/etc/group"
-echo '<h1>hello from hangar</h1>' >"$work/rootfs/www/index.html"
-umoci init --layout "$work/image" >/dev/null
-umoci new --image "$work/image:latest" >/dev/null
-umoci insert --image "$work/image:latest" "$work/rootfs" / >/dev/null
-umoci config --image "$work/image:latest" --os linux --architecture amd64 \
-    --config.cmd /bin/sh --config.env PATH=/bin --config.workingdir / >/dev/null
-umoci gc --layout "$work/image" >/dev/null
+build_demo_image "$work" '<h1>hello from hangar</h1>'
 hangar image import "$work/image" --name demo:latest
 
 if hangar machine status web --app web >/dev/null 2>&1; then

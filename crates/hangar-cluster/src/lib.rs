@@ -467,17 +467,7 @@ impl Cluster {
     /// when there is no such host. Written to the database at once, on a
     /// connection of its own.
     pub async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, ClusterError> {
-        let mut config: tokio_postgres::Config = self
-            .inner
-            .cfg
-            .url
-            .parse()
-            .map_err(pg("parsing the cluster URL"))?;
-        config.connect_timeout(Duration::from_secs(5));
-        let (db, conn) = tokio::time::timeout(ROUND_TIMEOUT, config.connect(NoTls))
-            .await
-            .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
-            .map_err(pg("connecting"))?;
+        let (db, conn) = connect(&self.inner.cfg).await?;
         let task = tokio::spawn(conn);
         let n = tokio::time::timeout(ROUND_TIMEOUT, async {
             let n = db
@@ -660,19 +650,30 @@ struct Session {
     closed: Arc<Notify>,
 }
 
+/// A connection to the cluster's database as host `cfg.host_id`, within
+/// the round timeout.
+async fn connect(
+    cfg: &ClusterConfig,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    ClusterError,
+> {
+    let mut config: tokio_postgres::Config =
+        cfg.url.parse().map_err(pg("parsing the cluster URL"))?;
+    config.connect_timeout(Duration::from_secs(5));
+    config.application_name(format!("hangard {}", cfg.host_id));
+    tokio::time::timeout(ROUND_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
+        .map_err(pg("connecting"))
+}
+
 impl Session {
     async fn open(inner: &Arc<Inner>) -> Result<Session, ClusterError> {
-        let mut config: tokio_postgres::Config = inner
-            .cfg
-            .url
-            .parse()
-            .map_err(pg("parsing the cluster URL"))?;
-        config.connect_timeout(Duration::from_secs(5));
-        config.application_name(format!("hangard {}", inner.cfg.host_id));
-        let (db, mut conn) = tokio::time::timeout(ROUND_TIMEOUT, config.connect(NoTls))
-            .await
-            .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
-            .map_err(pg("connecting"))?;
+        let (db, mut conn) = connect(&inner.cfg).await?;
         let closed = Arc::new(Notify::new());
         {
             let inner = inner.clone();

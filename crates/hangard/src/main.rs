@@ -590,18 +590,7 @@ async fn join_cluster(
     };
     let memory_mb = args
         .capacity_memory_mb
-        .or_else(|| {
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .map(|kb| kb / 1024)
-        })
+        .or_else(|| agent.host_memory_mb())
         .unwrap_or(1024);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)

@@ -22,6 +22,45 @@ fn hangar(d: &Daemon, dir: &Path, storage: &Path, args: &[&str]) -> (bool, Strin
     (ok, format!("{out}{err}"))
 }
 
+/// A registry with a busybox base image, a hangard that pulls from it with
+/// app `site`, and a directory with a Dockerfile (`FROM` the base, then
+/// `steps`, then an httpd on 8080 serving /www) and a fly.toml serving it
+/// (plus `extra` under `[http_service]`), built in a storage of its own.
+struct Site {
+    reg: Registry,
+    d: Daemon,
+    dir: tempfile::TempDir,
+    storage: hangar_test_utils::build_storage::BuildStorage,
+}
+
+async fn site(steps: &str, extra: &str) -> Site {
+    let reg = Registry::start().await;
+    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
+    d.client().create_app("site").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}/base/busybox:v1\n{steps}CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("fly.toml"),
+        format!("app = \"site\"\n\n[http_service]\n  internal_port = 8080\n  auto_stop_machines = \"off\"\n{extra}"),
+    )
+    .unwrap();
+    Site {
+        reg,
+        d,
+        dir,
+        storage: hangar_test_utils::build_storage::BuildStorage::new(),
+    }
+}
+
 fn blobs(d: &Daemon) -> usize {
     std::fs::read_dir(d.data_dir().join("registry/blobs/sha256"))
         .map(|r| r.count())
@@ -48,29 +87,19 @@ async fn deploy_builds_the_dockerfile_and_pushes_only_what_changed() {
     ) {
         return;
     }
-    let reg = Registry::start().await;
-    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
-        .await;
-    let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
+    let Site {
+        reg,
+        d,
+        dir,
+        storage,
+    } = site(
+        "COPY index.html /www/index.html\n",
+        "  [[http_service.checks]]\n    interval = \"500ms\"\n    path = \"/\"\n",
+    )
+    .await;
     let c = d.client();
-    c.create_app("site").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let storage = hangar_test_utils::build_storage::BuildStorage::new();
     let p = dir.path();
-    std::fs::write(
-        p.join("Dockerfile"),
-        format!(
-            "FROM {}/base/busybox:v1\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
-            reg.addr
-        ),
-    )
-    .unwrap();
     std::fs::write(p.join("index.html"), "version one\n").unwrap();
-    std::fs::write(
-        p.join("fly.toml"),
-        "app = \"site\"\n\n[http_service]\n  internal_port = 8080\n  auto_stop_machines = \"off\"\n  [[http_service.checks]]\n    interval = \"500ms\"\n    path = \"/\"\n",
-    )
-    .unwrap();
 
     // Built, pushed to hangard, deployed by digest, served.
     let (ok, out) = hangar(&d, p, storage.path(), &["deploy"]);
@@ -148,28 +177,14 @@ async fn podman_builds_pushes_and_pulls_back() {
     ) {
         return;
     }
-    let reg = Registry::start().await;
-    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
-        .await;
-    let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
+    let Site {
+        reg: _reg,
+        d,
+        dir,
+        storage,
+    } = site("RUN echo built by podman > /www/index.html\n", "").await;
     let c = d.client();
-    c.create_app("site").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let storage = hangar_test_utils::build_storage::BuildStorage::new();
     let p = dir.path();
-    std::fs::write(
-        p.join("Dockerfile"),
-        format!(
-            "FROM {}/base/busybox:v1\nRUN echo built by podman > /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
-            reg.addr
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("fly.toml"),
-        "app = \"site\"\n\n[http_service]\n  internal_port = 8080\n  auto_stop_machines = \"off\"\n",
-    )
-    .unwrap();
     let (ok, out) = hangar(&d, p, storage.path(), &["deploy", "--builder", "podman"]);
     assert!(ok, "{out}");
     assert!(out.contains("Building image with podman"), "{out}");

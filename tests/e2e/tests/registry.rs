@@ -9,6 +9,29 @@ use std::process::Command;
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::{ImageBuilder, Layer};
 
+/// A machine of `shop` from `image`, once started.
+async fn started(c: &hangar_client::Client, image: &str) -> hangar_api_types::Machine {
+    let m = c
+        .create_machine(
+            "shop",
+            &hangar_e2e::request(serde_json::json!({
+                "image": image,
+                "init": {"cmd": ["/bin/sh", "-c", "cat /app/hello; sleep 600"]},
+            })),
+        )
+        .await
+        .unwrap();
+    c.wait_machine(
+        "shop",
+        &m.id,
+        &["started"],
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    c.get_machine("shop", &m.id).await.unwrap()
+}
+
 fn skopeo(args: &[&str]) -> (bool, String) {
     let out = Command::new("skopeo").args(args).output().expect("skopeo");
     (
@@ -103,31 +126,8 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
     assert_eq!(index["manifests"][0]["digest"], img.digest());
 
     // A machine runs from the pushed image (hangard pulls from itself).
-    let config: hangar_api_types::MachineConfig = serde_json::from_value(serde_json::json!({
-        "image": format!("{host}/shop:v1"),
-        "init": {"cmd": ["/bin/sh", "-c", "cat /app/hello; sleep 600"]},
-    }))
-    .unwrap();
-    let m = c
-        .create_machine(
-            "shop",
-            &hangar_api_types::CreateMachineRequest {
-                config: Some(config),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    c.wait_machine(
-        "shop",
-        &m.id,
-        &["started"],
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let m = c.get_machine("shop", &m.id).await.unwrap();
-    assert_eq!(m.image_ref.unwrap().digest, img.digest());
+    let m = started(&c, &format!("{host}/shop:v1")).await;
+    assert_eq!(m.image_ref.clone().unwrap().digest, img.digest());
     // Read from the registry's own storage, with no HTTP round trip to
     // itself, under `localhost` too.
     let log = d.log();
@@ -137,29 +137,7 @@ async fn skopeo_pushes_and_pulls_through_hangards_registry() {
     );
     assert!(!log.contains("pulling image"), "{log}");
     let port = host.rsplit_once(':').unwrap().1;
-    let config: hangar_api_types::MachineConfig = serde_json::from_value(serde_json::json!({
-        "image": format!("localhost:{port}/shop:v1"),
-        "init": {"cmd": ["/bin/sh", "-c", "cat /app/hello; sleep 600"]},
-    }))
-    .unwrap();
-    let m2 = c
-        .create_machine(
-            "shop",
-            &hangar_api_types::CreateMachineRequest {
-                config: Some(config),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    c.wait_machine(
-        "shop",
-        &m2.id,
-        &["started"],
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    started(&c, &format!("localhost:{port}/shop:v1")).await;
     assert!(!d.log().contains("pulling image"));
 
     // A second push of the same image moves no blob again: the client

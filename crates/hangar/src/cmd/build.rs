@@ -61,6 +61,30 @@ pub struct BuildRequest {
     pub ignorefile: Option<PathBuf>,
 }
 
+impl BuildRequest {
+    /// The flags every builder takes alike (`docker build`'s): the
+    /// Dockerfile, the tag, the stage, build arguments, secrets, labels and
+    /// the cache.
+    fn dockerfile_args(&self, c: &mut Command, local: &str) {
+        c.arg("-f").arg(&self.dockerfile).args(["-t", local]);
+        if let Some(t) = &self.target {
+            c.args(["--target", t]);
+        }
+        for (k, v) in &self.args {
+            c.arg("--build-arg").arg(format!("{k}={v}"));
+        }
+        for s in &self.secrets {
+            c.arg("--secret").arg(s);
+        }
+        for l in &self.labels {
+            c.arg("--label").arg(l);
+        }
+        if self.no_cache {
+            c.arg("--no-cache");
+        }
+    }
+}
+
 /// Something that builds a Dockerfile and pushes the image.
 pub trait Builder {
     /// Its name.
@@ -115,22 +139,7 @@ impl Builder for Engine {
             "--layers",
             "--force-rm",
         ]);
-        c.arg("-f").arg(&req.dockerfile).args(["-t", local]);
-        if let Some(t) = &req.target {
-            c.args(["--target", t]);
-        }
-        for (k, v) in &req.args {
-            c.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        for s in &req.secrets {
-            c.arg("--secret").arg(s);
-        }
-        for l in &req.labels {
-            c.arg("--label").arg(l);
-        }
-        if req.no_cache {
-            c.arg("--no-cache");
-        }
+        req.dockerfile_args(&mut c, local);
         if let Some(f) = &req.ignorefile {
             c.arg("--ignorefile").arg(f);
         }
@@ -217,25 +226,8 @@ impl Builder for Docker {
 
     fn build(&self, req: &BuildRequest, local: &str) -> anyhow::Result<()> {
         let mut c = Command::new("docker");
-        c.arg("build")
-            .arg("-f")
-            .arg(&req.dockerfile)
-            .args(["-t", local]);
-        if let Some(t) = &req.target {
-            c.args(["--target", t]);
-        }
-        for (k, v) in &req.args {
-            c.arg("--build-arg").arg(format!("{k}={v}"));
-        }
-        for s in &req.secrets {
-            c.arg("--secret").arg(s);
-        }
-        for l in &req.labels {
-            c.arg("--label").arg(l);
-        }
-        if req.no_cache {
-            c.arg("--no-cache");
-        }
+        c.arg("build");
+        req.dockerfile_args(&mut c, local);
         if req.ignorefile.is_some() {
             bail!("[build] ignorefile needs buildah or podman: docker reads only .dockerignore");
         }
