@@ -17,8 +17,10 @@ fi
 # private networks use iproute2 (ip) and nftables (nft); the firewall tests
 # also check the iptables fallback; skopeo, buildah and podman push to and
 # pull from the built-in registry; the cluster tests run their own PostgreSQL
-# (and the cluster demo builds its image with umoci).
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci)
+# (and the cluster demo builds its image with umoci); the hosts of a cluster
+# join their machines' networks over WireGuard (wireguard-go, as a kernel
+# without the module needs, configured by wg).
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

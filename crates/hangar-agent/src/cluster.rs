@@ -27,6 +27,10 @@ pub struct MachineSummary {
     /// The public ports its services serve over HTTP, as `start-end`
     /// ranges (a host's proxy relays requests for them).
     pub http_ports: Vec<(u16, u16)>,
+    /// Its 6PN address (empty before it has one).
+    pub private_ip: String,
+    /// Its process group (`metadata.fly_process_group`).
+    pub process_group: Option<String>,
 }
 
 /// What a host knows of the machines other hosts run (its copy of the
@@ -34,6 +38,45 @@ pub struct MachineSummary {
 pub trait RemoteMachines: Send + Sync {
     /// Whether another host runs machine `id` of `app`.
     fn exists(&self, app: &str, id: &str) -> bool;
+
+    /// The machines other hosts run on network `net` (by the third group
+    /// of their 6PN address), as the internal DNS server answers them:
+    /// those of hosts that are down left out.
+    fn dns_entries(&self, net: u16) -> Vec<hangar_net::dns::Entry> {
+        let _ = net;
+        Vec::new()
+    }
+
+    /// The cluster-wide id of network `name` (made when it has none).
+    /// Networks carry the same id on every host, so that a 6PN prefix
+    /// means one network everywhere.
+    fn network_id(&self, name: &str) -> NetworkIdFuture<'_>;
+}
+
+/// What [`RemoteMachines::network_id`] returns.
+pub type NetworkIdFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u16, String>> + Send + 'a>>;
+
+/// The internal DNS server's view: this host's machines from its store,
+/// and once it is in a cluster, the other hosts' from the directory.
+pub(crate) struct HostDns(pub(crate) Arc<crate::Shared>);
+
+impl hangar_net::dns::Directory for HostDns {
+    fn machines(&self, gateway: std::net::IpAddr) -> Vec<hangar_net::dns::Entry> {
+        let store = &self.0.store;
+        let mut out = hangar_net::dns::Directory::machines(store, gateway);
+        let Some(remote) = self.0.remote.get() else {
+            return out;
+        };
+        let net = match gateway {
+            std::net::IpAddr::V6(a) => Some(a.segments()[2]),
+            std::net::IpAddr::V4(a) => store.network_of_block(a.octets()[2]).ok().flatten(),
+        };
+        if let Some(net) = net {
+            out.extend(remote.dns_entries(net));
+        }
+        out
+    }
 }
 
 impl Agent {
@@ -42,6 +85,20 @@ impl Agent {
     pub fn enable_cluster(&self, remote: Arc<dyn RemoteMachines>) {
         self.shared.store.set_clustered();
         let _ = self.shared.remote.set(remote);
+    }
+
+    /// Gives network `name` its cluster-wide id in this host's store before
+    /// a machine is addressed on it (nothing outside a cluster).
+    pub(crate) async fn ensure_cluster_network(&self, name: &str) -> Result<(), AgentError> {
+        let Some(remote) = self.shared.remote.get() else {
+            return Ok(());
+        };
+        let idx = remote.network_id(name).await.map_err(|e| {
+            AgentError::Unavailable(format!(
+                "network {name:?} has no id in the cluster yet and the cluster database cannot give it one: {e}"
+            ))
+        })?;
+        self.shared.store.adopt_network(name, idx)
     }
 
     /// The oldest catalogue changes this host has not sent yet.
@@ -144,6 +201,8 @@ impl Agent {
                         .filter(|p| p.is_http())
                         .map(|p| (p.start, p.end))
                         .collect(),
+                    private_ip: m.private_ip.clone(),
+                    process_group: m.spec.metadata.get("fly_process_group").cloned(),
                 });
             }
         }

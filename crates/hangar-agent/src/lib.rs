@@ -39,7 +39,7 @@ use hangar_core::{AppName, InstanceId, MachineId, MachineState, Signal};
 use hangar_runtime::Runtime;
 use tokio::sync::oneshot;
 
-pub use cluster::{MachineSummary, RemoteMachines};
+pub use cluster::{MachineSummary, NetworkIdFuture, RemoteMachines};
 pub use images::{ImageSource, ResolvedImage};
 pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;
@@ -79,6 +79,10 @@ pub enum AgentError {
     /// the machine what it asks for.
     #[error("{0}")]
     InsufficientCapacity(String),
+    /// 503: something this host needs from elsewhere (the cluster's
+    /// database) cannot be reached now; the request may be retried.
+    #[error("{0}")]
+    Unavailable(String),
     /// The database failed.
     #[error("database")]
     Database(#[source] rusqlite::Error),
@@ -566,7 +570,7 @@ impl Agent {
 
     /// Where the internal DNS server finds machines by network.
     pub fn dns_directory(&self) -> Arc<dyn hangar_net::dns::Directory> {
-        Arc::new(self.shared.store.clone())
+        Arc::new(cluster::HostDns(self.shared.clone()))
     }
 
     /// Stops every runner; the machines themselves keep running.
@@ -711,6 +715,7 @@ impl Agent {
         req: NewMachine,
     ) -> Result<MachineRecord, AgentError> {
         let app = self.get_app(app)?;
+        self.ensure_cluster_network(&app.network).await?;
         let Parsed { json, spec } = req.config;
         self.check_capacity_for(&spec)?;
         self.check_standbys(&app.name, None, &spec)?;

@@ -180,6 +180,7 @@ impl NetPlan {
             ipv4_range: self.range.to_string(),
             ipv6_prefix: self.ipv6_prefix(),
             networks: Vec::new(),
+            mesh: None,
             outbound_nat,
         };
         for b in blocks {
@@ -303,6 +304,31 @@ mod tests {
             installation: 0x3fa2,
             host: 1,
         }
+    }
+
+    #[test]
+    fn networks_take_the_clusters_ids_unless_their_addresses_are_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let p = NetPlan {
+            host: 3,
+            ..plan("10.231.0.0/16")
+        };
+        store.adopt_network("default", 9).unwrap();
+        let (a, _) = store.allocate_address("default", "m1", &p).unwrap();
+        assert_eq!(a.ipv6().to_string(), "fdaa:3fa2:9:3::1:2");
+        store.adopt_network("default", 9).unwrap();
+        // In use: neither the name nor the id changes hands.
+        let e = store.adopt_network("default", 4).unwrap_err();
+        assert!(matches!(e, crate::AgentError::Conflict(_)), "{e}");
+        assert!(store.adopt_network("fresh", 9).is_err());
+        // Unused names and ids move.
+        store.adopt_network("fresh", 4).unwrap();
+        store.adopt_network("fresh", 5).unwrap();
+        let (b, _) = store.allocate_address("fresh", "m2", &p).unwrap();
+        assert_eq!(b.net, 5);
+        store.set_installation_id(0x77).unwrap();
+        assert_eq!(store.installation_id().unwrap(), 0x77);
     }
 
     #[test]

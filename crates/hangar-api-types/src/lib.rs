@@ -1515,6 +1515,17 @@ pub struct HostView {
     /// Seconds since it was last heard from.
     #[serde(default)]
     pub heartbeat_age_secs: f64,
+    /// Its number in machines' 6PN addresses
+    /// (`fdaa:<installation>:<network>:<host_index>::/64`); 1 on a host
+    /// that stands alone.
+    #[serde(default)]
+    pub host_index: u16,
+    /// Its WireGuard public key on the cluster's mesh (absent: not on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_key: Option<String>,
+    /// Where its end of the mesh listens (UDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_endpoint: Option<String>,
     /// Whether this is the host that answered.
     #[serde(default)]
     pub this_host: bool,

@@ -51,6 +51,7 @@ impl ApiError {
                 AgentError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
                 AgentError::Conflict(_) => StatusCode::CONFLICT,
                 AgentError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+                AgentError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 AgentError::Unprocessable(_) | AgentError::InsufficientCapacity(_) => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }

@@ -22,6 +22,9 @@ fn view(h: hangar_cluster::HostInfo, me: &str) -> HostView {
         reserved_memory_mb: h.reserved_memory_mb,
         machines: h.machines,
         heartbeat_age_secs: h.heartbeat_age_secs,
+        host_index: h.host_index,
+        mesh_key: Some(h.mesh_key).filter(|k| !k.is_empty()),
+        mesh_endpoint: h.mesh_endpoint.map(|e| e.to_string()),
     }
 }
 
@@ -57,6 +60,9 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<HostsResponse>> {
             reserved_memory_mb: machines.iter().map(|m| m.memory_mb).sum(),
             machines: machines.len() as u64,
             heartbeat_age_secs: 0.0,
+            host_index: 1,
+            mesh_key: None,
+            mesh_endpoint: None,
             this_host: true,
         }],
         cluster: false,

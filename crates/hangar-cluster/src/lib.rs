@@ -41,14 +41,15 @@ pub mod sql {
     /// The schema, idempotent (run under an advisory lock).
     pub const SCHEMA: &str = include_str!("schema.sql");
     /// Registers a host (again).
-    pub const REGISTER: &str = "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id, proxy_addr)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    pub const REGISTER: &str = "INSERT INTO hosts (id, region, api_url, cpus, memory_mb, admin_token_hash, secrets_key_id, proxy_addr, mesh_key, mesh_endpoint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (id) DO UPDATE SET
                     region = excluded.region, api_url = excluded.api_url,
                     cpus = excluded.cpus, memory_mb = excluded.memory_mb,
                     admin_token_hash = excluded.admin_token_hash,
                     secrets_key_id = excluded.secrets_key_id,
                     proxy_addr = excluded.proxy_addr,
+                    mesh_key = excluded.mesh_key, mesh_endpoint = excluded.mesh_endpoint,
                     epoch = hosts.epoch + CASE WHEN hosts.state = 'down' THEN 1 ELSE 0 END,
                     state = 'up', heartbeat_at = now()
                  RETURNING epoch";
@@ -65,12 +66,13 @@ pub mod sql {
     pub const FOLLOW: &str =
         "SELECT rev, origin, body FROM changes WHERE rev > $1 ORDER BY rev LIMIT 500";
     /// Publishes a machine to the directory.
-    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, rev, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('machine_revs'), now())
+    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, private_ip, process_group, rev, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, nextval('machine_revs'), now())
                  ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
                     region = excluded.region, state = excluded.state, cpus = excluded.cpus,
                     memory_mb = excluded.memory_mb, standbys = excluded.standbys,
-                    http_ports = excluded.http_ports, rev = excluded.rev, updated_at = now()";
+                    http_ports = excluded.http_ports, private_ip = excluded.private_ip,
+                    process_group = excluded.process_group, rev = excluded.rev, updated_at = now()";
     /// Held by every transaction that writes the directory: revisions
     /// commit in the order they are taken.
     pub const LOCK_DIRECTORY: &str = "SELECT pg_advisory_xact_lock(424243)";
@@ -89,11 +91,26 @@ pub mod sql {
     /// Reads the hosts.
     pub const READ_HOSTS: &str = "SELECT id, region, api_url, state, drained, cpus, memory_mb,
                         admin_token_hash, epoch,
-                        EXTRACT(EPOCH FROM now() - heartbeat_at)::float8, proxy_addr
+                        EXTRACT(EPOCH FROM now() - heartbeat_at)::float8, proxy_addr,
+                        mesh_key, mesh_endpoint,
+                        COALESCE((SELECT idx FROM host_indexes WHERE host = hosts.id), 0)
                  FROM hosts";
+    /// Reads the networks.
+    pub const READ_NETWORKS: &str = "SELECT name, idx FROM networks";
+    /// Gives network $1 an id (the lowest free one) unless it has one.
+    pub const ADD_NETWORK: &str = "INSERT INTO networks (name, idx)
+                 SELECT $1, min(i) FROM generate_series(1, 4095) i
+                 WHERE i NOT IN (SELECT idx FROM networks)
+                 ON CONFLICT (name) DO NOTHING";
+    /// Gives host $1 its number in 6PN addresses unless it has one.
+    pub const ADD_HOST_INDEX: &str = "INSERT INTO host_indexes (host, idx)
+                 SELECT $1, min(i) FROM generate_series(1, 65535) i
+                 WHERE i NOT IN (SELECT idx FROM host_indexes)
+                 ON CONFLICT (host) DO NOTHING";
     /// Reads the directory's rows written after revision $1, in order.
     pub const READ_MACHINES: &str =
-        "SELECT id, host, app, state, standbys, http_ports, cpus, memory_mb, rev
+        "SELECT id, host, app, state, standbys, http_ports, cpus, memory_mb, rev,
+                        region, private_ip, process_group
                  FROM machines WHERE rev > $1 ORDER BY rev";
 }
 
@@ -150,6 +167,19 @@ pub struct ClusterConfig {
     pub admin_token_hash: String,
     /// Silence after which a host is declared down.
     pub down_after: Duration,
+    /// This host's end of the mesh, if it has one: its WireGuard public
+    /// key (base64) and the UDP address the other hosts reach it at.
+    pub mesh: Option<(String, std::net::SocketAddr)>,
+}
+
+/// What a host takes from the cluster before it opens its own state: the
+/// shape of its 6PN addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The installation's id (the same on every host).
+    pub installation: u16,
+    /// This host's number (the fourth group of its machines' addresses).
+    pub host_index: u16,
 }
 
 /// A host, as the cluster knows it.
@@ -181,6 +211,12 @@ pub struct HostInfo {
     pub heartbeat_age_secs: f64,
     /// How many times it has joined after being declared down, plus one.
     pub epoch: i64,
+    /// Its number in 6PN addresses (`fdaa:<inst>:<net>:<index>::/64`).
+    pub host_index: u16,
+    /// Its WireGuard public key (empty: not on the mesh).
+    pub mesh_key: String,
+    /// Where its end of the mesh listens.
+    pub mesh_endpoint: Option<std::net::SocketAddr>,
     #[serde(skip)]
     admin_token_hash: String,
 }
@@ -202,6 +238,12 @@ pub struct DirEntry {
     pub cpus: u32,
     /// Memory it reserves, MiB.
     pub memory_mb: u64,
+    /// Its region.
+    pub region: String,
+    /// Its 6PN address.
+    pub private_ip: Option<std::net::Ipv6Addr>,
+    /// Its process group.
+    pub process_group: Option<String>,
 }
 
 fn ports_text(ports: &[(u16, u16)]) -> String {
@@ -241,6 +283,8 @@ pub enum PlaceError {
 #[derive(Default)]
 struct View {
     hosts: HashMap<String, HostInfo>,
+    /// Networks' cluster-wide ids by name.
+    networks: HashMap<String, u16>,
     /// Machines by id.
     machines: HashMap<String, DirEntry>,
     /// Machines created through this host on another, known before their
@@ -260,6 +304,7 @@ struct Inner {
 struct Remote {
     view: Arc<RwLock<View>>,
     me: String,
+    cfg: ClusterConfig,
 }
 
 impl hangar_agent::RemoteMachines for Remote {
@@ -269,6 +314,134 @@ impl hangar_agent::RemoteMachines for Remote {
             .get(id)
             .is_some_and(|e| e.app == app && e.host != self.me && e.state != "destroyed")
     }
+
+    fn dns_entries(&self, net: u16) -> Vec<hangar_net::dns::Entry> {
+        let v = self.view.read().unwrap_or_else(|p| p.into_inner());
+        v.machines
+            .iter()
+            .filter(|(_, e)| e.host != self.me && e.state != "destroyed")
+            .filter(|(_, e)| v.hosts.get(&e.host).is_some_and(|h| h.state == "up"))
+            .filter_map(|(id, e)| {
+                let addr = e.private_ip?;
+                (addr.segments()[2] == net).then(|| hangar_net::dns::Entry {
+                    app: e.app.clone(),
+                    id: id.clone(),
+                    region: e.region.clone(),
+                    process_group: e.process_group.clone(),
+                    addr,
+                    started: e.state == "started",
+                })
+            })
+            .collect()
+    }
+
+    fn network_id(&self, name: &str) -> hangar_agent::NetworkIdFuture<'_> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            if let Some(i) = self
+                .view
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .networks
+                .get(&name)
+            {
+                return Ok(*i);
+            }
+            let idx = add_network(&self.cfg, &name)
+                .await
+                .map_err(|e| hangar_error_chain(&e))?;
+            self.view
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .networks
+                .insert(name, idx);
+            Ok(idx)
+        })
+    }
+}
+
+/// Gives network `name` its cluster-wide id (made if it has none), on a
+/// connection of its own: it happens once per network in the cluster's
+/// life, when its first machine is made.
+pub async fn add_network(cfg: &ClusterConfig, name: &str) -> Result<u16, ClusterError> {
+    let (db, conn) = connect(cfg).await?;
+    let task = tokio::spawn(conn);
+    let r = async {
+        db.execute("SELECT pg_advisory_lock(424244)", &[])
+            .await
+            .map_err(pg("locking the networks"))?;
+        db.execute(sql::ADD_NETWORK, &[&name])
+            .await
+            .map_err(pg("giving a network an id"))?;
+        let row = db
+            .query_one("SELECT idx FROM networks WHERE name = $1", &[&name])
+            .await
+            .map_err(pg("reading a network's id"))?;
+        let idx: i32 = row.get(0);
+        u16::try_from(idx).ok().filter(|i| *i > 0).ok_or_else(|| {
+            ClusterError::Config("the cluster has no room for another network".into())
+        })
+    }
+    .await;
+    drop(db);
+    task.abort();
+    r
+}
+
+/// The shape of this host's 6PN addresses, from the cluster's database:
+/// the installation's id (`proposed`, this host's own, when the cluster has
+/// none yet) and this host's number, made on its first join and kept.
+pub async fn identity(cfg: &ClusterConfig, proposed: u16) -> Result<Identity, ClusterError> {
+    check_id(&cfg.host_id)?;
+    let (mut db, conn) = connect(cfg).await?;
+    let task = tokio::spawn(conn);
+    let r = async {
+        let tx = db
+            .transaction()
+            .await
+            .map_err(pg("starting the identity transaction"))?;
+        tx.execute("SELECT pg_advisory_xact_lock(424242)", &[])
+            .await
+            .map_err(pg("locking the schema"))?;
+        tx.batch_execute(sql::SCHEMA)
+            .await
+            .map_err(pg("creating the schema"))?;
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES ('installation', $1) ON CONFLICT (key) DO NOTHING",
+            &[&proposed.to_string()],
+        )
+        .await
+        .map_err(pg("recording the installation"))?;
+        let inst: String = tx
+            .query_one("SELECT value FROM settings WHERE key = 'installation'", &[])
+            .await
+            .map_err(pg("reading the installation"))?
+            .get(0);
+        tx.execute(sql::ADD_HOST_INDEX, &[&cfg.host_id])
+            .await
+            .map_err(pg("giving this host a number"))?;
+        let idx: i32 = tx
+            .query_one("SELECT idx FROM host_indexes WHERE host = $1", &[&cfg.host_id])
+            .await
+            .map_err(pg("reading this host's number"))?
+            .get(0);
+        tx.commit().await.map_err(pg("committing the identity"))?;
+        let installation = inst
+            .parse()
+            .map_err(|_| ClusterError::Config(format!("bad installation id {inst:?}")))?;
+        let host_index = u16::try_from(idx)
+            .ok()
+            .filter(|i| *i > 0)
+            .ok_or_else(|| ClusterError::Config("the cluster has no room for another host".into()))?;
+        Ok(Identity {
+            installation,
+            host_index,
+        })
+    }
+    .await;
+    drop(db);
+    task.abort();
+    r
 }
 
 /// Events of the cluster itself in the change log (origin `cluster`):
@@ -322,6 +495,7 @@ impl Cluster {
         agent.enable_cluster(Arc::new(Remote {
             view: view.clone(),
             me: cfg.host_id.clone(),
+            cfg: cfg.clone(),
         }));
         let cluster = Cluster {
             inner: Arc::new(Inner {
@@ -340,6 +514,14 @@ impl Cluster {
         let inner = cluster.inner.clone();
         tokio::spawn(async move { run(inner, Some(session)).await });
         Ok(cluster)
+    }
+
+    /// The cluster's networks and their ids.
+    pub fn networks(&self) -> Vec<(String, u16)> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut n: Vec<(String, u16)> = v.networks.iter().map(|(k, i)| (k.clone(), *i)).collect();
+        n.sort_by_key(|(_, i)| *i);
+        n
     }
 
     /// This host's id.
@@ -396,6 +578,9 @@ impl Cluster {
             http_ports: Vec::new(),
             cpus: 0,
             memory_mb: 0,
+            region: String::new(),
+            private_ip: None,
+            process_group: None,
         };
         v.noted.insert(id.to_owned(), (e, Instant::now()));
     }
@@ -766,6 +951,8 @@ impl Session {
                     &c.admin_token_hash,
                     &key_id,
                     &c.proxy_addr.map(|a| a.to_string()).unwrap_or_default(),
+                    &c.mesh.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+                    &c.mesh.as_ref().map(|m| m.1.to_string()).unwrap_or_default(),
                 ],
             )
             .await
@@ -1115,6 +1302,8 @@ impl Session {
                     &(m.memory_mb as i64),
                     &m.standbys.join(","),
                     &ports_text(&m.http_ports),
+                    &m.private_ip,
+                    &m.process_group.clone().unwrap_or_default(),
                 ],
             )
             .await
@@ -1162,6 +1351,15 @@ impl Session {
         } else {
             None
         };
+        let network_rows = match host_rows.is_some() {
+            true => Some(
+                self.db
+                    .query(sql::READ_NETWORKS, &[])
+                    .await
+                    .map_err(pg("reading the networks"))?,
+            ),
+            false => None,
+        };
         let machine_rows = self
             .db
             .query(sql::READ_MACHINES, &[&self.dir_rev])
@@ -1196,6 +1394,9 @@ impl Session {
                     http_ports: parse_ports(&r.get::<_, String>(5)),
                     cpus: r.get::<_, i32>(6).max(0) as u32,
                     memory_mb: r.get::<_, i64>(7).max(0) as u64,
+                    region: r.get(9),
+                    private_ip: r.get::<_, String>(10).parse().ok(),
+                    process_group: Some(r.get::<_, String>(11)).filter(|g| !g.is_empty()),
                 },
             );
         }
@@ -1249,11 +1450,24 @@ impl Session {
                 reserved_memory_mb,
                 machines,
                 proxy_addr: r.get::<_, String>(10).parse().ok(),
+                mesh_key: r.get(11),
+                mesh_endpoint: r.get::<_, String>(12).parse().ok(),
+                host_index: u16::try_from(r.get::<_, i32>(13)).unwrap_or(0),
             };
             hosts.insert(h.id.clone(), h);
         }
         drop(load);
         v.hosts = hosts;
+        v.networks = network_rows
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                Some((
+                    r.get::<_, String>(0),
+                    u16::try_from(r.get::<_, i32>(1)).ok()?,
+                ))
+            })
+            .collect();
         Ok(())
     }
 }
@@ -1278,6 +1492,9 @@ mod tests {
             epoch: 1,
             admin_token_hash: String::new(),
             proxy_addr: None,
+            host_index: 1,
+            mesh_key: String::new(),
+            mesh_endpoint: None,
         }
     }
 

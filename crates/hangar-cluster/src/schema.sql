@@ -52,3 +52,27 @@ ALTER TABLE machines ADD COLUMN IF NOT EXISTS http_ports TEXT NOT NULL DEFAULT '
 CREATE SEQUENCE IF NOT EXISTS machine_revs;
 ALTER TABLE machines ADD COLUMN IF NOT EXISTS rev BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS machines_by_rev ON machines (rev);
+-- The installation's id (the second group of every 6PN address), made by
+-- the first host and taken by every host that joins.
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- Each host's number in 6PN addresses (`fdaa:<inst>:<net>:<host>::/64`),
+-- kept for good once given.
+CREATE TABLE IF NOT EXISTS host_indexes (
+    host TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL UNIQUE
+);
+-- Networks by name, with one id on every host (the third group).
+CREATE TABLE IF NOT EXISTS networks (
+    name TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL UNIQUE
+);
+-- Each host's end of the mesh: its WireGuard public key and the UDP address
+-- the others reach it at.
+ALTER TABLE hosts ADD COLUMN IF NOT EXISTS mesh_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE hosts ADD COLUMN IF NOT EXISTS mesh_endpoint TEXT NOT NULL DEFAULT '';
+-- What the internal DNS of other hosts answers for each machine.
+ALTER TABLE machines ADD COLUMN IF NOT EXISTS private_ip TEXT NOT NULL DEFAULT '';
+ALTER TABLE machines ADD COLUMN IF NOT EXISTS process_group TEXT NOT NULL DEFAULT '';

@@ -38,6 +38,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 pub mod dns;
+pub mod mesh;
 
 /// Where machines find the internal DNS server (Fly's address for it).
 pub const DNS_ADDR: Ipv6Addr = Ipv6Addr::new(0xfdaa, 0, 0, 0, 0, 0, 0, 3);
@@ -389,6 +390,10 @@ pub mod firewall {
         pub networks: Vec<Vec<(String, Ipv6Addr)>>,
         /// Masquerade machines' traffic to the outside (IPv4 and IPv6).
         pub outbound_nat: bool,
+        /// The mesh interface to the cluster's other hosts, if any: each
+        /// network's bridges exchange that network's 6PN addresses (its
+        /// /48) with it.
+        pub mesh: Option<String>,
     }
 
     impl Firewall {
@@ -417,6 +422,20 @@ pub mod firewall {
                 None => self.networks.push(vec![(bridge.to_owned(), gateway6)]),
             }
             true
+        }
+
+        /// Each network's bridges with its 6PN /48 (from its gateways).
+        fn network_prefixes(&self) -> Vec<(&[(String, Ipv6Addr)], String)> {
+            self.networks
+                .iter()
+                .filter_map(|n| {
+                    let g = n.first()?.1.segments();
+                    Some((
+                        n.as_slice(),
+                        format!("{:x}:{:x}:{:x}::/48", g[0], g[1], g[2]),
+                    ))
+                })
+                .collect()
         }
 
         fn own(&self) -> String {
@@ -450,6 +469,21 @@ pub mod firewall {
                 r.push_str(&format!(
                     "\t\tiifname {{ {set} }} oifname {{ {set} }} accept\n"
                 ));
+            }
+            if let Some(mesh) = &self.mesh {
+                // A network's addresses between its bridges and the other
+                // hosts, nothing else.
+                for (net, prefix) in self.network_prefixes() {
+                    let set = net
+                        .iter()
+                        .map(|(b, _)| format!("\"{b}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    r.push_str(&format!(
+                        "\t\tiifname {{ {set} }} oifname \"{mesh}\" ip6 saddr {prefix} ip6 daddr {prefix} accept\n\
+                         \t\tiifname \"{mesh}\" oifname {{ {set} }} ip6 saddr {prefix} ip6 daddr {prefix} accept\n"
+                    ));
+                }
             }
             for other in [BRIDGE_PREFIX, LEGACY_BRIDGE_PREFIX] {
                 r.push_str(&format!(
@@ -558,7 +592,7 @@ pub mod firewall {
         /// Whether machines' traffic goes through the host's forwarding:
         /// with outbound NAT, or when a network has more than one block.
         fn forwards(&self) -> bool {
-            self.outbound_nat || self.networks.iter().any(|n| n.len() > 1)
+            self.outbound_nat || self.mesh.is_some() || self.networks.iter().any(|n| n.len() > 1)
         }
 
         /// Turns forwarding on when something needs it: outbound NAT, or a
@@ -592,6 +626,16 @@ pub mod firewall {
                 for (a, _) in net {
                     for (b, _) in net {
                         r.push_str(&format!("-A {t}-fwd -i {a} -o {b} -j ACCEPT\n"));
+                    }
+                }
+            }
+            if let (Some(mesh), true) = (&self.mesh, v6) {
+                for (net, prefix) in self.network_prefixes() {
+                    for (b, _) in net {
+                        r.push_str(&format!(
+                            "-A {t}-fwd -i {b} -o {mesh} -s {prefix} -d {prefix} -j ACCEPT\n\
+                             -A {t}-fwd -i {mesh} -o {b} -s {prefix} -d {prefix} -j ACCEPT\n"
+                        ));
                     }
                 }
             }
@@ -741,7 +785,32 @@ mod tests {
                 vec![(bridge_name(0x3fa2, 2, 2), gw("fdaa:3fa2:2:1::2:1"))],
             ],
             outbound_nat: nat,
+            mesh: None,
         }
+    }
+
+    #[test]
+    fn the_mesh_carries_each_networks_addresses_only() {
+        let mut f = fw(false);
+        assert!(!f.rules().contains("hgm"));
+        f.mesh = Some("hgm3fa20001".into());
+        let r = f.rules();
+        assert!(r.contains(
+            "iifname { \"hgr3fa200101\", \"hgr3fa200105\" } oifname \"hgm3fa20001\" ip6 saddr fdaa:3fa2:1::/48 ip6 daddr fdaa:3fa2:1::/48 accept"
+        ), "{r}");
+        assert!(r.contains(
+            "iifname \"hgm3fa20001\" oifname { \"hgr3fa200202\" } ip6 saddr fdaa:3fa2:2::/48 ip6 daddr fdaa:3fa2:2::/48 accept"
+        ), "{r}");
+        // Before the drops that keep everything else apart.
+        assert!(r.find("hgm3fa20001").unwrap() < r.find("drop").unwrap());
+        let v6 = f.iptables_rules(true);
+        assert!(
+            v6.contains(
+                "-i hgr3fa200105 -o hgm3fa20001 -s fdaa:3fa2:1::/48 -d fdaa:3fa2:1::/48 -j ACCEPT"
+            ),
+            "{v6}"
+        );
+        assert!(!f.iptables_rules(false).contains("hgm"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ fn firewall(range: &str, networks: &[(u16, &[u8])], nat: bool) -> Firewall {
                     .collect()
             })
             .collect(),
+        mesh: None,
         outbound_nat: nat,
     }
 }

@@ -85,6 +85,10 @@ pub struct Daemon {
     pub proxy_https: String,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command hangard runs under (`nsenter ...` for a host of its own).
+    wrap: Vec<String>,
+    /// The address its API and proxy listen on.
+    ip: String,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -107,6 +111,19 @@ impl Daemon {
     }
 
     async fn start_with(range: &str, extra_args: &[String], env: &[(&str, String)]) -> Daemon {
+        Daemon::start_wrapped(range, extra_args, env, Vec::new(), "127.0.0.1").await
+    }
+
+    /// Starts a daemon under `wrap` (e.g. [`crate::netns::Lan::wrap`]: a
+    /// network and mount namespace of its own), its API and proxy listening
+    /// on `ip`.
+    pub async fn start_wrapped(
+        range: &str,
+        extra_args: &[String],
+        env: &[(&str, String)],
+        wrap: Vec<String>,
+        ip: &str,
+    ) -> Daemon {
         crate::require_program("crun", "crun");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut d = Daemon {
@@ -115,17 +132,19 @@ impl Daemon {
             token: String::new(),
             port: crate::free_port(),
             network_range: range.to_owned(),
-            proxy_http: format!("127.0.0.1:{}", crate::free_port()),
-            proxy_https: format!("127.0.0.1:{}", crate::free_port()),
+            proxy_http: format!("{ip}:{}", crate::free_port()),
+            proxy_https: format!("{ip}:{}", crate::free_port()),
             extra_args: extra_args.to_vec(),
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
+            wrap,
+            ip: ip.to_owned(),
             child: None,
             _dir: dir,
         };
-        d.url = format!("http://127.0.0.1:{}", d.port);
+        d.url = format!("http://{ip}:{}", d.port);
         d.spawn().await;
         d
     }
@@ -142,11 +161,19 @@ impl Daemon {
             .append(true)
             .open(self._dir.path().join("hangard.log"))
             .expect("log file");
-        let child = Command::new(hangard)
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(hangard);
+                c
+            }
+            None => Command::new(hangard),
+        };
+        let child = cmd
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.ip, self.port))
             .arg("--network-range")
             .arg(&self.network_range)
             .arg("--ip-pool")

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod image;
 #[cfg(feature = "inproc")]
 pub mod inproc;
+pub mod netns;
 pub mod postgres;
 pub mod registry;
 

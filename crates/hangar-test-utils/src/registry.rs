@@ -22,19 +22,25 @@ pub struct Registry {
 impl Registry {
     /// Starts an open registry.
     pub async fn start() -> Registry {
-        Registry::start_with(None).await
+        Registry::start_with(None, "127.0.0.1").await
+    }
+
+    /// Starts an open registry on `ip` (an address of a bridge the test
+    /// made, for daemons in network namespaces of their own).
+    pub async fn start_on(ip: &str) -> Registry {
+        Registry::start_with(None, ip).await
     }
 
     /// Starts a registry that demands `user`/`password` (basic auth).
     pub async fn start_with_auth(user: &str, password: &str) -> Registry {
-        Registry::start_with(Some((user.to_owned(), password.to_owned()))).await
+        Registry::start_with(Some((user.to_owned(), password.to_owned())), "127.0.0.1").await
     }
 
-    async fn start_with(auth: Option<(String, String)>) -> Registry {
+    async fn start_with(auth: Option<(String, String)>, ip: &str) -> Registry {
         crate::require_program("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let data = dir.path().join("data");
         let mut config = format!(
             "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: {addr}\n  secret: hangar-test\n",

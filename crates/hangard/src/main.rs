@@ -160,6 +160,22 @@ struct Args {
     /// at least 256 and at most 32768 (a 256 MB machine gets 1024).
     #[arg(long, env = "HANGAR_MACHINE_PIDS_LIMIT", value_parser = clap::value_parser!(u64).range(16..))]
     machine_pids_limit: Option<u64>,
+    /// The UDP port of this host's end of the cluster's mesh (WireGuard),
+    /// which carries machines' private traffic between hosts.
+    #[arg(long, env = "HANGAR_MESH_PORT", default_value_t = 51820)]
+    mesh_port: u16,
+    /// Where the other hosts reach this host's end of the mesh (default:
+    /// the --advertise-url host and --mesh-port).
+    #[arg(long, env = "HANGAR_ADVERTISE_MESH")]
+    advertise_mesh: Option<SocketAddr>,
+    /// Join a cluster without the mesh: machines on different hosts do not
+    /// reach each other's private addresses.
+    #[arg(long, env = "HANGAR_NO_MESH")]
+    no_mesh: bool,
+    /// The cgroup under which machines' cgroups are made (one per
+    /// hangard: two on one host give each its own).
+    #[arg(long, env = "HANGAR_CGROUP_PARENT", default_value = "/hangar")]
+    cgroup_parent: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -231,7 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         machines_dir: data.join("machines"),
         runtime_root: data.join("run").join(flavor.binary()),
         log_max_bytes: args.log_max_bytes,
-        cgroup_parent: "/hangar".into(),
+        cgroup_parent: check_cgroup_parent(&args.cgroup_parent)?,
         secrets_dir,
         volumes: Some(
             hangar_volumes::VolumeHost::new(data.join("volumes"))
@@ -243,12 +259,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The installation's addressing (its id is made on first start and
     // kept), and the firewall for the blocks in use, in place before any
     // machine is wired.
+    // In a cluster, the installation's id and this host's number come from
+    // the cluster's database (its 6PN addresses say which host they are on).
     let plan = {
         let store = hangar_agent::Store::open(&data.join("hangar.db"))?;
+        let (installation, host) = match &args.cluster {
+            None => (store.installation_id()?, 1),
+            Some(url) => {
+                let cfg = cluster_config(&args, url, &token, 0, None)?;
+                let id = hangar_cluster::identity(&cfg, store.installation_id()?)
+                    .await
+                    .context("reading this host's identity from the cluster")?;
+                store.set_installation_id(id.installation)?;
+                (id.installation, id.host_index)
+            }
+        };
         hangar_agent::network::NetPlan {
             range: args.network_range,
-            installation: store.installation_id()?,
-            host: 1,
+            installation,
+            host,
         }
     };
     let (first, last) = args.network_range.blocks();
@@ -267,6 +296,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let firewall = Arc::new(std::sync::Mutex::new(
         plan.firewall(&blocks, !args.no_outbound_nat),
     ));
+    // The mesh to the cluster's other hosts, before the firewall that lets
+    // each network through it.
+    let mesh = match (&args.cluster, args.no_mesh) {
+        (Some(_), false) => {
+            let m = start_mesh(&args, &data, &plan)?;
+            firewall.lock().unwrap_or_else(|p| p.into_inner()).mesh = Some(m.0.ifname.clone());
+            Some(m)
+        }
+        _ => None,
+    };
     let table = firewall.lock().unwrap_or_else(|p| p.into_inner()).table();
     match apply_firewall(&firewall) {
         Ok(tool) if args.no_outbound_nat => {
@@ -435,7 +474,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cluster = match &args.cluster {
         None => None,
         Some(url) => {
-            let c = join_cluster(&args, url, &token, &agent).await?;
+            let c = join_cluster(
+                &args,
+                url,
+                &token,
+                &agent,
+                mesh.as_ref().map(|m| m.1.clone()),
+            )
+            .await?;
+            if let Some((m, _)) = &mesh {
+                follow_mesh(m.clone(), c.clone(), plan.installation);
+            }
             let _ = edge_machines.cluster.set(c.clone());
             // Images pushed to another host's registry are pulled from it.
             images.set_peers(Arc::new(PeerHosts {
@@ -567,13 +616,118 @@ impl hangar_image::PeerRegistries for PeerHosts {
     }
 }
 
-/// Joins the cluster at `url` as this host.
-async fn join_cluster(
+/// This host's end of the cluster's mesh: the interface made (or found
+/// from before a restart) and its public key with the address the other
+/// hosts reach it at.
+fn start_mesh(
+    args: &Args,
+    data: &Path,
+    plan: &hangar_agent::network::NetPlan,
+) -> anyhow::Result<(hangar_net::mesh::Mesh, (String, SocketAddr))> {
+    use hangar_net::mesh::Mesh;
+    Mesh::tools().context("the cluster's mesh (or run with --no-mesh)")?;
+    let mesh = Mesh::new(data, plan.installation, plan.host, args.mesh_port);
+    let key = mesh.public_key().context("the mesh's key")?;
+    let kind = mesh
+        .ensure()
+        .context("making the mesh interface (or run with --no-mesh)")?;
+    let endpoint = match args.advertise_mesh {
+        Some(a) => a,
+        None => {
+            let url = args
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.listen));
+            let host = url::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().with_context(|| {
+                format!("the mesh needs an address the other hosts reach this one at: --advertise-mesh IP:PORT (the --advertise-url host {host:?} is not an address)")
+            })?;
+            if ip.is_unspecified() {
+                bail!(
+                    "the mesh needs an address the other hosts reach this one at: --advertise-mesh IP:PORT or --advertise-url"
+                );
+            }
+            SocketAddr::new(ip, args.mesh_port)
+        }
+    };
+    tracing::info!(interface = %mesh.ifname, ?kind, %endpoint, "mesh to the cluster's hosts up");
+    Ok((mesh, (key, endpoint)))
+}
+
+/// Keeps the mesh's peers as the cluster says: every other host with a
+/// mesh end, answering for its /64 of every network.
+fn follow_mesh(mesh: hangar_net::mesh::Mesh, cluster: hangar_cluster::Cluster, installation: u16) {
+    tokio::spawn(async move {
+        let mut applied: Option<Vec<hangar_net::mesh::Peer>> = None;
+        loop {
+            let networks = cluster.networks();
+            let mut peers: Vec<hangar_net::mesh::Peer> = cluster
+                .hosts()
+                .into_iter()
+                .filter(|h| h.id != cluster.host_id() && !h.mesh_key.is_empty() && h.host_index > 0)
+                .filter_map(|h| {
+                    Some(hangar_net::mesh::Peer {
+                        public_key: h.mesh_key.clone(),
+                        endpoint: h.mesh_endpoint?,
+                        allowed_ips: networks
+                            .iter()
+                            .map(|(_, n)| {
+                                hangar_net::mesh::host_prefix(installation, *n, h.host_index)
+                            })
+                            .collect(),
+                    })
+                })
+                .collect();
+            peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+            if applied.as_ref() != Some(&peers) {
+                let m = mesh.clone();
+                let p = peers.clone();
+                match tokio::task::spawn_blocking(move || m.ensure().and_then(|_| m.set_peers(&p)))
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        tracing::info!(
+                            peers = peers.len(),
+                            networks = networks.len(),
+                            "mesh peers set"
+                        );
+                        applied = Some(peers);
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot set the mesh's peers"),
+                    Err(e) => tracing::warn!(error = %e, "cannot set the mesh's peers"),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+}
+
+/// A cgroup path under the root: absolute, without `..`.
+fn check_cgroup_parent(p: &str) -> anyhow::Result<String> {
+    let ok = p.starts_with('/')
+        && p.len() > 1
+        && p.split('/').all(|c| c != ".." && c != ".")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+    if !ok {
+        bail!(
+            "--cgroup-parent {p:?}: an absolute cgroup path like /hangar (letters, digits, - _ . and /)"
+        );
+    }
+    Ok(p.trim_end_matches('/').to_owned())
+}
+
+/// How this host joins the cluster at `url`.
+fn cluster_config(
     args: &Args,
     url: &str,
     token: &str,
-    agent: &Agent,
-) -> anyhow::Result<hangar_cluster::Cluster> {
+    memory_mb: u64,
+    mesh: Option<(String, SocketAddr)>,
+) -> anyhow::Result<hangar_cluster::ClusterConfig> {
     let host_id = match &args.host_id {
         Some(h) => h.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -588,10 +742,6 @@ async fn join_cluster(
             args.listen
         ),
     };
-    let memory_mb = args
-        .capacity_memory_mb
-        .or_else(|| agent.host_memory_mb())
-        .unwrap_or(1024);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -604,23 +754,36 @@ async fn join_cluster(
         let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
         Some(SocketAddr::new(ip, http.port()))
     });
-    let c = hangar_cluster::Cluster::join(
-        hangar_cluster::ClusterConfig {
-            url: url.to_owned(),
-            host_id,
-            region: args.region.clone(),
-            api_url,
-            proxy_addr,
-            cpus,
-            memory_mb,
-            admin_token_hash: hangar_cluster::token_hash(token),
-            down_after: args.cluster_down_after,
-        },
-        agent.clone(),
-    )
-    .await
-    .context("joining the cluster")?;
-    Ok(c)
+    Ok(hangar_cluster::ClusterConfig {
+        url: url.to_owned(),
+        host_id,
+        region: args.region.clone(),
+        api_url,
+        proxy_addr,
+        cpus,
+        memory_mb,
+        admin_token_hash: hangar_cluster::token_hash(token),
+        down_after: args.cluster_down_after,
+        mesh,
+    })
+}
+
+/// Joins the cluster at `url` as this host.
+async fn join_cluster(
+    args: &Args,
+    url: &str,
+    token: &str,
+    agent: &Agent,
+    mesh: Option<(String, SocketAddr)>,
+) -> anyhow::Result<hangar_cluster::Cluster> {
+    let memory_mb = args
+        .capacity_memory_mb
+        .or_else(|| agent.host_memory_mb())
+        .unwrap_or(1024);
+    let cfg = cluster_config(args, url, token, memory_mb, mesh)?;
+    hangar_cluster::Cluster::join(cfg, agent.clone())
+        .await
+        .context("joining the cluster")
 }
 
 /// Creates the admin token on first start (0600); returns its path.

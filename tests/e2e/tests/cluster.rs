@@ -103,6 +103,10 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
             "3s",
             "--capacity-memory-mb",
             memory,
+            // Both hosts share this namespace, so one mesh route would
+            // shadow the other: the mesh has its own test (mesh.rs), with a
+            // namespace per host.
+            "--no-mesh",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -553,7 +557,7 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
 async fn the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing() {
     if !hangar_test_utils::host_tier(
         "the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing",
-        &["crun", "skopeo", "umoci"],
+        &["crun", "skopeo", "umoci", "wg", "wireguard-go", "nsenter"],
     ) {
         return;
     }
@@ -599,17 +603,41 @@ async fn the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing() {
     };
     let (token, image) = (field("TOKEN"), field("IMAGE"));
     // The image runs on every host, each asked through another.
+    let mut made = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         let (name, region) = (h[1], h[2]);
         let via = Client::new(hosts[(i + 1) % 3][3], &token);
-        let mut req = request(json!({"image": image, "init": {"cmd": ["sleep", "600"]}}));
+        let cmd = if i == 0 {
+            json!(["httpd", "-f", "-p", "8080", "-h", "/www"])
+        } else {
+            json!(["sleep", "600"])
+        };
+        let mut req = request(json!({"image": image, "init": {"cmd": cmd}}));
         req.region = Some(region.to_owned());
         let m = via.create_machine("demo", &req).await.unwrap();
         via.wait_machine("demo", &m.id, &["started"], Duration::from_secs(60))
             .await
             .unwrap();
         assert_eq!(m.region, region, "{name}");
+        made.push(m);
     }
+    // Each host is a namespace of its own: the machine in sjc reaches the
+    // one in ams by its private address, over the mesh.
+    let c = Client::new(hosts[0][3], &token);
+    let fetch = format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {} 8080",
+        made[0].private_ip
+    );
+    let body =
+        hangar_test_utils::wait_until(Duration::from_secs(15), "a fetch across hosts", || {
+            let (c, id, fetch) = (c.clone(), made[1].id.clone(), fetch.clone());
+            async move {
+                let (code, body) = hangar_e2e::sh(&c, "demo", &id, &fetch).await;
+                (code == 0 && body.contains("hello from a hangar cluster")).then_some(body)
+            }
+        })
+        .await;
+    assert!(body.contains("200 OK"), "{body}");
     let listed = Client::new(hosts[0][3], &token)
         .list_machines("demo", &Default::default())
         .await
@@ -628,4 +656,12 @@ async fn the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing() {
     );
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains("hangar-demo-host"), "{mounts}");
+    assert!(!mounts.contains("hangar-cluster-demo"), "{mounts}");
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(!netns.contains("hangar-demo"), "{netns}");
+    assert!(!std::path::Path::new("/sys/class/net/hgdemo0").exists());
 }

@@ -28,6 +28,70 @@ impl Store {
             .map_err(|_| AgentError::Internal(format!("bad installation id {v:?}")))
     }
 
+    /// Takes the cluster's installation id for this host's addresses (a
+    /// host that joins a cluster addresses its machines in the cluster's
+    /// 6PN prefix; machines it already has follow at the next open).
+    pub fn set_installation_id(&self, id: u16) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('installation', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![id.to_string()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Gives network `name` the id `idx` the cluster gave it. A network of
+    /// this host that holds addresses keeps its id: if it differs from the
+    /// cluster's (a host that had machines before it joined), this is a
+    /// conflict to resolve by hand.
+    pub fn adopt_network(&self, name: &str, idx: u16) -> Result<(), AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT idx FROM networks WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if current == Some(i64::from(idx)) {
+            return Ok(());
+        }
+        let holder: Option<String> = tx
+            .query_row(
+                "SELECT name FROM networks WHERE idx = ?1",
+                params![i64::from(idx)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        for n in [Some(name.to_owned()), holder].into_iter().flatten() {
+            let used: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM ip_allocations WHERE network = ?1",
+                    params![n],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if used > 0 {
+                return Err(AgentError::Conflict(format!(
+                    "network {n:?} of this host has machines under another id than the cluster gives network {name:?} ({idx}): a host joins a cluster before it runs machines of that network"
+                )));
+            }
+            tx.execute("DELETE FROM networks WHERE name = ?1", params![n])
+                .map_err(db)?;
+        }
+        tx.execute(
+            "INSERT INTO networks (name, idx) VALUES (?1, ?2)",
+            params![name, i64::from(idx)],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
     /// The id of network `name`, made on first use (the lowest free one).
     pub(crate) fn network_id(
         tx: &rusqlite::Transaction<'_>,

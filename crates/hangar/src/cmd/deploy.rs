@@ -27,7 +27,7 @@ pub struct DeployArgs {
     /// The image to deploy (default: [build] image).
     #[arg(long, short = 'i')]
     image: Option<String>,
-    /// rolling, immediate or canary (default: [deploy] strategy, else rolling).
+    /// rolling, immediate, canary or bluegreen (default: [deploy] strategy, else rolling).
     #[arg(long)]
     strategy: Option<String>,
     /// How long each machine gets to become healthy (e.g. 2m; default 5m).

@@ -1,0 +1,279 @@
+//! End to end: three hosts, each a `hangard` in a network and mount
+//! namespace of its own, on a LAN of veths the test makes, sharing one
+//! PostgreSQL (on a unix socket). Their machines' private (6PN) traffic
+//! goes between hosts over the WireGuard mesh (`wireguard-go`, as this
+//! kernel has no WireGuard module): a machine on one host finds another
+//! host's machine by `.internal` name and fetches from it; a machine of
+//! another network finds and reaches nothing; the mesh keeps carrying
+//! traffic while a host's `hangard` is down, and after it is back.
+
+use std::time::Duration;
+
+use hangar_api_types::{CreateAppRequest, CreateMachineRequest, MachineConfig};
+use hangar_client::Client;
+use hangar_e2e::sh;
+use hangar_test_utils::daemon::{Daemon, next_network_range};
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::netns::Lan;
+use hangar_test_utils::postgres::Postgres;
+use hangar_test_utils::registry::Registry;
+use hangar_test_utils::wait_until;
+use serde_json::{Value, json};
+
+const REGIONS: [&str; 3] = ["ams", "sjc", "fra"];
+
+async fn machine(c: &Client, app: &str, image: &str, region: &str, cmd: &str) -> (String, String) {
+    let config: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c", cmd]},
+        "metadata": {"fly_process_group": "app"},
+    }))
+    .unwrap();
+    let m = c
+        .create_machine(
+            app,
+            &CreateMachineRequest {
+                config: Some(config),
+                region: Some(region.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_machine(app, &m.id, &["started"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let m = c.get_machine(app, &m.id).await.unwrap();
+    (m.id, m.private_ip)
+}
+
+/// A shell command that GETs `/` from port 8080 of `addr`.
+fn get(addr: &str, timeout_s: u32) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {timeout_s} {addr} 8080")
+}
+
+/// The 6PN addresses `name` resolves to, seen from machine `id`.
+async fn lookup(c: &Client, app: &str, id: &str, name: &str) -> Vec<String> {
+    let (_, out) = sh(c, app, id, &format!("nslookup -type=AAAA {name}")).await;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(|a| a.trim().to_owned())
+        .filter(|a| a.starts_with("fdaa:"))
+        .collect()
+}
+
+async fn hosts(d: &Daemon) -> Vec<Value> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/v1/hangar/hosts", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["hosts"].as_array().cloned().unwrap_or_default()
+}
+
+/// Bytes host `i`'s mesh interface has received, over all peers.
+fn mesh_received(lan: &Lan, i: usize) -> u64 {
+    lan.run_in(i, "wg show all transfer")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart() {
+    if !hangar_test_utils::host_tier(
+        "machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart",
+        &[
+            "crun",
+            "docker-registry",
+            "wg",
+            "wireguard-go",
+            "nsenter",
+            "unshare",
+        ],
+    ) {
+        return;
+    }
+    let lan = Lan::new(3);
+    let pg = Postgres::start();
+    pg.create_db("hangar");
+    let url = pg.url("hangar");
+    let reg = Registry::start_on(&lan.gateway).await;
+    reg.push("base/busybox", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let image = format!("{}/base/busybox:v1", reg.addr);
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secrets.key").display().to_string();
+    let mut daemons = Vec::new();
+    for (i, region) in REGIONS.iter().enumerate() {
+        let args: Vec<String> = [
+            "--secrets-key-file",
+            &key,
+            "--insecure-registry",
+            &reg.addr,
+            "--cluster",
+            &url,
+            "--host-id",
+            &format!("host-{i}"),
+            "--region",
+            region,
+            "--cgroup-parent",
+            &format!("/hangar-mesh-{}-{i}", std::process::id()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let d = Daemon::start_wrapped(
+            &next_network_range(),
+            &args,
+            &[],
+            lan.wrap(i),
+            &lan.hosts[i].ip,
+        )
+        .await;
+        daemons.push(d);
+    }
+    let c = daemons[0].client();
+    wait_until(Duration::from_secs(15), "three hosts up", || async {
+        let hs = hosts(&daemons[0]).await;
+        (hs.len() == 3 && hs.iter().all(|h| h["state"] == "up")).then_some(())
+    })
+    .await;
+    // Each host has a number of its own (the fourth group of its machines'
+    // 6PN addresses) and an end of the mesh.
+    let hs = hosts(&daemons[0]).await;
+    let mut indexes: Vec<u64> = hs.iter().filter_map(|h| h["host_index"].as_u64()).collect();
+    indexes.sort();
+    indexes.dedup();
+    assert_eq!(indexes.len(), 3, "{hs:?}");
+    assert!(
+        hs.iter()
+            .all(|h| h["mesh_key"].as_str().is_some_and(|k| k.len() == 44)),
+        "{hs:?}"
+    );
+
+    c.create_app("web").await.unwrap();
+    c.create_app("client").await.unwrap();
+    c.create_app_with(&CreateAppRequest {
+        name: Some("apart".into()),
+        network: Some("apart-net".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for d in &daemons[1..] {
+        let dc = d.client();
+        wait_until(
+            Duration::from_secs(10),
+            "the apps on every host",
+            || async { dc.get_app("apart").await.ok() },
+        )
+        .await;
+    }
+
+    // A server on host 1, a client on host 2, another network's machine on
+    // host 0; all made through host 0's API.
+    let server = "mkdir -p /www && echo hello-from-$FLY_MACHINE_ID > /www/index.html \
+                  && exec httpd -f -p 8080 -h /www";
+    let (web, web_ip) = machine(&c, "web", &image, "sjc", server).await;
+    let (cli, cli_ip) = machine(&c, "client", &image, "fra", "exec sleep 3600").await;
+    let (apart, apart_ip) = machine(&c, "apart", &image, "ams", "exec sleep 3600").await;
+    let seg = |ip: &str| ip.parse::<std::net::Ipv6Addr>().unwrap().segments();
+    // One installation, one id per network on every host, a host's number
+    // in each address.
+    assert_eq!(seg(&web_ip)[1], seg(&cli_ip)[1]);
+    assert_eq!(seg(&web_ip)[2], seg(&cli_ip)[2], "{web_ip} {cli_ip}");
+    assert_ne!(seg(&web_ip)[2], seg(&apart_ip)[2], "{web_ip} {apart_ip}");
+    assert_ne!(seg(&web_ip)[3], seg(&cli_ip)[3], "{web_ip} {cli_ip}");
+    let index_of = |host: &str| -> u64 {
+        hs.iter().find(|h| h["id"] == host).unwrap()["host_index"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(u64::from(seg(&web_ip)[3]), index_of("host-1"));
+    assert_eq!(u64::from(seg(&cli_ip)[3]), index_of("host-2"));
+
+    // The client on host 2 finds the web machine on host 1 by name, and
+    // fetches from it through the mesh.
+    let found = wait_until(Duration::from_secs(15), "web.internal from host 2", || {
+        let c = c.clone();
+        let cli = cli.clone();
+        let web_ip = web_ip.clone();
+        async move {
+            let got = lookup(&c, "client", &cli, "web.internal").await;
+            (got == vec![web_ip]).then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        lookup(&c, "client", &cli, &format!("{web}.vm.web.internal")).await,
+        vec![web_ip.clone()]
+    );
+    let before = mesh_received(&lan, 2);
+    let fetch = wait_until(Duration::from_secs(15), "a fetch across hosts", || {
+        let c = c.clone();
+        let cli = cli.clone();
+        let f = get(&web_ip, 3);
+        async move {
+            let (code, body) = sh(&c, "client", &cli, &f).await;
+            (code == 0 && body.contains("hello-from-")).then_some(body)
+        }
+    })
+    .await;
+    assert!(fetch.contains(&format!("hello-from-{web}")), "{fetch}");
+    // It came through the mesh, encrypted on the LAN.
+    assert!(
+        mesh_received(&lan, 2) > before,
+        "host 2's mesh received nothing"
+    );
+    // The client's address seen by the server is its own 6PN one (no NAT
+    // on the way).
+    let (_, seen) = sh(
+        &c,
+        "client",
+        &cli,
+        &format!("ip -6 route get {web_ip} | head -1"),
+    )
+    .await;
+    assert!(seen.contains(&web_ip), "{seen}");
+
+    // Another network's machine on host 0: the name is not there, and the
+    // address does not answer.
+    assert!(lookup(&c, "apart", &apart, "web.internal").await.is_empty());
+    let (code, body) = sh(&c, "apart", &apart, &get(&web_ip, 2)).await;
+    assert!(
+        code != 0 || !body.contains("hello-from-"),
+        "another network reached web across hosts: {body}"
+    );
+
+    // Host 1's hangard down: its machine still runs, and the mesh (its own
+    // process) still carries traffic to it.
+    daemons[1].kill();
+    let (code, body) = sh(&c, "client", &cli, &get(&web_ip, 3)).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains(&format!("hello-from-{web}")), "{body}");
+    // Back: the same, with the mesh found as it was.
+    daemons[1].restart().await;
+    let (code, body) = sh(&c, "client", &cli, &get(&web_ip, 3)).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(
+        daemons[1]
+            .log()
+            .matches("mesh to the cluster's hosts up")
+            .count()
+            >= 2
+    );
+
+    for (app, id) in [("web", &web), ("client", &cli), ("apart", &apart)] {
+        c.destroy_machine(app, id, true).await.unwrap();
+    }
+    drop(daemons);
+    drop(reg);
+    drop(pg);
+    drop(lan);
+}
