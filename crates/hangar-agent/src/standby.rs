@@ -78,14 +78,61 @@ impl Agent {
     /// standby watches) so that nothing runs twice; they stay stopped until
     /// someone starts them. Returns the ids stopped.
     pub async fn fence(&self, ids: &[String]) -> Result<Vec<String>, AgentError> {
+        let stopped = self
+            .fence_now(
+                ids,
+                None,
+                "its standby took over while this host was down: stopping it",
+            )
+            .await?;
+        Ok(stopped.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Stops those of `ids` that run here, whatever leases say (the
+    /// cluster may start their standbys elsewhere); `timeout` bounds each
+    /// stop's wait for the machine to end. Returns `(app, id)` of those it
+    /// stopped.
+    pub async fn fence_now(
+        &self,
+        ids: &[String],
+        timeout: Option<std::time::Duration>,
+        why: &str,
+    ) -> Result<Vec<(String, String)>, AgentError> {
         let mut stopped = Vec::new();
         for s in self.machine_summaries()? {
-            if ids.contains(&s.id) && s.state == "started" {
-                tracing::warn!(machine = %s.id, "its standby took over while this host was down: stopping it");
-                self.stop_machine(&s.app, &s.id, None, None, None).await?;
-                stopped.push(s.id);
+            if ids.contains(&s.id) && matches!(s.state.as_str(), "started" | "starting") {
+                tracing::warn!(machine = %s.id, "{why}");
+                match self
+                    .request(
+                        &s.app,
+                        &s.id,
+                        crate::machine::Input::Stop {
+                            signal: None,
+                            timeout,
+                        },
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => stopped.push((s.app, s.id)),
+                    Err(e) => tracing::warn!(machine = %s.id, error = %e, "cannot stop it"),
+                }
             }
         }
         Ok(stopped)
+    }
+
+    /// Starts machines [`Agent::fence_now`] stopped again (their standbys
+    /// did not take over after all), whatever leases say.
+    pub async fn unfence(&self, machines: &[(String, String)]) {
+        for (app, id) in machines {
+            tracing::info!(machine = %id, "the cluster is back and nobody took over: starting it again");
+            if let Err(e) = self
+                .request(app, id, crate::machine::Input::Start, None)
+                .await
+            {
+                tracing::warn!(machine = %id, error = %e, "cannot start it again");
+            }
+        }
     }
 }

@@ -8,9 +8,18 @@ use hangar_api_types::{ErrorResponse, HostView, HostsResponse};
 
 use crate::{ApiState, error::ApiResult};
 
-fn view(h: hangar_cluster::HostInfo, me: &str) -> HostView {
+fn view(h: hangar_cluster::HostInfo, c: &hangar_cluster::Cluster) -> HostView {
+    let me = h.id == c.host_id();
     HostView {
-        this_host: h.id == me,
+        this_host: me,
+        // This host knows better than its copy of its row: since when the
+        // database has not taken its heartbeat (other hosts ask it before
+        // fencing themselves).
+        heartbeat_age_secs: if me {
+            c.heartbeat_silence().as_secs_f64()
+        } else {
+            h.heartbeat_age_secs
+        },
         id: h.id,
         region: h.region,
         api_url: h.api_url,
@@ -21,7 +30,6 @@ fn view(h: hangar_cluster::HostInfo, me: &str) -> HostView {
         reserved_cpus: h.reserved_cpus,
         reserved_memory_mb: h.reserved_memory_mb,
         machines: h.machines,
-        heartbeat_age_secs: h.heartbeat_age_secs,
         host_index: h.host_index,
         mesh_key: Some(h.mesh_key).filter(|k| !k.is_empty()),
         mesh_endpoint: h.mesh_endpoint.map(|e| e.to_string()),
@@ -32,12 +40,11 @@ fn view(h: hangar_cluster::HostInfo, me: &str) -> HostView {
 #[utoipa::path(get, path = "/v1/hangar/hosts", operation_id = "Hosts_list", tag = "Hangar", responses((status = 200, body = HostsResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "An app token", body = ErrorResponse)))]
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<HostsResponse>> {
     if let Some(c) = &s.cluster {
-        let me = c.cluster.host_id().to_owned();
         let hosts = c
             .cluster
             .hosts()
             .into_iter()
-            .map(|h| view(h, &me))
+            .map(|h| view(h, &c.cluster))
             .collect();
         return Ok(Json(HostsResponse {
             hosts,
@@ -90,7 +97,7 @@ async fn set_drained(s: &ApiState, id: &str, drained: bool) -> ApiResult<Json<Ho
         .cluster
         .host(id)
         .ok_or_else(|| AgentError::NotFound(format!("host {id} not found")))?;
-    Ok(Json(view(h, c.cluster.host_id())))
+    Ok(Json(view(h, &c.cluster)))
 }
 
 /// `POST /v1/hangar/hosts/{id}/drain`: the host takes no new machines

@@ -170,6 +170,19 @@ pub struct ClusterConfig {
     /// This host's end of the mesh, if it has one: its WireGuard public
     /// key (base64) and the UDP address the other hosts reach it at.
     pub mesh: Option<(String, std::net::SocketAddr)>,
+    /// This host's admin token, which every host accepts: it asks other
+    /// hosts how they see the database before fencing itself.
+    pub admin_token: AdminToken,
+}
+
+/// An admin token, kept out of logs.
+#[derive(Clone, Default)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// What a host takes from the cluster before it opens its own state: the
@@ -298,6 +311,22 @@ struct Inner {
     agent: Agent,
     view: Arc<RwLock<View>>,
     doorbell: Notify,
+    health: std::sync::Mutex<Health>,
+}
+
+/// How this host's link to the database fares, for self-fencing.
+struct Health {
+    /// The last heartbeat the database took.
+    last_ok: Instant,
+    /// Whether this host has fenced in this outage (it judges again every
+    /// second until it has: the other hosts may get the database back
+    /// while this one stays cut off).
+    judged: bool,
+    /// Whether it has said that the database is gone for everyone.
+    said_safe: bool,
+    /// Machines this host stopped in this outage, to start again if it
+    /// ends before anyone declared this host down.
+    fenced: Vec<(String, String)>,
 }
 
 /// The agent's window on the directory (standbys of machines elsewhere).
@@ -503,6 +532,12 @@ impl Cluster {
                 agent,
                 view,
                 doorbell: Notify::new(),
+                health: std::sync::Mutex::new(Health {
+                    last_ok: Instant::now(),
+                    judged: false,
+                    said_safe: false,
+                    fenced: Vec::new(),
+                }),
             }),
         };
         // The first session must work: a host that cannot reach the
@@ -513,6 +548,8 @@ impl Cluster {
         tracing::info!(host = %cluster.inner.cfg.host_id, region = %cluster.inner.cfg.region, hosts = cluster.hosts().len(), "joined the cluster");
         let inner = cluster.inner.clone();
         tokio::spawn(async move { run(inner, Some(session)).await });
+        let inner = cluster.inner.clone();
+        tokio::spawn(async move { watchdog(inner).await });
         Ok(cluster)
     }
 
@@ -522,6 +559,16 @@ impl Cluster {
         let mut n: Vec<(String, u16)> = v.networks.iter().map(|(k, i)| (k.clone(), *i)).collect();
         n.sort_by_key(|(_, i)| *i);
         n
+    }
+
+    /// How long since the database last took this host's heartbeat.
+    pub fn heartbeat_silence(&self) -> Duration {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_ok
+            .elapsed()
     }
 
     /// This host's id.
@@ -798,6 +845,136 @@ async fn run(inner: Arc<Inner>, mut session: Option<Session>) {
     }
 }
 
+/// A host that heartbeats has been heard within this (a heartbeat a
+/// second, and a round's slack).
+const HEALTHY_SILENCE: Duration = Duration::from_secs(2);
+
+/// Self-fencing. A host whose heartbeats the database has not taken for
+/// half of `down_after` (at least 3.5 s, so that hosts that lost the
+/// database at the same moment are seen silent for longer than
+/// [`HEALTHY_SILENCE`]) may be declared down by the others soon, and the
+/// standbys of its machines started on their hosts: before that, it stops
+/// those of its machines that have a standby on another host, so that
+/// nothing runs twice even when this `hangard` is alive but cut off. It
+/// first asks the standbys' hosts: when every one of them answers and has
+/// lost the database as well, nobody can declare anyone down, and it
+/// fences nothing (an outage of the database alone stops no machine). When
+/// the database takes a heartbeat again before this host was declared
+/// down, what it stopped starts again.
+async fn watchdog(inner: Arc<Inner>) {
+    let fence_after = (inner.cfg.down_after / 2).max(Duration::from_millis(3500));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap_or_default();
+    let mut last_judged = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if last_judged.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let silent = {
+            let h = inner.health.lock().unwrap_or_else(|p| p.into_inner());
+            (!h.judged && h.last_ok.elapsed() >= fence_after).then_some(h.last_ok)
+        };
+        let Some(since) = silent else { continue };
+        last_judged = Instant::now();
+        let me = inner.cfg.host_id.clone();
+        // This host's machines with a standby elsewhere, and those hosts.
+        let (ids, hosts) = {
+            let v = inner.view.read().unwrap_or_else(|p| p.into_inner());
+            let mine: std::collections::HashSet<String> = inner
+                .agent
+                .machine_summaries()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| m.id)
+                .collect();
+            let mut ids = Vec::new();
+            let mut hosts = Vec::new();
+            for e in v.machines.values().filter(|e| e.host != me) {
+                for s in e.standbys.iter().filter(|s| mine.contains(*s)) {
+                    ids.push(s.clone());
+                    if let Some(h) = v.hosts.get(&e.host) {
+                        hosts.push(h.api_url.clone());
+                    }
+                }
+            }
+            hosts.sort();
+            hosts.dedup();
+            (ids, hosts)
+        };
+        let mut fence = false;
+        for url in &hosts {
+            match peer_silence(&http, url, &inner.cfg.admin_token.0).await {
+                Some(secs) if secs >= HEALTHY_SILENCE.as_secs_f64() => {}
+                // It hears the database (or cannot be asked): it may
+                // declare this host down.
+                _ => fence = true,
+            }
+        }
+        if !fence && !ids.is_empty() {
+            let mut h = inner.health.lock().unwrap_or_else(|p| p.into_inner());
+            if !std::mem::replace(&mut h.said_safe, true) {
+                tracing::warn!(
+                    "the cluster database is gone for the standbys' hosts too: nothing fenced while it stays so"
+                );
+            }
+            continue;
+        }
+        let stopped = if fence && !ids.is_empty() {
+            tracing::warn!(
+                silent_secs = since.elapsed().as_secs_f64(),
+                machines = ?ids,
+                "the cluster database has not heard from this host and other hosts may start standbys: fencing"
+            );
+            inner
+                .agent
+                .fence_now(
+                    &ids,
+                    Some(inner.cfg.down_after / 4),
+                    "fenced: this host is cut off from the cluster, and its standby may start elsewhere",
+                )
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let late = {
+            let mut h = inner.health.lock().unwrap_or_else(|p| p.into_inner());
+            if h.last_ok == since {
+                h.judged = true;
+                h.fenced.extend(stopped);
+                Vec::new()
+            } else {
+                stopped
+            }
+        };
+        // Heard again meanwhile: whatever was stopped starts again.
+        inner.agent.unfence(&late).await;
+    }
+}
+
+/// How long host `api_url` says the database has not taken its heartbeat.
+async fn peer_silence(http: &reqwest::Client, api_url: &str, token: &str) -> Option<f64> {
+    let v: serde_json::Value = http
+        .get(format!("{}/v1/hangar/hosts", api_url.trim_end_matches('/')))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["hosts"]
+        .as_array()?
+        .iter()
+        .find(|h| h["this_host"] == true)?["heartbeat_age_secs"]
+        .as_f64()
+}
+
 fn hangar_error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
@@ -961,8 +1138,16 @@ impl Session {
         tracing::info!(host = %c.host_id, epoch, "host registered");
         self.last_heartbeat = Instant::now();
         if was_down {
+            // What this host fenced stays stopped: standbys took over.
+            self.inner
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fenced
+                .clear();
             self.fence().await?;
         }
+        self.heard().await;
         Ok(())
     }
 
@@ -1025,7 +1210,24 @@ impl Session {
             self.register().await?;
         }
         self.last_heartbeat = Instant::now();
+        self.heard().await;
         Ok(())
+    }
+
+    /// The database took a heartbeat: an outage is over. Machines this
+    /// host fenced in it start again unless it was declared down meanwhile
+    /// ([`Session::register`] forgets them then: their standbys took over).
+    async fn heard(&mut self) {
+        let fenced = {
+            let mut h = self.inner.health.lock().unwrap_or_else(|p| p.into_inner());
+            h.last_ok = Instant::now();
+            h.judged = false;
+            h.said_safe = false;
+            std::mem::take(&mut h.fenced)
+        };
+        if !fenced.is_empty() {
+            self.inner.agent.unfence(&fenced).await;
+        }
     }
 
     /// Declares silent hosts down; exactly one sweeper wins each.

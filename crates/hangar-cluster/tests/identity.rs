@@ -19,6 +19,7 @@ fn cfg(url: &str, host: &str) -> ClusterConfig {
         admin_token_hash: String::new(),
         down_after: Duration::from_secs(15),
         mesh: None,
+        admin_token: Default::default(),
     }
 }
 

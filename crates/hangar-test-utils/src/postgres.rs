@@ -14,6 +14,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// The address it also listens on (TCP), which [`Postgres::url`] names.
+    tcp: Option<String>,
 }
 
 /// The directory of the newest installed PostgreSQL's programs.
@@ -42,6 +44,20 @@ impl Postgres {
     /// over the defaults (`fsync=off`, ...): a benchmark asks for a durable
     /// server with `fsync=on`.
     pub fn start_with(settings: &[(&str, &str)]) -> Postgres {
+        Postgres::start_full(settings, None)
+    }
+
+    /// A server that also listens on TCP at `ip` (an address of a bridge
+    /// the test made) and trusts clients from `network` (`a.b.c.0/24`):
+    /// hosts in network namespaces of their own reach it there, and lose
+    /// it when their link is cut.
+    pub fn start_on(ip: &str, network: &str) -> Postgres {
+        let mut pg = Postgres::start_full(&[("listen_addresses", ip)], Some(network));
+        pg.tcp = Some(ip.to_owned());
+        pg
+    }
+
+    fn start_full(settings: &[(&str, &str)], trust: Option<&str>) -> Postgres {
         let bin = bin_dir().expect("PostgreSQL is required: apt-get install -y postgresql");
         let dir = tempfile::tempdir().expect("tempdir");
         // The server runs as `postgres`: it must reach its directory.
@@ -69,6 +85,14 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some(net) = trust {
+            use std::io::Write;
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .expect("pg_hba.conf");
+            writeln!(hba, "host all all {net} trust").expect("pg_hba.conf");
+        }
         let port = crate::free_port();
         let child = as_postgres(&bin.join("postgres"))
             .arg("-D")
@@ -101,6 +125,7 @@ impl Postgres {
             dir,
             port,
             child: Some(child),
+            tcp: None,
         };
         pg.wait_ready();
         pg
@@ -161,6 +186,9 @@ impl Postgres {
     /// Connection settings for database `db` (key=value form, which
     /// `hangard --cluster` takes as well as URLs).
     pub fn url(&self, db: &str) -> String {
+        if let Some(ip) = &self.tcp {
+            return format!("host={ip} port={} user=postgres dbname={db}", self.port);
+        }
         format!(
             "host={} port={} user=postgres dbname={db}",
             self.socket_dir().display(),

@@ -765,6 +765,7 @@ fn cluster_config(
         admin_token_hash: hangar_cluster::token_hash(token),
         down_after: args.cluster_down_after,
         mesh,
+        admin_token: hangar_cluster::AdminToken(token.to_owned()),
     })
 }
 

@@ -6,6 +6,13 @@
 //! host's machine by `.internal` name and fetches from it; a machine of
 //! another network finds and reaches nothing; the mesh keeps carrying
 //! traffic while a host's `hangard` is down, and after it is back.
+//!
+//! Then fencing, with the database on the LAN (TCP), so that cutting a
+//! host's link cuts it from the database and the other hosts alike: the
+//! database gone for every host stops no machine; a host cut off while its
+//! `hangard` lives stops its machine before the others declare it down and
+//! start that machine's standby, and keeps it stopped when it is back, so
+//! the machine and its standby never run at once.
 
 use std::time::Duration;
 
@@ -99,7 +106,8 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         return;
     }
     let lan = Lan::new(3);
-    let pg = Postgres::start();
+    let net = lan.gateway.rsplit_once('.').unwrap().0.to_owned() + ".0/24";
+    let pg = Postgres::start_on(&lan.gateway, &net);
     pg.create_db("hangar");
     let url = pg.url("hangar");
     let reg = Registry::start_on(&lan.gateway).await;
@@ -121,6 +129,10 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
             &format!("host-{i}"),
             "--region",
             region,
+            // Long enough for a cut-off host to fence itself before the
+            // others declare it down (at half of it).
+            "--cluster-down-after",
+            "8s",
             "--cgroup-parent",
             &format!("/hangar-mesh-{}-{i}", std::process::id()),
         ]
@@ -269,7 +281,130 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
             >= 2
     );
 
-    for (app, id) in [("web", &web), ("client", &cli), ("apart", &apart)] {
+    // A standby of the web machine on host 2.
+    let config: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c", server]},
+        "standbys": [web],
+    }))
+    .unwrap();
+    let standby = c
+        .create_machine(
+            "web",
+            &CreateMachineRequest {
+                config: Some(config),
+                region: Some("fra".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    c.wait_machine("web", &standby, &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let c1 = daemons[1].client();
+    // Every host sees the standby before anything is cut.
+    wait_until(
+        Duration::from_secs(10),
+        "the standby in host 1's directory",
+        || async { c1.get_machine("web", &standby).await.ok() },
+    )
+    .await;
+
+    // The database gone for every host: host 1 asks the standby's host,
+    // which lost it too, and stops nothing.
+    pg.pause();
+    wait_until(
+        Duration::from_secs(20),
+        "host 1 to judge the outage",
+        || async {
+            daemons[1]
+                .log()
+                .contains("gone for the standbys' hosts too")
+                .then_some(())
+        },
+    )
+    .await;
+    pg.resume();
+    let m = c1.get_machine("web", &web).await.unwrap();
+    assert_eq!(
+        m.state, "started",
+        "an outage of the database stopped a machine"
+    );
+
+    // Host 1 cut off, its hangard alive: it fences its machine, then the
+    // others declare it down and start the standby.
+    let cut_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    lan.link(1, false);
+    c.wait_machine("web", &standby, &["started"], Duration::from_secs(40))
+        .await
+        .unwrap();
+    lan.link(1, true);
+    // Back: host 1 joins again, and its machine stays stopped.
+    wait_until(Duration::from_secs(30), "host 1 back", || async {
+        let hs = hosts(&daemons[0]).await;
+        hs.iter()
+            .any(|h| h["id"] == "host-1" && h["state"] == "up")
+            .then_some(())
+    })
+    .await;
+    let m = c1.get_machine("web", &web).await.unwrap();
+    let story = |d: &Daemon| -> String {
+        d.log()
+            .lines()
+            .filter(|l| {
+                ["fenc", "declared", "registered", "took over", "database"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        m.state,
+        "stopped",
+        "the fenced machine runs again beside its standby; host 1 said:\n{}",
+        story(&daemons[1])
+    );
+    assert!(
+        daemons[1].log().contains("fenced: this host is cut off"),
+        "{}",
+        story(&daemons[1])
+    );
+    // It had ended before its standby started.
+    let ended = c1
+        .machine_events("web", &web, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "exit" && e.timestamp >= cut_ms)
+        .map(|e| e.timestamp)
+        .min()
+        .expect("an exit of the fenced machine");
+    let took_over = c
+        .machine_events("web", &standby, 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "start" && e.status == "started" && e.timestamp >= cut_ms)
+        .map(|e| e.timestamp)
+        .min()
+        .expect("the standby's start");
+    assert!(
+        ended < took_over,
+        "the machine ended at {ended}, its standby started at {took_over}"
+    );
+
+    for (app, id) in [
+        ("web", &web),
+        ("web", &standby),
+        ("client", &cli),
+        ("apart", &apart),
+    ] {
         c.destroy_machine(app, id, true).await.unwrap();
     }
     drop(daemons);
