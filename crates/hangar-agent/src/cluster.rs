@@ -33,6 +33,21 @@ pub struct MachineSummary {
     pub process_group: Option<String>,
 }
 
+/// One volume this host holds, as the cluster's directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSummary {
+    /// Volume id.
+    pub id: String,
+    /// Its app.
+    pub app: String,
+    /// Its region.
+    pub region: String,
+    /// Its size, GB.
+    pub size_gb: i64,
+    /// Its state.
+    pub state: String,
+}
+
 /// What a host knows of the machines other hosts run (its copy of the
 /// cluster's directory).
 pub trait RemoteMachines: Send + Sync {
@@ -178,6 +193,23 @@ impl Agent {
     /// key): the hosts of a cluster must share the key to share secrets.
     pub fn secrets_key_id(&self) -> String {
         self.shared.secrets.digest("hangar", "secrets key id", b"")
+    }
+
+    /// Every volume this host holds, for the directory.
+    pub fn volume_summaries(&self) -> Result<Vec<VolumeSummary>, AgentError> {
+        let mut out = Vec::new();
+        for app in self.shared.store.list_apps(crate::DEFAULT_ORG)? {
+            for v in self.list_volumes(&app.name)? {
+                out.push(VolumeSummary {
+                    id: v.id,
+                    app: v.app,
+                    region: v.region,
+                    size_gb: v.size_gb,
+                    state: v.state,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Every machine this host runs (not destroyed), for the directory.

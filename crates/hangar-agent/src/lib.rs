@@ -39,7 +39,7 @@ use hangar_core::{AppName, InstanceId, MachineId, MachineState, Signal};
 use hangar_runtime::Runtime;
 use tokio::sync::oneshot;
 
-pub use cluster::{MachineSummary, NetworkIdFuture, RemoteMachines};
+pub use cluster::{MachineSummary, NetworkIdFuture, RemoteMachines, VolumeSummary};
 pub use images::{ImageSource, ResolvedImage};
 pub use ops::{OrgMachines, UpdateMachine};
 pub use runner::Status;

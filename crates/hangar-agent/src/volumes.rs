@@ -48,6 +48,36 @@ pub struct NewVolume {
     pub snapshot_retention: Option<i64>,
     /// Daily snapshots.
     pub auto_backup_enabled: Option<bool>,
+    /// The contents of a volume of another host (a fork across hosts), as
+    /// [`Agent::export_volume`] made them there.
+    pub import: Option<VolumeImport>,
+}
+
+/// A volume's contents brought from another host.
+#[derive(Debug, Clone)]
+pub struct VolumeImport {
+    /// The image file (this host's; copied, not moved).
+    pub path: std::path::PathBuf,
+    /// The source volume's id (its key is sealed for it).
+    pub source_id: String,
+    /// `ext4` or `raw`.
+    pub fstype: String,
+    /// The source's size, GB.
+    pub size_gb: i64,
+    /// Its key, sealed with the cluster's secrets key for `source_id`.
+    pub key_sealed: Option<Vec<u8>>,
+}
+
+/// What [`Agent::export_volume`] made: a consistent copy of a volume's
+/// image, and what a host needs to make a volume of it.
+#[derive(Debug)]
+pub struct VolumeExport {
+    /// The copy, in the volumes directory (the caller removes it).
+    pub path: std::path::PathBuf,
+    /// The volume.
+    pub volume: VolumeRecord,
+    /// Its key, sealed for its id.
+    pub key_sealed: Option<Vec<u8>>,
 }
 
 fn invalid(m: impl Into<String>) -> AgentError {
@@ -189,6 +219,22 @@ impl Agent {
             (Some(_), Some(_)) => {
                 return Err(invalid("give snapshot_id or source_volume_id, not both"));
             }
+            (None, None) if req.import.is_some() => {
+                let i = req.import.as_ref().expect("checked");
+                let fstype = Fstype::parse(&i.fstype).unwrap_or(Fstype::Ext4);
+                let key = match &i.key_sealed {
+                    Some(k) => Some(self.shared.secrets.open("volumes", &i.source_id, k)?),
+                    None => None,
+                };
+                (
+                    Some(i.path.clone()),
+                    None,
+                    fstype,
+                    key.is_some(),
+                    key,
+                    i.size_gb,
+                )
+            }
             (Some(snap), None) => {
                 let s = self
                     .shared
@@ -293,6 +339,32 @@ impl Agent {
         }
         tracing::info!(app, volume = %id, size_gb, encrypted, "volume created");
         Ok(rec)
+    }
+
+    /// A consistent copy of volume `id`'s image (frozen while copied when
+    /// it is mounted), for another host to make a volume of (a fork across
+    /// hosts).
+    pub async fn export_volume(&self, app: &str, id: &str) -> Result<VolumeExport, AgentError> {
+        let v = self.get_volume(app, id)?;
+        let name = new_id("vx_");
+        let host = self.shared.volumes.clone();
+        let (vid, xid) = (v.id.clone(), name.clone());
+        tokio::task::spawn_blocking(move || host.snapshot(&vid, &xid))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(host_err)?;
+        Ok(VolumeExport {
+            path: self.shared.volumes.snapshot_file(&name),
+            key_sealed: v.key_sealed.clone(),
+            volume: v,
+        })
+    }
+
+    /// Where a volume's image from another host is put while it is made
+    /// into a volume here (in the volumes directory, so copies stay on one
+    /// file system).
+    pub fn import_path(&self) -> std::path::PathBuf {
+        self.shared.volumes.snapshot_file(&new_id("vi_"))
     }
 
     /// Changes a volume's snapshot settings.

@@ -56,7 +56,29 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["v1", "apps", app, "machines"] if req.method() == Method::GET => {
-            list(&c, app, req, next).await
+            let others = c.cluster.other_hosts_of(app);
+            list(&c, others, req, next).await
+        }
+        ["v1", "apps", app, "volumes"] if req.method() == Method::GET => {
+            let others = c.cluster.other_hosts_with_volumes(app);
+            list(&c, others, req, next).await
+        }
+        ["v1", "apps", app, "volumes"] if req.method() == Method::POST => {
+            create_volume(&c, app, req, next).await
+        }
+        ["v1", "apps", app, "volumes", id, ..] if !id.is_empty() => {
+            let local = s.agent.get_volume(app, id).is_ok();
+            match c.cluster.volume_owner(id) {
+                Some(owner) if !local => forward(&c, &owner, req).await,
+                _ => {
+                    let mutating = req.method() != Method::GET;
+                    let resp = next.run(req).await;
+                    if mutating {
+                        c.cluster.poke();
+                    }
+                    resp
+                }
+            }
         }
         ["v1", "apps", app, "machines"] if req.method() == Method::POST => {
             create(&c, app, req, next).await
@@ -203,10 +225,14 @@ fn relay(resp: reqwest::Response) -> Response {
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
-/// An app's machines on every host: this host's, then each other host's
-/// that runs some (hosts that are down are left out).
-async fn list(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response {
-    let others = c.cluster.other_hosts_of(app);
+/// An app's machines (or volumes) on every host: this host's, then each
+/// of `others`' (hosts that are down are left out).
+async fn list(
+    c: &ClusterApi,
+    others: Vec<hangar_cluster::HostInfo>,
+    req: Request,
+    next: Next,
+) -> Response {
     if others.is_empty() {
         return next.run(req).await;
     }
@@ -234,14 +260,129 @@ async fn list(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response {
                 }
             }
             Ok(r) => {
-                tracing::warn!(host = %h.id, status = %r.status(), "listing machines of another host failed")
+                tracing::warn!(host = %h.id, status = %r.status(), "listing on another host failed")
             }
             Err(e) => {
-                tracing::warn!(host = %h.id, error = %e, "listing machines of another host failed")
+                tracing::warn!(host = %h.id, error = %e, "listing on another host failed")
             }
         }
     }
     axum::Json(all).into_response()
+}
+
+/// A new volume: in its region (this host's when none is given), or for a
+/// fork, on the source's host unless another region is asked for, where
+/// the chosen host copies the source from its host.
+async fn create_volume(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::BadRequest(format!("request body: {e}")).into_response();
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let region = v
+        .get("region")
+        .and_then(|r| r.as_str())
+        .filter(|r| !r.is_empty());
+    let source = v
+        .get("source_volume_id")
+        .and_then(|r| r.as_str())
+        .filter(|r| !r.is_empty())
+        .map(|s| c.cluster.volume_owner(s));
+    let me = c.cluster.host_id().to_owned();
+    let host = match (source, region) {
+        // A fork stays with its source unless a region says otherwise.
+        (Some(Some(owner)), r) if r.is_none_or(|r| r == owner.region) => Some(owner),
+        (Some(None), r) if r.is_none_or(|r| r == c.cluster.region()) => None,
+        (_, None) => None,
+        (_, r) => match c.cluster.place(r, 0, 0, &[]) {
+            Ok(h) if h.id == me => None,
+            Ok(h) => Some(h),
+            Err(e) => {
+                return ApiError::Agent(hangar_agent::AgentError::InsufficientCapacity(
+                    e.to_string().replace("machine", "volume"),
+                ))
+                .into_response();
+            }
+        },
+    };
+    let Some(host) = host else {
+        let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
+        c.cluster.poke();
+        return resp;
+    };
+    match send_create(c, &host, &parts, body).await {
+        Ok(r) if r.status().is_success() => {
+            let status = r.status();
+            let Ok(bytes) = r.bytes().await else {
+                return unreachable(&host, "its answer was cut off");
+            };
+            if let Some(id) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|m| m.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+            {
+                c.cluster.note_volume(&id, app, &host.id);
+            }
+            Response::builder()
+                .status(status.as_u16())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Body::from(bytes))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Ok(r) => relay(r),
+        Err(e) => unreachable(&host, &e),
+    }
+}
+
+/// Sends a create to `host`; while it does not know the app yet (made
+/// here a moment ago, on its way through the cluster's change log), sends
+/// it again for up to five seconds.
+async fn send_create(
+    c: &ClusterApi,
+    host: &hangar_cluster::HostInfo,
+    parts: &http::request::Parts,
+    body: bytes::Bytes,
+) -> Result<reqwest::Response, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = send(
+            c,
+            host,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            body.clone(),
+        )
+        .await?;
+        if r.status() != StatusCode::NOT_FOUND || std::time::Instant::now() >= deadline {
+            return Ok(r);
+        }
+        let app_known_here = parts
+            .uri
+            .path()
+            .split('/')
+            .nth(3)
+            .is_some_and(|app| c.cluster.app_exists_here(app));
+        if !app_known_here {
+            return Ok(r);
+        }
+        c.cluster.poke();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends a GET for `path` to `host` with the client's credentials (a fork
+/// across hosts reads its source's export so).
+pub async fn fetch(
+    c: &ClusterApi,
+    host: &hangar_cluster::HostInfo,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<reqwest::Response, String> {
+    let uri: http::Uri = path.parse().map_err(|e| format!("{path}: {e}"))?;
+    send(c, host, &Method::GET, &uri, headers, bytes::Bytes::new()).await
 }
 
 /// A new machine: on the host placement picks (this one, or forwarded).
@@ -273,26 +414,46 @@ async fn create(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response
                 .collect()
         })
         .unwrap_or_default();
-    let host = match c.cluster.place(
-        region,
-        u32::try_from(cpus).unwrap_or(u32::MAX),
-        memory,
-        &standbys,
-    ) {
-        Ok(h) => h,
-        Err(e) => {
-            return ApiError::Agent(hangar_agent::AgentError::InsufficientCapacity(
-                e.to_string(),
-            ))
-            .into_response();
+    // A machine with a volume runs where its volume is.
+    let volume_host = v
+        .pointer("/config/mounts")
+        .and_then(|m| m.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("volume").and_then(|x| x.as_str()))
+        .find_map(|id| c.cluster.volume_owner(id));
+    let host = match volume_host {
+        Some(h) => {
+            if let Some(r) = region.filter(|r| !r.is_empty() && *r != h.region) {
+                return ApiError::Agent(hangar_agent::AgentError::Unprocessable(format!(
+                    "the machine's volume is in region '{}' (host {}), not '{r}': a machine runs where its volume is (hangar volumes fork --region {r} copies it)",
+                    h.region, h.id
+                )))
+                .into_response();
+            }
+            h
         }
+        None => match c.cluster.place(
+            region,
+            u32::try_from(cpus).unwrap_or(u32::MAX),
+            memory,
+            &standbys,
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                return ApiError::Agent(hangar_agent::AgentError::InsufficientCapacity(
+                    e.to_string(),
+                ))
+                .into_response();
+            }
+        },
     };
     if host.id == c.cluster.host_id() {
         let resp = next.run(Request::from_parts(parts, Body::from(body))).await;
         c.cluster.poke();
         return resp;
     }
-    match send(c, &host, &parts.method, &parts.uri, &parts.headers, body).await {
+    match send_create(c, &host, &parts, body).await {
         Ok(r) if r.status().is_success() => {
             let status = r.status();
             let headers = r.headers().clone();

@@ -27,6 +27,7 @@ mod secrets;
 mod tokens;
 mod tty;
 mod views;
+mod volume_copy;
 mod volumes;
 
 use std::sync::Arc;
@@ -274,6 +275,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(volumes::delete),
         )
         .route("/apps/{app}/volumes/{id}/extend", put(volumes::extend))
+        .route("/apps/{app}/volumes/{id}/export", get(volume_copy::export))
         .route(
             "/apps/{app}/volumes/{id}/snapshots",
             get(volumes::snapshots).post(volumes::snapshot),

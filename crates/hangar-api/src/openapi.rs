@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     apps, hosts, images, ips, logs, machine_ops, machines, platform, releases, secrets, tokens,
-    tty, volumes,
+    tty, volume_copy, volumes,
 };
 
 /// The document.
@@ -33,7 +33,7 @@ use crate::{
         platform::org_machines, platform::regions, platform::current_token, tokens::deploy_token,
         secrets::list, secrets::update, secrets::get, secrets::set, secrets::delete,
         volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
-        volumes::extend, volumes::snapshots, volumes::snapshot,
+        volumes::extend, volumes::snapshots, volumes::snapshot, volume_copy::export,
         logs::logs, tty::tty, images::list, images::import, images::prune,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
         releases::list, releases::create, releases::get, releases::cancel, releases::events,

@@ -80,12 +80,26 @@ pub async fn list(
 pub async fn create(
     State(s): State<ApiState>,
     Path(app): Path<String>,
+    headers: http::HeaderMap,
     Body(req): Body<CreateVolumeRequest>,
 ) -> ApiResult<Json<Volume>> {
     let name = req
         .name
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest("invalid_argument: name is required".into()))?;
+    let mut source_volume_id = req.source_volume_id.filter(|x| !x.is_empty());
+    // A fork of another host's volume: its contents come from there.
+    let mut import = None;
+    if let (Some(src), Some(c)) = (&source_volume_id, &s.cluster) {
+        if s.agent.get_volume(&app, src).is_err() {
+            if let Some(owner) = c.cluster.volume_owner(src) {
+                import =
+                    Some(crate::volume_copy::import(&s, c, &owner, &app, src, &headers).await?);
+                source_volume_id = None;
+            }
+        }
+    }
+    let imported = import.as_ref().map(|i| i.path.clone());
     let v = s
         .agent
         .create_volume(
@@ -97,13 +111,17 @@ pub async fn create(
                 encrypted: req.encrypted,
                 fstype: req.fstype,
                 snapshot_id: req.snapshot_id.filter(|x| !x.is_empty()),
-                source_volume_id: req.source_volume_id.filter(|x| !x.is_empty()),
+                source_volume_id,
                 snapshot_retention: req.snapshot_retention,
                 auto_backup_enabled: req.auto_backup_enabled,
+                import,
             },
         )
-        .await?;
-    Ok(Json(view(&s, v)))
+        .await;
+    if let Some(p) = imported {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(Json(view(&s, v?)))
 }
 
 /// `GET /v1/apps/{app}/volumes/{id}`.

@@ -95,6 +95,15 @@ pub mod sql {
                         mesh_key, mesh_endpoint,
                         COALESCE((SELECT idx FROM host_indexes WHERE host = hosts.id), 0)
                  FROM hosts";
+    /// Publishes a volume.
+    pub const UPSERT_VOLUME: &str = "INSERT INTO volumes (id, app, host, region, size_gb, state)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
+                    region = excluded.region, size_gb = excluded.size_gb, state = excluded.state";
+    /// Forgets the volumes of host $1 that are not in $2.
+    pub const REPLACE_VOLUMES: &str = "DELETE FROM volumes WHERE host = $1 AND NOT (id = ANY($2))";
+    /// Reads the volumes.
+    pub const READ_VOLUMES: &str = "SELECT id, app, host, region, size_gb, state FROM volumes";
     /// Reads the networks.
     pub const READ_NETWORKS: &str = "SELECT name, idx FROM networks";
     /// Gives network $1 an id (the lowest free one) unless it has one.
@@ -298,6 +307,8 @@ struct View {
     hosts: HashMap<String, HostInfo>,
     /// Networks' cluster-wide ids by name.
     networks: HashMap<String, u16>,
+    /// Volumes by id: (app, host, region).
+    volumes: HashMap<String, (String, String, String)>,
     /// Machines by id.
     machines: HashMap<String, DirEntry>,
     /// Machines created through this host on another, known before their
@@ -551,6 +562,51 @@ impl Cluster {
         let inner = cluster.inner.clone();
         tokio::spawn(async move { watchdog(inner).await });
         Ok(cluster)
+    }
+
+    /// The host that holds volume `id`, when it is another one.
+    pub fn volume_owner(&self, id: &str) -> Option<HostInfo> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let (_, host, _) = v.volumes.get(id)?;
+        if *host == self.inner.cfg.host_id {
+            return None;
+        }
+        v.hosts.get(host).cloned()
+    }
+
+    /// Records that volume `id` of `app` is now held by `host` (a create
+    /// this host forwarded), ahead of the directory.
+    pub fn note_volume(&self, id: &str, app: &str, host: &str) {
+        let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
+        let region = v
+            .hosts
+            .get(host)
+            .map(|h| h.region.clone())
+            .unwrap_or_default();
+        v.volumes
+            .insert(id.to_owned(), (app.to_owned(), host.to_owned(), region));
+    }
+
+    /// The other hosts that hold volumes of `app`.
+    pub fn other_hosts_with_volumes(&self, app: &str) -> Vec<HostInfo> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<&String> = v
+            .volumes
+            .values()
+            .filter(|(a, h, _)| a == app && *h != self.inner.cfg.host_id)
+            .map(|(_, h, _)| h)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|h| v.hosts.get(h).cloned())
+            .collect()
+    }
+
+    /// Whether this host has app `name` (made here, or applied from the
+    /// change log).
+    pub fn app_exists_here(&self, name: &str) -> bool {
+        self.inner.agent.get_app(name).is_ok()
     }
 
     /// The cluster's networks and their ids.
@@ -992,6 +1048,8 @@ struct Session {
     db: tokio_postgres::Client,
     /// What this session has published to the directory.
     published: HashMap<String, MachineSummary>,
+    /// The volumes it has published (`None`: none yet in this session).
+    published_volumes: Option<Vec<hangar_agent::VolumeSummary>>,
     /// Whether the directory rows of this host were replaced in full yet.
     full_published: bool,
     /// The directory's revision this session has read up to (0: read it
@@ -1059,6 +1117,7 @@ impl Session {
             inner: inner.clone(),
             db,
             published: HashMap::new(),
+            published_volumes: None,
             full_published: false,
             dir_rev: 0,
             full_read_at: Instant::now(),
@@ -1191,6 +1250,7 @@ impl Session {
             self.send_outbox().await?;
             self.follow().await?;
             self.publish_directory().await?;
+            self.publish_volumes().await?;
             self.refresh_view().await
         })
         .await
@@ -1525,6 +1585,40 @@ impl Session {
         Ok(())
     }
 
+    /// Publishes this host's volumes when they changed (all of them: a
+    /// host holds few).
+    async fn publish_volumes(&mut self) -> Result<(), ClusterError> {
+        let mut now = self.inner.agent.volume_summaries()?;
+        now.sort_by(|a, b| a.id.cmp(&b.id));
+        if self.published_volumes.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let host = self.inner.cfg.host_id.clone();
+        let tx = self
+            .db
+            .transaction()
+            .await
+            .map_err(pg("starting to publish volumes"))?;
+        let ids: Vec<String> = now.iter().map(|v| v.id.clone()).collect();
+        tx.execute(sql::REPLACE_VOLUMES, &[&host, &ids])
+            .await
+            .map_err(pg("replacing this host's volumes"))?;
+        for v in &now {
+            tx.execute(
+                sql::UPSERT_VOLUME,
+                &[&v.id, &v.app, &host, &v.region, &v.size_gb, &v.state],
+            )
+            .await
+            .map_err(pg("publishing a volume"))?;
+        }
+        tx.batch_execute("NOTIFY hangar_changes")
+            .await
+            .map_err(pg("ringing the doorbell"))?;
+        tx.commit().await.map_err(pg("publishing volumes"))?;
+        self.published_volumes = Some(now);
+        Ok(())
+    }
+
     /// Reads the hosts, and what changed in the directory since the last
     /// round (all of it at the start of a session and every five minutes),
     /// into memory.
@@ -1553,14 +1647,22 @@ impl Session {
         } else {
             None
         };
-        let network_rows = match host_rows.is_some() {
-            true => Some(
-                self.db
-                    .query(sql::READ_NETWORKS, &[])
-                    .await
-                    .map_err(pg("reading the networks"))?,
+        let (network_rows, volume_rows) = match host_rows.is_some() {
+            true => (
+                Some(
+                    self.db
+                        .query(sql::READ_NETWORKS, &[])
+                        .await
+                        .map_err(pg("reading the networks"))?,
+                ),
+                Some(
+                    self.db
+                        .query(sql::READ_VOLUMES, &[])
+                        .await
+                        .map_err(pg("reading the volumes"))?,
+                ),
             ),
-            false => None,
+            false => (None, None),
         };
         let machine_rows = self
             .db
@@ -1660,6 +1762,11 @@ impl Session {
         }
         drop(load);
         v.hosts = hosts;
+        v.volumes = volume_rows
+            .into_iter()
+            .flatten()
+            .map(|r| (r.get::<_, String>(0), (r.get(1), r.get(2), r.get(3))))
+            .collect();
         v.networks = network_rows
             .into_iter()
             .flatten()

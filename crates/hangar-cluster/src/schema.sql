@@ -76,3 +76,14 @@ ALTER TABLE hosts ADD COLUMN IF NOT EXISTS mesh_endpoint TEXT NOT NULL DEFAULT '
 -- What the internal DNS of other hosts answers for each machine.
 ALTER TABLE machines ADD COLUMN IF NOT EXISTS private_ip TEXT NOT NULL DEFAULT '';
 ALTER TABLE machines ADD COLUMN IF NOT EXISTS process_group TEXT NOT NULL DEFAULT '';
+-- Which host holds each volume (a machine with a volume runs where it is);
+-- rows written only by that host.
+CREATE TABLE IF NOT EXISTS volumes (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    host TEXT NOT NULL,
+    region TEXT NOT NULL,
+    size_gb BIGINT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS volumes_by_host ON volumes (host);

@@ -7,6 +7,11 @@
 //! another network finds and reaches nothing; the mesh keeps carrying
 //! traffic while a host's `hangard` is down, and after it is back.
 //!
+//! Volumes stay on their host: one made for a region through host 0 lands
+//! on that region's host, a machine mounting it runs there (and is refused
+//! in another region), `hangar volumes fork --region` copies it to a host
+//! of another region, where a machine reads what was written on the first.
+//!
 //! Then fencing, with the database on the LAN (TCP), so that cutting a
 //! host's link cuts it from the database and the other hosts alike: the
 //! database gone for every host stops no machine; a host cut off while its
@@ -262,6 +267,87 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         code != 0 || !body.contains("hello-from-"),
         "another network reached web across hosts: {body}"
     );
+
+    // Volumes: made in sjc (host 1) through host 0; a machine with it runs
+    // on host 1 without being told where.
+    c.create_app("store").await.unwrap();
+    let vol = c
+        .create_volume(
+            "store",
+            &hangar_api_types::CreateVolumeRequest {
+                name: Some("data".into()),
+                region: Some("sjc".into()),
+                size_gb: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(vol.region, "sjc");
+    let with_volume = |vol: &str, region: Option<&str>| {
+        let config: MachineConfig = serde_json::from_value(json!({
+            "image": image,
+            "init": {"cmd": ["sleep", "3600"]},
+            "mounts": [{"volume": vol, "path": "/data"}],
+        }))
+        .unwrap();
+        CreateMachineRequest {
+            config: Some(config),
+            region: region.map(str::to_owned),
+            ..Default::default()
+        }
+    };
+    let writer = c
+        .create_machine("store", &with_volume(&vol.id, None))
+        .await
+        .unwrap();
+    assert_eq!(writer.region, "sjc");
+    c.wait_machine("store", &writer.id, &["started"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (code, out) = sh(
+        &c,
+        "store",
+        &writer.id,
+        "echo written-on-host-1 > /data/f && sync",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let err = c
+        .create_machine("store", &with_volume(&vol.id, Some("fra")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("runs where its volume is"), "{err}");
+    // Forked to fra with the CLI: host 2 copies it from host 1.
+    let (ok, fork_out, fork_err) = daemons[0].cli(&[
+        "volumes", "fork", &vol.id, "--app", "store", "--region", "fra", "--json",
+    ]);
+    assert!(ok, "{fork_out}{fork_err}");
+    let fork: Value = serde_json::from_str(&fork_out).unwrap();
+    assert_eq!(fork["region"], "fra", "{fork}");
+    let fork_id = fork["id"].as_str().unwrap().to_owned();
+    assert_ne!(fork_id, vol.id);
+    let reader = c
+        .create_machine("store", &with_volume(&fork_id, None))
+        .await
+        .unwrap();
+    assert_eq!(reader.region, "fra");
+    c.wait_machine("store", &reader.id, &["started"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let (code, out) = sh(&c, "store", &reader.id, "cat /data/f").await;
+    assert_eq!((code, out.trim()), (0, "written-on-host-1"));
+    // Both listed through any host.
+    let listed = daemons[2].client().list_volumes("store").await.unwrap();
+    let mut ids: Vec<&str> = listed.iter().map(|v| v.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![vol.id.as_str(), fork_id.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    for m in [&writer.id, &reader.id] {
+        c.destroy_machine("store", m, true).await.unwrap();
+    }
 
     // Host 1's hangard down: its machine still runs, and the mesh (its own
     // process) still carries traffic to it.

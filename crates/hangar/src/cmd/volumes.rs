@@ -75,6 +75,10 @@ pub enum VolumesCmd {
         /// Name of the copy (default: the original's).
         #[arg(long)]
         name: Option<String>,
+        /// The region of the copy (default: the original's); in a cluster,
+        /// a host there copies the volume from the original's host.
+        #[arg(long, short = 'r')]
+        region: Option<String>,
     },
     /// Destroy a volume and its data (not while a machine holds it).
     #[command(alias = "delete", alias = "rm")]
@@ -197,7 +201,12 @@ pub async fn run(cmd: &VolumesCmd, c: &Client, out: &Output) -> anyhow::Result<(
             }
             Ok(())
         }
-        VolumesCmd::Fork { id, app, name } => {
+        VolumesCmd::Fork {
+            id,
+            app,
+            name,
+            region,
+        } => {
             let app = app.get()?;
             let src = c.get_volume(app, id).await?;
             let v = c
@@ -206,6 +215,7 @@ pub async fn run(cmd: &VolumesCmd, c: &Client, out: &Output) -> anyhow::Result<(
                     &CreateVolumeRequest {
                         name: Some(name.clone().unwrap_or(src.name)),
                         source_volume_id: Some(id.clone()),
+                        region: region.clone(),
                         ..CreateVolumeRequest::default()
                     },
                 )
