@@ -59,6 +59,9 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
             let others = c.cluster.other_hosts_of(app);
             list(&c, others, req, next).await
         }
+        ["v1", "orgs", _, "machines"] if req.method() == Method::GET => {
+            org_machines(&c, req, next).await
+        }
         ["v1", "apps", app, "volumes"] if req.method() == Method::GET => {
             let others = c.cluster.other_hosts_with_volumes(app);
             list(&c, others, req, next).await
@@ -268,6 +271,163 @@ async fn list(
         }
     }
     axum::Json(all).into_response()
+}
+
+/// Where a cluster-wide org listing stands: the host it is reading, and
+/// that host's own cursor (none: from its start).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OrgCursor {
+    host: String,
+    cursor: Option<String>,
+}
+
+const ORG_CURSOR_PREFIX: &str = "hc";
+
+/// `GET /v1/orgs/{org}/machines` across the cluster: the hosts one after
+/// the other (by id), each read with its own cursor until it has no more,
+/// so a page holds at most `limit` machines and paging loses none; the
+/// `next_cursor` says which host and where. Hosts that are down or do not
+/// answer are skipped and their regions named in `error_regions`, as Fly
+/// does for regions it cannot reach.
+async fn org_machines(c: &ClusterApi, req: Request, next: Next) -> Response {
+    let bad = |m: String| ApiError::BadRequest(format!("invalid_argument: {m}")).into_response();
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let get = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
+    let limit = match get("limit").filter(|l| !l.is_empty()) {
+        None => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(1000),
+            _ => return bad(format!("invalid limit {l:?}")),
+        },
+    };
+    let start = match get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(cur) => {
+            let parsed = cur
+                .strip_prefix(ORG_CURSOR_PREFIX)
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|b| serde_json::from_slice::<OrgCursor>(&b).ok());
+            match parsed {
+                Some(p) => Some(p),
+                None => return bad(format!("invalid cursor {cur:?}")),
+            }
+        }
+    };
+    let me = c.cluster.host_id().to_owned();
+    let mut hosts = c.cluster.hosts();
+    hosts.sort_by(|a, b| a.id.cmp(&b.id));
+    let first = match &start {
+        Some(s) => match hosts.iter().position(|h| h.id == s.host) {
+            Some(i) => i,
+            None => {
+                return bad(format!(
+                    "the cursor's host {} is not in the cluster",
+                    s.host
+                ));
+            }
+        },
+        None => 0,
+    };
+    let mut cursor = start.and_then(|s| s.cursor);
+    let mut machines: Vec<serde_json::Value> = Vec::new();
+    let mut error_regions: Vec<String> = Vec::new();
+    let mut next_cursor = None;
+    let path = req.uri().path().to_owned();
+    let headers = req.headers().clone();
+    let mut local = Some((req, next));
+    for (i, h) in hosts.iter().enumerate().skip(first) {
+        let want = limit - machines.len();
+        let mut q: Vec<(String, String)> = query
+            .iter()
+            .filter(|(k, _)| k != "cursor" && k != "limit")
+            .cloned()
+            .collect();
+        q.push(("limit".into(), want.to_string()));
+        if let Some(cur) = cursor.take() {
+            q.push(("cursor".into(), cur));
+        }
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(q)
+            .finish();
+        let page: Option<serde_json::Value> = if h.id == me {
+            let Some((req, next)) = local.take() else {
+                continue;
+            };
+            let (mut parts, body) = req.into_parts();
+            match format!("{path}?{qs}").parse() {
+                Ok(u) => parts.uri = u,
+                Err(_) => return bad("bad query".into()),
+            }
+            let r = next.run(Request::from_parts(parts, body)).await;
+            if !r.status().is_success() {
+                // This host's answer (a bad filter, a bad token) is the
+                // answer.
+                return r;
+            }
+            match axum::body::to_bytes(r.into_body(), 64 << 20).await {
+                Ok(b) => serde_json::from_slice(&b).ok(),
+                Err(_) => None,
+            }
+        } else if h.state != "up" {
+            None
+        } else {
+            match fetch(c, h, &format!("{path}?{qs}"), &headers).await {
+                Ok(r) if r.status().is_success() => r.json().await.ok(),
+                _ => None,
+            }
+        };
+        let Some(page) = page else {
+            if !error_regions.contains(&h.region) {
+                error_regions.push(h.region.clone());
+            }
+            continue;
+        };
+        machines.extend(page["machines"].as_array().cloned().unwrap_or_default());
+        let more = page["next_cursor"].as_str().map(str::to_owned);
+        if machines.len() >= limit {
+            // Full: go on from here (this host's next page, else the next
+            // host's start).
+            next_cursor = match more {
+                Some(cur) => Some(OrgCursor {
+                    host: h.id.clone(),
+                    cursor: Some(cur),
+                }),
+                None => hosts.get(i + 1).map(|n| OrgCursor {
+                    host: n.id.clone(),
+                    cursor: None,
+                }),
+            };
+            break;
+        }
+        if let Some(cur) = more {
+            // A short page that says there is more (a filter took some):
+            // go on with this host next time.
+            next_cursor = Some(OrgCursor {
+                host: h.id.clone(),
+                cursor: Some(cur),
+            });
+            break;
+        }
+    }
+    let last = machines.last().cloned().unwrap_or_default();
+    let mut body = serde_json::json!({
+        "machines": machines,
+        "error_regions": error_regions,
+    });
+    if let Some(n) = next_cursor {
+        body["next_cursor"] = serde_json::Value::String(format!(
+            "{ORG_CURSOR_PREFIX}{}",
+            hex::encode(serde_json::to_vec(&n).unwrap_or_default())
+        ));
+    }
+    if let Some(id) = last["id"].as_str() {
+        body["last_machine_id"] = id.into();
+        body["last_updated_at"] = last["updated_at"].clone();
+    }
+    axum::Json(body).into_response()
 }
 
 /// A new volume: in its region (this host's when none is given), or for a

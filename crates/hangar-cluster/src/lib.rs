@@ -603,6 +603,18 @@ impl Cluster {
             .collect()
     }
 
+    /// Whether `ip` is an address of another host (its proxy's or its
+    /// API's, as advertised): a request relayed from there is believed.
+    pub fn is_peer_address(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        v.hosts.values().any(|h| {
+            h.id != self.inner.cfg.host_id
+                && (h.proxy_addr.is_some_and(|a| a.ip().to_canonical() == ip)
+                    || api_ip(&h.api_url) == Some(ip))
+        })
+    }
+
     /// Whether this host has app `name` (made here, or applied from the
     /// change log).
     pub fn app_exists_here(&self, name: &str) -> bool {
@@ -731,6 +743,24 @@ impl Cluster {
         best.and_then(|(_, h)| v.hosts.get(h)?.proxy_addr)
     }
 
+    /// The started machines of `app` on other hosts that are up, serving
+    /// one of `ports` over HTTP.
+    pub fn remote_started(&self, app: &str, ports: &[(u16, u16)]) -> Vec<String> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let me = &self.inner.cfg.host_id;
+        v.machines
+            .iter()
+            .filter(|(_, e)| e.app == app && &e.host != me && e.state == "started")
+            .filter(|(_, e)| v.hosts.get(&e.host).is_some_and(|h| h.state == "up"))
+            .filter(|(_, e)| {
+                e.http_ports
+                    .iter()
+                    .any(|(a, b)| ports.iter().any(|(c, d)| a <= d && c <= b))
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Whether `registry` (`host:port`) is the API (and registry) of
     /// another host of the cluster.
     pub fn is_peer_registry(&self, registry: &str) -> bool {
@@ -844,6 +874,20 @@ fn pick_host(
         .max_by_key(|h| (free(h), h.id == me))
         .cloned()
         .ok_or_else(|| PlaceError::Full(region.to_owned()))
+}
+
+/// The address in an API URL (`http://10.0.0.2:4280` → 10.0.0.2).
+fn api_ip(url: &str) -> Option<std::net::IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split('/').next()?;
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|i| i.to_canonical())
 }
 
 /// SHA-256 of a token, hex.
@@ -1805,6 +1849,14 @@ mod tests {
             mesh_key: String::new(),
             mesh_endpoint: None,
         }
+    }
+
+    #[test]
+    fn api_urls_give_their_address() {
+        assert_eq!(api_ip("http://10.0.0.2:4280"), "10.0.0.2".parse().ok());
+        assert_eq!(api_ip("http://[fd00::1]:4280/x"), "fd00::1".parse().ok());
+        assert_eq!(api_ip("http://10.0.0.2"), "10.0.0.2".parse().ok());
+        assert_eq!(api_ip("http://host.example:4280"), None);
     }
 
     #[test]

@@ -288,10 +288,79 @@ pub fn autostop(running: &[Running], min_machines_running: u32, idle: Duration) 
     idle_ones.into_iter().take(spare).map(|r| r.index).collect()
 }
 
+/// [`autostop`] across a cluster: `ids` names each of `running` (this
+/// host's started machines), `remote` the started machines of the other
+/// hosts. The machines kept are the `min_machines_running` lowest ids of
+/// all of them, so that every host, deciding alone, keeps the same ones;
+/// this host's others stop once idle.
+pub fn autostop_cluster(
+    running: &[Running],
+    ids: &[(usize, &str)],
+    remote: &[String],
+    min_machines_running: u32,
+    idle: Duration,
+) -> Vec<usize> {
+    let mut all: Vec<&str> = ids
+        .iter()
+        .map(|(_, id)| *id)
+        .chain(remote.iter().map(String::as_str))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let kept = &all[..all.len().min(min_machines_running as usize)];
+    running
+        .iter()
+        .filter(|r| r.load == 0 && r.idle_for >= idle)
+        .filter(|r| {
+            ids.iter()
+                .find(|(i, _)| *i == r.index)
+                .is_some_and(|(_, id)| !kept.contains(id))
+        })
+        .map(|r| r.index)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn across_hosts_every_host_keeps_the_same_machines() {
+        let idle = Duration::from_secs(60);
+        let r = |index, load, secs| Running {
+            index,
+            load,
+            idle_for: Duration::from_secs(secs),
+        };
+        // Host A runs a and c, host B runs b; min 1: a (lowest) is kept.
+        let a = autostop_cluster(
+            &[r(0, 0, 100), r(1, 0, 100)],
+            &[(0, "a"), (1, "c")],
+            &["b".to_owned()],
+            1,
+            idle,
+        );
+        assert_eq!(a, vec![1]);
+        let b = autostop_cluster(
+            &[r(0, 0, 100)],
+            &[(0, "b")],
+            &["a".into(), "c".into()],
+            1,
+            idle,
+        );
+        assert_eq!(b, vec![0]);
+        // Busy or not idle long enough: kept for now.
+        assert!(autostop_cluster(&[r(0, 1, 100)], &[(0, "b")], &["a".into()], 1, idle).is_empty());
+        assert!(autostop_cluster(&[r(0, 0, 5)], &[(0, "b")], &["a".into()], 1, idle).is_empty());
+        // min 0: everything idle goes.
+        assert_eq!(
+            autostop_cluster(&[r(0, 0, 100)], &[(0, "a")], &["b".into()], 0, idle),
+            vec![0]
+        );
+        // min above the count: nothing goes.
+        assert!(autostop_cluster(&[r(0, 0, 100)], &[(0, "b")], &["a".into()], 2, idle).is_empty());
+    }
 
     #[test]
     fn services_parse_liberally() {

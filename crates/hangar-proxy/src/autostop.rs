@@ -49,9 +49,32 @@ impl Proxy {
                         })
                         .collect()
                 };
-                for i in
+                // In a cluster, the machines kept are the same on every
+                // host: the `min_machines_running` lowest ids of the app's
+                // started machines everywhere; the others stop when idle.
+                let ports: Vec<(u16, u16)> = first
+                    .ports
+                    .iter()
+                    .filter(|p| p.is_http())
+                    .map(|p| (p.start, p.end))
+                    .collect();
+                let remote = self.machines.remote_started(&app, &ports);
+                let stop = if remote.is_empty() {
                     services::autostop(&running, first.min_machines_running, self.cfg.idle_timeout)
-                {
+                } else {
+                    let local: Vec<(usize, &str)> = running
+                        .iter()
+                        .map(|r| (r.index, &*members[r.index].0.id))
+                        .collect();
+                    services::autostop_cluster(
+                        &running,
+                        &local,
+                        &remote,
+                        first.min_machines_running,
+                        self.cfg.idle_timeout,
+                    )
+                };
+                for i in stop {
                     let (b, s) = members[i];
                     if s.autostop == Autostop::Off || chosen.iter().any(|(id, _)| *id == b.id) {
                         continue;

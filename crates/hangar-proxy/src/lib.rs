@@ -139,12 +139,31 @@ pub trait Machines: Send + Sync + 'static {
         let _ = (app, port);
         None
     }
+
+    /// The started machines of `app` on other hosts of the cluster that
+    /// serve one of these public ports over HTTP (autostop keeps
+    /// `min_machines_running` across the cluster).
+    fn remote_started(&self, app: &str, ports: &[(u16, u16)]) -> Vec<String> {
+        let _ = (app, ports);
+        Vec::new()
+    }
+
+    /// Whether `ip` is another host of the cluster (whose relayed requests
+    /// are believed).
+    fn is_peer(&self, ip: IpAddr) -> bool {
+        let _ = ip;
+        false
+    }
 }
 
 /// Marks a request one host's proxy relayed to another's, with the
 /// client's scheme and port there (`https:443`): the next proxy serves it
 /// from its own machines only.
 pub const HANGAR_RELAYED: &str = "hangar-relayed";
+
+/// Carries the client's address on a relayed request; believed, like
+/// [`HANGAR_RELAYED`], only from another host of the cluster.
+pub const HANGAR_RELAYED_FOR: &str = "hangar-relayed-for";
 
 /// What went wrong setting the proxy up.
 #[derive(Debug, thiserror::Error)]

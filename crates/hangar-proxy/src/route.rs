@@ -24,7 +24,7 @@ impl Proxy {
     /// forwarding.
     pub(crate) async fn route(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &ClientConn,
         request_id: &HeaderValue,
     ) -> Response<Body> {
@@ -48,14 +48,36 @@ impl Proxy {
                 }
             },
         };
-        // Relayed by another host's proxy: the client's scheme and port
-        // there.
-        let relayed = req
-            .headers()
-            .get(HANGAR_RELAYED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(':'))
-            .and_then(|(scheme, port)| Some((scheme == "https", port.parse::<u16>().ok()?)));
+        // Relayed by another host's proxy: the client's scheme, port and
+        // address there (believed from the cluster's hosts only).
+        let mut relayed = None;
+        let mut relayed_for = None;
+        if req.headers().contains_key(HANGAR_RELAYED)
+            || req.headers().contains_key(HANGAR_RELAYED_FOR)
+        {
+            let from_peer = conn
+                .client_ip
+                .to_str()
+                .ok()
+                .and_then(|ip| ip.parse().ok())
+                .is_some_and(|ip| self.machines.is_peer(ip));
+            let h = req.headers_mut();
+            let mark = h.remove(HANGAR_RELAYED);
+            let client = h.remove(HANGAR_RELAYED_FOR);
+            if from_peer {
+                relayed = mark
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once(':'))
+                    .and_then(|(scheme, port)| {
+                        Some((scheme == "https", port.parse::<u16>().ok()?))
+                    });
+                relayed_for = client.filter(|v| {
+                    v.to_str()
+                        .is_ok_and(|s| s.parse::<std::net::IpAddr>().is_ok())
+                });
+            }
+        }
         let (https, port) = match relayed {
             Some((https, port)) => (https, port),
             None => (ctx.scheme == Scheme::Https, ctx.port),
@@ -89,15 +111,30 @@ impl Proxy {
             Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
         };
         let target = SocketAddr::new(backend.addr, svc.internal_port);
-        self.forward(req, conn, host.as_ref(), request_id, target, Some(guard))
-            .await
-            .unwrap_or_else(|()| {
-                self.not_ready(&backend.id);
-                text(
-                    StatusCode::BAD_GATEWAY,
-                    format!("machine {} of app {app} did not answer", backend.id),
-                )
-            })
+        let relayed = relayed.map(|(https, port)| Relayed {
+            client: relayed_for,
+            https,
+            port,
+        });
+        self.forward(
+            req,
+            conn,
+            host.as_ref(),
+            request_id,
+            Hop {
+                target,
+                guard: Some(guard),
+                relayed,
+            },
+        )
+        .await
+        .unwrap_or_else(|()| {
+            self.not_ready(&backend.id);
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!("machine {} of app {app} did not answer", backend.id),
+            )
+        })
     }
 
     /// Sends a request for an app whose machines all run on other hosts to
@@ -117,7 +154,14 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&mark) {
             req.headers_mut().insert(HANGAR_RELAYED, v);
         }
-        self.forward(req, conn, host, request_id, edge, None)
+        req.headers_mut()
+            .insert(HANGAR_RELAYED_FOR, conn.client_ip.clone());
+        let hop = Hop {
+            target: edge,
+            guard: None,
+            relayed: None,
+        };
+        self.forward(req, conn, host, request_id, hop)
             .await
             .unwrap_or_else(|()| {
                 text(
@@ -197,9 +241,13 @@ impl Proxy {
         conn: &ClientConn,
         host: Option<&HeaderValue>,
         request_id: &HeaderValue,
-        target: SocketAddr,
-        guard: Option<LoadGuard>,
+        hop: Hop,
     ) -> Result<Response<Body>, ()> {
+        let Hop {
+            target,
+            guard,
+            relayed,
+        } = hop;
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // HTTP/1 requests go over the client connection's own upstream
@@ -219,7 +267,7 @@ impl Proxy {
             }
         }
         *req.version_mut() = http::Version::HTTP_11;
-        self.add_headers(req.headers_mut(), conn, host, request_id, upgrade);
+        self.add_headers(req.headers_mut(), conn, host, request_id, upgrade, relayed);
 
         let sent = if sticky {
             conn.ctx.upstream.send(target, req).await
@@ -270,6 +318,7 @@ impl Proxy {
         host: Option<&HeaderValue>,
         request_id: &HeaderValue,
         upgrade: bool,
+        relayed: Option<Relayed>,
     ) {
         let scheme = conn.ctx.scheme;
         strip_hop_by_hop(h, upgrade);
@@ -278,18 +327,30 @@ impl Proxy {
                 h.insert(header::HOST, host.clone());
             }
         }
-        let client_ip = conn.client_ip.clone();
-        let xff = match h.get(X_FORWARDED_FOR) {
-            Some(prev) => {
-                let mut v = prev.as_bytes().to_vec();
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(client_ip.as_bytes());
-                HeaderValue::from_bytes(&v).unwrap_or_else(|_| client_ip.clone())
+        // A relayed request's client is the relaying host's client, which
+        // that host already put at the end of X-Forwarded-For.
+        let (client_ip, xff) = match relayed.as_ref().and_then(|r| r.client.clone()) {
+            Some(ip) => {
+                let xff = h
+                    .get(X_FORWARDED_FOR)
+                    .cloned()
+                    .unwrap_or_else(|| ip.clone());
+                (ip, xff)
             }
-            None => client_ip.clone(),
+            None => {
+                let client_ip = conn.client_ip.clone();
+                let xff = xff_with(h.get(X_FORWARDED_FOR), &client_ip);
+                (client_ip, xff)
+            }
+        };
+        let (scheme, port_value) = match &relayed {
+            Some(r) => (
+                if r.https { Scheme::Https } else { Scheme::Http },
+                HeaderValue::from(r.port),
+            ),
+            None => (scheme, conn.port.clone()),
         };
         let proto = HeaderValue::from_static(scheme.as_str());
-        let port_value = conn.port.clone();
         h.insert(X_FORWARDED_FOR, xff);
         h.insert(X_FORWARDED_PROTO, proto.clone());
         h.insert(X_FORWARDED_PORT, port_value.clone());
@@ -303,6 +364,36 @@ impl Proxy {
         h.insert(FLY_REGION, self.region.clone());
         h.insert(FLY_REQUEST_ID, request_id.clone());
         h.append(header::VIA, HeaderValue::from_static("1.1 hangar"));
+    }
+}
+
+/// Where a request goes: the machine (or host) and what it carries along.
+struct Hop {
+    target: SocketAddr,
+    /// The machine's load, counted until the answer's body is done.
+    guard: Option<LoadGuard>,
+    /// What the host that relayed it said.
+    relayed: Option<Relayed>,
+}
+
+/// What another host's proxy said of a request it relayed: its client's
+/// address, scheme and port there.
+struct Relayed {
+    client: Option<HeaderValue>,
+    https: bool,
+    port: u16,
+}
+
+/// `X-Forwarded-For` with `client` appended.
+fn xff_with(prev: Option<&HeaderValue>, client: &HeaderValue) -> HeaderValue {
+    match prev {
+        Some(prev) => {
+            let mut v = prev.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone())
+        }
+        None => client.clone(),
     }
 }
 

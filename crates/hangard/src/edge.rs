@@ -108,6 +108,17 @@ impl hangar_proxy::Machines for AgentMachines {
         self.cluster.get()?.edge_for(app, port)
     }
 
+    fn remote_started(&self, app: &str, ports: &[(u16, u16)]) -> Vec<String> {
+        self.cluster
+            .get()
+            .map(|c| c.remote_started(app, ports))
+            .unwrap_or_default()
+    }
+
+    fn is_peer(&self, ip: std::net::IpAddr) -> bool {
+        self.cluster.get().is_some_and(|c| c.is_peer_address(ip))
+    }
+
     async fn statics(&self, app: &str) -> Arc<Vec<hangar_proxy::Static>> {
         let version = self.agent.state_version();
         if let Some((v, s)) = self

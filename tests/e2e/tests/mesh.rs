@@ -7,10 +7,21 @@
 //! another network finds and reaches nothing; the mesh keeps carrying
 //! traffic while a host's `hangard` is down, and after it is back.
 //!
+//! The org's machines listed through one host, page by page, are every
+//! host's, each once.
+//!
 //! Volumes stay on their host: one made for a region through host 0 lands
 //! on that region's host, a machine mounting it runs there (and is refused
 //! in another region), `hangar volumes fork --region` copies it to a host
 //! of another region, where a machine reads what was written on the first.
+//!
+//! Host 0's proxy relays a request for an app that runs on host 1 only,
+//! and the machine sees the client's own address and scheme, not host 0's;
+//! the same headers sent by a client straight to host 1 are not believed.
+//!
+//! Autostop keeps `min_machines_running` across hosts: of two idle
+//! machines on two hosts with a minimum of one, one stops and the other
+//! keeps running.
 //!
 //! Then fencing, with the database on the LAN (TCP), so that cutting a
 //! host's link cuts it from the database and the other hosts alike: the
@@ -138,6 +149,8 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
             // others declare it down (at half of it).
             "--cluster-down-after",
             "8s",
+            "--proxy-idle-timeout",
+            "2s",
             "--cgroup-parent",
             &format!("/hangar-mesh-{}-{i}", std::process::id()),
         ]
@@ -268,6 +281,37 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         "another network reached web across hosts: {body}"
     );
 
+    // The org's machines through host 2, two a page: every host's, each
+    // once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let page: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/v1/orgs/personal/machines?limit=2&summary=true&cursor={cursor}",
+                daemons[2].url
+            ))
+            .bearer_auth(&daemons[2].token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ms = page["machines"].as_array().unwrap();
+        assert!(ms.len() <= 2, "{page}");
+        assert_eq!(page["error_regions"], json!([]), "{page}");
+        seen.extend(ms.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    seen.sort();
+    let mut want = vec![web.clone(), cli.clone(), apart.clone()];
+    want.sort();
+    assert_eq!(seen, want);
+
     // Volumes: made in sjc (host 1) through host 0; a machine with it runs
     // on host 1 without being told where.
     c.create_app("store").await.unwrap();
@@ -347,6 +391,131 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     assert_eq!(ids, want);
     for m in [&writer.id, &reader.id] {
         c.destroy_machine("store", m, true).await.unwrap();
+    }
+
+    // The proxy: an app whose only machine runs on host 1, asked through
+    // host 0; a CGI script shows what the machine was told.
+    c.create_app("echo").await.unwrap();
+    let echo_cfg: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c",
+            "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env \
+             && chmod +x /www/cgi-bin/env && exec httpd -f -p 8080 -h /www"]},
+        "services": [{
+            "protocol": "tcp", "internal_port": 8080,
+            "ports": [{"port": 80, "handlers": ["http"]}],
+        }],
+    }))
+    .unwrap();
+    let echo = c
+        .create_machine(
+            "echo",
+            &CreateMachineRequest {
+                config: Some(echo_cfg),
+                region: Some("sjc".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.wait_machine("echo", &echo.id, &["started"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ask = |proxy: String, spoof: bool| {
+        let http = http.clone();
+        async move {
+            let mut r = http
+                .get(format!("http://{proxy}/cgi-bin/env"))
+                .header("host", "echo.localhost");
+            if spoof {
+                r = r
+                    .header("hangar-relayed", "https:443")
+                    .header("hangar-relayed-for", "192.0.2.66");
+            }
+            let r = r.send().await.ok()?;
+            r.status().is_success().then_some(())?;
+            r.text().await.ok()
+        }
+    };
+    let env = wait_until(
+        Duration::from_secs(20),
+        "the app through host 0's proxy",
+        || ask(daemons[0].proxy_http.clone(), false),
+    )
+    .await;
+    assert!(
+        env.contains(&format!("HTTP_FLY_CLIENT_IP={}", lan.gateway)),
+        "{env}"
+    );
+    assert!(env.contains("HTTP_X_FORWARDED_PROTO=http\n"), "{env}");
+    assert!(!env.contains("HANGAR_RELAYED"), "{env}");
+    // Straight to host 1 with the relay's headers: not believed.
+    let env = ask(daemons[1].proxy_http.clone(), true).await.unwrap();
+    assert!(
+        env.contains(&format!("HTTP_FLY_CLIENT_IP={}", lan.gateway)),
+        "{env}"
+    );
+    assert!(env.contains("HTTP_X_FORWARDED_PROTO=http\n"), "{env}");
+    c.destroy_machine("echo", &echo.id, true).await.unwrap();
+
+    // Autostop across hosts: min_machines_running 1, two idle machines on
+    // hosts 1 and 2; one stops, the other (the lower id) stays.
+    c.create_app("auto").await.unwrap();
+    let mut auto = Vec::new();
+    for region in ["sjc", "fra"] {
+        let cfg: MachineConfig = serde_json::from_value(json!({
+            "image": image,
+            "init": {"cmd": ["/bin/sh", "-c", server]},
+            "services": [{
+                "protocol": "tcp", "internal_port": 8080,
+                "autostop": "stop", "autostart": true, "min_machines_running": 1,
+                "ports": [{"port": 80, "handlers": ["http"]}],
+            }],
+        }))
+        .unwrap();
+        let m = c
+            .create_machine(
+                "auto",
+                &CreateMachineRequest {
+                    config: Some(cfg),
+                    region: Some(region.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        c.wait_machine("auto", &m.id, &["started"], Duration::from_secs(60))
+            .await
+            .unwrap();
+        auto.push(m.id);
+    }
+    let states = || async {
+        let mut st = Vec::new();
+        for id in &auto {
+            st.push(c.get_machine("auto", id).await.unwrap().state);
+        }
+        st
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "one idle machine stopped",
+        || async {
+            let st = states().await;
+            (st.iter().filter(|s| *s == "stopped").count() == 1).then_some(())
+        },
+    )
+    .await;
+    // The other keeps running through several autostop passes (each half a
+    // second; the idle timeout is 2 s).
+    let kept = auto.iter().min().unwrap().clone();
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_eq!(c.get_machine("auto", &kept).await.unwrap().state, "started");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for id in &auto {
+        c.destroy_machine("auto", id, true).await.unwrap();
     }
 
     // Host 1's hangard down: its machine still runs, and the mesh (its own
