@@ -108,7 +108,19 @@ impl Proxy {
         }
         let (backend, svc, guard) = match self.place(&app, members, kind, ctx).await {
             Ok(placed) => placed,
-            Err(msg) => return text(StatusCode::SERVICE_UNAVAILABLE, msg),
+            Err(msg) => {
+                // None of this host's machines can take it (all at their
+                // hard limit, or none could start): another host's may.
+                if relayed.is_none() {
+                    if let Some(edge) = self.machines.remote(&app, port) {
+                        tracing::debug!(app = %app, %edge, reason = %msg, "spilling a request over to another host");
+                        return self
+                            .relay_to_host(req, conn, host.as_ref(), request_id, edge, https, port)
+                            .await;
+                    }
+                }
+                return text(StatusCode::SERVICE_UNAVAILABLE, msg);
+            }
         };
         let target = SocketAddr::new(backend.addr, svc.internal_port);
         let relayed = relayed.map(|(https, port)| Relayed {

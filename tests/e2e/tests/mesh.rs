@@ -23,6 +23,9 @@
 //! machines on two hosts with a minimum of one, one stops and the other
 //! keeps running.
 //!
+//! The proxy spills over: a request to a host whose only machine of an app
+//! is at its hard limit is served by the app's machine on another host.
+//!
 //! Then fencing, with the database on the LAN (TCP), so that cutting a
 //! host's link cuts it from the database and the other hosts alike: the
 //! database gone for every host stops no machine; a host cut off while its
@@ -518,6 +521,86 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         c.destroy_machine("auto", id, true).await.unwrap();
     }
 
+    // Spill-over: hard limit 1; host 1's machine busy with a slow request,
+    // the next one through host 1's proxy goes to host 2's machine.
+    c.create_app("spill").await.unwrap();
+    let mut spill = Vec::new();
+    for region in ["sjc", "fra"] {
+        let cfg: MachineConfig = serde_json::from_value(json!({
+            "image": image,
+            "init": {"cmd": ["/bin/sh", "-c",
+                "mkdir -p /www/cgi-bin \
+                 && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env \
+                 && printf '#!/bin/sh\\nsleep 4\\necho Content-Type: text/plain\\necho\\necho slow\\n' > /www/cgi-bin/slow \
+                 && chmod +x /www/cgi-bin/env /www/cgi-bin/slow && exec httpd -f -p 8080 -h /www"]},
+            "services": [{
+                "protocol": "tcp", "internal_port": 8080,
+                "concurrency": {"type": "requests", "soft_limit": 1, "hard_limit": 1},
+                "ports": [{"port": 80, "handlers": ["http"]}],
+            }],
+        }))
+        .unwrap();
+        let m = c
+            .create_machine(
+                "spill",
+                &CreateMachineRequest {
+                    config: Some(cfg),
+                    region: Some(region.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        c.wait_machine("spill", &m.id, &["started"], Duration::from_secs(60))
+            .await
+            .unwrap();
+        spill.push(m.id);
+    }
+    let get_spill = |path: &'static str| {
+        let (http, proxy) = (http.clone(), daemons[1].proxy_http.clone());
+        async move {
+            let r = http
+                .get(format!("http://{proxy}/cgi-bin/{path}"))
+                .header("host", "spill.localhost")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    // Host 1's copy of the directory has host 2's machine, started.
+    let c1 = daemons[1].client();
+    wait_until(
+        Duration::from_secs(15),
+        "host 1 to know host 2's machine",
+        || async {
+            let m = c1.get_machine("spill", &spill[1]).await.ok()?;
+            (m.state == "started").then_some(())
+        },
+    )
+    .await;
+    let slow = tokio::spawn(get_spill("slow"));
+    wait_until(
+        Duration::from_secs(10),
+        "the slow request in flight",
+        || async {
+            let (_, ps) = sh(&c, "spill", &spill[0], "ps").await;
+            ps.contains("sleep 4").then_some(())
+        },
+    )
+    .await;
+    let (code, env) = get_spill("env").await;
+    assert_eq!(code, 200, "{env}");
+    assert!(
+        env.contains(&format!("FLY_MACHINE_ID={}", spill[1])),
+        "{env}"
+    );
+    let (code, body) = slow.await.unwrap();
+    assert_eq!((code, body.trim()), (200, "slow"));
+    for id in &spill {
+        c.destroy_machine("spill", id, true).await.unwrap();
+    }
+
     // Host 1's hangard down: its machine still runs, and the mesh (its own
     // process) still carries traffic to it.
     daemons[1].kill();
@@ -558,7 +641,6 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     c.wait_machine("web", &standby, &["stopped"], Duration::from_secs(30))
         .await
         .unwrap();
-    let c1 = daemons[1].client();
     // Every host sees the standby before anything is cut.
     wait_until(
         Duration::from_secs(10),
