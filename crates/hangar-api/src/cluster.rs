@@ -57,14 +57,15 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
     match parts.as_slice() {
         ["v1", "apps", app, "machines"] if req.method() == Method::GET => {
             let others = c.cluster.other_hosts_of(app);
-            list(&c, others, req, next).await
+            let app = (*app).to_owned();
+            list(&c, others, req, next, |h| unreachable_machines(&c, h, &app)).await
         }
         ["v1", "orgs", _, "machines"] if req.method() == Method::GET => {
             org_machines(&c, req, next).await
         }
         ["v1", "apps", app, "volumes"] if req.method() == Method::GET => {
             let others = c.cluster.other_hosts_with_volumes(app);
-            list(&c, others, req, next).await
+            list(&c, others, req, next, |_| Vec::new()).await
         }
         ["v1", "apps", app, "volumes"] if req.method() == Method::POST => {
             create_volume(&c, app, req, next).await
@@ -235,6 +236,7 @@ async fn list(
     others: Vec<hangar_cluster::HostInfo>,
     req: Request,
     next: Next,
+    unreachable: impl Fn(&hangar_cluster::HostInfo) -> Vec<serde_json::Value>,
 ) -> Response {
     if others.is_empty() {
         return next.run(req).await;
@@ -255,7 +257,11 @@ async fn list(
         .into_response();
     };
     let mut all: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap_or_default();
-    for h in others.iter().filter(|h| h.state == "up") {
+    for h in &others {
+        if h.state != "up" {
+            all.extend(unreachable(h));
+            continue;
+        }
         match send(c, h, &method, &uri, &headers, bytes::Bytes::new()).await {
             Ok(r) if r.status().is_success() => {
                 if let Ok(more) = r.json::<Vec<serde_json::Value>>().await {
@@ -263,14 +269,43 @@ async fn list(
                 }
             }
             Ok(r) => {
-                tracing::warn!(host = %h.id, status = %r.status(), "listing on another host failed")
+                tracing::warn!(host = %h.id, status = %r.status(), "listing on another host failed");
+                all.extend(unreachable(h));
             }
             Err(e) => {
-                tracing::warn!(host = %h.id, error = %e, "listing on another host failed")
+                tracing::warn!(host = %h.id, error = %e, "listing on another host failed");
+                all.extend(unreachable(h));
             }
         }
     }
     axum::Json(all).into_response()
+}
+
+/// The machines the directory has of `app` on `host`, which cannot be
+/// asked: as much of each as the directory knows, with Fly's
+/// `host_status: "unreachable"`.
+fn unreachable_machines(
+    c: &ClusterApi,
+    host: &hangar_cluster::HostInfo,
+    app: &str,
+) -> Vec<serde_json::Value> {
+    c.cluster
+        .machines_on(&host.id, app)
+        .into_iter()
+        .map(|(id, e)| {
+            serde_json::json!({
+                "id": id,
+                "name": "",
+                "state": e.state,
+                "region": e.region,
+                "instance_id": "",
+                "private_ip": e.private_ip.map(|a| a.to_string()).unwrap_or_default(),
+                "created_at": "",
+                "updated_at": "",
+                "host_status": "unreachable",
+            })
+        })
+        .collect()
 }
 
 /// Where a cluster-wide org listing stands: the host it is reading, and

@@ -700,6 +700,19 @@ impl Cluster {
         v.noted.insert(id.to_owned(), (e, Instant::now()));
     }
 
+    /// The machines the directory has of `app` on `host`.
+    pub fn machines_on(&self, host: &str, app: &str) -> Vec<(String, DirEntry)> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, DirEntry)> = v
+            .machines
+            .iter()
+            .filter(|(_, e)| e.host == host && e.app == app && e.state != "destroyed")
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The other hosts that run machines of `app`.
     pub fn other_hosts_of(&self, app: &str) -> Vec<HostInfo> {
         let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());

@@ -499,6 +499,18 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("host-b"), "{body}");
+    // Listed through A as Fly lists a machine whose host it cannot reach.
+    let (status, list) = answer(&a, reqwest::Method::GET, "/v1/apps/web/machines", None).await;
+    assert_eq!(status, 200, "{list}");
+    let on_b = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == m.id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(on_b["host_status"], "unreachable", "{list}");
+    assert_eq!(on_b["region"], "sjc", "{list}");
     let declared = a
         .log()
         .lines()
