@@ -15,6 +15,9 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         if let Some(dir) = std::env::var_os("HANGAR_BIN_DIR").map(PathBuf::from) {
+            // Absolute: a daemon run in namespaces of its own (nsenter)
+            // starts elsewhere.
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
             return (dir.join("hangard"), dir.join("hangar"));
         }
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
