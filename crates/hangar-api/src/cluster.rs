@@ -299,6 +299,7 @@ fn unreachable_machines(
                 "state": e.state,
                 "region": e.region,
                 "instance_id": "",
+                "version": "",
                 "private_ip": e.private_ip.map(|a| a.to_string()).unwrap_or_default(),
                 "created_at": "",
                 "updated_at": "",

@@ -510,6 +510,8 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(on_b["host_status"], "unreachable", "{list}");
+    // It decodes as Fly's Machine (what clients expect of a list).
+    serde_json::from_value::<hangar_api_types::Machine>(on_b.clone()).unwrap();
     assert_eq!(on_b["region"], "sjc", "{list}");
     let declared = a
         .log()

@@ -31,7 +31,9 @@
 //! database gone for every host stops no machine; a host cut off while its
 //! `hangard` lives stops its machine before the others declare it down and
 //! start that machine's standby, and keeps it stopped when it is back, so
-//! the machine and its standby never run at once.
+//! the machine and its standby never run at once. Last, a host crashes
+//! (`hangard` killed, link cut): its machine's standby starts on another
+//! host, its machines are listed `unreachable`, and back, it stops its own.
 
 use std::time::Duration;
 
@@ -736,10 +738,86 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         "the machine ended at {ended}, its standby started at {took_over}"
     );
 
+    // Host 2 crashes for good measure: hangard killed and its link cut.
+    // The others declare it down and start the standby of its client
+    // machine on host 0; back, host 2 stops its own, so nothing runs twice.
+    let cfg: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["sleep", "3600"]},
+        "standbys": [cli],
+    }))
+    .unwrap();
+    let standby2 = c
+        .create_machine(
+            "client",
+            &CreateMachineRequest {
+                config: Some(cfg),
+                region: Some("ams".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    c.wait_machine("client", &standby2, &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "host 2 to know the standby",
+        || async {
+            daemons[2]
+                .client()
+                .get_machine("client", &standby2)
+                .await
+                .ok()
+        },
+    )
+    .await;
+    daemons[2].kill();
+    lan.link(2, false);
+    c.wait_machine("client", &standby2, &["started"], Duration::from_secs(40))
+        .await
+        .unwrap();
+    // Its machines are listed as unreachable meanwhile.
+    let listed = c
+        .list_machines("client", &Default::default())
+        .await
+        .unwrap();
+    let gone = listed
+        .iter()
+        .find(|m| m.id == cli)
+        .expect("the client machine listed");
+    assert_eq!(gone.host_status.as_deref(), Some("unreachable"));
+    lan.link(2, true);
+    daemons[2].restart().await;
+    wait_until(Duration::from_secs(30), "host 2 back", || async {
+        let hs = hosts(&daemons[0]).await;
+        hs.iter()
+            .any(|h| h["id"] == "host-2" && h["state"] == "up")
+            .then_some(())
+    })
+    .await;
+    let back = daemons[2].client();
+    wait_until(
+        Duration::from_secs(20),
+        "host 2's client machine stopped",
+        || async {
+            let m = back.get_machine("client", &cli).await.ok()?;
+            (m.state == "stopped").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        c.get_machine("client", &standby2).await.unwrap().state,
+        "started"
+    );
+
     for (app, id) in [
         ("web", &web),
         ("web", &standby),
         ("client", &cli),
+        ("client", &standby2),
         ("apart", &apart),
     ] {
         c.destroy_machine(app, id, true).await.unwrap();
