@@ -121,6 +121,17 @@ impl Agent {
         self.shared.store.outbox(limit)
     }
 
+    /// Puts this host's whole catalogue in the outbox again: the cluster's
+    /// database went back in time (restored from a backup).
+    pub fn cluster_requeue_catalog(&self) -> Result<usize, AgentError> {
+        self.shared.store.requeue_catalog()
+    }
+
+    /// The networks this host knows, with their ids.
+    pub fn networks(&self) -> Result<Vec<(String, u16)>, AgentError> {
+        self.shared.store.networks()
+    }
+
     /// Marks the outbox sent up to `seq`.
     pub fn cluster_outbox_sent(&self, seq: i64) -> Result<(), AgentError> {
         self.shared.store.outbox_sent(seq)

@@ -1105,6 +1105,9 @@ struct Session {
     db: tokio_postgres::Client,
     /// What this session has published to the directory.
     published: HashMap<String, MachineSummary>,
+    /// Whether this session has checked the change log against this
+    /// host's cursor (a restored database).
+    log_checked: bool,
     /// The volumes it has published (`None`: none yet in this session).
     published_volumes: Option<Vec<hangar_agent::VolumeSummary>>,
     /// Whether the directory rows of this host were replaced in full yet.
@@ -1175,6 +1178,7 @@ impl Session {
             db,
             published: HashMap::new(),
             published_volumes: None,
+            log_checked: false,
             full_published: false,
             dir_rev: 0,
             full_read_at: Instant::now(),
@@ -1528,6 +1532,10 @@ impl Session {
             .cluster_value("changes_rev")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        if !self.log_checked {
+            cursor = self.check_log(cursor).await?;
+            self.log_checked = true;
+        }
         loop {
             let rows = self
                 .db
@@ -1568,6 +1576,79 @@ impl Session {
                 .agent
                 .set_cluster_value("changes_rev", &cursor.to_string())?;
         }
+    }
+
+    /// Once a session: whether the database went back in time (restored
+    /// from a backup: its change log ends before what this host has read).
+    /// If so, this host says again what the restored database may have
+    /// lost of it: its number in 6PN addresses, its networks' ids, the
+    /// installation's id, and its whole catalogue (apps, tokens, secrets,
+    /// through the outbox); and it reads on from the log's end. Its
+    /// machines and volumes are republished in full by every session
+    /// anyway. Returns the cursor to read from.
+    async fn check_log(&mut self, cursor: i64) -> Result<i64, ClusterError> {
+        let end: i64 = self
+            .db
+            .query_one("SELECT COALESCE(max(rev), 0) FROM changes", &[])
+            .await
+            .map_err(pg("reading the change log's end"))?
+            .get(0);
+        if end >= cursor {
+            return Ok(cursor);
+        }
+        tracing::warn!(
+            log_end = end,
+            read_up_to = cursor,
+            "the cluster database went back in time (restored from a backup?): saying again what this host knows"
+        );
+        let c = &self.inner.cfg;
+        let plan = self.inner.agent.net_plan();
+        self.db
+            .execute(
+                "INSERT INTO settings (key, value) VALUES ('installation', $1) ON CONFLICT (key) DO NOTHING",
+                &[&plan.installation.to_string()],
+            )
+            .await
+            .map_err(pg("recording the installation again"))?;
+        let taken = self
+            .db
+            .query_opt(
+                "SELECT host FROM host_indexes WHERE idx = $1 AND host <> $2",
+                &[&i32::from(plan.host), &c.host_id],
+            )
+            .await
+            .map_err(pg("reading host numbers"))?;
+        if let Some(other) = taken {
+            let other: String = other.get(0);
+            tracing::error!(
+                host = %other,
+                number = plan.host,
+                "after the restore another host holds this host's number in 6PN addresses: their machines' addresses clash; remove one of them from the cluster"
+            );
+        } else {
+            self.db
+                .execute(
+                    "INSERT INTO host_indexes (host, idx) VALUES ($1, $2) ON CONFLICT (host) DO NOTHING",
+                    &[&c.host_id, &i32::from(plan.host)],
+                )
+                .await
+                .map_err(pg("recording this host's number again"))?;
+        }
+        for (name, idx) in self.inner.agent.networks()? {
+            self.db
+                .execute(
+                    "INSERT INTO networks (name, idx) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&name, &i32::from(idx)],
+                )
+                .await
+                .map_err(pg("recording a network again"))?;
+        }
+        let n = self.inner.agent.cluster_requeue_catalog()?;
+        tracing::info!(changes = n, "this host's catalogue queued to be sent again");
+        self.inner
+            .agent
+            .set_cluster_value("changes_rev", &end.to_string())?;
+        Ok(end)
     }
 
     /// Publishes what changed among this host's machines since the last

@@ -224,6 +224,50 @@ impl Postgres {
         self.psql("postgres", &format!("CREATE DATABASE {db}"));
     }
 
+    /// A backup of database `db` (`pg_dump`, plain SQL).
+    pub fn dump(&self, db: &str) -> String {
+        let bin = bin_dir().expect("postgresql");
+        let out = as_postgres(&bin.join("pg_dump"))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-d", db])
+            .output()
+            .expect("pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Replaces database `db` by the backup `sql` (its sessions ended).
+    pub fn restore(&self, db: &str, sql: &str) {
+        self.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+        self.create_db(db);
+        let bin = bin_dir().expect("postgresql");
+        let mut child = as_postgres(&bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-d", db])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(sql.as_bytes()).expect("restoring");
+        }
+        let out = child.wait_with_output().expect("psql");
+        assert!(
+            out.status.success(),
+            "restoring: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Signals the server and every process of it.
     fn signal_all(&self, sig: i32) {
         for pid in self.pids() {

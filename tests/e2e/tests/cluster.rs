@@ -679,3 +679,133 @@ async fn the_cluster_demo_script_brings_up_three_hosts_and_leaves_nothing() {
     assert!(!netns.contains("hangar-demo"), "{netns}");
     assert!(!std::path::Path::new("/sys/class/net/hgdemo0").exists());
 }
+
+/// The cluster's database restored from a backup while the hosts run: no
+/// host is rejoined by hand. Host A joins, the database is backed up, then
+/// host B joins and an app with a token and a secret is made; the backup
+/// is restored (B's registration, its number in 6PN addresses and the app
+/// are gone from the database). The hosts notice that the change log went
+/// back, say again what they know, and a host C that joins afterwards gets
+/// a number of its own, the app, its token and its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_from_a_backup_is_told_again_what_it_lost() {
+    if !hangar_test_utils::host_tier(
+        "a_database_restored_from_a_backup_is_told_again_what_it_lost",
+        &["crun"],
+    ) {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.create_db("hangar");
+    let url = pg.url("hangar");
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secrets.key").display().to_string();
+    let host = |id: &str| -> Vec<String> {
+        [
+            "--secrets-key-file",
+            &key,
+            "--cluster",
+            &url,
+            "--host-id",
+            id,
+            "--region",
+            "ams",
+            "--no-mesh",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = Daemon::start(&host("host-a")).await;
+    let backup = pg.dump("hangar");
+    let b = Daemon::start(&host("host-b")).await;
+    let (ca, cb) = (a.client(), b.client());
+    ca.create_app("late").await.unwrap();
+    let token = ca
+        .create_token("late", &Default::default())
+        .await
+        .unwrap()
+        .token;
+    ca.update_secrets(
+        "late",
+        [("GREETING".to_owned(), Some("hi".to_owned()))].into(),
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the app on host B", || async {
+        cb.list_secrets("late")
+            .await
+            .ok()
+            .filter(|s| !s.secrets.is_empty())
+    })
+    .await;
+    let index_of = |hs: &Value, id: &str| -> u64 {
+        hs["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["id"] == id)
+            .and_then(|h| h["host_index"].as_u64())
+            .unwrap_or(0)
+    };
+    let b_index = wait_until(Duration::from_secs(10), "host B in A's view", || async {
+        Some(index_of(&hosts(&a).await, "host-b")).filter(|i| *i > 0)
+    })
+    .await;
+
+    pg.restore("hangar", &backup);
+    assert_eq!(
+        pg.psql("hangar", "SELECT count(*) FROM apps WHERE name = 'late'"),
+        "0"
+    );
+    // Both hosts come back to the database and say again what it lost.
+    wait_until(
+        Duration::from_secs(20),
+        "the app back in the database",
+        || async {
+            (pg.psql("hangar", "SELECT count(*) FROM apps WHERE name = 'late'") == "1"
+                && pg.psql(
+                    "hangar",
+                    "SELECT count(*) FROM host_indexes WHERE host = 'host-b'",
+                ) == "1")
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        b.log().contains("went back in time"),
+        "host B did not notice the restore"
+    );
+    // A host that joins now has a number of its own and the whole catalogue.
+    let c = Daemon::start(&host("host-c")).await;
+    let hs = wait_until(
+        Duration::from_secs(10),
+        "three hosts in C's view",
+        || async {
+            let hs = hosts(&c).await;
+            (hs["hosts"].as_array().map_or(0, |h| h.len()) == 3).then_some(hs)
+        },
+    )
+    .await;
+    let c_index = index_of(&hs, "host-c");
+    assert!(
+        c_index > 0 && c_index != b_index && c_index != index_of(&hs, "host-a"),
+        "{hs}"
+    );
+    assert_eq!(index_of(&hs, "host-b"), b_index, "{hs}");
+    let cc = c.client();
+    wait_until(Duration::from_secs(10), "the secret on host C", || async {
+        cc.list_secrets("late")
+            .await
+            .ok()
+            .filter(|s| s.secrets.iter().any(|x| x.name == "GREETING"))
+    })
+    .await;
+    let via_c = Client::new(&c.url, &token);
+    wait_until(
+        Duration::from_secs(10),
+        "the app token on host C",
+        || async { via_c.get_app("late").await.ok() },
+    )
+    .await;
+}

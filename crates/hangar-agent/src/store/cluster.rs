@@ -148,6 +148,93 @@ impl Store {
         Ok(out)
     }
 
+    /// Puts this host's whole catalogue in the outbox again (its apps,
+    /// their tokens and secrets), for a cluster database that went back in
+    /// time (restored from a backup) and lost what was sent since. Every
+    /// change applies idempotently on the other hosts. Returns how many.
+    pub fn requeue_catalog(&self) -> Result<usize, AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let mut changes = Vec::new();
+        {
+            let mut st = tx
+                .prepare(
+                    "SELECT id, name, org_slug, network, internal_numeric_id, created_at, secrets_version
+                     FROM apps ORDER BY name",
+                )
+                .map_err(db)?;
+            let apps = st
+                .query_map([], |r| {
+                    Ok((
+                        CatalogChange::App {
+                            id: r.get(0)?,
+                            name: r.get(1)?,
+                            org_slug: r.get(2)?,
+                            network: r.get(3)?,
+                            internal_numeric_id: r.get(4)?,
+                            created_at: r.get(5)?,
+                        },
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            for (app, name, version) in apps {
+                changes.push(app);
+                let mut st = tx
+                    .prepare(
+                        "SELECT id, app_name, name, created_at, expires_at, minted_by, hash
+                         FROM tokens WHERE app_name = ?1 ORDER BY id",
+                    )
+                    .map_err(db)?;
+                let tokens = st
+                    .query_map(params![name], |r| {
+                        Ok(CatalogChange::Token {
+                            id: r.get(0)?,
+                            app: r.get(1)?,
+                            name: r.get(2)?,
+                            created_at: r.get(3)?,
+                            expires_at: r.get(4)?,
+                            minted_by: r.get(5)?,
+                            hash: r.get(6)?,
+                        })
+                    })
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                changes.extend(tokens);
+                let mut st = tx
+                    .prepare("SELECT name, sealed, digest FROM secrets WHERE app_name = ?1 ORDER BY name")
+                    .map_err(db)?;
+                let secrets = st
+                    .query_map(params![name], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            Some((hex_encode(&r.get::<_, Vec<u8>>(1)?), r.get::<_, String>(2)?)),
+                        ))
+                    })
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                if !secrets.is_empty() {
+                    changes.push(CatalogChange::Secrets {
+                        app: name,
+                        changes: secrets,
+                        version,
+                    });
+                }
+            }
+        }
+        let n = changes.len();
+        for c in &changes {
+            record(self, &tx, c)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
     /// Forgets the sent changes up to `seq`.
     pub fn outbox_sent(&self, seq: i64) -> Result<(), AgentError> {
         self.conn()

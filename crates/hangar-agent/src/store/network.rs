@@ -28,6 +28,22 @@ impl Store {
             .map_err(|_| AgentError::Internal(format!("bad installation id {v:?}")))
     }
 
+    /// The networks with their ids.
+    pub fn networks(&self) -> Result<Vec<(String, u16)>, AgentError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT name, idx FROM networks ORDER BY idx")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u16))
+            })
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        Ok(rows)
+    }
+
     /// Takes the cluster's installation id for this host's addresses (a
     /// host that joins a cluster addresses its machines in the cluster's
     /// 6PN prefix; machines it already has follow at the next open).
