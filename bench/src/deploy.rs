@@ -118,11 +118,7 @@ async fn by_hand(c: &Client, greeting: &str) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = hangar_bench::runs_arg(5)?;
     let reg = Registry::start().await;
     let img = ImageBuilder::busybox()
         .layer(

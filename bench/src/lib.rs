@@ -126,6 +126,16 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The benchmark's first argument, a number of runs (`default` without
+/// one).
+pub fn runs_arg(default: usize) -> anyhow::Result<usize> {
+    Ok(std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(default))
+}
+
 /// The median.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

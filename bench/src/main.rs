@@ -83,11 +83,7 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(30);
+    let runs = hangar_bench::runs_arg(30)?;
     let reg = Registry::start().await;
     let image = ImageBuilder::busybox().build();
     reg.push("bench/bb", "v1", &image).await;

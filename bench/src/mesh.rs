@@ -16,7 +16,6 @@ use std::time::Duration;
 use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
 use hangar_bench::median;
 use hangar_client::Client;
-use hangar_test_utils::daemon::{Daemon, next_network_range};
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::netns::Lan;
 use hangar_test_utils::postgres::Postgres;
@@ -87,20 +86,9 @@ async fn timed(c: &Client, id: &str, body: &str) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = hangar_bench::runs_arg(5)?;
     let lan = Lan::new(2);
-    let net = lan
-        .gateway
-        .rsplit_once('.')
-        .unwrap_or_default()
-        .0
-        .to_owned()
-        + ".0/24";
-    let pg = Postgres::start_on(&lan.gateway, &net);
+    let pg = Postgres::start_on(&lan.gateway, &lan.network());
     pg.create_db("hangar");
     let url = pg.url("hangar");
     let reg = Registry::start_on(&lan.gateway).await;
@@ -126,16 +114,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        daemons.push(
-            Daemon::start_wrapped(
-                &next_network_range(),
-                &args,
-                &[],
-                lan.wrap(i),
-                &lan.hosts[i].ip,
-            )
-            .await,
-        );
+        daemons.push(lan.hangard(i, &args).await);
     }
     let c = daemons[0].client();
     // Host 0 sees host 1 up before anything is placed there.

@@ -36,11 +36,7 @@ fn random(n: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let runs = hangar_bench::runs_arg(5)?;
     let reg = Registry::start().await;
     let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
     let c = d.client();

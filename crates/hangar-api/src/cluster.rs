@@ -72,17 +72,8 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
         }
         ["v1", "apps", app, "volumes", id, ..] if !id.is_empty() => {
             let local = s.agent.get_volume(app, id).is_ok();
-            match c.cluster.volume_owner(id) {
-                Some(owner) if !local => forward(&c, &owner, req).await,
-                _ => {
-                    let mutating = req.method() != Method::GET;
-                    let resp = next.run(req).await;
-                    if mutating {
-                        c.cluster.poke();
-                    }
-                    resp
-                }
-            }
+            let owner = c.cluster.volume_owner(id).filter(|_| !local);
+            at_owner(&c, owner, req, next).await
         }
         ["v1", "apps", app, "machines"] if req.method() == Method::POST => {
             create(&c, app, req, next).await
@@ -104,20 +95,30 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
         }
         ["v1", "apps", app, "machines", id, ..] if !id.is_empty() => {
             let local = s.agent.get_machine(app, id).is_ok();
-            match c.cluster.remote_owner(id) {
-                Some(owner) if !local => forward(&c, &owner, req).await,
-                _ => {
-                    let mutating = req.method() != Method::GET;
-                    let resp = next.run(req).await;
-                    if mutating {
-                        c.cluster.poke();
-                    }
-                    resp
-                }
-            }
+            let owner = c.cluster.remote_owner(id).filter(|_| !local);
+            at_owner(&c, owner, req, next).await
         }
         _ => next.run(req).await,
     }
+}
+
+/// A call for a machine or volume: sent to `owner` when another host
+/// holds it, else answered here (and the directory told of a change).
+async fn at_owner(
+    c: &ClusterApi,
+    owner: Option<hangar_cluster::HostInfo>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(owner) = owner {
+        return forward(c, &owner, req).await;
+    }
+    let mutating = req.method() != Method::GET;
+    let resp = next.run(req).await;
+    if mutating {
+        c.cluster.poke();
+    }
+    resp
 }
 
 /// Checks that no other host has machines or volumes of `app`; the

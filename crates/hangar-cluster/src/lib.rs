@@ -404,9 +404,8 @@ impl hangar_agent::RemoteMachines for Remote {
 /// connection of its own: it happens once per network in the cluster's
 /// life, when its first machine is made.
 pub async fn add_network(cfg: &ClusterConfig, name: &str) -> Result<u16, ClusterError> {
-    let (db, conn) = connect(cfg).await?;
-    let task = tokio::spawn(conn);
-    let r = async {
+    let db = OneShot::connect(cfg).await?;
+    within(async {
         db.execute("SELECT pg_advisory_lock(424244)", &[])
             .await
             .map_err(pg("locking the networks"))?;
@@ -421,11 +420,63 @@ pub async fn add_network(cfg: &ClusterConfig, name: &str) -> Result<u16, Cluster
         u16::try_from(idx).ok().filter(|i| *i > 0).ok_or_else(|| {
             ClusterError::Config("the cluster has no room for another network".into())
         })
+    })
+    .await
+}
+
+/// A connection for one short job (not a session's): closed when dropped,
+/// each job bounded by the round timeout.
+struct OneShot {
+    db: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl OneShot {
+    async fn connect(cfg: &ClusterConfig) -> Result<OneShot, ClusterError> {
+        let (db, conn) = connect(cfg).await?;
+        Ok(OneShot {
+            db,
+            task: tokio::spawn(conn),
+        })
     }
-    .await;
-    drop(db);
-    task.abort();
-    r
+}
+
+/// `job`, bounded by the round timeout.
+async fn within<T>(
+    job: impl std::future::Future<Output = Result<T, ClusterError>>,
+) -> Result<T, ClusterError> {
+    tokio::time::timeout(ROUND_TIMEOUT, job)
+        .await
+        .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?
+}
+
+impl std::ops::Deref for OneShot {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.db
+    }
+}
+
+impl std::ops::DerefMut for OneShot {
+    fn deref_mut(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.db
+    }
+}
+
+impl Drop for OneShot {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Creates (or completes) the schema, under the schema's lock, in `tx`.
+async fn create_schema(tx: &tokio_postgres::Transaction<'_>) -> Result<(), ClusterError> {
+    tx.execute("SELECT pg_advisory_xact_lock(424242)", &[])
+        .await
+        .map_err(pg("locking the schema"))?;
+    tx.batch_execute(sql::SCHEMA)
+        .await
+        .map_err(pg("creating the schema"))
 }
 
 /// The shape of this host's 6PN addresses, from the cluster's database:
@@ -433,19 +484,13 @@ pub async fn add_network(cfg: &ClusterConfig, name: &str) -> Result<u16, Cluster
 /// none yet) and this host's number, made on its first join and kept.
 pub async fn identity(cfg: &ClusterConfig, proposed: u16) -> Result<Identity, ClusterError> {
     check_id(&cfg.host_id)?;
-    let (mut db, conn) = connect(cfg).await?;
-    let task = tokio::spawn(conn);
-    let r = async {
+    let mut db = OneShot::connect(cfg).await?;
+    within(async {
         let tx = db
             .transaction()
             .await
             .map_err(pg("starting the identity transaction"))?;
-        tx.execute("SELECT pg_advisory_xact_lock(424242)", &[])
-            .await
-            .map_err(pg("locking the schema"))?;
-        tx.batch_execute(sql::SCHEMA)
-            .await
-            .map_err(pg("creating the schema"))?;
+        create_schema(&tx).await?;
         tx.execute(
             "INSERT INTO settings (key, value) VALUES ('installation', $1) ON CONFLICT (key) DO NOTHING",
             &[&proposed.to_string()],
@@ -477,11 +522,8 @@ pub async fn identity(cfg: &ClusterConfig, proposed: u16) -> Result<Identity, Cl
             installation,
             host_index,
         })
-    }
-    .await;
-    drop(db);
-    task.abort();
-    r
+    })
+    .await
 }
 
 /// Events of the cluster itself in the change log (origin `cluster`):
@@ -798,9 +840,8 @@ impl Cluster {
     /// when there is no such host. Written to the database at once, on a
     /// connection of its own.
     pub async fn set_drained(&self, id: &str, drained: bool) -> Result<bool, ClusterError> {
-        let (db, conn) = connect(&self.inner.cfg).await?;
-        let task = tokio::spawn(conn);
-        let n = tokio::time::timeout(ROUND_TIMEOUT, async {
+        let db = OneShot::connect(&self.inner.cfg).await?;
+        let n = within(async {
             let n = db
                 .execute(
                     "UPDATE hosts SET drained = $2 WHERE id = $1",
@@ -811,12 +852,10 @@ impl Cluster {
             db.batch_execute("NOTIFY hangar_changes")
                 .await
                 .map_err(pg("ringing the doorbell"))?;
-            Ok::<_, ClusterError>(n)
+            Ok(n)
         })
-        .await
-        .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))??;
+        .await?;
         drop(db);
-        let _ = task.await;
         if n > 0 {
             let mut v = self.inner.view.write().unwrap_or_else(|p| p.into_inner());
             if let Some(h) = v.hosts.get_mut(id) {
@@ -1201,12 +1240,7 @@ impl Session {
             .transaction()
             .await
             .map_err(pg("starting the schema transaction"))?;
-        tx.execute("SELECT pg_advisory_xact_lock(424242)", &[])
-            .await
-            .map_err(pg("locking the schema"))?;
-        tx.batch_execute(sql::SCHEMA)
-            .await
-            .map_err(pg("creating the schema"))?;
+        create_schema(&tx).await?;
         tx.commit().await.map_err(pg("creating the schema"))
     }
 

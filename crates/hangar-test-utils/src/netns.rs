@@ -131,6 +131,25 @@ impl Lan {
         ]
     }
 
+    /// The LAN's network (`172.29.<n>.0/24`), for services that trust it.
+    pub fn network(&self) -> String {
+        let prefix = self.gateway.rsplit_once('.').map_or("", |(p, _)| p);
+        format!("{prefix}.0/24")
+    }
+
+    /// Starts a `hangard` as host `i` with `args`, listening on its LAN
+    /// address.
+    pub async fn hangard(&self, i: usize, args: &[String]) -> crate::daemon::Daemon {
+        crate::daemon::Daemon::start_wrapped(
+            &crate::daemon::next_network_range(),
+            args,
+            &[],
+            self.wrap(i),
+            &self.hosts[i].ip,
+        )
+        .await
+    }
+
     /// Runs `cmd` (sh) as host `i`; its stdout, or panics.
     pub fn run_in(&self, i: usize, cmd: &str) -> String {
         let h = &self.hosts[i];

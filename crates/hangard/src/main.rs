@@ -256,11 +256,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("setting up the container runtime")?;
 
-    // The installation's addressing (its id is made on first start and
-    // kept), and the firewall for the blocks in use, in place before any
-    // machine is wired.
-    // In a cluster, the installation's id and this host's number come from
-    // the cluster's database (its 6PN addresses say which host they are on).
+    // The installation's addressing, and the firewall for the blocks in
+    // use, in place before any machine is wired. Alone, the installation's
+    // id is made on first start and kept; in a cluster, it and this host's
+    // number come from the cluster's database (6PN addresses say which
+    // host they are on).
     let plan = {
         let store = hangar_agent::Store::open(&data.join("hangar.db"))?;
         let (installation, host) = match &args.cluster {

@@ -56,3 +56,46 @@ pub async fn sh(c: &Client, app: &str, id: &str, script: &str) -> (i32, String) 
         .unwrap();
     (r.exit_code, format!("{}{}", r.stdout, r.stderr))
 }
+
+/// Creates a machine with `req`, waits (60 s at most) until it is started
+/// and returns it as it is then (its private address assigned).
+pub async fn started(
+    c: &Client,
+    app: &str,
+    req: &CreateMachineRequest,
+) -> hangar_api_types::Machine {
+    let m = c.create_machine(app, req).await.unwrap();
+    c.wait_machine(app, &m.id, &["started"], Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("machine {} did not start: {e}", m.id));
+    c.get_machine(app, &m.id).await.unwrap()
+}
+
+/// A shell command that GETs `/` from port 8080 of `addr` (busybox's
+/// static wget needs NSS libraries the test image lacks; nc does not).
+pub fn http_get(addr: &str, timeout_s: u32) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {timeout_s} {addr} 8080")
+}
+
+/// The 6PN addresses `name` resolves to, seen from machine `id`.
+pub async fn lookup(c: &Client, app: &str, id: &str, name: &str) -> Vec<String> {
+    let (_, out) = sh(c, app, id, &format!("nslookup -type=AAAA {name}")).await;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(|a| a.trim().to_owned())
+        .filter(|a| a.starts_with("fdaa:"))
+        .collect()
+}
+
+/// `GET /v1/hangar/hosts` of `d` with its admin token.
+pub async fn hosts(d: &Daemon) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}/v1/hangar/hosts", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

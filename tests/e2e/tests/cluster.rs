@@ -14,25 +14,13 @@
 use std::time::Duration;
 
 use hangar_client::Client;
-use hangar_e2e::request;
+use hangar_e2e::{hosts, request};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::postgres::Postgres;
 use hangar_test_utils::registry::Registry;
 use hangar_test_utils::wait_until;
 use serde_json::{Value, json};
-
-async fn hosts(d: &Daemon) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/v1/hangar/hosts", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 async fn host_state(d: &Daemon, id: &str) -> Option<String> {
     hosts(d).await["hosts"]

@@ -37,10 +37,10 @@
 
 use std::time::Duration;
 
-use hangar_api_types::{CreateAppRequest, CreateMachineRequest, MachineConfig};
+use hangar_api_types::{CreateAppRequest, CreateMachineRequest};
 use hangar_client::Client;
-use hangar_e2e::sh;
-use hangar_test_utils::daemon::{Daemon, next_network_range};
+use hangar_e2e::{http_get, lookup, request, sh, started};
+use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::netns::Lan;
 use hangar_test_utils::postgres::Postgres;
@@ -50,57 +50,31 @@ use serde_json::{Value, json};
 
 const REGIONS: [&str; 3] = ["ams", "sjc", "fra"];
 
+/// A request for a machine of `config` (Fly's JSON) in `region`.
+fn in_region(config: Value, region: &str) -> CreateMachineRequest {
+    let mut req = request(config);
+    req.region = Some(region.into());
+    req
+}
+
+/// A started machine of `app` in `region` running `cmd`: its id and 6PN
+/// address.
 async fn machine(c: &Client, app: &str, image: &str, region: &str, cmd: &str) -> (String, String) {
-    let config: MachineConfig = serde_json::from_value(json!({
+    let config = json!({
         "image": image,
         "init": {"cmd": ["/bin/sh", "-c", cmd]},
         "metadata": {"fly_process_group": "app"},
-    }))
-    .unwrap();
-    let m = c
-        .create_machine(
-            app,
-            &CreateMachineRequest {
-                config: Some(config),
-                region: Some(region.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    c.wait_machine(app, &m.id, &["started"], Duration::from_secs(60))
-        .await
-        .unwrap();
-    let m = c.get_machine(app, &m.id).await.unwrap();
+    });
+    let m = started(c, app, &in_region(config, region)).await;
     (m.id, m.private_ip)
 }
 
-/// A shell command that GETs `/` from port 8080 of `addr`.
-fn get(addr: &str, timeout_s: u32) -> String {
-    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {timeout_s} {addr} 8080")
-}
-
-/// The 6PN addresses `name` resolves to, seen from machine `id`.
-async fn lookup(c: &Client, app: &str, id: &str, name: &str) -> Vec<String> {
-    let (_, out) = sh(c, app, id, &format!("nslookup -type=AAAA {name}")).await;
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Address:"))
-        .map(|a| a.trim().to_owned())
-        .filter(|a| a.starts_with("fdaa:"))
-        .collect()
-}
-
+/// The hosts `d` lists.
 async fn hosts(d: &Daemon) -> Vec<Value> {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{}/v1/hangar/hosts", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["hosts"].as_array().cloned().unwrap_or_default()
+    hangar_e2e::hosts(d).await["hosts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Bytes host `i`'s mesh interface has received, over all peers.
@@ -127,8 +101,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         return;
     }
     let lan = Lan::new(3);
-    let net = lan.gateway.rsplit_once('.').unwrap().0.to_owned() + ".0/24";
-    let pg = Postgres::start_on(&lan.gateway, &net);
+    let pg = Postgres::start_on(&lan.gateway, &lan.network());
     pg.create_db("hangar");
     let url = pg.url("hangar");
     let reg = Registry::start_on(&lan.gateway).await;
@@ -162,15 +135,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let d = Daemon::start_wrapped(
-            &next_network_range(),
-            &args,
-            &[],
-            lan.wrap(i),
-            &lan.hosts[i].ip,
-        )
-        .await;
-        daemons.push(d);
+        daemons.push(lan.hangard(i, &args).await);
     }
     let c = daemons[0].client();
     wait_until(Duration::from_secs(15), "three hosts up", || async {
@@ -253,7 +218,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     let fetch = wait_until(Duration::from_secs(15), "a fetch across hosts", || {
         let c = c.clone();
         let cli = cli.clone();
-        let f = get(&web_ip, 3);
+        let f = http_get(&web_ip, 3);
         async move {
             let (code, body) = sh(&c, "client", &cli, &f).await;
             (code == 0 && body.contains("hello-from-")).then_some(body)
@@ -280,7 +245,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     // Another network's machine on host 0: the name is not there, and the
     // address does not answer.
     assert!(lookup(&c, "apart", &apart, "web.internal").await.is_empty());
-    let (code, body) = sh(&c, "apart", &apart, &get(&web_ip, 2)).await;
+    let (code, body) = sh(&c, "apart", &apart, &http_get(&web_ip, 2)).await;
     assert!(
         code != 0 || !body.contains("hello-from-"),
         "another network reached web across hosts: {body}"
@@ -334,26 +299,16 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         .unwrap();
     assert_eq!(vol.region, "sjc");
     let with_volume = |vol: &str, region: Option<&str>| {
-        let config: MachineConfig = serde_json::from_value(json!({
+        let mut req = request(json!({
             "image": image,
             "init": {"cmd": ["sleep", "3600"]},
             "mounts": [{"volume": vol, "path": "/data"}],
-        }))
-        .unwrap();
-        CreateMachineRequest {
-            config: Some(config),
-            region: region.map(str::to_owned),
-            ..Default::default()
-        }
+        }));
+        req.region = region.map(str::to_owned);
+        req
     };
-    let writer = c
-        .create_machine("store", &with_volume(&vol.id, None))
-        .await
-        .unwrap();
+    let writer = started(&c, "store", &with_volume(&vol.id, None)).await;
     assert_eq!(writer.region, "sjc");
-    c.wait_machine("store", &writer.id, &["started"], Duration::from_secs(60))
-        .await
-        .unwrap();
     let (code, out) = sh(
         &c,
         "store",
@@ -377,14 +332,8 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     assert_eq!(fork["region"], "fra", "{fork}");
     let fork_id = fork["id"].as_str().unwrap().to_owned();
     assert_ne!(fork_id, vol.id);
-    let reader = c
-        .create_machine("store", &with_volume(&fork_id, None))
-        .await
-        .unwrap();
+    let reader = started(&c, "store", &with_volume(&fork_id, None)).await;
     assert_eq!(reader.region, "fra");
-    c.wait_machine("store", &reader.id, &["started"], Duration::from_secs(60))
-        .await
-        .unwrap();
     let (code, out) = sh(&c, "store", &reader.id, "cat /data/f").await;
     assert_eq!((code, out.trim()), (0, "written-on-host-1"));
     // Both listed through any host.
@@ -401,7 +350,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     // The proxy: an app whose only machine runs on host 1, asked through
     // host 0; a CGI script shows what the machine was told.
     c.create_app("echo").await.unwrap();
-    let echo_cfg: MachineConfig = serde_json::from_value(json!({
+    let echo_cfg = json!({
         "image": image,
         "init": {"cmd": ["/bin/sh", "-c",
             "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\nenv\\n' > /www/cgi-bin/env \
@@ -410,22 +359,8 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
             "protocol": "tcp", "internal_port": 8080,
             "ports": [{"port": 80, "handlers": ["http"]}],
         }],
-    }))
-    .unwrap();
-    let echo = c
-        .create_machine(
-            "echo",
-            &CreateMachineRequest {
-                config: Some(echo_cfg),
-                region: Some("sjc".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    c.wait_machine("echo", &echo.id, &["started"], Duration::from_secs(60))
-        .await
-        .unwrap();
+    });
+    let echo = started(&c, "echo", &in_region(echo_cfg, "sjc")).await;
     let http = reqwest::Client::new();
     let ask = |proxy: String, spoof: bool| {
         let http = http.clone();
@@ -469,7 +404,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     c.create_app("auto").await.unwrap();
     let mut auto = Vec::new();
     for region in ["sjc", "fra"] {
-        let cfg: MachineConfig = serde_json::from_value(json!({
+        let cfg = json!({
             "image": image,
             "init": {"cmd": ["/bin/sh", "-c", server]},
             "services": [{
@@ -477,23 +412,8 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
                 "autostop": "stop", "autostart": true, "min_machines_running": 1,
                 "ports": [{"port": 80, "handlers": ["http"]}],
             }],
-        }))
-        .unwrap();
-        let m = c
-            .create_machine(
-                "auto",
-                &CreateMachineRequest {
-                    config: Some(cfg),
-                    region: Some(region.into()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        c.wait_machine("auto", &m.id, &["started"], Duration::from_secs(60))
-            .await
-            .unwrap();
-        auto.push(m.id);
+        });
+        auto.push(started(&c, "auto", &in_region(cfg, region)).await.id);
     }
     let states = || async {
         let mut st = Vec::new();
@@ -528,7 +448,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     c.create_app("spill").await.unwrap();
     let mut spill = Vec::new();
     for region in ["sjc", "fra"] {
-        let cfg: MachineConfig = serde_json::from_value(json!({
+        let cfg = json!({
             "image": image,
             "init": {"cmd": ["/bin/sh", "-c",
                 "mkdir -p /www/cgi-bin \
@@ -540,23 +460,8 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
                 "concurrency": {"type": "requests", "soft_limit": 1, "hard_limit": 1},
                 "ports": [{"port": 80, "handlers": ["http"]}],
             }],
-        }))
-        .unwrap();
-        let m = c
-            .create_machine(
-                "spill",
-                &CreateMachineRequest {
-                    config: Some(cfg),
-                    region: Some(region.into()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        c.wait_machine("spill", &m.id, &["started"], Duration::from_secs(60))
-            .await
-            .unwrap();
-        spill.push(m.id);
+        });
+        spill.push(started(&c, "spill", &in_region(cfg, region)).await.id);
     }
     let get_spill = |path: &'static str| {
         let (http, proxy) = (http.clone(), daemons[1].proxy_http.clone());
@@ -606,12 +511,12 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     // Host 1's hangard down: its machine still runs, and the mesh (its own
     // process) still carries traffic to it.
     daemons[1].kill();
-    let (code, body) = sh(&c, "client", &cli, &get(&web_ip, 3)).await;
+    let (code, body) = sh(&c, "client", &cli, &http_get(&web_ip, 3)).await;
     assert_eq!(code, 0, "{body}");
     assert!(body.contains(&format!("hello-from-{web}")), "{body}");
     // Back: the same, with the mesh found as it was.
     daemons[1].restart().await;
-    let (code, body) = sh(&c, "client", &cli, &get(&web_ip, 3)).await;
+    let (code, body) = sh(&c, "client", &cli, &http_get(&web_ip, 3)).await;
     assert_eq!(code, 0, "{body}");
     assert!(
         daemons[1]
@@ -622,21 +527,13 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     );
 
     // A standby of the web machine on host 2.
-    let config: MachineConfig = serde_json::from_value(json!({
+    let config = json!({
         "image": image,
         "init": {"cmd": ["/bin/sh", "-c", server]},
         "standbys": [web],
-    }))
-    .unwrap();
+    });
     let standby = c
-        .create_machine(
-            "web",
-            &CreateMachineRequest {
-                config: Some(config),
-                region: Some("fra".into()),
-                ..Default::default()
-            },
-        )
+        .create_machine("web", &in_region(config, "fra"))
         .await
         .unwrap()
         .id;
@@ -741,21 +638,13 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     // Host 2 crashes for good measure: hangard killed and its link cut.
     // The others declare it down and start the standby of its client
     // machine on host 0; back, host 2 stops its own, so nothing runs twice.
-    let cfg: MachineConfig = serde_json::from_value(json!({
+    let cfg = json!({
         "image": image,
         "init": {"cmd": ["sleep", "3600"]},
         "standbys": [cli],
-    }))
-    .unwrap();
+    });
     let standby2 = c
-        .create_machine(
-            "client",
-            &CreateMachineRequest {
-                config: Some(cfg),
-                region: Some("ams".into()),
-                ..Default::default()
-            },
-        )
+        .create_machine("client", &in_region(cfg, "ams"))
         .await
         .unwrap()
         .id;

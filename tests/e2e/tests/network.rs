@@ -9,40 +9,21 @@ use futures::StreamExt;
 
 use hangar_api_types::{CreateAppRequest, CreateMachineRequest, MachineConfig};
 use hangar_client::Client;
-use hangar_e2e::sh;
+use hangar_e2e::{http_get, lookup, request, sh, started};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
 use serde_json::json;
 
 async fn machine(c: &Client, app: &str, image: &str, name: &str, cmd: &str) -> (String, String) {
-    let config: MachineConfig = serde_json::from_value(json!({
+    let mut req = request(json!({
         "image": image,
         "init": {"cmd": ["/bin/sh", "-c", cmd]},
         "metadata": {"fly_process_group": "app"},
-    }))
-    .unwrap();
-    let m = c
-        .create_machine(
-            app,
-            &CreateMachineRequest {
-                config: Some(config),
-                name: Some(name.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    c.wait_machine(app, &m.id, &["started"], Duration::from_secs(30))
-        .await
-        .unwrap();
+    }));
+    req.name = Some(name.into());
+    let m = started(c, app, &req).await;
     (m.id, m.private_ip)
-}
-
-/// A shell command that GETs `/` from port 8080 of `addr` (busybox's
-/// static wget needs NSS libraries the test image lacks; nc does not).
-fn get(addr: &str, timeout_s: u32) -> String {
-    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {timeout_s} {addr} 8080")
 }
 
 /// The bridge of the block a 6PN address is in:
@@ -51,16 +32,6 @@ fn bridge_of(ip: &str) -> String {
     let a: std::net::Ipv6Addr = ip.parse().unwrap();
     let s = a.segments();
     format!("hgr{:04x}{:03x}{:02x}", s[1], s[2], s[6])
-}
-
-/// The 6PN addresses `name` resolves to, seen from machine `id`.
-async fn lookup(c: &Client, app: &str, id: &str, name: &str) -> Vec<String> {
-    let (_, out) = sh(c, app, id, &format!("nslookup -type=AAAA {name}")).await;
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Address:"))
-        .map(|a| a.trim().to_owned())
-        .filter(|a| a.starts_with("fdaa:"))
-        .collect()
 }
 
 #[tokio::test]
@@ -134,7 +105,7 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
         apps.contains("client,iso,web") || apps.contains("client,web"),
         "{apps}"
     );
-    let fetch = get(&web_ip, 5);
+    let fetch = http_get(&web_ip, 5);
     let (code, body) = sh(&c, "client", &cli, &fetch).await;
     assert_eq!(code, 0, "{body}");
     assert!(
@@ -151,14 +122,14 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
     .await;
     assert!(fly.contains(&web_ip), "{fly}");
     // By name, through the machine's resolver (the internal DNS server).
-    let (code, body) = sh(&c, "client", &cli, &get("web.internal", 5)).await;
+    let (code, body) = sh(&c, "client", &cli, &http_get("web.internal", 5)).await;
     assert_eq!(code, 0, "{body}");
     assert!(body.ends_with(&format!("hello-from-{web}\n")), "{body:?}");
     let (code, body) = sh(
         &c,
         "client",
         &cli,
-        &get(&format!("{web}.vm.web.internal"), 5),
+        &http_get(&format!("{web}.vm.web.internal"), 5),
     )
     .await;
     assert_eq!(code, 0, "{body}");
@@ -172,7 +143,7 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
         .next()
         .unwrap()
         .to_owned();
-    let (code, _) = sh(&c, "client", &cli, &get(&web_v4, 5)).await;
+    let (code, _) = sh(&c, "client", &cli, &http_get(&web_v4, 5)).await;
     assert_eq!(code, 0);
 
     // Another network: its names are not there and its packets do not pass.
@@ -182,9 +153,9 @@ async fn machines_reach_each_other_by_name_and_other_networks_cannot() {
         nx.to_lowercase().contains("nxdomain") || nx.contains("can't find"),
         "{nx}"
     );
-    let (code, _) = sh(&c, "apart", &apart, &get(&web_ip, 3)).await;
+    let (code, _) = sh(&c, "apart", &apart, &http_get(&web_ip, 3)).await;
     assert_ne!(code, 0, "another network reached the web machine");
-    let (code, _) = sh(&c, "apart", &apart, &get(&web_v4, 3)).await;
+    let (code, _) = sh(&c, "apart", &apart, &http_get(&web_v4, 3)).await;
     assert_ne!(code, 0, "another network reached the web machine over IPv4");
 
     // A stopped machine leaves `<app>.internal`, keeps its address, and is
@@ -304,15 +275,21 @@ async fn installations_side_by_side_keep_to_themselves_whatever_their_ranges() {
             2,
             "installation {i}"
         );
-        let (code, body) = sh(c, "peer", cli, &get(&format!("{srv}.vm.peer.internal"), 5)).await;
+        let (code, body) = sh(
+            c,
+            "peer",
+            cli,
+            &http_get(&format!("{srv}.vm.peer.internal"), 5),
+        )
+        .await;
         assert_eq!(code, 0, "installation {i}: {body}");
         assert!(body.ends_with(&format!("hello-from-{srv}\n")), "{body:?}");
-        let (code, _) = sh(c, "peer", cli, &get(srv_ip, 5)).await;
+        let (code, _) = sh(c, "peer", cli, &http_get(srv_ip, 5)).await;
         assert_eq!(code, 0, "installation {i}");
         // Nobody else's.
         for (j, (_, _, other_ip, _, _)) in peers.iter().enumerate() {
             if i != j {
-                let (code, _) = sh(c, "peer", cli, &get(other_ip, 2)).await;
+                let (code, _) = sh(c, "peer", cli, &http_get(other_ip, 2)).await;
                 assert_ne!(
                     code, 0,
                     "installation {i} reached installation {j}'s machine"
@@ -400,12 +377,12 @@ async fn three_hundred_machines_start_in_one_app() {
         &c,
         "many",
         &first.id,
-        &get(&format!("{}.vm.many.internal", second.id), 5),
+        &http_get(&format!("{}.vm.many.internal", second.id), 5),
     )
     .await;
     assert_eq!(code, 0, "{body}");
     assert!(body.ends_with(&format!("hi-{}\n", second.id)), "{body:?}");
-    let (code, body) = sh(&c, "many", &second.id, &get(&first.private_ip, 5)).await;
+    let (code, body) = sh(&c, "many", &second.id, &http_get(&first.private_ip, 5)).await;
     assert_eq!(code, 0, "{body}");
 
     let t0 = std::time::Instant::now();
