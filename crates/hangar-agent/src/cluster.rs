@@ -27,6 +27,10 @@ pub struct MachineSummary {
     /// The public ports its services serve over HTTP, as `start-end`
     /// ranges (a host's proxy relays requests for them).
     pub http_ports: Vec<(u16, u16)>,
+    /// Every public port of its services, with protocol and handlers (a
+    /// host's proxy listens on the app's dedicated addresses for them and
+    /// relays raw connections and datagrams).
+    pub ports: Vec<hangar_core::services::PublicPort>,
     /// Its 6PN address (empty before it has one).
     pub private_ip: String,
     /// Its process group (`metadata.fly_process_group`).
@@ -197,6 +201,21 @@ impl Agent {
                 changes,
                 version,
             } => self.shared.store.apply_secrets(app, changes, *version),
+            CatalogChange::Ip {
+                ip,
+                app,
+                region,
+                service_name,
+                created_at,
+            } => self.shared.store.apply_ip(&crate::ips::IpAssignment {
+                ip: ip.clone(),
+                app: app.clone(),
+                region: region.clone(),
+                service_name: service_name.clone(),
+                shared: false,
+                created_at: created_at.clone(),
+            }),
+            CatalogChange::IpReleased { ip, app } => self.shared.store.apply_ip_released(app, ip),
         }
     }
 
@@ -244,6 +263,7 @@ impl Agent {
                         .filter(|p| p.is_http())
                         .map(|p| (p.start, p.end))
                         .collect(),
+                    ports: hangar_core::services::PublicPort::of(&m.spec.services),
                     private_ip: m.private_ip.clone(),
                     process_group: m.spec.metadata.get("fly_process_group").cloned(),
                 });

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hangar_agent::store::CatalogChange;
 use hangar_agent::{Agent, MachineSummary};
+use hangar_core::services::{Protocol, PublicPort};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -66,13 +67,14 @@ pub mod sql {
     pub const FOLLOW: &str =
         "SELECT rev, origin, body FROM changes WHERE rev > $1 ORDER BY rev LIMIT 500";
     /// Publishes a machine to the directory.
-    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, private_ip, process_group, rev, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, nextval('machine_revs'), now())
+    pub const UPSERT_MACHINE: &str = "INSERT INTO machines (id, app, host, region, state, cpus, memory_mb, standbys, http_ports, private_ip, process_group, ports, rev, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, nextval('machine_revs'), now())
                  ON CONFLICT (id) DO UPDATE SET app = excluded.app, host = excluded.host,
                     region = excluded.region, state = excluded.state, cpus = excluded.cpus,
                     memory_mb = excluded.memory_mb, standbys = excluded.standbys,
                     http_ports = excluded.http_ports, private_ip = excluded.private_ip,
-                    process_group = excluded.process_group, rev = excluded.rev, updated_at = now()";
+                    process_group = excluded.process_group, ports = excluded.ports,
+                    rev = excluded.rev, updated_at = now()";
     /// Held by every transaction that writes the directory: revisions
     /// commit in the order they are taken.
     pub const LOCK_DIRECTORY: &str = "SELECT pg_advisory_xact_lock(424243)";
@@ -119,7 +121,7 @@ pub mod sql {
     /// Reads the directory's rows written after revision $1, in order.
     pub const READ_MACHINES: &str =
         "SELECT id, host, app, state, standbys, http_ports, cpus, memory_mb, rev,
-                        region, private_ip, process_group
+                        region, private_ip, process_group, ports
                  FROM machines WHERE rev > $1 ORDER BY rev";
 }
 
@@ -256,6 +258,9 @@ pub struct DirEntry {
     pub standbys: Vec<String>,
     /// The public ports it serves over HTTP, as ranges.
     pub http_ports: Vec<(u16, u16)>,
+    /// Every public port of its services.
+    #[serde(skip)]
+    pub ports: Vec<PublicPort>,
     /// vCPUs it reserves.
     pub cpus: u32,
     /// Memory it reserves, MiB.
@@ -733,6 +738,7 @@ impl Cluster {
             state: "created".into(),
             standbys: Vec::new(),
             http_ports: Vec::new(),
+            ports: Vec::new(),
             cpus: 0,
             memory_mb: 0,
             region: String::new(),
@@ -775,15 +781,59 @@ impl Cluster {
     /// public `port` over HTTP, and is up: one with a started machine of
     /// it first.
     pub fn edge_for(&self, app: &str, port: u16) -> Option<std::net::SocketAddr> {
+        self.edge_where(app, |e| {
+            e.http_ports.iter().any(|(a, b)| (*a..=*b).contains(&port))
+        })
+    }
+
+    /// The proxy of another host that runs machines of `app` with a
+    /// `protocol` service on public `port` (one with a started machine
+    /// first): where a raw connection or a client's datagrams go when this
+    /// host has no machine for them.
+    pub fn raw_edge_for(
+        &self,
+        app: &str,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<std::net::SocketAddr> {
+        self.edge_where(app, |e| {
+            e.ports
+                .iter()
+                .any(|p| p.protocol == protocol && p.spec.covers(port))
+        })
+    }
+
+    /// The public ports of `app`'s machines on other hosts that are up.
+    pub fn remote_ports(&self, app: &str) -> Vec<PublicPort> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let me = &self.inner.cfg.host_id;
+        let mut out: Vec<PublicPort> = Vec::new();
+        for e in v.machines.values() {
+            if e.app != app || &e.host == me || e.state == "destroyed" {
+                continue;
+            }
+            if v.hosts.get(&e.host).is_none_or(|h| h.state != "up") {
+                continue;
+            }
+            for p in &e.ports {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+
+    fn edge_where(
+        &self,
+        app: &str,
+        serves: impl Fn(&DirEntry) -> bool,
+    ) -> Option<std::net::SocketAddr> {
         let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
         let me = &self.inner.cfg.host_id;
         let mut best: Option<(bool, &String)> = None;
         for e in v.machines.values() {
-            if e.app != app
-                || &e.host == me
-                || e.state == "destroyed"
-                || !e.http_ports.iter().any(|(a, b)| (*a..=*b).contains(&port))
-            {
+            if e.app != app || &e.host == me || e.state == "destroyed" || !serves(e) {
                 continue;
             }
             let started = e.state == "started";
@@ -1535,6 +1585,40 @@ impl Session {
                         tx.execute("DELETE FROM apps WHERE name = $1", &[name])
                             .await
                             .map_err(pg("deleting an app"))?;
+                        tx.execute("DELETE FROM ips WHERE app = $1", &[name])
+                            .await
+                            .map_err(pg("releasing an app's addresses"))?;
+                        true
+                    }
+                    CatalogChange::Ip { ip, app, .. } => {
+                        let inserted = tx
+                            .execute(
+                                "INSERT INTO ips (ip, app, body) VALUES ($1, $2, $3)
+                                 ON CONFLICT (ip) DO UPDATE SET body = excluded.body
+                                 WHERE ips.app = excluded.app",
+                                &[ip, app, &body],
+                            )
+                            .await
+                            .map_err(pg("recording an address"))?;
+                        if inserted == 0 {
+                            // Another app took it at the same moment on
+                            // another host: the cluster's record wins.
+                            let row = tx
+                                .query_one("SELECT body FROM ips WHERE ip = $1", &[ip])
+                                .await
+                                .map_err(pg("reading an address"))?;
+                            let theirs: String = row.get(0);
+                            if let Ok(c) = serde_json::from_str::<CatalogChange>(&theirs) {
+                                tracing::warn!(%ip, %app, "address assigned to two apps at once; the cluster's first record keeps it");
+                                adopt.push(c);
+                            }
+                        }
+                        inserted > 0
+                    }
+                    CatalogChange::IpReleased { ip, app } => {
+                        tx.execute("DELETE FROM ips WHERE ip = $1 AND app = $2", &[ip, app])
+                            .await
+                            .map_err(pg("releasing an address"))?;
                         true
                     }
                     CatalogChange::Token { .. }
@@ -1738,6 +1822,7 @@ impl Session {
                     &ports_text(&m.http_ports),
                     &m.private_ip,
                     &m.process_group.clone().unwrap_or_default(),
+                    &PublicPort::encode(&m.ports),
                 ],
             )
             .await
@@ -1873,6 +1958,7 @@ impl Session {
                     region: r.get(9),
                     private_ip: r.get::<_, String>(10).parse().ok(),
                     process_group: Some(r.get::<_, String>(11)).filter(|g| !g.is_empty()),
+                    ports: PublicPort::decode(&r.get::<_, String>(12)),
                 },
             );
         }

@@ -87,3 +87,14 @@ CREATE TABLE IF NOT EXISTS volumes (
     state TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS volumes_by_host ON volumes (host);
+-- Every public port of each machine's services with protocol and handlers
+-- (`tcp:5432-5432:;udp:53-53:`): every host's proxy listens on an app's
+-- dedicated addresses for the ports of its machines on any host.
+ALTER TABLE machines ADD COLUMN IF NOT EXISTS ports TEXT NOT NULL DEFAULT '';
+-- Dedicated addresses are unique across the cluster: the first host to
+-- record one wins it.
+CREATE TABLE IF NOT EXISTS ips (
+    ip TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    body TEXT NOT NULL
+);

@@ -142,6 +142,93 @@ fn port_spec(v: &Value) -> Option<PortSpec> {
     })
 }
 
+/// A public port a machine serves, as hosts of a cluster tell each other
+/// (their proxies listen on an app's dedicated addresses for the ports of
+/// machines on any host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicPort {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The ports and their handlers.
+    pub spec: PortSpec,
+}
+
+impl PublicPort {
+    /// The public ports of `services`.
+    pub fn of(services: &[Service]) -> Vec<PublicPort> {
+        services
+            .iter()
+            .flat_map(|s| {
+                s.ports.iter().map(|p| PublicPort {
+                    protocol: s.protocol,
+                    spec: p.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// `tcp:80-80:http,tls;udp:53-53:` (entries by `;`).
+    pub fn encode(ports: &[PublicPort]) -> String {
+        ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{}-{}:{}{}",
+                    match p.protocol {
+                        Protocol::Tcp => "tcp",
+                        Protocol::Udp => "udp",
+                    },
+                    p.spec.start,
+                    p.spec.end,
+                    p.spec.handlers.join(","),
+                    if p.spec.force_https {
+                        ":force_https"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// Reads [`PublicPort::encode`]'s text, skipping entries it cannot.
+    pub fn decode(text: &str) -> Vec<PublicPort> {
+        text.split(';')
+            .filter_map(|e| {
+                let mut parts = e.split(':');
+                let protocol = match parts.next()? {
+                    "tcp" => Protocol::Tcp,
+                    "udp" => Protocol::Udp,
+                    _ => return None,
+                };
+                let (a, b) = parts.next()?.split_once('-')?;
+                let (start, end): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+                if start > end {
+                    return None;
+                }
+                let handlers = parts
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let force_https = parts.next() == Some("force_https");
+                Some(PublicPort {
+                    protocol,
+                    spec: PortSpec {
+                        start,
+                        end,
+                        handlers,
+                        force_https,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
 /// Parses `autostop` as Fly clients send it.
 pub fn parse_autostop(v: &Value) -> Option<Autostop> {
     match v {
@@ -323,6 +410,26 @@ pub fn autostop_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_ports_read_back_what_they_wrote() {
+        let config = serde_json::json!({"services": [
+            {"protocol": "tcp", "internal_port": 8080, "ports": [
+                {"port": 443, "handlers": ["tls", "http"]},
+                {"port": 80, "handlers": ["http"], "force_https": true}]},
+            {"protocol": "tcp", "internal_port": 5432, "ports": [{"start_port": 5432, "end_port": 5433}]},
+            {"protocol": "udp", "internal_port": 53, "ports": [{"port": 53}]}]});
+        let ports = PublicPort::of(&services(&config));
+        assert_eq!(ports.len(), 4);
+        let text = PublicPort::encode(&ports);
+        assert_eq!(
+            text,
+            "tcp:443-443:tls,http;tcp:80-80:http:force_https;tcp:5432-5433:;udp:53-53:"
+        );
+        assert_eq!(PublicPort::decode(&text), ports);
+        assert!(PublicPort::decode("").is_empty());
+        assert!(PublicPort::decode("sctp:1-2:;tcp:9-3:;tcp:x-1:").is_empty());
+    }
     use serde_json::json;
 
     #[test]

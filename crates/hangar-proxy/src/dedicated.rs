@@ -20,19 +20,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hangar_core::services::{LoadKind, Protocol, Service};
+use hangar_core::services::{LoadKind, Protocol, PublicPort, Service};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::{Backend, Bind, Counts, Ctx, LoadGuard, Proxy, Scheme, bind};
+use crate::{Backend, Bind, Counts, Ctx, LoadGuard, Proxy, Scheme, bind, tunnel};
 
 /// How often listeners are brought in line with the state.
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// Most ports one `start_port..end_port` range opens.
 const MAX_RANGE: u16 = 256;
 /// A UDP client's relay goes after this long without datagrams.
-const UDP_IDLE: Duration = Duration::from_secs(60);
+pub(crate) const UDP_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -113,22 +113,25 @@ impl Proxy {
     fn wanted(&self) -> HashMap<Key, Want> {
         let mut out = HashMap::new();
         for (app, ip) in self.machines.dedicated_ips() {
+            // This host's machines first, then those of other hosts.
+            let mut ports = Vec::new();
             for b in self.machines.backends(&app).iter() {
-                for s in &b.services {
-                    for p in &s.ports {
-                        let end = p.end.min(p.start.saturating_add(MAX_RANGE - 1));
-                        for port in p.start..=end {
-                            out.entry(Key {
-                                ip,
-                                port,
-                                udp: s.protocol == Protocol::Udp,
-                            })
-                            .or_insert_with(|| Want {
-                                app: app.clone(),
-                                handlers: p.handlers.clone(),
-                            });
-                        }
-                    }
+                ports.extend(PublicPort::of(&b.services));
+            }
+            ports.extend(self.machines.remote_ports(&app));
+            for p in ports {
+                let spec = &p.spec;
+                let end = spec.end.min(spec.start.saturating_add(MAX_RANGE - 1));
+                for port in spec.start..=end {
+                    out.entry(Key {
+                        ip,
+                        port,
+                        udp: p.protocol == Protocol::Udp,
+                    })
+                    .or_insert_with(|| Want {
+                        app: app.clone(),
+                        handlers: spec.handlers.clone(),
+                    });
                 }
             }
         }
@@ -206,6 +209,11 @@ impl Proxy {
                 .unwrap_or(SocketAddr::new(peer.ip(), port));
             let me = Arc::clone(&self);
             let app = Arc::clone(&app);
+            let origin = tunnel::Origin {
+                peer,
+                local,
+                proxy_proto,
+            };
             tokio::spawn(async move {
                 let scheme = if tls { Scheme::Https } else { Scheme::Http };
                 let ctx = Ctx {
@@ -218,7 +226,7 @@ impl Proxy {
                     if http {
                         me.serve_conn(TokioIo::new(stream), peer, ctx).await;
                     } else {
-                        me.relay(stream, peer, local, &app, port, proxy_proto).await;
+                        me.relay(stream, &origin, &app, port, true).await;
                     }
                     return;
                 }
@@ -227,7 +235,7 @@ impl Proxy {
                 };
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                     Ok(Ok(s)) if http => me.serve_conn(TokioIo::new(s), peer, ctx).await,
-                    Ok(Ok(s)) => me.relay(s, peer, local, &app, port, proxy_proto).await,
+                    Ok(Ok(s)) => me.relay(s, &origin, &app, port, true).await,
                     _ => tracing::debug!(%peer, "TLS handshake failed"),
                 }
             });
@@ -235,7 +243,12 @@ impl Proxy {
     }
 
     /// The app's machines with a service of `protocol` on public `port`.
-    fn backends_on(&self, app: &str, port: u16, protocol: Protocol) -> Vec<(Backend, Service)> {
+    pub(crate) fn backends_on(
+        &self,
+        app: &str,
+        port: u16,
+        protocol: Protocol,
+    ) -> Vec<(Backend, Service)> {
         self.machines
             .backends(app)
             .iter()
@@ -250,15 +263,16 @@ impl Proxy {
             .collect()
     }
 
-    /// Relays one TCP connection to a machine.
-    async fn relay<S>(
+    /// Relays one TCP connection to a machine: one of this host's, else
+    /// (unless it came through a tunnel already) through a tunnel to
+    /// another host that has one.
+    pub(crate) async fn relay<S>(
         self: &Arc<Self>,
-        mut client: S,
-        peer: SocketAddr,
-        local: SocketAddr,
+        client: S,
+        origin: &tunnel::Origin,
         app: &str,
         port: u16,
-        proxy_proto: bool,
+        may_tunnel: bool,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -271,14 +285,39 @@ impl Proxy {
         {
             Ok(x) => x,
             Err(e) => {
-                tracing::debug!(app, port, error = %e, "no machine for a TCP connection");
+                // None here (or none that can take it): another host's.
+                match self
+                    .machines
+                    .remote_raw(app, port, Protocol::Tcp)
+                    .filter(|_| may_tunnel)
+                {
+                    Some(edge) => {
+                        tracing::debug!(app, port, %edge, reason = %e, "relaying a connection to another host");
+                        tunnel::relay_through(client, edge, app, port, origin).await;
+                    }
+                    None => {
+                        tracing::debug!(app, port, error = %e, "no machine for a TCP connection")
+                    }
+                }
                 return;
             }
         };
+        self.relay_to_machine(client, chosen, origin).await;
+    }
+
+    async fn relay_to_machine<S>(
+        self: &Arc<Self>,
+        mut client: S,
+        chosen: crate::Chosen<'_>,
+        origin: &tunnel::Origin,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (peer, local, proxy_proto) = (origin.peer, origin.local, origin.proxy_proto);
         let _guard = chosen.guard;
         let target = SocketAddr::new(chosen.backend.addr, chosen.svc.internal_port);
         let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
-            tracing::debug!(app, %target, "machine refused a relayed connection");
+            tracing::debug!(machine = %chosen.backend.id, %target, "machine refused a relayed connection");
             return;
         };
         let _ = upstream.set_nodelay(true);
@@ -294,63 +333,106 @@ impl Proxy {
     }
 
     /// Relays datagrams: each client gets an upstream socket of its own to
-    /// one machine, and the machine's replies go back to it.
+    /// one machine (or, with no machine here, a tunnel to another host's
+    /// proxy), and the replies go back to it.
     async fn serve_udp(self: Arc<Self>, sock: UdpSocket, app: String, port: u16) {
         let sock = Arc::new(sock);
-        // Each client's upstream socket, when it last sent, and its count
-        // on the machine's load.
-        let mut sessions: HashMap<SocketAddr, (Arc<UdpSocket>, Instant, LoadGuard)> =
-            HashMap::new();
+        let local = sock
+            .local_addr()
+            .unwrap_or(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port));
+        // Each client's way to its machine and when it last sent.
+        let mut sessions: HashMap<SocketAddr, (UdpUpstream, Instant)> = HashMap::new();
         let mut buf = vec![0u8; 65536];
         loop {
             let Ok((n, client)) = sock.recv_from(&mut buf).await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            sessions.retain(|_, (_, last, _)| last.elapsed() < UDP_IDLE);
-            let upstream = match sessions.get_mut(&client) {
-                Some((u, last, _)) => {
-                    *last = Instant::now();
-                    Arc::clone(u)
-                }
-                None => {
-                    let owned = self.backends_on(&app, port, Protocol::Udp);
-                    let backends = owned.iter().map(|(b, s)| (b, s)).collect();
-                    let Ok(chosen) = self
-                        .choose_with(&app, backends, LoadKind::Connections, Counts::Both, false)
-                        .await
-                    else {
-                        continue;
-                    };
-                    let target = SocketAddr::new(chosen.backend.addr, chosen.svc.internal_port);
-                    let bind: SocketAddr = if target.is_ipv4() {
-                        ([0, 0, 0, 0], 0).into()
-                    } else {
-                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                    };
-                    let Ok(u) = UdpSocket::bind(bind).await else {
-                        continue;
-                    };
-                    if u.connect(target).await.is_err() {
-                        continue;
-                    }
-                    let u = Arc::new(u);
-                    let (back, to) = (Arc::clone(&sock), Arc::clone(&u));
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 65536];
-                        while let Ok(Ok(n)) =
-                            tokio::time::timeout(UDP_IDLE, to.recv(&mut buf)).await
-                        {
-                            let _ = back.send_to(&buf[..n], client).await;
-                        }
-                    });
-                    sessions.insert(client, (Arc::clone(&u), Instant::now(), chosen.guard));
-                    u
-                }
+            sessions.retain(|_, (_, last)| last.elapsed() < UDP_IDLE);
+            if let std::collections::hash_map::Entry::Vacant(e) = sessions.entry(client) {
+                let Some(up) = self.udp_session(&sock, &app, port, client, local).await else {
+                    continue;
+                };
+                e.insert((up, Instant::now()));
+            }
+            let Some((up, last)) = sessions.get_mut(&client) else {
+                continue;
             };
-            let _ = upstream.send(&buf[..n]).await;
+            *last = Instant::now();
+            let sent = match up {
+                UdpUpstream::Machine(u, _) => u.send(&buf[..n]).await.is_ok(),
+                UdpUpstream::Tunnel(w) => tunnel::write_frame(w, &buf[..n]).await.is_ok(),
+            };
+            if !sent {
+                sessions.remove(&client);
+            }
         }
     }
+
+    /// A new UDP client's way to a machine: one of this host's, else a
+    /// tunnel to another host that has one.
+    async fn udp_session(
+        self: &Arc<Self>,
+        sock: &Arc<UdpSocket>,
+        app: &str,
+        port: u16,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<UdpUpstream> {
+        let owned = self.backends_on(app, port, Protocol::Udp);
+        let backends = owned.iter().map(|(b, s)| (b, s)).collect();
+        let chosen = match self
+            .choose_with(app, backends, LoadKind::Connections, Counts::Both, false)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let edge = self.machines.remote_raw(app, port, Protocol::Udp)?;
+                let origin = tunnel::Origin {
+                    peer: client,
+                    local,
+                    proxy_proto: false,
+                };
+                let back = Arc::clone(sock);
+                let reply = move |d: Vec<u8>| {
+                    let _ = back.try_send_to(&d, client);
+                };
+                return match tunnel::open_datagrams(edge, app, port, &origin, reply).await {
+                    Ok(w) => Some(UdpUpstream::Tunnel(w)),
+                    Err(err) => {
+                        tracing::debug!(app, port, %edge, reason = %e, error = %err, "cannot relay datagrams to another host");
+                        None
+                    }
+                };
+            }
+        };
+        let target = SocketAddr::new(chosen.backend.addr, chosen.svc.internal_port);
+        let bind: SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let u = UdpSocket::bind(bind).await.ok()?;
+        u.connect(target).await.ok()?;
+        let u = Arc::new(u);
+        let (back, to) = (Arc::clone(sock), Arc::clone(&u));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, to.recv(&mut buf)).await {
+                let _ = back.send_to(&buf[..n], client).await;
+            }
+        });
+        Some(UdpUpstream::Machine(u, chosen.guard))
+    }
+}
+
+/// Where a UDP client's datagrams go.
+enum UdpUpstream {
+    /// A socket to one of this host's machines, with its count on the
+    /// machine's load (held while the session lasts).
+    Machine(Arc<UdpSocket>, #[allow(dead_code)] LoadGuard),
+    /// A tunnel to another host's proxy.
+    Tunnel(tokio::net::tcp::OwnedWriteHalf),
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ mod placement;
 mod route;
 mod statics;
 pub mod tls;
+mod tunnel;
 mod upstream;
 
 use headers::*;
@@ -145,6 +146,22 @@ pub trait Machines: Send + Sync + 'static {
     /// `min_machines_running` across the cluster).
     fn remote_started(&self, app: &str, ports: &[(u16, u16)]) -> Vec<String> {
         let _ = (app, ports);
+        Vec::new()
+    }
+
+    /// In a cluster: the proxy of another host that runs machines of `app`
+    /// with a `protocol` service on public `port` (raw TCP and UDP, relayed
+    /// through a tunnel), for connections this host has no machine for.
+    fn remote_raw(&self, app: &str, port: u16, protocol: services::Protocol) -> Option<SocketAddr> {
+        let _ = (app, port, protocol);
+        None
+    }
+
+    /// In a cluster: the public ports of `app`'s machines on other hosts
+    /// (this host's proxy listens on the app's dedicated addresses for
+    /// them too).
+    fn remote_ports(&self, app: &str) -> Vec<services::PublicPort> {
+        let _ = app;
         Vec::new()
     }
 

@@ -28,6 +28,9 @@ impl Proxy {
         conn: &ClientConn,
         request_id: &HeaderValue,
     ) -> Response<Body> {
+        if req.method() == http::Method::CONNECT {
+            return self.tunnel_in(req, conn).await;
+        }
         let ctx = &conn.ctx;
         // The host the client asked for: in the URI (absolute form, HTTP/2)
         // or the Host header.

@@ -115,6 +115,22 @@ impl hangar_proxy::Machines for AgentMachines {
             .unwrap_or_default()
     }
 
+    fn remote_raw(
+        &self,
+        app: &str,
+        port: u16,
+        protocol: hangar_core::services::Protocol,
+    ) -> Option<std::net::SocketAddr> {
+        self.cluster.get()?.raw_edge_for(app, port, protocol)
+    }
+
+    fn remote_ports(&self, app: &str) -> Vec<hangar_core::services::PublicPort> {
+        self.cluster
+            .get()
+            .map(|c| c.remote_ports(app))
+            .unwrap_or_default()
+    }
+
     fn is_peer(&self, ip: std::net::IpAddr) -> bool {
         self.cluster.get().is_some_and(|c| c.is_peer_address(ip))
     }

@@ -508,6 +508,107 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         c.destroy_machine("spill", id, true).await.unwrap();
     }
 
+    // Dedicated addresses are the cluster's: one allocated through host 0
+    // is listed through every host and served by every host's proxy. Host 0
+    // has no machine of the app: its proxy tunnels raw TCP (the PROXY
+    // header naming the client, not host 0) and UDP to host 1's machine,
+    // and starts it when it is stopped.
+    c.create_app("raw").await.unwrap();
+    let (ok, out, err) = daemons[0].cli(&["ips", "allocate-v4", "-a", "raw"]);
+    assert!(ok, "{out}{err}");
+    let ip = c.list_ips("raw").await.unwrap()[0].ip.clone();
+    let c2 = daemons[2].client();
+    wait_until(
+        Duration::from_secs(10),
+        "host 2 to list the address",
+        || async {
+            let ips = c2.list_ips("raw").await.ok()?;
+            ips.iter().any(|a| a.ip == ip).then_some(())
+        },
+    )
+    .await;
+    let raw_cfg = json!({
+        "image": image,
+        "init": {"cmd": ["/bin/sh", "-c",
+            "nc -ll -p 7000 -e /bin/cat & \
+             nc -ll -p 7001 -e /bin/sh -c 'read l; echo \"got: $l\"' & \
+             exec sleep 3607"]},
+        "services": [
+            {"protocol": "tcp", "internal_port": 7000, "autostart": true, "ports": [{"port": 7000}]},
+            {"protocol": "tcp", "internal_port": 7001, "ports": [{"port": 7001, "handlers": ["proxy_proto"]}]},
+            {"protocol": "udp", "internal_port": 7002, "ports": [{"port": 7002}]},
+        ],
+    });
+    let raw = started(&c, "raw", &in_region(raw_cfg, "sjc")).await;
+    let host0 = lan.hosts[0].netns.clone();
+    let echo = wait_until(Duration::from_secs(20), "raw TCP through host 0", || {
+        let (ns, addr) = (host0.clone(), format!("{ip}:7000"));
+        async move {
+            let got = in_netns(ns, move || tcp_roundtrip(&addr, "ping\n")).await;
+            (got == "ping\n").then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(echo, "ping\n");
+    let line = in_netns(host0.clone(), {
+        let addr = format!("{ip}:7001");
+        move || tcp_roundtrip(&addr, "hello\n")
+    })
+    .await;
+    assert!(
+        line.starts_with(&format!("got: PROXY TCP4 127.0.0.1 {ip} ")),
+        "{line:?}"
+    );
+    // UDP: an echo in the machine's network namespace (busybox has no UDP
+    // server), asked through host 0.
+    let pid = sh_out("pgrep -f '^sleep 3607$'");
+    udp_echo_in(&format!("/proc/{}/ns/net", pid.trim()), 7002);
+    let reply = in_netns(host0.clone(), {
+        let addr = format!("{ip}:7002");
+        move || {
+            let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            u.send_to(b"datagram", &addr).unwrap();
+            let mut buf = [0u8; 64];
+            let n = u.recv(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    })
+    .await;
+    assert_eq!(reply, "datagram");
+    // Stopped, it starts for a connection through host 0.
+    c.stop_machine("raw", &raw.id, None, None).await.unwrap();
+    c.wait_machine("raw", &raw.id, &["stopped"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let again = in_netns(host0.clone(), {
+        let addr = format!("{ip}:7000");
+        move || tcp_roundtrip(&addr, "again\n")
+    })
+    .await;
+    assert_eq!(again, "again\n");
+    assert_eq!(
+        c.get_machine("raw", &raw.id).await.unwrap().state,
+        "started"
+    );
+    // Released through host 2: host 0 stops listening.
+    let (ok, _, err) = daemons[2].cli(&["ips", "release", &ip, "-a", "raw"]);
+    assert!(ok, "{err}");
+    wait_until(
+        Duration::from_secs(15),
+        "host 0's listener to close",
+        || {
+            let (ns, addr) = (host0.clone(), format!("{ip}:7000"));
+            async move {
+                in_netns(ns, move || std::net::TcpStream::connect(&addr).is_err())
+                    .await
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    c.destroy_machine("raw", &raw.id, true).await.unwrap();
+
     // Host 1's hangard down: its machine still runs, and the mesh (its own
     // process) still carries traffic to it.
     daemons[1].kill();
@@ -715,4 +816,79 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     drop(reg);
     drop(pg);
     drop(lan);
+}
+
+/// Runs `f` on a thread of its own in network namespace `/run/netns/<ns>`.
+async fn in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            join_netns(&format!("/run/netns/{ns}"));
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Moves this thread into the network namespace at `path`.
+fn join_netns(path: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: setns on a namespace fd we opened; it changes only this
+    // thread's network namespace.
+    let joined = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(joined, 0, "setns {path}");
+}
+
+/// Sends `line` over TCP to `addr`; what comes back up to a newline
+/// (empty when nothing does within 5 s or the connection fails).
+fn tcp_roundtrip(addr: &str, line: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s.write_all(line.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A UDP echo on `port` in the network namespace at `netns`, on a thread
+/// of its own (until the namespace goes).
+fn udp_echo_in(netns: &str, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        join_netns(&netns);
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv().unwrap();
+}
+
+/// What `cmd` prints, run by `sh` on this host.
+fn sh_out(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -4,6 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::ips::IpAssignment;
 use super::{AppRecord, Store, TokenRow, db};
 use crate::AgentError;
 
@@ -53,6 +54,27 @@ pub enum CatalogChange {
         /// Its id.
         id: String,
     },
+    /// A dedicated address was assigned to an app (every host's proxy
+    /// listens on it: the addresses are anycast across the cluster).
+    Ip {
+        /// The address.
+        ip: String,
+        /// The app.
+        app: String,
+        /// Region.
+        region: String,
+        /// Fly's `service_name`.
+        service_name: String,
+        /// RFC 3339.
+        created_at: String,
+    },
+    /// A dedicated address was released.
+    IpReleased {
+        /// The address.
+        ip: String,
+        /// The app that had it.
+        app: String,
+    },
     /// An app's secrets changed: sealed values (hex; every host of a
     /// cluster has the same secrets key) and digests, or `None` for a
     /// removal; the app's secrets version after the change.
@@ -74,6 +96,16 @@ impl CatalogChange {
             org_slug: a.org_slug.clone(),
             network: a.network.clone(),
             internal_numeric_id: a.internal_numeric_id,
+            created_at: a.created_at.clone(),
+        }
+    }
+
+    pub(crate) fn ip(a: &IpAssignment) -> CatalogChange {
+        CatalogChange::Ip {
+            ip: a.ip.clone(),
+            app: a.app.clone(),
+            region: a.region.clone(),
+            service_name: a.service_name.clone(),
             created_at: a.created_at.clone(),
         }
     }
@@ -220,11 +252,31 @@ impl Store {
                     .map_err(db)?;
                 if !secrets.is_empty() {
                     changes.push(CatalogChange::Secrets {
-                        app: name,
+                        app: name.clone(),
                         changes: secrets,
                         version,
                     });
                 }
+                let mut st = tx
+                    .prepare(
+                        "SELECT ip, app_name, region, service_name, created_at FROM ip_assignments
+                         WHERE app_name = ?1 AND shared = 0 ORDER BY ip",
+                    )
+                    .map_err(db)?;
+                let ips = st
+                    .query_map(params![name], |r| {
+                        Ok(CatalogChange::Ip {
+                            ip: r.get(0)?,
+                            app: r.get(1)?,
+                            region: r.get(2)?,
+                            service_name: r.get(3)?,
+                            created_at: r.get(4)?,
+                        })
+                    })
+                    .map_err(db)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db)?;
+                changes.extend(ips);
             }
         }
         let n = changes.len();
@@ -454,6 +506,78 @@ mod tests {
         assert_eq!(s.secrets_version("web").unwrap(), 5);
         s.apply_secrets("web", &[("A".into(), None)], 3).unwrap();
         assert_eq!(s.secrets_version("web").unwrap(), 5);
+        assert!(s.outbox(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dedicated_addresses_travel_and_the_clusters_record_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.set_clustered();
+        s.insert_app(&app("web", "id-web")).unwrap();
+        s.apply_app(&app("api", "id-api")).unwrap();
+        let pool: crate::ips::IpPool = "127.0.2.0/30".parse().unwrap();
+        let mut a = IpAssignment {
+            ip: String::new(),
+            app: "web".into(),
+            region: "ams".into(),
+            service_name: String::new(),
+            shared: false,
+            created_at: super::super::now_rfc3339(),
+        };
+        s.assign_from_pool(&pool, &mut a).unwrap();
+        assert_eq!(a.ip, "127.0.2.1");
+        // The shared address stays this host's own.
+        s.insert_ip(&IpAssignment {
+            ip: "10.0.0.1".into(),
+            shared: true,
+            ..a.clone()
+        })
+        .unwrap();
+        let out = s.outbox(10).unwrap();
+        assert!(
+            matches!(&out.last().unwrap().1, CatalogChange::Ip { ip, app, .. } if ip == "127.0.2.1" && app == "web"),
+            "{out:?}"
+        );
+        // A restored database hears of it again; the shared one never.
+        s.outbox_sent(out.last().unwrap().0).unwrap();
+        s.requeue_catalog().unwrap();
+        let again = s.outbox(10).unwrap();
+        let ips: Vec<&CatalogChange> = again
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| matches!(c, CatalogChange::Ip { .. }))
+            .collect();
+        assert_eq!(ips.len(), 1, "{again:?}");
+        s.outbox_sent(again.last().unwrap().0).unwrap();
+        // Another host's app won the address: it is theirs here too, and
+        // the pool's next address is what this host gives next.
+        s.apply_ip(&IpAssignment {
+            app: "api".into(),
+            ..a.clone()
+        })
+        .unwrap();
+        let all = s.ip_assignments(None).unwrap();
+        assert!(all.iter().any(|x| x.ip == "127.0.2.1" && x.app == "api"));
+        assert!(!all.iter().any(|x| x.ip == "127.0.2.1" && x.app == "web"));
+        let mut b = IpAssignment {
+            ip: String::new(),
+            ..a.clone()
+        };
+        s.assign_from_pool(&pool, &mut b).unwrap();
+        assert_eq!(b.ip, "127.0.2.2");
+        // Released here: the others hear of it; a release applied from
+        // another host is not sent back.
+        assert!(s.release_ip("web", "127.0.2.2").unwrap());
+        let out = s.outbox(10).unwrap();
+        assert!(matches!(
+            &out.last().unwrap().1,
+            CatalogChange::IpReleased { ip, app } if ip == "127.0.2.2" && app == "web"
+        ));
+        s.outbox_sent(out.last().unwrap().0).unwrap();
+        s.apply_ip_released("api", "127.0.2.1").unwrap();
+        assert!(s.ip_assignments(Some("api")).unwrap().is_empty());
+        assert!(s.release_ip("web", "10.0.0.1").unwrap());
         assert!(s.outbox(10).unwrap().is_empty());
     }
 }

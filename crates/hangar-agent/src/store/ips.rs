@@ -2,6 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::cluster::{CatalogChange, record};
 use super::{Store, db};
 use crate::AgentError;
 use crate::ips::IpPool;
@@ -100,18 +101,67 @@ impl Store {
         })?;
         a.ip = ip.to_string();
         insert_row(&tx, a)?;
+        record(self, &tx, &CatalogChange::ip(a))?;
         tx.commit().map_err(db)
+    }
+
+    /// Applies a dedicated address another host assigned: it is `a.app`'s
+    /// from now on (the cluster's record wins over an assignment made here
+    /// at the same moment).
+    pub fn apply_ip(&self, a: &IpAssignment) -> Result<(), AgentError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute(
+            "DELETE FROM ip_assignments WHERE ip = ?1 AND shared = 0",
+            params![a.ip],
+        )
+        .map_err(db)?;
+        insert_row(&tx, a)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Applies a release another host made.
+    pub fn apply_ip_released(&self, app: &str, ip: &str) -> Result<(), AgentError> {
+        self.conn()
+            .execute(
+                "DELETE FROM ip_assignments WHERE app_name = ?1 AND ip = ?2 AND shared = 0",
+                params![app, ip],
+            )
+            .map_err(db)?;
+        Ok(())
     }
 
     /// Removes an app's assignment; whether there was one.
     pub fn release_ip(&self, app: &str, ip: &str) -> Result<bool, AgentError> {
-        let n = self
-            .conn()
-            .execute(
-                "DELETE FROM ip_assignments WHERE app_name = ?1 AND ip = ?2",
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let shared: Option<i64> = tx
+            .query_row(
+                "SELECT shared FROM ip_assignments WHERE app_name = ?1 AND ip = ?2",
                 params![app, ip],
+                |r| r.get(0),
             )
+            .optional()
             .map_err(db)?;
-        Ok(n > 0)
+        let Some(shared) = shared else {
+            return Ok(false);
+        };
+        tx.execute(
+            "DELETE FROM ip_assignments WHERE app_name = ?1 AND ip = ?2",
+            params![app, ip],
+        )
+        .map_err(db)?;
+        if shared == 0 {
+            record(
+                self,
+                &tx,
+                &CatalogChange::IpReleased {
+                    ip: ip.to_owned(),
+                    app: app.to_owned(),
+                },
+            )?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(true)
     }
 }
