@@ -216,6 +216,10 @@ impl Agent {
                 created_at: created_at.clone(),
             }),
             CatalogChange::IpReleased { ip, app } => self.shared.store.apply_ip_released(app, ip),
+            CatalogChange::Release { host, release } => self
+                .shared
+                .store
+                .apply_release(host.as_deref().unwrap_or("unknown"), release),
         }
     }
 

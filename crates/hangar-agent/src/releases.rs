@@ -34,6 +34,13 @@ impl Agent {
             .ok_or_else(|| AgentError::NotFound(format!("release {key} of app {app} not found")))
     }
 
+    /// The host of the cluster that ran a release of `app` (by id or
+    /// version) when it is another host's copy; `None` for this host's
+    /// own (or one not here).
+    pub fn release_host(&self, app: &str, key: &str) -> Result<Option<String>, AgentError> {
+        self.shared.store.release_host(app, key)
+    }
+
     /// An app's releases, newest first.
     pub fn list_releases(&self, app: &str, limit: usize) -> Result<Vec<ReleaseRow>, AgentError> {
         self.get_app(app)?;

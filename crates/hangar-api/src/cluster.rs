@@ -27,6 +27,8 @@ pub struct ClusterApi {
     /// The membership.
     pub cluster: hangar_cluster::Cluster,
     http: reqwest::Client,
+    /// The names this host's registry answers to.
+    registry: Option<hangar_registry::Names>,
 }
 
 impl ClusterApi {
@@ -38,7 +40,32 @@ impl ClusterApi {
                 .connect_timeout(std::time::Duration::from_secs(3))
                 .build()
                 .unwrap_or_default(),
+            registry: None,
         }
+    }
+
+    /// With the names of this host's built-in registry: an image named
+    /// by one of them (`localhost:4280/app`, say) is renamed by this
+    /// host's advertised address before a request naming it goes to
+    /// another host, where the local name would mean that host.
+    pub fn with_registry(mut self, names: hangar_registry::Names) -> ClusterApi {
+        self.registry = Some(names);
+        self
+    }
+
+    /// `image` as another host must name it.
+    fn image_for_peers(&self, image: &str) -> Option<String> {
+        let (registry, rest) = image.split_once('/')?;
+        if !self.registry.as_ref()?.matches(registry) {
+            return None;
+        }
+        let me = self.cluster.host(self.cluster.host_id())?;
+        let authority = me
+            .api_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        (authority != registry).then(|| format!("{authority}/{rest}"))
     }
 }
 
@@ -92,6 +119,40 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
                 }
             }
             next.run(req).await
+        }
+        ["v1", "apps", app, "releases"] if req.method() == Method::POST => {
+            release(&c, &s, app, req, next).await
+        }
+        ["v1", "apps", app, "releases"] if req.method() == Method::GET => {
+            // Every host keeps a copy of every release; the host that
+            // holds the app's machines (which runs its releases) has the
+            // newest.
+            let home = match release_home(&c, &s, app) {
+                Home::There(h) if h.state == "up" => Some(*h),
+                _ => None,
+            };
+            at_owner(&c, home, req, next).await
+        }
+        ["v1", "apps", app, "releases", key, rest @ ..] if !key.is_empty() => {
+            // A release is run, followed and cancelled on its host; its
+            // copy here answers a plain read while that host is down.
+            let read = req.method() == Method::GET && rest.is_empty();
+            let found = match s.agent.release_host(app, key) {
+                Ok(Some(id)) => match c.cluster.host(&id) {
+                    Some(h) if h.state == "up" || !read => Some(h),
+                    _ => None,
+                },
+                _ if s.agent.get_release(app, key).is_ok() => None,
+                _ => match release_home(&c, &s, app) {
+                    Home::There(h) => Some(*h),
+                    _ => {
+                        // Made a moment ago elsewhere, its copy not here yet.
+                        let probe = format!("/v1/apps/{app}/releases/{key}");
+                        first_with(&c, &probe, req.headers()).await
+                    }
+                },
+            };
+            at_owner(&c, found, req, next).await
         }
         ["v1", "apps", app, "machines", id, ..] if !id.is_empty() => {
             let local = s.agent.get_machine(app, id).is_ok();
@@ -510,6 +571,20 @@ async fn create_volume(c: &ClusterApi, app: &str, req: Request, next: Next) -> R
         c.cluster.poke();
         return resp;
     };
+    let renamed = v
+        .pointer("/config/image")
+        .and_then(|i| i.as_str())
+        .and_then(|i| c.image_for_peers(i));
+    let body = match renamed {
+        Some(image) => {
+            let mut v = v;
+            v["config"]["image"] = serde_json::Value::String(image);
+            serde_json::to_vec(&v)
+                .map(bytes::Bytes::from)
+                .unwrap_or(body)
+        }
+        None => body,
+    };
     match send_create(c, &host, &parts, body).await {
         Ok(r) if r.status().is_success() => {
             let status = r.status();
@@ -673,4 +748,128 @@ async fn create(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response
         Ok(r) => relay(r),
         Err(e) => unreachable(&host, &e),
     }
+}
+
+/// Where an app's releases run: the host that holds its machines.
+enum Home {
+    /// This host holds the app's machines (the most of them).
+    Here,
+    /// Another host does.
+    There(Box<hangar_cluster::HostInfo>),
+    /// No host holds any.
+    Nowhere,
+}
+
+fn release_home(c: &ClusterApi, s: &ApiState, app: &str) -> Home {
+    let here = local_machines(s, app);
+    match c.cluster.machine_counts(app).into_iter().next() {
+        Some((h, n)) if n > here => Home::There(Box::new(h)),
+        _ if here > 0 => Home::Here,
+        _ => Home::Nowhere,
+    }
+}
+
+fn local_machines(s: &ApiState, app: &str) -> usize {
+    s.agent
+        .list_machines(app, false)
+        .map(|l| l.len())
+        .unwrap_or(0)
+}
+
+/// The first other host that is up and answers `GET path` with a 200.
+async fn first_with(
+    c: &ClusterApi,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<hangar_cluster::HostInfo> {
+    let me = c.cluster.host_id().to_owned();
+    for h in c.cluster.hosts() {
+        if h.id == me || h.state != "up" {
+            continue;
+        }
+        let Ok(r) = fetch(c, &h, path, headers).await else {
+            continue;
+        };
+        if r.status() == StatusCode::OK {
+            return Some(h);
+        }
+    }
+    None
+}
+
+/// A new release (a deploy, rollback, scale or restart, or its plan):
+/// run by the host that holds the app's machines, or, for an app with
+/// none yet, by a host of the region its fly.toml names as primary. A
+/// release changes the machines of the host that runs it, so an app whose
+/// machines are spread over several hosts is refused rather than half
+/// deployed.
+async fn release(c: &ClusterApi, s: &ApiState, app: &str, req: Request, next: Next) -> Response {
+    let here = local_machines(s, app);
+    let others = c.cluster.machine_counts(app);
+    let host = match (here, others.as_slice()) {
+        (0, []) => None,
+        (_, []) => return at_owner(c, None, req, next).await,
+        (0, [(h, _)]) => Some(h.clone()),
+        _ => {
+            let me = c.cluster.host(c.cluster.host_id());
+            let mut spread: Vec<String> = others
+                .iter()
+                .map(|(h, n)| format!("{n} on host {} ({})", h.id, h.region))
+                .collect();
+            if let Some(me) = me.filter(|_| here > 0) {
+                spread.insert(0, format!("{here} on host {} ({})", me.id, me.region));
+            }
+            return ApiError::Agent(hangar_agent::AgentError::Unprocessable(format!(
+                "app {app} has machines on several hosts ({}): a release runs on one host and changes the machines there; destroy or move the others first",
+                spread.join(", ")
+            )))
+            .into_response();
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::BadRequest(format!("request body: {e}")).into_response();
+        }
+    };
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let host = match host {
+        Some(h) => h,
+        None => {
+            // No machines anywhere: the primary region decides.
+            let region = v
+                .pointer("/definition/primary_region")
+                .and_then(|r| r.as_str())
+                .filter(|r| !r.is_empty());
+            match c.cluster.place(region, 1, 256, &[]) {
+                Ok(h) => h,
+                Err(e) => {
+                    return ApiError::Agent(hangar_agent::AgentError::Unprocessable(e.to_string()))
+                        .into_response();
+                }
+            }
+        }
+    };
+    if host.id == c.cluster.host_id() {
+        let resp = next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+        c.cluster.poke();
+        return resp;
+    }
+    let renamed = v
+        .get("image")
+        .and_then(|i| i.as_str())
+        .and_then(|i| c.image_for_peers(i));
+    let body = match renamed {
+        Some(image) => {
+            v["image"] = serde_json::Value::String(image);
+            serde_json::to_vec(&v)
+                .map(bytes::Bytes::from)
+                .unwrap_or(bytes)
+        }
+        None => bytes,
+    };
+    forward(c, &host, Request::from_parts(parts, Body::from(body))).await
 }

@@ -25,7 +25,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -775,6 +775,24 @@ impl Cluster {
         ids.into_iter()
             .filter_map(|h| v.hosts.get(h).cloned())
             .collect()
+    }
+
+    /// The other hosts that hold machines of `app` (destroyed ones left
+    /// out), each with how many, most first (then by id).
+    pub fn machine_counts(&self, app: &str) -> Vec<(HostInfo, usize)> {
+        let v = self.inner.view.read().unwrap_or_else(|p| p.into_inner());
+        let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
+        for e in v.machines.values() {
+            if e.app == app && e.host != self.inner.cfg.host_id && e.state != "destroyed" {
+                *counts.entry(&e.host).or_default() += 1;
+            }
+        }
+        let mut out: Vec<(HostInfo, usize)> = counts
+            .into_iter()
+            .filter_map(|(h, n)| Some((v.hosts.get(h)?.clone(), n)))
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.id.cmp(&b.0.id)));
+        out
     }
 
     /// The proxy of another host that runs machines of `app` serving
@@ -1557,6 +1575,18 @@ impl Session {
                 .await
                 .map_err(pg("locking the change log"))?;
             for (_, change) in &batch {
+                // A release goes out naming the host that runs it.
+                let named;
+                let change = match change {
+                    CatalogChange::Release { release, .. } => {
+                        named = CatalogChange::Release {
+                            host: Some(self.inner.cfg.host_id.clone()),
+                            release: release.clone(),
+                        };
+                        &named
+                    }
+                    c => c,
+                };
                 let body = serde_json::to_string(change).unwrap_or_default();
                 let append = match change {
                     CatalogChange::App { name, .. } => {
@@ -1588,6 +1618,19 @@ impl Session {
                         tx.execute("DELETE FROM ips WHERE app = $1", &[name])
                             .await
                             .map_err(pg("releasing an app's addresses"))?;
+                        tx.execute("DELETE FROM releases WHERE app = $1", &[name])
+                            .await
+                            .map_err(pg("deleting an app's releases"))?;
+                        true
+                    }
+                    CatalogChange::Release { release, .. } => {
+                        tx.execute(
+                            "INSERT INTO releases (id, app, body) VALUES ($1, $2, $3)
+                             ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                            &[&release.id, &release.app, &body],
+                        )
+                        .await
+                        .map_err(pg("recording a release"))?;
                         true
                     }
                     CatalogChange::Ip { ip, app, .. } => {

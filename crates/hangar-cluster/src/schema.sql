@@ -98,3 +98,10 @@ CREATE TABLE IF NOT EXISTS ips (
     app TEXT NOT NULL,
     body TEXT NOT NULL
 );
+-- Every app's releases, each as its latest change (the host that ran it
+-- and the release); hosts keep copies from the change log.
+CREATE TABLE IF NOT EXISTS releases (
+    id TEXT PRIMARY KEY,
+    app TEXT NOT NULL,
+    body TEXT NOT NULL
+);

@@ -492,7 +492,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 token: token.clone(),
             }));
             auth = auth.with_cluster(c.clone());
-            Some(hangar_api::cluster::ClusterApi::new(c))
+            Some(hangar_api::cluster::ClusterApi::new(c).with_registry(
+                hangar_registry::Names::new(args.listen, args.registry_names.clone()),
+            ))
         }
     };
     let app = hangar_api::router(ApiState {

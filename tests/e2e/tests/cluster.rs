@@ -261,6 +261,83 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     );
     ca.destroy_machine("web", &from_a.id, true).await.unwrap();
 
+    // `hangar deploy` through A of an app whose primary region is B's:
+    // the release runs on B, which makes the machine there (a release
+    // made on A would have to make it in ams). The image is named by A's
+    // `localhost` name, which would mean B's own registry on B: A names
+    // itself by its advertised address when it sends the release on.
+    ca.create_app("far").await.unwrap();
+    wait_until(Duration::from_secs(10), "far on B", || async {
+        cb.get_app("far").await.ok()
+    })
+    .await;
+    let port = a.url.rsplit(':').next().unwrap().to_owned();
+    let local_name = format!("http://localhost:{port}");
+    std::fs::write(
+        dir.path().join("fly.toml"),
+        format!(
+            "app = \"far\"\nprimary_region = \"sjc\"\n\n[build]\n  image = \"localhost:{port}/web:v1\"\n\n[processes]\n  app = \"sleep 3600\"\n"
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = a.cli_in(
+        Some(dir.path()),
+        &[("HANGAR_API_URL", std::ffi::OsStr::new(&local_name))],
+        &["deploy", "--ha=false"],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("--> Finished deploying"), "{out}");
+    let far = cb.list_machines("far", &Default::default()).await.unwrap();
+    assert_eq!(far.len(), 1, "{far:?}");
+    assert_eq!(far[0].region, "sjc");
+    assert_eq!(far[0].state, "started");
+    wait_until(Duration::from_secs(10), "A to answer for it", || async {
+        ca.get_machine("far", &far[0].id).await.ok()
+    })
+    .await;
+    assert_eq!(
+        far[0].image_ref.as_ref().unwrap().digest,
+        pushed.digest(),
+        "B runs the image pushed to A"
+    );
+    // Either host lists the release, and a second deploy through A goes
+    // to B again (where the app's machine is): version 2.
+    for cx in [&ca, &cb] {
+        let rs = cx.list_releases("far", 10).await.unwrap();
+        assert_eq!(rs.len(), 1, "{rs:?}");
+        assert_eq!(rs[0].status, "complete");
+        assert_eq!(
+            rs[0].image_ref,
+            format!("{}/web:v1", a.url.trim_start_matches("http://")),
+            "A's image as B names it"
+        );
+        assert!(cx.get_release("far", "v1").await.is_ok());
+    }
+    let (ok, out, err) = a.cli_in(Some(dir.path()), &[], &["deploy", "--ha=false"]);
+    assert!(ok, "{out}\n{err}");
+    let rs = ca.list_releases("far", 10).await.unwrap();
+    assert_eq!(rs.first().map(|r| r.version), Some(2), "{rs:?}");
+    assert_eq!(
+        cb.list_machines("far", &Default::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A machine of it on A too: a release would change only one host's,
+    // so it is refused with what is where.
+    let mut req = request(config.clone());
+    req.region = Some("ams".into());
+    let here = ca.create_machine("far", &req).await.unwrap();
+    let (ok, out, err) = a.cli_in(Some(dir.path()), &[], &["deploy", "--ha=false"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("machines on several hosts") && err.contains("host-b (sjc)"),
+        "{err}"
+    );
+    ca.destroy_machine("far", &here.id, true).await.unwrap();
+    ca.destroy_machine("far", &far[0].id, true).await.unwrap();
+
     // One on A (this host's region by default): each host lists both.
     let local = ca
         .create_machine("web", &request(config.clone()))
@@ -511,6 +588,20 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     ca.wait_machine("web", &standby.id, &["started"], timeout)
         .await
         .unwrap();
+    // The releases B ran are read through A from its copies.
+    let rs = ca.list_releases("far", 10).await.unwrap();
+    let versions: Vec<i64> = rs.iter().map(|r| r.version).collect();
+    assert_eq!(versions, vec![2, 1], "{rs:?}");
+    let v2 = ca.get_release("far", "v2").await.unwrap();
+    assert_eq!((v2.status.as_str(), v2.stable), ("complete", true));
+    let (status, body) = answer(
+        &a,
+        reqwest::Method::POST,
+        "/v1/apps/far/releases/v2/cancel",
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "cancelled where it runs: {body}");
 
     // B back: up again under a new epoch, with its machine.
     b.restart().await;

@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::ips::IpAssignment;
-use super::{AppRecord, Store, TokenRow, db};
+use super::{AppRecord, ReleaseRow, Store, TokenRow, db};
 use crate::AgentError;
 
 /// A change to the cluster-wide catalogue.
@@ -86,9 +86,25 @@ pub enum CatalogChange {
         /// The version the change made.
         version: i64,
     },
+    /// A release was made or its status changed (a copy for every host's
+    /// listings; only its own host runs it).
+    Release {
+        /// The host that runs it (set when the change is sent).
+        #[serde(default)]
+        host: Option<String>,
+        /// The release.
+        release: Box<ReleaseRow>,
+    },
 }
 
 impl CatalogChange {
+    pub(crate) fn release(r: ReleaseRow) -> CatalogChange {
+        CatalogChange::Release {
+            host: None,
+            release: Box::new(r),
+        }
+    }
+
     pub(crate) fn app(a: &AppRecord) -> CatalogChange {
         CatalogChange::App {
             id: a.id.clone(),
@@ -277,8 +293,15 @@ impl Store {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(db)?;
                 changes.extend(ips);
+                // The releases this host ran (the latest state of each).
+                changes.extend(
+                    super::releases::own(&tx, &name)?
+                        .into_iter()
+                        .map(CatalogChange::release),
+                );
             }
         }
+
         let n = changes.len();
         for c in &changes {
             record(self, &tx, c)?;
@@ -507,6 +530,116 @@ mod tests {
         s.apply_secrets("web", &[("A".into(), None)], 3).unwrap();
         assert_eq!(s.secrets_version("web").unwrap(), 5);
         assert!(s.outbox(10).unwrap().is_empty());
+    }
+
+    fn rel(id: &str) -> ReleaseRow {
+        ReleaseRow {
+            id: id.into(),
+            app: "web".into(),
+            version: 0,
+            status: hangar_core::release::ReleaseStatus::Pending,
+            reason: hangar_core::release::ReleaseReason::Deploy,
+            strategy: "rolling".into(),
+            description: String::new(),
+            image_ref: "img".into(),
+            image_digest: String::new(),
+            definition: serde_json::json!({"app": "web"}),
+            options: serde_json::json!({}),
+            secrets_version: 0,
+            machines: serde_json::json!([]),
+            user: "admin".into(),
+            created_at: 1,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            rollback_of: None,
+        }
+    }
+
+    #[test]
+    fn releases_travel_with_their_host_and_only_it_runs_them() {
+        use hangar_core::release::ReleaseStatus;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.set_clustered();
+        s.insert_app(&app("web", "id-web")).unwrap();
+        s.outbox_sent(i64::MAX).unwrap();
+        // Made here: sent with its version; a status change is sent, a
+        // progress write that leaves the status alone is not.
+        let mut r = rel("rel_1");
+        r.version = s.insert_release(&r, false).unwrap();
+        assert_eq!(r.version, 1);
+        r.machines = serde_json::json!([{"id": "m1"}]);
+        s.update_release(&r).unwrap();
+        r.status = ReleaseStatus::Running;
+        s.update_release(&r).unwrap();
+        let out = s.outbox(10).unwrap();
+        let sent: Vec<(i64, ReleaseStatus)> = out
+            .iter()
+            .filter_map(|(_, c)| match c {
+                CatalogChange::Release {
+                    host: None,
+                    release,
+                } => Some((release.version, release.status)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            vec![(1, ReleaseStatus::Pending), (1, ReleaseStatus::Running)]
+        );
+        s.outbox_sent(out.last().unwrap().0).unwrap();
+        r.status = ReleaseStatus::Complete;
+        s.update_release(&r).unwrap();
+        s.outbox_sent(i64::MAX).unwrap();
+
+        // Another host's release: a copy, listed, never resumed here and
+        // no bar to a release here, which takes the next version.
+        let mut theirs = rel("rel_2");
+        theirs.version = 2;
+        theirs.status = ReleaseStatus::Running;
+        s.apply_release("host-b", &theirs).unwrap();
+        assert!(s.outbox(10).unwrap().is_empty());
+        assert_eq!(
+            s.release_host("web", "v2").unwrap().as_deref(),
+            Some("host-b")
+        );
+        assert_eq!(s.release_host("web", "rel_1").unwrap(), None);
+        assert!(s.unfinished_releases().unwrap().is_empty());
+        theirs.status = ReleaseStatus::Complete;
+        s.apply_release("host-b", &theirs).unwrap();
+        assert_eq!(
+            s.release("web", "rel_2").unwrap().unwrap().status,
+            ReleaseStatus::Complete
+        );
+        let mine = rel("rel_3");
+        assert_eq!(s.insert_release(&mine, false).unwrap(), 3);
+        // A copy never overwrites this host's own, nor takes its version.
+        let mut clash = rel("rel_3");
+        clash.status = ReleaseStatus::Failed;
+        s.apply_release("host-b", &clash).unwrap();
+        let mut same_version = rel("rel_4");
+        same_version.version = 3;
+        s.apply_release("host-b", &same_version).unwrap();
+        let r3 = s.release("web", "v3").unwrap().unwrap();
+        assert_eq!(
+            (r3.id.as_str(), r3.status),
+            ("rel_3", ReleaseStatus::Pending)
+        );
+        assert_eq!(s.unfinished_releases().unwrap().len(), 1);
+        // A restored database hears of this host's own releases again.
+        s.outbox_sent(i64::MAX).unwrap();
+        s.requeue_catalog().unwrap();
+        let ids: Vec<String> = s
+            .outbox(100)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, c)| match c {
+                CatalogChange::Release { release, .. } => Some(release.id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec!["rel_1".to_owned(), "rel_3".to_owned()]);
     }
 
     #[test]

@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0009_network_blocks.sql"),
     include_str!("../../migrations/0010_releases.sql"),
     include_str!("../../migrations/0011_cluster.sql"),
+    include_str!("../../migrations/0012_release_hosts.sql"),
 ];
 
 /// The database. Cheap to clone.

@@ -4,11 +4,12 @@ use hangar_core::release::{ReleaseReason, ReleaseStatus};
 use rusqlite::{OptionalExtension, Row, params};
 use serde_json::Value;
 
+use super::cluster::{CatalogChange, record};
 use super::{Store, db, json_err, now_ms};
 use crate::AgentError;
 
-/// A release as stored.
-#[derive(Debug, Clone, PartialEq)]
+/// A release as stored (and as the cluster's catalogue carries it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReleaseRow {
     /// `rel_<ULID>`.
     pub id: String,
@@ -103,6 +104,24 @@ fn finish(
     Ok(rel)
 }
 
+/// The releases of `app` this host ran, oldest first.
+pub(super) fn own(
+    tx: &rusqlite::Transaction<'_>,
+    app: &str,
+) -> Result<Vec<ReleaseRow>, AgentError> {
+    let mut st = tx
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM releases WHERE app_name = ?1 AND host IS NULL ORDER BY version"
+        ))
+        .map_err(db)?;
+    let rows = st
+        .query_map(params![app], row)
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+    rows.into_iter().map(finish).collect()
+}
+
 impl Store {
     /// Inserts a release with the app's next version, unless another of
     /// the app's releases is unfinished (409 naming it; with `queue` it
@@ -114,7 +133,7 @@ impl Store {
             .query_row(
                 "SELECT version, status, user, created_at FROM releases
                  WHERE app_name = ?1 AND status IN ('pending', 'running', 'rolling_back')
-                 ORDER BY version LIMIT 1",
+                 AND host IS NULL ORDER BY version LIMIT 1",
                 params![rel.app],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
@@ -164,30 +183,111 @@ impl Store {
             ],
         )
         .map_err(db)?;
+        let mut copy = rel.clone();
+        copy.version = version;
+        record(self, &tx, &CatalogChange::release(copy))?;
         tx.commit().map_err(db)?;
         Ok(version)
     }
 
-    /// Writes what changes while a release runs.
+    /// Writes what changes while a release runs; the cluster hears of it
+    /// when its status changes.
     pub fn update_release(&self, rel: &ReleaseRow) -> Result<(), AgentError> {
-        self.conn()
-            .execute(
-                "UPDATE releases SET status = ?2, image_digest = ?3, machines = ?4,
-                 started_at = ?5, finished_at = ?6, error = ?7, description = ?8
-                 WHERE id = ?1",
-                params![
-                    rel.id,
-                    rel.status.as_str(),
-                    rel.image_digest,
-                    rel.machines.to_string(),
-                    rel.started_at,
-                    rel.finished_at,
-                    rel.error,
-                    rel.description,
-                ],
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let was: Option<String> = tx
+            .query_row(
+                "SELECT status FROM releases WHERE id = ?1",
+                params![rel.id],
+                |r| r.get(0),
             )
+            .optional()
             .map_err(db)?;
+        tx.execute(
+            "UPDATE releases SET status = ?2, image_digest = ?3, machines = ?4,
+             started_at = ?5, finished_at = ?6, error = ?7, description = ?8
+             WHERE id = ?1",
+            params![
+                rel.id,
+                rel.status.as_str(),
+                rel.image_digest,
+                rel.machines.to_string(),
+                rel.started_at,
+                rel.finished_at,
+                rel.error,
+                rel.description,
+            ],
+        )
+        .map_err(db)?;
+        if was.is_some_and(|w| w != rel.status.as_str()) {
+            record(self, &tx, &CatalogChange::release(rel.clone()))?;
+        }
+        tx.commit().map_err(db)?;
         Ok(())
+    }
+
+    /// Stores a release another host of the cluster ran (`host`), or its
+    /// newer state. A version this host has given one of its own keeps
+    /// its own (a copy that lost the race is dropped, with a warning).
+    pub fn apply_release(&self, host: &str, rel: &ReleaseRow) -> Result<(), AgentError> {
+        let r = self.conn().execute(
+            &format!(
+                "INSERT INTO releases ({COLUMNS}, host) VALUES
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                 image_digest = excluded.image_digest, machines = excluded.machines,
+                 started_at = excluded.started_at, finished_at = excluded.finished_at,
+                 error = excluded.error, description = excluded.description
+                 WHERE releases.host IS NOT NULL"
+            ),
+            params![
+                rel.id,
+                rel.app,
+                rel.version,
+                rel.status.as_str(),
+                rel.reason.as_str(),
+                rel.strategy,
+                rel.description,
+                rel.image_ref,
+                rel.image_digest,
+                rel.definition.to_string(),
+                rel.options.to_string(),
+                rel.secrets_version,
+                rel.machines.to_string(),
+                rel.user,
+                rel.created_at,
+                rel.started_at,
+                rel.finished_at,
+                rel.error,
+                rel.rollback_of,
+                host,
+            ],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                tracing::warn!(app = %rel.app, version = rel.version, release = %rel.id, %host, "a release of the same version is here already; the copy is dropped");
+                Ok(())
+            }
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    /// The host that ran a release of `app` (by id or version), if it is
+    /// another host's (`None`: this host's, or not here).
+    pub fn release_host(&self, app: &str, key: &str) -> Result<Option<String>, AgentError> {
+        let version: Option<i64> = key.strip_prefix('v').unwrap_or(key).parse().ok();
+        self.conn()
+            .query_row(
+                "SELECT host FROM releases WHERE app_name = ?1 AND (id = ?2 OR version = ?3)",
+                params![app, key, version.unwrap_or(-1)],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(db)
     }
 
     /// A release of `app` by id or by version (`v3` or `3`).
@@ -225,13 +325,15 @@ impl Store {
         rows.into_iter().map(finish).collect()
     }
 
-    /// Every unfinished release (to resume at startup), oldest first.
+    /// Every unfinished release this host runs (to resume at startup),
+    /// oldest first.
     pub fn unfinished_releases(&self) -> Result<Vec<ReleaseRow>, AgentError> {
         let conn = self.conn();
         let mut st = conn
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM releases
-                 WHERE status IN ('pending', 'running', 'rolling_back') ORDER BY created_at"
+                 WHERE status IN ('pending', 'running', 'rolling_back') AND host IS NULL
+                 ORDER BY created_at"
             ))
             .map_err(db)?;
         let rows = st
