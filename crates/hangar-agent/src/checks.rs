@@ -253,6 +253,12 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
             } else {
                 Health::Critical
             };
+            hangar_metrics::get()
+                .checks
+                .get_or_create(&hangar_metrics::CheckLabels {
+                    status: status.as_str(),
+                })
+                .inc();
             if mc.results[i].status != status {
                 shared
                     .checks

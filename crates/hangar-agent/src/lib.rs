@@ -635,6 +635,12 @@ impl Agent {
         self.shared.store.list_apps(org_slug)
     }
 
+    /// What a machine's workload has used (CPU time, memory), when it
+    /// runs: read from its cgroup, for metrics.
+    pub fn machine_usage(&self, id: &MachineId) -> Option<hangar_runtime::Usage> {
+        self.shared.runtime.usage(id)
+    }
+
     /// The app's status: `pending` until it has had a machine, then
     /// `deployed`.
     pub fn app_status(&self, name: &str) -> Result<String, AgentError> {
@@ -710,6 +716,17 @@ impl Agent {
     /// Creates a machine and starts it (unless `skip_launch`). Returns once
     /// the machine is recorded; preparing and starting continue in its runner.
     pub async fn create_machine(
+        &self,
+        app: &str,
+        req: NewMachine,
+    ) -> Result<MachineRecord, AgentError> {
+        let since = std::time::Instant::now();
+        let r = self.create_machine_now(app, req).await;
+        hangar_metrics::get().machine_op("create", since, &r);
+        r
+    }
+
+    async fn create_machine_now(
         &self,
         app: &str,
         req: NewMachine,
@@ -974,8 +991,14 @@ impl Agent {
         id: &str,
         nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
-        self.check_lease(app, id, nonce)?;
-        self.request(app, id, machine::Input::Start, None).await
+        let since = std::time::Instant::now();
+        let r = async {
+            self.check_lease(app, id, nonce)?;
+            self.request(app, id, machine::Input::Start, None).await
+        }
+        .await;
+        hangar_metrics::get().machine_op("start", since, &r);
+        r
     }
 
     /// Stops a machine with an optional signal and timeout.
@@ -987,13 +1010,32 @@ impl Agent {
         timeout: Option<Duration>,
         nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
-        self.check_lease(app, id, nonce)?;
-        self.request(app, id, machine::Input::Stop { signal, timeout }, None)
-            .await
+        let since = std::time::Instant::now();
+        let r = async {
+            self.check_lease(app, id, nonce)?;
+            self.request(app, id, machine::Input::Stop { signal, timeout }, None)
+                .await
+        }
+        .await;
+        hangar_metrics::get().machine_op("stop", since, &r);
+        r
     }
 
     /// Destroys a machine (`force` kills a running one, leased or not).
     pub async fn destroy_machine(
+        &self,
+        app: &str,
+        id: &str,
+        force: bool,
+        nonce: Option<&str>,
+    ) -> Result<MachineState, AgentError> {
+        let since = std::time::Instant::now();
+        let r = self.destroy_machine_now(app, id, force, nonce).await;
+        hangar_metrics::get().machine_op("destroy", since, &r);
+        r
+    }
+
+    async fn destroy_machine_now(
         &self,
         app: &str,
         id: &str,

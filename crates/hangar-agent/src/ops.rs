@@ -183,15 +183,21 @@ impl Agent {
         timeout: Option<Duration>,
         nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
-        let rec = self.get_machine(app, id)?;
-        self.check_lease(app, id, nonce)?;
-        self.request(
-            app,
-            rec.id.as_str(),
-            machine::Input::Restart { signal, timeout },
-            None,
-        )
-        .await
+        let since = std::time::Instant::now();
+        let r = async {
+            let rec = self.get_machine(app, id)?;
+            self.check_lease(app, id, nonce)?;
+            self.request(
+                app,
+                rec.id.as_str(),
+                machine::Input::Restart { signal, timeout },
+                None,
+            )
+            .await
+        }
+        .await;
+        hangar_metrics::get().machine_op("restart", since, &r);
+        r
     }
 
     /// Suspends a machine (freezes its processes).
@@ -201,10 +207,16 @@ impl Agent {
         id: &str,
         nonce: Option<&str>,
     ) -> Result<MachineState, AgentError> {
-        let rec = self.get_machine(app, id)?;
-        self.check_lease(app, id, nonce)?;
-        self.request(app, rec.id.as_str(), machine::Input::Suspend, None)
-            .await
+        let since = std::time::Instant::now();
+        let r = async {
+            let rec = self.get_machine(app, id)?;
+            self.check_lease(app, id, nonce)?;
+            self.request(app, rec.id.as_str(), machine::Input::Suspend, None)
+                .await
+        }
+        .await;
+        hangar_metrics::get().machine_op("suspend", since, &r);
+        r
     }
 
     /// Sends a signal to a running machine's main process.

@@ -95,6 +95,9 @@ pub(crate) struct Runner {
     prepare_gen: u64,
     exit_gen: u64,
     timers: HashMap<Timer, Instant>,
+    /// When the machine entered its state (for the start and stop
+    /// durations' metrics).
+    entered: Instant,
     /// The version an `Update` message brings, committed with its transition.
     pending_version: Option<NewVersion>,
     /// When the machine's schedule fires next, and for which schedule.
@@ -127,6 +130,7 @@ impl Runner {
             prepare_gen: 0,
             exit_gen: 0,
             timers: HashMap::new(),
+            entered: Instant::now(),
             pending_version: None,
             schedule_at: None,
             schedule_armed_for: None,
@@ -451,6 +455,17 @@ impl Runner {
                         });
                         if before != state {
                             tracing::info!(machine = %self.rec.id, from = %before, to = %state, "state");
+                            let took = self.entered.elapsed().as_secs_f64();
+                            match (before, state) {
+                                (MachineState::Starting, MachineState::Started) => {
+                                    hangar_metrics::get().machine_start_seconds.observe(took)
+                                }
+                                (MachineState::Stopping, MachineState::Stopped) => {
+                                    hangar_metrics::get().machine_stop_seconds.observe(took)
+                                }
+                                _ => {}
+                            }
+                            self.entered = Instant::now();
                         }
                     }
                     Err(e) => {

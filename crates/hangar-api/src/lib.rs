@@ -19,6 +19,7 @@ mod ips;
 mod logs;
 mod machine_ops;
 mod machines;
+mod metrics;
 pub mod openapi;
 mod platform;
 pub mod registry;
@@ -312,6 +313,7 @@ pub fn router(state: ApiState) -> Router {
     let registry = registry::router(state.clone());
     Router::new()
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(metrics::scrape))
         .nest("/v1", v1)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .fallback(not_found)

@@ -1348,3 +1348,83 @@ async fn a_destroy_answers_once_the_machine_is_gone() {
     let r = a.call("DELETE", "/v1/apps/web", None).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
 }
+
+/// `GET /metrics`: the admin token reads machines by state, the machine
+/// operations it asked for, and a running machine's cgroup figures in
+/// Prometheus' format; an app's token and no token are refused.
+#[tokio::test]
+async fn metrics_count_machines_and_operations_for_the_admin_only() {
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "img"})).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    a.wait(&id, "started").await;
+    let other = a.machine(json!({"image": "img"})).await;
+    let other = other["id"].as_str().unwrap().to_owned();
+    a.wait(&other, "started").await;
+    let r = a
+        .call("POST", &format!("/v1/apps/web/machines/{other}/stop"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait(&other, "stopped").await;
+
+    let resp = a
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/metrics")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        "hangar_machines{app=\"web\",state=\"started\"} 1".to_owned(),
+        "hangar_machines{app=\"web\",state=\"stopped\"} 1".to_owned(),
+        format!("hangar_machine_cpu_seconds_total{{app=\"web\",machine=\"{id}\"}} 1"),
+        format!("hangar_machine_memory_bytes{{app=\"web\",machine=\"{id}\"}} 10485760"),
+    ] {
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+    // Counted process-wide (other tests in this binary add to them).
+    for family in [
+        "hangar_machine_operations_total{op=\"create\",outcome=\"ok\"} ",
+        "hangar_machine_operations_total{op=\"stop\",outcome=\"ok\"} ",
+        "hangar_machine_operation_duration_seconds_count{op=\"create\"} ",
+        "hangar_machine_start_duration_seconds_count ",
+        "hangar_machine_stop_duration_seconds_count ",
+        "hangar_build_info{version=\"",
+    ] {
+        assert!(text.contains(family), "no {family:?} in\n{text}");
+    }
+    assert!(
+        !text.contains(&format!("machine=\"{other}\"")),
+        "a stopped machine has no cgroup figures"
+    );
+    let token = a.mint("web", None, None).await;
+    assert_eq!(a.as_token(&token, "GET", "/metrics").await.status, 403);
+    let r = a
+        .raw(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+}

@@ -903,6 +903,24 @@ impl Inner {
     }
 
     async fn pull(self: &Arc<Self>, name: &ImageName) -> Result<Image, ImageError> {
+        let since = std::time::Instant::now();
+        let local = self
+            .local
+            .as_ref()
+            .is_some_and(|l| l.serves(&name.registry));
+        let r = self.pull_now(name).await;
+        let m = hangar_metrics::get();
+        m.image_pulls
+            .get_or_create(&hangar_metrics::PullLabels {
+                source: if local { "local" } else { "registry" },
+                outcome: if r.is_ok() { "ok" } else { "error" },
+            })
+            .inc();
+        m.image_pull_seconds.observe(since.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn pull_now(self: &Arc<Self>, name: &ImageName) -> Result<Image, ImageError> {
         if let Some(local) = self.local.as_ref().filter(|l| l.serves(&name.registry)) {
             self.local_pull_count
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

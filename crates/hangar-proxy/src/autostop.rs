@@ -96,8 +96,17 @@ impl Proxy {
                         }
                     }
                 }
-                if let Err(e) = self.machines.stop(&app, &id, suspend).await {
-                    tracing::warn!(app, machine = %id, error = %e, "autostop failed");
+                match self.machines.stop(&app, &id, suspend).await {
+                    Ok(()) => {
+                        hangar_metrics::get()
+                            .autostops
+                            .get_or_create(&hangar_metrics::AutostopLabels {
+                                app: app.clone(),
+                                action: if suspend { "suspend" } else { "stop" },
+                            })
+                            .inc();
+                    }
+                    Err(e) => tracing::warn!(app, machine = %id, error = %e, "autostop failed"),
                 }
             }
         }

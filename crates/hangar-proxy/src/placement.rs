@@ -275,7 +275,14 @@ impl Proxy {
                 self.machines
                     .start(app, id)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                hangar_metrics::get()
+                    .autostarts
+                    .get_or_create(&hangar_metrics::AppLabels {
+                        app: app.to_owned(),
+                    })
+                    .inc();
+                Ok(())
             }
         }
     }

@@ -24,7 +24,7 @@ impl Proxy {
     /// forwarding.
     pub(crate) async fn route(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: &ClientConn,
         request_id: &HeaderValue,
     ) -> Response<Body> {
@@ -39,11 +39,13 @@ impl Proxy {
             None => req.headers().get(header::HOST).cloned(),
         };
         let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+        let since = std::time::Instant::now();
         let app: Cow<'_, str> = match &ctx.app {
             Some(app) => Cow::Borrowed(app),
             None => match app_of(host_str, &self.cfg.domain) {
                 Some(app) => app,
                 None => {
+                    hangar_metrics::get().proxy_request("", 404, since);
                     return text(
                         StatusCode::NOT_FOUND,
                         format!("no app here: ask for <app>.{}", self.cfg.domain),
@@ -51,6 +53,24 @@ impl Proxy {
                 }
             },
         };
+        let resp = self
+            .route_app(req, conn, host.as_ref(), host_str, &app, request_id)
+            .await;
+        hangar_metrics::get().proxy_request(&app, resp.status().as_u16(), since);
+        resp
+    }
+
+    /// A request for `app`.
+    async fn route_app(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: &ClientConn,
+        host: Option<&HeaderValue>,
+        host_str: &str,
+        app: &str,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        let ctx = &conn.ctx;
         // Relayed by another host's proxy: the client's scheme, port and
         // address there (believed from the cluster's hosts only).
         let mut relayed = None;
@@ -85,12 +105,12 @@ impl Proxy {
             Some((https, port)) => (https, port),
             None => (ctx.scheme == Scheme::Https, ctx.port),
         };
-        let all = self.machines.backends(&app);
+        let all = self.machines.backends(app);
         let Some((members, kind, force_https)) = http_members(&all, port) else {
             if relayed.is_none() {
-                if let Some(edge) = self.machines.remote(&app, port) {
+                if let Some(edge) = self.machines.remote(app, port) {
                     return self
-                        .relay_to_host(req, conn, host.as_ref(), request_id, edge, https, port)
+                        .relay_to_host(req, conn, host, request_id, edge, https, port)
                         .await;
                 }
             }
@@ -105,20 +125,20 @@ impl Proxy {
         if matches!(*req.method(), http::Method::GET | http::Method::HEAD)
             && members.iter().any(|(b, _)| b.statics)
         {
-            if let Some(resp) = self.serve_static(&app, &req).await {
+            if let Some(resp) = self.serve_static(app, &req).await {
                 return resp;
             }
         }
-        let (backend, svc, guard) = match self.place(&app, members, kind, ctx).await {
+        let (backend, svc, guard) = match self.place(app, members, kind, ctx).await {
             Ok(placed) => placed,
             Err(msg) => {
                 // None of this host's machines can take it (all at their
                 // hard limit, or none could start): another host's may.
                 if relayed.is_none() {
-                    if let Some(edge) = self.machines.remote(&app, port) {
+                    if let Some(edge) = self.machines.remote(app, port) {
                         tracing::debug!(app = %app, %edge, reason = %msg, "spilling a request over to another host");
                         return self
-                            .relay_to_host(req, conn, host.as_ref(), request_id, edge, https, port)
+                            .relay_to_host(req, conn, host, request_id, edge, https, port)
                             .await;
                     }
                 }
@@ -134,7 +154,7 @@ impl Proxy {
         self.forward(
             req,
             conn,
-            host.as_ref(),
+            host,
             request_id,
             Hop {
                 target,

@@ -796,6 +796,34 @@ impl Runtime for OciRuntime {
             .unwrap_or_default())
     }
 
+    fn usage(&self, id: &MachineId) -> Option<hangar_runtime::Usage> {
+        self.shim(id)?;
+        let read = |controller: &str, name: &str| {
+            std::fs::read_to_string(self.cgroup_dir(controller).join(id.as_str()).join(name)).ok()
+        };
+        let memory_bytes = ["memory.usage_in_bytes", "memory.current"]
+            .iter()
+            .find_map(|n| read("memory", n)?.trim().parse::<u64>().ok())?;
+        // cgroup v1: nanoseconds in cpuacct.usage; v2: usage_usec in cpu.stat.
+        let cpu_seconds = match read("cpuacct", "cpuacct.usage") {
+            Some(ns) => ns.trim().parse::<u64>().ok()? as f64 / 1e9,
+            None => {
+                let stat = read("cpu", "cpu.stat")?;
+                let us = stat
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?;
+                us as f64 / 1e6
+            }
+        };
+        Some(hangar_runtime::Usage {
+            cpu_seconds,
+            memory_bytes,
+        })
+    }
+
     async fn memory(&self, id: &MachineId) -> Result<MemoryInfo, RuntimeError> {
         if self.shim(id).is_none() {
             return Err(RuntimeError::NotRunning(id.clone()));

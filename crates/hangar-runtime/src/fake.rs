@@ -231,6 +231,14 @@ impl Runtime for FakeRuntime {
         }])
     }
 
+    /// One second of CPU, 10 MiB, while it runs.
+    fn usage(&self, id: &MachineId) -> Option<crate::Usage> {
+        self.is_running(id).then_some(crate::Usage {
+            cpu_seconds: 1.0,
+            memory_bytes: 10 << 20,
+        })
+    }
+
     /// 256 MiB, 10 in use.
     async fn memory(&self, id: &MachineId) -> Result<crate::MemoryInfo, RuntimeError> {
         if !self.is_running(id) {

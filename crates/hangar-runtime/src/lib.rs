@@ -248,6 +248,15 @@ pub struct MemoryInfo {
     pub usage_mb: u64,
 }
 
+/// What a running workload has used, from its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    /// CPU time, seconds, since it started.
+    pub cpu_seconds: f64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+}
+
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -330,6 +339,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// The workload's processes.
     async fn processes(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, RuntimeError> {
         Err(unsupported(id, "ps"))
+    }
+
+    /// What the running workload has used (read at a metrics scrape, so
+    /// a few small files at most); `None` when it is not running or the
+    /// runtime cannot say.
+    fn usage(&self, id: &MachineId) -> Option<Usage> {
+        let _ = id;
+        None
     }
 
     /// The workload's memory limit and use.

@@ -1,0 +1,356 @@
+//! Hangar's Prometheus metrics.
+//!
+//! The agent, the image store and the proxy record into one process-wide
+//! set of counters and histograms ([`get`]), so no constructor has to carry
+//! a registry; `hangard` builds the [`registry`] once, adds what it reads
+//! at scrape time (machines by state, each machine's cgroup figures) as a
+//! [`Collector`], and serves it at `GET /metrics`. Recording costs an atomic
+//! add (a label set's first use takes a lock to make its series).
+//!
+//! Names follow Prometheus' conventions: `hangar_` first, `_total` on
+//! counters, `_seconds` on durations.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+pub use prometheus_client::collector::Collector;
+pub use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// A machine operation asked for through the API and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// create, start, stop, restart, suspend, destroy.
+    pub op: &'static str,
+    /// ok or error.
+    pub outcome: &'static str,
+}
+
+/// A machine operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpOnly {
+    /// create, start, stop, restart, suspend, destroy.
+    pub op: &'static str,
+}
+
+/// An image pull.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PullLabels {
+    /// registry, or local (this host's built-in registry).
+    pub source: &'static str,
+    /// ok or error.
+    pub outcome: &'static str,
+}
+
+/// A request the proxy answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The app (empty when the request named none).
+    pub app: String,
+    /// The HTTP status code of the answer.
+    pub status: u16,
+}
+
+/// An app.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppLabels {
+    /// The app.
+    pub app: String,
+}
+
+/// A machine the proxy stopped or suspended for being idle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AutostopLabels {
+    /// The app.
+    pub app: String,
+    /// stop or suspend.
+    pub action: &'static str,
+}
+
+/// A health check's run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// passing or critical.
+    pub status: &'static str,
+}
+
+type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric hangard records as things happen.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `hangar_machine_operations_total{op, outcome}`.
+    pub machine_ops: Family<OpLabels, Counter>,
+    /// `hangar_machine_operation_duration_seconds{op}`: how long the API
+    /// call took.
+    pub machine_op_seconds: Timings<OpOnly>,
+    /// `hangar_machine_start_duration_seconds`: from `starting` to
+    /// `started` (the image at hand, the workload started).
+    pub machine_start_seconds: Histogram,
+    /// `hangar_machine_stop_duration_seconds`: from `stopping` to
+    /// `stopped`.
+    pub machine_stop_seconds: Histogram,
+    /// `hangar_image_pulls_total{source, outcome}`.
+    pub image_pulls: Family<PullLabels, Counter>,
+    /// `hangar_image_pull_duration_seconds`.
+    pub image_pull_seconds: Histogram,
+    /// `hangar_proxy_requests_total{app, status}`.
+    pub proxy_requests: Family<RequestLabels, Counter>,
+    /// `hangar_proxy_request_duration_seconds{app}`: until the answer's
+    /// head (the body streams on).
+    pub proxy_request_seconds: Timings<AppLabels>,
+    /// `hangar_proxy_autostarts_total{app}`.
+    pub autostarts: Family<AppLabels, Counter>,
+    /// `hangar_proxy_autostops_total{app, action}`.
+    pub autostops: Family<AutostopLabels, Counter>,
+    /// `hangar_health_checks_total{status}`.
+    pub checks: Family<CheckLabels, Counter>,
+}
+
+fn op_seconds() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn request_seconds() -> Histogram {
+    // 0.25 ms to ~8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            machine_ops: Family::default(),
+            machine_op_seconds: Family::new_with_constructor(op_seconds),
+            machine_start_seconds: op_seconds(),
+            machine_stop_seconds: op_seconds(),
+            image_pulls: Family::default(),
+            image_pull_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            proxy_requests: Family::default(),
+            proxy_request_seconds: Family::new_with_constructor(request_seconds),
+            autostarts: Family::default(),
+            autostops: Family::default(),
+            checks: Family::default(),
+        }
+    }
+
+    /// Records a machine operation that began at `since`.
+    pub fn machine_op<T, E>(&self, op: &'static str, since: Instant, result: &Result<T, E>) {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.machine_ops
+            .get_or_create(&OpLabels { op, outcome })
+            .inc();
+        self.machine_op_seconds
+            .get_or_create(&OpOnly { op })
+            .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// Records an answer of the proxy for `app` that took since `since`.
+    pub fn proxy_request(&self, app: &str, status: u16, since: Instant) {
+        self.proxy_requests
+            .get_or_create(&RequestLabels {
+                app: app.to_owned(),
+                status,
+            })
+            .inc();
+        self.proxy_request_seconds
+            .get_or_create(&AppLabels {
+                app: app.to_owned(),
+            })
+            .observe(since.elapsed().as_secs_f64());
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// A registry of every metric in [`get`], `hangar_build_info` (the
+/// version) and the `collectors` given (what is read at scrape time).
+pub fn registry(collectors: Vec<Box<dyn Collector>>) -> Registry {
+    let m = get();
+    let mut r = Registry::with_prefix("hangar");
+    r.register(
+        "build",
+        "Hangar's version",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
+    r.register(
+        "machine_operations",
+        "Machine operations asked for through the API, by outcome",
+        m.machine_ops.clone(),
+    );
+    r.register(
+        "machine_operation_duration_seconds",
+        "How long a machine operation's API call took",
+        m.machine_op_seconds.clone(),
+    );
+    r.register(
+        "machine_start_duration_seconds",
+        "From starting to started",
+        m.machine_start_seconds.clone(),
+    );
+    r.register(
+        "machine_stop_duration_seconds",
+        "From stopping to stopped",
+        m.machine_stop_seconds.clone(),
+    );
+    r.register(
+        "image_pulls",
+        "Images pulled, from a registry or this host's own",
+        m.image_pulls.clone(),
+    );
+    r.register(
+        "image_pull_duration_seconds",
+        "How long an image pull took",
+        m.image_pull_seconds.clone(),
+    );
+    r.register(
+        "proxy_requests",
+        "HTTP requests the proxy answered, by app and status",
+        m.proxy_requests.clone(),
+    );
+    r.register(
+        "proxy_request_duration_seconds",
+        "From a request to its answer's head, by app",
+        m.proxy_request_seconds.clone(),
+    );
+    r.register(
+        "proxy_autostarts",
+        "Machines the proxy started for a request",
+        m.autostarts.clone(),
+    );
+    r.register(
+        "proxy_autostops",
+        "Idle machines the proxy stopped or suspended",
+        m.autostops.clone(),
+    );
+    r.register(
+        "health_checks",
+        "Health check runs, by result",
+        m.checks.clone(),
+    );
+    for c in collectors {
+        r.register_collector(c);
+    }
+    r
+}
+
+/// The registry in Prometheus' text format (OpenMetrics 1.0, which
+/// Prometheus reads).
+pub fn encode(r: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, r)?;
+    Ok(out)
+}
+
+/// What to write in a scrape-time [`Collector`]: families of values read
+/// at that moment.
+pub mod consts {
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+
+    /// Writes the gauge family `name` (with its `help`), one series per
+    /// `(labels, value)`.
+    pub fn gauges<L: EncodeLabelSet>(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, f64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, value) in series {
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the counter family `name` (`_total` is added), one series
+    /// per `(labels, value)`.
+    pub fn counters<L: EncodeLabelSet>(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, f64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (labels, value) in series {
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct StateLabels {
+        app: String,
+        state: String,
+    }
+
+    impl Collector for Fixed {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+            consts::gauges(
+                &mut encoder,
+                "machines",
+                "Machines by app and state",
+                [(
+                    StateLabels {
+                        app: "web".into(),
+                        state: "started".into(),
+                    },
+                    2.0,
+                )],
+            )
+        }
+    }
+
+    #[test]
+    fn what_is_recorded_is_what_a_scrape_reads() {
+        let m = get();
+        let since = Instant::now();
+        m.machine_op("start", since, &Ok::<(), ()>(()));
+        m.machine_op("start", since, &Err::<(), ()>(()));
+        m.proxy_request("web", 200, since);
+        m.proxy_request("web", 502, since);
+        m.proxy_request("web", 200, since);
+        let text = encode(&registry(vec![Box::new(Fixed)])).unwrap();
+        for line in [
+            "hangar_build_info{version=\"",
+            "hangar_machine_operations_total{op=\"start\",outcome=\"ok\"} 1",
+            "hangar_machine_operations_total{op=\"start\",outcome=\"error\"} 1",
+            "hangar_machine_operation_duration_seconds_count{op=\"start\"} 2",
+            "hangar_proxy_requests_total{app=\"web\",status=\"200\"} 2",
+            "hangar_proxy_requests_total{app=\"web\",status=\"502\"} 1",
+            "hangar_proxy_request_duration_seconds_count{app=\"web\"} 3",
+            "hangar_machines{app=\"web\",state=\"started\"} 2",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+}
