@@ -42,6 +42,10 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Show (and follow) the output of an app's machines.
     Logs(cmd::logs::LogsArgs),
+    /// An app at a glance: its image, release and machines.
+    Status(cmd::status::StatusArgs),
+    /// Check this host for what hangard needs, and say what to fix.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Manage an app's secrets.
     #[command(subcommand, alias = "secret")]
     Secrets(cmd::secrets::SecretsCmd),
@@ -98,13 +102,22 @@ fn main() {
         }
     };
     let result = rt.block_on(async {
-        let client = cli.client()?;
         let out = output::Output { json: cli.json };
+        if let Command::Doctor(a) = &cli.command {
+            // Works before hangard is set up: a token only if there is one.
+            let token = cli
+                .token
+                .clone()
+                .or_else(|| hangar_client::discover_token().ok());
+            return cmd::doctor::run(a, &cli.api_url, token, &out).await;
+        }
+        let client = cli.client()?;
         match &cli.command {
             Command::Apps(c) => cmd::apps::run(c, &client, &out).await,
             Command::Machine(c) => cmd::machine::run(c, &client, &out).await,
             Command::Image(c) => cmd::image::run(c, &client, &out).await,
             Command::Logs(a) => cmd::logs::run(a, &client, &out).await,
+            Command::Status(a) => cmd::status::run(a, &client, &out).await,
             Command::Secrets(c) => cmd::secrets::run(c, &client, &out).await,
             Command::Volumes(c) => cmd::volumes::run(c, &client, &out).await,
             Command::Checks(c) => cmd::checks::run(c, &client, &out).await,
@@ -116,6 +129,7 @@ fn main() {
             Command::Scale(c) => cmd::scale::run(c, &client, &out).await,
             Command::Launch(a) => cmd::launch::run(a, &client, &out).await,
             Command::Hosts(c) => cmd::hosts::run(c, &client, &out).await,
+            Command::Doctor(_) => Ok(()),
         }
     });
     if let Err(e) = result {

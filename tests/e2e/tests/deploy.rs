@@ -245,6 +245,29 @@ async fn deploy_rolls_gates_refuses_and_survives_a_crash() {
     assert_eq!((web.len(), worker.len()), (2, 2), "{ms:#?}");
     assert!(web.iter().all(|m| m.state == "started"));
     assert!(greeting(&d).await.starts_with("hello from "));
+    // `hangar status`: the app, its release and machines by process
+    // group, the worker's standby marked, the web machines' checks.
+    let (ok, out, err) = cli(&d, &["status", "-a", "shop"]).await;
+    assert!(ok, "{out}\n{err}");
+    for want in [
+        "Name     = shop",
+        &format!("Image    = {}@sha256:", image.trim_end_matches(":v1")),
+        "Release  = v1",
+        "PROCESS",
+        "standby",
+        "1 total, 1 passing",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+    for m in &ms {
+        let line = out.lines().find(|l| l.contains(&m.id)).unwrap_or_default();
+        assert!(line.starts_with(group(m)), "{line:?}\n{out}");
+    }
+    let (ok, out, _) = cli(&d, &["status", "-a", "shop", "--json"]).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Version"], 1);
+    assert_eq!(v["Machines"].as_array().map(Vec::len), Some(5), "{v}");
     // [[statics]]: served by the proxy from the image.
     let http = reqwest::Client::new();
     let get = |path: &str| {

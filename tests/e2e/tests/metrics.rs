@@ -2,7 +2,8 @@
 //! `hangard`'s `/metrics` with the admin token, and its queries return the
 //! machines by state, the requests the proxy answered, a running
 //! machine's memory and CPU time from its cgroup, and the operations and
-//! image pulls that made it.
+//! image pulls that made it. `hangar doctor` on the same host finds
+//! nothing wrong, and names a port another program holds.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -205,4 +206,38 @@ async fn prometheus_scrapes_machines_requests_and_cgroup_figures() {
         || async { prom.value(q).await.filter(|v| *v == 1.0) },
     )
     .await;
+
+    // `hangar doctor`: this host runs hangard; the proxy's port is its.
+    let data_dir = d.data_dir().display().to_string();
+    let doctor = |url: &str| {
+        d.cli_in(
+            None,
+            &[("HANGAR_API_URL", std::ffi::OsStr::new(url))],
+            &["doctor", "--data-dir", &data_dir, "--proxy", &d.proxy_http],
+        )
+    };
+    let (ok, out, err) = doctor(&d.url);
+    assert!(ok, "{out}\n{err}");
+    for want in [
+        "✓ root",
+        "✓ OCI runtime: crun",
+        "✓ cgroups",
+        "✓ overlayfs",
+        &format!("✓ API port: hangard answers on {target}"),
+        "No problems found",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+    // An API address another program (the registry) holds: a problem (and
+    // the proxy's port, no longer known to be hangard's, another).
+    let (ok, out, err) = doctor(&format!("http://{}", reg.addr));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "✗ API port: {} is taken by another program",
+            reg.addr
+        )),
+        "{out}"
+    );
+    assert!(err.contains("2 problems found"), "{err}");
 }
