@@ -79,5 +79,8 @@ Hangar is running. Try:
   curl http://web.localhost/                 # through the proxy (-k https://web.localhost/ too);
                                              # idle 5 min, the machine stops; the next request starts it
   hangar machine list --app web
+  hangar status --app demo
+  hangar dashboard                           # the web dashboard, logged in (--print: the URL)
   curl -H "Authorization: Bearer \$(cat $DATA_DIR/admin-token)" http://$LISTEN/v1/apps/demo/machines
+  curl -H "Authorization: Bearer \$(cat $DATA_DIR/admin-token)" http://$LISTEN/metrics
 EOT

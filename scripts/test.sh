@@ -20,8 +20,9 @@ fi
 # (and the cluster demo builds its image with umoci); the hosts of a cluster
 # join their machines' networks over WireGuard (wireguard-go, as a kernel
 # without the module needs, configured by wg); a Prometheus server scrapes
-# hangard's /metrics.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus)
+# hangard's /metrics; headless Chromium, driven through chromedriver, uses
+# the dashboard.
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus chromium chromium-driver)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

@@ -27,6 +27,7 @@ mod releases;
 mod secrets;
 mod tokens;
 mod tty;
+pub mod ui;
 mod views;
 mod volume_copy;
 mod volumes;
@@ -293,6 +294,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/platform/regions", get(platform::regions))
         .route("/tokens/current", get(platform::current_token))
         .route("/hangar/apps/{app}/logs", get(logs::logs))
+        .route("/hangar/apps/{app}/watch", get(ui::watch))
         .route(
             "/hangar/apps/{app}/tokens",
             get(tokens::list).post(tokens::create),
@@ -311,6 +313,7 @@ pub fn router(state: ApiState) -> Router {
             post(images::import).layer(DefaultBodyLimit::disable()),
         );
     let registry = registry::router(state.clone());
+    let dashboard = ui::router(state.clone());
     Router::new()
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::scrape))
@@ -325,6 +328,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
         .merge(registry)
+        .merge(dashboard)
         .layer(middleware::from_fn(request_id))
 }
 
@@ -344,10 +348,21 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
-    let principal = match s
-        .auth
-        .principal(req.headers().get(http::header::AUTHORIZATION), &s.agent)
-    {
+    // A bearer token, or else the dashboard's session cookie.
+    let cookie = match req.headers().get(http::header::AUTHORIZATION) {
+        Some(_) => None,
+        None => ui::session_token(req.headers())
+            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()),
+    };
+    if cookie.is_some() {
+        if let Err(e) = ui::cookie_may(req.method(), req.headers()) {
+            return e.into_response();
+        }
+    }
+    let header = cookie
+        .as_ref()
+        .or_else(|| req.headers().get(http::header::AUTHORIZATION));
+    let principal = match s.auth.principal(header, &s.agent) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

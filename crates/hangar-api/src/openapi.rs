@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     apps, hosts, images, ips, logs, machine_ops, machines, metrics, platform, releases, secrets,
-    tokens, tty, volume_copy, volumes,
+    tokens, tty, ui, volume_copy, volumes,
 };
 
 /// The document.
@@ -37,7 +37,7 @@ use crate::{
         logs::logs, tty::tty, images::list, images::import, images::prune,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
         releases::list, releases::create, releases::get, releases::cancel, releases::events,
-        metrics::scrape,
+        metrics::scrape, ui::watch,
         hosts::list, hosts::drain, hosts::undrain,
     ),
     modifiers(&BearerAuth),

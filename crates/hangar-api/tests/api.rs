@@ -1428,3 +1428,124 @@ async fn metrics_count_machines_and_operations_for_the_admin_only() {
         .await;
     assert_eq!(r.status, 401);
 }
+
+/// The dashboard: the page loads without a token; `?token=` with a good
+/// token sets an HttpOnly, SameSite=Strict cookie and redirects to a URL
+/// without it (a bad one to the login form, without a cookie); the cookie
+/// then stands for the token on the API (its scope kept), but changes
+/// need the dashboard's header; the watch stream says when state changes.
+#[tokio::test]
+async fn the_dashboard_logs_in_with_a_cookie_that_keeps_the_tokens_scope() {
+    let a = with_app().await;
+    let get = |uri: &str, cookie: Option<&str>| {
+        let mut b = Request::builder().uri(uri);
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        a.app.clone().oneshot(b.body(Body::empty()).unwrap())
+    };
+    let page = get("/ui/", None).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let body = axum::body::to_bytes(page.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("/ui/app.js"));
+    assert_eq!(get("/ui/app.js", None).await.unwrap().status(), 200);
+
+    let bad = get("/ui/?token=nope", None).await.unwrap();
+    assert_eq!(bad.status(), 303);
+    assert_eq!(bad.headers()["location"], "/ui/#/login?failed=1");
+    assert!(bad.headers().get("set-cookie").is_none());
+    let good = get(&format!("/ui/?token={TOKEN}"), None).await.unwrap();
+    assert_eq!(good.status(), 303);
+    assert_eq!(good.headers()["location"], "/ui/");
+    let cookie = good.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+
+    // Reads with the cookie; a change only with the dashboard's header.
+    let r = a
+        .raw(
+            Request::builder()
+                .uri("/v1/apps/web")
+                .header("cookie", &session)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let create = |ui: bool| {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/v1/apps")
+            .header("cookie", &session)
+            .header("content-type", "application/json");
+        if ui {
+            b = b.header("x-hangar-ui", "1");
+        }
+        b.body(Body::from(r#"{"app_name": "made-in-ui"}"#)).unwrap()
+    };
+    let r = a.raw(create(false)).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("x-hangar-ui"));
+    assert_eq!(a.raw(create(true)).await.status, StatusCode::CREATED);
+
+    // An app token's session stays within its app.
+    let token = a.mint("web", None, None).await;
+    let app_cookie = format!("hangar_session={token}");
+    let r = a
+        .raw(
+            Request::builder()
+                .uri("/v1/apps/made-in-ui")
+                .header("cookie", &app_cookie)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    // A forged cookie is no session.
+    let r = a
+        .raw(
+            Request::builder()
+                .uri("/v1/apps/web")
+                .header("cookie", "hangar_session=forged")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    // The watch stream: a change event at once, another after a change.
+    let resp = get("/v1/hangar/apps/web/watch", Some(&app_cookie))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body().into_data_stream();
+    use futures::StreamExt;
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("event: change"));
+    a.machine(json!({"image": "img"})).await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+        .await
+        .expect("a change event after a machine was made")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&next).starts_with("event: change"));
+    assert_eq!(
+        get("/v1/hangar/apps/nope/watch", Some(&session))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}

@@ -46,6 +46,8 @@ enum Command {
     Status(cmd::status::StatusArgs),
     /// Check this host for what hangard needs, and say what to fix.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Open hangard's web dashboard, logged in.
+    Dashboard(cmd::dashboard::DashboardArgs),
     /// Manage an app's secrets.
     #[command(subcommand, alias = "secret")]
     Secrets(cmd::secrets::SecretsCmd),
@@ -130,6 +132,7 @@ fn main() {
             Command::Launch(a) => cmd::launch::run(a, &client, &out).await,
             Command::Hosts(c) => cmd::hosts::run(c, &client, &out).await,
             Command::Doctor(_) => Ok(()),
+            Command::Dashboard(a) => cmd::dashboard::run(a, &cli.api_url, client.token()),
         }
     });
     if let Err(e) = result {

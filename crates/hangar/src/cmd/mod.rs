@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod build;
 pub mod checks;
+pub mod dashboard;
 pub mod deploy;
 pub mod doctor;
 pub mod flytoml;

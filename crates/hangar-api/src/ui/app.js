@@ -1,0 +1,325 @@
+// Hangar's dashboard: a page per app and machine, drawn from the API
+// (the session cookie stands for the token), following changes live.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+let leave = []; // what the current page must stop when another is shown
+
+// An element with attributes and children (text is always text, never HTML).
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (k === 'class') e.className = v;
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+class NotLoggedIn extends Error {}
+
+async function api(method, path, body) {
+  const opts = { method, credentials: 'same-origin', headers: { 'x-hangar-ui': '1' } };
+  if (body !== undefined) {
+    opts.headers['content-type'] = 'application/json';
+    opts.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, opts);
+  if (r.status === 401) throw new NotLoggedIn();
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!r.ok) throw new Error((data && data.error) || `${r.status} ${r.statusText}`);
+  return data;
+}
+
+function say(msg, error) {
+  const s = $('status');
+  s.textContent = msg || '';
+  s.className = error ? 'error' : '';
+}
+
+function crumbs(...parts) {
+  const nav = $('crumbs');
+  nav.replaceChildren();
+  parts.forEach(([label, href], i) => {
+    if (i) nav.append(' / ');
+    nav.append(href ? el('a', { href }, label) : el('span', { 'aria-current': 'page' }, label));
+  });
+}
+
+function stateBadge(state) {
+  return el('span', { class: `state state-${state}`, 'data-state': state }, state);
+}
+
+function table(caption, head, rows, empty) {
+  if (!rows.length) return el('p', { class: 'muted' }, empty);
+  return el('div', { class: 'scroll' },
+    el('table', { 'aria-label': caption },
+      el('thead', {}, el('tr', {}, head.map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, rows)));
+}
+
+function checks(m) {
+  const cs = m.checks || [];
+  if (!cs.length) return '';
+  const by = (s) => cs.filter((c) => c.status === s).length;
+  return [`${cs.length} total`, ...['passing', 'warning', 'critical']
+    .filter((s) => by(s)).map((s) => `${by(s)} ${s}`)].join(', ');
+}
+
+// Follows this host's changes for `app`: `redraw` runs on each (at most
+// every 300 ms) and every 10 s regardless (other hosts' changes).
+function follow(app, redraw) {
+  let pending = null;
+  const soon = () => {
+    if (pending) return;
+    pending = setTimeout(() => { pending = null; redraw().catch(fail); }, 300);
+  };
+  const es = new EventSource(`/v1/hangar/apps/${encodeURIComponent(app)}/watch`);
+  es.addEventListener('change', soon);
+  const every = setInterval(soon, 10000);
+  leave.push(() => { es.close(); clearInterval(every); clearTimeout(pending); });
+}
+
+async function act(app, m, op) {
+  const id = m.id;
+  const base = `/v1/apps/${encodeURIComponent(app)}/machines/${encodeURIComponent(id)}`;
+  const ask = {
+    stop: `Stop machine ${id}?`,
+    restart: `Restart machine ${id}?`,
+    suspend: `Suspend machine ${id}?`,
+    destroy: `Destroy machine ${id}? Its root filesystem is lost.`,
+  }[op];
+  if (ask && !window.confirm(ask)) return;
+  say(`${op}: ${id}…`);
+  try {
+    if (op === 'destroy') await api('DELETE', `${base}?force=true`);
+    else await api('POST', `${base}/${op}`);
+    say(`${op}: ${id} asked`);
+  } catch (e) { fail(e); }
+}
+
+function machineActions(app, m) {
+  const b = (op, label, cls) => el('button', {
+    type: 'button', class: cls, 'data-action': op, 'aria-label': `${label} ${m.id}`,
+    onclick: () => act(app, m, op),
+  }, label);
+  const started = m.state === 'started';
+  return el('div', { class: 'actions' },
+    started ? null : b('start', 'Start', 'primary'),
+    started ? b('stop', 'Stop') : null,
+    started ? b('restart', 'Restart') : null,
+    started ? b('suspend', 'Suspend') : null,
+    b('destroy', 'Destroy', 'danger'));
+}
+
+// ---- pages ----------------------------------------------------------------
+
+function showLogin(failed) {
+  crumbs(['Log in']);
+  $('logout').hidden = true;
+  const input = el('input', { id: 'token', name: 'token', type: 'password', required: true,
+    autocomplete: 'current-password' });
+  $('main').replaceChildren(el('form', { class: 'login', method: 'post', action: '/ui/login' },
+    el('h1', {}, 'Log in to Hangar'),
+    failed ? el('p', { class: 'error', role: 'alert' }, 'That token was not accepted.') : null,
+    el('label', { for: 'token' }, 'API token (the admin token, or an app\'s deploy token)'),
+    input,
+    el('button', { type: 'submit', class: 'primary' }, 'Log in')));
+  input.focus();
+}
+
+async function appsPage() {
+  crumbs(['Apps']);
+  let list;
+  try {
+    list = (await api('GET', '/v1/apps?org_slug=personal')).apps;
+  } catch (e) {
+    if (e instanceof NotLoggedIn) throw e;
+    // An app's token sees its app only.
+    const cur = await api('GET', '/v1/tokens/current');
+    const app = cur.tokens[0] && cur.tokens[0].apps[0];
+    if (app) { location.hash = `#/apps/${encodeURIComponent(app)}`; return; }
+    throw e;
+  }
+  const rows = list.map((a) => el('tr', {},
+    el('td', {}, el('a', { href: `#/apps/${encodeURIComponent(a.name)}` }, a.name)),
+    el('td', {}, a.status),
+    el('td', {}, a.machine_count),
+    el('td', { class: 'hide-narrow' }, a.network)));
+  $('main').replaceChildren(el('h1', {}, 'Apps'),
+    el('section', { class: 'card' },
+      table('Apps', ['Name', 'Status', 'Machines', 'Network'], rows, 'No apps yet: hangar apps create NAME')));
+  const hosts = await api('GET', '/v1/hangar/hosts').catch(() => null);
+  if (hosts && hosts.length > 1) {
+    $('main').append(el('h2', {}, 'Hosts'), el('section', { class: 'card' },
+      table('Hosts', ['Host', 'Region', 'State', 'Machines', 'CPUs reserved', 'Memory reserved'],
+        hosts.map((h) => el('tr', {}, el('td', {}, h.id), el('td', {}, h.region), el('td', {}, h.state),
+          el('td', {}, h.machines), el('td', {}, `${h.reserved_cpus} / ${h.cpus}`),
+          el('td', {}, `${h.reserved_memory_mb} / ${h.memory_mb} MB`))), '')));
+  }
+}
+
+async function appPage(app) {
+  const href = `#/apps/${encodeURIComponent(app)}`;
+  crumbs(['Apps', '#/'], [app]);
+  const machines = el('section', { class: 'card', id: 'machines' });
+  const releases = el('section', { class: 'card', id: 'releases' });
+  const extra = el('section', { class: 'card', id: 'extra' });
+  $('main').replaceChildren(el('h1', {}, app), el('h2', {}, 'Machines'), machines,
+    el('h2', {}, 'Releases'), releases, el('h2', {}, 'Addresses, volumes and secrets'), extra);
+  const a = encodeURIComponent(app);
+  const draw = async () => {
+    const ms = await api('GET', `/v1/apps/${a}/machines`);
+    ms.sort((x, y) => x.id.localeCompare(y.id));
+    machines.replaceChildren(table('Machines',
+      ['ID', 'Name', 'State', 'Region', 'Image', 'Private IP', 'Checks', 'Updated', 'Actions'],
+      ms.map((m) => el('tr', { 'data-machine': m.id },
+        el('td', {}, el('a', { href: `${href}/machines/${encodeURIComponent(m.id)}`, class: 'mono' }, m.id)),
+        el('td', {}, m.name),
+        el('td', {}, stateBadge(m.state), m.host_status && m.host_status !== 'ok' ? ` (host ${m.host_status})` : ''),
+        el('td', {}, m.region),
+        el('td', { class: 'mono hide-narrow' }, (m.config && m.config.image) || ''),
+        el('td', { class: 'mono hide-narrow' }, m.private_ip),
+        el('td', {}, checks(m)),
+        el('td', { class: 'hide-narrow' }, m.updated_at),
+        el('td', {}, machineActions(app, m)))),
+      'No machines: hangar machine run IMAGE --app ' + app));
+    const rs = (await api('GET', `/v1/apps/${a}/releases?limit=20`)).releases;
+    releases.replaceChildren(table('Releases',
+      ['Version', 'Status', 'Reason', 'Image', 'Machines', 'By', 'Created', ''],
+      rs.map((r) => el('tr', {},
+        el('td', {}, `v${r.version}`, r.stable ? ' (current)' : ''),
+        el('td', {}, r.status, r.error ? el('div', { class: 'muted' }, r.error) : null),
+        el('td', {}, r.reason),
+        el('td', { class: 'mono hide-narrow' }, r.image_ref),
+        el('td', {}, (r.machines || []).map((s) => `${s.action} ${s.id || ''}: ${s.outcome || 'pending'}`).join('; ')),
+        el('td', { class: 'hide-narrow' }, r.user),
+        el('td', { class: 'hide-narrow' }, r.created_at),
+        el('td', {}, r.status === 'complete' && !r.stable ? el('button', {
+          type: 'button', 'aria-label': `Roll back to v${r.version}`,
+          onclick: async () => {
+            if (!window.confirm(`Roll ${app} back to v${r.version}?`)) return;
+            try {
+              await api('POST', `/v1/apps/${a}/releases`, { rollback_to: `v${r.version}` });
+              say(`rolling back to v${r.version}`);
+            } catch (e) { fail(e); }
+          },
+        }, 'Roll back') : ''))),
+      'No releases: hangar deploy'));
+    const [ips, vols, secrets] = await Promise.all([
+      api('GET', `/v1/apps/${a}/ip_assignments`).then((r) => r.ips).catch(() => []),
+      api('GET', `/v1/apps/${a}/volumes`).catch(() => []),
+      api('GET', `/v1/apps/${a}/secrets`).then((r) => r.secrets).catch(() => []),
+    ]);
+    extra.replaceChildren(
+      table('Addresses', ['Address', 'Region', 'Shared'],
+        ips.map((i) => el('tr', {}, el('td', { class: 'mono' }, i.ip), el('td', {}, i.region),
+          el('td', {}, i.shared ? 'shared' : 'dedicated'))), 'No public addresses.'),
+      table('Volumes', ['ID', 'Name', 'Size', 'State', 'Machine', 'Region'],
+        vols.map((v) => el('tr', {}, el('td', { class: 'mono' }, v.id), el('td', {}, v.name),
+          el('td', {}, `${v.size_gb} GB`), el('td', {}, v.state),
+          el('td', { class: 'mono' }, v.attached_machine_id || ''), el('td', {}, v.region))), 'No volumes.'),
+      table('Secrets', ['Name', 'Digest'],
+        secrets.map((s) => el('tr', {}, el('td', { class: 'mono' }, s.name),
+          el('td', { class: 'mono' }, s.digest))), 'No secrets.'));
+  };
+  await draw();
+  follow(app, draw);
+}
+
+async function machinePage(app, id) {
+  const a = encodeURIComponent(app);
+  const base = `/v1/apps/${a}/machines/${encodeURIComponent(id)}`;
+  crumbs(['Apps', '#/'], [app, `#/apps/${a}`], [id]);
+  const head = el('section', { class: 'card', id: 'machine' });
+  const events = el('section', { class: 'card', id: 'events' });
+  const logs = el('pre', { id: 'logs', 'aria-label': 'Logs', tabindex: '0' });
+  const config = el('pre', { id: 'config' });
+  $('main').replaceChildren(el('h1', {}, `Machine ${id}`), head, el('h2', {}, 'Logs'), logs,
+    el('h2', {}, 'Events'), events, el('h2', {}, 'Config'), config);
+  const draw = async () => {
+    const m = await api('GET', base);
+    const u = m.config && m.config.guest;
+    head.replaceChildren(el('dl', { class: 'facts' },
+      el('dt', {}, 'State'), el('dd', { id: 'machine-state' }, stateBadge(m.state)),
+      el('dt', {}, 'Name'), el('dd', {}, m.name),
+      el('dt', {}, 'Region'), el('dd', {}, m.region),
+      el('dt', {}, 'Image'), el('dd', { class: 'mono' }, (m.config && m.config.image) || ''),
+      el('dt', {}, 'Private IP'), el('dd', { class: 'mono' }, m.private_ip),
+      el('dt', {}, 'Size'), el('dd', {}, u ? `${u.cpus || 1} CPU, ${u.memory_mb || 256} MB` : ''),
+      el('dt', {}, 'Checks'), el('dd', {}, checks(m) || 'none'),
+      el('dt', {}, 'Updated'), el('dd', {}, m.updated_at)),
+    el('p'), machineActions(app, m));
+    events.replaceChildren(table('Events', ['Time', 'Type', 'Status', 'Source'],
+      (m.events || []).map((e) => el('tr', {},
+        el('td', {}, new Date(e.timestamp).toISOString()), el('td', {}, e.type),
+        el('td', {}, e.status), el('td', {}, e.source))), 'No events.'));
+    config.textContent = JSON.stringify(m.config, null, 2);
+  };
+  await draw();
+  follow(app, draw);
+  streamLogs(app, id, logs);
+}
+
+// Appends the machine's log lines as they come (following restarts).
+function streamLogs(app, id, pre) {
+  const ctl = new AbortController();
+  leave.push(() => ctl.abort());
+  const url = `/v1/hangar/apps/${encodeURIComponent(app)}/logs?machine_id=${encodeURIComponent(id)}&tail=200&follow=true`;
+  (async () => {
+    const r = await fetch(url, { credentials: 'same-origin', signal: ctl.signal });
+    if (!r.ok || !r.body) { pre.textContent = `logs: ${r.status}`; return; }
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        if (!line.trim()) continue;
+        try {
+          const e = JSON.parse(line);
+          const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+          pre.append(`${e.timestamp} ${e.message}\n`);
+          if (stick) pre.scrollTop = pre.scrollHeight;
+        } catch (_) { /* a partial line */ }
+      }
+    }
+  })().catch((e) => { if (e.name !== 'AbortError') pre.append(`\n(logs stopped: ${e.message})\n`); });
+}
+
+function fail(e) {
+  if (e instanceof NotLoggedIn) { showLogin(); return; }
+  say(e.message || String(e), true);
+}
+
+async function route() {
+  leave.forEach((f) => f());
+  leave = [];
+  say('');
+  const hash = location.hash || '#/';
+  const [path, query] = hash.slice(1).split('?');
+  const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+  try {
+    if (parts[0] === 'login') { showLogin(query === 'failed=1'); return; }
+    $('logout').hidden = false;
+    if (parts[0] === 'apps' && parts[2] === 'machines' && parts[3]) await machinePage(parts[1], parts[3]);
+    else if (parts[0] === 'apps' && parts[1]) await appPage(parts[1]);
+    else await appsPage();
+    $('main').focus();
+  } catch (e) { fail(e); }
+}
+
+window.addEventListener('hashchange', route);
+route();
