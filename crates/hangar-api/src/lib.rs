@@ -355,7 +355,7 @@ async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -
             .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()),
     };
     if cookie.is_some() {
-        if let Err(e) = ui::cookie_may(req.method(), req.headers()) {
+        if let Err(e) = ui::cookie_may(req.method(), req.uri().path(), req.headers()) {
             return e.into_response();
         }
     }

@@ -4,9 +4,8 @@
 //! Logging in (`/ui/?token=T`, or the form's `POST /ui/login`) checks the
 //! token and keeps it in an HttpOnly, `SameSite=Strict` session cookie,
 //! then redirects to a URL without it; the API accepts that cookie in
-//! place of a bearer token (with the token's own scope), for calls that
-//! change something only with the `x-hangar-ui` header, which another
-//! site's page cannot send. `GET /v1/hangar/apps/{app}/watch` streams a
+//! place of a bearer token (with the token's own scope), only with the
+//! `x-hangar-ui` header, which another origin's page cannot send. `GET /v1/hangar/apps/{app}/watch` streams a
 //! server-sent event whenever this host's state changes, so the pages
 //! follow machines live without reloading.
 
@@ -166,15 +165,22 @@ pub async fn watch(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// Whether a request authenticated by the session cookie may go on: reads
-/// always; changes only with the dashboard's header.
-pub fn cookie_may(method: &http::Method, headers: &HeaderMap) -> Result<(), ApiError> {
-    if matches!(*method, http::Method::GET | http::Method::HEAD) || headers.contains_key(UI_HEADER)
-    {
+/// Whether a request authenticated by the session cookie may go on: only
+/// with the dashboard's header, which only the dashboard's own page can
+/// send (a page of another origin would need a CORS preflight, which
+/// hangard never grants; a WebSocket cannot send it at all). `SameSite`
+/// alone is not enough: an app served by the proxy on the same host is
+/// the same site. The one exception is the watch stream, which an
+/// `EventSource` opens without headers and which tells only a number.
+pub fn cookie_may(method: &http::Method, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    let watch = *method == http::Method::GET
+        && path.starts_with("/v1/hangar/apps/")
+        && path.ends_with("/watch");
+    if headers.contains_key(UI_HEADER) || watch {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(
-            "a dashboard session changes things only with the {UI_HEADER} header"
+            "a dashboard session is taken only with the {UI_HEADER} header"
         )))
     }
 }

@@ -1472,17 +1472,32 @@ async fn the_dashboard_logs_in_with_a_cookie_that_keeps_the_tokens_scope() {
     );
     let session = cookie.split(';').next().unwrap().to_owned();
 
-    // Reads with the cookie; a change only with the dashboard's header.
-    let r = a
+    // The cookie is taken only with the dashboard's header (an app served
+    // on the same host is the same site; a WebSocket cannot send it).
+    let read = |ui: bool| {
+        let mut b = Request::builder()
+            .uri("/v1/apps/web")
+            .header("cookie", &session);
+        if ui {
+            b = b.header("x-hangar-ui", "1");
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    assert_eq!(a.raw(read(false)).await.status, 403);
+    let r = a.raw(read(true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let tty = a
         .raw(
             Request::builder()
-                .uri("/v1/apps/web")
+                .uri("/v1/hangar/apps/web/machines/0123456789abcd/exec/tty")
                 .header("cookie", &session)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
                 .body(Body::empty())
                 .unwrap(),
         )
         .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(tty.status, 403);
     let create = |ui: bool| {
         let mut b = Request::builder()
             .method("POST")
@@ -1507,6 +1522,7 @@ async fn the_dashboard_logs_in_with_a_cookie_that_keeps_the_tokens_scope() {
             Request::builder()
                 .uri("/v1/apps/made-in-ui")
                 .header("cookie", &app_cookie)
+                .header("x-hangar-ui", "1")
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -1518,6 +1534,7 @@ async fn the_dashboard_logs_in_with_a_cookie_that_keeps_the_tokens_scope() {
             Request::builder()
                 .uri("/v1/apps/web")
                 .header("cookie", "hangar_session=forged")
+                .header("x-hangar-ui", "1")
                 .body(Body::empty())
                 .unwrap(),
         )

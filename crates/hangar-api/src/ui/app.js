@@ -274,7 +274,9 @@ function streamLogs(app, id, pre) {
   leave.push(() => ctl.abort());
   const url = `/v1/hangar/apps/${encodeURIComponent(app)}/logs?machine_id=${encodeURIComponent(id)}&tail=200&follow=true`;
   (async () => {
-    const r = await fetch(url, { credentials: 'same-origin', signal: ctl.signal });
+    const r = await fetch(url, {
+      credentials: 'same-origin', signal: ctl.signal, headers: { 'x-hangar-ui': '1' },
+    });
     if (!r.ok || !r.body) { pre.textContent = `logs: ${r.status}`; return; }
     const reader = r.body.getReader();
     const dec = new TextDecoder();
