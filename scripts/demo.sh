@@ -5,7 +5,8 @@
 # 127.0.0.1:4280, proxy on ports 80 and 443 serving http://<app>.localhost),
 # builds a small image from busybox-static with umoci (no download), imports
 # it as demo:latest and runs two machines from it: one that logs, and a web
-# server behind the proxy that starts on demand and stops when idle.
+# server behind the proxy that starts on demand and stops when idle. Where
+# systemd runs, hangard runs as hangard.service (packaging/hangard.service).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,12 +28,30 @@ echo "==> building hangard and hangar (release)"
 cargo build --release --bins --quiet
 install -m 0755 target/release/hangard target/release/hangar /usr/local/bin/
 
+if [ "$LOG" = /var/log/hangard.log ] && [ -d /etc/logrotate.d ]; then
+    install -m 0644 packaging/hangard.logrotate /etc/logrotate.d/hangard
+fi
 if curl -fsS -o /dev/null -H "Authorization: Bearer $(cat "$DATA_DIR/admin-token" 2>/dev/null)" \
     "http://$LISTEN/v1/apps?org_slug=personal" 2>/dev/null; then
     echo "==> hangard already runs on $LISTEN"
 else
-    echo "==> starting hangard on $LISTEN (data: $DATA_DIR, log: $LOG)"
-    setsid nohup /usr/local/bin/hangard --data-dir "$DATA_DIR" --listen "$LISTEN" >>"$LOG" 2>&1 </dev/null &
+    if [ -d /run/systemd/system ]; then
+        # Under systemd: restarted if it dies, started at boot; stopping it
+        # leaves the machines running.
+        echo "==> starting hangard.service on $LISTEN (data: $DATA_DIR, log: $LOG)"
+        sed 's|@BINDIR@|/usr/local/bin|' packaging/hangard.service >/etc/systemd/system/hangard.service
+        mkdir -p /etc/systemd/system/hangard.service.d
+        cat >/etc/systemd/system/hangard.service.d/demo.conf <<UNIT
+[Service]
+Environment=HANGAR_DATA_DIR=$DATA_DIR HANGAR_LISTEN=$LISTEN
+StandardOutput=append:$LOG
+UNIT
+        systemctl daemon-reload
+        systemctl enable --now hangard.service
+    else
+        echo "==> starting hangard on $LISTEN (data: $DATA_DIR, log: $LOG)"
+        setsid nohup /usr/local/bin/hangard --data-dir "$DATA_DIR" --listen "$LISTEN" >>"$LOG" 2>&1 </dev/null &
+    fi
     for _ in $(seq 1 100); do
         if [ -s "$DATA_DIR/admin-token" ] && curl -fsS -o /dev/null \
             -H "Authorization: Bearer $(cat "$DATA_DIR/admin-token")" \

@@ -21,8 +21,9 @@ fi
 # join their machines' networks over WireGuard (wireguard-go, as a kernel
 # without the module needs, configured by wg); a Prometheus server scrapes
 # hangard's /metrics; headless Chromium, driven through chromedriver, uses
-# the dashboard.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus chromium chromium-driver)
+# the dashboard; systemd (systemd-analyze), logrotate and dpkg check the
+# unit, the log rule and the Debian package.
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus chromium chromium-driver systemd logrotate)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

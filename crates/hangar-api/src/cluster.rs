@@ -571,20 +571,7 @@ async fn create_volume(c: &ClusterApi, app: &str, req: Request, next: Next) -> R
         c.cluster.poke();
         return resp;
     };
-    let renamed = v
-        .pointer("/config/image")
-        .and_then(|i| i.as_str())
-        .and_then(|i| c.image_for_peers(i));
-    let body = match renamed {
-        Some(image) => {
-            let mut v = v;
-            v["config"]["image"] = serde_json::Value::String(image);
-            serde_json::to_vec(&v)
-                .map(bytes::Bytes::from)
-                .unwrap_or(body)
-        }
-        None => body,
-    };
+    let body = for_peers(c, v, "/config/image", body);
     match send_create(c, &host, &parts, body).await {
         Ok(r) if r.status().is_success() => {
             let status = r.status();
@@ -750,6 +737,29 @@ async fn create(c: &ClusterApi, app: &str, req: Request, next: Next) -> Response
     }
 }
 
+/// `body` (parsed as `v`) with the image at `pointer` named as another
+/// host must name it (see [`ClusterApi::image_for_peers`]), or as it was.
+fn for_peers(
+    c: &ClusterApi,
+    mut v: serde_json::Value,
+    pointer: &str,
+    body: bytes::Bytes,
+) -> bytes::Bytes {
+    let Some(image) = v
+        .pointer(pointer)
+        .and_then(|i| i.as_str())
+        .and_then(|i| c.image_for_peers(i))
+    else {
+        return body;
+    };
+    if let Some(slot) = v.pointer_mut(pointer) {
+        *slot = serde_json::Value::String(image);
+    }
+    serde_json::to_vec(&v)
+        .map(bytes::Bytes::from)
+        .unwrap_or(body)
+}
+
 /// Where an app's releases run: the host that holds its machines.
 enum Home {
     /// This host holds the app's machines (the most of them).
@@ -833,7 +843,7 @@ async fn release(c: &ClusterApi, s: &ApiState, app: &str, req: Request, next: Ne
             return ApiError::BadRequest(format!("request body: {e}")).into_response();
         }
     };
-    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let host = match host {
         Some(h) => h,
         None => {
@@ -858,18 +868,6 @@ async fn release(c: &ClusterApi, s: &ApiState, app: &str, req: Request, next: Ne
         c.cluster.poke();
         return resp;
     }
-    let renamed = v
-        .get("image")
-        .and_then(|i| i.as_str())
-        .and_then(|i| c.image_for_peers(i));
-    let body = match renamed {
-        Some(image) => {
-            v["image"] = serde_json::Value::String(image);
-            serde_json::to_vec(&v)
-                .map(bytes::Bytes::from)
-                .unwrap_or(bytes)
-        }
-        None => bytes,
-    };
+    let body = for_peers(c, v, "/image", bytes);
     forward(c, &host, Request::from_parts(parts, Body::from(body))).await
 }
