@@ -28,6 +28,7 @@ mod secrets;
 mod tokens;
 mod tty;
 pub mod ui;
+pub mod usage;
 mod views;
 mod volume_copy;
 mod volumes;
@@ -295,6 +296,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/tokens/current", get(platform::current_token))
         .route("/hangar/apps/{app}/logs", get(logs::logs))
         .route("/hangar/apps/{app}/watch", get(ui::watch))
+        .route("/hangar/apps/{app}/usage", get(usage::usage))
         .route(
             "/hangar/apps/{app}/tokens",
             get(tokens::list).post(tokens::create),

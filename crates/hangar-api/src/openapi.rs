@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     apps, hosts, images, ips, logs, machine_ops, machines, metrics, platform, releases, secrets,
-    tokens, tty, ui, volume_copy, volumes,
+    tokens, tty, ui, usage, volume_copy, volumes,
 };
 
 /// The document.
@@ -37,7 +37,7 @@ use crate::{
         logs::logs, tty::tty, images::list, images::import, images::prune,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
         releases::list, releases::create, releases::get, releases::cancel, releases::events,
-        metrics::scrape, ui::watch,
+        metrics::scrape, ui::watch, usage::usage,
         hosts::list, hosts::drain, hosts::undrain,
     ),
     modifiers(&BearerAuth),

@@ -18,6 +18,7 @@ const TOKEN: &str = "test-token";
 struct Api {
     app: axum::Router,
     rt: Arc<FakeRuntime>,
+    agent: Agent,
     _dir: tempfile::TempDir,
 }
 
@@ -39,7 +40,12 @@ async fn api() -> Api {
         registry: None,
         cluster: None,
     });
-    Api { app, rt, _dir: dir }
+    Api {
+        app,
+        rt,
+        agent,
+        _dir: dir,
+    }
 }
 
 struct Resp {
@@ -1565,4 +1571,43 @@ async fn the_dashboard_logs_in_with_a_cookie_that_keeps_the_tokens_scope() {
             .status(),
         404
     );
+}
+
+/// The dashboard's plots: sampled, a running machine's memory and CPU come
+/// back as series; an unknown app is 404.
+#[tokio::test]
+async fn usage_is_sampled_for_the_dashboards_plots() {
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "img"})).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    a.wait(&id, "started").await;
+    hangar_api::usage::start_sampling(a.agent.clone(), std::time::Duration::from_millis(50));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = a.call("GET", "/v1/hangar/apps/web/usage", None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mu = &r.body["machines"][&id];
+        if mu["memory_mb"]["v"]
+            .as_array()
+            .is_some_and(|v| v.len() >= 2)
+            && mu["cpu_cores"]["v"]
+                .as_array()
+                .is_some_and(|v| !v.is_empty())
+        {
+            assert_eq!(mu["memory_mb"]["v"][0], 10.0);
+            assert_eq!(
+                mu["cpu_cores"]["v"][0], 0.0,
+                "the fake's CPU time stands still"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never sampled: {}",
+            r.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = a.call("GET", "/v1/hangar/apps/nope/usage", None).await;
+    assert_eq!(r.status, 404);
 }

@@ -44,8 +44,8 @@ fn document_describes_every_operation() {
         }
     }
     // The operations of Fly's spec listed in the README, and Hangar's
-    // extensions (images, logs, terminal, tokens, releases, hosts, metrics, the dashboard's watch).
-    assert_eq!(ops.len(), 73, "{ops:#?}");
+    // extensions (images, logs, terminal, tokens, releases, hosts, metrics, the dashboard's watch and usage).
+    assert_eq!(ops.len(), 74, "{ops:#?}");
     assert!(ops.contains(&"GET /metrics".to_string()));
     assert!(ops.contains(&"GET /v1/apps/{app_name}/volumes/{volume_id}/export".to_string()));
     assert!(ops.contains(&"GET /v1/hangar/hosts".to_string()));

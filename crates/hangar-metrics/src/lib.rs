@@ -110,6 +110,9 @@ pub struct Metrics {
     pub autostops: Family<AutostopLabels, Counter>,
     /// `hangar_health_checks_total{status}`.
     pub checks: Family<CheckLabels, Counter>,
+    /// Per app: requests answered and their total seconds (for the
+    /// dashboard's plots, which sample them).
+    proxy_totals: std::sync::Mutex<std::collections::HashMap<String, (u64, f64)>>,
 }
 
 fn op_seconds() -> Histogram {
@@ -136,6 +139,7 @@ impl Metrics {
             autostarts: Family::default(),
             autostops: Family::default(),
             checks: Family::default(),
+            proxy_totals: Default::default(),
         }
     }
 
@@ -152,6 +156,19 @@ impl Metrics {
 
     /// Records an answer of the proxy for `app` that took since `since`.
     pub fn proxy_request(&self, app: &str, status: u16, since: Instant) {
+        let took = since.elapsed().as_secs_f64();
+        {
+            let mut totals = self.proxy_totals.lock().unwrap_or_else(|p| p.into_inner());
+            match totals.get_mut(app) {
+                Some(t) => {
+                    t.0 += 1;
+                    t.1 += took;
+                }
+                None => {
+                    totals.insert(app.to_owned(), (1, took));
+                }
+            }
+        }
         self.proxy_requests
             .get_or_create(&RequestLabels {
                 app: app.to_owned(),
@@ -162,8 +179,20 @@ impl Metrics {
             .get_or_create(&AppLabels {
                 app: app.to_owned(),
             })
-            .observe(since.elapsed().as_secs_f64());
+            .observe(took);
     }
+}
+
+/// Per app: the requests the proxy answered since the start, and their
+/// total seconds.
+pub fn proxy_totals() -> Vec<(String, (u64, f64))> {
+    get()
+        .proxy_totals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(a, t)| (a.clone(), *t))
+        .collect()
 }
 
 /// The process's metrics.

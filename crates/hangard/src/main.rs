@@ -497,6 +497,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ))
         }
     };
+    // The dashboard's plots: the last ten minutes, a sample every 5 s.
+    hangar_api::usage::start_sampling(agent.clone(), std::time::Duration::from_secs(5));
     let app = hangar_api::router(ApiState {
         agent: agent.clone(),
         images: Some(images),

@@ -1,7 +1,8 @@
 //! End to end: the dashboard in a real browser. Headless Chromium
 //! (Debian's `chromium`), driven over WebDriver (`chromedriver`, with
-//! fantoccini), logs in with the URL `hangar dashboard` gives, finds the app and its running
-//! machine, reads the machine's live logs, stops it (confirming) and starts
+//! fantoccini), logs in with the URL `hangar dashboard` gives, finds the
+//! app and its running machine, reads the machine's live logs and sees its
+//! memory plotted, stops it (confirming) and starts
 //! it from the page, and sees each state change without reloading; the
 //! login form works too. Screenshots of the pages are kept in
 //! `target/dashboard-screenshots/`.
@@ -156,6 +157,9 @@ async fn the_dashboard_shows_and_operates_a_machine_in_chromium() {
     click(&c, &format!("a[href='#/apps/ui/machines/{}']", m.id)).await;
     text_with(&c, "#logs", "tick-").await;
     text_with(&c, "#machine-state", "started").await;
+    // Its memory plotted from its cgroup (hangard samples every 5 s).
+    text_with(&c, "#usage", "MiB").await;
+    assert!(c.find(Locator::Css("#usage svg.chart")).await.is_ok());
     screenshot(&c, "machine").await;
 
     // Stop (confirmed in the page's dialog): the state changes live.

@@ -73,6 +73,33 @@ function checks(m) {
     .filter((s) => by(s)).map((s) => `${by(s)} ${s}`)].join(', ');
 }
 
+// A small line chart of `series` ({t, v}) with its label and latest value.
+function chart(label, unit, series, digits) {
+  const NS = 'http://www.w3.org/2000/svg';
+  const w = 240, h = 48;
+  const vs = series.v || [];
+  const last = vs.length ? vs[vs.length - 1] : null;
+  const shown = last === null ? 'no data yet' : `${last.toFixed(digits)} ${unit}`;
+  const svg = document.createElementNS(NS, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
+  svg.setAttribute('class', 'chart');
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', `${label} over the last minutes: now ${shown}`);
+  if (vs.length > 1) {
+    const max = Math.max(...vs) || 1;
+    const t0 = series.t[0], t1 = series.t[series.t.length - 1] || t0 + 1;
+    const pts = vs.map((v, i) => {
+      const x = ((series.t[i] - t0) / Math.max(t1 - t0, 1)) * (w - 2) + 1;
+      const y = h - 2 - (v / max) * (h - 6);
+      return `${x.toFixed(1)},${y.toFixed(1)}`;
+    }).join(' ');
+    const line = document.createElementNS(NS, 'polyline');
+    line.setAttribute('points', pts);
+    svg.append(line);
+  }
+  return el('figure', { class: 'plot' }, svg, el('figcaption', {}, `${label}: ${shown}`));
+}
+
 // Follows this host's changes for `app`: `redraw` runs on each (at most
 // every 300 ms) and every 10 s regardless (other hosts' changes).
 function follow(app, redraw) {
@@ -172,7 +199,9 @@ async function appPage(app) {
   const machines = el('section', { class: 'card', id: 'machines' });
   const releases = el('section', { class: 'card', id: 'releases' });
   const extra = el('section', { class: 'card', id: 'extra' });
+  const usage = el('section', { class: 'card', id: 'usage' });
   $('main').replaceChildren(el('h1', {}, app), el('h2', {}, 'Machines'), machines,
+    el('h2', {}, 'Usage'), usage,
     el('h2', {}, 'Releases'), releases, el('h2', {}, 'Addresses, volumes and secrets'), extra);
   const a = encodeURIComponent(app);
   const draw = async () => {
@@ -191,6 +220,14 @@ async function appPage(app) {
         el('td', { class: 'hide-narrow' }, m.updated_at),
         el('td', {}, machineActions(app, m)))),
       'No machines: hangar machine run IMAGE --app ' + app));
+    const u = await api('GET', `/v1/hangar/apps/${a}/usage`);
+    usage.replaceChildren(el('div', { class: 'plots' },
+      chart('Requests', 'req/s', u.requests_per_sec, 1),
+      chart('Latency', 'ms', u.latency_ms, 1),
+      Object.entries(u.machines).map(([id, mu]) => [
+        chart(`CPU ${id}`, 'cores', mu.cpu_cores, 3),
+        chart(`Memory ${id}`, 'MiB', mu.memory_mb, 1),
+      ])));
     const rs = (await api('GET', `/v1/apps/${a}/releases?limit=20`)).releases;
     releases.replaceChildren(table('Releases',
       ['Version', 'Status', 'Reason', 'Image', 'Machines', 'By', 'Created', ''],
@@ -242,7 +279,9 @@ async function machinePage(app, id) {
   const events = el('section', { class: 'card', id: 'events' });
   const logs = el('pre', { id: 'logs', 'aria-label': 'Logs', tabindex: '0' });
   const config = el('pre', { id: 'config' });
-  $('main').replaceChildren(el('h1', {}, `Machine ${id}`), head, el('h2', {}, 'Logs'), logs,
+  const usage = el('section', { class: 'card', id: 'usage' });
+  $('main').replaceChildren(el('h1', {}, `Machine ${id}`), head, el('h2', {}, 'Usage'), usage,
+    el('h2', {}, 'Logs'), logs,
     el('h2', {}, 'Events'), events, el('h2', {}, 'Config'), config);
   const draw = async () => {
     const m = await api('GET', base);
@@ -262,9 +301,16 @@ async function machinePage(app, id) {
         el('td', {}, new Date(e.timestamp).toISOString()), el('td', {}, e.type),
         el('td', {}, e.status), el('td', {}, e.source))), 'No events.'));
     config.textContent = JSON.stringify(m.config, null, 2);
+    const mu = (await api('GET', `/v1/hangar/apps/${a}/usage`)).machines[id];
+    usage.replaceChildren(mu ? el('div', { class: 'plots' },
+      chart('CPU', 'cores', mu.cpu_cores, 3), chart('Memory', 'MiB', mu.memory_mb, 1))
+      : el('p', { class: 'muted' }, 'Not running here: no usage to show.'));
   };
   await draw();
   follow(app, draw);
+  // Usage moves without state changes: every sample (5 s).
+  const every = setInterval(() => draw().catch(fail), 5000);
+  leave.push(() => clearInterval(every));
   streamLogs(app, id, logs);
 }
 
