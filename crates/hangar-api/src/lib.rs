@@ -17,6 +17,7 @@ mod hosts;
 mod images;
 mod ips;
 mod logs;
+mod machine_metrics;
 mod machine_ops;
 mod machines;
 mod metrics;

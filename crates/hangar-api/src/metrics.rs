@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus' text format, for the admin token. What is
 //! recorded as it happens comes from `hangar_metrics`; what is read at the
 //! scrape (machines by state, each running machine's CPU time and memory
-//! from its cgroup) from the agent here.
+//! from its cgroup) from the agent here; the machines' own metrics (Fly's
+//! `metrics` config) from `machine_metrics`.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -24,12 +25,19 @@ pub async fn scrape(
         return ApiError::Forbidden("metrics need the admin token".into()).into_response();
     }
     let agent = s.agent.clone();
+    let targets = crate::machine_metrics::targets(&agent);
+    let theirs = crate::machine_metrics::render(&crate::machine_metrics::fetch(targets).await);
     let text = tokio::task::spawn_blocking(move || {
         hangar_metrics::encode(&hangar_metrics::registry(vec![Box::new(FromAgent(agent))]))
     })
     .await;
     match text {
-        Ok(Ok(body)) => ([(http::header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Ok(Ok(mut body)) => {
+            // The machines' own families go before the end marker.
+            let end = body.rfind("# EOF").unwrap_or(body.len());
+            body.insert_str(end, &theirs);
+            ([(http::header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+        }
         _ => ApiError::Agent(hangar_agent::AgentError::Internal(
             "encoding the metrics failed".into(),
         ))

@@ -2,7 +2,8 @@
 //! `hangard`'s `/metrics` with the admin token, and its queries return the
 //! machines by state, the requests the proxy answered, a running
 //! machine's memory and CPU time from its cgroup, and the operations and
-//! image pulls that made it. `hangar doctor` on the same host finds
+//! image pulls that made it, and the machine's own metrics (Fly's
+//! `metrics` config) with its app and machine as labels. `hangar doctor` on the same host finds
 //! nothing wrong, and names a port another program holds.
 
 use std::process::{Child, Command, Stdio};
@@ -94,7 +95,11 @@ async fn prometheus_scrapes_machines_requests_and_cgroup_figures() {
     }
     let reg = Registry::start().await;
     let image = ImageBuilder::busybox()
-        .layer(Layer::new().dir("www", 0o755))
+        .layer(Layer::new().dir("www", 0o755).file(
+            "www/metrics",
+            b"# TYPE jobs_total counter\njobs_total{queue=\"mail\"} 7\n",
+            0o644,
+        ))
         .build();
     reg.push("test/obs", "v1", &image).await;
     let image = format!("{}/test/obs:v1", reg.addr);
@@ -105,6 +110,7 @@ async fn prometheus_scrapes_machines_requests_and_cgroup_figures() {
         "image": image,
         "init": {"cmd": ["/bin/sh", "-c",
             "echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"]},
+        "metrics": {"port": 8080, "path": "/metrics"},
         "services": [{
             "protocol": "tcp", "internal_port": 8080, "autostop": "off",
             "ports": [{"port": 80, "handlers": ["http"]}],
@@ -157,6 +163,15 @@ async fn prometheus_scrapes_machines_requests_and_cgroup_figures() {
         ),
         (
             "sum(hangar_image_pulls_total{source=\"registry\",outcome=\"ok\"})".to_owned(),
+            1.0,
+        ),
+        // The machine's own metrics (Fly's `metrics`), with its labels.
+        (
+            format!("jobs_total{{app=\"obs\",machine=\"{id}\",queue=\"mail\"}}"),
+            7.0,
+        ),
+        (
+            format!("hangar_machine_metrics_up{{app=\"obs\",machine=\"{id}\"}}"),
             1.0,
         ),
         (
