@@ -71,6 +71,8 @@ impl Collector for FromAgent {
         let mut states = std::collections::BTreeMap::<(String, String), u64>::new();
         let mut cpu = Vec::new();
         let mut memory = Vec::new();
+        let mut rx = Vec::new();
+        let mut tx = Vec::new();
         for app in self
             .0
             .list_apps(hangar_agent::DEFAULT_ORG)
@@ -86,7 +88,9 @@ impl Collector for FromAgent {
                         machine: m.id.to_string(),
                     };
                     cpu.push((labels.clone(), u.cpu_seconds));
-                    memory.push((labels, u.memory_bytes as f64));
+                    memory.push((labels.clone(), u.memory_bytes as f64));
+                    rx.push((labels.clone(), u.net_rx_bytes as f64));
+                    tx.push((labels, u.net_tx_bytes as f64));
                 }
             }
         }
@@ -109,6 +113,18 @@ impl Collector for FromAgent {
             "machine_memory_bytes",
             "Memory a running machine uses (its cgroup)",
             memory,
+        )?;
+        consts::counters(
+            &mut encoder,
+            "machine_network_receive_bytes",
+            "Bytes a running machine received on its network interface",
+            rx,
+        )?;
+        consts::counters(
+            &mut encoder,
+            "machine_network_transmit_bytes",
+            "Bytes a running machine sent on its network interface",
+            tx,
         )
     }
 }

@@ -25,6 +25,8 @@ struct MachineSample {
     at: f64,
     cpu_seconds: f64,
     memory_bytes: u64,
+    rx: u64,
+    tx: u64,
 }
 
 /// One sample of an app's requests (counted since hangard started).
@@ -103,6 +105,8 @@ fn sample(agent: &Agent) {
                 at,
                 cpu_seconds: u.cpu_seconds,
                 memory_bytes: u.memory_bytes,
+                rx: u.net_rx_bytes,
+                tx: u.net_tx_bytes,
             },
         );
     }
@@ -134,6 +138,10 @@ pub struct MachineUsage {
     pub cpu_cores: Series,
     /// Memory in use, MiB.
     pub memory_mb: Series,
+    /// Bytes per second it received.
+    pub net_rx_bytes_per_sec: Series,
+    /// Bytes per second it sent.
+    pub net_tx_bytes_per_sec: Series,
 }
 
 /// An app's recent usage (this host's machines and proxy).
@@ -191,11 +199,23 @@ fn app_usage(app: &str) -> AppUsage {
                 .map(|s| s.memory_bytes as f64 / (1 << 20) as f64)
                 .collect(),
         };
+        let net_rx = rates(
+            samples,
+            |s| s.at,
+            |a, b, dt| Some(b.rx.saturating_sub(a.rx) as f64 / dt),
+        );
+        let net_tx = rates(
+            samples,
+            |s| s.at,
+            |a, b, dt| Some(b.tx.saturating_sub(a.tx) as f64 / dt),
+        );
         out.machines.insert(
             id.clone(),
             MachineUsage {
                 cpu_cores: cpu,
                 memory_mb,
+                net_rx_bytes_per_sec: net_rx,
+                net_tx_bytes_per_sec: net_tx,
             },
         );
     }
@@ -239,6 +259,8 @@ mod tests {
                 at,
                 cpu_seconds,
                 memory_bytes,
+                rx: 0,
+                tx: 0,
             })
             .collect();
         let s = rates(

@@ -1404,6 +1404,8 @@ async fn metrics_count_machines_and_operations_for_the_admin_only() {
         "hangar_machines{app=\"web\",state=\"stopped\"} 1".to_owned(),
         format!("hangar_machine_cpu_seconds_total{{app=\"web\",machine=\"{id}\"}} 1"),
         format!("hangar_machine_memory_bytes{{app=\"web\",machine=\"{id}\"}} 10485760"),
+        format!("hangar_machine_network_receive_bytes_total{{app=\"web\",machine=\"{id}\"}} 2048"),
+        format!("hangar_machine_network_transmit_bytes_total{{app=\"web\",machine=\"{id}\"}} 1024"),
     ] {
         assert!(text.contains(&line), "no {line:?} in\n{text}");
     }

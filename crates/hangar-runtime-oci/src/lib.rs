@@ -818,9 +818,19 @@ impl Runtime for OciRuntime {
                 us as f64 / 1e6
             }
         };
+        // The host's end of its veth: what the host sends, the machine
+        // receives.
+        let stat = |name: &str| {
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{name}", host_if(id)))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         Some(hangar_runtime::Usage {
             cpu_seconds,
             memory_bytes,
+            net_rx_bytes: stat("tx_bytes"),
+            net_tx_bytes: stat("rx_bytes"),
         })
     }
 

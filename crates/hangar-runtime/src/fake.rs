@@ -231,11 +231,13 @@ impl Runtime for FakeRuntime {
         }])
     }
 
-    /// One second of CPU, 10 MiB, while it runs.
+    /// One second of CPU, 10 MiB, 2 KiB in and 1 KiB out, while it runs.
     fn usage(&self, id: &MachineId) -> Option<crate::Usage> {
         self.is_running(id).then_some(crate::Usage {
             cpu_seconds: 1.0,
             memory_bytes: 10 << 20,
+            net_rx_bytes: 2048,
+            net_tx_bytes: 1024,
         })
     }
 

@@ -255,6 +255,10 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Memory in use, bytes.
     pub memory_bytes: u64,
+    /// Bytes it received over its network interface.
+    pub net_rx_bytes: u64,
+    /// Bytes it sent over its network interface.
+    pub net_tx_bytes: u64,
 }
 
 /// Why a runtime operation failed.

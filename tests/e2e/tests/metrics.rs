@@ -178,6 +178,15 @@ async fn prometheus_scrapes_machines_requests_and_cgroup_figures() {
             "hangar_machine_start_duration_seconds_count".to_owned(),
             1.0,
         ),
+        // The proxied requests went in and their answers out over its veth.
+        (
+            format!("hangar_machine_network_receive_bytes_total{{machine=\"{id}\"}}"),
+            100.0,
+        ),
+        (
+            format!("hangar_machine_network_transmit_bytes_total{{machine=\"{id}\"}}"),
+            100.0,
+        ),
         // Read from the machine's cgroup: busybox httpd uses some memory.
         (
             format!("hangar_machine_memory_bytes{{app=\"obs\",machine=\"{id}\"}}"),

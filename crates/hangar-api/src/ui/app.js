@@ -227,6 +227,8 @@ async function appPage(app) {
       Object.entries(u.machines).map(([id, mu]) => [
         chart(`CPU ${id}`, 'cores', mu.cpu_cores, 3),
         chart(`Memory ${id}`, 'MiB', mu.memory_mb, 1),
+        chart(`Network in ${id}`, 'B/s', mu.net_rx_bytes_per_sec, 0),
+        chart(`Network out ${id}`, 'B/s', mu.net_tx_bytes_per_sec, 0),
       ])));
     const rs = (await api('GET', `/v1/apps/${a}/releases?limit=20`)).releases;
     releases.replaceChildren(table('Releases',
@@ -303,7 +305,9 @@ async function machinePage(app, id) {
     config.textContent = JSON.stringify(m.config, null, 2);
     const mu = (await api('GET', `/v1/hangar/apps/${a}/usage`)).machines[id];
     usage.replaceChildren(mu ? el('div', { class: 'plots' },
-      chart('CPU', 'cores', mu.cpu_cores, 3), chart('Memory', 'MiB', mu.memory_mb, 1))
+      chart('CPU', 'cores', mu.cpu_cores, 3), chart('Memory', 'MiB', mu.memory_mb, 1),
+      chart('Network in', 'B/s', mu.net_rx_bytes_per_sec, 0),
+      chart('Network out', 'B/s', mu.net_tx_bytes_per_sec, 0))
       : el('p', { class: 'muted' }, 'Not running here: no usage to show.'));
   };
   await draw();
