@@ -157,6 +157,8 @@ async fn the_dashboard_shows_and_operates_a_machine_in_chromium() {
     click(&c, &format!("a[href='#/apps/ui/machines/{}']", m.id)).await;
     text_with(&c, "#logs", "tick-").await;
     text_with(&c, "#machine-state", "started").await;
+    // Its versions (one: the one it runs).
+    text_with(&c, "#versions", "yes").await;
     // Its memory plotted from its cgroup (hangard samples every 5 s).
     text_with(&c, "#usage", "MiB").await;
     assert!(c.find(Locator::Css("#usage svg.chart")).await.is_ok());

@@ -252,19 +252,27 @@ async function appPage(app) {
           },
         }, 'Roll back') : ''))),
       'No releases: hangar deploy'));
-    const [ips, vols, secrets] = await Promise.all([
+    const [ips, vols0, secrets] = await Promise.all([
       api('GET', `/v1/apps/${a}/ip_assignments`).then((r) => r.ips).catch(() => []),
       api('GET', `/v1/apps/${a}/volumes`).catch(() => []),
       api('GET', `/v1/apps/${a}/secrets`).then((r) => r.secrets).catch(() => []),
     ]);
+    const vols = await Promise.all(vols0.map(async (v) => {
+      const snaps = await api('GET', `/v1/apps/${a}/volumes/${encodeURIComponent(v.id)}/snapshots`)
+        .catch(() => []);
+      return { ...v, snaps };
+    }));
     extra.replaceChildren(
       table('Addresses', ['Address', 'Region', 'Shared'],
         ips.map((i) => el('tr', {}, el('td', { class: 'mono' }, i.ip), el('td', {}, i.region),
           el('td', {}, i.shared ? 'shared' : 'dedicated'))), 'No public addresses.'),
-      table('Volumes', ['ID', 'Name', 'Size', 'State', 'Machine', 'Region'],
+      table('Volumes', ['ID', 'Name', 'Size', 'State', 'Machine', 'Region', 'Snapshots'],
         vols.map((v) => el('tr', {}, el('td', { class: 'mono' }, v.id), el('td', {}, v.name),
           el('td', {}, `${v.size_gb} GB`), el('td', {}, v.state),
-          el('td', { class: 'mono' }, v.attached_machine_id || ''), el('td', {}, v.region))), 'No volumes.'),
+          el('td', { class: 'mono' }, v.attached_machine_id || ''), el('td', {}, v.region),
+          el('td', {}, v.snaps.length
+            ? `${v.snaps.length}, latest ${v.snaps.map((x) => x.created_at).sort().pop()}` : 'none'))),
+        'No volumes.'),
       table('Secrets', ['Name', 'Digest'],
         secrets.map((s) => el('tr', {}, el('td', { class: 'mono' }, s.name),
           el('td', { class: 'mono' }, s.digest))), 'No secrets.'));
@@ -281,10 +289,12 @@ async function machinePage(app, id) {
   const events = el('section', { class: 'card', id: 'events' });
   const logs = el('pre', { id: 'logs', 'aria-label': 'Logs', tabindex: '0' });
   const config = el('pre', { id: 'config' });
+  const versions = el('section', { class: 'card', id: 'versions' });
   const usage = el('section', { class: 'card', id: 'usage' });
   $('main').replaceChildren(el('h1', {}, `Machine ${id}`), head, el('h2', {}, 'Usage'), usage,
     el('h2', {}, 'Logs'), logs,
-    el('h2', {}, 'Events'), events, el('h2', {}, 'Config'), config);
+    el('h2', {}, 'Events'), events, el('h2', {}, 'Versions'), versions,
+    el('h2', {}, 'Config'), config);
   const draw = async () => {
     const m = await api('GET', base);
     const u = m.config && m.config.guest;
@@ -303,6 +313,11 @@ async function machinePage(app, id) {
         el('td', {}, new Date(e.timestamp).toISOString()), el('td', {}, e.type),
         el('td', {}, e.status), el('td', {}, e.source))), 'No events.'));
     config.textContent = JSON.stringify(m.config, null, 2);
+    const vs = await api('GET', `${base}/versions`);
+    versions.replaceChildren(table('Versions', ['Version', 'Image', 'Current'],
+      vs.map((v) => el('tr', {}, el('td', { class: 'mono' }, v.version),
+        el('td', { class: 'mono' }, (v.user_config && v.user_config.image) || ''),
+        el('td', {}, v.version === m.instance_id ? 'yes' : ''))), 'No versions.'));
     const mu = (await api('GET', `/v1/hangar/apps/${a}/usage`)).machines[id];
     usage.replaceChildren(mu ? el('div', { class: 'plots' },
       chart('CPU', 'cores', mu.cpu_cores, 3), chart('Memory', 'MiB', mu.memory_mb, 1),
