@@ -172,6 +172,11 @@ impl Daemon {
             }
             None => Command::new(hangard),
         };
+        // A run dir of its own (its secrets tmpfs), not the host's
+        // /run/hangar, unmounted when the daemon is dropped.
+        if !self.extra_args.iter().any(|a| a == "--run-dir") {
+            cmd.arg("--run-dir").arg(self.run_dir());
+        }
         let child = cmd
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -390,6 +395,11 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
         self.remove_machines();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.run_dir().join("secrets"))
+            .stderr(Stdio::null())
+            .status();
         // The bridges of the daemon's networks, and its firewall table,
         // named after its installation.
         if let Some(inst) = self.installation() {
@@ -414,6 +424,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// The daemon's `--run-dir` (unless the test gave one).
+    fn run_dir(&self) -> PathBuf {
+        self._dir.path().join("run")
+    }
+
     /// The installation's id (it names the daemon's bridges and table), once
     /// the daemon has made it.
     pub fn installation(&self) -> Option<u16> {
