@@ -635,6 +635,15 @@ impl Agent {
         self.shared.store.list_apps(org_slug)
     }
 
+    /// Every machine of every app on this host (destroyed ones left out).
+    pub fn all_machines(&self) -> Result<Vec<MachineRecord>, AgentError> {
+        let mut out = Vec::new();
+        for app in self.shared.store.list_apps(DEFAULT_ORG)? {
+            out.extend(self.shared.store.list_machines(&app.name, false)?);
+        }
+        Ok(out)
+    }
+
     /// What a machine's workload has used (CPU time, memory), when it
     /// runs: read from its cgroup, for metrics.
     pub fn machine_usage(&self, id: &MachineId) -> Option<hangar_runtime::Usage> {

@@ -32,42 +32,37 @@ pub(crate) struct Target {
 /// collected.
 pub(crate) fn targets(agent: &Agent) -> Vec<Target> {
     let mut out = Vec::new();
-    for app in agent
-        .list_apps(hangar_agent::DEFAULT_ORG)
-        .unwrap_or_default()
-    {
-        for m in agent.list_machines(&app.name, false).unwrap_or_default() {
-            if m.core.state != hangar_core::MachineState::Started {
-                continue;
-            }
-            let metrics = &m.config["metrics"];
-            let Some(port) = metrics["port"]
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-            else {
-                continue;
-            };
-            let path = metrics["path"].as_str().unwrap_or("/metrics");
-            let path = if path.starts_with('/') {
-                path.to_owned()
-            } else {
-                format!("/{path}")
-            };
-            let scheme = if metrics["https"].as_bool() == Some(true) {
-                "https"
-            } else {
-                "http"
-            };
-            let Some(addr) = agent.machine_address(m.id.as_str()).ok().flatten() else {
-                continue;
-            };
-            out.push(Target {
-                app: app.name.clone(),
-                machine: m.id.to_string(),
-                url: format!("{scheme}://{}:{port}{path}", addr.ipv4()),
-            });
+    for m in agent.all_machines().unwrap_or_default() {
+        if m.core.state != hangar_core::MachineState::Started {
+            continue;
         }
+        let metrics = &m.config["metrics"];
+        let Some(port) = metrics["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        let path = metrics["path"].as_str().unwrap_or("/metrics");
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        let scheme = if metrics["https"].as_bool() == Some(true) {
+            "https"
+        } else {
+            "http"
+        };
+        let Some(addr) = agent.machine_address(m.id.as_str()).ok().flatten() else {
+            continue;
+        };
+        out.push(Target {
+            app: m.app.clone(),
+            machine: m.id.to_string(),
+            url: format!("{scheme}://{}:{port}{path}", addr.ipv4()),
+        });
     }
     out
 }

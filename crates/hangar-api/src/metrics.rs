@@ -73,25 +73,19 @@ impl Collector for FromAgent {
         let mut memory = Vec::new();
         let mut rx = Vec::new();
         let mut tx = Vec::new();
-        for app in self
-            .0
-            .list_apps(hangar_agent::DEFAULT_ORG)
-            .unwrap_or_default()
-        {
-            for m in self.0.list_machines(&app.name, false).unwrap_or_default() {
-                *states
-                    .entry((app.name.clone(), m.core.state.to_string()))
-                    .or_default() += 1;
-                if let Some(u) = self.0.machine_usage(&m.id) {
-                    let labels = MachineLabels {
-                        app: app.name.clone(),
-                        machine: m.id.to_string(),
-                    };
-                    cpu.push((labels.clone(), u.cpu_seconds));
-                    memory.push((labels.clone(), u.memory_bytes as f64));
-                    rx.push((labels.clone(), u.net_rx_bytes as f64));
-                    tx.push((labels, u.net_tx_bytes as f64));
-                }
+        for m in self.0.all_machines().unwrap_or_default() {
+            *states
+                .entry((m.app.clone(), m.core.state.to_string()))
+                .or_default() += 1;
+            if let Some(u) = self.0.machine_usage(&m.id) {
+                let labels = MachineLabels {
+                    app: m.app.clone(),
+                    machine: m.id.to_string(),
+                };
+                cpu.push((labels.clone(), u.cpu_seconds));
+                memory.push((labels.clone(), u.memory_bytes as f64));
+                rx.push((labels.clone(), u.net_rx_bytes as f64));
+                tx.push((labels, u.net_tx_bytes as f64));
             }
         }
         consts::gauges(

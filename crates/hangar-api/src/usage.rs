@@ -79,17 +79,12 @@ pub fn start_sampling(agent: Agent, interval: Duration) {
 
 fn sample(agent: &Agent) {
     let at = now();
-    let mut machines = Vec::new();
-    for app in agent
-        .list_apps(hangar_agent::DEFAULT_ORG)
+    let machines: Vec<_> = agent
+        .all_machines()
         .unwrap_or_default()
-    {
-        for m in agent.list_machines(&app.name, false).unwrap_or_default() {
-            if let Some(u) = agent.machine_usage(&m.id) {
-                machines.push((app.name.clone(), m.id.to_string(), u));
-            }
-        }
-    }
+        .into_iter()
+        .filter_map(|m| Some((m.app.clone(), m.id.to_string(), agent.machine_usage(&m.id)?)))
+        .collect();
     let requests = hangar_metrics::proxy_totals();
     let mut h = history().lock().unwrap_or_else(|p| p.into_inner());
     let live: std::collections::HashSet<&String> = machines.iter().map(|(_, id, _)| id).collect();

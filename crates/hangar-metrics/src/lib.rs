@@ -339,6 +339,7 @@ pub fn encode(r: &Registry) -> Result<String, std::fmt::Error> {
 /// at that moment.
 pub mod consts {
     use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+    use prometheus_client::metrics::MetricType;
     use prometheus_client::metrics::counter::ConstCounter;
     use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -350,16 +351,13 @@ pub mod consts {
         help: &str,
         series: impl IntoIterator<Item = (L, f64)>,
     ) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
+        family(
+            encoder,
             name,
             help,
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        for (labels, value) in series {
-            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+            MetricType::Gauge,
+            series.into_iter().map(|(l, v)| (l, ConstGauge::new(v))),
+        )
     }
 
     /// Writes the counter family `name` (`_total` is added), one series
@@ -370,14 +368,25 @@ pub mod consts {
         help: &str,
         series: impl IntoIterator<Item = (L, f64)>,
     ) -> Result<(), std::fmt::Error> {
-        let mut family = encoder.encode_descriptor(
+        family(
+            encoder,
             name,
             help,
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        for (labels, value) in series {
-            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            MetricType::Counter,
+            series.into_iter().map(|(l, v)| (l, ConstCounter::new(v))),
+        )
+    }
+
+    fn family<L: EncodeLabelSet, M: EncodeMetric>(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        series: impl Iterator<Item = (L, M)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for (labels, metric) in series {
+            metric.encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -60,6 +60,16 @@ impl Proxy {
         resp
     }
 
+    /// Whether the client is another host of the cluster (whose relay
+    /// headers and tunnels are believed).
+    pub(crate) fn is_peer_client(&self, conn: &ClientConn) -> bool {
+        conn.client_ip
+            .to_str()
+            .ok()
+            .and_then(|ip| ip.parse().ok())
+            .is_some_and(|ip| self.machines.is_peer(ip))
+    }
+
     /// A request for `app`.
     async fn route_app(
         self: &Arc<Self>,
@@ -78,12 +88,7 @@ impl Proxy {
         if req.headers().contains_key(HANGAR_RELAYED)
             || req.headers().contains_key(HANGAR_RELAYED_FOR)
         {
-            let from_peer = conn
-                .client_ip
-                .to_str()
-                .ok()
-                .and_then(|ip| ip.parse().ok())
-                .is_some_and(|ip| self.machines.is_peer(ip));
+            let from_peer = self.is_peer_client(conn);
             let h = req.headers_mut();
             let mark = h.remove(HANGAR_RELAYED);
             let client = h.remove(HANGAR_RELAYED_FOR);

@@ -226,13 +226,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ClientConn,
     ) -> Response<Body> {
-        let from_peer = conn
-            .client_ip
-            .to_str()
-            .ok()
-            .and_then(|ip| ip.parse().ok())
-            .is_some_and(|ip| self.machines.is_peer(ip));
-        if !from_peer || req.method() != Method::CONNECT {
+        if !self.is_peer_client(conn) || req.method() != Method::CONNECT {
             return text(StatusCode::FORBIDDEN, "tunnels are for the cluster's hosts");
         }
         let header = |k: &str| {

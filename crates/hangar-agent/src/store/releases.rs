@@ -104,6 +104,51 @@ fn finish(
     Ok(rel)
 }
 
+/// Writes `rel` as a new row: this host's own (`host` none) or a copy of
+/// another host's, with `tail` after the values (a conflict clause).
+fn insert(
+    conn: &rusqlite::Connection,
+    rel: &ReleaseRow,
+    host: Option<&str>,
+    tail: &str,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "INSERT INTO releases ({COLUMNS}, host) VALUES
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
+             {tail}"
+        ),
+        params![
+            rel.id,
+            rel.app,
+            rel.version,
+            rel.status.as_str(),
+            rel.reason.as_str(),
+            rel.strategy,
+            rel.description,
+            rel.image_ref,
+            rel.image_digest,
+            rel.definition.to_string(),
+            rel.options.to_string(),
+            rel.secrets_version,
+            rel.machines.to_string(),
+            rel.user,
+            rel.created_at,
+            rel.started_at,
+            rel.finished_at,
+            rel.error,
+            rel.rollback_of,
+            host,
+        ],
+    )
+}
+
+/// The version a release key names (`v3` or `3`; -1, which no release
+/// has, for an id).
+fn key_version(key: &str) -> i64 {
+    key.strip_prefix('v').unwrap_or(key).parse().unwrap_or(-1)
+}
+
 /// The releases of `app` this host ran, oldest first.
 pub(super) fn own(
     tx: &rusqlite::Transaction<'_>,
@@ -155,37 +200,10 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(db)?;
-        tx.execute(
-            &format!(
-                "INSERT INTO releases ({COLUMNS}) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
-            ),
-            params![
-                rel.id,
-                rel.app,
-                version,
-                rel.status.as_str(),
-                rel.reason.as_str(),
-                rel.strategy,
-                rel.description,
-                rel.image_ref,
-                rel.image_digest,
-                rel.definition.to_string(),
-                rel.options.to_string(),
-                rel.secrets_version,
-                rel.machines.to_string(),
-                rel.user,
-                rel.created_at,
-                rel.started_at,
-                rel.finished_at,
-                rel.error,
-                rel.rollback_of,
-            ],
-        )
-        .map_err(db)?;
-        let mut copy = rel.clone();
-        copy.version = version;
-        record(self, &tx, &CatalogChange::release(copy))?;
+        let mut rel = rel.clone();
+        rel.version = version;
+        insert(&tx, &rel, None, "").map_err(db)?;
+        record(self, &tx, &CatalogChange::release(rel))?;
         tx.commit().map_err(db)?;
         Ok(version)
     }
@@ -230,38 +248,15 @@ impl Store {
     /// newer state. A version this host has given one of its own keeps
     /// its own (a copy that lost the race is dropped, with a warning).
     pub fn apply_release(&self, host: &str, rel: &ReleaseRow) -> Result<(), AgentError> {
-        let r = self.conn().execute(
-            &format!(
-                "INSERT INTO releases ({COLUMNS}, host) VALUES
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                 image_digest = excluded.image_digest, machines = excluded.machines,
-                 started_at = excluded.started_at, finished_at = excluded.finished_at,
-                 error = excluded.error, description = excluded.description
-                 WHERE releases.host IS NOT NULL"
-            ),
-            params![
-                rel.id,
-                rel.app,
-                rel.version,
-                rel.status.as_str(),
-                rel.reason.as_str(),
-                rel.strategy,
-                rel.description,
-                rel.image_ref,
-                rel.image_digest,
-                rel.definition.to_string(),
-                rel.options.to_string(),
-                rel.secrets_version,
-                rel.machines.to_string(),
-                rel.user,
-                rel.created_at,
-                rel.started_at,
-                rel.finished_at,
-                rel.error,
-                rel.rollback_of,
-                host,
-            ],
+        let r = insert(
+            &self.conn(),
+            rel,
+            Some(host),
+            "ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+             image_digest = excluded.image_digest, machines = excluded.machines,
+             started_at = excluded.started_at, finished_at = excluded.finished_at,
+             error = excluded.error, description = excluded.description
+             WHERE releases.host IS NOT NULL",
         );
         match r {
             Ok(_) => Ok(()),
@@ -278,11 +273,10 @@ impl Store {
     /// The host that ran a release of `app` (by id or version), if it is
     /// another host's (`None`: this host's, or not here).
     pub fn release_host(&self, app: &str, key: &str) -> Result<Option<String>, AgentError> {
-        let version: Option<i64> = key.strip_prefix('v').unwrap_or(key).parse().ok();
         self.conn()
             .query_row(
                 "SELECT host FROM releases WHERE app_name = ?1 AND (id = ?2 OR version = ?3)",
-                params![app, key, version.unwrap_or(-1)],
+                params![app, key, key_version(key)],
                 |r| r.get::<_, Option<String>>(0),
             )
             .optional()
@@ -292,14 +286,13 @@ impl Store {
 
     /// A release of `app` by id or by version (`v3` or `3`).
     pub fn release(&self, app: &str, key: &str) -> Result<Option<ReleaseRow>, AgentError> {
-        let version: Option<i64> = key.strip_prefix('v').unwrap_or(key).parse().ok();
         let r = self
             .conn()
             .query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM releases WHERE app_name = ?1 AND (id = ?2 OR version = ?3)"
                 ),
-                params![app, key, version.unwrap_or(-1)],
+                params![app, key, key_version(key)],
                 row,
             )
             .optional()
