@@ -92,6 +92,23 @@ fn cpu_secs(pids: &[i32]) -> f64 {
 }
 
 /// One simulated host: its rounds until `until`.
+/// Publishes one simulated machine to the directory, as a host does
+/// (every column of `sql::UPSERT_MACHINE`).
+async fn publish(
+    tx: &tokio_postgres::Transaction<'_>,
+    machine: &str,
+    host: &str,
+    state: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        sql::UPSERT_MACHINE,
+        &[
+            &machine, &"app", &host, &"sim", &state, &1i32, &256i64, &"", &"", &"", &"", &"",
+        ],
+    )
+    .await
+}
+
 async fn host(
     url: String,
     id: String,
@@ -105,7 +122,18 @@ async fn host(
     db.batch_execute("LISTEN hangar_changes").await?;
     db.execute(
         sql::REGISTER,
-        &[&id, &"sim", &"http://sim", &2i32, &65536i64, &"x", &"", &""],
+        &[
+            &id,
+            &"sim",
+            &"http://sim",
+            &2i32,
+            &65536i64,
+            &"x",
+            &"",
+            &"",
+            &"",
+            &"",
+        ],
     )
     .await?;
     let mut states: Vec<&str> = vec!["started"; machines.len()];
@@ -113,11 +141,7 @@ async fn host(
     let tx = db.transaction().await?;
     tx.execute(sql::LOCK_DIRECTORY, &[]).await?;
     for m in &machines {
-        tx.execute(
-            sql::UPSERT_MACHINE,
-            &[m, &"app", &id, &"sim", &"started", &1i32, &256i64, &"", &""],
-        )
-        .await?;
+        publish(&tx, m, &id, "started").await?;
     }
     tx.commit().await?;
     let mut dir_rev: i64 = 0;
@@ -155,21 +179,7 @@ async fn host(
                 } else {
                     "started"
                 };
-                tx.execute(
-                    sql::UPSERT_MACHINE,
-                    &[
-                        &machines[i],
-                        &"app",
-                        &id,
-                        &"sim",
-                        &states[i],
-                        &1i32,
-                        &256i64,
-                        &"",
-                        &"",
-                    ],
-                )
-                .await?;
+                publish(&tx, &machines[i], &id, states[i]).await?;
             }
             tx.batch_execute("NOTIFY hangar_changes").await?;
             tx.commit().await?;
