@@ -458,7 +458,15 @@ impl Runner {
                             let took = self.entered.elapsed().as_secs_f64();
                             match (before, state) {
                                 (MachineState::Starting, MachineState::Started) => {
-                                    hangar_metrics::get().machine_start_seconds.observe(took)
+                                    hangar_metrics::get().machine_start_seconds.observe(took);
+                                    hangar_metrics::note(hangar_metrics::Activity {
+                                        at: hangar_metrics::unix_now(),
+                                        app: self.rec.app.clone(),
+                                        machine: self.rec.id.to_string(),
+                                        action: "start",
+                                        seconds: Some(took),
+                                        error: None,
+                                    });
                                 }
                                 (MachineState::Stopping, MachineState::Stopped) => {
                                     hangar_metrics::get().machine_stop_seconds.observe(took)

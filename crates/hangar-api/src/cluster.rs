@@ -154,6 +154,14 @@ pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Respo
             };
             at_owner(&c, found, req, next).await
         }
+        ["v1", "hangar", "apps", app, "usage"] if req.method() == Method::GET => {
+            let others = c.cluster.other_hosts_of(app);
+            gather(&c, others, req, next, merge_usage).await
+        }
+        ["v1", "hangar", "apps", app, "proxy"] if req.method() == Method::GET => {
+            let others = c.cluster.other_hosts_of(app);
+            gather(&c, others, req, next, merge_proxy).await
+        }
         ["v1", "apps", app, "machines", id, ..] if !id.is_empty() => {
             let local = s.agent.get_machine(app, id).is_ok();
             let owner = c.cluster.remote_owner(id).filter(|_| !local);
@@ -341,6 +349,70 @@ async fn list(
         }
     }
     axum::Json(all).into_response()
+}
+
+/// One answer of this host's and of each of `others`' (those that are up
+/// and answer), merged into this host's.
+async fn gather<T: serde::de::DeserializeOwned + serde::Serialize>(
+    c: &ClusterApi,
+    others: Vec<hangar_cluster::HostInfo>,
+    req: Request,
+    next: Next,
+    merge: impl Fn(&mut T, T),
+) -> Response {
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
+    let local = next.run(req).await;
+    if others.is_empty() || !local.status().is_success() {
+        return local;
+    }
+    let Ok(bytes) = axum::body::to_bytes(local.into_body(), 64 << 20).await else {
+        return ApiError::Agent(hangar_agent::AgentError::Internal(
+            "reading this host's answer".into(),
+        ))
+        .into_response();
+    };
+    let Ok(mut all) = serde_json::from_slice::<T>(&bytes) else {
+        return ApiError::Agent(hangar_agent::AgentError::Internal(
+            "reading this host's answer".into(),
+        ))
+        .into_response();
+    };
+    for h in others.iter().filter(|h| h.state == "up") {
+        match send(c, h, &method, &uri, &headers, bytes::Bytes::new()).await {
+            Ok(r) if r.status().is_success() => match r.json::<T>().await {
+                Ok(theirs) => merge(&mut all, theirs),
+                Err(e) => tracing::warn!(host = %h.id, error = %e, "another host's answer"),
+            },
+            Ok(r) => {
+                tracing::warn!(host = %h.id, status = %r.status(), "asking another host failed")
+            }
+            Err(e) => tracing::warn!(host = %h.id, error = %e, "asking another host failed"),
+        }
+    }
+    axum::Json(all).into_response()
+}
+
+fn merge_usage(all: &mut crate::usage::AppUsage, theirs: crate::usage::AppUsage) {
+    all.machines.extend(theirs.machines);
+    all.hosts.extend(theirs.hosts);
+    let mut starts: Vec<(f64, f64)> = std::mem::take(&mut all.start_ms.t)
+        .into_iter()
+        .zip(std::mem::take(&mut all.start_ms.v))
+        .chain(theirs.start_ms.t.into_iter().zip(theirs.start_ms.v))
+        .collect();
+    starts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (all.start_ms.t, all.start_ms.v) = starts.into_iter().unzip();
+}
+
+fn merge_proxy(all: &mut crate::proxy_view::AppProxy, theirs: crate::proxy_view::AppProxy) {
+    all.proxy |= theirs.proxy;
+    all.machines.extend(theirs.machines);
+    all.activity.extend(theirs.activity);
+    all.activity.sort_by(|a, b| a.at.total_cmp(&b.at));
 }
 
 /// The machines the directory has of `app` on `host`, which cannot be

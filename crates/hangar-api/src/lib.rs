@@ -23,6 +23,7 @@ mod machines;
 mod metrics;
 pub mod openapi;
 mod platform;
+pub mod proxy_view;
 pub mod registry;
 mod releases;
 mod secrets;
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub registry: Option<hangar_registry::Storage>,
     /// This host's cluster membership (`hangard --cluster`), if any.
     pub cluster: Option<cluster::ClusterApi>,
+    /// The proxy's view of apps, when this host runs a proxy.
+    pub proxy: Option<Arc<dyn proxy_view::ProxyView>>,
 }
 
 /// Who a request acts as.
@@ -298,6 +301,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/hangar/apps/{app}/logs", get(logs::logs))
         .route("/hangar/apps/{app}/watch", get(ui::watch))
         .route("/hangar/apps/{app}/usage", get(usage::usage))
+        .route("/hangar/apps/{app}/proxy", get(proxy_view::proxy))
         .route(
             "/hangar/apps/{app}/tokens",
             get(tokens::list).post(tokens::create),

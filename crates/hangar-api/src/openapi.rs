@@ -7,8 +7,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    apps, hosts, images, ips, logs, machine_ops, machines, metrics, platform, releases, secrets,
-    tokens, tty, ui, usage, volume_copy, volumes,
+    apps, hosts, images, ips, logs, machine_ops, machines, metrics, platform, proxy_view, releases,
+    secrets, tokens, tty, ui, usage, volume_copy, volumes,
 };
 
 /// The document.
@@ -37,7 +37,7 @@ use crate::{
         logs::logs, tty::tty, images::list, images::import, images::prune,
         tokens::list, tokens::list_all, tokens::create, tokens::revoke, tokens::revoke_any,
         releases::list, releases::create, releases::get, releases::cancel, releases::events,
-        metrics::scrape, ui::watch, usage::usage,
+        metrics::scrape, ui::watch, usage::usage, proxy_view::proxy,
         hosts::list, hosts::drain, hosts::undrain,
     ),
     modifiers(&BearerAuth),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::extract::{Path, State};
 use hangar_agent::Agent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ApiState;
 use crate::error::ApiResult;
@@ -118,7 +118,7 @@ fn sample(agent: &Agent) {
 }
 
 /// A series of points: times (Unix seconds) and values.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Series {
     /// When (Unix seconds).
     pub t: Vec<f64>,
@@ -127,7 +127,7 @@ pub struct Series {
 }
 
 /// A machine's recent usage.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MachineUsage {
     /// CPU cores used, averaged over each interval.
     pub cpu_cores: Series,
@@ -140,7 +140,7 @@ pub struct MachineUsage {
 }
 
 /// An app's recent usage (this host's machines and proxy).
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppUsage {
     /// Seconds between samples.
     pub interval_secs: f64,
@@ -149,6 +149,23 @@ pub struct AppUsage {
     /// Requests per second the proxy answered for the app.
     pub requests_per_sec: Series,
     /// Their mean latency (to the answer's head), ms, over each interval.
+    pub latency_ms: Series,
+    /// The last hour's starts of the app's machines, from starting to
+    /// started, ms: a point per start (every host's, in a cluster).
+    #[serde(default)]
+    pub start_ms: Series,
+    /// In a cluster: each host's proxy's requests per second and latency
+    /// for the app, by host id (this host's too).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, HostRequests>,
+}
+
+/// One host's proxy's requests for an app.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostRequests {
+    /// Requests per second.
+    pub requests_per_sec: Series,
+    /// Their mean latency, ms.
     pub latency_ms: Series,
 }
 
@@ -233,13 +250,30 @@ fn app_usage(app: &str) -> AppUsage {
 }
 
 /// `GET /v1/hangar/apps/{app}/usage`.
-#[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/usage", operation_id = "Apps_usage", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), responses((status = 200, description = "The last ten minutes on this host: each running machine's CPU and memory, the app's request rate and latency", body = AppUsage), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 404, description = "Not found", body = hangar_api_types::ErrorResponse)))]
+#[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/usage", operation_id = "Apps_usage", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), responses((status = 200, description = "The last ten minutes: each running machine's CPU, memory and network (every host's, in a cluster), the app's request rate and latency through this host's proxy (and each host's, in a cluster), and the last hour's start latencies", body = AppUsage), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 404, description = "Not found", body = hangar_api_types::ErrorResponse)))]
 pub async fn usage(
     State(s): State<ApiState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<AppUsage>> {
     s.agent.get_app(&app)?;
-    Ok(Json(app_usage(&app)))
+    let mut u = app_usage(&app);
+    let since = hangar_metrics::unix_now() - crate::proxy_view::ACTIVITY_SECS;
+    for a in crate::proxy_view::activity(&s, &app, since, 500) {
+        if let ("start", Some(secs)) = (a.action.as_str(), a.seconds) {
+            u.start_ms.t.push(a.at);
+            u.start_ms.v.push(secs * 1000.0);
+        }
+    }
+    if let Some(host) = crate::proxy_view::host_of(&s) {
+        u.hosts.insert(
+            host,
+            HostRequests {
+                requests_per_sec: u.requests_per_sec.clone(),
+                latency_ms: u.latency_ms.clone(),
+            },
+        );
+    }
+    Ok(Json(u))
 }
 
 #[cfg(test)]

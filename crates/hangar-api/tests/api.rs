@@ -39,6 +39,7 @@ async fn api() -> Api {
         deploy: hangar_deploy::Deployer::new(agent.clone()),
         registry: None,
         cluster: None,
+        proxy: None,
     });
     Api {
         app,
@@ -1416,6 +1417,9 @@ async fn metrics_count_machines_and_operations_for_the_admin_only() {
         "hangar_machine_operation_duration_seconds_count{op=\"create\"} ",
         "hangar_machine_start_duration_seconds_count ",
         "hangar_machine_stop_duration_seconds_count ",
+        "hangar_database_duration_seconds_count{db=\"sqlite\",op=\"read\"} ",
+        "hangar_database_duration_seconds_count{db=\"sqlite\",op=\"write\"} ",
+        "hangar_database_duration_seconds_count{db=\"sqlite\",op=\"lock_wait\"} ",
         "hangar_build_info{version=\"",
     ] {
         assert!(text.contains(family), "no {family:?} in\n{text}");
@@ -1611,5 +1615,37 @@ async fn usage_is_sampled_for_the_dashboards_plots() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let r = a.call("GET", "/v1/hangar/apps/nope/usage", None).await;
+    assert_eq!(r.status, 404);
+}
+
+/// The proxy's view of an app: with no proxy on this host, no machines in
+/// it, but the machines' starts are there, and the usage plots them.
+#[tokio::test]
+async fn the_proxy_view_and_start_latency_come_from_what_happened() {
+    let a = with_app().await;
+    let m = a.machine(json!({"image": "img"})).await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    a.wait(&id, "started").await;
+    let r = a.call("GET", "/v1/hangar/apps/web/proxy", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["proxy"], false);
+    assert_eq!(r.body["machines"], json!([]));
+    let starts: Vec<&serde_json::Value> = r.body["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["machine"] == id.as_str())
+        .collect();
+    assert_eq!(starts.len(), 1, "{}", r.body);
+    assert_eq!(starts[0]["action"], "start");
+    assert!(starts[0]["seconds"].as_f64().is_some_and(|s| s >= 0.0));
+    assert!(starts[0].get("host").is_none(), "no cluster, no host");
+    let r = a.call("GET", "/v1/hangar/apps/web/usage", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = r.body["start_ms"]["t"].as_array().unwrap();
+    assert!(!t.is_empty(), "{}", r.body);
+    assert_eq!(t.len(), r.body["start_ms"]["v"].as_array().unwrap().len());
+    assert!(r.body.get("hosts").is_none(), "no cluster, no hosts");
+    let r = a.call("GET", "/v1/hangar/apps/nope/proxy", None).await;
     assert_eq!(r.status, 404);
 }

@@ -135,6 +135,7 @@ impl Harness {
                 deploy: hangar_deploy::Deployer::new(agent.clone()),
                 registry: None,
                 cluster: None,
+                proxy: None,
             }),
             spec: Spec::load(),
             covered: BTreeSet::new(),

@@ -309,6 +309,7 @@ fn thousands_of_generated_requests_never_fail_the_server() {
         deploy: hangar_deploy::Deployer::new(agent.clone()),
         registry: None,
         cluster: None,
+        proxy: None,
     });
     rt.block_on(async { agent.create_app("f", None, None).unwrap() });
     let mut ids = Vec::new();

@@ -44,11 +44,12 @@ fn document_describes_every_operation() {
         }
     }
     // The operations of Fly's spec listed in the README, and Hangar's
-    // extensions (images, logs, terminal, tokens, releases, hosts, metrics, the dashboard's watch and usage).
-    assert_eq!(ops.len(), 74, "{ops:#?}");
+    // extensions (images, logs, terminal, tokens, releases, hosts, metrics, the dashboard's watch, usage and proxy view).
+    assert_eq!(ops.len(), 75, "{ops:#?}");
     assert!(ops.contains(&"GET /metrics".to_string()));
     assert!(ops.contains(&"GET /v1/apps/{app_name}/volumes/{volume_id}/export".to_string()));
     assert!(ops.contains(&"GET /v1/hangar/hosts".to_string()));
+    assert!(ops.contains(&"GET /v1/hangar/apps/{app_name}/proxy".to_string()));
     assert!(ops.contains(&"POST /v1/apps/{app_name}/releases".to_string()));
     assert!(ops.contains(&"POST /v1/apps/{app_name}/machines/{machine_id}/lease".to_string()));
     assert_eq!(
@@ -100,6 +101,7 @@ async fn served_at_openapi_json() {
         deploy: hangar_deploy::Deployer::new(agent.clone()),
         registry: None,
         cluster: None,
+        proxy: None,
     });
     let req = Request::get("/openapi.json")
         .header("authorization", "Bearer t")

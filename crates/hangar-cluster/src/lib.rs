@@ -1239,6 +1239,18 @@ struct Session {
 
 /// A connection to the cluster's database as host `cfg.host_id`, within
 /// the round timeout.
+/// Runs one step of a sync round, timed into
+/// `hangar_database_duration_seconds{db="postgres", op}`.
+async fn timed<T>(op: &'static str, step: impl std::future::Future<Output = T>) -> T {
+    let since = Instant::now();
+    let out = step.await;
+    hangar_metrics::get()
+        .database_seconds
+        .get_or_create(&hangar_metrics::DbLabels { db: "postgres", op })
+        .observe(since.elapsed().as_secs_f64());
+    out
+}
+
 async fn connect(
     cfg: &ClusterConfig,
 ) -> Result<
@@ -1400,21 +1412,21 @@ impl Session {
             let since_last = self.last_heartbeat.elapsed();
             if since_last >= HEARTBEAT {
                 let started = Instant::now();
-                self.heartbeat().await?;
+                timed("heartbeat", self.heartbeat()).await?;
                 if since_last >= HEARTBEAT * 3 || started.elapsed() >= HEARTBEAT {
                     // This host could not heartbeat for a while: the
                     // database stalled, and the others' heartbeats with it.
                     self.healthy_since = Instant::now();
                 }
                 if self.healthy_since.elapsed() >= self.inner.cfg.down_after {
-                    self.sweep().await?;
+                    timed("sweep", self.sweep()).await?;
                 }
             }
-            self.send_outbox().await?;
-            self.follow().await?;
-            self.publish_directory().await?;
-            self.publish_volumes().await?;
-            self.refresh_view().await
+            timed("outbox", self.send_outbox()).await?;
+            timed("follow", self.follow()).await?;
+            timed("directory", self.publish_directory()).await?;
+            timed("volumes", self.publish_volumes()).await?;
+            timed("view", self.refresh_view()).await
         })
         .await
         .map_err(|_| ClusterError::Timeout(ROUND_TIMEOUT))?

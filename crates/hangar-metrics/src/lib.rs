@@ -21,7 +21,8 @@ pub use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+pub use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -82,6 +83,78 @@ pub struct CheckLabels {
     pub status: &'static str,
 }
 
+/// A database's work.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    /// sqlite (this host's store) or postgres (the cluster's catalogue).
+    pub db: &'static str,
+    /// For SQLite: read or write (a use of the connection that changed
+    /// rows), and lock_wait (waiting for the connection). For PostgreSQL:
+    /// each step of a sync round (heartbeat, outbox, follow, directory,
+    /// volumes, view, sweep).
+    pub op: &'static str,
+}
+
+/// Something that happened to a machine, kept for the dashboard: a start
+/// and how long it took, or the proxy starting or stopping it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activity {
+    /// When (Unix seconds).
+    pub at: f64,
+    /// The app.
+    pub app: String,
+    /// The machine.
+    pub machine: String,
+    /// `start` (starting to started), `autostart` (the proxy started it
+    /// for a request), `autostop` or `autosuspend` (the proxy found it
+    /// idle).
+    pub action: &'static str,
+    /// How long it took, when it is timed.
+    pub seconds: Option<f64>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// How many activities are kept, all apps together.
+const ACTIVITIES_KEPT: usize = 2000;
+
+fn activities() -> &'static std::sync::Mutex<std::collections::VecDeque<Activity>> {
+    static A: OnceLock<std::sync::Mutex<std::collections::VecDeque<Activity>>> = OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Keeps `a` among the recent activities.
+pub fn note(a: Activity) {
+    let mut q = activities().lock().unwrap_or_else(|p| p.into_inner());
+    if q.len() == ACTIVITIES_KEPT {
+        q.pop_front();
+    }
+    q.push_back(a);
+}
+
+/// The app's recent activities, oldest first, at most `limit` (the
+/// newest), none before `since` (Unix seconds).
+pub fn recent(app: &str, since: f64, limit: usize) -> Vec<Activity> {
+    let q = activities().lock().unwrap_or_else(|p| p.into_inner());
+    let mut out: Vec<Activity> = q
+        .iter()
+        .rev()
+        .filter(|a| a.app == app && a.at >= since)
+        .take(limit)
+        .cloned()
+        .collect();
+    out.reverse();
+    out
+}
+
 type Timings<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric hangard records as things happen.
@@ -113,6 +186,8 @@ pub struct Metrics {
     pub autostops: Family<AutostopLabels, Counter>,
     /// `hangar_health_checks_total{status}`.
     pub checks: Family<CheckLabels, Counter>,
+    /// `hangar_database_duration_seconds{db, op}`.
+    pub database_seconds: Timings<DbLabels>,
     /// Per app: requests answered and their total seconds (for the
     /// dashboard's plots, which sample them).
     proxy_totals: std::sync::Mutex<std::collections::HashMap<String, Arc<Totals>>>,
@@ -144,6 +219,11 @@ fn op_seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+fn database_seconds() -> Histogram {
+    // 10 µs to ~1.3 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 18))
+}
+
 fn request_seconds() -> Histogram {
     // 0.25 ms to ~8 s.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -163,6 +243,7 @@ impl Metrics {
             autostarts: Family::default(),
             autostops: Family::default(),
             checks: Family::default(),
+            database_seconds: Family::new_with_constructor(database_seconds),
             proxy_totals: Default::default(),
         }
     }
@@ -176,6 +257,14 @@ impl Metrics {
         self.machine_op_seconds
             .get_or_create(&OpOnly { op })
             .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// The histogram of `db`'s `op` (a handle to keep: observing it then
+    /// costs no lookup).
+    pub fn database(&self, db: &'static str, op: &'static str) -> Histogram {
+        self.database_seconds
+            .get_or_create(&DbLabels { db, op })
+            .clone()
     }
 
     /// Records an answer of the proxy for `app` that took since `since`.
@@ -321,6 +410,11 @@ pub fn registry(collectors: Vec<Box<dyn Collector>>) -> Registry {
         "Health check runs, by result",
         m.checks.clone(),
     );
+    r.register(
+        "database_duration_seconds",
+        "Time spent in this host's SQLite store (reads, writes, waiting for the connection) and in the cluster's PostgreSQL (each step of a sync round)",
+        m.database_seconds.clone(),
+    );
     for c in collectors {
         r.register_collector(c);
     }
@@ -431,6 +525,7 @@ mod tests {
         m.proxy_request("web", 200, since);
         m.proxy_request("web", 502, since);
         m.proxy_request("web", 200, since);
+        m.database("sqlite", "read").observe(0.000_2);
         let text = encode(&registry(vec![Box::new(Fixed)])).unwrap();
         for line in [
             "hangar_build_info{version=\"",
@@ -441,9 +536,29 @@ mod tests {
             "hangar_proxy_requests_total{app=\"web\",status=\"502\"} 1",
             "hangar_proxy_request_duration_seconds_count{app=\"web\"} 3",
             "hangar_machines{app=\"web\",state=\"started\"} 2",
+            "hangar_database_duration_seconds_count{db=\"sqlite\",op=\"read\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn recent_activities_are_the_apps_newest_first_kept_last() {
+        let at = unix_now();
+        for (i, app) in ["a", "b", "a", "a"].into_iter().enumerate() {
+            note(Activity {
+                at: at + i as f64,
+                app: app.into(),
+                machine: format!("m{i}"),
+                action: "start",
+                seconds: Some(0.01),
+                error: None,
+            });
+        }
+        let got: Vec<String> = recent("a", at, 2).into_iter().map(|a| a.machine).collect();
+        assert_eq!(got, ["m2", "m3"]);
+        assert_eq!(recent("a", at + 2.5, 10).len(), 1);
+        assert!(recent("nobody", 0.0, 10).is_empty());
     }
 }

@@ -96,7 +96,17 @@ impl Proxy {
                         }
                     }
                 }
-                match self.machines.stop(&app, &id, suspend).await {
+                let since = Instant::now();
+                let stopped = self.machines.stop(&app, &id, suspend).await;
+                hangar_metrics::note(hangar_metrics::Activity {
+                    at: hangar_metrics::unix_now(),
+                    app: app.clone(),
+                    machine: id.to_string(),
+                    action: if suspend { "autosuspend" } else { "autostop" },
+                    seconds: Some(since.elapsed().as_secs_f64()),
+                    error: stopped.as_ref().err().map(|e| e.to_string()),
+                });
+                match stopped {
                     Ok(()) => {
                         hangar_metrics::get()
                             .autostops

@@ -47,6 +47,7 @@ mod statics;
 pub mod tls;
 mod tunnel;
 mod upstream;
+mod view;
 
 use headers::*;
 use listen::*;
@@ -54,6 +55,7 @@ use placement::*;
 use upstream::*;
 
 pub use statics::Static;
+pub use view::BackendView;
 
 /// How the proxy is set up.
 #[derive(Debug, Clone)]
@@ -289,6 +291,49 @@ mod tests {
             services: services::services(&config),
             statics: false,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_view_says_which_machines_take_traffic_and_why_not() {
+        let mut cordoned = backend("b", "off");
+        cordoned.out_of_rotation = true;
+        let mut stopped = backend("c", "suspend");
+        stopped.state = State::Stopped;
+        let fake = Arc::new(Fake {
+            backends: Mutex::new(vec![backend("a", "stop"), cordoned, stopped]),
+            stopped: Mutex::new(Vec::new()),
+        });
+        let dir = std::env::temp_dir();
+        let proxy = Proxy::new(
+            Config {
+                http: None,
+                https: None,
+                domain: "localhost".into(),
+                idle_timeout: Duration::from_secs(300),
+                autostop_interval: Duration::from_secs(1),
+                start_timeout: Duration::from_secs(1),
+                tls_cert: dir.join("unused.crt"),
+                tls_key: dir.join("unused.key"),
+                region: "local".into(),
+            },
+            fake.clone(),
+        );
+        let busy = proxy.add_load(&"a".into(), Counts::Request);
+        let v = proxy.view("web");
+        assert_eq!(v.len(), 3);
+        assert!(v[0].in_rotation);
+        assert_eq!((v[0].in_flight, v[0].idle_secs), (1, None));
+        assert_eq!(
+            v[0].services,
+            ["80/http → 8080 (autostop stop, min 1)".to_owned()]
+        );
+        assert_eq!(v[1].why_not, Some("cordoned or failing a check"));
+        assert_eq!((v[2].in_rotation, v[2].why_not), (false, Some("stopped")));
+        drop(busy);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        let v = proxy.view("web");
+        assert_eq!(v[0].in_flight, 0);
+        assert!(v[0].idle_secs.is_some_and(|s| s >= 7.0), "{:?}", v[0]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -272,10 +272,21 @@ impl Proxy {
             Some(_) => {
                 tracing::info!(app, machine = id, "proxy starting a machine for a request");
                 self.not_ready(id);
-                self.machines
+                let since = Instant::now();
+                let started = self
+                    .machines
                     .start(app, id)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string());
+                hangar_metrics::note(hangar_metrics::Activity {
+                    at: hangar_metrics::unix_now(),
+                    app: app.to_owned(),
+                    machine: id.to_owned(),
+                    action: "autostart",
+                    seconds: Some(since.elapsed().as_secs_f64()),
+                    error: started.as_ref().err().cloned(),
+                });
+                started?;
                 hangar_metrics::get()
                     .autostarts
                     .get_or_create(&hangar_metrics::AppLabels {

@@ -46,6 +46,7 @@ impl TestDaemon {
             deploy: hangar_deploy::Deployer::new(agent.clone()),
             registry: None,
             cluster: None,
+            proxy: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -229,3 +229,29 @@ impl hangar_deploy::Traffic for ProxyTraffic {
         self.0.traffic(id)
     }
 }
+
+impl hangar_api::proxy_view::ProxyView for ProxyTraffic {
+    fn machines(&self, app: &str) -> Vec<hangar_api::proxy_view::ProxyMachine> {
+        self.0
+            .view(app)
+            .into_iter()
+            .map(|b| hangar_api::proxy_view::ProxyMachine {
+                id: b.id,
+                host: None,
+                state: match b.state {
+                    hangar_proxy::State::Started => "started",
+                    hangar_proxy::State::Stopped => "stopped",
+                    hangar_proxy::State::Suspended => "suspended",
+                    hangar_proxy::State::Other => "other",
+                }
+                .to_owned(),
+                in_rotation: b.in_rotation,
+                why_not: b.why_not.map(str::to_owned),
+                in_flight: b.in_flight,
+                connections: b.connections,
+                idle_secs: b.idle_secs,
+                services: b.services,
+            })
+            .collect()
+    }
+}

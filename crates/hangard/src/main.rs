@@ -435,9 +435,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     // Releases a previous hangard left unfinished go on (or roll back).
-    let traffic = proxy
+    let proxy_view = proxy
         .as_ref()
-        .map(|(p, _)| Arc::new(edge::ProxyTraffic(p.clone())) as Arc<dyn hangar_deploy::Traffic>);
+        .map(|(p, _)| Arc::new(edge::ProxyTraffic(p.clone())));
+    let traffic = proxy_view
+        .clone()
+        .map(|p| p as Arc<dyn hangar_deploy::Traffic>);
     let deploy = hangar_deploy::Deployer::with_traffic(agent.clone(), traffic);
     let resumed = deploy.resume_all().context("resuming releases")?;
     if resumed > 0 {
@@ -506,6 +509,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         deploy,
         registry: Some(registry),
         cluster,
+        proxy: proxy_view.map(|p| p as Arc<dyn hangar_api::proxy_view::ProxyView>),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -295,6 +295,37 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
         ca.get_machine("far", &far[0].id).await.ok()
     })
     .await;
+    // The dashboard's proxy view and plots through A take in B's machine.
+    let (status, view) = answer(&a, reqwest::Method::GET, "/v1/hangar/apps/far/proxy", None).await;
+    assert_eq!(status, 200, "{view}");
+    let on_b: Vec<&Value> = view["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == far[0].id.as_str())
+        .collect();
+    assert_eq!(on_b.len(), 1, "{view}");
+    assert_eq!(on_b[0]["host"], "host-b");
+    assert_eq!(on_b[0]["in_rotation"], true, "{view}");
+    assert!(
+        view["activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["machine"] == far[0].id.as_str()
+                && e["action"] == "start"
+                && e["host"] == "host-b"),
+        "{view}"
+    );
+    let (status, usage) = answer(&a, reqwest::Method::GET, "/v1/hangar/apps/far/usage", None).await;
+    assert_eq!(status, 200, "{usage}");
+    assert!(
+        !usage["start_ms"]["v"].as_array().unwrap().is_empty(),
+        "{usage}"
+    );
+    for host in ["host-a", "host-b"] {
+        assert!(usage["hosts"].get(host).is_some(), "{usage}");
+    }
     assert_eq!(
         far[0].image_ref.as_ref().unwrap().digest,
         pushed.digest(),

@@ -3,8 +3,11 @@
 //! fantoccini), logs in with the URL `hangar dashboard` gives, finds the
 //! app and its running machine, reads the machine's live logs and sees its
 //! memory plotted, stops it (confirming) and starts
-//! it from the page, and sees each state change without reloading; the
-//! login form works too. Screenshots of the pages are kept in
+//! it from the page, and sees each state change without reloading; sees
+//! the proxy's view (machines in rotation, an autostop and an autostart
+//! with their times) and the start-latency plot; takes a volume's snapshot
+//! and restores it into a new volume from the page; the login form works
+//! too. Screenshots of the pages are kept in
 //! `target/dashboard-screenshots/`.
 
 use std::process::{Child, Command, Stdio};
@@ -110,7 +113,13 @@ async fn the_dashboard_shows_and_operates_a_machine_in_chromium() {
     reg.push("test/ui", "v1", &ImageBuilder::busybox().build())
         .await;
     let image = format!("{}/test/ui:v1", reg.addr);
-    let d = Daemon::start(&["--insecure-registry".into(), reg.addr.clone()]).await;
+    let d = Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--proxy-idle-timeout".into(),
+        "2s".into(),
+    ])
+    .await;
     let api = d.client();
     api.create_app("ui").await.unwrap();
     let config: MachineConfig = serde_json::from_value(json!({
@@ -133,6 +142,52 @@ async fn the_dashboard_shows_and_operates_a_machine_in_chromium() {
     api.wait_machine("ui", &m.id, &["started"], Duration::from_secs(30))
         .await
         .unwrap();
+    // A web machine behind the proxy: idle, the proxy stops it; a request
+    // starts it again.
+    let site: MachineConfig = serde_json::from_value(json!({
+        "image": image,
+        "init": {"cmd": ["httpd", "-f", "-p", "8080", "-h", "/etc"]},
+        "services": [{
+            "protocol": "tcp", "internal_port": 8080,
+            "autostart": true, "autostop": "stop", "min_machines_running": 0,
+            "ports": [{"port": 80, "handlers": ["http"]}],
+        }],
+    }))
+    .unwrap();
+    let site = api
+        .create_machine(
+            "ui",
+            &CreateMachineRequest {
+                config: Some(site),
+                name: Some("site".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    api.wait_machine("ui", &site.id, &["stopped"], Duration::from_secs(60))
+        .await
+        .expect("the proxy stops the idle machine");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = http
+        .get(format!("http://{}/hostname", d.proxy_http))
+        .header("host", "ui.localhost")
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "autostarted");
+    let vol = api
+        .create_volume(
+            "ui",
+            &hangar_api_types::CreateVolumeRequest {
+                name: Some("data".into()),
+                size_gb: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
 
     let profile = tempfile::tempdir().unwrap();
     let (_driver, c) = browser(profile.path()).await;
@@ -151,7 +206,66 @@ async fn the_dashboard_shows_and_operates_a_machine_in_chromium() {
     click(&c, "a[href='#/apps/ui']").await;
     let row = format!("tr[data-machine='{}']", m.id);
     text_with(&c, &row, "started").await;
+    // The proxy's view: both machines, the ticker (no public service) in
+    // rotation, and what the proxy did to the site machine.
+    let rotation = format!("tr[data-proxy-machine='{}'] td[data-rotation]", m.id);
+    text_with(&c, &rotation, "yes").await;
+    text_with(
+        &c,
+        &format!("tr[data-proxy-machine='{}']", site.id),
+        "80/http → 8080 (autostop stop, autostart)",
+    )
+    .await;
+    text_with(&c, "#proxy tr[data-activity='autostop']", &site.id).await;
+    text_with(&c, "#proxy tr[data-activity='autostart']", " ms").await;
+    let caption = text_with(&c, "#usage", "Start latency:").await;
+    assert!(!caption.contains("Start latency: no data yet"), "{caption}");
+    text_with(&c, "#usage", &format!("Memory {}", m.id)).await;
+    let usage = c
+        .find(Locator::Css("#usage"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!usage.contains("[object"), "{usage}");
+    let proxy = c
+        .find(Locator::Css("#proxy"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!proxy.contains("null"), "{proxy}");
     screenshot(&c, "app").await;
+
+    // A snapshot of the volume, then a new volume from it, from the page.
+    click(
+        &c,
+        &format!(
+            "tr[data-volume='{}'] button[data-action='snapshot']",
+            vol.id
+        ),
+    )
+    .await;
+    c.accept_alert().await.unwrap();
+    click(&c, "tr[data-snapshot] button[data-action='restore']").await;
+    c.send_alert_text("restored").await.unwrap();
+    c.accept_alert().await.unwrap();
+    let vols = wait_until(Duration::from_secs(30), "the restored volume", || async {
+        let vs = api.list_volumes("ui").await.ok()?;
+        (vs.len() == 2).then_some(vs)
+    })
+    .await;
+    let restored = vols.iter().find(|v| v.id != vol.id).unwrap();
+    assert_eq!(restored.name, "restored");
+    text_with(
+        &c,
+        &format!("tr[data-volume='{}']", restored.id),
+        "restored",
+    )
+    .await;
+    screenshot(&c, "app-volumes").await;
 
     // The machine's page: its live logs.
     click(&c, &format!("a[href='#/apps/ui/machines/{}']", m.id)).await;

@@ -61,6 +61,29 @@ pub struct Store {
 pub(crate) struct Conn<'a> {
     guard: MutexGuard<'a, Connection>,
     changes: &'a AtomicU64,
+    /// When it was taken, and its `total_changes` then: how long it was
+    /// held, as a read or (rows changed) a write.
+    since: std::time::Instant,
+    before: u64,
+}
+
+/// `hangar_database_duration_seconds` for SQLite: reads, writes, waits.
+struct Timings {
+    read: hangar_metrics::Histogram,
+    write: hangar_metrics::Histogram,
+    wait: hangar_metrics::Histogram,
+}
+
+fn timings() -> &'static Timings {
+    static T: std::sync::OnceLock<Timings> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let m = hangar_metrics::get();
+        Timings {
+            read: m.database("sqlite", "read"),
+            write: m.database("sqlite", "write"),
+            wait: m.database("sqlite", "lock_wait"),
+        }
+    })
 }
 
 impl std::ops::Deref for Conn<'_> {
@@ -78,8 +101,15 @@ impl std::ops::DerefMut for Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        self.changes
-            .store(self.guard.total_changes(), Ordering::Release);
+        let total = self.guard.total_changes();
+        self.changes.store(total, Ordering::Release);
+        let t = timings();
+        let held = if total != self.before {
+            &t.write
+        } else {
+            &t.read
+        };
+        held.observe(self.since.elapsed().as_secs_f64());
     }
 }
 
@@ -132,9 +162,17 @@ impl Store {
     }
 
     pub(crate) fn conn(&self) -> Conn<'_> {
+        let asked = std::time::Instant::now();
+        let guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let since = std::time::Instant::now();
+        timings()
+            .wait
+            .observe(since.duration_since(asked).as_secs_f64());
         Conn {
-            guard: self.conn.lock().unwrap_or_else(|p| p.into_inner()),
+            before: guard.total_changes(),
+            guard,
             changes: &self.changes,
+            since,
         }
     }
 

@@ -14,7 +14,7 @@ function el(tag, attrs, ...children) {
     else if (k === 'class') e.className = v;
     else e.setAttribute(k, v === true ? '' : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -132,6 +132,25 @@ async function act(app, m, op) {
   } catch (e) { fail(e); }
 }
 
+async function snapshot(app, v) {
+  if (!window.confirm(`Take a snapshot of volume ${v.id} (${v.name})?`)) return;
+  try {
+    await api('POST', `/v1/apps/${encodeURIComponent(app)}/volumes/${encodeURIComponent(v.id)}/snapshots`);
+    say(`snapshot of ${v.id} taken`);
+  } catch (e) { fail(e); }
+}
+
+// Fly restores a snapshot as a new volume made from it.
+async function restore(app, v, x) {
+  const name = window.prompt(`Restore snapshot ${x.id} into a new volume named:`, v.name);
+  if (!name) return;
+  try {
+    const nv = await api('POST', `/v1/apps/${encodeURIComponent(app)}/volumes`,
+      { name, region: v.region, size_gb: v.size_gb, snapshot_id: x.id });
+    say(`volume ${nv.id} made from snapshot ${x.id}`);
+  } catch (e) { fail(e); }
+}
+
 function machineActions(app, m) {
   const b = (op, label, cls) => el('button', {
     type: 'button', class: cls, 'data-action': op, 'aria-label': `${label} ${m.id}`,
@@ -200,8 +219,9 @@ async function appPage(app) {
   const releases = el('section', { class: 'card', id: 'releases' });
   const extra = el('section', { class: 'card', id: 'extra' });
   const usage = el('section', { class: 'card', id: 'usage' });
+  const proxy = el('section', { class: 'card', id: 'proxy' });
   $('main').replaceChildren(el('h1', {}, app), el('h2', {}, 'Machines'), machines,
-    el('h2', {}, 'Usage'), usage,
+    el('h2', {}, 'Usage'), usage, el('h2', {}, 'Proxy'), proxy,
     el('h2', {}, 'Releases'), releases, el('h2', {}, 'Addresses, volumes and secrets'), extra);
   const a = encodeURIComponent(app);
   const draw = async () => {
@@ -221,15 +241,49 @@ async function appPage(app) {
         el('td', {}, machineActions(app, m)))),
       'No machines: hangar machine run IMAGE --app ' + app));
     const u = await api('GET', `/v1/hangar/apps/${a}/usage`);
+    // In a cluster, each host's proxy has its own request plots.
+    const hosts = Object.entries(u.hosts || {});
+    const requests = hosts.length
+      ? hosts.map(([h, r]) => [
+        chart(`Requests via ${h}`, 'req/s', r.requests_per_sec, 1),
+        chart(`Latency via ${h}`, 'ms', r.latency_ms, 1)])
+      : [chart('Requests', 'req/s', u.requests_per_sec, 1), chart('Latency', 'ms', u.latency_ms, 1)];
     usage.replaceChildren(el('div', { class: 'plots' },
-      chart('Requests', 'req/s', u.requests_per_sec, 1),
-      chart('Latency', 'ms', u.latency_ms, 1),
+      requests,
+      chart('Start latency', 'ms', u.start_ms || {}, 1),
       Object.entries(u.machines).map(([id, mu]) => [
         chart(`CPU ${id}`, 'cores', mu.cpu_cores, 3),
         chart(`Memory ${id}`, 'MiB', mu.memory_mb, 1),
         chart(`Network in ${id}`, 'B/s', mu.net_rx_bytes_per_sec, 0),
         chart(`Network out ${id}`, 'B/s', mu.net_tx_bytes_per_sec, 0),
       ])));
+    const p = await api('GET', `/v1/hangar/apps/${a}/proxy`);
+    const ago = (secs) => (secs === undefined || secs === null ? ''
+      : secs < 90 ? `${secs.toFixed(0)} s` : `${(secs / 60).toFixed(0)} min`);
+    proxy.replaceChildren(el('div', {},
+      p.proxy ? null : el('p', { class: 'muted' }, 'This host runs no proxy.'),
+      table('Machines in rotation',
+        ['Machine', 'Host', 'In rotation', 'In flight', 'Connections', 'Idle', 'Services'],
+        p.machines.map((b) => el('tr', { 'data-proxy-machine': b.id },
+          el('td', { class: 'mono' }, b.id),
+          el('td', {}, b.host || 'this host'),
+          el('td', { 'data-rotation': b.in_rotation ? 'yes' : 'no' },
+            b.in_rotation ? 'yes' : `no: ${b.why_not || b.state}`),
+          el('td', {}, b.in_flight),
+          el('td', {}, b.connections),
+          el('td', {}, ago(b.idle_secs)),
+          el('td', { class: 'mono' }, b.services.join('; ') || 'no public services'))),
+        'No machines behind the proxy.'),
+      el('h3', {}, 'Starts, autostarts and autostops (last hour)'),
+      table('Recent activity', ['Time', 'Machine', 'Host', 'What', 'Took', 'Error'],
+        p.activity.slice().reverse().slice(0, 30).map((e) => el('tr', { 'data-activity': e.action },
+          el('td', {}, new Date(e.at * 1000).toLocaleTimeString()),
+          el('td', { class: 'mono' }, e.machine),
+          el('td', {}, e.host || 'this host'),
+          el('td', {}, e.action),
+          el('td', {}, e.seconds === undefined ? '' : `${(e.seconds * 1000).toFixed(1)} ms`),
+          el('td', {}, e.error || ''))),
+        'Nothing in the last hour.')));
     const rs = (await api('GET', `/v1/apps/${a}/releases?limit=20`)).releases;
     releases.replaceChildren(table('Releases',
       ['Version', 'Status', 'Reason', 'Image', 'Machines', 'By', 'Created', ''],
@@ -266,13 +320,27 @@ async function appPage(app) {
       table('Addresses', ['Address', 'Region', 'Shared'],
         ips.map((i) => el('tr', {}, el('td', { class: 'mono' }, i.ip), el('td', {}, i.region),
           el('td', {}, i.shared ? 'shared' : 'dedicated'))), 'No public addresses.'),
-      table('Volumes', ['ID', 'Name', 'Size', 'State', 'Machine', 'Region', 'Snapshots'],
-        vols.map((v) => el('tr', {}, el('td', { class: 'mono' }, v.id), el('td', {}, v.name),
+      table('Volumes', ['ID', 'Name', 'Size', 'State', 'Machine', 'Region', 'Snapshots', ''],
+        vols.map((v) => el('tr', { 'data-volume': v.id }, el('td', { class: 'mono' }, v.id),
+          el('td', {}, v.name),
           el('td', {}, `${v.size_gb} GB`), el('td', {}, v.state),
           el('td', { class: 'mono' }, v.attached_machine_id || ''), el('td', {}, v.region),
-          el('td', {}, v.snaps.length
-            ? `${v.snaps.length}, latest ${v.snaps.map((x) => x.created_at).sort().pop()}` : 'none'))),
+          el('td', {}, v.snaps.length ? `${v.snaps.length}` : 'none'),
+          el('td', {}, el('button', {
+            type: 'button', 'data-action': 'snapshot', 'aria-label': `Take a snapshot of ${v.id}`,
+            onclick: () => snapshot(app, v).then(draw).catch(fail),
+          }, 'Take snapshot')))),
         'No volumes.'),
+      table('Snapshots', ['Volume', 'Snapshot', 'Taken', 'Size', 'Status', ''],
+        vols.flatMap((v) => v.snaps.map((x) => el('tr', { 'data-snapshot': x.id },
+          el('td', { class: 'mono' }, v.id), el('td', { class: 'mono' }, x.id),
+          el('td', {}, x.created_at), el('td', {}, `${x.size} B`), el('td', {}, x.status),
+          el('td', {}, el('button', {
+            type: 'button', 'data-action': 'restore',
+            'aria-label': `Restore snapshot ${x.id} into a new volume`,
+            onclick: () => restore(app, v, x).then(draw).catch(fail),
+          }, 'Restore to new volume'))))),
+        'No snapshots.'),
       table('Secrets', ['Name', 'Digest'],
         secrets.map((s) => el('tr', {}, el('td', { class: 'mono' }, s.name),
           el('td', { class: 'mono' }, s.digest))), 'No secrets.'));
