@@ -19,6 +19,7 @@ use hangar_image::{Credentials, ImageStore, StoreOptions};
 use hangar_runtime_oci::{OciConfig, OciFlavor, OciRuntime, host};
 
 mod edge;
+mod traces;
 
 /// mimalloc: the proxy allocates per request, and glibc's malloc was a
 /// measurable part of its profile.
@@ -176,24 +177,53 @@ struct Args {
     /// hangard: two on one host give each its own).
     #[arg(long, env = "HANGAR_CGROUP_PARENT", default_value = "/hangar")]
     cgroup_parent: String,
+    /// Send OpenTelemetry traces (a span per API request) over OTLP/HTTP to
+    /// this collector, e.g. `http://127.0.0.1:4318` (off by default).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    let traces = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => {
+            let host = args
+                .host_id
+                .clone()
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
+                .unwrap_or_else(|| "hangard".into());
+            Some(traces::provider(endpoint, &host, &args.region)?)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_target(false)
+        .with(tracing_subscriber::fmt::layer().with_target(false))
+        .with(traces.as_ref().map(traces::layer))
         .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(args))
+        .block_on(run(args, traces.is_some()));
+    if let Some(t) = traces {
+        // The last spans go out before the process ends.
+        if let Err(e) = t.shutdown() {
+            eprintln!("sending the last traces: {e}");
+        }
+    }
+    result
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("hangard must run as root (it mounts file systems and creates containers)");
@@ -502,7 +532,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // The dashboard's plots: the last ten minutes, a sample every 5 s.
     hangar_api::usage::start_sampling(agent.clone(), std::time::Duration::from_secs(5));
-    let app = hangar_api::router(ApiState {
+    let mut app = hangar_api::router(ApiState {
         agent: agent.clone(),
         images: Some(images),
         auth: Arc::new(auth),
@@ -511,6 +541,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster,
         proxy: proxy_view.map(|p| p as Arc<dyn hangar_api::proxy_view::ProxyView>),
     });
+    if traced {
+        app = app.layer(axum::middleware::from_fn(traces::span));
+        tracing::info!("sending traces over OTLP");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -326,6 +326,21 @@ async fn two_hosts_share_apps_place_by_region_and_answer_for_each_other() {
     for host in ["host-a", "host-b"] {
         assert!(usage["hosts"].get(host).is_some(), "{usage}");
     }
+    // Each step of A's sync rounds is timed.
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", a.url))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for op in ["heartbeat", "outbox", "follow", "directory", "view"] {
+        let line =
+            format!("hangar_database_duration_seconds_count{{db=\"postgres\",op=\"{op}\"}} ");
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
+    }
     assert_eq!(
         far[0].image_ref.as_ref().unwrap().digest,
         pushed.digest(),

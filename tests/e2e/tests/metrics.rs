@@ -178,6 +178,15 @@ async fn prometheus_scrapes_machines_requests_and_cgroup_figures() {
             "hangar_machine_start_duration_seconds_count".to_owned(),
             1.0,
         ),
+        // Time in this host's SQLite store: reads and writes.
+        (
+            "hangar_database_duration_seconds_count{db=\"sqlite\",op=\"read\"}".to_owned(),
+            1.0,
+        ),
+        (
+            "hangar_database_duration_seconds_count{db=\"sqlite\",op=\"write\"}".to_owned(),
+            1.0,
+        ),
         // The proxied requests went in and their answers out over its veth.
         (
             format!("hangar_machine_network_receive_bytes_total{{machine=\"{id}\"}}"),
