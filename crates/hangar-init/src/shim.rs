@@ -10,6 +10,14 @@
 //!                     └─ crun delete; exits
 //! ```
 //!
+//! With `--standby` (a stopped machine's next start, made ahead) the shim
+//! runs `crun create` instead: the container's namespaces, cgroup and init
+//! are made and the init waits at the runtime's exec barrier. The shim
+//! reports `{"created":true}`, writes the `standby` marker and waits on the
+//! `go` FIFO in its state directory: `start` (hangard's start) runs
+//! `crun start` and the shim goes on as above, reporting `{"pid":N}` on the
+//! same stdout; anything else (or the shim being killed) dismisses it.
+//!
 //! The shim does not depend on `hangard` at any instant after it is spawned:
 //! if `hangard` exits or is killed, even before it read the shim's report,
 //! the shim goes on (a write to hangard's closed pipe is ignored), logs, and
@@ -42,6 +50,7 @@ struct Options {
     log_max_bytes: u64,
     oom_file: Option<PathBuf>,
     lock_fd: Option<i32>,
+    standby: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -70,6 +79,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         lock_fd: get("--lock-fd")?
             .map(|v| v.parse().map_err(|_| "bad --lock-fd"))
             .transpose()?,
+        standby: args.iter().any(|a| a == "--standby"),
     })
 }
 
@@ -78,6 +88,10 @@ pub const SHIM_PID_FILE: &str = "shim.pid";
 /// Written when the container ended.
 pub const EXIT_FILE: &str = "exit.json";
 const CONTAINER_PID_FILE: &str = "container.pid";
+/// Present while a `--standby` shim waits for its start.
+pub const STANDBY_FILE: &str = "standby";
+/// The FIFO a `--standby` shim waits on: `start` starts the container.
+pub const GO_FIFO: &str = "go";
 const RUNTIME_LOG: &str = "runtime.log";
 const SHIM_LOG: &str = "shim.log";
 
@@ -129,9 +143,12 @@ fn run(o: &Options) -> io::Result<()> {
     let pid_file = o.state_dir.join(CONTAINER_PID_FILE);
     let _ = fs::remove_file(&pid_file);
     let mut create = runtime(o);
+    if o.standby {
+        create.arg("create");
+    } else {
+        create.arg("run").arg("--detach");
+    }
     create
-        .arg("run")
-        .arg("--detach")
         .arg("--bundle")
         .arg(&o.bundle)
         .arg("--pid-file")
@@ -151,18 +168,50 @@ fn run(o: &Options) -> io::Result<()> {
             Ok(())
         });
     }
-    let runtime_started = std::time::Instant::now();
+    let mut runtime_started = std::time::Instant::now();
     let started = create.status()?;
-    let runtime_ms = runtime_started.elapsed().as_secs_f64() * 1e3;
     // The Command still holds copies of the pipes' write ends: drop them all,
     // or the pipes never reach EOF when the container ends.
     drop(create);
     drop((out_w, err_w, status_w));
     if !started.success() {
-        let msg = runtime_error(o, "start");
+        let msg = runtime_error(o, if o.standby { "create" } else { "start" });
         cleanup(o);
         return report_failure(o, &msg);
     }
+    if o.standby {
+        let created_ms = runtime_started.elapsed().as_secs_f64() * 1e3;
+        let word = match wait_for_go(o, created_ms) {
+            Ok(w) => w,
+            Err(e) => {
+                dismissed(o);
+                return Err(e);
+            }
+        };
+        if word.trim() != "start" {
+            dismissed(o);
+            return Ok(());
+        }
+        runtime_started = std::time::Instant::now();
+        let started = match release_exec_fifo(o) {
+            Ok(true) => true,
+            _ => runtime(o)
+                .arg("start")
+                .arg(&o.id)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success(),
+        };
+        let _ = fs::remove_file(o.state_dir.join(STANDBY_FILE));
+        if !started {
+            let msg = runtime_error(o, "start");
+            cleanup(o);
+            return report_failure(o, &msg);
+        }
+    }
+    let runtime_ms = runtime_started.elapsed().as_secs_f64() * 1e3;
     let pid: libc::pid_t = fs::read_to_string(&pid_file)?
         .trim()
         .parse()
@@ -202,6 +251,84 @@ fn run(o: &Options) -> io::Result<()> {
     )?;
     cleanup(o);
     Ok(())
+}
+
+/// A created container waits: marks it, tells hangard, and returns the
+/// word written to the `go` FIFO, or nothing if the container died first
+/// (killed from outside: the standby is over).
+fn wait_for_go(o: &Options, created_ms: f64) -> io::Result<String> {
+    let go = o.state_dir.join(GO_FIFO);
+    let _ = fs::remove_file(&go);
+    sys::mkfifo(&go)?;
+    // Read and write: opening never blocks, and the FIFO never reads as
+    // closed between hangard's writes.
+    let mut fifo = fs::OpenOptions::new().read(true).write(true).open(&go)?;
+    let pid: libc::pid_t = fs::read_to_string(o.state_dir.join(CONTAINER_PID_FILE))?
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other("bad container pid file"))?;
+    let pidfd = sys::pidfd_open(pid)?;
+    write_atomic(&o.state_dir.join(STANDBY_FILE), b"")?;
+    report(&serde_json::json!({ "created": true, "runtime_ms": created_ms }));
+    let mut word = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        let mut fds = [pollfd(fifo.as_raw_fd()), pollfd(pidfd.as_raw_fd())];
+        // SAFETY: `fds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let got = fifo.read(&mut buf)?;
+            word.extend_from_slice(&buf[..got]);
+            if let Some(end) = word.iter().position(|b| *b == b'\n') {
+                word.truncate(end);
+                break;
+            }
+        } else if fds[1].revents != 0 {
+            word.clear();
+            break;
+        }
+    }
+    let _ = fs::remove_file(&go);
+    Ok(String::from_utf8_lossy(&word).into_owned())
+}
+
+/// Does what `crun start` does, without its process: a container crun
+/// created waits, its init reading `exec.fifo` in crun's state directory;
+/// a byte written there lets it exec, and the FIFO removed tells crun the
+/// container runs. False for another runtime (runc's FIFO goes the other
+/// way: `runc start` does it) or when there is no such FIFO.
+fn release_exec_fifo(o: &Options) -> io::Result<bool> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if o.runtime.file_name().and_then(|n| n.to_str()) != Some("crun") {
+        return Ok(false);
+    }
+    let fifo = o.runtime_root.join(&o.id).join("exec.fifo");
+    match fs::symlink_metadata(&fifo) {
+        Ok(m) if m.file_type().is_fifo() => {}
+        _ => return Ok(false),
+    }
+    // Non-blocking: the waiting init holds the reading end.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)?;
+    f.write_all(b"1")?;
+    fs::remove_file(&fifo)?;
+    Ok(true)
+}
+
+/// A standby that will not start: its container goes.
+fn dismissed(o: &Options) {
+    cleanup(o);
+    let _ = fs::remove_file(o.state_dir.join(STANDBY_FILE));
+    let _ = fs::remove_file(o.state_dir.join(GO_FIFO));
 }
 
 /// Moves the container's output into the log until its init exits; returns

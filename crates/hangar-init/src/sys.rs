@@ -38,6 +38,16 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `mkfifo(2)` with mode 0600.
+pub fn mkfifo(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("a NUL in a path"))?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    check(unsafe { libc::mkfifo(c.as_ptr(), 0o600) })?;
+    Ok(())
+}
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStatus {

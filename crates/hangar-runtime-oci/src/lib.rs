@@ -109,6 +109,19 @@ pub struct OciConfig {
     pub secrets_dir: PathBuf,
     /// The host's volumes (mounted here and bound into machines).
     pub volumes: Option<hangar_volumes::VolumeHost>,
+    /// Make a stopped machine's next container ahead of its start (created,
+    /// waiting at the runtime's exec barrier), so that a start only lets
+    /// it go.
+    pub precreate: bool,
+}
+
+/// A stopped machine's next container, created and waiting for its start:
+/// its shim, the shim's stdout (the start's report comes there) and the
+/// hash of the spec it was made for.
+struct Standby {
+    shim: Shim,
+    reports: ShimReports,
+    hash: u64,
 }
 
 /// A live shim we can wait on.
@@ -124,6 +137,8 @@ pub struct OciRuntime {
     /// Machines whose root filesystem and bundle are ready for the next
     /// start, with the hash of the spec they were prepared for.
     prepared: Mutex<HashMap<MachineId, u64>>,
+    /// Containers made ahead for stopped machines ([`OciConfig::precreate`]).
+    standbys: Mutex<HashMap<MachineId, Standby>>,
     nofile: u64,
 }
 
@@ -150,6 +165,7 @@ impl OciRuntime {
             cfg,
             shims: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
+            standbys: Mutex::new(HashMap::new()),
             nofile: bundle::host_nofile_hard(),
         })
     }
@@ -561,10 +577,195 @@ impl OciRuntime {
         (proc_start_time(pid)? == start).then_some(Shim { pid, pidfd })
     }
 
+    /// Spawns the machine's shim for the bundle (a standby one: the
+    /// container created, waiting for its start); returns it and its
+    /// stdout's lines, where it reports.
+    async fn spawn_shim(
+        &self,
+        id: &MachineId,
+        bundle_dir: &Path,
+        standby: bool,
+    ) -> Result<(Shim, ShimReports), RuntimeError> {
+        let dir = self.dir(id);
+        // Locked from before the spawn until the shim exits (the shim keeps
+        // the lock when this copy closes): see `live_shim`.
+        let lock = self.lock_shim(id)?;
+        let lock_raw = lock.as_raw_fd();
+        let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
+        cmd.arg("shim")
+            .arg("--id")
+            .arg(id.as_str())
+            .arg("--runtime")
+            .arg(&self.cfg.runtime_path)
+            .arg("--runtime-root")
+            .arg(&self.cfg.runtime_root)
+            .arg("--bundle")
+            .arg(bundle_dir)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--log")
+            .arg(dir.join("logs/machine.log"))
+            .arg("--log-max-bytes")
+            .arg(self.cfg.log_max_bytes.to_string())
+            .arg("--oom-file")
+            .arg(self.oom_file(id))
+            .arg("--lock-fd")
+            .arg(SHIM_LOCK_FD.to_string())
+            .args(standby.then_some("--standby"))
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: dup2 is async-signal-safe; the new fd (without
+        // close-on-exec) carries the locked file into the shim.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 onto itself would keep close-on-exec set.
+                let r = if lock_raw == SHIM_LOCK_FD {
+                    libc::fcntl(lock_raw, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(lock_raw, SHIM_LOCK_FD)
+                };
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
+        drop(lock);
+        let pid = child.id().unwrap_or(0) as i32;
+        let pidfd = pidfd_open(pid).map_err(|e| failed("start", id, e))?;
+        let shim = Shim { pid, pidfd };
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| failed("start", id, "no shim stdout"))?;
+        // The shim lives on in its own session; tokio reaps it when it ends.
+        drop(child);
+        Ok((shim, tokio::io::BufReader::new(stdout).lines()))
+    }
+
+    fn take_standby(&self, id: &MachineId) -> Option<Standby> {
+        self.standbys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
+
+    /// Whether a standby can start `spec`: made for exactly it, its shim
+    /// alive, and no volume of it waiting to grow (which needs it
+    /// detached).
+    fn standby_fits(&self, standby: &Standby, spec: &WorkloadSpec) -> bool {
+        standby.hash == spec_hash(spec)
+            && proc_start_time(standby.shim.pid).is_some()
+            && !spec.volumes.iter().any(|v| {
+                self.cfg
+                    .volumes
+                    .as_ref()
+                    .is_some_and(|h| h.growth_pending(&v.id))
+            })
+    }
+
+    /// Lets a standby's container go; returns the runtime's start time (ms).
+    async fn release(&self, id: &MachineId, mut standby: Standby) -> Result<f64, RuntimeError> {
+        let go = self.dir(id).join("state/go");
+        let write = || -> io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Non-blocking: no reader (a dead shim) fails at once.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&go)?;
+            f.write_all(b"start\n")
+        };
+        if let Err(e) = write() {
+            self.dismiss(id, standby).await;
+            return Err(failed("start", id, format!("the standby is gone: {e}")));
+        }
+        let report = read_report(&mut standby.reports).await;
+        if report.get("pid").and_then(|p| p.as_i64()).is_some() {
+            self.set_shim(id, Some(standby.shim));
+            return Ok(report
+                .get("runtime_ms")
+                .and_then(|v| v.as_f64())
+                .unwrap_or_default());
+        }
+        let reason = report_error(&report, "the standby ended without starting the container");
+        wait_pidfd_for(&standby.shim, Duration::from_secs(5)).await;
+        Err(failed("start", id, reason))
+    }
+
+    /// Ends a standby: its shim is killed (it only waits) and its container
+    /// deleted. Its bundle, never run, stays prepared.
+    async fn dismiss(&self, id: &MachineId, standby: Standby) {
+        self.end_standby_shim(id, &standby.shim).await;
+    }
+
+    async fn end_standby_shim(&self, id: &MachineId, shim: &Shim) {
+        // SAFETY: pidfd_send_signal on the shim's own pidfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                shim.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                0,
+                0,
+            )
+        };
+        wait_pidfd_for(shim, Duration::from_secs(5)).await;
+        let _ = self
+            .runtime_cmd()
+            .arg("delete")
+            .arg("--force")
+            .arg(id.as_str())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        for f in [
+            "state/standby",
+            "state/go",
+            "state/shim.pid",
+            "state/container.pid",
+        ] {
+            let _ = std::fs::remove_file(self.dir(id).join(f));
+        }
+    }
+
+    /// A standby left by an earlier hangard: its shim, if it still waits.
+    fn orphan_standby(&self, id: &MachineId) -> Option<Shim> {
+        if !self.dir(id).join("state/standby").exists() {
+            return None;
+        }
+        self.adopt_shim(id)
+    }
+
     fn read_exit(&self, id: &MachineId) -> Option<ExitInfo> {
         let b = std::fs::read(self.dir(id).join("state/exit.json")).ok()?;
         serde_json::from_slice(&b).ok()
     }
+}
+
+type ShimReports = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// The shim's next report line (a minute at most; null if none).
+async fn read_report(reports: &mut ShimReports) -> serde_json::Value {
+    match tokio::time::timeout(Duration::from_secs(60), reports.next_line()).await {
+        Ok(Ok(Some(line))) => serde_json::from_str(&line).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn report_error(report: &serde_json::Value, otherwise: &str) -> String {
+    report
+        .get("error")
+        .and_then(|e| e.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| otherwise.to_owned())
 }
 
 /// The fd the shim finds its lock on.
@@ -642,78 +843,33 @@ impl Runtime for OciRuntime {
             return Err(failed("start", id, "a workload is already running"));
         }
         let t0 = std::time::Instant::now();
+        if let Some(standby) = self.take_standby(id) {
+            if self.standby_fits(&standby, spec) {
+                match self.release(id, standby).await {
+                    Ok(runtime_ms) => {
+                        tracing::debug!(
+                            machine = %id,
+                            runtime_ms,
+                            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+                            "container started from its standby"
+                        );
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(machine = %id, error = %e, "the standby did not start; starting afresh");
+                    }
+                }
+            } else {
+                self.dismiss(id, standby).await;
+            }
+        }
         let volumes = self.attach_volumes(spec).await?;
         let bundle_dir = self.prepare(spec, &volumes)?;
         let prepared = t0.elapsed();
-        let dir = self.dir(id);
-        // Locked from before the spawn until the shim exits (the shim keeps
-        // the lock when this copy closes): see `live_shim`.
-        let lock = self.lock_shim(id)?;
-        let lock_raw = lock.as_raw_fd();
-        let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
-        cmd.arg("shim")
-            .arg("--id")
-            .arg(id.as_str())
-            .arg("--runtime")
-            .arg(&self.cfg.runtime_path)
-            .arg("--runtime-root")
-            .arg(&self.cfg.runtime_root)
-            .arg("--bundle")
-            .arg(&bundle_dir)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--log")
-            .arg(dir.join("logs/machine.log"))
-            .arg("--log-max-bytes")
-            .arg(self.cfg.log_max_bytes.to_string())
-            .arg("--oom-file")
-            .arg(self.oom_file(id))
-            .arg("--lock-fd")
-            .arg(SHIM_LOCK_FD.to_string())
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: dup2 is async-signal-safe; the new fd (without
-        // close-on-exec) carries the locked file into the shim.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 onto itself would keep close-on-exec set.
-                let r = if lock_raw == SHIM_LOCK_FD {
-                    libc::fcntl(lock_raw, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(lock_raw, SHIM_LOCK_FD)
-                };
-                if r < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
-        drop(lock);
+        let (shim, mut reports) = self.spawn_shim(id, &bundle_dir, false).await?;
         let spawned = t0.elapsed();
-        let pid = child.id().unwrap_or(0) as i32;
-        let pidfd = pidfd_open(pid).map_err(|e| failed("start", id, e))?;
-        let shim = Shim { pid, pidfd };
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| failed("start", id, "no shim stdout"))?;
-        let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(60),
-            tokio::io::BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
-        // The shim lives on in its own session; tokio reaps it when it ends.
-        drop(child);
-        let report: serde_json::Value = match read {
-            Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).unwrap_or_default(),
-            _ => serde_json::Value::Null,
-        };
+        let report = read_report(&mut reports).await;
+        drop(reports);
         if report.get("pid").and_then(|p| p.as_i64()).is_some() {
             self.set_shim(id, Some(shim));
             tracing::debug!(
@@ -726,27 +882,63 @@ impl Runtime for OciRuntime {
             );
             return Ok(());
         }
-        let reason = report
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| "the shim ended without starting the container".into());
+        let reason = report_error(&report, "the shim ended without starting the container");
         wait_pidfd_for(&shim, Duration::from_secs(5)).await;
         let _ = fsutil::unmount(&bundle_dir.join("rootfs"));
         Err(failed("start", id, reason))
     }
 
     async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
-        if self.shim(&spec.id).is_some() {
+        let id = &spec.id;
+        if self.shim(id).is_some() {
             return Ok(());
         }
+        if let Some(standby) = self.take_standby(id) {
+            if self.standby_fits(&standby, spec) {
+                self.standbys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), standby);
+                return Ok(());
+            }
+            self.dismiss(id, standby).await;
+        }
         let volumes = self.attach_volumes(spec).await?;
-        self.prepare(spec, &volumes)?;
+        let bundle_dir = self.prepare(spec, &volumes)?;
+        let hash = spec_hash(spec);
         self.prepared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.id.clone(), spec_hash(spec));
-        Ok(())
+            .insert(id.clone(), hash);
+        if !self.cfg.precreate {
+            return Ok(());
+        }
+        let (shim, mut reports) = self.spawn_shim(id, &bundle_dir, true).await?;
+        let report = read_report(&mut reports).await;
+        if report.get("created").and_then(|c| c.as_bool()) == Some(true) {
+            tracing::debug!(
+                machine = %id,
+                runtime_ms = report.get("runtime_ms").and_then(|v| v.as_f64()).unwrap_or_default(),
+                "next container created"
+            );
+            self.standbys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    id.clone(),
+                    Standby {
+                        shim,
+                        reports,
+                        hash,
+                    },
+                );
+            return Ok(());
+        }
+        // Its bundle stays prepared; the start makes the container then.
+        let reason = report_error(&report, "the shim ended without creating the container");
+        self.end_standby_shim(id, &shim).await;
+        let _ = std::fs::remove_file(self.dir(id).join("state/exit.json"));
+        Err(failed("prewarm", id, reason))
     }
 
     async fn connect_network(
@@ -898,6 +1090,11 @@ impl Runtime for OciRuntime {
     }
 
     async fn observe(&self, id: &MachineId) -> Result<Observed, RuntimeError> {
+        // A container an earlier hangard made ahead, never started: the
+        // machine is not running; the next prewarm or start makes another.
+        if let Some(shim) = self.orphan_standby(id) {
+            self.end_standby_shim(id, &shim).await;
+        }
         if let Some(shim) = self.live_shim(id).await {
             self.set_shim(id, Some(shim));
             return Ok(Observed::Running);
@@ -911,6 +1108,12 @@ impl Runtime for OciRuntime {
     async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
         let cgroup = cgroups::MachineCgroup::new(&self.cgroup(id));
+        if let Some(standby) = self.take_standby(id) {
+            self.dismiss(id, standby).await;
+        }
+        if let Some(shim) = self.orphan_standby(id) {
+            self.end_standby_shim(id, &shim).await;
+        }
         if let Some(shim) = self.shim(id).or_else(|| self.adopt_shim(id).map(Arc::new)) {
             // SIGKILL reaches frozen processes only once they thaw.
             if self.is_frozen(id) {
@@ -1059,6 +1262,7 @@ mod tests {
             cgroup_parent: "/hangar-unit".into(),
             secrets_dir: dir.join("secrets"),
             volumes: None,
+            precreate: true,
         })
         .unwrap()
     }

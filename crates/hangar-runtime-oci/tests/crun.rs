@@ -69,6 +69,7 @@ fn runtime(dir: &Path) -> OciRuntime {
         cgroup_parent: "/hangar-test".into(),
         secrets_dir: dir.join("secrets"),
         volumes: None,
+        precreate: true,
     })
     .unwrap()
 }
@@ -775,4 +776,141 @@ fn host_ps(args: &str) -> bool {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .any(|l| l.trim() == args)
+}
+
+/// `crun state`'s status of the machine's container, if it has one.
+fn crun_status(env: &Env, id: &MachineId) -> Option<String> {
+    let out = std::process::Command::new("crun")
+        .arg("--root")
+        .arg(env.dir.path().join("run"))
+        .arg("state")
+        .arg(id.as_str())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["status"].as_str().map(str::to_owned)
+}
+
+/// Whether any process mentions the machine (its shim, its runtime, its init).
+fn any_process_of(id: &MachineId) -> bool {
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ps.stdout).contains(id.as_str())
+}
+
+#[tokio::test]
+async fn a_stopped_machines_next_container_waits_created_and_only_its_own_spec_starts_it() {
+    if !hangar_test_utils::host_tier(
+        "a_stopped_machines_next_container_waits_created_and_only_its_own_spec_starts_it",
+        &["crun"],
+    ) {
+        return;
+    }
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let mut s = spec(&env, "touch /tmp/dirty; echo secret=$SECRET");
+    s.secret_env = hangar_runtime::SecretEnv(vec![("SECRET".into(), "one".into())]);
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    rt.cleanup(&s.id).await.unwrap();
+    let state = env
+        .dir
+        .path()
+        .join("machines")
+        .join(s.id.as_str())
+        .join("state");
+
+    // Prewarmed: the container is created, waiting; nothing of the
+    // workload runs, and the machine is not running.
+    rt.prewarm(&s).await.unwrap();
+    assert_eq!(crun_status(&env, &s.id).as_deref(), Some("created"));
+    assert!(state.join("standby").exists());
+    assert!(
+        rt.usage(&s.id).is_none(),
+        "a standby is not a running machine"
+    );
+    assert!(matches!(
+        rt.signal(&s.id, Signal::Term).await,
+        Err(RuntimeError::NotRunning(_))
+    ));
+    // Prewarming again for the same spec keeps it.
+    rt.prewarm(&s).await.unwrap();
+    assert_eq!(crun_status(&env, &s.id).as_deref(), Some("created"));
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert!(!state.join("standby").exists());
+    let lines =
+        |rt: &OciRuntime| -> Vec<String> { log(rt, &s.id).into_iter().map(|(_, m)| m).collect() };
+    assert_eq!(lines(&rt), ["secret=one", "secret=one"]);
+    rt.cleanup(&s.id).await.unwrap();
+
+    // Secrets changed since the prewarm: the standby is not used.
+    rt.prewarm(&s).await.unwrap();
+    s.secret_env = hangar_runtime::SecretEnv(vec![("SECRET".into(), "two".into())]);
+    s.process.argv = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "test ! -e /tmp/dirty && echo clean secret=$SECRET".into(),
+    ];
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert_eq!(
+        lines(&rt).last().map(String::as_str),
+        Some("clean secret=two")
+    );
+    rt.cleanup(&s.id).await.unwrap();
+
+    // hangard goes away with a standby waiting: the next one finds the
+    // machine not running and ends the standby; a prewarm makes another.
+    rt.prewarm(&s).await.unwrap();
+    drop(rt);
+    let rt = runtime(env.dir.path());
+    assert_eq!(rt.observe(&s.id).await.unwrap(), Observed::Absent);
+    assert_eq!(crun_status(&env, &s.id), None);
+    assert!(!any_process_of(&s.id), "the old standby's shim is left");
+    rt.prewarm(&s).await.unwrap();
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert_eq!(
+        lines(&rt).last().map(String::as_str),
+        Some("clean secret=two")
+    );
+    rt.cleanup(&s.id).await.unwrap();
+
+    // A standby's container killed from outside: its shim goes by itself,
+    // and the start makes a container afresh.
+    rt.prewarm(&s).await.unwrap();
+    std::process::Command::new("crun")
+        .arg("--root")
+        .arg(env.dir.path().join("run"))
+        .args(["kill", s.id.as_str(), "KILL"])
+        .status()
+        .unwrap();
+    hangar_test_utils::wait_until(
+        Duration::from_secs(10),
+        "the standby's shim to go",
+        || async { (!any_process_of(&s.id)).then_some(()) },
+    )
+    .await;
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    assert_eq!(
+        lines(&rt).last().map(String::as_str),
+        Some("clean secret=two")
+    );
+    rt.cleanup(&s.id).await.unwrap();
+
+    // Destroyed while a standby waits: nothing is left.
+    rt.prewarm(&s).await.unwrap();
+    assert_eq!(crun_status(&env, &s.id).as_deref(), Some("created"));
+    rt.destroy(&s.id).await.unwrap();
+    assert_eq!(crun_status(&env, &s.id), None);
+    assert!(!any_process_of(&s.id), "a process of the standby is left");
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory/hangar-test")
+            .join(s.id.as_str())
+            .exists()
+    );
 }

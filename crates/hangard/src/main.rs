@@ -181,6 +181,12 @@ struct Args {
     /// this collector, e.g. `http://127.0.0.1:4318` (off by default).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Do not make a stopped machine's next container ahead of its start
+    /// (by default it is created and waits, so that a start only lets it
+    /// go; each such machine then holds its namespaces and a waiting
+    /// runtime process).
+    #[arg(long, env = "HANGAR_NO_PRECREATE")]
+    no_precreate: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -283,6 +289,7 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
             hangar_volumes::VolumeHost::new(data.join("volumes"))
                 .context("preparing the volumes directory")?,
         ),
+        precreate: !args.no_precreate,
     })
     .context("setting up the container runtime")?;
 
