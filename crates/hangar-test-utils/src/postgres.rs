@@ -242,9 +242,22 @@ impl Postgres {
     }
 
     /// Replaces database `db` by the backup `sql` (its sessions ended).
+    /// The backup is loaded into a database of its own that then takes
+    /// `db`'s place, so that clients reconnecting meanwhile (and making
+    /// their schema in an empty `db`) find either none or the whole backup.
     pub fn restore(&self, db: &str, sql: &str) {
+        let loading = format!("{db}_restoring");
+        self.psql("postgres", &format!("DROP DATABASE IF EXISTS {loading}"));
+        self.create_db(&loading);
+        self.load(&loading, sql);
         self.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
-        self.create_db(db);
+        self.psql(
+            "postgres",
+            &format!("ALTER DATABASE {loading} RENAME TO {db}"),
+        );
+    }
+
+    fn load(&self, db: &str, sql: &str) {
         let bin = bin_dir().expect("postgresql");
         let mut child = as_postgres(&bin.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])

@@ -10,6 +10,7 @@
 //! too. Screenshots of the pages are kept in
 //! `target/dashboard-screenshots/`.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -25,7 +26,11 @@ use serde_json::json;
 struct Driver(Child);
 
 impl Drop for Driver {
+    /// Ends chromedriver and the Chromium it started (its process group:
+    /// a test that fails never closes its session).
     fn drop(&mut self) {
+        // SAFETY: kill on the process group this test made for the driver.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -35,6 +40,7 @@ async fn browser(profile: &std::path::Path) -> (Driver, Client) {
     let port = free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,14 +88,15 @@ async fn text_with(c: &Client, css: &str, want: &str) -> String {
     .await
 }
 
+/// Clicks what `css` finds, once it shows (found again if the page
+/// redrew it between the find and the click).
 async fn click(c: &Client, css: &str) {
-    let e = wait_until(
+    wait_until(
         Duration::from_secs(30),
-        &format!("{css} to show"),
-        || async { c.find(Locator::Css(css)).await.ok() },
+        &format!("{css} to show and take a click"),
+        || async { c.find(Locator::Css(css)).await.ok()?.click().await.ok() },
     )
     .await;
-    e.click().await.unwrap();
 }
 
 async fn screenshot(c: &Client, name: &str) {
