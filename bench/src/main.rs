@@ -191,6 +191,28 @@ async fn main() -> anyhow::Result<()> {
     pc.destroy_machine("bench", &plain_keeper, true).await?;
     drop(plain);
 
+    // Suspend and resume through the API (Fly's suspend; `start` resumes).
+    let mut suspend = Series {
+        name: "hangard started -> suspended",
+        ms: vec![],
+    };
+    let mut resume = Series {
+        name: "hangard suspended -> started",
+        ms: vec![],
+    };
+    let mut suspended_memory = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        c.machine_action("bench", &keeper, "suspend").await?;
+        wait(keeper.clone(), "suspended").await?;
+        suspend.ms.push(ms(t.elapsed()));
+        suspended_memory.push(machine_memory(&d, &keeper).await);
+        let t = Instant::now();
+        c.start_machine("bench", &keeper).await?;
+        wait(keeper.clone(), "started").await?;
+        resume.ms.push(ms(t.elapsed()));
+    }
+
     // The equivalent bundle: hangard's own spec, the process run directly.
     let bundle_cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(
         d.machine_dir(&keeper).join("bundle/config.json"),
@@ -204,14 +226,24 @@ async fn main() -> anyhow::Result<()> {
         // hangard's log (with HANGAR_TEST_LOG=debug: each start's phases).
         std::fs::write(path, d.log())?;
     }
-    let raw = raw_crun(&bundle_cfg, &layers, runs, &d)?;
+    let (raw, raw_pause, raw_resume) = raw_crun(&bundle_cfg, &layers, runs, &d)?;
     c.destroy_machine("bench", &keeper, true).await?;
 
     let podman = podman(&image_ref, runs)?;
 
     println!();
     println!("machine start latency, {runs} runs each, ms (median / p95 / p99 / min)");
-    let mut all = vec![&create, &restart, &back_to_back, &no_precreate, &raw];
+    let mut all = vec![
+        &create,
+        &restart,
+        &back_to_back,
+        &no_precreate,
+        &raw,
+        &suspend,
+        &raw_pause,
+        &resume,
+        &raw_resume,
+    ];
     if let Some(p) = &podman {
         all.push(p);
     }
@@ -240,6 +272,28 @@ async fn main() -> anyhow::Result<()> {
         "  create->started / raw crun       {:.2}x",
         create.median() / raw.median()
     );
+    println!(
+        "  suspend / raw crun pause         {:.2}x median, {:.2}x p99",
+        suspend.median() / raw_pause.median(),
+        suspend.p99() / raw_pause.p99()
+    );
+    println!(
+        "  resume / raw crun resume         {:.2}x median, {:.2}x p99",
+        resume.median() / raw_resume.median(),
+        resume.p99() / raw_resume.p99()
+    );
+    let accounted = suspended_memory.iter().filter(|m| m.is_some()).count();
+    println!(
+        "  memory of the suspended machine in /metrics: {accounted} of {} suspends ({:.1} MiB)",
+        suspended_memory.len(),
+        suspended_memory
+            .iter()
+            .flatten()
+            .last()
+            .copied()
+            .unwrap_or_default()
+            / (1 << 20) as f64
+    );
     match &podman {
         Some(p) => println!(
             "  stopped->started / podman run    {:.2}x  (goal: < 0.25x)",
@@ -250,12 +304,29 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The machine's `hangar_machine_memory_bytes` in hangard's `/metrics`.
+async fn machine_memory(d: &Daemon, id: &str) -> Option<f64> {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let want = format!("hangar_machine_memory_bytes{{app=\"bench\",machine=\"{id}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn raw_crun(
     cfg: &serde_json::Value,
     layers: &[PathBuf],
     runs: usize,
     d: &Daemon,
-) -> anyhow::Result<Series> {
+) -> anyhow::Result<(Series, Series, Series)> {
     let crun = "crun";
     let work = tempfile::tempdir()?;
     let root = work.path().join("run");
@@ -287,6 +358,14 @@ fn raw_crun(
     cfg["mounts"] = mounts.into();
     let mut series = Series {
         name: "raw crun create+start (+overlay)",
+        ms: vec![],
+    };
+    let mut pause = Series {
+        name: "raw crun pause",
+        ms: vec![],
+    };
+    let mut resume = Series {
+        name: "raw crun resume",
         ms: vec![],
     };
     for i in 0..runs {
@@ -329,6 +408,18 @@ fn raw_crun(
                 .args(["start", &id]),
         )?;
         series.ms.push(ms(t.elapsed()));
+        // The floor of a suspend and a resume: the runtime's own freeze.
+        std::thread::sleep(Duration::from_millis(20));
+        for (verb, into) in [("pause", &mut pause.ms), ("resume", &mut resume.ms)] {
+            let t = Instant::now();
+            run_quiet(
+                Command::new(crun)
+                    .arg("--root")
+                    .arg(&root)
+                    .args([verb, &id]),
+            )?;
+            into.push(ms(t.elapsed()));
+        }
         run_quiet(
             Command::new(crun)
                 .arg("--root")
@@ -346,7 +437,7 @@ fn raw_crun(
         std::fs::remove_dir_all(&upper)?;
         std::fs::remove_dir_all(&wdir)?;
     }
-    Ok(series)
+    Ok((series, pause, resume))
 }
 
 fn podman(image: &str, runs: usize) -> anyhow::Result<Option<Series>> {

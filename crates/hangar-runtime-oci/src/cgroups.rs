@@ -140,6 +140,55 @@ impl MachineCgroup {
         }
     }
 
+    /// Freezes (or thaws) every process of the cgroup, as `crun pause`
+    /// (`resume`) does, without a runtime process: cgroup v1's
+    /// `freezer.state` or v2's `cgroup.freeze`, then waits until the kernel
+    /// says it is done. `Ok(false)` when the cgroup has no freezer.
+    pub(crate) async fn set_frozen(&self, frozen: bool) -> io::Result<bool> {
+        let dirs = self.dirs();
+        let (file, value, done): (PathBuf, &str, Box<dyn Fn() -> bool + Send + Sync>) =
+            if let Some(d) = dirs.iter().find(|d| d.join("freezer.state").exists()) {
+                let state = d.join("freezer.state");
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                let check = state.clone();
+                (
+                    state,
+                    want,
+                    Box::new(move || read_trimmed(&check).as_deref() == Some(want)),
+                )
+            } else if let Some(d) = dirs.iter().find(|d| d.join("cgroup.freeze").exists()) {
+                let events = d.join("cgroup.events");
+                let want = if frozen { "frozen 1" } else { "frozen 0" };
+                (
+                    d.join("cgroup.freeze"),
+                    if frozen { "1" } else { "0" },
+                    Box::new(move || {
+                        std::fs::read_to_string(&events).is_ok_and(|t| t.lines().any(|l| l == want))
+                    }),
+                )
+            } else {
+                return Ok(false);
+            };
+        std::fs::write(&file, value)?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut pause = Duration::from_micros(100);
+        while !done() {
+            if tokio::time::Instant::now() >= until {
+                if frozen {
+                    let thaw = if value == "1" { "0" } else { "THAWED" };
+                    let _ = std::fs::write(&file, thaw);
+                }
+                return Err(io::Error::other(format!(
+                    "the cgroup did not become {} within 10 s",
+                    if frozen { "frozen" } else { "thawed" }
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+        Ok(true)
+    }
+
     /// Removes the cgroup's directories (children first). Fails while a
     /// process is left in one.
     pub(crate) fn remove(&self) -> io::Result<()> {

@@ -206,6 +206,26 @@ impl OciRuntime {
             || std::fs::read_to_string(v2).is_ok_and(|s| s.trim() == "1")
     }
 
+    /// Freezes or thaws the machine through its cgroup's freezer, as
+    /// `crun pause`/`resume` do but without spawning it (the runtime reads
+    /// the same freezer for its state); through the runtime where the
+    /// cgroup has no freezer.
+    async fn set_frozen(&self, id: &MachineId, frozen: bool) -> Result<(), RuntimeError> {
+        let op = if frozen { "freeze" } else { "thaw" };
+        if self.shim(id).is_none() {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let cgroup = cgroups::MachineCgroup::new(&self.cgroup(id));
+        match cgroup.set_frozen(frozen).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.runtime_op(id, op, &[if frozen { "pause" } else { "resume" }])
+                    .await
+            }
+            Err(e) => Err(failed(op, id, e)),
+        }
+    }
+
     async fn runtime_op(
         &self,
         id: &MachineId,
@@ -955,14 +975,14 @@ impl Runtime for OciRuntime {
     }
 
     async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
-        self.runtime_op(id, "freeze", &["pause"]).await
+        self.set_frozen(id, true).await
     }
 
     async fn thaw(&self, id: &MachineId) -> Result<(), RuntimeError> {
         if !self.is_frozen(id) {
             return Ok(());
         }
-        self.runtime_op(id, "thaw", &["resume"]).await
+        self.set_frozen(id, false).await
     }
 
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
