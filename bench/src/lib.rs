@@ -48,6 +48,13 @@ pub fn wrk(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::R
 /// Runs wrk against `url` (with `Host: host`) and reads its report,
 /// errors included.
 pub fn wrk_report(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
+    let headers: Vec<String> = host.map(|h| format!("Host: {h}")).into_iter().collect();
+    wrk_with(url, &headers, seconds, conns)
+}
+
+/// Runs wrk against `url` with these request headers (`Name: value`) and
+/// reads its report, errors included.
+pub fn wrk_with(url: &str, headers: &[String], seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t",
@@ -58,8 +65,8 @@ pub fn wrk_report(url: &str, host: Option<&str>, seconds: u32, conns: u32) -> an
         &format!("{seconds}s"),
         "--latency",
     ]);
-    if let Some(h) = host {
-        cmd.args(["-H", &format!("Host: {h}")]);
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     let out = cmd
         .arg(url)
