@@ -128,8 +128,9 @@ chown postgres:postgres "$ROOT/pg" "$ROOT/pgsock"
 runuser -u postgres -- "$(pg_bin)/initdb" -A trust -U postgres -E UTF8 -D "$ROOT/pg" >/dev/null
 setsid runuser -u postgres -- "$(pg_bin)/postgres" -D "$ROOT/pg" -k "$ROOT/pgsock" -p "$PG_PORT" \
     -c listen_addresses= >"$ROOT/pg.log" 2>&1 </dev/null &
-for _ in $(seq 1 100); do
-    [ -S "$ROOT/pgsock/.s.PGSQL.$PG_PORT" ] && break
+# The socket shows before the server takes connections: wait until it does.
+for _ in $(seq 1 300); do
+    (cd / && runuser -u postgres -- "$(pg_bin)/pg_isready" -q -h "$ROOT/pgsock" -p "$PG_PORT") && break
     sleep 0.1
 done
 runuser -u postgres -- "$(pg_bin)/psql" -X -q -h "$ROOT/pgsock" -p "$PG_PORT" -d postgres \

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hangar_agent::clock::ScaledClock;
+use hangar_agent::clock::{Clock as _, ScaledClock};
 use hangar_agent::images::fake::FakeImages;
 use hangar_agent::{Agent, AgentConfig, AgentError, NewMachine, UpdateMachine, WaitFor};
 use hangar_core::spec::Parsed;
@@ -193,25 +193,38 @@ async fn schedules_survive_restarts_and_missed_runs_fire_once() {
     wait(&agent, &id, MachineState::Started).await;
     exit0(&rt, &id);
     wait(&agent, &id, MachineState::Stopped).await;
-    tokio::time::sleep(HOUR / 2).await;
-    assert_eq!(rt.starts(), before + 1, "a missed run fires once");
     let after = agent
         .get_machine("app", &id)
         .unwrap()
         .schedule_next_ms
         .unwrap();
     assert!(after > next.unwrap(), "the next run moved on");
+    // Until the next run (an "hour" on) nothing else fires; on a host so
+    // slow that its time has come, that run may have fired too.
+    let one_run = |what: &str| {
+        let starts = rt.starts();
+        let due = clock().now_ms() >= after;
+        assert!(
+            starts == before + 1 || (due && starts == before + 2),
+            "{what}: {} runs",
+            starts - before
+        );
+        due
+    };
+    tokio::time::sleep(clock().until(after).saturating_sub(HOUR / 4)).await;
+    one_run("a missed run fires once");
 
     // A restart right after a run does not run it again.
     agent.shutdown().await;
     drop(agent);
     let agent = open(&dir, &rt).await;
-    tokio::time::sleep(HOUR / 4).await;
-    assert_eq!(rt.starts(), before + 1);
-    assert_eq!(
-        agent.get_machine("app", &id).unwrap().core.state,
-        MachineState::Stopped
-    );
+    tokio::time::sleep(HOUR / 8).await;
+    if !one_run("a restart right after a run") {
+        assert_eq!(
+            agent.get_machine("app", &id).unwrap().core.state,
+            MachineState::Stopped
+        );
+    }
 }
 
 #[tokio::test]
