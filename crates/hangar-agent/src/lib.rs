@@ -630,6 +630,15 @@ impl Agent {
             .ok_or_else(|| AgentError::NotFound(format!("app {name} not found")))
     }
 
+    /// `NotFound` unless the app exists.
+    fn app_must_exist(&self, name: &str) -> Result<(), AgentError> {
+        if self.shared.store.app_exists(name)? {
+            Ok(())
+        } else {
+            Err(AgentError::NotFound(format!("app {name} not found")))
+        }
+    }
+
     /// The apps of an organization.
     pub fn list_apps(&self, org_slug: &str) -> Result<Vec<AppRecord>, AgentError> {
         self.shared.store.list_apps(org_slug)
@@ -852,7 +861,7 @@ impl Agent {
 
     /// A machine of an app.
     pub fn get_machine(&self, app: &str, id: &str) -> Result<MachineRecord, AgentError> {
-        self.get_app(app)?;
+        self.app_must_exist(app)?;
         self.shared
             .store
             .get_machine(app, id)?
@@ -865,7 +874,7 @@ impl Agent {
         app: &str,
         include_deleted: bool,
     ) -> Result<Vec<MachineRecord>, AgentError> {
-        self.get_app(app)?;
+        self.app_must_exist(app)?;
         self.shared.store.list_machines(app, include_deleted)
     }
 

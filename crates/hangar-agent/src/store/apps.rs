@@ -104,6 +104,14 @@ impl Store {
             .map_err(db)
     }
 
+    /// Whether an app named `name` exists (without counting its machines).
+    pub fn app_exists(&self, name: &str) -> Result<bool, AgentError> {
+        self.conn()
+            .prepare_cached("SELECT 1 FROM apps WHERE name = ?1")
+            .and_then(|mut st| st.exists(params![name]))
+            .map_err(db)
+    }
+
     /// Apps of an organization, by name.
     pub fn list_apps(&self, org_slug: &str) -> Result<Vec<AppRecord>, AgentError> {
         let conn = self.conn();

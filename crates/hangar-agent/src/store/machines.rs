@@ -253,15 +253,15 @@ impl Store {
 
     /// One machine of an app.
     pub fn get_machine(&self, app: &str, id: &str) -> Result<Option<MachineRecord>, AgentError> {
-        let row = self
-            .conn()
-            .query_row(
-                &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE app_name = ?1 AND id = ?2"),
-                params![app, id],
-                machine_from_row,
-            )
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(&format!(
+                "SELECT {MACHINE_COLUMNS} FROM machines WHERE app_name = ?1 AND id = ?2"
+            ))
+            .and_then(|mut st| st.query_row(params![app, id], machine_from_row))
             .optional()
             .map_err(db)?;
+        drop(conn);
         row.map(finish_machine).transpose()
     }
 
@@ -280,7 +280,7 @@ impl Store {
                 "AND state != 'destroyed'"
             }
         );
-        let mut st = conn.prepare(&sql).map_err(db)?;
+        let mut st = conn.prepare_cached(&sql).map_err(db)?;
         let rows: Vec<_> = st
             .query_map(params![app], machine_from_row)
             .map_err(db)?
@@ -525,7 +525,7 @@ impl Store {
     pub fn events(&self, id: &MachineId, limit: usize) -> Result<Vec<EventRow>, AgentError> {
         let conn = self.conn();
         let mut st = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT id, type, status, source, timestamp, request FROM machine_events
                  WHERE machine_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )

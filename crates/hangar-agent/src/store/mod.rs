@@ -138,6 +138,8 @@ impl Store {
     /// Opens (creating) the database at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Store, AgentError> {
         let conn = Connection::open(path).map_err(db)?;
+        // The hot reads keep their prepared statements.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
