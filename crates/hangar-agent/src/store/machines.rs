@@ -280,12 +280,15 @@ impl Store {
                 "AND state != 'destroyed'"
             }
         );
-        let mut st = conn.prepare_cached(&sql).map_err(db)?;
-        let rows: Vec<_> = st
-            .query_map(params![app], machine_from_row)
-            .map_err(db)?
-            .collect::<Result<_, _>>()
+        let rows: Vec<_> = conn
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_map(params![app], machine_from_row)?
+                    .collect::<Result<_, _>>()
+            })
             .map_err(db)?;
+        // The configs are parsed with the connection let go.
+        drop(conn);
         rows.into_iter().map(finish_machine).collect()
     }
 
