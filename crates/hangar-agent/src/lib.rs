@@ -46,7 +46,8 @@ pub use runner::Status;
 use runner::{Handle, Msg, Runner};
 use store::NewVersion;
 pub use store::{
-    AppRecord, EventRow, LeaseRow, MachineRecord, ReleaseEvent, ReleaseRow, Store, TokenRow,
+    AppRecord, EventRow, LeaseRow, MachineRecord, MachineRev, MachineRow, ReleaseEvent, ReleaseRow,
+    Store, TokenRow,
 };
 
 /// What can go wrong: what the caller did wrong (each of which the API
@@ -359,12 +360,20 @@ pub struct MachineFilter {
 
 impl MachineFilter {
     fn admits(&self, m: &MachineRecord) -> bool {
-        self.region.as_ref().is_none_or(|r| *r == m.region)
-            && (self.states.is_empty() || self.states.contains(&m.core.state))
-            && self
-                .metadata
-                .iter()
-                .all(|(k, v)| m.spec.metadata.get(k).is_some_and(|x| x == v))
+        self.admits_columns(&m.region, m.core.state) && self.admits_metadata(m)
+    }
+
+    /// What can be told from the machine's row alone.
+    fn admits_columns(&self, region: &str, state: MachineState) -> bool {
+        self.region.as_ref().is_none_or(|r| r == region)
+            && (self.states.is_empty() || self.states.contains(&state))
+    }
+
+    /// What needs its parsed config.
+    fn admits_metadata(&self, m: &MachineRecord) -> bool {
+        self.metadata
+            .iter()
+            .all(|(k, v)| m.spec.metadata.get(k).is_some_and(|x| x == v))
     }
 }
 
@@ -889,6 +898,61 @@ impl Agent {
             .into_iter()
             .filter(|m| filter.admits(m))
             .collect())
+    }
+
+    /// One machine as stored, its config not parsed (for readers that
+    /// keep renderings of machines; see [`MachineRow`]).
+    pub fn get_machine_row(&self, app: &str, id: &str) -> Result<MachineRow, AgentError> {
+        self.app_must_exist(app)?;
+        self.shared
+            .store
+            .get_machine_row(app, id)?
+            .ok_or_else(|| AgentError::NotFound(format!("machine {id} not found")))
+    }
+
+    /// An app's machines that pass `filter`, as stored; a metadata filter
+    /// parses the configs of the machines the other filters let through.
+    pub fn find_machine_rows(
+        &self,
+        app: &str,
+        filter: &MachineFilter,
+    ) -> Result<Vec<MachineRow>, AgentError> {
+        self.app_must_exist(app)?;
+        let mut out = Vec::new();
+        for row in self
+            .shared
+            .store
+            .list_machine_rows(app, filter.include_deleted)?
+        {
+            if filter.admits_columns(&row.rec.region, row.rec.core.state)
+                && (filter.metadata.is_empty() || filter.admits_metadata(&row.clone().finish()?))
+            {
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// An app's machines that pass `filter`, by revision; `None` when the
+    /// filter needs the machines' configs (metadata), for which
+    /// [`Agent::find_machine_rows`] reads them.
+    pub fn find_machine_revs(
+        &self,
+        app: &str,
+        filter: &MachineFilter,
+    ) -> Result<Option<Vec<MachineRev>>, AgentError> {
+        if !filter.metadata.is_empty() {
+            return Ok(None);
+        }
+        self.app_must_exist(app)?;
+        Ok(Some(
+            self.shared
+                .store
+                .list_machine_revs(app, filter.include_deleted)?
+                .into_iter()
+                .filter(|m| filter.admits_columns(&m.region, m.state))
+                .collect(),
+        ))
     }
 
     /// A machine's newest events (of a record just read).

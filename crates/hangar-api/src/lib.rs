@@ -26,6 +26,7 @@ mod platform;
 pub mod proxy_view;
 pub mod registry;
 mod releases;
+pub mod rendered;
 mod secrets;
 mod tokens;
 mod tty;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub cluster: Option<cluster::ClusterApi>,
     /// The proxy's view of apps, when this host runs a proxy.
     pub proxy: Option<Arc<dyn proxy_view::ProxyView>>,
+    /// Machines kept rendered as JSON.
+    pub renderings: Arc<rendered::Renderings>,
 }
 
 /// Who a request acts as.

@@ -5,7 +5,8 @@ use std::time::Duration;
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use hangar_agent::{MachineFilter, NewMachine, WaitFor};
 use hangar_api_types::{
     CreateMachineRequest, Machine, MachineEvent, OkResponse, StartResponse, StopRequest,
@@ -37,7 +38,7 @@ pub async fn list(
     State(s): State<ApiState>,
     Path(app): Path<String>,
     RawQuery(q): RawQuery,
-) -> ApiResult<Json<Vec<Machine>>> {
+) -> ApiResult<Response> {
     let p = Params::parse(q.as_deref());
     let summary = p.bool("summary")?;
     let filter = MachineFilter {
@@ -57,15 +58,28 @@ pub async fn list(
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     };
-    let mut out = Vec::new();
-    for rec in s.agent.find_machines(&app, &filter)? {
-        out.push(if summary {
-            views::machine(rec, None)
-        } else {
-            full_view(&s, rec)?
-        });
+    if summary {
+        let out: Vec<Machine> = s
+            .agent
+            .find_machines(&app, &filter)?
+            .into_iter()
+            .map(|rec| views::machine(rec, None))
+            .collect();
+        return Ok(Json(out).into_response());
     }
-    Ok(Json(out))
+    Ok(json_bytes(s.renderings.list(&s.agent, &app, &filter)?))
+}
+
+/// JSON already rendered, as `Json` would send it.
+fn json_bytes(body: bytes::Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// `POST /v1/apps/{app}/machines`; with `lease_ttl` the machine comes back
@@ -123,9 +137,9 @@ pub async fn create(
 pub async fn get(
     State(s): State<ApiState>,
     Path((app, id)): Path<(String, String)>,
-) -> ApiResult<Json<Machine>> {
-    let rec = s.agent.get_machine(&app, &id)?;
-    Ok(Json(full_view(&s, rec)?))
+) -> ApiResult<Response> {
+    let row = s.agent.get_machine_row(&app, &id)?;
+    Ok(json_bytes(s.renderings.machine(&s.agent, row)?))
 }
 
 /// `POST /v1/apps/{app}/machines/{id}/start`.

@@ -40,6 +40,7 @@ async fn api() -> Api {
         registry: None,
         cluster: None,
         proxy: None,
+        renderings: Default::default(),
     });
     Api {
         app,
@@ -1648,4 +1649,103 @@ async fn the_proxy_view_and_start_latency_come_from_what_happened() {
     assert!(r.body.get("hosts").is_none(), "no cluster, no hosts");
     let r = a.call("GET", "/v1/hangar/apps/nope/proxy", None).await;
     assert_eq!(r.status, 404);
+}
+
+/// A machine's kept rendering (GET and list) follows every kind of change:
+/// after each one, it equals what a server that never saw the machine
+/// before renders.
+#[tokio::test]
+async fn kept_renderings_follow_every_change() {
+    let a = with_app().await;
+    let fresh = |a: &Api| {
+        router(ApiState {
+            agent: a.agent.clone(),
+            images: None,
+            auth: Arc::new(Auth::new(TOKEN)),
+            deploy: hangar_deploy::Deployer::new(a.agent.clone()),
+            registry: None,
+            cluster: None,
+            proxy: None,
+            renderings: Default::default(),
+        })
+    };
+    let m = a
+        .machine(json!({"image": "busybox", "metadata": {"keep": "yes"}}))
+        .await;
+    let id = m["id"].as_str().unwrap().to_owned();
+    a.wait(&id, "started").await;
+    let one = format!("/v1/apps/web/machines/{id}");
+    let check = |what: &'static str| {
+        let (a, one) = (&a, one.clone());
+        async move {
+            let kept = a.call("GET", &one, None).await.body;
+            let list = a.call("GET", "/v1/apps/web/machines", None).await.body;
+            let other = Api {
+                app: fresh(a),
+                rt: a.rt.clone(),
+                agent: a.agent.clone(),
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            let new = other.call("GET", &one, None).await.body;
+            assert_eq!(kept, new, "GET after {what}");
+            assert_eq!(list, json!([new]), "list after {what}");
+            kept
+        }
+    };
+    let first = check("create").await;
+    // The same rendering twice: nothing changed.
+    assert_eq!(check("nothing").await, first);
+    let r = a
+        .call("POST", &format!("/v1/apps/web/machines/{id}/stop"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait(&id, "stopped").await;
+    let stopped = check("stop").await;
+    assert_eq!(stopped["state"], "stopped");
+    let r = a
+        .call("GET", "/v1/apps/web/machines?state=stopped", None)
+        .await;
+    assert_eq!(r.body, json!([stopped]));
+    let r = a
+        .call("GET", "/v1/apps/web/machines?state=started", None)
+        .await;
+    assert_eq!(r.body, json!([]));
+    let r = a
+        .call(
+            "POST",
+            &format!("/v1/apps/web/machines/{id}/metadata/role"),
+            Some(json!({"value": "web"})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let tagged = check("metadata").await;
+    assert_eq!(tagged["config"]["metadata"]["role"], "web");
+    let r = a
+        .call("GET", "/v1/apps/web/machines?metadata.role=web", None)
+        .await;
+    assert_eq!(r.body, json!([tagged]));
+    let r = a
+        .call(
+            "POST",
+            &one,
+            Some(json!({"config": {"image": "busybox", "env": {"A": "1"}}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let updated = check("update").await;
+    assert_eq!(updated["config"]["env"]["A"], "1");
+    assert_ne!(updated["instance_id"], first["instance_id"]);
+    let r = a
+        .call("POST", &format!("/v1/apps/web/machines/{id}/cordon"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(check("cordon").await["cordoned"], true);
+    let r = a
+        .call("POST", &format!("/v1/apps/web/machines/{id}/start"), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    a.wait(&id, "started").await;
+    let started = check("start").await;
+    assert_eq!(started["state"], "started");
+    assert_eq!(started["events"][0]["type"], "start");
 }

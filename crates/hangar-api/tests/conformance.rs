@@ -136,6 +136,7 @@ impl Harness {
                 registry: None,
                 cluster: None,
                 proxy: None,
+                renderings: Default::default(),
             }),
             spec: Spec::load(),
             covered: BTreeSet::new(),

@@ -310,6 +310,7 @@ fn thousands_of_generated_requests_never_fail_the_server() {
         registry: None,
         cluster: None,
         proxy: None,
+        renderings: Default::default(),
     });
     rt.block_on(async { agent.create_app("f", None, None).unwrap() });
     let mut ids = Vec::new();

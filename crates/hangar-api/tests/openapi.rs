@@ -102,6 +102,7 @@ async fn served_at_openapi_json() {
         registry: None,
         cluster: None,
         proxy: None,
+        renderings: Default::default(),
     });
     let req = Request::get("/openapi.json")
         .header("authorization", "Bearer t")

@@ -47,6 +47,7 @@ impl TestDaemon {
             registry: None,
             cluster: None,
             proxy: None,
+            renderings: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

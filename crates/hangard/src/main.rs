@@ -547,6 +547,7 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
         registry: Some(registry),
         cluster,
         proxy: proxy_view.map(|p| p as Arc<dyn hangar_api::proxy_view::ProxyView>),
+        renderings: Default::default(),
     });
     if traced {
         app = app.layer(axum::middleware::from_fn(traces::span));

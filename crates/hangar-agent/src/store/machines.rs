@@ -175,6 +175,53 @@ fn finish_machine(
     Ok(m)
 }
 
+/// A machine as stored, its config not yet parsed: what a reader that
+/// renders machines needs to tell whether its rendering of the machine is
+/// still current without paying for the parse.
+#[derive(Debug, Clone)]
+pub struct MachineRow {
+    /// The record, its `config`, `spec` and `image_ref` left empty.
+    pub rec: MachineRecord,
+    /// The stored config, as JSON text.
+    pub config: String,
+    /// The stored image reference, as JSON text.
+    pub image_ref: Option<String>,
+    /// The machine's revision: every change to its row or its events
+    /// makes it higher.
+    pub rev: i64,
+}
+
+impl MachineRow {
+    /// The full record, its config parsed.
+    pub fn finish(self) -> Result<MachineRecord, AgentError> {
+        finish_machine((self.rec, self.config, self.image_ref))
+    }
+}
+
+fn machine_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MachineRow> {
+    let (rec, config, image_ref) = machine_from_row(r)?;
+    Ok(MachineRow {
+        rec,
+        config,
+        image_ref,
+        rev: r.get(16)?,
+    })
+}
+
+/// An app's machine as listed, by revision: enough to tell whether a kept
+/// rendering of it is current, and to filter it by region and state.
+#[derive(Debug, Clone)]
+pub struct MachineRev {
+    /// Id.
+    pub id: MachineId,
+    /// Revision (see [`MachineRow::rev`]).
+    pub rev: i64,
+    /// State.
+    pub state: MachineState,
+    /// Region.
+    pub region: String,
+}
+
 impl Store {
     /// Inserts a new machine, its first version and its first event; with
     /// `network`, gives it an address on that network in the same
@@ -263,6 +310,78 @@ impl Store {
             .map_err(db)?;
         drop(conn);
         row.map(finish_machine).transpose()
+    }
+
+    /// One machine as stored, unparsed.
+    pub fn get_machine_row(&self, app: &str, id: &str) -> Result<Option<MachineRow>, AgentError> {
+        self.conn()
+            .prepare_cached(&format!(
+                "SELECT {MACHINE_COLUMNS}, rev FROM machines WHERE app_name = ?1 AND id = ?2"
+            ))
+            .and_then(|mut st| st.query_row(params![app, id], machine_row))
+            .optional()
+            .map_err(db)
+    }
+
+    /// An app's machines as stored, unparsed, oldest first.
+    pub fn list_machine_rows(
+        &self,
+        app: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<MachineRow>, AgentError> {
+        let sql = format!(
+            "SELECT {MACHINE_COLUMNS}, rev FROM machines WHERE app_name = ?1 {} ORDER BY created_at, id",
+            if include_deleted {
+                ""
+            } else {
+                "AND state != 'destroyed'"
+            }
+        );
+        self.conn()
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_map(params![app], machine_row)?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(db)
+    }
+
+    /// An app's machines by revision, oldest first.
+    pub fn list_machine_revs(
+        &self,
+        app: &str,
+        include_deleted: bool,
+    ) -> Result<Vec<MachineRev>, AgentError> {
+        let sql = format!(
+            "SELECT id, rev, state, region FROM machines WHERE app_name = ?1 {} ORDER BY created_at, id",
+            if include_deleted {
+                ""
+            } else {
+                "AND state != 'destroyed'"
+            }
+        );
+        self.conn()
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_map(params![app], |r| {
+                    let id: String = r.get(0)?;
+                    let state: String = r.get(2)?;
+                    Ok(MachineRev {
+                        id: id.parse().map_err(|e: hangar_core::ids::IdError| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                0,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })?,
+                        rev: r.get(1)?,
+                        state: state_from_db(&state)?,
+                        region: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(db)
     }
 
     /// An app's machines, oldest first.
@@ -580,7 +699,12 @@ fn insert_event(
 }
 
 /// A placeholder until the stored config is read ([`finish_machine`]).
+/// The placeholder spec of a record whose config is not parsed yet (made
+/// once: every row read starts from it).
 fn empty_spec() -> MachineSpec {
-    let mut json = serde_json::json!({"image": "-"});
-    MachineSpec::parse(&mut json).unwrap_or_else(|_| unreachable!("a minimal config parses"))
+    static EMPTY: std::sync::LazyLock<MachineSpec> = std::sync::LazyLock::new(|| {
+        let mut json = serde_json::json!({"image": "-"});
+        MachineSpec::parse(&mut json).unwrap_or_else(|_| unreachable!("a minimal config parses"))
+    });
+    EMPTY.clone()
 }

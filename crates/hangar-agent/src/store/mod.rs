@@ -27,7 +27,9 @@ pub(crate) mod volumes;
 
 pub use apps::{AppRecord, TokenRow};
 pub use cluster::CatalogChange;
-pub use machines::{EventRow, LeaseRow, MachineRecord, NetworkSlot, NewEvent, NewVersion};
+pub use machines::{
+    EventRow, LeaseRow, MachineRecord, MachineRev, MachineRow, NetworkSlot, NewEvent, NewVersion,
+};
 pub use releases::{ReleaseEvent, ReleaseRow};
 
 const MIGRATIONS: &[&str] = &[
@@ -43,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0010_releases.sql"),
     include_str!("../../migrations/0011_cluster.sql"),
     include_str!("../../migrations/0012_release_hosts.sql"),
+    include_str!("../../migrations/0013_machine_rev.sql"),
 ];
 
 /// The database. Cheap to clone.
