@@ -22,8 +22,9 @@ fi
 # without the module needs, configured by wg); a Prometheus server scrapes
 # hangard's /metrics; headless Chromium, driven through chromedriver, uses
 # the dashboard; systemd (systemd-analyze), logrotate and dpkg check the
-# unit, the log rule and the Debian package.
-packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus chromium chromium-driver systemd logrotate)
+# unit, the log rule and the Debian package; runsc (gVisor) runs the
+# machines that ask for it.
+packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus chromium chromium-driver systemd logrotate runsc)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 

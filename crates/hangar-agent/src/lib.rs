@@ -761,6 +761,7 @@ impl Agent {
         let app = self.get_app(app)?;
         self.ensure_cluster_network(&app.network).await?;
         let Parsed { json, spec } = req.config;
+        self.check_isolation(&spec)?;
         self.check_capacity_for(&spec)?;
         self.check_standbys(&app.name, None, &spec)?;
         self.check_secrets_version(&app.name, req.min_secrets_version)?;
@@ -1231,6 +1232,20 @@ impl Agent {
 }
 
 impl Agent {
+    /// Refuses a machine that asks for a runtime this host cannot run
+    /// (412, with the runtime's reason).
+    pub(crate) fn check_isolation(&self, spec: &MachineSpec) -> Result<(), AgentError> {
+        match spec.isolation {
+            Some(i) => self.shared.runtime.supports(i).map_err(|why| {
+                AgentError::Precondition(format!(
+                    "this host cannot run {i} machines (metadata.{}): {why}",
+                    hangar_core::isolation::METADATA_KEY
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses a machine that asks for more memory than the host has.
     pub(crate) fn check_capacity_for(&self, spec: &MachineSpec) -> Result<(), AgentError> {
         let asked = spec::resources(spec, None).memory_mb;

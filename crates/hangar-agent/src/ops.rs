@@ -135,6 +135,7 @@ impl Agent {
             }
         }
         let config = req.config;
+        self.check_isolation(&config.spec)?;
         self.check_capacity_for(&config.spec)?;
         self.check_standbys(app, Some(&rec.id), &config.spec)?;
         self.check_secrets_version(app, req.min_secrets_version)?;

@@ -671,6 +671,7 @@ impl Runner {
                 .store
                 .address_of(self.rec.id.as_str(), &self.shared.net)?
                 .map(|a| a.attachment(self.shared.dns)),
+            isolation: c.isolation,
         })
     }
 }

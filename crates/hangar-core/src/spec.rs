@@ -165,6 +165,8 @@ pub struct MachineSpec {
     pub services: Vec<Service>,
     /// Health checks.
     pub checks: Vec<CheckDef>,
+    /// The runtime asked for (metadata `hangar_runtime`); none: the host's.
+    pub isolation: Option<crate::Isolation>,
 }
 
 impl MachineSpec {
@@ -189,6 +191,15 @@ impl MachineSpec {
                 return invalid(format!("invalid metadata key {k:?}"));
             }
         }
+        let isolation = match metadata.get(crate::isolation::METADATA_KEY) {
+            None => None,
+            Some(v) => Some(crate::Isolation::parse(v).ok_or_else(|| {
+                SpecError(format!(
+                    "invalid metadata.{}: {v:?} is not a runtime (crun, runc, runsc or microvm)",
+                    crate::isolation::METADATA_KEY
+                ))
+            })?),
+        };
         let (restart, max_retries) = restart(c.get("restart"))?;
         let auto_destroy = c
             .get("auto_destroy")
@@ -225,6 +236,7 @@ impl MachineSpec {
             standbys,
             services: services::services(&json),
             checks: checks::checks(&json),
+            isolation,
         };
         if spec.is_standby() {
             if !spec.services.is_empty() {

@@ -81,6 +81,10 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    // Fd 3 is the shim's status pipe only if it is open as a pipe now,
+    // before init opens anything (a runtime that cannot hand it over, such
+    // as runsc, leaves fd 3 free for the next file init opens).
+    STATUS_PIPE.store(is_fifo(STATUS_FD), std::sync::atomic::Ordering::Relaxed);
     // The status fd must not leak into the main process.
     sys::set_cloexec(STATUS_FD);
     // SAFETY: a zeroed sigset_t is a valid value to pass to sigfillset.
@@ -309,14 +313,21 @@ fn supervise(child: libc::pid_t, all: &libc::sigset_t) -> WaitStatus {
     }
 }
 
+/// Whether fd 3 was the shim's status pipe when init began.
+static STATUS_PIPE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `fd` is open as a pipe.
+fn is_fifo(fd: RawFd) -> bool {
+    // SAFETY: fstat on a raw fd number only reads it; a closed fd yields EBADF.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
+    }
+}
+
 /// Writes the exit report to the status fd, if the shim gave one.
 fn report(info: &ExitInfo) {
-    // SAFETY: fstat on a raw fd number only reads it; a closed fd yields EBADF.
-    let open = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        libc::fstat(STATUS_FD, &mut st) == 0
-    };
-    if !open {
+    if !STATUS_PIPE.load(std::sync::atomic::Ordering::Relaxed) || !is_fifo(STATUS_FD) {
         return;
     }
     // SAFETY: the fd is open and was handed to us for this purpose; File takes

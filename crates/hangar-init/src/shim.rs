@@ -51,6 +51,11 @@ struct Options {
     oom_file: Option<PathBuf>,
     lock_fd: Option<i32>,
     standby: bool,
+    /// The runtime cannot hand the container an extra fd (runsc): init has
+    /// no status pipe, and the container's exit status is all there is.
+    no_status_fd: bool,
+    /// Global flags for the runtime (`--runtime-flag`, repeatable).
+    runtime_flags: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
@@ -80,6 +85,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
             .map(|v| v.parse().map_err(|_| "bad --lock-fd"))
             .transpose()?,
         standby: args.iter().any(|a| a == "--standby"),
+        no_status_fd: args.iter().any(|a| a == "--no-status-fd"),
+        runtime_flags: args
+            .windows(2)
+            .filter(|w| w[0] == "--runtime-flag")
+            .map(|w| w[1].clone())
+            .collect(),
     })
 }
 
@@ -152,21 +163,25 @@ fn run(o: &Options) -> io::Result<()> {
         .arg("--bundle")
         .arg(&o.bundle)
         .arg("--pid-file")
-        .arg(&pid_file)
-        .arg("--preserve-fds")
-        .arg("1")
+        .arg(&pid_file);
+    if !o.no_status_fd {
+        create.arg("--preserve-fds").arg("1");
+    }
+    create
         .arg(&o.id)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_w.try_clone()?))
         .stderr(Stdio::from(err_w.try_clone()?));
-    let status_raw = status_w.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; fd 3 becomes the status pipe in the
-    // child (dup2 clears close-on-exec on the new fd).
-    unsafe {
-        create.pre_exec(move || {
-            sys::check(libc::dup2(status_raw, 3))?;
-            Ok(())
-        });
+    if !o.no_status_fd {
+        let status_raw = status_w.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe; fd 3 becomes the status pipe in
+        // the child (dup2 clears close-on-exec on the new fd).
+        unsafe {
+            create.pre_exec(move || {
+                sys::check(libc::dup2(status_raw, 3))?;
+                Ok(())
+            });
+        }
     }
     let mut runtime_started = std::time::Instant::now();
     let started = create.status()?;
@@ -452,7 +467,8 @@ fn runtime(o: &Options) -> Command {
     c.arg("--root")
         .arg(&o.runtime_root)
         .arg(format!("--log={}", o.state_dir.join(RUNTIME_LOG).display()))
-        .arg("--log-format=json");
+        .arg("--log-format=json")
+        .args(&o.runtime_flags);
     c
 }
 

@@ -236,6 +236,7 @@ mod tests {
             secret_env: Default::default(),
             volumes: vec![],
             network: None,
+            isolation: None,
         }
     }
 

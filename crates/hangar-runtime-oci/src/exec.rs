@@ -56,7 +56,7 @@ fn kill_group(pid_file: &std::path::Path) {
     }
 }
 
-fn machine_process(rt: &OciRuntime, id: &MachineId) -> serde_json::Value {
+pub(crate) fn machine_process(rt: &OciRuntime, id: &MachineId) -> serde_json::Value {
     std::fs::read(rt.dir(id).join("bundle/config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
@@ -102,7 +102,7 @@ pub(crate) async fn run(
         .join(format!("exec-{}.pid", hangar_core::EventId::generate()));
     let cwd = machine_cwd(rt, id);
     let session = rt.dir(id).join(SESSION_MARKER).exists();
-    let mut cmd = rt.runtime_cmd();
+    let mut cmd = rt.runtime_cmd(id);
     cmd.arg("exec")
         .arg("--cwd")
         .arg(&cwd)

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hangar_core::machine::Observed;
-use hangar_core::{ExitInfo, MachineId, Signal};
+use hangar_core::{ExitInfo, Isolation, MachineId, Signal};
 use hangar_runtime::{
     ExecOutput, ExecRequest, MemoryInfo, ProcessInfo, Runtime, RuntimeError, WorkloadSpec,
 };
@@ -75,6 +75,9 @@ pub enum OciFlavor {
     Crun,
     /// runc.
     Runc,
+    /// gVisor's runsc: the container's system calls are served by a
+    /// user-space kernel, not the host's.
+    Runsc,
 }
 
 impl OciFlavor {
@@ -83,6 +86,66 @@ impl OciFlavor {
         match self {
             OciFlavor::Crun => "crun",
             OciFlavor::Runc => "runc",
+            OciFlavor::Runsc => "runsc",
+        }
+    }
+
+    /// The isolation it gives.
+    pub fn isolation(self) -> Isolation {
+        match self {
+            OciFlavor::Crun => Isolation::Crun,
+            OciFlavor::Runc => Isolation::Runc,
+            OciFlavor::Runsc => Isolation::Runsc,
+        }
+    }
+
+    /// The flavor that gives `isolation`, if an OCI runtime does.
+    pub fn of(isolation: Isolation) -> Option<OciFlavor> {
+        match isolation {
+            Isolation::Crun => Some(OciFlavor::Crun),
+            Isolation::Runc => Some(OciFlavor::Runc),
+            Isolation::Runsc => Some(OciFlavor::Runsc),
+            Isolation::Microvm => None,
+        }
+    }
+
+    /// Whether the runtime hands extra file descriptors to the container
+    /// (`--preserve-fds`): crun and runc do; runsc does not, so its
+    /// machines' init reports through the sandbox's exit status alone.
+    fn preserves_fds(self) -> bool {
+        !matches!(self, OciFlavor::Runsc)
+    }
+}
+
+/// An OCI runtime binary machines can run with.
+#[derive(Debug, Clone)]
+pub struct OciEngine {
+    /// Which one.
+    pub flavor: OciFlavor,
+    /// Path of the binary.
+    pub path: PathBuf,
+    /// Its state root (`--root`).
+    pub root: PathBuf,
+    /// Global flags before the command (runsc's `--platform=ptrace`).
+    pub flags: Vec<String>,
+}
+
+impl OciEngine {
+    /// The engine for `flavor` at `path`, its state under `run_dir`.
+    pub fn new(flavor: OciFlavor, path: PathBuf, run_dir: &Path) -> OciEngine {
+        OciEngine {
+            flavor,
+            path,
+            root: run_dir.join(flavor.binary()),
+            flags: Vec::new(),
+        }
+    }
+
+    /// Whether the runtime still has state for container `id`.
+    fn knows(&self, id: &MachineId) -> bool {
+        match self.flavor {
+            OciFlavor::Runsc => self.root.join(format!("{id}_sandbox:{id}.state")).exists(),
+            _ => self.root.join(id.as_str()).exists(),
         }
     }
 }
@@ -90,16 +153,13 @@ impl OciFlavor {
 /// Where things are and how to run them.
 #[derive(Debug, Clone)]
 pub struct OciConfig {
-    /// crun or runc.
-    pub flavor: OciFlavor,
-    /// Path of the runtime binary.
-    pub runtime_path: PathBuf,
+    /// The OCI runtimes machines can run with; the first is the host's
+    /// default (for machines that do not ask for one).
+    pub engines: Vec<OciEngine>,
     /// The static `hangar-init` binary (init and shim).
     pub init_path: PathBuf,
     /// Per-machine directories live here.
     pub machines_dir: PathBuf,
-    /// The OCI runtime's state root.
-    pub runtime_root: PathBuf,
     /// Size at which a machine's log is rotated.
     pub log_max_bytes: u64,
     /// Parent of every machine's cgroup, e.g. `/hangar`.
@@ -154,7 +214,12 @@ impl OciRuntime {
     /// A driver with this configuration; creates its directories.
     pub fn new(cfg: OciConfig) -> io::Result<OciRuntime> {
         std::fs::create_dir_all(&cfg.machines_dir)?;
-        std::fs::create_dir_all(&cfg.runtime_root)?;
+        if cfg.engines.is_empty() {
+            return Err(io::Error::other("no OCI runtime to run machines with"));
+        }
+        for e in &cfg.engines {
+            std::fs::create_dir_all(&e.root)?;
+        }
         if !cfg.init_path.is_file() {
             return Err(io::Error::other(format!(
                 "init binary {} is missing",
@@ -236,7 +301,7 @@ impl OciRuntime {
             return Err(RuntimeError::NotRunning(id.clone()));
         }
         let out = self
-            .runtime_cmd()
+            .runtime_cmd(id)
             .args(args)
             .arg(id.as_str())
             .stdout(Stdio::null())
@@ -265,11 +330,45 @@ impl OciRuntime {
         }
     }
 
-    fn runtime_cmd(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.cfg.runtime_path);
-        c.arg("--root").arg(&self.cfg.runtime_root);
-        c.stdin(Stdio::null());
-        c
+    /// The runtime of machine `id`: the one its running (or standby)
+    /// container was made with, else the host's default.
+    fn engine_of(&self, id: &MachineId) -> &OciEngine {
+        let name = std::fs::read_to_string(self.dir(id).join(ENGINE_FILE)).unwrap_or_default();
+        self.cfg
+            .engines
+            .iter()
+            .find(|e| e.flavor.binary() == name.trim())
+            .unwrap_or(&self.cfg.engines[0])
+    }
+
+    /// The runtime `spec` asks for.
+    fn engine_for(&self, spec: &WorkloadSpec) -> Result<&OciEngine, RuntimeError> {
+        let Some(isolation) = spec.isolation else {
+            return Ok(&self.cfg.engines[0]);
+        };
+        OciFlavor::of(isolation)
+            .and_then(|f| self.cfg.engines.iter().find(|e| e.flavor == f))
+            .ok_or_else(|| RuntimeError::InvalidSpec(self.unsupported(isolation)))
+    }
+
+    fn unsupported(&self, isolation: Isolation) -> String {
+        let have: Vec<&str> = self.cfg.engines.iter().map(|e| e.flavor.binary()).collect();
+        match OciFlavor::of(isolation) {
+            Some(f) => format!(
+                "{} is not installed or not enabled on this host (it runs {})",
+                f.binary(),
+                have.join(", ")
+            ),
+            None => format!(
+                "this host runs containers only ({}), not {isolation}",
+                have.join(", ")
+            ),
+        }
+    }
+
+    /// A command of machine `id`'s runtime.
+    fn runtime_cmd(&self, id: &MachineId) -> tokio::process::Command {
+        engine_cmd(self.engine_of(id))
     }
 
     fn shim(&self, id: &MachineId) -> Option<Arc<Shim>> {
@@ -603,22 +702,30 @@ impl OciRuntime {
     async fn spawn_shim(
         &self,
         id: &MachineId,
+        engine: &OciEngine,
         bundle_dir: &Path,
         standby: bool,
     ) -> Result<(Shim, ShimReports), RuntimeError> {
         let dir = self.dir(id);
+
         // Locked from before the spawn until the shim exits (the shim keeps
         // the lock when this copy closes): see `live_shim`.
         let lock = self.lock_shim(id)?;
         let lock_raw = lock.as_raw_fd();
+        // Which runtime the container is made with, for what follows
+        // (signals, exec, its end), also after a restart of hangard.
+        let tmp = dir.join(format!("{ENGINE_FILE}.tmp"));
+        std::fs::write(&tmp, engine.flavor.binary())
+            .and_then(|()| std::fs::rename(&tmp, dir.join(ENGINE_FILE)))
+            .map_err(|e| failed("start", id, format!("recording the runtime: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
         cmd.arg("shim")
             .arg("--id")
             .arg(id.as_str())
             .arg("--runtime")
-            .arg(&self.cfg.runtime_path)
+            .arg(&engine.path)
             .arg("--runtime-root")
-            .arg(&self.cfg.runtime_root)
+            .arg(&engine.root)
             .arg("--bundle")
             .arg(bundle_dir)
             .arg("--state-dir")
@@ -632,6 +739,13 @@ impl OciRuntime {
             .arg("--lock-fd")
             .arg(SHIM_LOCK_FD.to_string())
             .args(standby.then_some("--standby"))
+            .args((!engine.flavor.preserves_fds()).then_some("--no-status-fd"))
+            .args(
+                engine
+                    .flags
+                    .iter()
+                    .flat_map(|f| ["--runtime-flag", f.as_str()]),
+            )
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -738,7 +852,7 @@ impl OciRuntime {
         };
         wait_pidfd_for(shim, Duration::from_secs(5)).await;
         let _ = self
-            .runtime_cmd()
+            .runtime_cmd(id)
             .arg("delete")
             .arg("--force")
             .arg(id.as_str())
@@ -790,6 +904,17 @@ fn report_error(report: &serde_json::Value, otherwise: &str) -> String {
 
 /// The fd the shim finds its lock on.
 const SHIM_LOCK_FD: i32 = 4;
+
+/// Names the runtime a machine's container was made with.
+const ENGINE_FILE: &str = "state/runtime";
+
+/// A command of `engine`.
+fn engine_cmd(engine: &OciEngine) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(&engine.path);
+    c.arg("--root").arg(&engine.root).args(&engine.flags);
+    c.stdin(Stdio::null());
+    c
+}
 
 /// `flock(LOCK_EX | LOCK_NB)`: true if taken (or already ours).
 fn try_flock(f: &std::fs::File) -> bool {
@@ -854,7 +979,14 @@ async fn wait_pidfd_for(shim: &Shim, timeout: Duration) -> bool {
 #[async_trait::async_trait]
 impl Runtime for OciRuntime {
     fn name(&self) -> &'static str {
-        self.cfg.flavor.binary()
+        self.cfg.engines[0].flavor.binary()
+    }
+
+    fn supports(&self, isolation: Isolation) -> Result<(), String> {
+        match OciFlavor::of(isolation) {
+            Some(f) if self.cfg.engines.iter().any(|e| e.flavor == f) => Ok(()),
+            _ => Err(self.unsupported(isolation)),
+        }
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
@@ -884,9 +1016,10 @@ impl Runtime for OciRuntime {
             }
         }
         let volumes = self.attach_volumes(spec).await?;
+        let engine = self.engine_for(spec)?;
         let bundle_dir = self.prepare(spec, &volumes)?;
         let prepared = t0.elapsed();
-        let (shim, mut reports) = self.spawn_shim(id, &bundle_dir, false).await?;
+        let (shim, mut reports) = self.spawn_shim(id, engine, &bundle_dir, false).await?;
         let spawned = t0.elapsed();
         let report = read_report(&mut reports).await;
         drop(reports);
@@ -933,7 +1066,9 @@ impl Runtime for OciRuntime {
         if !self.cfg.precreate {
             return Ok(());
         }
-        let (shim, mut reports) = self.spawn_shim(id, &bundle_dir, true).await?;
+        let (shim, mut reports) = self
+            .spawn_shim(id, self.engine_for(spec)?, &bundle_dir, true)
+            .await?;
         let report = read_report(&mut reports).await;
         if report.get("created").and_then(|c| c.as_bool()) == Some(true) {
             tracing::debug!(
@@ -1000,6 +1135,27 @@ impl Runtime for OciRuntime {
     async fn processes(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, RuntimeError> {
         if self.shim(id).is_none() {
             return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        if self.engine_of(id).flavor == OciFlavor::Runsc {
+            // The cgroup holds the sandbox's own processes; gVisor's kernel
+            // knows the machine's.
+            let out = self
+                .runtime_cmd(id)
+                .arg("ps")
+                .arg(id.as_str())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .map_err(|e| failed("ps", id, e))?;
+            if !out.status.success() {
+                return Err(failed(
+                    "ps",
+                    id,
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                ));
+            }
+            return Ok(procs::parse_runsc_ps(&String::from_utf8_lossy(&out.stdout)));
         }
         let dir = self.cgroup_dir("memory").join(id.as_str());
         let pids = procs::cgroup_pids(&dir);
@@ -1068,6 +1224,19 @@ impl Runtime for OciRuntime {
 
     async fn set_memory_limit(&self, id: &MachineId, limit_mb: u64) -> Result<(), RuntimeError> {
         let bytes = (limit_mb << 20).to_string();
+        if self.engine_of(id).flavor == OciFlavor::Runsc {
+            // runsc has no `update`: the sandbox's cgroup takes the limit.
+            if self.shim(id).is_none() {
+                return Err(RuntimeError::NotRunning(id.clone()));
+            }
+            let dir = self.cgroup_dir("memory").join(id.as_str());
+            let file = ["memory.limit_in_bytes", "memory.max"]
+                .into_iter()
+                .map(|n| dir.join(n))
+                .find(|p| p.exists())
+                .ok_or_else(|| failed("memory limit", id, "the machine has no memory cgroup"))?;
+            return std::fs::write(file, &bytes).map_err(|e| failed("memory limit", id, e));
+        }
         self.runtime_op(id, "memory limit", &["update", "--memory", &bytes])
             .await
     }
@@ -1077,7 +1246,7 @@ impl Runtime for OciRuntime {
             return Err(RuntimeError::NotRunning(id.clone()));
         }
         let out = self
-            .runtime_cmd()
+            .runtime_cmd(id)
             .arg("kill")
             .arg(id.as_str())
             .arg(signal.name())
@@ -1138,7 +1307,7 @@ impl Runtime for OciRuntime {
             // SIGKILL reaches frozen processes only once they thaw.
             if self.is_frozen(id) {
                 let _ = self
-                    .runtime_cmd()
+                    .runtime_cmd(id)
                     .arg("resume")
                     .arg(id.as_str())
                     .stdout(Stdio::null())
@@ -1147,7 +1316,7 @@ impl Runtime for OciRuntime {
                     .await;
             }
             let _ = self
-                .runtime_cmd()
+                .runtime_cmd(id)
                 .arg("kill")
                 .arg(id.as_str())
                 .arg("KILL")
@@ -1179,9 +1348,9 @@ impl Runtime for OciRuntime {
             .remove(id);
         // The shim deletes the container when it ends normally; only a
         // container the runtime still knows about needs deleting here.
-        if self.cfg.runtime_root.join(id.as_str()).exists() {
+        if self.engine_of(id).knows(id) {
             let _ = self
-                .runtime_cmd()
+                .runtime_cmd(id)
                 .arg("delete")
                 .arg("--force")
                 .arg(id.as_str())
@@ -1273,11 +1442,13 @@ mod tests {
         let init = dir.join("hangar-init");
         std::fs::write(&init, b"").unwrap();
         OciRuntime::new(OciConfig {
-            flavor: OciFlavor::Crun,
-            runtime_path: "/bin/false".into(),
+            engines: vec![OciEngine::new(
+                OciFlavor::Crun,
+                "/bin/false".into(),
+                &dir.join("run"),
+            )],
             init_path: init,
             machines_dir: dir.join("machines"),
-            runtime_root: dir.join("run"),
             log_max_bytes: 1 << 20,
             cgroup_parent: "/hangar-unit".into(),
             secrets_dir: dir.join("secrets"),

@@ -97,6 +97,34 @@ pub fn describe(pids: &[i32]) -> Vec<ProcessInfo> {
 }
 
 /// Inodes of the sockets a process holds.
+/// The processes `runsc ps` lists (`UID PID PPID C TTY STIME TIME CMD`):
+/// pids inside the sandbox, the command's name and its CPU time (gVisor
+/// tells neither memory nor sockets this way).
+pub fn parse_runsc_ps(table: &str) -> Vec<ProcessInfo> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            Some(ProcessInfo {
+                pid: f[1].parse().ok()?,
+                start_ms: 0,
+                run_ms: 0,
+                command: f[7..].join(" "),
+                directory: String::new(),
+                cpu_ms: hangar_core::GoDuration::parse(f[6])
+                    .map(|d| d.get().as_millis() as u64)
+                    .unwrap_or(0),
+                rss: 0,
+                listen: Vec::new(),
+            })
+        })
+        .collect()
+}
+
 fn socket_inodes(pid: i32) -> Vec<u64> {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
@@ -170,6 +198,24 @@ fn parse_addr(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_runsc_ps() {
+        let t = "UID       PID       PPID      C         TTY       STIME     TIME      CMD\n\
+                 0         1         0         0         ?         09:03     1.5s      sleep\n\
+                 0         4         1         0         pts/0     09:04     10ms      sh\n";
+        let p = parse_runsc_ps(t);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].pid, p[0].command.as_str(), p[0].cpu_ms),
+            (1, "sleep", 1500)
+        );
+        assert_eq!(
+            (p[1].pid, p[1].command.as_str(), p[1].cpu_ms),
+            (4, "sh", 10)
+        );
+        assert!(parse_runsc_ps("").is_empty());
+    }
 
     #[test]
     fn parses_proc_net_addresses() {

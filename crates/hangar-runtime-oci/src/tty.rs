@@ -33,6 +33,9 @@ pub(crate) async fn run(
         return Err(RuntimeError::InvalidSpec("no command given".into()));
     }
     let tag = hangar_core::EventId::generate();
+    if rt.engine_of(id).flavor == crate::OciFlavor::Runsc {
+        return run_runsc(rt, id, req, &tag.to_string()).await;
+    }
     // Socket paths are limited to 108 bytes: keep it short, and private.
     let sock_dir = tempfile::Builder::new()
         .prefix("hangar-tty-")
@@ -41,7 +44,7 @@ pub(crate) async fn run(
     let sock_path = sock_dir.path().join("console.sock");
     let listener = tokio::net::UnixListener::bind(&sock_path).map_err(|e| failed("exec", id, e))?;
     let pid_file = rt.dir(id).join("state").join(format!("tty-{tag}.pid"));
-    let mut cmd = rt.runtime_cmd();
+    let mut cmd = rt.runtime_cmd(id);
     cmd.arg("exec")
         .arg("--tty")
         .arg("--console-socket")
@@ -50,15 +53,7 @@ pub(crate) async fn run(
         .arg(crate::exec::machine_cwd(rt, id))
         .arg("--pid-file")
         .arg(&pid_file);
-    let extra: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    for kv in crate::exec::machine_env(rt, id)
-        .into_iter()
-        .filter(|kv| {
-            let name = kv.split('=').next().unwrap_or_default();
-            !req.env.iter().any(|(k, _)| k == name)
-        })
-        .chain(extra)
-    {
+    for kv in command_env(rt, id, req) {
         cmd.arg("--env").arg(kv);
     }
     cmd.arg(id.as_str())
@@ -120,6 +115,106 @@ pub(crate) async fn run(
         .and_then(|pid| crate::pidfd_open(pid).ok());
     let _ = std::fs::remove_file(&pid_file);
 
+    set_nonblocking(&master).map_err(|e| failed("exec", id, e))?;
+    // SAFETY: `master` is an open OwnedFd that the AsyncFd owns, unchanged,
+    // until it is dropped.
+    let master =
+        unsafe { AsyncFd::register(master) }.map_err(|e| failed("exec", id, e.to_string()))?;
+    let term = OciTerminal {
+        master,
+        child,
+        pidfd,
+        exited: false,
+    };
+    term.resize(req.rows, req.cols)
+        .map_err(|e| failed("exec", id, e))?;
+    Ok(Box::new(term))
+}
+
+/// The command's environment: the machine's, with `req.env` over it.
+fn command_env(rt: &OciRuntime, id: &MachineId, req: &TtyRequest) -> Vec<String> {
+    let extra: Vec<String> = req.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    crate::exec::machine_env(rt, id)
+        .into_iter()
+        .filter(|kv| {
+            let name = kv.split('=').next().unwrap_or_default();
+            !req.env.iter().any(|(k, _)| k == name)
+        })
+        .chain(extra)
+        .collect()
+}
+
+/// runsc's `exec` hands no terminal over a console socket: it runs the
+/// command on the terminal that is its own stdin, a host pseudo-terminal
+/// made here whose master side becomes the [`Terminal`] (gVisor serves the
+/// command's side; Ctrl-C and window sizes pass through it).
+async fn run_runsc(
+    rt: &OciRuntime,
+    id: &MachineId,
+    req: &TtyRequest,
+    tag: &str,
+) -> Result<Box<dyn Terminal>, RuntimeError> {
+    let state = rt.dir(id).join("state");
+    let pid_file = state.join(format!("tty-{tag}.pid"));
+    let process_file = state.join(format!("tty-{tag}.json"));
+    let mut process = crate::exec::machine_process(rt, id);
+    process["terminal"] = true.into();
+    process["args"] = req.argv.clone().into();
+    process["env"] = command_env(rt, id, req).into();
+    process["cwd"] = crate::exec::machine_cwd(rt, id).into();
+    if let Some(p) = process.as_object_mut() {
+        p.remove("consoleSize");
+    }
+    std::fs::write(&process_file, process.to_string()).map_err(|e| failed("exec", id, e))?;
+    let pty = nix::pty::openpty(None, None).map_err(|e| failed("exec", id, e))?;
+    let slave = || {
+        pty.slave
+            .try_clone()
+            .map(Stdio::from)
+            .map_err(|e| failed("exec", id, e))
+    };
+    let mut cmd = rt.runtime_cmd(id);
+    cmd.arg("exec")
+        .arg("--process")
+        .arg(&process_file)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(id.as_str())
+        .stdin(slave()?)
+        .stdout(slave()?)
+        .stderr(slave()?)
+        .kill_on_drop(true);
+    // SAFETY: setsid is async-signal-safe: runsc leads a new session whose
+    // controlling terminal is the pseudo-terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| failed("exec", id, e))?;
+    drop(pty.slave);
+    // The command's pid appears once runsc has started it (or runsc ends
+    // first, its error on the terminal).
+    let deadline = tokio::time::Instant::now() + HANDOVER_TIMEOUT;
+    let pid = loop {
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if pid.is_some()
+            || tokio::time::Instant::now() >= deadline
+            || matches!(child.try_wait(), Ok(Some(_)))
+        {
+            break pid;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let _ = std::fs::remove_file(&process_file);
+    let pidfd = pid.and_then(|pid| crate::pidfd_open(pid).ok());
+    let _ = std::fs::remove_file(&pid_file);
+    let master = pty.master;
     set_nonblocking(&master).map_err(|e| failed("exec", id, e))?;
     // SAFETY: `master` is an open OwnedFd that the AsyncFd owns, unchanged,
     // until it is dropped.

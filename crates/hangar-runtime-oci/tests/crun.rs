@@ -9,7 +9,7 @@ use hangar_core::process::ProcessSpec;
 use hangar_core::{MachineId, Signal};
 use hangar_image::{Image, ImageStore, StoreOptions};
 use hangar_runtime::{CpuKind, Resources, Runtime, RuntimeError, WorkloadSpec};
-use hangar_runtime_oci::{OciConfig, OciFlavor, OciRuntime, host};
+use hangar_runtime_oci::{OciConfig, OciEngine, OciFlavor, OciRuntime, host};
 use hangar_test_utils::image::{ImageBuilder, Layer};
 
 struct Env {
@@ -45,7 +45,7 @@ impl Drop for Env {
             let crun = |args: &[&str]| {
                 let _ = std::process::Command::new("crun")
                     .arg("--root")
-                    .arg(self.dir.path().join("run"))
+                    .arg(self.dir.path().join("run/crun"))
                     .args(args)
                     .output();
             };
@@ -60,11 +60,13 @@ impl Drop for Env {
 
 fn runtime(dir: &Path) -> OciRuntime {
     OciRuntime::new(OciConfig {
-        flavor: OciFlavor::Crun,
-        runtime_path: host::find_program("crun").unwrap(),
+        engines: vec![OciEngine::new(
+            OciFlavor::Crun,
+            host::find_program("crun").unwrap(),
+            &dir.join("run"),
+        )],
         init_path: hangar_runtime_oci::install_init(&dir.join("bin")).unwrap(),
         machines_dir: dir.join("machines"),
-        runtime_root: dir.join("run"),
         log_max_bytes: 1 << 20,
         cgroup_parent: "/hangar-test".into(),
         secrets_dir: dir.join("secrets"),
@@ -100,6 +102,7 @@ fn spec(env: &Env, script: &str) -> WorkloadSpec {
         secret_env: Default::default(),
         volumes: vec![],
         network: None,
+        isolation: None,
     }
 }
 
@@ -455,7 +458,7 @@ async fn destroy_leaves_no_process_mount_or_cgroup() {
     assert!(!ps.contains(s.id.as_str()), "leftover process for {}", s.id);
     let list = std::process::Command::new("crun")
         .arg("--root")
-        .arg(env.dir.path().join("run"))
+        .arg(env.dir.path().join("run/crun"))
         .arg("list")
         .output()
         .unwrap();
@@ -782,7 +785,7 @@ fn host_ps(args: &str) -> bool {
 fn crun_status(env: &Env, id: &MachineId) -> Option<String> {
     let out = std::process::Command::new("crun")
         .arg("--root")
-        .arg(env.dir.path().join("run"))
+        .arg(env.dir.path().join("run/crun"))
         .arg("state")
         .arg(id.as_str())
         .output()
@@ -884,7 +887,7 @@ async fn a_stopped_machines_next_container_waits_created_and_only_its_own_spec_s
     rt.prewarm(&s).await.unwrap();
     std::process::Command::new("crun")
         .arg("--root")
-        .arg(env.dir.path().join("run"))
+        .arg(env.dir.path().join("run/crun"))
         .args(["kill", s.id.as_str(), "KILL"])
         .status()
         .unwrap();

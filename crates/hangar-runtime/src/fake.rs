@@ -142,6 +142,13 @@ impl Runtime for FakeRuntime {
         "fake"
     }
 
+    fn supports(&self, isolation: hangar_core::Isolation) -> Result<(), String> {
+        match isolation {
+            hangar_core::Isolation::Microvm => Err("the fake runtime runs no microVMs".into()),
+            _ => Ok(()),
+        }
+    }
+
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
         self.record(Call::Start(Box::new(spec.clone())));
         if let Some(reason) = self.fail_next_start.lock().unwrap().take() {

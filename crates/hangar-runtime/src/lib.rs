@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use hangar_core::machine::Observed;
 use hangar_core::process::ProcessSpec;
-use hangar_core::{ExitInfo, MachineId, Signal};
+use hangar_core::{ExitInfo, Isolation, MachineId, Signal};
 
 /// CPU class, as Fly sells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +77,8 @@ pub struct WorkloadSpec {
     pub volumes: Vec<VolumeAttachment>,
     /// The machine's place on its private network, if it has one.
     pub network: Option<NetworkAttachment>,
+    /// The runtime the machine asked for; none: the host's default.
+    pub isolation: Option<Isolation>,
 }
 
 /// A machine's interface on a private network: a host bridge per network,
@@ -288,6 +290,10 @@ pub enum RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     /// Short name for logs (`crun`, `runc`, `fake`).
     fn name(&self) -> &'static str;
+
+    /// Whether machines that ask for `isolation` can run here; `Err` says
+    /// why not (the API answers such a machine's create with 412 and it).
+    fn supports(&self, isolation: Isolation) -> Result<(), String>;
 
     /// Starts the workload; returns once its main process runs.
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError>;

@@ -16,7 +16,7 @@ use clap::Parser;
 use hangar_agent::{Agent, AgentConfig};
 use hangar_api::{ApiState, Auth};
 use hangar_image::{Credentials, ImageStore, StoreOptions};
-use hangar_runtime_oci::{OciConfig, OciFlavor, OciRuntime, host};
+use hangar_runtime_oci::{OciConfig, OciEngine, OciFlavor, OciRuntime, host};
 
 mod edge;
 mod traces;
@@ -30,6 +30,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 enum RuntimeArg {
     Crun,
     Runc,
+    /// gVisor.
+    Runsc,
+}
+
+/// gVisor's network stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunscNetwork {
+    Host,
+    Sandbox,
+}
+
+/// The platform gVisor runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunscPlatform {
+    /// kvm where `/dev/kvm` can run it, ptrace otherwise.
+    Auto,
+    Ptrace,
+    Kvm,
+    Systrap,
 }
 
 /// The Hangar daemon: Fly-compatible machines on your own Linux host.
@@ -45,9 +64,26 @@ struct Args {
     /// This host's region code.
     #[arg(long, env = "HANGAR_REGION", default_value = "local")]
     region: String,
-    /// The OCI runtime that runs containers.
+    /// The runtime of machines that do not ask for one (metadata
+    /// `hangar_runtime`); the other OCI runtimes installed on the host can
+    /// be asked for.
     #[arg(long, env = "HANGAR_RUNTIME", value_enum, default_value = "crun")]
     runtime: RuntimeArg,
+    /// gVisor's platform (`auto`: kvm when /dev/kvm can run it, else
+    /// ptrace; kvm hangs on PVM hosts).
+    #[arg(
+        long,
+        env = "HANGAR_RUNSC_PLATFORM",
+        value_enum,
+        default_value = "auto"
+    )]
+    runsc_platform: RunscPlatform,
+    /// gVisor's network stack: `host` passes the machine's sockets to the
+    /// host kernel inside the machine's own network namespace; `sandbox`
+    /// uses gVisor's netstack, which Debian's runsc (2022-12) cannot set up
+    /// on kernels from 6.x on (gVisor issue 10704).
+    #[arg(long, env = "HANGAR_RUNSC_NETWORK", value_enum, default_value = "host")]
+    runsc_network: RunscNetwork,
     /// A registry (HOST:PORT) reached over plain HTTP; repeatable.
     #[arg(
         long = "insecure-registry",
@@ -243,15 +279,44 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
     let flavor = match args.runtime {
         RuntimeArg::Crun => OciFlavor::Crun,
         RuntimeArg::Runc => OciFlavor::Runc,
+        RuntimeArg::Runsc => OciFlavor::Runsc,
     };
-    let runtime_path = host::find_program(flavor.binary()).with_context(|| {
-        format!(
-            "{} not found on PATH: apt-get install -y {}",
-            flavor.binary(),
-            flavor.binary()
-        )
-    })?;
-    if flavor == OciFlavor::Crun {
+    let run_root = data.join("run");
+    let mut engines = vec![OciEngine::new(
+        flavor,
+        host::find_program(flavor.binary()).with_context(|| {
+            format!(
+                "{} not found on PATH: apt-get install -y {}",
+                flavor.binary(),
+                flavor.binary()
+            )
+        })?,
+        &run_root,
+    )];
+    for other in [OciFlavor::Crun, OciFlavor::Runc, OciFlavor::Runsc] {
+        if other != flavor
+            && let Some(path) = host::find_program(other.binary())
+        {
+            engines.push(OciEngine::new(other, path, &run_root));
+        }
+    }
+    for e in &mut engines {
+        if e.flavor == OciFlavor::Runsc {
+            let (platform, why) = runsc_platform(args.runsc_platform);
+            if let Some(why) = why {
+                tracing::warn!("gVisor runs on its {platform} platform: {why}");
+            }
+            e.flags.push(format!("--platform={platform}"));
+            e.flags.push(
+                match args.runsc_network {
+                    RunscNetwork::Host => "--network=host",
+                    RunscNetwork::Sandbox => "--network=sandbox",
+                }
+                .into(),
+            );
+        }
+    }
+    if engines.iter().any(|e| e.flavor == OciFlavor::Crun) {
         let moved = host::fix_hybrid_cgroups().context("preparing cgroups for crun")?;
         if !moved.is_empty() {
             tracing::info!(controllers = ?moved, "moved cgroup controllers off cgroup2 (crun cannot run on a hybrid layout otherwise)");
@@ -277,11 +342,9 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
         tracing::info!(dir = %secrets_dir.display(), "mounted a tmpfs for machine secrets");
     }
     let runtime = OciRuntime::new(OciConfig {
-        flavor,
-        runtime_path,
+        engines: engines.clone(),
         init_path,
         machines_dir: data.join("machines"),
-        runtime_root: data.join("run").join(flavor.binary()),
         log_max_bytes: args.log_max_bytes,
         cgroup_parent: check_cgroup_parent(&args.cgroup_parent)?,
         secrets_dir,
@@ -556,7 +619,7 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, region = %args.region, runtime = flavor.binary(), data_dir = %data.display(), "hangard ready");
+    tracing::info!(listen = %args.listen, region = %args.region, runtime = flavor.binary(), runtimes = ?engines.iter().map(|e| e.flavor.binary()).collect::<Vec<_>>(), data_dir = %data.display(), "hangard ready");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -854,4 +917,24 @@ fn admin_token(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path)
+}
+
+/// gVisor's platform, and why `auto` chose it when it is not the
+/// fastest. Its kvm platform hangs where /dev/kvm is PVM (`kvm_pvm`, which
+/// runs only PVM-built guests), as on the machines Hangar is built on.
+fn runsc_platform(arg: RunscPlatform) -> (&'static str, Option<&'static str>) {
+    match arg {
+        RunscPlatform::Ptrace => ("ptrace", None),
+        RunscPlatform::Kvm => ("kvm", None),
+        RunscPlatform::Systrap => ("systrap", None),
+        RunscPlatform::Auto if !std::path::Path::new("/dev/kvm").exists() => (
+            "ptrace",
+            Some("there is no /dev/kvm (slower system calls than with kvm)"),
+        ),
+        RunscPlatform::Auto if std::path::Path::new("/sys/module/kvm_pvm").exists() => (
+            "ptrace",
+            Some("/dev/kvm is PVM (kvm_pvm), on which gVisor's kvm platform hangs"),
+        ),
+        RunscPlatform::Auto => ("kvm", None),
+    }
 }

@@ -53,6 +53,11 @@ pub struct ConfigFlags {
     /// Metadata NAME=VALUE (repeatable).
     #[arg(long = "metadata", short = 'm')]
     pub(crate) metadata: Vec<String>,
+    /// The runtime to run the machine with: crun, runc, runsc (gVisor) or
+    /// microvm (Hangar's extension: sets metadata `hangar_runtime`; the
+    /// host must have it).
+    #[arg(long)]
+    pub(crate) runtime: Option<String>,
     /// Replace the image's ENTRYPOINT (shell words).
     #[arg(long)]
     pub(crate) entrypoint: Option<String>,
@@ -181,6 +186,15 @@ pub(crate) fn apply_flags(c: &mut MachineConfig, f: &ConfigFlags) -> anyhow::Res
     let md = pairs(&f.metadata, "--metadata")?;
     if !md.is_empty() {
         c.metadata.get_or_insert_with(BTreeMap::new).extend(md);
+    }
+    if let Some(rt) = &f.runtime {
+        let isolation = hangar_core::Isolation::parse(rt).with_context(|| {
+            format!("invalid --runtime {rt:?}: use crun, runc, runsc or microvm")
+        })?;
+        c.metadata.get_or_insert_with(BTreeMap::new).insert(
+            hangar_core::isolation::METADATA_KEY.into(),
+            isolation.as_str().into(),
+        );
     }
     if let Some(ep) = &f.entrypoint {
         c.init.get_or_insert_with(MachineInit::default).entrypoint =
@@ -619,6 +633,9 @@ mod tests {
         assert_eq!(c.image, "busybox");
         assert_eq!(c.env.unwrap()["A"], "1");
         assert_eq!(c.metadata.unwrap()["role"], "web");
+        let g = config_from(&parse(&["busybox", "--runtime", "gvisor"]), true).unwrap();
+        assert_eq!(g.metadata.unwrap()["hangar_runtime"], "runsc");
+        assert!(config_from(&parse(&["busybox", "--runtime", "docker"]), true).is_err());
         let init = c.init.unwrap();
         assert_eq!(init.entrypoint.unwrap(), vec!["/bin/sh", "-c"]);
         assert_eq!(init.cmd.unwrap(), vec!["echo", "hi", "--there"]);
