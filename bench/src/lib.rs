@@ -1,5 +1,7 @@
 //! What the benchmarks share: running `wrk` and reading its report, medians.
 
+pub mod start;
+
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};

@@ -16,70 +16,16 @@
 //! Prints median, p95 and min of every series and the ratios the Foundation
 //! issue sets as goals. Run it through `bench/run.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hangar_api_types::{CreateMachineRequest, MachineConfig};
+use hangar_bench::start::{Series, machine_memory, ms, raw_oci};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
-
-struct Series {
-    name: &'static str,
-    ms: Vec<f64>,
-}
-
-impl Series {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.ms.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        v
-    }
-    fn median(&self) -> f64 {
-        let v = self.sorted();
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    }
-    fn quantile(&self, q: f64) -> f64 {
-        let v = self.sorted();
-        v[((v.len() as f64 * q).ceil() as usize)
-            .saturating_sub(1)
-            .min(v.len() - 1)]
-    }
-    fn p95(&self) -> f64 {
-        self.quantile(0.95)
-    }
-    fn p99(&self) -> f64 {
-        self.quantile(0.99)
-    }
-    fn min(&self) -> f64 {
-        self.sorted()[0]
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Runs a command whose children may keep its stdio open (`crun create`
-/// leaves the container holding it): only the exit status is awaited.
-fn run_quiet(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
 
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.stdin(Stdio::null()).output()?;
@@ -139,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     let mut create = Series {
-        name: "hangard create -> started",
+        name: "hangard create -> started".into(),
         ms: vec![],
     };
     for _ in 0..runs {
@@ -155,15 +101,15 @@ async fn main() -> anyhow::Result<()> {
     // (overlay, bundle): a machine that has been stopped a moment starts
     // without that work. Measured both ways.
     let mut restart = Series {
-        name: "hangard stopped -> started",
+        name: "hangard stopped -> started".into(),
         ms: vec![],
     };
     let mut back_to_back = Series {
-        name: "  (started right after stopping)",
+        name: "  (started right after stopping)".into(),
         ms: vec![],
     };
     let mut no_precreate = Series {
-        name: "  --no-precreate: stopped -> started",
+        name: "  --no-precreate: stopped -> started".into(),
         ms: vec![],
     };
     for i in 0..3 * runs {
@@ -193,11 +139,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Suspend and resume through the API (Fly's suspend; `start` resumes).
     let mut suspend = Series {
-        name: "hangard started -> suspended",
+        name: "hangard started -> suspended".into(),
         ms: vec![],
     };
     let mut resume = Series {
-        name: "hangard suspended -> started",
+        name: "hangard suspended -> started".into(),
         ms: vec![],
     };
     let mut suspended_memory = Vec::new();
@@ -206,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
         c.machine_action("bench", &keeper, "suspend").await?;
         wait(keeper.clone(), "suspended").await?;
         suspend.ms.push(ms(t.elapsed()));
-        suspended_memory.push(machine_memory(&d, &keeper).await);
+        suspended_memory.push(machine_memory(&d, "bench", &keeper).await);
         let t = Instant::now();
         c.start_machine("bench", &keeper).await?;
         wait(keeper.clone(), "started").await?;
@@ -226,7 +172,8 @@ async fn main() -> anyhow::Result<()> {
         // hangard's log (with HANGAR_TEST_LOG=debug: each start's phases).
         std::fs::write(path, d.log())?;
     }
-    let (raw, raw_pause, raw_resume) = raw_crun(&bundle_cfg, &layers, runs, &d)?;
+    let (raw, raw_pause, raw_resume) =
+        raw_oci("crun", &[], &bundle_cfg, &layers, runs, &d.data_dir)?;
     c.destroy_machine("bench", &keeper, true).await?;
 
     let podman = podman(&image_ref, runs)?;
@@ -304,142 +251,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The machine's `hangar_machine_memory_bytes` in hangard's `/metrics`.
-async fn machine_memory(d: &Daemon, id: &str) -> Option<f64> {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", d.url))
-        .bearer_auth(&d.token)
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let want = format!("hangar_machine_memory_bytes{{app=\"bench\",machine=\"{id}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&want))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn raw_crun(
-    cfg: &serde_json::Value,
-    layers: &[PathBuf],
-    runs: usize,
-    d: &Daemon,
-) -> anyhow::Result<(Series, Series, Series)> {
-    let crun = "crun";
-    let work = tempfile::tempdir()?;
-    let root = work.path().join("run");
-    let bundle = work.path().join("bundle");
-    std::fs::create_dir_all(bundle.join("rootfs"))?;
-    // Exactly hangard's bundle (hangar-init as PID 1 running `sleep`, the
-    // same mounts, limits and namespaces), with its own cgroup path and
-    // copies of the files hangard bind-mounts into it.
-    let mut cfg = cfg.clone();
-    let mounts: Vec<serde_json::Value> = cfg["mounts"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut m| {
-            if let Some(src) = m["source"]
-                .as_str()
-                .filter(|s| s.starts_with(d.data_dir.to_str().unwrap_or("-")))
-            {
-                let copy = work
-                    .path()
-                    .join(Path::new(src).file_name().unwrap_or_default());
-                let _ = std::fs::copy(src, &copy);
-                m["source"] = copy.display().to_string().into();
-            }
-            m
-        })
-        .collect();
-    cfg["mounts"] = mounts.into();
-    let mut series = Series {
-        name: "raw crun create+start (+overlay)",
-        ms: vec![],
-    };
-    let mut pause = Series {
-        name: "raw crun pause",
-        ms: vec![],
-    };
-    let mut resume = Series {
-        name: "raw crun resume",
-        ms: vec![],
-    };
-    for i in 0..runs {
-        let id = format!("bench-raw-{}-{i}", std::process::id());
-        cfg["linux"]["cgroupsPath"] = format!("/hangar-bench/{id}").into();
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&cfg)?)?;
-        let upper = work.path().join("upper");
-        let wdir = work.path().join("work");
-        let lower: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
-        let t = Instant::now();
-        std::fs::create_dir_all(&upper)?;
-        std::fs::create_dir_all(&wdir)?;
-        nix::mount::mount(
-            Some("overlay"),
-            &bundle.join("rootfs"),
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(
-                format!(
-                    "lowerdir={},upperdir={},workdir={}",
-                    lower.join(":"),
-                    upper.display(),
-                    wdir.display()
-                )
-                .as_str(),
-            ),
-        )?;
-        run_quiet(
-            Command::new(crun)
-                .arg("--root")
-                .arg(&root)
-                .args(["create", "--bundle"])
-                .arg(&bundle)
-                .arg(&id),
-        )?;
-        run_quiet(
-            Command::new(crun)
-                .arg("--root")
-                .arg(&root)
-                .args(["start", &id]),
-        )?;
-        series.ms.push(ms(t.elapsed()));
-        // The floor of a suspend and a resume: the runtime's own freeze.
-        std::thread::sleep(Duration::from_millis(20));
-        for (verb, into) in [("pause", &mut pause.ms), ("resume", &mut resume.ms)] {
-            let t = Instant::now();
-            run_quiet(
-                Command::new(crun)
-                    .arg("--root")
-                    .arg(&root)
-                    .args([verb, &id]),
-            )?;
-            into.push(ms(t.elapsed()));
-        }
-        run_quiet(
-            Command::new(crun)
-                .arg("--root")
-                .arg(&root)
-                .args(["kill", &id, "KILL"]),
-        )?;
-        std::thread::sleep(Duration::from_millis(20));
-        run_quiet(
-            Command::new(crun)
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force", &id]),
-        )?;
-        nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH)?;
-        std::fs::remove_dir_all(&upper)?;
-        std::fs::remove_dir_all(&wdir)?;
-    }
-    Ok((series, pause, resume))
-}
-
 fn podman(image: &str, runs: usize) -> anyhow::Result<Option<Series>> {
     if Command::new("podman")
         .arg("--version")
@@ -462,7 +273,7 @@ fn podman(image: &str, runs: usize) -> anyhow::Result<Option<Series>> {
     base(&mut pull);
     run(pull.args(["pull", "-q", "--tls-verify=false", image]))?;
     let mut series = Series {
-        name: "podman run -d",
+        name: "podman run -d".into(),
         ms: vec![],
     };
     for _ in 0..runs {

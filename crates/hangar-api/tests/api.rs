@@ -425,6 +425,20 @@ async fn bad_input_gets_clear_4xx() {
         (
             "POST",
             "/v1/apps/web/machines",
+            Some(json!({"config": {"image": "x", "metadata": {"hangar_runtime": "docker"}}})),
+            400,
+            "metadata.hangar_runtime",
+        ),
+        (
+            "POST",
+            "/v1/apps/web/machines",
+            Some(json!({"config": {"image": "x", "metadata": {"hangar_runtime": "microvm"}}})),
+            412,
+            "microvm",
+        ),
+        (
+            "POST",
+            "/v1/apps/web/machines",
             Some(json!({"config": {"image": "x"}, "region": "syd"})),
             422,
             "Region 'syd'",

@@ -741,6 +741,21 @@ mod tests {
     }
 
     #[test]
+    fn runtime_is_read_from_metadata() {
+        let (s, _) = parse(json!({"image": "x"})).unwrap();
+        assert_eq!(s.isolation, None);
+        let (s, c) =
+            parse(json!({"image": "x", "metadata": {"hangar_runtime": "gvisor"}})).unwrap();
+        assert_eq!(s.isolation, Some(crate::Isolation::Runsc));
+        assert_eq!(
+            c["metadata"]["hangar_runtime"], "gvisor",
+            "kept as the client wrote it"
+        );
+        let e = parse(json!({"image": "x", "metadata": {"hangar_runtime": "docker"}})).unwrap_err();
+        assert!(e.0.contains("metadata.hangar_runtime"), "{}", e.0);
+    }
+
+    #[test]
     fn fills_guest_defaults_and_presets() {
         let (s, c) = parse(json!({"image": " busybox "})).unwrap();
         assert_eq!(

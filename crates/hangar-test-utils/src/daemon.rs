@@ -459,7 +459,7 @@ impl Daemon {
         };
         for e in rd.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
-            for runtime in ["crun", "runc"] {
+            for runtime in ["crun", "runc", "runsc"] {
                 let root = self.data_dir.join("run").join(runtime);
                 if !root.exists() {
                     continue;
@@ -483,6 +483,36 @@ impl Daemon {
                     .arg(e.path().join(m))
                     .stderr(Stdio::null())
                     .status();
+            }
+        }
+        // Volumes still attached: their mounts, then their loop devices.
+        if let Ok(rd) = std::fs::read_dir(self.data_dir.join("volumes/mnt")) {
+            for e in rd.flatten() {
+                let _ = Command::new("umount")
+                    .arg(e.path())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.data_dir.join("volumes/images")) {
+            for e in rd.flatten() {
+                let Ok(out) = Command::new("losetup")
+                    .arg("-j")
+                    .arg(e.path())
+                    .stderr(Stdio::null())
+                    .output()
+                else {
+                    continue;
+                };
+                for dev in String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split(':').next())
+                {
+                    let _ = Command::new("losetup")
+                        .args(["-d", dev])
+                        .stderr(Stdio::null())
+                        .status();
+                }
             }
         }
     }
