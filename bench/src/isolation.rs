@@ -157,14 +157,7 @@ async fn main() -> anyhow::Result<()> {
     all.push(&raw_crun);
     all.push(&raw_runsc);
     for s in all {
-        println!(
-            "  {:<38} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            s.name,
-            s.median(),
-            s.p95(),
-            s.p99(),
-            s.min()
-        );
+        s.print_row();
     }
     println!();
     for (t, raw) in tiers.iter().zip([&raw_crun, &raw_runsc]) {

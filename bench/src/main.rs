@@ -195,14 +195,7 @@ async fn main() -> anyhow::Result<()> {
         all.push(p);
     }
     for s in &all {
-        println!(
-            "  {:<38} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            s.name,
-            s.median(),
-            s.p95(),
-            s.p99(),
-            s.min()
-        );
+        s.print_row();
     }
     println!();
     println!(

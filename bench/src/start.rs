@@ -46,6 +46,17 @@ impl Series {
     pub fn p99(&self) -> f64 {
         self.quantile(0.99)
     }
+    /// One table row: name, median, p95, p99, min.
+    pub fn print_row(&self) {
+        println!(
+            "  {:<38} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            self.name,
+            self.median(),
+            self.p95(),
+            self.p99(),
+            self.min()
+        );
+    }
     /// The min (ms).
     pub fn min(&self) -> f64 {
         self.sorted()[0]
