@@ -12,6 +12,7 @@ pub mod checks;
 pub mod duration;
 pub mod errors;
 pub mod exit;
+pub mod guest;
 pub mod guest_path;
 pub mod ids;
 pub mod isolation;
@@ -23,6 +24,7 @@ pub mod schedule;
 pub mod services;
 pub mod signal;
 pub mod spec;
+pub mod user;
 
 pub use duration::GoDuration;
 pub use exit::ExitInfo;

@@ -163,6 +163,12 @@ pub fn main(args: &[String]) -> i32 {
     info.exit_code & 0xff
 }
 
+/// A new terminal: its master side and the path of its slave side.
+pub(crate) fn open_terminal() -> std::io::Result<(std::fs::File, std::ffi::CString)> {
+    let t = Terminal::open()?;
+    Ok((t.master, t.slave_path))
+}
+
 /// A terminal for the main process: the master side stays with init.
 struct Terminal {
     master: std::fs::File,

@@ -507,7 +507,7 @@ fn report_failure(o: &Options, msg: &str) -> io::Result<()> {
 
 /// One line to hangard on stdout. Errors are ignored: hangard may have died
 /// (EPIPE), and the machine must not die with it.
-fn report(v: &serde_json::Value) {
+pub(crate) fn report(v: &serde_json::Value) {
     let mut out = io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
@@ -526,7 +526,7 @@ fn cleanup(o: &Options) {
 }
 
 /// Points stdin, stdout and stderr at /dev/null.
-fn detach_stdio() {
+pub(crate) fn detach_stdio() {
     if let Ok(null) = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -579,7 +579,7 @@ pub fn start_time(pid: &str) -> io::Result<u64> {
 /// Replaces `path` atomically. No fsync: these files must survive a crash of
 /// `hangard`, not of the host (after which no container survives either), and
 /// an fsync would sit on every machine start.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;

@@ -322,6 +322,37 @@ pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetErro
     Ok(())
 }
 
+/// Wires a microVM's tap device `link.host_if` to `bridge`: made (again)
+/// as a persistent tap and made a port of the bridge; the VM's own
+/// `eth0` gets `link`'s addresses from inside.
+pub fn connect_tap(bridge: &Bridge, link: &Link) -> Result<(), NetError> {
+    check_ifname(&link.host_if)?;
+    check_ifname(&bridge.name)?;
+    let _guard = bridges_lock();
+    ensure_bridge_locked(bridge)?;
+    let tap = link.host_if.as_str();
+    if exists(tap) {
+        let _ = run("ip", &["link", "del", tap], None);
+    }
+    run(
+        "ip",
+        &["-batch", "-"],
+        Some(&format!(
+            "tuntap add dev {tap} mode tap\nlink set {tap} master {} up\n",
+            bridge.name
+        )),
+    )?;
+    let _ = run(
+        "ip",
+        &["-batch", "-"],
+        Some(&format!(
+            "neigh flush to {} dev {}\nneigh flush to {} dev {}\n",
+            link.address4, bridge.name, link.address6, bridge.name
+        )),
+    );
+    Ok(())
+}
+
 /// Removes a machine's link (if it is there), and its bridge when that was
 /// the bridge's last link.
 pub fn disconnect(host_if: &str) -> Result<(), NetError> {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use hangar_runtime::{CpuKind, WorkloadSpec};
 use serde_json::{Value, json};
 
-use crate::user::Identity;
+use hangar_core::user::Identity;
 
 /// Where the init binary appears inside the machine.
 pub const INIT_IN_GUEST: &str = "/.hangar/init";

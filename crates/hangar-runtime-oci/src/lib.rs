@@ -28,7 +28,6 @@ pub mod host;
 pub mod netns;
 mod procs;
 mod tty;
-mod user;
 
 use std::collections::HashMap;
 use std::io;
@@ -184,10 +183,12 @@ struct Standby {
     hash: u64,
 }
 
-/// A live shim we can wait on.
-struct Shim {
-    pid: i32,
-    pidfd: OwnedFd,
+/// A live supervisor process (a machine's shim) we can wait on.
+pub struct Shim {
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd of it, so a reused pid is never mistaken for it.
+    pub pidfd: OwnedFd,
 }
 
 /// The container driver.
@@ -490,7 +491,7 @@ impl OciRuntime {
             }
             let passwd = fsutil::read_in_root(&rootfs, "etc/passwd").unwrap_or_default();
             let group = fsutil::read_in_root(&rootfs, "etc/group").unwrap_or_default();
-            let who = user::resolve(&spec.process.user, &passwd, &group)
+            let who = hangar_core::user::resolve(&spec.process.user, &passwd, &group)
                 .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
             let hosts = dir.join("etc/hosts");
             let hostname = dir.join("etc/hostname");
@@ -750,22 +751,7 @@ impl OciRuntime {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: dup2 is async-signal-safe; the new fd (without
-        // close-on-exec) carries the locked file into the shim.
-        unsafe {
-            cmd.pre_exec(move || {
-                // dup2 onto itself would keep close-on-exec set.
-                let r = if lock_raw == SHIM_LOCK_FD {
-                    libc::fcntl(lock_raw, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(lock_raw, SHIM_LOCK_FD)
-                };
-                if r < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_fd(&mut cmd, lock_raw, SHIM_LOCK_FD);
         let mut child = cmd
             .spawn()
             .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
@@ -840,16 +826,7 @@ impl OciRuntime {
     }
 
     async fn end_standby_shim(&self, id: &MachineId, shim: &Shim) {
-        // SAFETY: pidfd_send_signal on the shim's own pidfd.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                shim.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                0,
-                0,
-            )
-        };
+        kill_pidfd(&shim.pidfd);
         wait_pidfd_for(shim, Duration::from_secs(5)).await;
         let _ = self
             .runtime_cmd(id)
@@ -917,7 +894,7 @@ fn engine_cmd(engine: &OciEngine) -> tokio::process::Command {
 }
 
 /// `flock(LOCK_EX | LOCK_NB)`: true if taken (or already ours).
-fn try_flock(f: &std::fs::File) -> bool {
+pub fn try_flock(f: &std::fs::File) -> bool {
     // SAFETY: flock on an fd we own.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
@@ -933,7 +910,7 @@ fn spec_hash(spec: &WorkloadSpec) -> u64 {
 /// process that has ended, zombies included: a shim that exited while no
 /// `hangard` was there to reap it stays a zombie until the host's init does,
 /// and adopting it would take its last run's end for the current one's.
-fn proc_start_time(pid: i32) -> Option<u64> {
+pub fn proc_start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let mut fields = rest.split_whitespace();
@@ -943,7 +920,43 @@ fn proc_start_time(pid: i32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+/// Sends SIGKILL to the process behind `pidfd` (nothing if it has ended).
+pub fn kill_pidfd(pidfd: &OwnedFd) {
+    // SAFETY: pidfd_send_signal on a pidfd we own; a process that has
+    // already ended makes it fail harmlessly.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            0,
+            0,
+        )
+    };
+}
+
+/// Makes `cmd`'s process get our fd `fd` as its fd `target` (without
+/// close-on-exec): how a shim is handed its locked `shim.lock`.
+pub fn pass_fd(cmd: &mut tokio::process::Command, fd: i32, target: i32) {
+    // SAFETY: dup2 and fcntl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec set.
+            let r = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target)
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A pidfd of `pid`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: the pidfd_open syscall takes a pid and flags and returns an fd.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -955,7 +968,7 @@ fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 
 /// Waits until the process behind `pidfd` has ended, then reaps it if it
 /// is our child.
-async fn wait_pidfd(shim: &Shim) -> io::Result<()> {
+pub async fn wait_pidfd(shim: &Shim) -> io::Result<()> {
     let dup = shim.pidfd.try_clone()?;
     // SAFETY: `dup` is an OwnedFd that stays open, unchanged, for as long as
     // the AsyncFd owns it.
@@ -969,7 +982,7 @@ async fn wait_pidfd(shim: &Shim) -> io::Result<()> {
 }
 
 /// Waits for a shim's end for at most `timeout`; true if it ended.
-async fn wait_pidfd_for(shim: &Shim, timeout: Duration) -> bool {
+pub async fn wait_pidfd_for(shim: &Shim, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, wait_pidfd(shim)).await,
         Ok(Ok(()))
@@ -987,6 +1000,10 @@ impl Runtime for OciRuntime {
             Some(f) if self.cfg.engines.iter().any(|e| e.flavor == f) => Ok(()),
             _ => Err(self.unsupported(isolation)),
         }
+    }
+
+    fn holds(&self, id: &MachineId) -> bool {
+        self.dir(id).exists()
     }
 
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
@@ -1328,16 +1345,7 @@ impl Runtime for OciRuntime {
             // thousands of processes fork: end them all now.
             let _ = cgroup.kill_all(Duration::from_secs(10)).await;
             if !wait_pidfd_for(&shim, Duration::from_secs(10)).await {
-                // SAFETY: kill on the shim's pid, verified by its pidfd above.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        shim.pidfd.as_raw_fd(),
-                        libc::SIGKILL,
-                        0,
-                        0,
-                    )
-                };
+                kill_pidfd(&shim.pidfd);
                 wait_pidfd_for(&shim, Duration::from_secs(5)).await;
             }
         }
@@ -1415,7 +1423,7 @@ fn host_if(id: &MachineId) -> String {
 
 /// The machine's `/etc/hosts`: its hostname on its private IPv4 address
 /// and `fly-local-6pn` on its 6PN address, as on Fly.
-fn hosts_file(spec: &WorkloadSpec) -> String {
+pub fn hosts_file(spec: &WorkloadSpec) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     match &spec.network {
         Some(n) => {

@@ -15,6 +15,9 @@
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
+mod routed;
+
+pub use routed::Routed;
 
 use std::path::PathBuf;
 
@@ -294,6 +297,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Whether machines that ask for `isolation` can run here; `Err` says
     /// why not (the API answers such a machine's create with 412 and it).
     fn supports(&self, isolation: Isolation) -> Result<(), String>;
+
+    /// Whether this runtime has anything of machine `id` (files, a
+    /// workload): where [`Routed`] sends the machine's operations.
+    fn holds(&self, id: &MachineId) -> bool {
+        let _ = id;
+        false
+    }
 
     /// Starts the workload; returns once its main process runs.
     async fn start(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError>;

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hangar_agent::{Agent, AgentConfig};
 use hangar_api::{ApiState, Auth};
+use hangar_core::Isolation;
 use hangar_image::{Credentials, ImageStore, StoreOptions};
 use hangar_runtime_oci::{OciConfig, OciEngine, OciFlavor, OciRuntime, host};
 
@@ -32,6 +33,17 @@ enum RuntimeArg {
     Runc,
     /// gVisor.
     Runsc,
+    /// qemu microVMs (a kernel of their own).
+    Microvm,
+}
+
+/// How qemu runs microVMs' CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VmAccel {
+    /// KVM when /dev/kvm can run stock kernels, else TCG (with a warning).
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 /// gVisor's network stack.
@@ -84,6 +96,15 @@ struct Args {
     /// on kernels from 6.x on (gVisor issue 10704).
     #[arg(long, env = "HANGAR_RUNSC_NETWORK", value_enum, default_value = "host")]
     runsc_network: RunscNetwork,
+    /// The microVMs' guest kernel: a directory with `vmlinuz` and its
+    /// modules under `lib/modules` (scripts/vm-kernel.sh DIR fills one from
+    /// Debian's cloud kernel). Default: <data-dir>/vm-kernel.
+    #[arg(long, env = "HANGAR_VM_KERNEL_DIR")]
+    vm_kernel_dir: Option<PathBuf>,
+    /// How qemu runs microVMs (`auto`: KVM unless /dev/kvm is missing or
+    /// PVM, on which stock guest kernels hang).
+    #[arg(long, env = "HANGAR_VM_ACCEL", value_enum, default_value = "auto")]
+    vm_accel: VmAccel,
     /// A registry (HOST:PORT) reached over plain HTTP; repeatable.
     #[arg(
         long = "insecure-registry",
@@ -277,7 +298,7 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
 
     let flavor = match args.runtime {
-        RuntimeArg::Crun => OciFlavor::Crun,
+        RuntimeArg::Crun | RuntimeArg::Microvm => OciFlavor::Crun,
         RuntimeArg::Runc => OciFlavor::Runc,
         RuntimeArg::Runsc => OciFlavor::Runsc,
     };
@@ -341,20 +362,41 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
     {
         tracing::info!(dir = %secrets_dir.display(), "mounted a tmpfs for machine secrets");
     }
-    let runtime = OciRuntime::new(OciConfig {
+    let volume_host = hangar_volumes::VolumeHost::new(data.join("volumes"))
+        .context("preparing the volumes directory")?;
+    let containers = OciRuntime::new(OciConfig {
         engines: engines.clone(),
-        init_path,
+        init_path: init_path.clone(),
         machines_dir: data.join("machines"),
         log_max_bytes: args.log_max_bytes,
         cgroup_parent: check_cgroup_parent(&args.cgroup_parent)?,
         secrets_dir,
-        volumes: Some(
-            hangar_volumes::VolumeHost::new(data.join("volumes"))
-                .context("preparing the volumes directory")?,
-        ),
+        volumes: Some(volume_host.clone()),
         precreate: !args.no_precreate,
     })
     .context("setting up the container runtime")?;
+    let default_isolation = match args.runtime {
+        RuntimeArg::Microvm => Isolation::Microvm,
+        _ => flavor.isolation(),
+    };
+    let mut runtimes: Vec<Arc<dyn hangar_runtime::Runtime>> = vec![Arc::new(containers)];
+    let vm = microvm_runtime(&args, &data, &init_path, volume_host);
+    let runtime = match vm {
+        Ok(vm) => {
+            runtimes.push(Arc::new(vm));
+            hangar_runtime::Routed::new(default_isolation, runtimes)
+        }
+        Err(why) if args.runtime == RuntimeArg::Microvm => {
+            bail!("--runtime microvm: {why}")
+        }
+        Err(why) => {
+            tracing::info!("microVMs are not available: {why}");
+            hangar_runtime::Routed::new(default_isolation, runtimes).missing(
+                Isolation::Microvm,
+                format!("this host cannot run microvm machines: {why}"),
+            )
+        }
+    };
 
     // The installation's addressing, and the firewall for the blocks in
     // use, in place before any machine is wired. Alone, the installation's
@@ -619,7 +661,7 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, region = %args.region, runtime = flavor.binary(), runtimes = ?engines.iter().map(|e| e.flavor.binary()).collect::<Vec<_>>(), data_dir = %data.display(), "hangard ready");
+    tracing::info!(listen = %args.listen, region = %args.region, runtime = %default_isolation, runtimes = ?engines.iter().map(|e| e.flavor.binary()).collect::<Vec<_>>(), data_dir = %data.display(), "hangard ready");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
@@ -917,6 +959,68 @@ fn admin_token(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path)
+}
+
+/// The microVM runtime, or why this host has none (no qemu, no guest
+/// kernel...).
+fn microvm_runtime(
+    args: &Args,
+    data: &Path,
+    init_path: &Path,
+    volumes: hangar_volumes::VolumeHost,
+) -> Result<hangar_runtime_vm::VmRuntime, String> {
+    use hangar_runtime_vm::{Accel, VmConfig, VmRuntime, kernel};
+    let need = |prog: &str, package: &str| {
+        host::find_program(prog).ok_or_else(|| {
+            format!("{prog} is not installed (apt-get install -y {package}; see docs/isolation.md)")
+        })
+    };
+    let qemu = need("qemu-system-x86_64", "qemu-system-x86")?;
+    let qemu_img = need("qemu-img", "qemu-utils")?;
+    let mkfs_ext4 = need("mkfs.ext4", "e2fsprogs")?;
+    let busybox = need("busybox", "busybox-static")?;
+    if !kernel::is_static_elf(&busybox) {
+        return Err(format!(
+            "{} is not statically linked (apt-get install -y busybox-static)",
+            busybox.display()
+        ));
+    }
+    let dir = args
+        .vm_kernel_dir
+        .clone()
+        .unwrap_or_else(|| data.join("vm-kernel"));
+    let guest = kernel::GuestKernel::find(&dir)?;
+    let vm_dir = data.join("vm");
+    std::fs::create_dir_all(&vm_dir).map_err(|e| e.to_string())?;
+    let initrd = vm_dir.join("initrd.cpio");
+    kernel::build_initrd(init_path, &busybox, &guest, &initrd)
+        .map_err(|e| format!("building the initramfs: {e}"))?;
+    let accel = match args.vm_accel {
+        VmAccel::Kvm => Accel::Kvm,
+        VmAccel::Tcg => Accel::Tcg,
+        VmAccel::Auto => {
+            let (accel, why) = Accel::detect();
+            if let Some(why) = why {
+                tracing::warn!("{why}");
+            }
+            accel
+        }
+    };
+    VmRuntime::new(VmConfig {
+        qemu,
+        qemu_img,
+        mkfs_ext4,
+        kernel: guest.vmlinuz,
+        initrd,
+        accel,
+        init_path: init_path.to_path_buf(),
+        machines_dir: vm_dir.join("machines"),
+        images_dir: vm_dir.join("images"),
+        log_max_bytes: args.log_max_bytes,
+        volumes: Some(volumes),
+        boot_timeout: std::time::Duration::from_secs(120),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// gVisor's platform, and why `auto` chose it when it is not the
