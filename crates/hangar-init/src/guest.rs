@@ -339,9 +339,12 @@ fn setup(config: &GuestConfig) -> io::Result<()> {
     let mut ip = vec!["link set lo up".to_owned()];
     if let Some(net) = &config.net {
         wait_for("/sys/class/net/eth0", Duration::from_secs(10))?;
+        // No duplicate address detection (busybox ip has no `nodad`): the
+        // address is the machine's alone, and usable at once.
+        std::fs::write("/proc/sys/net/ipv6/conf/eth0/accept_dad", "0")?;
         ip.extend([
             format!("addr add {} dev eth0", net.address4),
-            format!("addr add {} dev eth0 nodad", net.address6),
+            format!("addr add {} dev eth0", net.address6),
             "link set eth0 up".into(),
             format!("route add default via {}", net.gateway4),
             format!("route add default via {}", net.gateway6),
