@@ -155,49 +155,33 @@ fn wait_for(path: &str, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// The block device whose virtio serial is `serial` (qemu's order of
-/// virtio-mmio devices is not the guest's `vdX` order).
-fn disk_by_serial(serial: &str) -> io::Result<String> {
+/// `/dev/NAME` for the entry NAME of sysfs directory `class` whose
+/// attribute file `attr` reads `value`, waiting (bounded) for the device
+/// to appear.
+fn find_device(class: &str, attr: &str, value: &str) -> io::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        for e in std::fs::read_dir("/sys/block")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let s = std::fs::read_to_string(e.path().join("serial")).unwrap_or_default();
-            if s.trim() == serial {
+        for e in std::fs::read_dir(class).into_iter().flatten().flatten() {
+            let v = std::fs::read_to_string(e.path().join(attr)).unwrap_or_default();
+            if v.trim() == value {
                 let dev = format!("/dev/{}", e.file_name().to_string_lossy());
                 wait_for(&dev, Duration::from_secs(5))?;
                 return Ok(dev);
             }
         }
         if Instant::now() > deadline {
-            return Err(io::Error::other(format!("no disk with serial {serial}")));
+            return Err(io::Error::other(format!(
+                "no device in {class} with {attr} {value}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// The device of the virtio-serial port named [`AGENT_PORT`].
-fn find_port() -> io::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(dir) = std::fs::read_dir("/sys/class/virtio-ports") {
-            for e in dir.flatten() {
-                let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
-                if name.trim() == AGENT_PORT {
-                    let dev = format!("/dev/{}", e.file_name().to_string_lossy());
-                    wait_for(&dev, Duration::from_secs(5))?;
-                    return Ok(dev);
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(io::Error::other(format!("no virtio port {AGENT_PORT}")));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// The block device whose virtio serial is `serial` (qemu's order of
+/// virtio-mmio devices is not the guest's `vdX` order).
+fn disk_by_serial(serial: &str) -> io::Result<String> {
+    find_device("/sys/block", "serial", serial)
 }
 
 fn boot() -> io::Result<()> {
@@ -214,7 +198,7 @@ fn boot() -> io::Result<()> {
     mount("proc", "/proc", "proc", 0, "")?;
     mount("sysfs", "/sys", "sysfs", 0, "")?;
     load_modules()?;
-    let dev = find_port()?;
+    let dev = find_device("/sys/class/virtio-ports", "name", AGENT_PORT)?;
     let port_file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -439,32 +423,7 @@ fn spawn_main(
     if slave.is_none() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    let (uid, gid, groups) = (who.uid, who.gid, who.groups);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if let Some(path) = &slave {
-                sys::check(libc::setsid())?;
-                let fd = sys::check(libc::open(path.as_ptr(), libc::O_RDWR))?;
-                sys::check(libc::ioctl(fd, libc::TIOCSCTTY, 0))?;
-                for target in 0..3 {
-                    sys::check(libc::dup2(fd, target))?;
-                }
-                if fd > 2 {
-                    libc::close(fd);
-                }
-            }
-            if uid != 0 || gid != 0 || !groups.is_empty() {
-                sys::check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-                sys::check(libc::setgid(gid))?;
-                sys::check(libc::setuid(uid))?;
-            }
-            Ok(())
-        });
-    }
+    crate::init::prepare_main(&mut cmd, slave, who.uid, who.gid, who.groups);
     let mut child = cmd.spawn()?;
     let pid = child.id() as i32;
     let mut pumps = Vec::new();

@@ -250,8 +250,25 @@ fn spawn(opts: &Options, terminal: Option<&Terminal>) -> std::io::Result<libc::p
     }
     let (uid, gid, groups) = (opts.uid, opts.gid, opts.groups.clone());
     let slave = terminal.map(|t| t.slave_path.clone());
+    prepare_main(&mut cmd, slave, uid, gid, groups);
+    let child = cmd.spawn()?;
+    Ok(child.id() as libc::pid_t)
+}
+
+/// Makes `cmd` start as a machine's main process: no signal blocked (init
+/// blocks them all), on the terminal `slave` in a session of its own when
+/// given, as `uid`/`gid`/`groups`. Shared by the container's and the
+/// microVM's init.
+pub(crate) fn prepare_main(
+    cmd: &mut Command,
+    slave: Option<std::ffi::CString>,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+) {
     // SAFETY: the closure only calls async-signal-safe functions
-    // (sigprocmask, setgroups, setgid, setuid) between fork and exec.
+    // (sigprocmask, setsid, open, ioctl, dup2, setgroups, setgid, setuid)
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Init blocks every signal; the main process must start with none
@@ -260,7 +277,7 @@ fn spawn(opts: &Options, terminal: Option<&Terminal>) -> std::io::Result<libc::p
             libc::sigemptyset(&mut empty);
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             // A session of its own, with the terminal as controlling tty
-            // and stdio (open, ioctl and dup2 are async-signal-safe).
+            // and stdio.
             if let Some(path) = &slave {
                 sys::check(libc::setsid())?;
                 let fd = sys::check(libc::open(path.as_ptr(), libc::O_RDWR))?;
@@ -285,8 +302,6 @@ fn spawn(opts: &Options, terminal: Option<&Terminal>) -> std::io::Result<libc::p
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
-    Ok(child.id() as libc::pid_t)
 }
 
 /// Forwards signals and reaps until the main process ends.

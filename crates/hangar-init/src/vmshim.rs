@@ -194,15 +194,12 @@ fn run(o: &Options) -> io::Result<()> {
     }
     // The boot must end in a started (or failed) report in time.
     let booted = Instant::now();
-    let mut reported = false;
     let status = loop {
         if let Some(status) = qemu.try_wait()? {
             break status;
         }
-        if !reported && link.started.load(Ordering::SeqCst) {
-            reported = true;
-        }
-        if !reported && booted.elapsed() > o.boot_timeout {
+        let started = link.started.load(Ordering::SeqCst);
+        if !started && booted.elapsed() > o.boot_timeout {
             let _ = qemu.kill();
             let _ = qemu.wait();
             return fail(
@@ -214,7 +211,7 @@ fn run(o: &Options) -> io::Result<()> {
                 ),
             );
         }
-        std::thread::sleep(Duration::from_millis(if reported { 200 } else { 10 }));
+        std::thread::sleep(Duration::from_millis(if started { 200 } else { 10 }));
     };
     // The port closes with qemu: the reader drains what the guest wrote.
     let deadline = Instant::now() + Duration::from_secs(2);

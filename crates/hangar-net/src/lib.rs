@@ -307,10 +307,15 @@ pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetErro
         let _ = run("ip", &["link", "del", host_if], None);
         return Err(e);
     }
-    // The addresses may have been a destroyed machine's: the host must not
-    // keep sending to its link-layer address (a stale neighbor entry lasts
-    // about half a minute, during which nothing on the host reaches the
-    // new machine).
+    flush_neighbors(bridge, link);
+    Ok(())
+}
+
+/// The addresses may have been a destroyed machine's: the host must not
+/// keep sending to its link-layer address (a stale neighbor entry lasts
+/// about half a minute, during which nothing on the host reaches the new
+/// machine).
+fn flush_neighbors(bridge: &Bridge, link: &Link) {
     let _ = run(
         "ip",
         &["-batch", "-"],
@@ -319,7 +324,6 @@ pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetErro
             link.address4, bridge.name, link.address6, bridge.name
         )),
     );
-    Ok(())
 }
 
 /// Wires a microVM's tap device `link.host_if` to `bridge`: made (again)
@@ -342,14 +346,7 @@ pub fn connect_tap(bridge: &Bridge, link: &Link) -> Result<(), NetError> {
             bridge.name
         )),
     )?;
-    let _ = run(
-        "ip",
-        &["-batch", "-"],
-        Some(&format!(
-            "neigh flush to {} dev {}\nneigh flush to {} dev {}\n",
-            link.address4, bridge.name, link.address6, bridge.name
-        )),
-    );
+    flush_neighbors(bridge, link);
     Ok(())
 }
 

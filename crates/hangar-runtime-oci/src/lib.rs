@@ -661,10 +661,7 @@ impl OciRuntime {
     /// Whether a shim of the machine lives (holds its lock), whether or not
     /// it has written its pid yet.
     fn shim_lock_held(&self, id: &MachineId) -> bool {
-        match std::fs::File::open(self.lock_path(id)) {
-            Ok(f) => !try_flock(&f),
-            Err(_) => false,
-        }
+        lock_held(&self.lock_path(id))
     }
 
     /// The machine's shim, if one lives: one spawned by a `hangard` that died
@@ -685,16 +682,7 @@ impl OciRuntime {
 
     /// Adopts the machine's shim if it still runs (same pid, same start time).
     fn adopt_shim(&self, id: &MachineId) -> Option<Shim> {
-        let text = std::fs::read_to_string(self.dir(id).join("state/shim.pid")).ok()?;
-        let mut it = text.split_whitespace();
-        let pid: i32 = it.next()?.parse().ok()?;
-        let start: u64 = it.next()?.parse().ok()?;
-        if proc_start_time(pid)? != start {
-            return None;
-        }
-        let pidfd = pidfd_open(pid).ok()?;
-        // The pid may have ended between the check and the open.
-        (proc_start_time(pid)? == start).then_some(Shim { pid, pidfd })
+        adopt(&self.dir(id).join("state/shim.pid"))
     }
 
     /// Spawns the machine's shim for the bundle (a standby one: the
@@ -918,6 +906,29 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
         return None;
     }
     fields.nth(18)?.parse().ok()
+}
+
+/// The shim recorded in `pid_file` (`PID START_TIME`, as shims write it)
+/// if it still runs: same pid, same start time.
+pub fn adopt(pid_file: &Path) -> Option<Shim> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: i32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    if proc_start_time(pid)? != start {
+        return None;
+    }
+    let pidfd = pidfd_open(pid).ok()?;
+    // The pid may have ended between the check and the open.
+    (proc_start_time(pid)? == start).then_some(Shim { pid, pidfd })
+}
+
+/// Whether someone (a live shim) holds the `flock` on `lock`.
+pub fn lock_held(lock: &Path) -> bool {
+    match std::fs::File::open(lock) {
+        Ok(f) => !try_flock(&f),
+        Err(_) => false,
+    }
 }
 
 /// Sends SIGKILL to the process behind `pidfd` (nothing if it has ended).

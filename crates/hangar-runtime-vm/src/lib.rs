@@ -179,24 +179,7 @@ impl VmRuntime {
 
     /// The machine's shim if it still runs (same pid, same start time).
     fn adopt_shim(&self, id: &MachineId) -> Option<Shim> {
-        let text = std::fs::read_to_string(self.state(id).join("shim.pid")).ok()?;
-        let mut it = text.split_whitespace();
-        let pid: i32 = it.next()?.parse().ok()?;
-        let start: u64 = it.next()?.parse().ok()?;
-        if proc_start_time(pid)? != start {
-            return None;
-        }
-        let pidfd = pidfd_open(pid).ok()?;
-        (proc_start_time(pid)? == start).then_some(Shim { pid, pidfd })
-    }
-
-    /// Whether a shim of the machine holds its lock (alive, maybe before it
-    /// wrote its pid).
-    fn shim_lock_held(&self, id: &MachineId) -> bool {
-        match std::fs::File::open(self.state(id).join("shim.lock")) {
-            Ok(f) => !try_flock(&f),
-            Err(_) => false,
-        }
+        hangar_runtime_oci::adopt(&self.state(id).join("shim.pid"))
     }
 
     fn read_exit(&self, id: &MachineId) -> Option<ExitInfo> {
@@ -936,7 +919,8 @@ impl Runtime for VmRuntime {
                 self.set_shim(id, Some(shim));
                 return Ok(Observed::Running);
             }
-            if !self.shim_lock_held(id) || tokio::time::Instant::now() >= deadline {
+            let held = hangar_runtime_oci::lock_held(&self.state(id).join("shim.lock"));
+            if !held || tokio::time::Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
