@@ -26,7 +26,7 @@
 //! - **Acceleration.** KVM where `/dev/kvm` can run stock kernels; TCG
 //!   otherwise (PVM hosts, whose `kvm_pvm` runs only PVM-built guests).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod kernel;
 
@@ -115,6 +115,59 @@ pub struct VmRuntime {
     shims: Mutex<HashMap<MachineId, Arc<Shim>>>,
     /// Root disks are built one at a time.
     building: tokio::sync::Mutex<()>,
+    /// The guest kernel's command line.
+    cmdline: String,
+}
+
+/// The host's TSC frequency in kHz, measured against the monotonic clock
+/// over `window`. Under TCG the guest's TSC is the host's, and a guest
+/// kernel that has to calibrate it against the emulated PIT fails now and
+/// then when the host is busy ("tsc: Unable to calibrate against PIT"),
+/// marks the TSC unstable and then spins forever in the delay-loop
+/// calibration waiting for a jiffy that never comes; telling it the
+/// frequency (`tsc_early_khz=`) skips both.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub fn host_tsc_khz(window: Duration) -> Option<u64> {
+    let read = || {
+        // SAFETY: RDTSC exists on every x86_64 CPU and has no side effects.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        (tsc, std::time::Instant::now())
+    };
+    let mut best: Option<(u128, u64)> = None;
+    // The shortest of a few windows is the least disturbed by preemption
+    // between the two reads.
+    for _ in 0..3 {
+        let (t0, i0) = read();
+        std::thread::sleep(window);
+        let (t1, i1) = read();
+        let ns = i1.duration_since(i0).as_nanos();
+        let ticks = t1.checked_sub(t0)?;
+        if ns == 0 {
+            return None;
+        }
+        let khz = (u128::from(ticks) * 1_000_000 / ns) as u64;
+        if best.is_none_or(|(b, _)| ns < b) {
+            best = Some((ns, khz));
+        }
+    }
+    best.map(|(_, khz)| khz).filter(|&k| k > 0)
+}
+
+/// The host's TSC frequency (not measurable off x86_64).
+#[cfg(not(target_arch = "x86_64"))]
+pub fn host_tsc_khz(_window: Duration) -> Option<u64> {
+    None
+}
+
+/// The guest kernel's command line: the console on the serial port, no
+/// reboot (a panic powers off), and under TCG the host's TSC frequency.
+pub fn kernel_cmdline(accel: Accel, tsc_khz: Option<u64>) -> String {
+    let mut c = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+    if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
+        c.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    c
 }
 
 fn failed(op: &'static str, id: &MachineId, reason: impl std::fmt::Display) -> RuntimeError {
@@ -146,7 +199,12 @@ impl VmRuntime {
                 )));
             }
         }
+        let tsc = match cfg.accel {
+            Accel::Tcg => host_tsc_khz(Duration::from_millis(20)),
+            Accel::Kvm => None,
+        };
         Ok(VmRuntime {
+            cmdline: kernel_cmdline(cfg.accel, tsc),
             cfg,
             shims: Mutex::new(HashMap::new()),
             building: tokio::sync::Mutex::new(()),
@@ -320,7 +378,7 @@ impl VmRuntime {
             "-initrd".into(),
             s(self.cfg.initrd.clone()),
             "-append".into(),
-            "console=ttyS0 quiet panic=-1 reboot=t".into(),
+            self.cmdline.clone(),
             "-drive".into(),
             format!(
                 "id=root,file={},format=qcow2,if=none",
@@ -971,5 +1029,26 @@ mod tests {
         let mac = mac_of(&id);
         assert!(mac.starts_with("0a:") && mac.len() == 17, "{mac}");
         assert_eq!(mac, mac_of(&id));
+    }
+
+    #[test]
+    fn tcg_guests_are_told_the_tsc_frequency() {
+        assert!(!kernel_cmdline(Accel::Kvm, Some(2_300_000)).contains("tsc_early_khz"));
+        assert!(!kernel_cmdline(Accel::Tcg, None).contains("tsc_early_khz"));
+        let c = kernel_cmdline(Accel::Tcg, Some(2_300_000));
+        assert!(
+            c.starts_with("console=ttyS0 ") && c.ends_with(" tsc_early_khz=2300000"),
+            "{c}"
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_host_tsc_is_measured_twice_alike() {
+        let a = host_tsc_khz(Duration::from_millis(10)).expect("a TSC frequency");
+        let b = host_tsc_khz(Duration::from_millis(10)).expect("a TSC frequency");
+        // Some hundreds of MHz at least, and two measures within 2%.
+        assert!(a > 100_000, "{a}");
+        assert!(a.abs_diff(b) * 50 < a, "{a} vs {b}");
     }
 }
