@@ -27,6 +27,12 @@ fi
 packages=(crun runc docker-registry busybox-static procps util-linux e2fsprogs iproute2 nftables iptables ca-certificates skopeo buildah podman postgresql umoci wireguard-tools wireguard-go prometheus chromium chromium-driver systemd logrotate runsc)
 . scripts/packages.sh
 install_packages "${packages[@]}"
+# qemu boots the microVM machines, with Debian's cloud kernel as the guest
+# kernel (fetched once into target/, not installed).
+install_qemu
+vm_kernel=$PWD/target/vm-kernel
+[ -s "$vm_kernel/vmlinuz" ] || ./scripts/vm-kernel.sh "$vm_kernel"
+export HANGAR_TEST_VM_KERNEL_DIR=$vm_kernel
 
 echo "==> building"
 cargo build --workspace --bins --quiet

@@ -4,7 +4,14 @@
 # and its modules under DIR/lib/modules. Nothing is installed into /boot.
 set -euo pipefail
 dir=${1:-/var/lib/hangar/vm-kernel}
-pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+find_pkg() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'
+}
+pkg=$(find_pkg)
+if [ -z "$pkg" ]; then
+    apt-get update -qq
+    pkg=$(find_pkg)
+fi
 [ -n "$pkg" ] || { echo "no linux-image-cloud-amd64 in the apt sources (apt-get update?)" >&2; exit 1; }
 mkdir -p "$dir"
 tmp=$(mktemp -d)

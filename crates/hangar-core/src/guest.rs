@@ -84,6 +84,42 @@ pub struct GuestVolume {
     pub device: String,
     /// Where the machine sees it.
     pub path: String,
+    /// The volume's encryption key: the guest adds it to the volume's
+    /// file system and opens the encrypted `data` directory with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<VolumeKey>,
+}
+
+/// A volume's raw fscrypt key, sent to the guest as base64; never shown
+/// by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VolumeKey(pub [u8; 64]);
+
+impl std::fmt::Debug for VolumeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VolumeKey(<redacted>)")
+    }
+}
+
+impl Serialize for VolumeKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let s = String::deserialize(d)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)?;
+        let key: [u8; 64] = raw
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a volume key has 64 bytes"))?;
+        Ok(VolumeKey(key))
+    }
 }
 
 /// A message from the guest.
@@ -228,6 +264,26 @@ pub enum Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_keys_travel_as_base64_and_are_never_shown() {
+        let v = GuestVolume {
+            device: "hangar-vol0".into(),
+            path: "/data".into(),
+            key: Some(VolumeKey([7; 64])),
+        };
+        let json = serde_json::to_string(&v).unwrap();
+        assert!(json.contains(r#""key":"BwcH"#), "{json}");
+        assert_eq!(serde_json::from_str::<GuestVolume>(&json).unwrap(), v);
+        assert!(!format!("{v:?}").contains("7, 7"), "{v:?}");
+        let plain = r#"{"device":"d","path":"/p"}"#;
+        assert_eq!(
+            serde_json::from_str::<GuestVolume>(plain).unwrap().key,
+            None
+        );
+        let short = r#"{"device":"d","path":"/p","key":"BwcH"}"#;
+        assert!(serde_json::from_str::<GuestVolume>(short).is_err());
+    }
 
     #[test]
     fn messages_round_trip_as_single_lines() {

@@ -351,9 +351,11 @@ fn setup(config: &GuestConfig) -> io::Result<()> {
         let dev = disk_by_serial(&v.device)?;
         let mnt = format!("/volumes/{i}");
         mount(&dev, &mnt, "ext4", libc::MS_NOSUID | libc::MS_NODEV, "")?;
-        std::fs::create_dir_all(format!("{mnt}/data"))?;
+        // An encrypted volume's data directory opens with its key, as on
+        // the host (the key came over the agent port only).
+        let data = hangar_fscrypt::open_data_dir(Path::new(&mnt), v.key.as_ref().map(|k| &k.0))?;
         let target = format!("/newroot{}", v.path);
-        mount(&format!("{mnt}/data"), &target, "", libc::MS_BIND, "")?;
+        mount(&data.to_string_lossy(), &target, "", libc::MS_BIND, "")?;
     }
     // The machine's root becomes /; /dev goes along.
     mount("/dev", "/newroot/dev", "", libc::MS_MOVE, "")?;

@@ -21,6 +21,12 @@ pub const MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    // fscrypt's ciphers for encrypted volumes: AES-256-XTS (over ECB) for
+    // contents, AES-256-CTS for names, HKDF-SHA512 for its keys.
+    "ecb",
+    "xts",
+    "cts",
+    "sha512_generic",
 ];
 
 /// A kernel to boot machines with.

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use hangar_core::guest::{
     AGENT_PORT, GuestConfig, GuestConfigFile, GuestNet, GuestVolume, ROOT_SERIAL, Reply, Request,
+    VolumeKey,
 };
 use hangar_core::machine::Observed;
 use hangar_core::{ExitInfo, Isolation, MachineId, Signal};
@@ -330,6 +331,7 @@ impl VmRuntime {
                 .map(|(i, v)| GuestVolume {
                     device: volume_serial(i),
                     path: v.guest_path.clone(),
+                    key: v.key.map(VolumeKey),
                 })
                 .collect(),
         }
@@ -735,12 +737,6 @@ impl Runtime for VmRuntime {
         }
         let mut volumes = Vec::new();
         for v in &spec.volumes {
-            if v.key.is_some() {
-                return Err(RuntimeError::InvalidSpec(format!(
-                    "volume {} is encrypted; microVMs cannot attach encrypted volumes yet (create it with encrypted: false, or run the machine as a container)",
-                    v.id
-                )));
-            }
             let host = self
                 .cfg
                 .volumes

@@ -370,11 +370,12 @@ impl Daemon {
 
     /// The machine's log lines as `(stream, message)`.
     pub fn machine_log(&self, id: &str) -> Vec<(String, String)> {
-        let path = self
-            .data_dir
-            .join("machines")
-            .join(id)
-            .join("logs/machine.log");
+        // A container's log, or a microVM's.
+        let path = ["machines", "vm/machines"]
+            .iter()
+            .map(|d| self.data_dir.join(d).join(id).join("logs/machine.log"))
+            .find(|p| p.exists())
+            .unwrap_or_default();
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
@@ -452,7 +453,42 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Ends every microVM of the data dir (its shim, then qemu, by the
+    /// pids they wrote, if those processes are still theirs) and removes
+    /// their tap devices.
+    fn remove_vms(&self) {
+        let Ok(rd) = std::fs::read_dir(self.data_dir.join("vm/machines")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let state = e.path().join("state");
+            for f in ["shim.pid", "qemu.pid"] {
+                let Some(pid) = std::fs::read_to_string(state.join(f))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*state.to_string_lossy()));
+                if ours {
+                    // SAFETY: kill has no memory preconditions.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let id = e.file_name().to_string_lossy().into_owned();
+            let tap = format!("hq{}", &id[id.len().saturating_sub(13)..]);
+            if std::path::Path::new("/sys/class/net").join(&tap).exists() {
+                let _ = Command::new("ip")
+                    .args(["link", "del", &tap])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
     fn remove_machines(&self) {
+        self.remove_vms();
         let machines = self.data_dir.join("machines");
         let Ok(rd) = std::fs::read_dir(&machines) else {
             return;

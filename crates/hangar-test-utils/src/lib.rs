@@ -85,6 +85,30 @@ pub fn host_tier(test: &str, programs: &[&str]) -> bool {
     false
 }
 
+/// The guest kernel directory for microVM tests (`vmlinuz` and
+/// `lib/modules`, as `scripts/vm-kernel.sh` makes it), named by
+/// `HANGAR_TEST_VM_KERNEL_DIR`, when the host tier can boot microVMs here
+/// (root, crun, qemu, a registry and that kernel). Otherwise `None`, after
+/// the same skip-or-fail rule as [`host_tier`]: `scripts/test.sh` installs
+/// qemu and fetches the kernel, and then it must be there.
+pub fn vm_tier(test: &str) -> Option<std::path::PathBuf> {
+    if !host_tier(
+        test,
+        &["crun", "docker-registry", "qemu-system-x86_64", "qemu-img"],
+    ) {
+        return None;
+    }
+    let dir = std::env::var_os("HANGAR_TEST_VM_KERNEL_DIR").map(std::path::PathBuf::from);
+    if let Some(d) = dir.filter(|d| d.join("vmlinuz").is_file()) {
+        return Some(d);
+    }
+    let required = std::env::var("HANGAR_HOST_TESTS").is_ok_and(|v| v == "1");
+    let why = "needs a guest kernel: HANGAR_TEST_VM_KERNEL_DIR=DIR after scripts/vm-kernel.sh DIR";
+    assert!(!required, "{test}: {why}");
+    eprintln!("skipped {test}: microVM tier, {why} (./scripts/test.sh does it)");
+    None
+}
+
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))

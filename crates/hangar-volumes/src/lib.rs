@@ -14,7 +14,7 @@
 //! Everything here is idempotent where a retry can happen: attaching an
 //! attached volume, detaching a detached one, destroying a missing one.
 
-pub mod fscrypt;
+pub use hangar_fscrypt as fscrypt;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -389,23 +389,7 @@ impl VolumeHost {
             )
             .map_err(|e| io_err(format!("mounting volume {id}"))(e.into()))?;
         }
-        let data = mnt.join("data");
-        let identifier = match key {
-            Some(k) => Some(fscrypt::add_key(&mnt, k).map_err(io_err("adding the volume key"))?),
-            None => None,
-        };
-        if !data.exists() {
-            // Made aside and renamed, so `data` never exists unencrypted.
-            let fresh = mnt.join("data.new");
-            let _ = std::fs::remove_dir(&fresh);
-            std::fs::create_dir(&fresh).map_err(io_err("creating the data directory"))?;
-            if let Some(identifier) = &identifier {
-                fscrypt::set_policy(&fresh, identifier)
-                    .map_err(io_err("encrypting the data directory"))?;
-            }
-            std::fs::rename(&fresh, &data).map_err(io_err("creating the data directory"))?;
-        }
-        Ok(data)
+        fscrypt::open_data_dir(&mnt, key).map_err(io_err(format!("volume {id}")))
     }
 
     /// Whether volume `id` is mounted on the host.

@@ -3,6 +3,10 @@
 //! data directory gets a policy naming it (AES-256-XTS for contents,
 //! AES-256-CTS for names). Without the key the directory's files read as
 //! ciphertext with encrypted names.
+//!
+//! Used by the host's volumes (`hangar-volumes`) and, inside a microVM, by
+//! the guest's init, which opens an encrypted volume's data directory with
+//! the key the host sends over the agent port.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -131,6 +135,39 @@ pub fn set_policy(dir: &Path, identifier: &[u8; 16]) -> io::Result<()> {
         identifier: *identifier,
     };
     ioctl(&d, FS_IOC_SET_ENCRYPTION_POLICY, &mut policy)
+}
+
+/// The directory machines get on the volume filesystem mounted at
+/// `mountpoint`: its `data` directory, encrypted under `key` when given.
+/// The key is added to the filesystem first; a missing `data` directory is
+/// made aside, given the policy and renamed into place, so `data` never
+/// exists unencrypted.
+pub fn open_data_dir(
+    mountpoint: &Path,
+    key: Option<&[u8; KEY_LEN]>,
+) -> io::Result<std::path::PathBuf> {
+    let data = mountpoint.join("data");
+    let identifier = match key {
+        Some(k) => Some(
+            add_key(mountpoint, k)
+                .map_err(|e| io::Error::new(e.kind(), format!("adding the volume key: {e}")))?,
+        ),
+        None => None,
+    };
+    if !data.exists() {
+        let fresh = mountpoint.join("data.new");
+        let _ = std::fs::remove_dir(&fresh);
+        std::fs::create_dir(&fresh)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating the data directory: {e}")))?;
+        if let Some(identifier) = &identifier {
+            set_policy(&fresh, identifier).map_err(|e| {
+                io::Error::new(e.kind(), format!("encrypting the data directory: {e}"))
+            })?;
+        }
+        std::fs::rename(&fresh, &data)
+            .map_err(|e| io::Error::new(e.kind(), format!("creating the data directory: {e}")))?;
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

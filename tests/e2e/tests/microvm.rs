@@ -1,0 +1,378 @@
+//! End to end: machines as microVMs (`qemu -M microvm`, the guest's own
+//! kernel, `hangar-init` as the guest's PID 1) beside crun containers on
+//! one real `hangard`, asked for per machine with the metadata key
+//! `hangar_runtime`. On hosts whose `/dev/kvm` cannot run a stock kernel
+//! (these machines' is PVM) they boot under TCG, a few seconds each.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hangar_client::Client;
+use hangar_e2e::request;
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::registry::Registry;
+use serde_json::{Value, json};
+
+const APP: &str = "vms";
+
+/// A boot under TCG takes seconds, and longer when the suite keeps both
+/// cores busy.
+const BOOT: Duration = Duration::from_secs(120);
+
+async fn setup(kernel: &Path) -> (Registry, Daemon, Client, String) {
+    let reg = Registry::start().await;
+    reg.push("test/bb", "v1", &ImageBuilder::busybox().build())
+        .await;
+    let d = Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--vm-kernel-dir".into(),
+        kernel.display().to_string(),
+    ])
+    .await;
+    let c = d.client();
+    c.create_app(APP).await.unwrap();
+    let image = format!("{}/test/bb:v1", reg.addr);
+    (reg, d, c, image)
+}
+
+async fn wait(c: &Client, id: &str, state: &str) {
+    c.wait_machine(APP, id, &[state], BOOT)
+        .await
+        .unwrap_or_else(|e| panic!("machine {id} did not reach {state}: {e}"));
+}
+
+async fn sh(c: &Client, id: &str, script: &str) -> (i32, String) {
+    hangar_e2e::sh(c, APP, id, script).await
+}
+
+fn microvm(image: &str, cmd: &str) -> Value {
+    json!({
+        "image": image,
+        "metadata": {"hangar_runtime": "microvm"},
+        "init": {"cmd": ["/bin/sh", "-c", cmd]},
+        "restart": {"policy": "no"},
+        "guest": {"cpus": 1, "memory_mb": 256},
+    })
+}
+
+/// The guest kernel's release: the one directory under `lib/modules`.
+fn guest_release(kernel: &Path) -> String {
+    std::fs::read_dir(kernel.join("lib/modules"))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("the guest kernel's modules")
+        .file_name()
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn wait_log(d: &Daemon, id: &str, line: &str) {
+    hangar_test_utils::wait_until(BOOT, line, || {
+        let seen = d.machine_log(id).iter().any(|(_, m)| m == line);
+        async move { seen.then_some(()) }
+    })
+    .await;
+}
+
+/// A microVM: its own kernel answers, the host's processes and mounts are
+/// out of its sight, its `/proc/sys` is its own; it gets its secret, its
+/// logs and signals; it suspends and resumes, outlives a restart of
+/// hangard, starts again from a clean disk, and its exit code drives the
+/// restart policy.
+#[tokio::test]
+async fn a_microvm_machine_runs_its_lifecycle_with_its_own_kernel() {
+    let Some(kernel) =
+        hangar_test_utils::vm_tier("a_microvm_machine_runs_its_lifecycle_with_its_own_kernel")
+    else {
+        return;
+    };
+    let (_reg, mut d, c, image) = setup(&kernel).await;
+    c.update_secrets(
+        APP,
+        BTreeMap::from([("TOP".to_owned(), Some("s3cret".to_owned()))]),
+    )
+    .await
+    .unwrap();
+    let id = c
+        .create_machine(
+            APP,
+            &request(microvm(
+                &image,
+                "echo hello from the vm; echo top=$TOP; trap 'echo got-usr1' USR1; \
+                 while true; do sleep 0.2; done",
+            )),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait(&c, &id, "started").await;
+    let m = c.get_machine(APP, &id).await.unwrap();
+    assert_eq!(
+        m.config.unwrap().metadata.unwrap()["hangar_runtime"],
+        "microvm"
+    );
+
+    // The guest's kernel, not the host's.
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let (code, out) = sh(&c, &id, "uname -r").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), guest_release(&kernel));
+    assert_ne!(out.trim(), host_release.trim());
+    // None of the host's processes: PID 1 is the guest's init, and neither
+    // hangard nor qemu is there.
+    let (code, out) = sh(&c, &id, "cat /proc/1/cmdline; echo; cat /proc/[0-9]*/comm").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("/init"), "{out}");
+    for host_proc in ["hangard", "qemu-system-x86", "hangar-init"] {
+        assert!(!out.lines().any(|l| l == host_proc), "{host_proc}: {out}");
+    }
+    // None of the host's mounts: not the data dir, not the host's root.
+    let (_, mounts) = sh(&c, &id, "cat /proc/mounts").await;
+    assert!(
+        !mounts.contains(&*d.data_dir().to_string_lossy()),
+        "{mounts}"
+    );
+    // Its root is its own disk.
+    assert!(
+        mounts.lines().any(|l| l.starts_with("/dev/vda / ext4 ")),
+        "{mounts}"
+    );
+    // Its /proc/sys is its own kernel's.
+    let host_swappiness = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    let other = if host_swappiness.trim() == "13" {
+        "17"
+    } else {
+        "13"
+    };
+    let (code, out) = sh(
+        &c,
+        &id,
+        &format!("echo {other} > /proc/sys/vm/swappiness && cat /proc/sys/vm/swappiness"),
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, other), "{out}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap(),
+        host_swappiness
+    );
+
+    // Logs, and the secret in the environment.
+    wait_log(&d, &id, "hello from the vm").await;
+    wait_log(&d, &id, "top=s3cret").await;
+
+    // `ps` lists the guest's processes.
+    let ps = c.processes(APP, &id).await.unwrap();
+    assert!(
+        ps.iter()
+            .any(|p| p.command.starts_with("/bin/sh -c echo hello from the vm")),
+        "{:?}",
+        ps.iter().map(|p| (p.pid, &p.command)).collect::<Vec<_>>()
+    );
+
+    // Signals reach the main process.
+    c.signal_machine(APP, &id, "SIGUSR1").await.unwrap();
+    wait_log(&d, &id, "got-usr1").await;
+
+    // Suspend and resume: the guest keeps its memory and goes on.
+    sh(&c, &id, "echo kept > /dev/shm/mark").await;
+    c.machine_action(APP, &id, "suspend").await.unwrap();
+    wait(&c, &id, "suspended").await;
+    c.start_machine(APP, &id).await.unwrap();
+    wait(&c, &id, "started").await;
+    assert_eq!(sh(&c, &id, "cat /dev/shm/mark").await.1.trim(), "kept");
+
+    // hangard killed and started again: the VM lives on and is adopted.
+    d.restart().await;
+    wait(&c, &id, "started").await;
+    let (code, out) = sh(&c, &id, "cat /dev/shm/mark; uname -r").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, format!("kept\n{}\n", guest_release(&kernel)));
+
+    // Stop and start again: a clean root disk each time.
+    sh(&c, &id, "touch /left-behind").await;
+    c.stop_machine(APP, &id, None, None).await.unwrap();
+    wait(&c, &id, "stopped").await;
+    c.start_machine(APP, &id).await.unwrap();
+    wait(&c, &id, "started").await;
+    let (code, out) = sh(&c, &id, "test -e /left-behind && echo kept || echo clean").await;
+    assert_eq!((code, out.trim()), (0, "clean"), "{out}");
+    c.destroy_machine(APP, &id, true).await.unwrap();
+    wait(&c, &id, "destroyed").await;
+    assert!(!d.data_dir().join("vm/machines").join(&id).exists());
+
+    // An exit code comes back from the guest, and the restart policy acts
+    // on it: the first run and one restart.
+    let mut config = microvm(&image, "echo bye; exit 7");
+    config["restart"] = json!({"policy": "on-failure", "max_retries": 1});
+    let id = c.create_machine(APP, &request(config)).await.unwrap().id;
+    let exits = hangar_test_utils::wait_until(BOOT * 2, "two exits", || {
+        let (c, id) = (c.clone(), id.clone());
+        async move {
+            let events = c.machine_events(APP, &id, 50).await.unwrap();
+            let exits: Vec<Value> = events
+                .into_iter()
+                .filter(|e| e.kind == "exit")
+                .map(|e| e.request.unwrap()["exit_event"].clone())
+                .collect();
+            let state = c.get_machine(APP, &id).await.unwrap().state;
+            (exits.len() == 2 && state == "stopped").then_some(exits)
+        }
+    })
+    .await;
+    assert!(exits.iter().all(|e| e["exit_code"] == 7), "{exits:?}");
+    c.destroy_machine(APP, &id, true).await.unwrap();
+    wait(&c, &id, "destroyed").await;
+    // Nothing of the VMs is left: no qemu, no tap.
+    let qemus = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(&*d.data_dir().to_string_lossy()))
+        .filter(|c| c.starts_with(b"/usr/bin/qemu") || c.starts_with(b"qemu"))
+        .count();
+    assert_eq!(qemus, 0);
+    let taps: Vec<PathBuf> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.ends_with(format!("hq{}", &id[id.len() - 13..])))
+        .collect();
+    assert!(taps.is_empty(), "{taps:?}");
+}
+
+/// A microVM made with `hangar machine run --runtime microvm`: its volume
+/// (a disk of the VM) keeps data across restarts, the proxy routes to it
+/// and boots it when stopped, and it and a container reach each other over
+/// `.internal`.
+#[tokio::test]
+async fn a_microvm_machine_has_volumes_the_proxy_and_the_private_network() {
+    let Some(kernel) = hangar_test_utils::vm_tier(
+        "a_microvm_machine_has_volumes_the_proxy_and_the_private_network",
+    ) else {
+        return;
+    };
+    let (_reg, d, c, image) = setup(&kernel).await;
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = d.cli(args);
+        assert!(ok, "hangar {args:?}: {out}{err}");
+        out
+    };
+    let vol: Value = serde_json::from_str(&cli(&[
+        "volumes", "create", "data", "-a", APP, "-s", "1", "--json",
+    ]))
+    .unwrap();
+    // Encrypted, as volumes are by default: the guest opens it with the key
+    // the host sends it.
+    assert_eq!(vol["encrypted"], true);
+    let img = d.data_dir().join(format!(
+        "volumes/images/{}.img",
+        vol["id"].as_str().unwrap()
+    ));
+    cli(&[
+        "machine",
+        "run",
+        &image,
+        "-a",
+        APP,
+        "-n",
+        "vm",
+        "--runtime",
+        "microvm",
+        "-v",
+        "data:/data",
+        "-p",
+        "80:8080/tcp:http",
+        "--autostart",
+        "--",
+        "/bin/sh",
+        "-c",
+        "n=$(cat /data/boots 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/boots; \
+         echo vm-payload-on-the-volume > /data/payload; \
+         mkdir -p /www; echo boot-$n-$(uname -r) > /www/index.html; exec httpd -f -p 8080 -h /www",
+    ]);
+    let id = c
+        .list_machines(APP, &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "vm")
+        .unwrap()
+        .id;
+    wait(&c, &id, "started").await;
+    let m = c.get_machine(APP, &id).await.unwrap();
+    assert_eq!(
+        m.config.unwrap().metadata.unwrap()["hangar_runtime"],
+        "microvm"
+    );
+
+    let http = reqwest::Client::new();
+    let get = || {
+        let http = http.clone();
+        let url = format!("http://{}/", d.proxy_http);
+        async move {
+            let r = http
+                .get(url)
+                .header("host", format!("{APP}.localhost"))
+                .timeout(BOOT)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // httpd may still be starting when the machine is: the proxy retries a
+    // started machine's refused connections a while, but not forever.
+    let release = guest_release(&kernel);
+    let body = hangar_test_utils::wait_until(BOOT, "the VM's page", || {
+        let get = get();
+        async move {
+            let (status, body) = get.await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(body.trim(), format!("boot-1-{release}"));
+
+    // Stopped, the proxy boots it again; the volume counted both boots
+    // (the guest's init syncs before it powers off) and holds the payload
+    // only encrypted.
+    c.stop_machine(APP, &id, None, None).await.unwrap();
+    wait(&c, &id, "stopped").await;
+    let bytes = std::fs::read(&img).unwrap();
+    let payload = b"vm-payload-on-the-volume";
+    assert!(!bytes.windows(payload.len()).any(|w| w == payload));
+    let (status, body) = get().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), format!("boot-2-{release}"));
+
+    // A container in the same app and the microVM, by name, both ways.
+    let plain = c
+        .create_machine(
+            APP,
+            &request(json!({"image": image, "init": {"cmd": ["/bin/sh", "-c",
+                "mkdir -p /www; echo plain > /www/index.html; exec httpd -f -p 8080 -h /www"]}})),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait(&c, &plain, "started").await;
+    let (code, out) = sh(
+        &c,
+        &plain,
+        &format!("wget -qO- http://{id}.vm.{APP}.internal:8080/"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), format!("boot-2-{release}"));
+    let (code, out) = sh(
+        &c,
+        &id,
+        &format!("wget -qO- http://{plain}.vm.{APP}.internal:8080/"),
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "plain"), "{out}");
+}
