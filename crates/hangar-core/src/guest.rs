@@ -90,6 +90,23 @@ pub struct GuestVolume {
     pub key: Option<VolumeKey>,
 }
 
+/// Bytes as one base64 string (terminal traffic is binary and frequent).
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A volume's raw fscrypt key, sent to the guest as base64; never shown
 /// by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -157,6 +174,21 @@ pub enum FromGuest {
         /// How.
         info: ExitInfo,
     },
+    /// Output of a terminal session ([`Request::Tty`]).
+    TtyOutput {
+        /// The session's request id.
+        id: u64,
+        /// The bytes.
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// A terminal session's command ended (after its last output).
+    TtyExit {
+        /// The session's request id.
+        id: u64,
+        /// Exit code (`128 + n` for signal `n`).
+        exit_code: i32,
+    },
 }
 
 /// A message to the guest.
@@ -177,6 +209,29 @@ pub enum ToGuest {
     },
     /// The exit report has been recorded: the guest may power off.
     Ack,
+    /// Keystrokes for a terminal session.
+    TtyInput {
+        /// The session's request id.
+        id: u64,
+        /// The bytes.
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
+    /// A terminal session's new window size.
+    TtyResize {
+        /// The session's request id.
+        id: u64,
+        /// Height.
+        rows: u16,
+        /// Width.
+        cols: u16,
+    },
+    /// The host side of a terminal session is gone: its command gets
+    /// SIGHUP.
+    TtyHangup {
+        /// The session's request id.
+        id: u64,
+    },
 }
 
 /// What `hangard` asks of a running VM.
@@ -197,6 +252,20 @@ pub enum Request {
         stdin: Option<Vec<u8>>,
         /// Kill it after this long.
         timeout_ms: u64,
+    },
+    /// Run a command on a new terminal: the guest replies once it runs,
+    /// then streams [`FromGuest::TtyOutput`] and ends with
+    /// [`FromGuest::TtyExit`], all under this request's id.
+    Tty {
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Extra environment (e.g. `TERM`).
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        /// Height.
+        rows: u16,
+        /// Width.
+        cols: u16,
     },
     /// List the processes.
     Ps,
@@ -303,6 +372,14 @@ mod tests {
                     timed_out: false,
                 },
             },
+            FromGuest::TtyOutput {
+                id: 9,
+                data: b"\x1b[1m\r\n\xff".to_vec(),
+            },
+            FromGuest::TtyExit {
+                id: 9,
+                exit_code: 3,
+            },
         ];
         for m in msgs {
             let line = serde_json::to_string(&m).unwrap();
@@ -320,5 +397,12 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"format_disk"}"#).is_err());
+        let input = ToGuest::TtyInput {
+            id: 9,
+            data: b"ls\r".to_vec(),
+        };
+        let line = serde_json::to_string(&input).unwrap();
+        assert_eq!(line, r#"{"t":"tty_input","id":9,"data":"bHMN"}"#);
+        assert_eq!(serde_json::from_str::<ToGuest>(&line).unwrap(), input);
     }
 }

@@ -77,6 +77,16 @@ struct Shared {
     acked_cv: Condvar,
     main_pid: AtomicI32,
     env: std::sync::OnceLock<Vec<(String, String)>>,
+    /// Terminal sessions by request id.
+    ttys: Mutex<HashMap<u64, TtySession>>,
+}
+
+/// A running terminal session: its command's pid (a session leader), its
+/// terminal's master, and the channel to the thread that writes its input.
+struct TtySession {
+    pid: i32,
+    master: File,
+    input: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
 /// Runs the guest init; never returns (the VM powers off).
@@ -214,6 +224,7 @@ fn boot() -> io::Result<()> {
         acked_cv: Condvar::new(),
         main_pid: AtomicI32::new(0),
         env: std::sync::OnceLock::new(),
+        ttys: Mutex::new(HashMap::new()),
     });
     shared.port.send(&FromGuest::Hello);
     let mut lines = reader.lines();
@@ -499,6 +510,26 @@ fn serve(shared: Arc<Shared>, lines: std::io::Lines<BufReader<File>>) {
     for line in lines {
         let Ok(line) = line else { break };
         match serde_json::from_str::<ToGuest>(&line) {
+            Ok(ToGuest::Request {
+                id,
+                body:
+                    Request::Tty {
+                        argv,
+                        env,
+                        rows,
+                        cols,
+                    },
+            }) => {
+                // It replies itself, before its first output.
+                if let Err(e) = tty(&shared, id, argv, env, rows, cols) {
+                    shared.port.send(&FromGuest::Reply {
+                        id,
+                        body: Reply::Error {
+                            message: e.to_string(),
+                        },
+                    });
+                }
+            }
             Ok(ToGuest::Request { id, body }) => {
                 let shared = shared.clone();
                 std::thread::spawn(move || {
@@ -509,6 +540,26 @@ fn serve(shared: Arc<Shared>, lines: std::io::Lines<BufReader<File>>) {
             Ok(ToGuest::Ack) => {
                 *shared.acked.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 shared.acked_cv.notify_all();
+            }
+            Ok(ToGuest::TtyInput { id, data }) => {
+                let ttys = shared.ttys.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(t) = ttys.get(&id) {
+                    let _ = t.input.send(data);
+                }
+            }
+            Ok(ToGuest::TtyResize { id, rows, cols }) => {
+                let ttys = shared.ttys.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(t) = ttys.get(&id) {
+                    crate::init::set_winsize(&t.master, rows.max(1), cols.max(1));
+                }
+            }
+            Ok(ToGuest::TtyHangup { id }) => {
+                let ttys = shared.ttys.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(t) = ttys.get(&id) {
+                    // SAFETY: kill the session's process group (its leader
+                    // is the command we started).
+                    unsafe { libc::kill(-t.pid, libc::SIGHUP) };
+                }
             }
             Ok(ToGuest::Config { .. }) | Err(_) => {}
         }
@@ -533,6 +584,9 @@ fn handle(shared: &Shared, req: Request) -> Reply {
             stdin,
             timeout_ms,
         } => exec(shared, argv, stdin, Duration::from_millis(timeout_ms)),
+        Request::Tty { .. } => Reply::Error {
+            message: "a terminal session is served apart".into(),
+        },
         Request::Ps => ps(),
         Request::Memory => {
             let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -549,6 +603,107 @@ fn handle(shared: &Shared, req: Request) -> Reply {
             }
         }
     }
+}
+
+/// Starts `argv` as root on a new terminal in a session of its own, replies
+/// to request `id`, then streams the terminal's output to the host and
+/// ends with the command's exit code, once its output is drained (or a
+/// moment after it exits, when something else keeps the terminal open).
+fn tty(
+    shared: &Arc<Shared>,
+    id: u64,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    rows: u16,
+    cols: u16,
+) -> io::Result<()> {
+    let argv0 = argv.first().ok_or_else(|| io::Error::other("no command"))?;
+    let (master, slave) = crate::init::open_terminal()?;
+    crate::init::set_winsize(&master, rows.max(1), cols.max(1));
+    let mut cmd = Command::new(argv0);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(shared.env.get().into_iter().flatten().map(|(k, v)| (k, v)))
+        .envs(env)
+        .current_dir("/");
+    crate::init::prepare_main(&mut cmd, Some(slave), 0, 0, Vec::new());
+    let pid = {
+        let mut r = shared.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{argv0}: {e}")))?;
+        let pid = child.id() as i32;
+        r.watched.insert(pid);
+        pid
+    };
+    let (input, inputs) = std::sync::mpsc::channel::<Vec<u8>>();
+    {
+        let mut w = master.try_clone()?;
+        std::thread::spawn(move || {
+            for data in inputs {
+                if w.write_all(&data).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut out = master.try_clone()?;
+    shared
+        .ttys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, TtySession { pid, master, input });
+    shared.port.send(&FromGuest::Reply {
+        id,
+        body: Reply::Ok,
+    });
+    let pump = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            // EIO once every process on the terminal has closed it.
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                shared.port.send(&FromGuest::TtyOutput {
+                    id,
+                    data: buf[..n].to_vec(),
+                });
+            }
+        })
+    };
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let status = {
+            let mut r = shared.reaped.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(s) = r.done.remove(&pid) {
+                    break s;
+                }
+                r = shared
+                    .reaped_cv
+                    .wait_timeout(r, Duration::from_millis(200))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !pump.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shared
+            .ttys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let exit_code = match status {
+            WaitStatus::Exited(c) => c,
+            WaitStatus::Signaled(s) => 128 + s,
+        };
+        shared.port.send(&FromGuest::TtyExit { id, exit_code });
+    });
+    Ok(())
 }
 
 fn exec(shared: &Shared, argv: Vec<String>, stdin: Option<Vec<u8>>, timeout: Duration) -> Reply {

@@ -169,6 +169,20 @@ pub(crate) fn open_terminal() -> std::io::Result<(std::fs::File, std::ffi::CStri
     Ok((t.master, t.slave_path))
 }
 
+/// Sets the window size of the terminal whose master is `master` (its
+/// processes get SIGWINCH).
+pub(crate) fn set_winsize(master: &std::fs::File, rows: u16, cols: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on a terminal fd with a valid winsize.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+}
+
 /// A terminal for the main process: the master side stays with init.
 struct Terminal {
     master: std::fs::File,
@@ -197,14 +211,7 @@ impl Terminal {
         }
         // SAFETY: ptsname_r wrote a NUL-terminated string into `name`.
         let slave_path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_owned();
-        let ws = libc::winsize {
-            ws_row: 24,
-            ws_col: 80,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ on a terminal fd with a valid winsize.
-        unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+        set_winsize(&master, 24, 80);
         Ok(Terminal { master, slave_path })
     }
 

@@ -114,9 +114,31 @@ struct Link {
     pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
     next_id: AtomicU64,
     started: AtomicBool,
+    /// Terminal sessions: the ctl connection each one's traffic goes to.
+    ttys: Mutex<HashMap<u64, UnixStream>>,
 }
 
 impl Link {
+    /// Writes `msg` to terminal session `id`'s connection; `last` ends the
+    /// session (its connection is shut down). A connection that does not
+    /// take its output in time loses its session, rather than stalling
+    /// everything else the guest reports.
+    fn to_tty(&self, id: u64, msg: &FromGuest, last: bool) -> bool {
+        let mut ttys = self.ttys.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(conn) = ttys.get(&id) else {
+            return false;
+        };
+        let mut line = serde_json::to_vec(msg).unwrap_or_default();
+        line.push(b'\n');
+        let ok = (&*conn).write_all(&line).is_ok();
+        if last || !ok {
+            if let Some(conn) = ttys.remove(&id) {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        true
+    }
+
     fn send(&self, msg: &ToGuest) -> io::Result<()> {
         let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
         line.push(b'\n');
@@ -180,6 +202,7 @@ fn run(o: &Options) -> io::Result<()> {
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         started: AtomicBool::new(false),
+        ttys: Mutex::new(HashMap::new()),
     });
     let log = LogFile::open(o.log.clone(), o.log_max_bytes)?;
     let reader = {
@@ -311,6 +334,19 @@ fn from_guest(
                 });
             }
             FromGuest::Reply { id, body } => {
+                // A terminal session's reply goes down its connection, in
+                // order with its output.
+                let failed = matches!(body, Reply::Error { .. });
+                if link.to_tty(
+                    id,
+                    &FromGuest::Reply {
+                        id,
+                        body: body.clone(),
+                    },
+                    failed,
+                ) {
+                    continue;
+                }
                 let tx = link
                     .pending
                     .lock()
@@ -329,7 +365,17 @@ fn from_guest(
                 let _ = write_exit(state_dir, info);
                 let _ = link.send(&ToGuest::Ack);
             }
+            FromGuest::TtyOutput { id, .. } => {
+                link.to_tty(id, &msg, false);
+            }
+            FromGuest::TtyExit { id, .. } => {
+                link.to_tty(id, &msg, true);
+            }
         }
+    }
+    // The VM is gone: so are its terminal sessions.
+    for (_, conn) in link.ttys.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -350,6 +396,7 @@ fn ctl_request(conn: UnixStream, link: &Link) -> io::Result<()> {
         Err(e) => Reply::Error {
             message: format!("bad request: {e}"),
         },
+        Ok(body @ Request::Tty { .. }) => return tty_session(conn, link, body),
         Ok(body) => {
             let wait = match &body {
                 Request::Exec { timeout_ms, .. } => {
@@ -382,4 +429,49 @@ fn ctl_request(conn: UnixStream, link: &Link) -> io::Result<()> {
     let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
     out.push(b'\n');
     (&conn).write_all(&out)
+}
+
+/// A terminal session on ctl connection `conn`: the guest's reply, output
+/// and exit go down it (see [`Link::to_tty`]); its lines coming up
+/// (`tty_input`, `tty_resize`, any id) go to the guest under the session's
+/// id, and its end hangs the session up.
+fn tty_session(conn: UnixStream, link: &Link, body: Request) -> io::Result<()> {
+    let id = link.next_id.fetch_add(1, Ordering::SeqCst);
+    let out = conn.try_clone()?;
+    out.set_write_timeout(Some(Duration::from_secs(10)))?;
+    link.ttys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, out);
+    if let Err(e) = link.send(&ToGuest::Request { id, body }) {
+        let reply = FromGuest::Reply {
+            id,
+            body: Reply::Error {
+                message: format!("the VM's port: {e}"),
+            },
+        };
+        link.to_tty(id, &reply, true);
+        return Ok(());
+    }
+    for line in BufReader::new(conn).lines() {
+        let Ok(line) = line else { break };
+        let msg = match serde_json::from_str::<ToGuest>(&line) {
+            Ok(ToGuest::TtyInput { data, .. }) => ToGuest::TtyInput { id, data },
+            Ok(ToGuest::TtyResize { rows, cols, .. }) => ToGuest::TtyResize { id, rows, cols },
+            _ => continue,
+        };
+        if link.send(&msg).is_err() {
+            break;
+        }
+    }
+    let _ = link.send(&ToGuest::TtyHangup { id });
+    if let Some(c) = link
+        .ttys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id)
+    {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    Ok(())
 }

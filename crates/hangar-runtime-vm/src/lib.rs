@@ -29,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod kernel;
+mod tty;
 
 use std::collections::HashMap;
 use std::io;
@@ -864,6 +865,20 @@ impl Runtime for VmRuntime {
             Reply::Error { message } => Err(failed("exec", id, message)),
             other => Err(failed("exec", id, format!("unexpected answer {other:?}"))),
         }
+    }
+
+    async fn exec_tty(
+        &self,
+        id: &MachineId,
+        req: &hangar_runtime::TtyRequest,
+    ) -> Result<Box<dyn hangar_runtime::Terminal>, RuntimeError> {
+        if self.shim(id).is_none() {
+            return Err(RuntimeError::NotRunning(id.clone()));
+        }
+        let t = tty::open(&self.state(id).join("ctl.sock"), req)
+            .await
+            .map_err(|e| failed("exec with a terminal", id, e))?;
+        Ok(Box::new(t))
     }
 
     async fn processes(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, RuntimeError> {

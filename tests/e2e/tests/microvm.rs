@@ -173,6 +173,17 @@ async fn a_microvm_machine_runs_its_lifecycle_with_its_own_kernel() {
         ps.iter().map(|p| (p.pid, &p.command)).collect::<Vec<_>>()
     );
 
+    // A terminal session, in the guest.
+    let (code, out, err) = d.cli_with_stdin(
+        &["machine", "exec", &id, "-a", APP, "-it", "--", "sh"],
+        b"echo $((6*7)); tty; uname -r; exit 3\n",
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("42"), "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+    assert!(out.contains(&guest_release(&kernel)), "{out}");
+
     // Signals reach the main process.
     c.signal_machine(APP, &id, "SIGUSR1").await.unwrap();
     wait_log(&d, &id, "got-usr1").await;
