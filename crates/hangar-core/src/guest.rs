@@ -271,6 +271,12 @@ pub enum Request {
     Ps,
     /// Memory in use.
     Memory,
+    /// Suspend the VM to a file: its vCPUs stop, its state (memory and
+    /// devices) is saved to the snapshot file and qemu exits. Handled by
+    /// the host's vmshim, never sent to the guest.
+    Suspend,
+    /// Resume a suspended VM from its snapshot file. Handled by the vmshim.
+    Resume,
 }
 
 /// A process of the guest, for `ps`.

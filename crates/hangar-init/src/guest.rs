@@ -587,6 +587,9 @@ fn handle(shared: &Shared, req: Request) -> Reply {
         Request::Tty { .. } => Reply::Error {
             message: "a terminal session is served apart".into(),
         },
+        Request::Suspend | Request::Resume => Reply::Error {
+            message: "suspend and resume are the host's".into(),
+        },
         Request::Ps => ps(),
         Request::Memory => {
             let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();

@@ -7,6 +7,9 @@
 //!                     │    hello → config; started → {"pid":N} on stdout;
 //!                     │    log → machine.log; exit → exit.json, ack
 //!                     ├─ ctl.sock: one request line in, one reply line out
+//!                     │    (a terminal session streams both ways);
+//!                     │    suspend: stop, migrate to memory.snap, quit qemu;
+//!                     │    resume: qemu -incoming memory.snap, cont
 //!                     └─ qemu exited → exit.json (if the guest wrote none); exits
 //! ```
 //!
@@ -15,7 +18,7 @@
 //! and writes `shim.pid`, so a later `hangard` adopts it.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -41,6 +44,10 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const CTL_SOCKET: &str = "ctl.sock";
 /// The VM's serial console (kernel messages).
 pub const CONSOLE_LOG: &str = "console.log";
+/// qemu's monitor (QMP).
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// A suspended VM's saved state (memory and devices).
+pub const SNAPSHOT_FILE: &str = "memory.snap";
 
 struct Options {
     qemu: PathBuf,
@@ -110,7 +117,10 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 struct Link {
-    to_guest: Mutex<UnixStream>,
+    /// The guest's port; none while the VM is suspended.
+    to_guest: Mutex<Option<UnixStream>>,
+    /// Suspended (or being suspended): requests for the guest are refused.
+    suspended: AtomicBool,
     pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
     next_id: AtomicU64,
     started: AtomicBool,
@@ -142,28 +152,35 @@ impl Link {
     fn send(&self, msg: &ToGuest) -> io::Result<()> {
         let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.to_guest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_all(&line)
+        match &mut *self.to_guest.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(port) => port.write_all(&line),
+            None => Err(io::Error::other("the machine is suspended")),
+        }
     }
 }
 
-fn run(o: &Options) -> io::Result<()> {
-    let mut config = String::new();
-    io::stdin().read_to_string(&mut config)?;
-    let config: GuestConfig = serde_json::from_str(&config).map_err(io::Error::other)?;
-    for f in [EXIT_FILE, AGENT_SOCKET, CTL_SOCKET, QEMU_PID_FILE] {
-        let _ = fs::remove_file(o.state_dir.join(f));
-    }
-    write_atomic(
-        &o.state_dir.join(SHIM_PID_FILE),
-        format!("{} {}\n", std::process::id(), start_time("self")?).as_bytes(),
-    )?;
-    let console = File::create(o.state_dir.join(CONSOLE_LOG))?;
+/// What the reader of the guest's port keeps across a suspend.
+struct GuestSide {
+    /// The config, until the guest's hello takes it.
+    config: Option<GuestConfig>,
+    log: LogFile,
+    buffers: HashMap<String, LineBuffer>,
+}
+
+/// Starts qemu, from the main thread only: its PDEATHSIG fires when the
+/// thread that spawned it ends. `incoming` restores a snapshot.
+fn spawn_qemu(o: &Options, incoming: Option<&Path>) -> io::Result<std::process::Child> {
+    let console = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(o.state_dir.join(CONSOLE_LOG))?;
     let mut cmd = Command::new(&o.qemu);
-    cmd.args(&o.qemu_args)
-        .current_dir(&o.state_dir)
+    cmd.args(&o.qemu_args);
+    if let Some(snapshot) = incoming {
+        cmd.arg("-incoming")
+            .arg(format!("file:{}", snapshot.display()));
+    }
+    cmd.current_dir(&o.state_dir)
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
         .stderr(console);
@@ -175,54 +192,103 @@ fn run(o: &Options) -> io::Result<()> {
             Ok(())
         });
     }
-    let mut qemu = cmd.spawn()?;
+    let qemu = cmd.spawn()?;
     write_atomic(
         &o.state_dir.join(QEMU_PID_FILE),
         format!("{}\n", qemu.id()).as_bytes(),
     )?;
-    // qemu makes the socket as it starts.
+    Ok(qemu)
+}
+
+/// Connects to qemu's end of the guest's port, which qemu makes as it
+/// starts; the error says why it could not.
+fn connect_agent(o: &Options, qemu: &mut std::process::Child) -> Result<UnixStream, String> {
     let agent = o.state_dir.join(AGENT_SOCKET);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let stream = loop {
+    loop {
         if let Ok(s) = UnixStream::connect(&agent) {
-            break s;
+            return Ok(s);
         }
-        if let Some(status) = qemu.try_wait()? {
-            let msg = format!("qemu exited ({status}): {}", console_tail(o));
-            return fail(o, &msg);
+        if let Ok(Some(status)) = qemu.try_wait() {
+            return Err(format!("qemu exited ({status}): {}", console_tail(o)));
         }
         if Instant::now() > deadline {
             let _ = qemu.kill();
-            return fail(o, "qemu did not open the guest's port");
+            let _ = qemu.wait();
+            return Err("qemu did not open the guest's port".into());
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn start_reader(
+    stream: UnixStream,
+    link: &Arc<Link>,
+    mut side: GuestSide,
+    o: &Options,
+) -> std::thread::JoinHandle<GuestSide> {
+    let link = link.clone();
+    let state_dir = o.state_dir.clone();
+    std::thread::spawn(move || {
+        from_guest(stream, &link, &mut side, &state_dir);
+        side
+    })
+}
+
+/// The operations the main thread does for the ctl server: suspend and
+/// resume replace qemu, which only the main thread may spawn.
+type Ops = mpsc::Sender<(Request, mpsc::Sender<Reply>)>;
+
+fn run(o: &Options) -> io::Result<()> {
+    let mut config = String::new();
+    io::stdin().read_to_string(&mut config)?;
+    let config: GuestConfig = serde_json::from_str(&config).map_err(io::Error::other)?;
+    for f in [
+        EXIT_FILE,
+        AGENT_SOCKET,
+        CTL_SOCKET,
+        QEMU_PID_FILE,
+        SNAPSHOT_FILE,
+        CONSOLE_LOG,
+    ] {
+        let _ = fs::remove_file(o.state_dir.join(f));
+    }
+    write_atomic(
+        &o.state_dir.join(SHIM_PID_FILE),
+        format!("{} {}\n", std::process::id(), start_time("self")?).as_bytes(),
+    )?;
+    let mut qemu = spawn_qemu(o, None)?;
+    let stream = match connect_agent(o, &mut qemu) {
+        Ok(s) => s,
+        Err(msg) => return fail(o, &msg),
     };
     let link = Arc::new(Link {
-        to_guest: Mutex::new(stream.try_clone()?),
+        to_guest: Mutex::new(Some(stream.try_clone()?)),
+        suspended: AtomicBool::new(false),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         started: AtomicBool::new(false),
         ttys: Mutex::new(HashMap::new()),
     });
-    let log = LogFile::open(o.log.clone(), o.log_max_bytes)?;
-    let reader = {
-        let link = link.clone();
-        let state_dir = o.state_dir.clone();
-        std::thread::spawn(move || from_guest(stream, &link, config, log, &state_dir))
+    let side = GuestSide {
+        config: Some(config),
+        log: LogFile::open(o.log.clone(), o.log_max_bytes)?,
+        buffers: HashMap::new(),
     };
+    let mut reader = Some(start_reader(stream, &link, side, o));
+    let (ops, ops_rx) = mpsc::channel();
     {
         let link = link.clone();
         let listener = UnixListener::bind(o.state_dir.join(CTL_SOCKET))?;
-        std::thread::spawn(move || serve_ctl(listener, link));
+        std::thread::spawn(move || serve_ctl(listener, link, ops));
     }
     // The boot must end in a started (or failed) report in time.
     let booted = Instant::now();
-    let status = loop {
-        if let Some(status) = qemu.try_wait()? {
-            break status;
+    while !link.started.load(Ordering::SeqCst) {
+        if qemu.try_wait()?.is_some() {
+            break;
         }
-        let started = link.started.load(Ordering::SeqCst);
-        if !started && booted.elapsed() > o.boot_timeout {
+        if booted.elapsed() > o.boot_timeout {
             let _ = qemu.kill();
             let _ = qemu.wait();
             return fail(
@@ -234,11 +300,41 @@ fn run(o: &Options) -> io::Result<()> {
                 ),
             );
         }
-        std::thread::sleep(Duration::from_millis(if started { 200 } else { 10 }));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Running: until qemu exits, other than for a suspend.
+    let mut qemu = Some(qemu);
+    let mut parked: Option<GuestSide> = None;
+    let status = loop {
+        if let Some(q) = qemu.as_mut()
+            && let Some(status) = q.try_wait()?
+        {
+            break status;
+        }
+        let Ok((op, tx)) = ops_rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let result = match op {
+            Request::Suspend => suspend(o, &link, &mut qemu, &mut reader, &mut parked),
+            Request::Resume => resume(o, &link, &mut qemu, &mut reader, &mut parked),
+            _ => Err("not an operation of the vmshim".into()),
+        };
+        let fatal = result.is_err() && qemu.is_none();
+        let _ = tx.send(match &result {
+            Ok(()) => Reply::Ok,
+            Err(message) => Reply::Error {
+                message: message.clone(),
+            },
+        });
+        if let (true, Err(msg)) = (fatal, result) {
+            // No VM left to run: the machine ends here.
+            let _ = fs::remove_file(o.state_dir.join(CTL_SOCKET));
+            return fail(o, &msg);
+        }
     };
     // The port closes with qemu: the reader drains what the guest wrote.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !reader.is_finished() && Instant::now() < deadline {
+    while reader.as_ref().is_some_and(|r| !r.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     if !o.state_dir.join(EXIT_FILE).exists() {
@@ -255,6 +351,194 @@ fn run(o: &Options) -> io::Result<()> {
     let _ = fs::remove_file(o.state_dir.join(CTL_SOCKET));
     let _ = fs::remove_file(o.state_dir.join(QEMU_PID_FILE));
     Ok(())
+}
+
+/// Saves the VM to [`SNAPSHOT_FILE`] and ends qemu: vCPUs stopped, the
+/// state migrated to the file, qemu quit. The guest's side of the port is
+/// parked for the resume. Fails (the VM running on) if qemu cannot save it.
+fn suspend(
+    o: &Options,
+    link: &Link,
+    qemu: &mut Option<std::process::Child>,
+    reader: &mut Option<std::thread::JoinHandle<GuestSide>>,
+    parked: &mut Option<GuestSide>,
+) -> Result<(), String> {
+    let Some(q) = qemu.as_mut() else {
+        return Ok(());
+    };
+    link.suspended.store(true, Ordering::SeqCst);
+    let snapshot = o.state_dir.join(SNAPSHOT_FILE);
+    let _ = fs::remove_file(&snapshot);
+    let saved = (|| -> io::Result<()> {
+        let mut m = Qmp::connect(&o.state_dir.join(QMP_SOCKET))?;
+        m.cmd("stop", None)?;
+        m.cmd(
+            "migrate",
+            Some(serde_json::json!({ "uri": format!("file:{}", snapshot.display()) })),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let r = m.cmd("query-migrate", None)?;
+            match r["status"].as_str().unwrap_or_default() {
+                "completed" => break,
+                "failed" | "cancelled" => {
+                    let _ = m.cmd("cont", None);
+                    return Err(io::Error::other(format!(
+                        "qemu could not save the VM: {}",
+                        r["error-desc"].as_str().unwrap_or("migration failed")
+                    )));
+                }
+                _ if Instant::now() > deadline => {
+                    let _ = m.cmd("migrate_cancel", None);
+                    let _ = m.cmd("cont", None);
+                    return Err(io::Error::other("saving the VM took too long"));
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        // qemu answers and then closes its monitor as it quits.
+        let _ = m.cmd("quit", None);
+        Ok(())
+    })();
+    if let Err(e) = saved {
+        let _ = fs::remove_file(&snapshot);
+        link.suspended.store(false, Ordering::SeqCst);
+        return Err(e.to_string());
+    }
+    let _ = q.wait();
+    *qemu = None;
+    *link.to_guest.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    let _ = fs::remove_file(o.state_dir.join(QEMU_PID_FILE));
+    if let Some(r) = reader.take() {
+        *parked = r.join().ok();
+    }
+    Ok(())
+}
+
+/// Starts qemu again from [`SNAPSHOT_FILE`], reconnects the guest's port
+/// and lets the vCPUs go on where they stopped.
+fn resume(
+    o: &Options,
+    link: &Arc<Link>,
+    qemu: &mut Option<std::process::Child>,
+    reader: &mut Option<std::thread::JoinHandle<GuestSide>>,
+    parked: &mut Option<GuestSide>,
+) -> Result<(), String> {
+    if qemu.is_some() {
+        return Ok(());
+    }
+    let snapshot = o.state_dir.join(SNAPSHOT_FILE);
+    if !snapshot.exists() {
+        return Err("the suspended VM's snapshot is gone".into());
+    }
+    let mut q = spawn_qemu(o, Some(&snapshot)).map_err(|e| format!("starting qemu: {e}"))?;
+    let restored = (|| -> Result<UnixStream, String> {
+        let stream = connect_agent(o, &mut q)?;
+        let mut m = Qmp::connect(&o.state_dir.join(QMP_SOCKET)).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let st = m.cmd("query-status", None).map_err(|e| e.to_string())?;
+            match st["status"].as_str().unwrap_or_default() {
+                "inmigrate" if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                "paused" | "postmigrate" | "prelaunch" | "running" => break,
+                other => {
+                    return Err(format!(
+                        "qemu could not restore the VM (state {other}): {}",
+                        console_tail(o)
+                    ));
+                }
+            }
+        }
+        *link.to_guest.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(stream.try_clone().map_err(|e| e.to_string())?);
+        m.cmd("cont", None).map_err(|e| e.to_string())?;
+        Ok(stream)
+    })();
+    let stream = match restored {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = q.kill();
+            let _ = q.wait();
+            return Err(e);
+        }
+    };
+    let side = match parked.take() {
+        Some(side) => side,
+        None => GuestSide {
+            config: None,
+            log: LogFile::open(o.log.clone(), o.log_max_bytes)
+                .map_err(|e| format!("the machine's log: {e}"))?,
+            buffers: HashMap::new(),
+        },
+    };
+    *reader = Some(start_reader(stream, link, side, o));
+    *qemu = Some(q);
+    link.suspended.store(false, Ordering::SeqCst);
+    let _ = fs::remove_file(&snapshot);
+    Ok(())
+}
+
+/// A blocking QMP client on qemu's monitor socket.
+struct Qmp {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> io::Result<Qmp> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let conn = loop {
+            match UnixStream::connect(path) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut m = Qmp {
+            r: BufReader::new(conn.try_clone()?),
+            w: conn,
+        };
+        let mut greeting = String::new();
+        m.r.read_line(&mut greeting)?;
+        m.cmd("qmp_capabilities", None)?;
+        Ok(m)
+    }
+
+    /// Runs `name`; its `return` value, or its error.
+    fn cmd(
+        &mut self,
+        name: &str,
+        args: Option<serde_json::Value>,
+    ) -> io::Result<serde_json::Value> {
+        let mut msg = serde_json::json!({ "execute": name });
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        let mut line = serde_json::to_vec(&msg).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.w.write_all(&line)?;
+        loop {
+            let mut reply = String::new();
+            if self.r.read_line(&mut reply)? == 0 {
+                return Err(io::Error::other(format!(
+                    "qemu closed its monitor ({name})"
+                )));
+            }
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(io::Error::other(format!(
+                    "{name}: {}",
+                    e["desc"].as_str().unwrap_or("failed")
+                )));
+            }
+        }
+    }
 }
 
 /// The console's last lines, for an error message.
@@ -290,15 +574,12 @@ fn fail(o: &Options, msg: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn from_guest(
-    stream: UnixStream,
-    link: &Link,
-    config: GuestConfig,
-    mut log: LogFile,
-    state_dir: &Path,
-) {
-    let mut config = Some(config);
-    let mut buffers: HashMap<String, LineBuffer> = HashMap::new();
+fn from_guest(stream: UnixStream, link: &Link, side: &mut GuestSide, state_dir: &Path) {
+    let GuestSide {
+        config,
+        log,
+        buffers,
+    } = side;
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
         let Ok(msg) = serde_json::from_str::<FromGuest>(&line) else {
@@ -379,22 +660,36 @@ fn from_guest(
     }
 }
 
-fn serve_ctl(listener: UnixListener, link: Arc<Link>) {
+fn serve_ctl(listener: UnixListener, link: Arc<Link>, ops: Ops) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let link = link.clone();
+        let (link, ops) = (link.clone(), ops.clone());
         std::thread::spawn(move || {
-            let _ = ctl_request(conn, &link);
+            let _ = ctl_request(conn, &link, &ops);
         });
     }
 }
 
-fn ctl_request(conn: UnixStream, link: &Link) -> io::Result<()> {
+fn ctl_request(conn: UnixStream, link: &Link, ops: &Ops) -> io::Result<()> {
     let mut line = String::new();
     BufReader::new(conn.try_clone()?).read_line(&mut line)?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => Reply::Error {
             message: format!("bad request: {e}"),
+        },
+        Ok(op @ (Request::Suspend | Request::Resume)) => {
+            let (tx, rx) = mpsc::channel();
+            match ops.send((op, tx)) {
+                Ok(()) => rx.recv().unwrap_or(Reply::Error {
+                    message: "the VM's supervisor is ending".into(),
+                }),
+                Err(_) => Reply::Error {
+                    message: "the VM's supervisor is ending".into(),
+                },
+            }
+        }
+        Ok(_) if link.suspended.load(Ordering::SeqCst) => Reply::Error {
+            message: "the machine is suspended".into(),
         },
         Ok(body @ Request::Tty { .. }) => return tty_session(conn, link, body),
         Ok(body) => {

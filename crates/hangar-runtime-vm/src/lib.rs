@@ -21,8 +21,9 @@
 //!   `vmshim` that owns qemu (qemu dies with it), writes the log and
 //!   `exit.json`, and relays requests; it outlives `hangard` and is adopted
 //!   by the next one.
-//! - **Suspend.** qemu's vCPUs are paused over QMP (`stop`/`cont`); the
-//!   guest's memory stays with the qemu process.
+//! - **Suspend.** As Fly suspends VMs: the vmshim stops the vCPUs, saves
+//!   the VM (memory and devices) to a file over QMP and ends qemu; resume
+//!   starts qemu from that file and the guest goes on where it stopped.
 //! - **Acceleration.** KVM where `/dev/kvm` can run stock kernels; TCG
 //!   otherwise (PVM hosts, whose `kvm_pvm` runs only PVM-built guests).
 
@@ -446,40 +447,6 @@ impl VmRuntime {
             .map_err(|_| failed("request", id, "the VM's supervisor gave no answer"))
     }
 
-    /// One QMP command (`stop`, `cont`) on the VM's monitor.
-    async fn qmp(&self, id: &MachineId, command: &str) -> Result<(), RuntimeError> {
-        let op = "suspend/resume";
-        let conn = tokio::net::UnixStream::connect(self.state(id).join("qmp.sock"))
-            .await
-            .map_err(|_| RuntimeError::NotRunning(id.clone()))?;
-        let (r, mut w) = conn.into_split();
-        let mut lines = tokio::io::BufReader::new(r).lines();
-        let answer = async |lines: &mut tokio::io::Lines<_>| -> Result<(), RuntimeError> {
-            loop {
-                let line: Option<String> =
-                    lines.next_line().await.map_err(|e| failed(op, id, e))?;
-                let Some(line) = line else {
-                    return Err(failed(op, id, "qemu closed its monitor"));
-                };
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-                if v.get("return").is_some() || v.get("QMP").is_some() {
-                    return Ok(());
-                }
-                if let Some(e) = v.get("error") {
-                    return Err(failed(op, id, e));
-                }
-            }
-        };
-        answer(&mut lines).await?;
-        for cmd in ["qmp_capabilities", command] {
-            w.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
-                .await
-                .map_err(|e| failed(op, id, e))?;
-            answer(&mut lines).await?;
-        }
-        Ok(())
-    }
-
     fn qemu_pid(&self, id: &MachineId) -> Option<i32> {
         std::fs::read_to_string(self.state(id).join("qemu.pid"))
             .ok()?
@@ -829,12 +796,28 @@ impl Runtime for VmRuntime {
         }
     }
 
+    /// Suspends the VM to a file, as Fly does: the vmshim stops its vCPUs,
+    /// saves its memory and devices to `memory.snap` and ends qemu (the
+    /// memory goes back to the host).
     async fn freeze(&self, id: &MachineId) -> Result<(), RuntimeError> {
-        self.qmp(id, "stop").await
+        match self.request(id, &Request::Suspend).await? {
+            Reply::Ok => Ok(()),
+            Reply::Error { message } => Err(failed("suspend", id, message)),
+            other => Err(failed(
+                "suspend",
+                id,
+                format!("unexpected answer {other:?}"),
+            )),
+        }
     }
 
+    /// Resumes the VM from its snapshot where it stopped.
     async fn thaw(&self, id: &MachineId) -> Result<(), RuntimeError> {
-        self.qmp(id, "cont").await
+        match self.request(id, &Request::Resume).await? {
+            Reply::Ok => Ok(()),
+            Reply::Error { message } => Err(failed("resume", id, message)),
+            other => Err(failed("resume", id, format!("unexpected answer {other:?}"))),
+        }
     }
 
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
@@ -1011,6 +994,7 @@ impl Runtime for VmRuntime {
             "agent.sock",
             "ctl.sock",
             "qmp.sock",
+            "memory.snap",
         ] {
             let _ = std::fs::remove_file(dir.join("state").join(f));
         }

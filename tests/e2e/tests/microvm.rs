@@ -70,6 +70,18 @@ fn guest_release(kernel: &Path) -> String {
         .into_owned()
 }
 
+/// How many qemu processes run for machine `id` of `d` (any, for "").
+fn qemus_of(d: &Daemon, id: &str) -> usize {
+    let dir = d.data_dir().join("vm/machines").join(id);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c.starts_with(b"/usr/bin/qemu") || c.starts_with(b"qemu"))
+        .filter(|c| String::from_utf8_lossy(c).contains(&*dir.to_string_lossy()))
+        .count()
+}
+
 async fn wait_log(d: &Daemon, id: &str, line: &str) {
     hangar_test_utils::wait_until(BOOT, line, || {
         let seen = d.machine_log(id).iter().any(|(_, m)| m == line);
@@ -188,9 +200,28 @@ async fn a_microvm_machine_runs_its_lifecycle_with_its_own_kernel() {
     c.signal_machine(APP, &id, "SIGUSR1").await.unwrap();
     wait_log(&d, &id, "got-usr1").await;
 
-    // Suspend and resume: the guest keeps its memory and goes on.
+    // Suspend and resume, as Fly does it for VMs: the VM's state goes to
+    // a file and qemu ends; the guest comes back with its memory and goes
+    // on where it stopped.
     sh(&c, &id, "echo kept > /dev/shm/mark").await;
     c.machine_action(APP, &id, "suspend").await.unwrap();
+    wait(&c, &id, "suspended").await;
+    let state = d.data_dir().join("vm/machines").join(&id).join("state");
+    assert!(state.join("memory.snap").is_file());
+    assert_eq!(qemus_of(&d, &id), 0);
+    let exec = c
+        .exec(
+            APP,
+            &id,
+            &serde_json::from_value(json!({"command": ["true"]})).unwrap(),
+        )
+        .await;
+    assert!(
+        exec.as_ref().is_err() || exec.as_ref().is_ok_and(|r| r.exit_code != 0),
+        "exec in a suspended VM: {exec:?}"
+    );
+    // A hangard restarted meanwhile finds it suspended and resumes it.
+    d.restart().await;
     wait(&c, &id, "suspended").await;
     c.start_machine(APP, &id).await.unwrap();
     wait(&c, &id, "started").await;
@@ -238,14 +269,7 @@ async fn a_microvm_machine_runs_its_lifecycle_with_its_own_kernel() {
     c.destroy_machine(APP, &id, true).await.unwrap();
     wait(&c, &id, "destroyed").await;
     // Nothing of the VMs is left: no qemu, no tap.
-    let qemus = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).contains(&*d.data_dir().to_string_lossy()))
-        .filter(|c| c.starts_with(b"/usr/bin/qemu") || c.starts_with(b"qemu"))
-        .count();
-    assert_eq!(qemus, 0);
+    assert_eq!(qemus_of(&d, ""), 0);
     let taps: Vec<PathBuf> = std::fs::read_dir("/sys/class/net")
         .unwrap()
         .flatten()
