@@ -91,6 +91,14 @@ fn host_err(e: hangar_volumes::VolumeError) -> AgentError {
     }
 }
 
+/// A copy whose task died.
+fn copy_failed(e: tokio::task::JoinError) -> hangar_volumes::VolumeError {
+    hangar_volumes::VolumeError::Io {
+        op: "copying the volume".into(),
+        source: std::io::Error::other(e),
+    }
+}
+
 fn new_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let tail: String = (0..16)
@@ -312,10 +320,18 @@ impl Agent {
                     .map_err(host_err)?;
                 size_gb
             }
-            Some(src) => host
-                .create_from(&id, src, source_volume.as_deref(), size_gb as u64, fstype)
+            Some(src) => {
+                let source_rec = match &source_volume {
+                    Some(sv) => Some(self.get_volume(app, sv)?),
+                    None => None,
+                };
+                self.with_volume_still(
+                    source_rec.as_ref(),
+                    host.create_from(&id, src, source_volume.as_deref(), size_gb as u64, fstype),
+                )
                 .await
-                .map_err(host_err)? as i64,
+                .map_err(host_err)? as i64
+            }
         };
         let rec = VolumeRecord {
             id: id.clone(),
@@ -349,10 +365,13 @@ impl Agent {
         let name = new_id("vx_");
         let host = self.shared.volumes.clone();
         let (vid, xid) = (v.id.clone(), name.clone());
-        tokio::task::spawn_blocking(move || host.snapshot(&vid, &xid))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-            .map_err(host_err)?;
+        self.with_volume_still(Some(&v), async move {
+            tokio::task::spawn_blocking(move || host.snapshot(&vid, &xid))
+                .await
+                .unwrap_or_else(|e| Err(copy_failed(e)))
+        })
+        .await
+        .map_err(host_err)?;
         Ok(VolumeExport {
             path: self.shared.volumes.snapshot_file(&name),
             key_sealed: v.key_sealed.clone(),
@@ -468,15 +487,75 @@ impl Agent {
         }
         self.check_capacity(size_gb - v.size_gb)?;
         let fstype = Fstype::parse(&v.fstype).unwrap_or(Fstype::Ext4);
-        let grown = self
-            .shared
-            .volumes
-            .extend(&v.id, size_gb as u64, fstype)
-            .await
-            .map_err(host_err)?;
+        let grown = match self.guest_of(&v) {
+            // A microVM has the volume as a disk: the image grows here, the
+            // disk and its file system in the VM (or at its next start).
+            Some(m) if fstype == Fstype::Ext4 => {
+                let host = &self.shared.volumes;
+                host.extend_image(&v.id, size_gb as u64)
+                    .await
+                    .map_err(host_err)?;
+                let bytes = size_gb as u64 * (1 << 30);
+                match self.shared.runtime.grow_volume(&m, &v.id, bytes).await {
+                    Ok(true) => {
+                        host.growth_done(&v.id);
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) => {
+                        tracing::info!(volume = %v.id, error = %e, "online growth in the VM failed; the file system grows at the next start");
+                        false
+                    }
+                }
+            }
+            _ => self
+                .shared
+                .volumes
+                .extend(&v.id, size_gb as u64, fstype)
+                .await
+                .map_err(host_err)?,
+        };
         v.size_gb = size_gb;
         self.shared.store.update_volume_row(&v)?;
         Ok((v, !grown))
+    }
+
+    /// The machine that has volume `v` as a disk of its own kernel (a
+    /// microVM), if one runs with it.
+    fn guest_of(&self, v: &VolumeRecord) -> Option<MachineId> {
+        v.attached_machine_id
+            .as_deref()
+            .and_then(|m| m.parse::<MachineId>().ok())
+            .filter(|m| self.shared.runtime.volumes_in_guest(m))
+    }
+
+    /// Runs `copy` (of volume `v`'s image) with the volume held still: a
+    /// volume a microVM has as a disk is frozen inside the guest (the host
+    /// cannot freeze a file system it has not mounted) and thawed after;
+    /// others are frozen by the host's copy itself.
+    async fn with_volume_still<T>(
+        &self,
+        v: Option<&VolumeRecord>,
+        copy: impl std::future::Future<Output = Result<T, hangar_volumes::VolumeError>>,
+    ) -> Result<T, hangar_volumes::VolumeError> {
+        let guest = v.and_then(|v| Some((self.guest_of(v)?, v.id.clone())));
+        if let Some((m, vid)) = &guest {
+            self.shared
+                .runtime
+                .freeze_volume(m, vid)
+                .await
+                .map_err(|e| hangar_volumes::VolumeError::Io {
+                    op: format!("freezing volume {vid} in machine {m}"),
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        let r = copy.await;
+        if let Some((m, vid)) = &guest
+            && let Err(e) = self.shared.runtime.thaw_volume(m, vid).await
+        {
+            tracing::warn!(volume = %vid, machine = %m, error = %e, "thawing a volume in its VM failed; it thaws itself in time");
+        }
+        r
     }
 
     /// A volume's snapshots, oldest first.
@@ -496,9 +575,13 @@ impl Agent {
         let snap = new_id("vs_");
         let host = self.shared.volumes.clone();
         let (vid, sid) = (v.id.clone(), snap.clone());
-        let (size, digest) = tokio::task::spawn_blocking(move || host.snapshot(&vid, &sid))
+        let (size, digest) = self
+            .with_volume_still(Some(&v), async move {
+                tokio::task::spawn_blocking(move || host.snapshot(&vid, &sid))
+                    .await
+                    .unwrap_or_else(|e| Err(copy_failed(e)))
+            })
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
             .map_err(host_err)?;
         let key = self.volume_key(&v)?;
         let rec = SnapshotRecord {

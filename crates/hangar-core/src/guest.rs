@@ -271,6 +271,36 @@ pub enum Request {
     Ps,
     /// Memory in use.
     Memory,
+    /// Freeze the file system of the volume mounted at `path` (FIFREEZE),
+    /// for a consistent copy of its disk; it thaws itself after
+    /// `timeout_ms` unless thawed before.
+    FreezeVolume {
+        /// Where the machine sees the volume.
+        path: String,
+        /// The longest the freeze may last.
+        timeout_ms: u64,
+    },
+    /// Thaw the file system of the volume mounted at `path` (FITHAW).
+    ThawVolume {
+        /// Where the machine sees the volume.
+        path: String,
+    },
+    /// Grow the ext4 file system of the volume mounted at `path` online to
+    /// fill its disk, once the disk shows `bytes`.
+    GrowVolume {
+        /// Where the machine sees the volume.
+        path: String,
+        /// The disk's new size.
+        bytes: u64,
+    },
+    /// Resize the VM's disk `drive` (qemu's drive id) to `bytes`. Handled
+    /// by the vmshim over QMP.
+    BlockResize {
+        /// The drive.
+        drive: String,
+        /// Its new size.
+        bytes: u64,
+    },
     /// Suspend the VM to a file: its vCPUs stop, its state (memory and
     /// devices) is saved to the snapshot file and qemu exits. Handled by
     /// the host's vmshim, never sent to the guest.

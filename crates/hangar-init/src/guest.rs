@@ -79,6 +79,11 @@ struct Shared {
     env: std::sync::OnceLock<Vec<(String, String)>>,
     /// Terminal sessions by request id.
     ttys: Mutex<HashMap<u64, TtySession>>,
+    /// The volumes: where the machine sees each, and its disk (`vdb`...).
+    volumes: std::sync::OnceLock<Vec<(String, String)>>,
+    /// A generation per frozen volume path: a freeze's self-thaw only
+    /// undoes that freeze, not a later one.
+    freezes: Mutex<HashMap<String, u64>>,
 }
 
 /// A running terminal session: its command's pid (a session leader), its
@@ -225,6 +230,8 @@ fn boot() -> io::Result<()> {
         main_pid: AtomicI32::new(0),
         env: std::sync::OnceLock::new(),
         ttys: Mutex::new(HashMap::new()),
+        volumes: std::sync::OnceLock::new(),
+        freezes: Mutex::new(HashMap::new()),
     });
     shared.port.send(&FromGuest::Hello);
     let mut lines = reader.lines();
@@ -258,6 +265,16 @@ fn boot() -> io::Result<()> {
         wait_ack(&shared);
         return Ok(());
     }
+    let _ = shared.volumes.set(
+        config
+            .volumes
+            .iter()
+            .filter_map(|v| {
+                let dev = disk_by_serial(&v.device).ok()?;
+                Some((v.path.clone(), dev.trim_start_matches("/dev/").to_owned()))
+            })
+            .collect(),
+    );
 
     let (pid, pumps) = match spawn_main(&config, &shared) {
         Ok(x) => x,
@@ -566,7 +583,7 @@ fn serve(shared: Arc<Shared>, lines: std::io::Lines<BufReader<File>>) {
     }
 }
 
-fn handle(shared: &Shared, req: Request) -> Reply {
+fn handle(shared: &Arc<Shared>, req: Request) -> Reply {
     match req {
         Request::Signal { signal } => {
             let pid = shared.main_pid.load(Ordering::SeqCst);
@@ -587,9 +604,25 @@ fn handle(shared: &Shared, req: Request) -> Reply {
         Request::Tty { .. } => Reply::Error {
             message: "a terminal session is served apart".into(),
         },
-        Request::Suspend | Request::Resume => Reply::Error {
-            message: "suspend and resume are the host's".into(),
+        Request::Suspend | Request::Resume | Request::BlockResize { .. } => Reply::Error {
+            message: "that is the host's to do".into(),
         },
+        Request::FreezeVolume { path, timeout_ms } => reply_of(freeze_volume(
+            shared,
+            &path,
+            Duration::from_millis(timeout_ms),
+        )),
+        Request::ThawVolume { path } => {
+            // A newer generation: the freeze's own timer leaves it alone.
+            *shared
+                .freezes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(path.clone())
+                .or_default() += 1;
+            reply_of(fs_ioctl(&path, FITHAW, &mut 0i32).or_else(thawed_already))
+        }
+        Request::GrowVolume { path, bytes } => reply_of(grow_volume(shared, &path, bytes)),
         Request::Ps => ps(),
         Request::Memory => {
             let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -606,6 +639,112 @@ fn handle(shared: &Shared, req: Request) -> Reply {
             }
         }
     }
+}
+
+/// `FIFREEZE` / `FITHAW`: `_IOWR('X', 119|120, int)`.
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+const FITHAW: libc::c_ulong = 0xC004_5878;
+/// `EXT4_IOC_RESIZE_FS`: `_IOW('f', 16, __u64)`.
+const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+
+fn reply_of(r: io::Result<()>) -> Reply {
+    match r {
+        Ok(()) => Reply::Ok,
+        Err(e) => Reply::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// FITHAW of a file system that is not frozen fails with EINVAL.
+fn thawed_already(e: io::Error) -> io::Result<()> {
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// Runs ioctl `request` on the file system mounted at `path`.
+fn fs_ioctl<T>(path: &str, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    // SAFETY: `arg` is the argument `request` takes, on an open directory.
+    sys::check(unsafe { libc::ioctl(dir.as_raw_fd(), request as _, arg as *mut T) })
+        .map(drop)
+        .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+}
+
+/// The volume mounted at `path`, checked against the machine's volumes.
+fn volume_disk(shared: &Shared, path: &str) -> io::Result<String> {
+    shared
+        .volumes
+        .get()
+        .and_then(|v| v.iter().find(|(p, _)| p == path))
+        .map(|(_, dev)| dev.clone())
+        .ok_or_else(|| io::Error::other(format!("no volume is mounted at {path}")))
+}
+
+/// Freezes the volume at `path`, and thaws it after `timeout` unless it
+/// was thawed (or frozen again) meanwhile.
+fn freeze_volume(shared: &Arc<Shared>, path: &str, timeout: Duration) -> io::Result<()> {
+    volume_disk(shared, path)?;
+    fs_ioctl(path, FIFREEZE, &mut 0i32)?;
+    let generation = {
+        let mut f = shared.freezes.lock().unwrap_or_else(|p| p.into_inner());
+        let g = f.entry(path.to_owned()).or_default();
+        *g += 1;
+        *g
+    };
+    let (shared, path) = (shared.clone(), path.to_owned());
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        let current = shared
+            .freezes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&path)
+            .copied();
+        if current == Some(generation) {
+            let _ = fs_ioctl(&path, FITHAW, &mut 0i32);
+        }
+    });
+    Ok(())
+}
+
+/// Grows the ext4 file system of the volume at `path` to fill its disk,
+/// once the disk shows at least `bytes`.
+fn grow_volume(shared: &Shared, path: &str, bytes: u64) -> io::Result<()> {
+    let dev = volume_disk(shared, path)?;
+    let size_file = format!("/sys/block/{dev}/size");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let size = loop {
+        let sectors: u64 = std::fs::read_to_string(&size_file)?
+            .trim()
+            .parse()
+            .map_err(io::Error::other)?;
+        if sectors * 512 >= bytes {
+            break sectors * 512;
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "{dev} still has {} bytes, not {bytes}",
+                sectors * 512
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let c = CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and out-parameter.
+    sys::check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    let mut blocks: u64 = size / st.f_frsize.max(1);
+    fs_ioctl(path, EXT4_IOC_RESIZE_FS, &mut blocks)
 }
 
 /// Starts `argv` as root on a new terminal in a session of its own, replies

@@ -314,12 +314,26 @@ fn run(o: &Options) -> io::Result<()> {
         let Ok((op, tx)) = ops_rx.recv_timeout(Duration::from_millis(200)) else {
             continue;
         };
+        let resuming = matches!(op, Request::Resume);
         let result = match op {
             Request::Suspend => suspend(o, &link, &mut qemu, &mut reader, &mut parked),
             Request::Resume => resume(o, &link, &mut qemu, &mut reader, &mut parked),
+            Request::BlockResize { drive, bytes } if qemu.is_some() => {
+                Qmp::connect(&o.state_dir.join(QMP_SOCKET))
+                    .and_then(|mut m| {
+                        m.cmd(
+                            "block_resize",
+                            Some(serde_json::json!({ "device": drive, "size": bytes })),
+                        )
+                    })
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Request::BlockResize { .. } => Err("the machine is suspended".into()),
             _ => Err("not an operation of the vmshim".into()),
         };
-        let fatal = result.is_err() && qemu.is_none();
+        // A failed resume leaves no VM to run.
+        let fatal = resuming && result.is_err() && qemu.is_none();
         let _ = tx.send(match &result {
             Ok(()) => Reply::Ok,
             Err(message) => Reply::Error {
@@ -677,7 +691,7 @@ fn ctl_request(conn: UnixStream, link: &Link, ops: &Ops) -> io::Result<()> {
         Err(e) => Reply::Error {
             message: format!("bad request: {e}"),
         },
-        Ok(op @ (Request::Suspend | Request::Resume)) => {
+        Ok(op @ (Request::Suspend | Request::Resume | Request::BlockResize { .. })) => {
             let (tx, rx) = mpsc::channel();
             match ops.send((op, tx)) {
                 Ok(()) => rx.recv().unwrap_or(Reply::Error {

@@ -181,6 +181,20 @@ fn failed(op: &'static str, id: &MachineId, reason: impl std::fmt::Display) -> R
     }
 }
 
+/// The machine's volumes in disk order (`<machine dir>/volumes.json`).
+const VOLUMES_FILE: &str = "volumes.json";
+
+/// A volume of a VM: its id and where the guest mounts it; its position is
+/// its disk's (`vol{i}`, serial `hangar-vol{i}`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct VmVolume {
+    id: String,
+    path: String,
+}
+
+/// How long a volume stays frozen for a copy unless thawed before.
+const VOLUME_FREEZE_MAX: Duration = Duration::from_secs(120);
+
 /// The fd the shim's lock is handed over on.
 const SHIM_LOCK_FD: i32 = 4;
 
@@ -422,6 +436,38 @@ impl VmRuntime {
             ]);
         }
         a
+    }
+
+    /// Volume `volume` of VM `id`: its disk index and guest path.
+    fn volume(&self, id: &MachineId, volume: &str) -> Result<(usize, String), RuntimeError> {
+        let map: Vec<VmVolume> = std::fs::read(self.dir(id).join(VOLUMES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        map.into_iter()
+            .enumerate()
+            .find(|(_, v)| v.id == volume)
+            .map(|(i, v)| (i, v.path))
+            .ok_or_else(|| failed("volume", id, format!("volume {volume} is not attached")))
+    }
+
+    /// Whether VM `id` is suspended (saved to its file; nothing runs).
+    fn suspended(&self, id: &MachineId) -> bool {
+        self.state(id).join("memory.snap").exists() && self.qemu_pid(id).is_none()
+    }
+
+    /// A request whose answer is `Ok` or an error.
+    async fn simple(
+        &self,
+        id: &MachineId,
+        op: &'static str,
+        req: Request,
+    ) -> Result<(), RuntimeError> {
+        match self.request(id, &req).await? {
+            Reply::Ok => Ok(()),
+            Reply::Error { message } => Err(failed(op, id, message)),
+            other => Err(failed(op, id, format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// Sends a request to the running VM and reads its reply.
@@ -710,12 +756,31 @@ impl Runtime for VmRuntime {
                 .volumes
                 .as_ref()
                 .ok_or_else(|| failed("start", id, "this host has no volumes"))?;
-            // The disk must not be mounted on the host while the VM has it.
+            // The disk must not be mounted on the host while the VM has it,
+            // and a growth left pending is done before.
             host.detach(&v.id)
+                .await
+                .map_err(|e| failed("start", id, e))?;
+            host.grow_pending(&v.id)
                 .await
                 .map_err(|e| failed("start", id, e))?;
             volumes.push(host.image(&v.id));
         }
+        // Which disk is which volume, for the volume operations of a
+        // running VM (also after hangard restarts).
+        let map: Vec<VmVolume> = spec
+            .volumes
+            .iter()
+            .map(|v| VmVolume {
+                id: v.id.clone(),
+                path: v.guest_path.clone(),
+            })
+            .collect();
+        std::fs::write(
+            dir.join(VOLUMES_FILE),
+            serde_json::to_vec(&map).map_err(|e| failed("start", id, e))?,
+        )
+        .map_err(|e| failed("start", id, e))?;
         let base = self.root_disk(id, &spec.layers).await?;
         let disk = dir.join("disk.qcow2");
         let _ = std::fs::remove_file(&disk);
@@ -813,11 +878,56 @@ impl Runtime for VmRuntime {
 
     /// Resumes the VM from its snapshot where it stopped.
     async fn thaw(&self, id: &MachineId) -> Result<(), RuntimeError> {
-        match self.request(id, &Request::Resume).await? {
-            Reply::Ok => Ok(()),
-            Reply::Error { message } => Err(failed("resume", id, message)),
-            other => Err(failed("resume", id, format!("unexpected answer {other:?}"))),
+        self.simple(id, "resume", Request::Resume).await
+    }
+
+    fn volumes_in_guest(&self, id: &MachineId) -> bool {
+        self.shim(id).is_some()
+    }
+
+    /// Freezes the volume's file system in the guest; a suspended VM's
+    /// disks are still already.
+    async fn freeze_volume(&self, id: &MachineId, volume: &str) -> Result<(), RuntimeError> {
+        let (_, path) = self.volume(id, volume)?;
+        if self.suspended(id) {
+            return Ok(());
         }
+        let timeout_ms = VOLUME_FREEZE_MAX.as_millis() as u64;
+        self.simple(
+            id,
+            "freeze a volume",
+            Request::FreezeVolume { path, timeout_ms },
+        )
+        .await
+    }
+
+    async fn thaw_volume(&self, id: &MachineId, volume: &str) -> Result<(), RuntimeError> {
+        let (_, path) = self.volume(id, volume)?;
+        if self.suspended(id) {
+            return Ok(());
+        }
+        self.simple(id, "thaw a volume", Request::ThawVolume { path })
+            .await
+    }
+
+    /// qemu resizes the disk, then the guest grows the file system on it
+    /// online. A suspended VM's volume grows at its next start.
+    async fn grow_volume(
+        &self,
+        id: &MachineId,
+        volume: &str,
+        bytes: u64,
+    ) -> Result<bool, RuntimeError> {
+        let (i, path) = self.volume(id, volume)?;
+        if self.suspended(id) {
+            return Ok(false);
+        }
+        let drive = format!("vol{i}");
+        self.simple(id, "grow a volume", Request::BlockResize { drive, bytes })
+            .await?;
+        self.simple(id, "grow a volume", Request::GrowVolume { path, bytes })
+            .await?;
+        Ok(true)
     }
 
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {

@@ -339,6 +339,44 @@ pub trait Runtime: Send + Sync + 'static {
         Err(unsupported(id, "thaw"))
     }
 
+    /// Whether the running workload has its volumes as disks of a kernel of
+    /// its own (a microVM): the host must not read or change their images
+    /// behind it, and asks the runtime instead ([`Runtime::freeze_volume`],
+    /// [`Runtime::grow_volume`]). Containers' volumes are mounted on the
+    /// host, which handles them itself.
+    fn volumes_in_guest(&self, id: &MachineId) -> bool {
+        let _ = id;
+        false
+    }
+
+    /// Freezes volume `volume`'s file system inside the running workload
+    /// (flushed and held still), so that its image can be copied
+    /// consistently; [`Runtime::thaw_volume`] lets it go on. A freeze not
+    /// thawed in time thaws itself.
+    async fn freeze_volume(&self, id: &MachineId, volume: &str) -> Result<(), RuntimeError> {
+        let _ = volume;
+        Err(unsupported(id, "freezing a volume"))
+    }
+
+    /// Thaws what [`Runtime::freeze_volume`] froze.
+    async fn thaw_volume(&self, id: &MachineId, volume: &str) -> Result<(), RuntimeError> {
+        let _ = volume;
+        Err(unsupported(id, "thawing a volume"))
+    }
+
+    /// Volume `volume`'s image has grown to `bytes`: lets the running
+    /// workload see the bigger disk and grows its file system online.
+    /// Returns whether it did (else it grows at the next start).
+    async fn grow_volume(
+        &self,
+        id: &MachineId,
+        volume: &str,
+        bytes: u64,
+    ) -> Result<bool, RuntimeError> {
+        let _ = (volume, bytes);
+        Err(unsupported(id, "growing a volume"))
+    }
+
     /// Runs a command inside the running workload.
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
         let _ = req;

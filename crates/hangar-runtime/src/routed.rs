@@ -119,6 +119,27 @@ impl Runtime for Routed {
         self.of(id).thaw(id).await
     }
 
+    fn volumes_in_guest(&self, id: &MachineId) -> bool {
+        self.of(id).volumes_in_guest(id)
+    }
+
+    async fn freeze_volume(&self, id: &MachineId, volume: &str) -> Result<(), RuntimeError> {
+        self.of(id).freeze_volume(id, volume).await
+    }
+
+    async fn thaw_volume(&self, id: &MachineId, volume: &str) -> Result<(), RuntimeError> {
+        self.of(id).thaw_volume(id, volume).await
+    }
+
+    async fn grow_volume(
+        &self,
+        id: &MachineId,
+        volume: &str,
+        bytes: u64,
+    ) -> Result<bool, RuntimeError> {
+        self.of(id).grow_volume(id, volume, bytes).await
+    }
+
     async fn exec(&self, id: &MachineId, req: &ExecRequest) -> Result<ExecOutput, RuntimeError> {
         self.of(id).exec(id, req).await
     }

@@ -523,6 +523,48 @@ impl VolumeHost {
         self.grow_marker(id).exists()
     }
 
+    /// Grows volume `id`'s image to `size_gb` GiB while a microVM has it
+    /// as a disk: the image only (its file system is the guest's to grow,
+    /// which [`VolumeHost::growth_done`] records), with the growth marked
+    /// pending until then, so that the next start grows it offline.
+    pub async fn extend_image(&self, id: &str, size_gb: u64) -> Result<(), VolumeError> {
+        check_id(id)?;
+        let img = self.image(id);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .map_err(io_err(format!("opening {}", img.display())))?;
+        let len = f.metadata().map_err(io_err("reading the image"))?.len();
+        if size_gb * GIB < len {
+            return Err(VolumeError::Invalid(format!(
+                "volumes only grow: {id} has {} GB",
+                len / GIB
+            )));
+        }
+        std::fs::write(self.grow_marker(id), b"").map_err(io_err("recording a pending growth"))?;
+        f.set_len(size_gb * GIB)
+            .map_err(io_err("growing the image"))
+    }
+
+    /// The file system of volume `id` has been grown (by the guest using
+    /// it): nothing is pending any more.
+    pub fn growth_done(&self, id: &str) {
+        let _ = std::fs::remove_file(self.grow_marker(id));
+    }
+
+    /// Grows volume `id`'s file system offline if a growth is pending and
+    /// the volume is not mounted here: before a microVM takes its image.
+    pub async fn grow_pending(&self, id: &str) -> Result<(), VolumeError> {
+        check_id(id)?;
+        if !self.growth_pending(id) || is_mounted(&self.mountpoint(id)) {
+            return Ok(());
+        }
+        self.grow_offline(&self.image(id).display().to_string())
+            .await?;
+        self.growth_done(id);
+        Ok(())
+    }
+
     /// Copies volume `id` to snapshot `snapshot` (frozen meanwhile if
     /// mounted); returns the bytes of data copied and a digest.
     pub fn snapshot(&self, id: &str, snapshot: &str) -> Result<(u64, String), VolumeError> {

@@ -410,4 +410,59 @@ async fn a_microvm_machine_has_volumes_the_proxy_and_the_private_network() {
     )
     .await;
     assert_eq!((code, out.trim()), (0, "plain"), "{out}");
+
+    // Volume operations while the VM runs with the volume as its disk:
+    // a fork and a snapshot are taken with the file system frozen inside
+    // the guest, so what it just wrote (still in its page cache) is in the
+    // copy; the volume grows online, disk and file system.
+    let vid = vol["id"].as_str().unwrap().to_owned();
+    let (code, out) = sh(&c, &id, "echo written-just-now > /data/fresh; df -k /data").await;
+    assert_eq!(code, 0, "{out}");
+    let kb_before = df_kb(&out);
+    let fork: Value = serde_json::from_str(&cli(&[
+        "volumes", "fork", &vid, "-a", APP, "--name", "copy", "--json",
+    ]))
+    .unwrap();
+    cli(&["volumes", "snapshots", "create", &vid, "-a", APP]);
+    let snaps = cli(&["volumes", "snapshots", "list", &vid, "-a", APP, "--json"]);
+    assert!(snaps.contains("vs_"), "{snaps}");
+    // The VM goes on writing after the copies: thawed.
+    let (code, out) = sh(&c, &id, "echo after > /data/after && cat /data/after").await;
+    assert_eq!((code, out.trim()), (0, "after"), "{out}");
+    let reader = c
+        .create_machine(
+            APP,
+            &request(json!({
+                "image": image,
+                "init": {"cmd": ["sleep", "3600"]},
+                "mounts": [{"volume": fork["id"], "path": "/copy"}],
+            })),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait(&c, &reader, "started").await;
+    let (code, out) = sh(&c, &reader, "cat /copy/fresh /copy/boots").await;
+    assert_eq!((code, out.as_str()), (0, "written-just-now\n2\n"), "{out}");
+
+    let out = cli(&["volumes", "extend", &vid, "-a", APP, "-s", "2", "--json"]);
+    let extended: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(extended["needs_restart"], false, "{out}");
+    let (code, out) = sh(&c, &id, "df -k /data; cat /data/fresh").await;
+    assert_eq!(code, 0, "{out}");
+    let kb_after = df_kb(&out);
+    assert!(
+        kb_after > kb_before + 700 * 1024,
+        "{kb_before} KiB -> {kb_after} KiB: {out}"
+    );
+    assert!(out.contains("written-just-now"), "{out}");
+}
+
+/// The size in KiB of the file system `df -k` shows on its second line.
+fn df_kb(df: &str) -> u64 {
+    df.lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {df}"))
 }
