@@ -456,6 +456,40 @@ async fn a_microvm_machine_has_volumes_the_proxy_and_the_private_network() {
         "{kb_before} KiB -> {kb_after} KiB: {out}"
     );
     assert!(out.contains("written-just-now"), "{out}");
+
+    // Health checks reach into the VM over its network as into a
+    // container: a passing HTTP check and a failing TCP one.
+    let mut config = microvm(
+        &image,
+        "mkdir -p /www; touch /www/healthz; exec httpd -f -p 8080 -h /www",
+    );
+    config["checks"] = json!({
+        "web": {"type": "http", "port": 8080, "path": "/healthz", "interval": "500ms", "timeout": "2s"},
+        "closed": {"type": "tcp", "port": 9, "interval": "500ms", "timeout": "1s"},
+    });
+    let checked = c.create_machine(APP, &request(config)).await.unwrap().id;
+    wait(&c, &checked, "started").await;
+    hangar_test_utils::wait_until(BOOT, "the VM's checks", || {
+        let (c, id) = (c.clone(), checked.clone());
+        async move {
+            let mut got: Vec<(String, String)> = c
+                .get_machine(APP, &id)
+                .await
+                .unwrap()
+                .checks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|ch| (ch.name, ch.status))
+                .collect();
+            got.sort();
+            (got == [
+                ("closed".to_owned(), "critical".to_owned()),
+                ("web".to_owned(), "passing".to_owned()),
+            ])
+            .then_some(())
+        }
+    })
+    .await;
 }
 
 /// The size in KiB of the file system `df -k` shows on its second line.
