@@ -172,9 +172,12 @@ async fn a_microvm_machine_runs_its_lifecycle_with_its_own_kernel() {
         host_swappiness
     );
 
-    // Logs, and the secret in the environment.
+    // Logs, and the secret in the environment; `hangar logs` reads them
+    // through the API.
     wait_log(&d, &id, "hello from the vm").await;
     wait_log(&d, &id, "top=s3cret").await;
+    let (ok, out, err) = d.cli(&["logs", "-a", APP, "-i", &id, "--no-tail"]);
+    assert!(ok && out.contains("hello from the vm"), "{out}{err}");
 
     // `ps` lists the guest's processes.
     let ps = c.processes(APP, &id).await.unwrap();

@@ -1,7 +1,7 @@
 //! `hangar doctor`: checks this host for what `hangard` needs (root, an
 //! OCI runtime, cgroups, overlayfs, nftables and iproute2, TUN, free disk
-//! in the data dir, a synchronised clock, the API and proxy ports) and
-//! says what to fix. Problems make it exit 1; warnings do not.
+//! in the data dir, a synchronised clock, the API and proxy ports; gVisor
+//! and microVMs, which are optional) and says what to fix. Problems make it exit 1; warnings do not.
 //!
 //! The checks read the host through [`Host`], so each rule is tested
 //! against a made-up host as well as run on the real one.
@@ -141,6 +141,8 @@ pub(crate) fn checks(
         ("TUN", tun(h)),
         ("disk", disk(h, data_dir)),
         ("clock", clock(h)),
+        ("gVisor", gvisor(h)),
+        ("microVMs", microvms(h, data_dir)),
     ];
     if let Some(api) = api {
         out.push(("API port", api_port(h, api, api_up)));
@@ -235,6 +237,56 @@ fn tool(h: &dyn Host, program: &str, args: &[&str], package: &str) -> Finding {
             format!("{program} does not run"),
             format!("apt-get install -y {package}"),
         ),
+    }
+}
+
+/// gVisor is optional: machines that ask for `runsc` need it.
+fn gvisor(h: &dyn Host) -> Finding {
+    match h.run("runsc", &["--version"]) {
+        Some(v) => ok(v),
+        None => warn(
+            "no runsc: machines cannot ask for gVisor (hangar_runtime runsc)",
+            "apt-get install -y runsc (only for gVisor machines)",
+        ),
+    }
+}
+
+/// MicroVMs are optional: machines that ask for `microvm` need qemu, a
+/// static busybox and a guest kernel in the data dir; without a KVM that
+/// runs stock kernels they boot under TCG emulation.
+fn microvms(h: &dyn Host, data_dir: &Path) -> Finding {
+    let kernel_dir = data_dir.join("vm-kernel");
+    let mut missing = Vec::new();
+    if h.run("qemu-system-x86_64", &["--version"]).is_none() {
+        missing.push("qemu-system-x86_64");
+    }
+    if h.run("qemu-img", &["--version"]).is_none() {
+        missing.push("qemu-img");
+    }
+    if !h.exists(Path::new("/bin/busybox")) {
+        missing.push("busybox-static");
+    }
+    if !h.exists(&kernel_dir.join("vmlinuz")) {
+        missing.push("a guest kernel");
+    }
+    if !missing.is_empty() {
+        return warn(
+            format!(
+                "machines cannot ask for microVMs (hangar_runtime microvm): missing {}",
+                missing.join(", ")
+            ),
+            format!(
+                "apt-get install -y qemu-system-x86 qemu-utils busybox-static (bookworm: from bookworm-backports, see docs/isolation.md), then scripts/vm-kernel.sh {}",
+                kernel_dir.display()
+            ),
+        );
+    }
+    if !h.exists(Path::new("/dev/kvm")) {
+        ok("qemu and a guest kernel; no /dev/kvm: VMs run under TCG emulation (slow)")
+    } else if h.exists(Path::new("/sys/module/kvm_pvm")) {
+        ok("qemu and a guest kernel; /dev/kvm is PVM: VMs run under TCG emulation (slow)")
+    } else {
+        ok("qemu and a guest kernel, with KVM")
     }
 }
 
@@ -519,5 +571,51 @@ mod tests {
         // The API port held by something that is not hangard.
         h.taken.insert("127.0.0.1:4280".parse().unwrap());
         assert!(matches!(find(&h, false)["API port"], Finding::Fail(..)));
+    }
+
+    #[test]
+    fn gvisor_and_microvms_are_optional_and_say_what_they_lack() {
+        let mut h = good();
+        let all = find(&h, false);
+        assert!(matches!(all["gVisor"], Finding::Warn(..)));
+        match &all["microVMs"] {
+            Finding::Warn(what, fix) => {
+                assert!(
+                    what.contains("qemu-system-x86_64") && what.contains("a guest kernel"),
+                    "{what}"
+                );
+                assert!(
+                    fix.contains("scripts/vm-kernel.sh /var/lib/hangar/vm-kernel"),
+                    "{fix}"
+                );
+            }
+            f => panic!("{f:?}"),
+        }
+        h.programs
+            .insert("runsc".into(), "runsc version release-20221212.0".into());
+        h.programs.insert(
+            "qemu-system-x86_64".into(),
+            "QEMU emulator version 10.0.2".into(),
+        );
+        h.programs
+            .insert("qemu-img".into(), "qemu-img version 10.0.2".into());
+        h.files.insert(PathBuf::from("/bin/busybox"), String::new());
+        match &find(&h, false)["microVMs"] {
+            Finding::Warn(what, _) => assert!(what.ends_with("missing a guest kernel"), "{what}"),
+            f => panic!("{f:?}"),
+        }
+        h.files.insert(
+            PathBuf::from("/var/lib/hangar/vm-kernel/vmlinuz"),
+            String::new(),
+        );
+        h.files.insert(PathBuf::from("/dev/kvm"), String::new());
+        h.files
+            .insert(PathBuf::from("/sys/module/kvm_pvm/refcnt"), String::new());
+        let all = find(&h, false);
+        assert!(matches!(&all["gVisor"], Finding::Ok(v) if v.contains("runsc")));
+        assert!(matches!(&all["microVMs"], Finding::Ok(v) if v.contains("PVM")));
+        h.files.remove(Path::new("/sys/module/kvm_pvm/refcnt"));
+        assert!(matches!(&find(&h, false)["microVMs"], Finding::Ok(v) if v.ends_with("with KVM")));
+        assert!(fails(&h).is_empty());
     }
 }
