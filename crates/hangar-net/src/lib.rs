@@ -358,20 +358,50 @@ pub fn disconnect(host_if: &str) -> Result<(), NetError> {
     if !exists(host_if) {
         return Ok(());
     }
-    let bridge = std::fs::read_link(Path::new("/sys/class/net").join(host_if).join("master"))
+    let bridge = bridge_of(host_if);
+    run("ip", &["link", "del", host_if], None)?;
+    match bridge {
+        Some(bridge) => remove_bridge_if_empty_locked(&bridge),
+        None => Ok(()),
+    }
+}
+
+/// Whether the interface `ifname` exists on the host (sysfs only).
+pub fn link_exists(ifname: &str) -> bool {
+    check_ifname(ifname).is_ok() && exists(ifname)
+}
+
+/// The Hangar bridge the machine link `host_if` is a port of, if any
+/// (sysfs only, no tool runs).
+pub fn bridge_of(host_if: &str) -> Option<String> {
+    check_ifname(host_if).ok()?;
+    std::fs::read_link(Path::new("/sys/class/net").join(host_if).join("master"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .filter(|b| {
             (b.starts_with(BRIDGE_PREFIX) || b.starts_with(LEGACY_BRIDGE_PREFIX))
                 && check_ifname(b).is_ok()
-        });
-    run("ip", &["link", "del", host_if], None)?;
-    if let Some(bridge) = bridge {
-        let empty = std::fs::read_dir(Path::new("/sys/class/net").join(&bridge).join("brif"))
-            .is_ok_and(|mut ports| ports.next().is_none());
-        if empty {
-            run("ip", &["link", "del", &bridge], None)?;
-        }
+        })
+}
+
+/// Removes the Hangar bridge `bridge` if no link is a port of it any more
+/// (after a machine's namespace went, taking its veth pair with it).
+pub fn remove_bridge_if_empty(bridge: &str) -> Result<(), NetError> {
+    check_ifname(bridge)?;
+    if !(bridge.starts_with(BRIDGE_PREFIX) || bridge.starts_with(LEGACY_BRIDGE_PREFIX)) {
+        return Err(NetError::Invalid(format!(
+            "{bridge:?} is not a Hangar bridge"
+        )));
+    }
+    let _guard = bridges_lock();
+    remove_bridge_if_empty_locked(bridge)
+}
+
+fn remove_bridge_if_empty_locked(bridge: &str) -> Result<(), NetError> {
+    let empty = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
+        .is_ok_and(|mut ports| ports.next().is_none());
+    if empty {
+        run("ip", &["link", "del", bridge], None)?;
     }
     Ok(())
 }

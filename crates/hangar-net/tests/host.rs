@@ -142,6 +142,48 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     let _ = Command::new("umount").arg(&ns).status();
 }
 
+/// Destroy's way: the namespace goes first, taking the veth pair with it;
+/// the bridge is removed once its last port is gone, and only a Hangar
+/// bridge is removed that way.
+#[test]
+fn a_link_goes_with_its_namespace_and_then_its_bridge() {
+    if !hangar_test_utils::host_tier(
+        "a_link_goes_with_its_namespace_and_then_its_bridge",
+        &["ip", "nft", "iptables"],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns = dir.path().join("ns");
+    pinned_netns(&ns);
+    let (bridge, link) = block(0xfb, 249, 2, "nettest249");
+    hangar_net::connect(&ns, &bridge, &link).unwrap();
+    assert_eq!(
+        hangar_net::bridge_of(&link.host_if).as_deref(),
+        Some(bridge.name.as_str())
+    );
+    // A bridge with a port stays.
+    hangar_net::remove_bridge_if_empty(&bridge.name).unwrap();
+    assert!(hangar_net::link_exists(&bridge.name));
+    assert!(hangar_net::remove_bridge_if_empty("lo").is_err());
+    assert!(hangar_net::remove_bridge_if_empty("hgr/../x").is_err());
+
+    let st = Command::new("umount").arg(&ns).status().unwrap();
+    assert!(st.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while hangar_net::link_exists(&link.host_if) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the veth outlived its namespace"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(hangar_net::bridge_of(&link.host_if), None);
+    hangar_net::disconnect(&link.host_if).unwrap();
+    hangar_net::remove_bridge_if_empty(&bridge.name).unwrap();
+    assert!(!hangar_net::link_exists(&bridge.name));
+}
+
 #[test]
 fn an_address_given_again_is_reached_at_once() {
     if !hangar_test_utils::host_tier(

@@ -1415,8 +1415,22 @@ impl Runtime for OciRuntime {
                 host.detach(v).await.map_err(|e| failed("destroy", id, e))?;
             }
         }
-        hangar_net::disconnect(&host_if(id)).map_err(|e| failed("destroy", id, e))?;
+        // The namespace goes first: the kernel then removes the veth pair
+        // with it, in the background and batched with other namespaces',
+        // where `ip link del` waits for it (about 20 ms, under the lock
+        // every machine's network wiring takes). What the kernel has not
+        // removed within a while is removed by hand.
+        let link = host_if(id);
+        let bridge = hangar_net::bridge_of(&link);
         netns::remove(&dir.join("netns")).map_err(|e| failed("destroy", id, e))?;
+        let deadline = tokio::time::Instant::now() + LINK_GONE_WAIT;
+        while hangar_net::link_exists(&link) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        hangar_net::disconnect(&link).map_err(|e| failed("destroy", id, e))?;
+        if let Some(bridge) = bridge {
+            hangar_net::remove_bridge_if_empty(&bridge).map_err(|e| failed("destroy", id, e))?;
+        }
         fsutil::remove_tree(&dir).map_err(|e| failed("destroy", id, e))
     }
 
@@ -1424,6 +1438,10 @@ impl Runtime for OciRuntime {
         Some(self.dir(id).join("logs/machine.log"))
     }
 }
+
+/// How long destroy waits for the kernel to remove a machine's veth pair
+/// with its namespace before removing it itself.
+const LINK_GONE_WAIT: Duration = Duration::from_secs(2);
 
 /// The host end of a machine's veth pair: `hv` and the last 13 hex digits
 /// of its id (interface names have at most 15 bytes).
