@@ -39,6 +39,7 @@ use std::process::{Command, Stdio};
 
 pub mod dns;
 pub mod mesh;
+mod netlink;
 
 /// Where machines find the internal DNS server (Fly's address for it).
 pub const DNS_ADDR: Ipv6Addr = Ipv6Addr::new(0xfdaa, 0, 0, 0, 0, 0, 0, 3);
@@ -108,6 +109,7 @@ pub fn remove_legacy(range: &str, first: u8, last: u8) -> Result<Vec<String>, Ne
             && (x, y, h) == (a, b, 1)
             && (first..=last).contains(&n)
         {
+            forget_bridge(&name);
             run("ip", &["link", "del", &name], None)?;
             removed.push(name);
         }
@@ -129,6 +131,15 @@ pub enum NetError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    /// The kernel refused a netlink request.
+    #[error("cannot {op}: {source}")]
+    Netlink {
+        /// What was being done.
+        op: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
 }
 
 /// One private network's bridge: its name and gateway addresses.
@@ -207,11 +218,29 @@ fn bridges_lock() -> std::sync::MutexGuard<'static, ()> {
 pub fn ensure_bridge(bridge: &Bridge) -> Result<(), NetError> {
     check_ifname(&bridge.name)?;
     let _guard = bridges_lock();
+    forget_bridge(&bridge.name);
     ensure_bridge_locked(bridge)
+}
+
+/// The bridges this process has set up (with these gateways) and that
+/// still existed when last looked at: wiring a machine to one of them
+/// needs no `ip` run for the bridge itself. Held under the bridges lock.
+static READY: std::sync::Mutex<Vec<Bridge>> = std::sync::Mutex::new(Vec::new());
+
+fn ready() -> std::sync::MutexGuard<'static, Vec<Bridge>> {
+    READY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn forget_bridge(name: &str) {
+    ready().retain(|b| b.name != name);
 }
 
 fn ensure_bridge_locked(bridge: &Bridge) -> Result<(), NetError> {
     let name = bridge.name.as_str();
+    if exists(name) && ready().contains(bridge) {
+        return Ok(());
+    }
+    forget_bridge(name);
     if !exists(name) {
         run("ip", &["link", "add", name, "type", "bridge"], None)?;
     }
@@ -230,7 +259,9 @@ fn ensure_bridge_locked(bridge: &Bridge) -> Result<(), NetError> {
         "addr replace {}/{} dev {name}\naddr replace {}/{} dev {name} nodad\nlink set {name} up\n",
         bridge.gateway4, bridge.prefix4, bridge.gateway6, bridge.prefix6
     ));
-    run("ip", &["-batch", "-"], Some(&batch)).map(drop)
+    run("ip", &["-batch", "-"], Some(&batch))?;
+    ready().push(bridge.clone());
+    Ok(())
 }
 
 fn check_ifname(name: &str) -> Result<(), NetError> {
@@ -262,52 +293,20 @@ pub fn is_connected(link: &Link, bridge: &Bridge) -> bool {
 pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetError> {
     check_ifname(&link.host_if)?;
     check_ifname(&bridge.name)?;
-    let _guard = bridges_lock();
-    ensure_bridge_locked(bridge)?;
-    let ns = netns
-        .to_str()
-        .ok_or_else(|| NetError::Invalid("namespace path is not UTF-8".into()))?;
-    if exists(&link.host_if) {
-        let _ = run("ip", &["link", "del", &link.host_if], None);
-    }
-    // A previous attempt may have left an eth0 in the namespace.
-    let _ = run(
-        "nsenter",
-        &[&format!("--net={ns}"), "ip", "link", "del", "eth0"],
-        None,
-    );
     let host_if = link.host_if.as_str();
-    run(
-        "ip",
-        &["-batch", "-"],
-        Some(&format!(
-            "link add {host_if} type veth peer name eth0 netns {ns}\n\
-             link set {host_if} master {} up\n",
-            bridge.name
-        )),
-    )?;
-    let inside = format!(
-        "addr add {}/{} dev eth0\n\
-         addr add {}/{} dev eth0 nodad\n\
-         link set eth0 up\n\
-         route add default via {}\n\
-         route add default via {}\n",
-        link.address4,
-        bridge.prefix4,
-        link.address6,
-        bridge.prefix6,
-        bridge.gateway4,
-        bridge.gateway6,
-    );
-    if let Err(e) = run(
-        "nsenter",
-        &[&format!("--net={ns}"), "ip", "-batch", "-"],
-        Some(&inside),
-    ) {
-        let _ = run("ip", &["link", "del", host_if], None);
+    // The host's side under the lock (the bridge must not be removed as
+    // empty meanwhile); the namespace's side, which is the machine's alone,
+    // without it.
+    {
+        let _guard = bridges_lock();
+        ensure_bridge_locked(bridge)?;
+        netlink::host_side(netns, bridge, link)?;
+    }
+    if let Err(e) = netlink::inside(netns, bridge, link) {
+        let _guard = bridges_lock();
+        let _ = netlink::remove(host_if);
         return Err(e);
     }
-    flush_neighbors(bridge, link);
     Ok(())
 }
 
@@ -401,6 +400,7 @@ fn remove_bridge_if_empty_locked(bridge: &str) -> Result<(), NetError> {
     let empty = std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
         .is_ok_and(|mut ports| ports.next().is_none());
     if empty {
+        forget_bridge(bridge);
         run("ip", &["link", "del", bridge], None)?;
     }
     Ok(())

@@ -124,8 +124,17 @@ fn a_namespace_is_wired_to_its_bridge_idempotently() {
     let text = String::from_utf8_lossy(&addrs.stdout);
     assert!(text.contains("10.231.250.2/24"), "{text}");
     assert!(text.contains("fdaa:3fa2:fa:1::fa:2/112"), "{text}");
+    // No duplicate address detection: the IPv6 address is usable at once.
+    let global6 = text.lines().find(|l| l.contains("fdaa:3fa2")).unwrap();
+    assert!(!global6.contains("tentative"), "{text}");
     let routes = in_ns(&ns, &["ip", "route"]);
     assert!(String::from_utf8_lossy(&routes.stdout).contains("default via 10.231.250.1"));
+    let routes6 = in_ns(&ns, &["ip", "-6", "route"]);
+    let routes6 = String::from_utf8_lossy(&routes6.stdout);
+    assert!(
+        routes6.contains("default via fdaa:3fa2:fa:1::fa:1 dev eth0"),
+        "{routes6}"
+    );
     // The gateway answers (the host end is on the bridge).
     let ping = in_ns(&ns, &["busybox", "ping", "-c1", "-W2", "10.231.250.1"]);
     assert!(ping.status.success(), "{ping:?}");

@@ -1045,7 +1045,7 @@ impl Runtime for OciRuntime {
         }
         let volumes = self.attach_volumes(spec).await?;
         let engine = self.engine_for(spec)?;
-        let bundle_dir = self.prepare(spec, &volumes)?;
+        let bundle_dir = blocking(|| self.prepare(spec, &volumes))?;
         let prepared = t0.elapsed();
         let (shim, mut reports) = self.spawn_shim(id, engine, &bundle_dir, false).await?;
         let spawned = t0.elapsed();
@@ -1085,7 +1085,7 @@ impl Runtime for OciRuntime {
             self.dismiss(id, standby).await;
         }
         let volumes = self.attach_volumes(spec).await?;
-        let bundle_dir = self.prepare(spec, &volumes)?;
+        let bundle_dir = blocking(|| self.prepare(spec, &volumes))?;
         let hash = spec_hash(spec);
         self.prepared
             .lock()
@@ -1427,15 +1427,31 @@ impl Runtime for OciRuntime {
         while hangar_net::link_exists(&link) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        hangar_net::disconnect(&link).map_err(|e| failed("destroy", id, e))?;
-        if let Some(bridge) = bridge {
-            hangar_net::remove_bridge_if_empty(&bridge).map_err(|e| failed("destroy", id, e))?;
-        }
+        blocking(|| {
+            hangar_net::disconnect(&link)?;
+            match bridge {
+                Some(bridge) => hangar_net::remove_bridge_if_empty(&bridge),
+                None => Ok(()),
+            }
+        })
+        .map_err(|e| failed("destroy", id, e))?;
         fsutil::remove_tree(&dir).map_err(|e| failed("destroy", id, e))
     }
 
     fn log_path(&self, id: &MachineId) -> Option<PathBuf> {
         Some(self.dir(id).join("logs/machine.log"))
+    }
+}
+
+/// Runs `f`, which blocks (it runs tools, mounts, waits on the network
+/// lock), without stalling the other tasks of a multi-threaded runtime:
+/// they move to another worker meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
