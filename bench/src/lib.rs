@@ -5,6 +5,7 @@ pub mod start;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use hangar_test_utils::image::Layer;
 
 /// What one wrk run reports.
 #[derive(Debug, Clone, Copy)]
@@ -154,4 +155,51 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The machine's web server: the host's nginx with its libraries (busybox
+/// httpd forks per connection and keeps none alive, which would make the
+/// backend, not the proxies, what is measured).
+pub fn nginx_layer() -> anyhow::Result<Layer> {
+    let nginx = "/usr/sbin/nginx";
+    let ldd = Command::new("ldd")
+        .arg(nginx)
+        .output()
+        .context("ldd (apt-get install nginx-light)")?;
+    let mut files = vec![nginx.to_owned()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.to_owned());
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in &files {
+        let mut p = std::path::Path::new(f).parent();
+        while let Some(d) = p.filter(|d| *d != std::path::Path::new("/")) {
+            dirs.insert(d.to_string_lossy().trim_start_matches('/').to_owned());
+            p = d.parent();
+        }
+    }
+    dirs.extend(["www".to_owned(), "tmp".to_owned(), "etc".to_owned()]);
+    let mut layer = Layer::new();
+    for d in &dirs {
+        layer = layer.dir(d, 0o755);
+    }
+    for f in &files {
+        let data = std::fs::read(f).with_context(|| format!("reading {f}"))?;
+        layer = layer.file(f.trim_start_matches('/'), &data, 0o755);
+    }
+    let conf = "daemon off;\nuser root;\nworker_processes 2;\npid /tmp/nginx.pid;\n\
+        error_log stderr;\nevents { worker_connections 4096; }\n\
+        http { access_log off; client_body_temp_path /tmp/body; proxy_temp_path /tmp/proxy;\n\
+        fastcgi_temp_path /tmp/fcgi; uwsgi_temp_path /tmp/uwsgi; scgi_temp_path /tmp/scgi;\n\
+        keepalive_requests 100000;\n\
+        server { listen 8080; listen [::]:8080; root /www; } }\n";
+    Ok(layer
+        .file("etc/nginx-bench.conf", conf.as_bytes(), 0o644)
+        .file("www/index.html", b"hello from a machine\n", 0o644))
 }

@@ -1,0 +1,292 @@
+//! Density: many idle machines on one host, and what they cost.
+//!
+//! One `hangard`; an app `web` with one machine serving HTTP (nginx) behind
+//! the proxy, and an app `idle` whose machines run `sleep` (32 MB guests),
+//! all on `idle`'s one private network. With one idle machine, then with
+//! `MACHINES` of them (created 10 at a time, each until `started`), the
+//! same reads with `wrk -t2 -c32`: `GET` of one machine, `GET` of the list
+//! of `web` (one machine), and requests to `web` through the proxy; the
+//! ratio between the two states is what the machines present cost a
+//! request. Beside them: hangard's RSS, the host's memory per idle machine
+//! (`MemAvailable` before and after), and how much of it is the machines'
+//! own (their cgroups' memory, `hangar_machine_memory_bytes`). Then every
+//! idle machine is destroyed, 10 at a time.
+//!
+//! Run it through `bench/density.sh`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hangar_api_types::{CreateMachineRequest, MachineConfig};
+use hangar_bench::{median, nginx_layer, wrk_with};
+use hangar_test_utils::daemon::Daemon;
+use hangar_test_utils::image::ImageBuilder;
+use hangar_test_utils::registry::Registry;
+
+const CLIENTS: usize = 10;
+
+/// Runs `op` on every item with `CLIENTS` at a time; items per second.
+async fn rate<T, F, Fut>(items: Vec<T>, op: F) -> anyhow::Result<f64>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let n = items.len();
+    let op = Arc::new(op);
+    let queue = Arc::new(std::sync::Mutex::new(items));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (op, queue) = (op.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some(item) = next else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                op(item).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// A `kB` field of a `/proc` file, in MiB.
+fn proc_kb(path: &str, field: &str) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(path)?;
+    let kb: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("{field} in {path}"))?;
+    Ok(kb / 1024.0)
+}
+
+/// The host's available memory, once the kernel has let go of what it
+/// frees lazily (namespaces, cgroups): the median of a few readings.
+async fn mem_available() -> anyhow::Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        v.push(proc_kb("/proc/meminfo", "MemAvailable:")?);
+    }
+    Ok(median(v))
+}
+
+/// The sum of the machines' own memory (their cgroups), from the metrics.
+async fn machines_memory(d: &Daemon, app: &str) -> anyhow::Result<f64> {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", d.url))
+        .bearer_auth(&d.token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let prefix = format!("hangar_machine_memory_bytes{{app=\"{app}\",");
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / (1024.0 * 1024.0))
+}
+
+struct Reads {
+    one: Vec<f64>,
+    list: Vec<f64>,
+    proxy: Vec<f64>,
+}
+
+async fn reads(d: &Daemon, one: &str, runs: usize, seconds: u32) -> anyhow::Result<Reads> {
+    let auth = format!("Authorization: Bearer {}", d.token);
+    let targets = [
+        (
+            format!("{}/v1/apps/idle/machines/{one}", d.url),
+            auth.clone(),
+        ),
+        (format!("{}/v1/apps/web/machines", d.url), auth),
+        (
+            format!("http://{}/", d.proxy_http),
+            "Host: web.localhost".to_owned(),
+        ),
+    ];
+    let mut out = Reads {
+        one: Vec::new(),
+        list: Vec::new(),
+        proxy: Vec::new(),
+    };
+    for _ in 0..runs {
+        for (i, (url, header)) in targets.iter().enumerate() {
+            let (url, headers) = (url.clone(), vec![header.clone()]);
+            let w = tokio::task::spawn_blocking(move || wrk_with(&url, &headers, seconds, 32))
+                .await??;
+            anyhow::ensure!(
+                w.non_2xx == 0 && w.socket_errors == 0,
+                "{} non-2xx answers and {} socket errors from {}",
+                w.non_2xx,
+                w.socket_errors,
+                targets[i].0
+            );
+            [&mut out.one, &mut out.list, &mut out.proxy][i].push(w.rps);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let machines: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let seconds: u32 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(5);
+    anyhow::ensure!(machines >= 2, "at least 2 machines");
+
+    let reg = Registry::start().await;
+    reg.push("bench/bb", "v1", &ImageBuilder::busybox().build())
+        .await;
+    reg.push(
+        "bench/web",
+        "v1",
+        &ImageBuilder::busybox().layer(nginx_layer()?).build(),
+    )
+    .await;
+    let d = Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--proxy-idle-timeout".into(),
+        "1h".into(),
+    ])
+    .await;
+    let pid = d.pid().context("hangard's pid")?;
+    let rss = || proc_kb(&format!("/proc/{pid}/status"), "VmRSS:");
+    let c = d.client();
+    c.create_app("web").await?;
+    c.create_app("idle").await?;
+    let web: MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": format!("{}/bench/web:v1", reg.addr),
+        "init": {"cmd": ["/usr/sbin/nginx", "-c", "/etc/nginx-bench.conf", "-p", "/tmp"]},
+        "services": [{"internal_port": 8080, "autostart": true,
+            "concurrency": {"type": "requests", "soft_limit": 10000, "hard_limit": 10000},
+            "ports": [{"port": 80, "handlers": ["http"]}]}],
+    }))?;
+    let m = c
+        .create_machine(
+            "web",
+            &CreateMachineRequest {
+                config: Some(web),
+                ..Default::default()
+            },
+        )
+        .await?;
+    c.wait_machine("web", &m.id, &["started"], Duration::from_secs(60))
+        .await?;
+    let idle = CreateMachineRequest {
+        config: Some(serde_json::from_value(serde_json::json!({
+            "image": format!("{}/bench/bb:v1", reg.addr),
+            "init": {"cmd": ["/bin/sleep", "1000000"]},
+            "restart": {"policy": "no"},
+            "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 32},
+        }))?),
+        ..Default::default()
+    };
+    let create = |c: hangar_client::Client, req: CreateMachineRequest| async move {
+        let id = c.create_machine("idle", &req).await?.id;
+        c.wait_machine("idle", &id, &["started"], Duration::from_secs(300))
+            .await
+            .with_context(|| format!("{id} to be started"))?;
+        Ok::<_, anyhow::Error>(id)
+    };
+    let first = create(c.clone(), idle.clone()).await?;
+    // Warm every path, then measure with one idle machine.
+    reads(&d, &first, 1, 1).await?;
+    let mem0 = mem_available().await?;
+    let own0 = machines_memory(&d, "idle").await?;
+    let rss0 = rss()?;
+    let before = reads(&d, &first, runs, seconds).await?;
+
+    let made = Arc::new(std::sync::Mutex::new(vec![first.clone()]));
+    let create_rate = {
+        let (c, made) = (c.clone(), made.clone());
+        rate((1..machines).collect(), move |_| {
+            let (c, idle, made) = (c.clone(), idle.clone(), made.clone());
+            async move {
+                let id = create(c, idle).await?;
+                made.lock().unwrap().push(id);
+                Ok(())
+            }
+        })
+        .await?
+    };
+    let present = c.list_machines("idle", &Default::default()).await?.len();
+    anyhow::ensure!(present == machines, "{present} machines, not {machines}");
+    let mem1 = mem_available().await?;
+    let own1 = machines_memory(&d, "idle").await?;
+    let rss1 = rss()?;
+    let after = reads(&d, &first, runs, seconds).await?;
+    let rss2 = rss()?;
+
+    let ids: Vec<String> = made.lock().unwrap().clone();
+    let destroy_rate = {
+        let c = c.clone();
+        rate(ids, move |id| {
+            let c = c.clone();
+            async move {
+                c.destroy_machine("idle", &id, true).await?;
+                c.wait_machine("idle", &id, &["destroyed"], Duration::from_secs(300))
+                    .await
+                    .with_context(|| format!("{id} to be destroyed"))?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+
+    let added = (machines - 1) as f64;
+    let per_machine = (mem0 - mem1) / added;
+    let own_per_machine = (own1 - own0) / added;
+    println!(
+        "\nDensity: {machines} idle machines in one app (32 MB guests running sleep), \
+         wrk -t2 -c32, {seconds}s x {runs} runs, medians"
+    );
+    println!(
+        "  {:<42} {:>12} {:>14} {:>8}",
+        "",
+        "1 machine",
+        format!("{machines} machines"),
+        "ratio"
+    );
+    for (what, b, a) in [
+        ("GET one machine (req/s)", before.one, after.one),
+        (
+            "GET list of another app, 1 machine",
+            before.list,
+            after.list,
+        ),
+        ("proxy to another app's machine", before.proxy, after.proxy),
+    ] {
+        let (b, a) = (median(b), median(a));
+        println!("  {what:<42} {b:>12.0} {a:>14.0} {:>7.2}x", a / b);
+    }
+    println!(
+        "  {:<42} {rss0:>12.1} {rss1:>14.1}   (after the reads: {rss2:.1} MiB)",
+        "hangard RSS (MiB)"
+    );
+    println!(
+        "  host memory per idle machine             {per_machine:>8.2} MiB, of which the machine's own \
+         (its cgroup) {own_per_machine:.2} MiB, beyond it {:.2} MiB",
+        per_machine - own_per_machine
+    );
+    println!(
+        "  hangard RSS per machine                  {:>8.1} KiB",
+        (rss1 - rss0) * 1024.0 / added
+    );
+    println!("  created, until started                   {create_rate:>8.1} /s (10 clients)");
+    println!("  destroyed, until destroyed               {destroy_rate:>8.1} /s (10 clients)");
+    Ok(())
+}
