@@ -97,6 +97,21 @@ async fn machines_memory(d: &Daemon, app: &str) -> anyhow::Result<f64> {
         / (1024.0 * 1024.0))
 }
 
+/// hangard's CPU use while nothing is asked of it, over `secs` seconds,
+/// in percent of one core (utime + stime of all its threads).
+async fn idle_cpu(pid: u32, secs: u64) -> anyhow::Result<f64> {
+    let ticks = || -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Ok(f[11].parse::<f64>()? + f[12].parse::<f64>()?)
+    };
+    let hz = 100.0; // USER_HZ on Linux
+    let t0 = ticks()?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    Ok((ticks()? - t0) / hz / secs as f64 * 100.0)
+}
+
 struct Reads {
     one: Vec<f64>,
     list: Vec<f64>,
@@ -208,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
     let mem0 = mem_available().await?;
     let own0 = machines_memory(&d, "idle").await?;
     let rss0 = rss()?;
+    let cpu0 = idle_cpu(pid, 10).await?;
     let before = reads(&d, &first, runs, seconds).await?;
 
     let made = Arc::new(std::sync::Mutex::new(vec![first.clone()]));
@@ -228,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
     let mem1 = mem_available().await?;
     let own1 = machines_memory(&d, "idle").await?;
     let rss1 = rss()?;
+    let cpu1 = idle_cpu(pid, 10).await?;
     let after = reads(&d, &first, runs, seconds).await?;
     let rss2 = rss()?;
 
@@ -276,6 +293,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  {:<42} {rss0:>12.1} {rss1:>14.1}   (after the reads: {rss2:.1} MiB)",
         "hangard RSS (MiB)"
+    );
+    println!(
+        "  {:<42} {cpu0:>11.1}% {cpu1:>13.1}%   (of one core, over 10 s)",
+        "hangard CPU while idle"
     );
     println!(
         "  host memory per idle machine             {per_machine:>8.2} MiB, of which the machine's own \
