@@ -363,6 +363,7 @@ async fn file(inner: &Arc<Inner>, plan: Plan) -> Result<crate::Image, ImageError
         &RefEntry {
             digest: plan.digest.clone(),
             source: Source::Import,
+            served: None,
         },
     )?;
     tracing::info!(image = %plan.name, digest = %plan.digest, "image imported");

@@ -320,6 +320,10 @@ enum Source {
 struct RefEntry {
     digest: String,
     source: Source,
+    /// What the registry answered for the tag when it was last pulled (an
+    /// index's digest where `digest` is its platform manifest's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    served: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -353,6 +357,7 @@ struct Inner {
     credentials: Credentials,
     pulls: Mutex<HashMap<String, PullFuture>>,
     pull_count: std::sync::atomic::AtomicU64,
+    unchanged_count: std::sync::atomic::AtomicU64,
     local: Option<Arc<dyn LocalRegistry>>,
     local_pull_count: std::sync::atomic::AtomicU64,
     /// The other hosts of a cluster, whose registries answer over plain
@@ -400,6 +405,7 @@ impl ImageStore {
                 credentials: opts.credentials,
                 pulls: Mutex::new(HashMap::new()),
                 pull_count: std::sync::atomic::AtomicU64::new(0),
+                unchanged_count: std::sync::atomic::AtomicU64::new(0),
                 local: opts.local,
                 local_pull_count: std::sync::atomic::AtomicU64::new(0),
                 peers: std::sync::OnceLock::new(),
@@ -523,6 +529,14 @@ impl ImageStore {
     pub fn pull_count(&self) -> u64 {
         self.inner
             .pull_count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many of those pulls found, with one `HEAD` of the tag, that it
+    /// still names the image stored for it (nothing more fetched).
+    pub fn unchanged_count(&self) -> u64 {
+        self.inner
+            .unchanged_count
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -931,6 +945,18 @@ impl Inner {
         self.pull_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(image = %name, "pulling image");
+        // A tag that still names what was pulled for it before is
+        // answered by one HEAD of the manifest (what the registry serves
+        // for the tag), not the manifest and the config again.
+        let served = match name.digest {
+            Some(_) => None,
+            None => client.fetch_manifest_digest(&reference, &auth).await.ok(),
+        };
+        if let Some(served) = &served {
+            if let Some(img) = self.still_current(name, served)? {
+                return Ok(img);
+            }
+        }
         let (manifest, digest, config) = client
             .pull_manifest_and_config(&reference, &auth)
             .await
@@ -976,7 +1002,27 @@ impl Inner {
             .buffered(3)
             .try_collect()
             .await?;
-        self.file_pulled(name, digest, image_config, layers)
+        self.file_pulled(name, digest, image_config, layers, served.as_deref())
+    }
+
+    /// The image the tag of `name` was pulled as, if the registry still
+    /// serves `served` for it and the image is complete here.
+    fn still_current(&self, name: &ImageName, served: &str) -> Result<Option<Image>, ImageError> {
+        let Some(r) = self.read_ref(&name.key())? else {
+            return Ok(None);
+        };
+        if r.source != Source::Registry
+            || !(r.digest == served || r.served.as_deref() == Some(served))
+        {
+            return Ok(None);
+        }
+        let img = self.load_complete(&r.digest)?;
+        if img.is_some() {
+            self.unchanged_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(image = %name, digest = %r.digest, "tag unchanged in the registry");
+        }
+        Ok(img)
     }
 
     /// Files an image whose layers are all unpacked: its record, and its tag
@@ -987,6 +1033,7 @@ impl Inner {
         digest: String,
         config: ImageConfig,
         layers: Vec<LayerRecord>,
+        served: Option<&str>,
     ) -> Result<Image, ImageError> {
         let rec = ImageRecord {
             registry: name.registry.clone(),
@@ -999,9 +1046,13 @@ impl Inner {
         // A tag that still names the image we have needs no new records.
         let known = self.read_record(&digest)?.is_some();
         let current = name.tag.is_none()
-            || self
-                .read_ref(&name.key())?
-                .is_some_and(|r| r.digest == digest && r.source == Source::Registry);
+            || self.read_ref(&name.key())?.is_some_and(|r| {
+                r.digest == digest
+                    && r.source == Source::Registry
+                    && (served.is_none()
+                        || r.served.as_deref() == served
+                        || served == Some(&*digest))
+            });
         if !known {
             self.write_record(&rec)?;
         }
@@ -1011,6 +1062,7 @@ impl Inner {
                 &RefEntry {
                     digest: digest.clone(),
                     source: Source::Registry,
+                    served: served.map(str::to_owned),
                 },
             )?;
         }

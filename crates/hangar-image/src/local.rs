@@ -163,5 +163,5 @@ pub(crate) async fn pull(
         });
     }
     tracing::info!(image = %name, digest = %m.digest, "image read from this host's registry");
-    inner.file_pulled(name, m.digest, image_config, layers)
+    inner.file_pulled(name, m.digest, image_config, layers, None)
 }

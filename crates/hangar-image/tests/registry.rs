@@ -126,6 +126,14 @@ async fn multi_arch_index_picks_linux_amd64() {
         .unwrap();
     assert_eq!(got.digest, amd.digest());
     assert_eq!(std::fs::read(got.layers[1].join("arch")).unwrap(), b"amd64");
+    // Resolved again: the registry still serves the same index for the tag
+    // (its digest is not the platform manifest's), so nothing is fetched.
+    let again = s
+        .resolve(&format!("{}/test/multi", reg.addr))
+        .await
+        .unwrap();
+    assert_eq!(again.digest, amd.digest());
+    assert_eq!(s.unchanged_count(), 1);
 
     reg.push_index("test/armonly", "latest", &[(&arm, "linux", "arm64")])
         .await;
@@ -153,6 +161,22 @@ async fn concurrent_resolves_share_one_pull() {
         assert_eq!(r.as_ref().unwrap().digest, img.digest());
     }
     assert_eq!(s.pull_count(), 1);
+    assert_eq!(s.unchanged_count(), 0);
+
+    // The tag checked again: one HEAD finds it unchanged.
+    assert_eq!(s.resolve(&name).await.unwrap().digest, img.digest());
+    assert_eq!(s.unchanged_count(), 1);
+    // Moved to another image: pulled whole.
+    let moved = ImageBuilder::busybox()
+        .layer(Layer::new().file("moved", b"yes", 0o644))
+        .build();
+    reg.push("test/once", "v1", &moved).await;
+    let got = s.resolve(&name).await.unwrap();
+    assert_eq!(got.digest, moved.digest());
+    assert_eq!(s.unchanged_count(), 1);
+    assert_eq!(std::fs::read(got.layers[1].join("moved")).unwrap(), b"yes");
+    assert_eq!(s.resolve(&name).await.unwrap().digest, moved.digest());
+    assert_eq!(s.unchanged_count(), 2);
 }
 
 #[tokio::test]
