@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use hangar_api_types::{App, CreateAppRequest, ListAppsResponse};
 
 // Types named only in the OpenAPI annotations below.
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params};
 use crate::{ApiState, views};
@@ -23,7 +24,7 @@ fn view(s: &ApiState, rec: &hangar_agent::AppRecord) -> ApiResult<App> {
 /// `GET /v1/apps?org_slug=`.
 #[utoipa::path(get, path = "/v1/apps", operation_id = "Apps_list", tag = "Apps", params(("org_slug" = Option<String>, Query, description = "Organization (default personal)")), responses((status = 200, body = ListAppsResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn list(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ListAppsResponse>> {
     let p = Params::parse(q.as_deref());
@@ -46,7 +47,7 @@ pub async fn list(
 /// `POST /v1/apps` (accepts `name` or `app_name`).
 #[utoipa::path(post, path = "/v1/apps", operation_id = "Apps_create", tag = "Apps", request_body = CreateAppRequest, responses((status = 201, body = App), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse)))]
 pub async fn create(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Body(req): Body<CreateAppRequest>,
 ) -> ApiResult<(StatusCode, Json<App>)> {
     let name = req
@@ -65,7 +66,7 @@ pub async fn create(
 
 /// `GET /v1/apps/{app}`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}", operation_id = "Apps_show", tag = "Apps", params(("app_name" = String, Path, description = "App name")), responses((status = 200, body = App), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
-pub async fn get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResult<Json<App>> {
+pub async fn get(State(s): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<App>> {
     let rec = s.agent.get_app(&app)?;
     Ok(Json(view(&s, &rec)?))
 }
@@ -73,7 +74,7 @@ pub async fn get(State(s): State<ApiState>, Path(app): Path<String>) -> ApiResul
 /// `DELETE /v1/apps/{app}?force=`.
 #[utoipa::path(delete, path = "/v1/apps/{app_name}", operation_id = "Apps_delete", tag = "Apps", params(("app_name" = String, Path, description = "App name"), ("force" = Option<bool>, Query, description = "Destroy its machines too")), responses((status = 202, description = "Deleted"), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn delete(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<StatusCode> {

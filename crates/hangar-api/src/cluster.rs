@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode};
 
+use crate::Shared;
 use crate::{ApiError, ApiState};
 
 /// Marks a request one host sent to another.
@@ -70,7 +71,7 @@ impl ClusterApi {
 }
 
 /// The routing middleware (inside authentication).
-pub async fn route(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+pub async fn route(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let Some(c) = s.cluster.clone() else {
         return next.run(req).await;
     };

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use hangar_agent::AgentError;
 use hangar_api_types::{ErrorResponse, HostView, HostsResponse};
 
+use crate::Shared;
 use crate::{ApiState, error::ApiResult};
 
 fn view(h: hangar_cluster::HostInfo, c: &hangar_cluster::Cluster) -> HostView {
@@ -38,7 +39,7 @@ fn view(h: hangar_cluster::HostInfo, c: &hangar_cluster::Cluster) -> HostView {
 
 /// `GET /v1/hangar/hosts`.
 #[utoipa::path(get, path = "/v1/hangar/hosts", operation_id = "Hosts_list", tag = "Hangar", responses((status = 200, body = HostsResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "An app token", body = ErrorResponse)))]
-pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<HostsResponse>> {
+pub async fn list(State(s): State<Shared>) -> ApiResult<Json<HostsResponse>> {
     if let Some(c) = &s.cluster {
         let hosts = c
             .cluster
@@ -103,15 +104,12 @@ async fn set_drained(s: &ApiState, id: &str, drained: bool) -> ApiResult<Json<Ho
 /// `POST /v1/hangar/hosts/{id}/drain`: the host takes no new machines
 /// (those it runs stay).
 #[utoipa::path(post, path = "/v1/hangar/hosts/{id}/drain", operation_id = "Hosts_drain", tag = "Hangar", params(("id" = String, Path, description = "Host id")), responses((status = 200, body = HostView), (status = 404, description = "No such host", body = ErrorResponse), (status = 412, description = "Not a cluster", body = ErrorResponse)))]
-pub async fn drain(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<HostView>> {
+pub async fn drain(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<HostView>> {
     set_drained(&s, &id, true).await
 }
 
 /// `POST /v1/hangar/hosts/{id}/undrain`: the host takes new machines again.
 #[utoipa::path(post, path = "/v1/hangar/hosts/{id}/undrain", operation_id = "Hosts_undrain", tag = "Hangar", params(("id" = String, Path, description = "Host id")), responses((status = 200, body = HostView), (status = 404, description = "No such host", body = ErrorResponse), (status = 412, description = "Not a cluster", body = ErrorResponse)))]
-pub async fn undrain(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<HostView>> {
+pub async fn undrain(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult<Json<HostView>> {
     set_drained(&s, &id, false).await
 }

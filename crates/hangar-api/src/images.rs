@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 // Types named only in the OpenAPI annotations below.
 use crate::ApiState;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Params;
 #[allow(unused_imports)]
@@ -32,7 +33,7 @@ fn image_error(e: hangar_image::ImageError) -> ApiError {
 
 /// `GET /v1/hangar/images`.
 #[utoipa::path(get, path = "/v1/hangar/images", operation_id = "Images_list", tag = "Hangar extensions", responses((status = 200, body = Vec<ImageSummary>), (status = 401, description = "No or bad token", body = ErrorResponse)))]
-pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<Vec<ImageSummary>>> {
+pub async fn list(State(s): State<Shared>) -> ApiResult<Json<Vec<ImageSummary>>> {
     let images = store(&s)?.list().map_err(image_error)?;
     Ok(Json(
         images
@@ -50,7 +51,7 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<Vec<ImageSummary>
 /// `POST /v1/hangar/images/import?name=NAME:TAG`, body: a tar stream.
 #[utoipa::path(post, path = "/v1/hangar/images/import", operation_id = "Images_import", tag = "Hangar extensions", params(("name" = Option<String>, Query, description = "NAME[:TAG] to file the image under")), request_body(content = Vec<u8>, content_type = "application/x-tar", description = "An OCI layout, OCI archive or Docker archive as a tar stream"), responses((status = 200, body = ImageSummary), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
 pub async fn import(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     RawQuery(q): RawQuery,
     body: HttpBody,
 ) -> ApiResult<Json<ImageSummary>> {
@@ -104,7 +105,7 @@ pub async fn import(
 /// still be coming).
 #[utoipa::path(post, path = "/v1/hangar/images/prune", operation_id = "Images_prune", tag = "Hangar extensions", responses((status = 200, body = PruneReport), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "Not the admin token", body = ErrorResponse), (status = 404, description = "No registry", body = ErrorResponse)))]
 pub async fn prune(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     axum::Extension(who): axum::Extension<crate::Principal>,
 ) -> ApiResult<Json<PruneReport>> {
     if who != crate::Principal::Admin {

@@ -49,6 +49,11 @@ use hangar_agent::Agent;
 
 pub use error::ApiError;
 
+/// What every handler is given: the state behind one reference count (a
+/// request clones it for the authentication, the cluster routing and the
+/// handler; one atomic add each, not one per field).
+pub(crate) type Shared = std::sync::Arc<ApiState>;
+
 /// Shared state of all handlers.
 #[derive(Clone)]
 pub struct ApiState {
@@ -190,6 +195,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
+    let state: Shared = std::sync::Arc::new(state);
     let v1 = Router::new()
         .route("/apps", get(apps::list).post(apps::create))
         .route("/apps/{app}", get(apps::get).delete(apps::delete))
@@ -357,7 +363,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+async fn authenticate(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
     // A bearer token, or else the dashboard's session cookie.
     let cookie = match req.headers().get(http::header::AUTHORIZATION) {
         Some(_) => None,

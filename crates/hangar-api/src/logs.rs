@@ -11,7 +11,7 @@ use bytes::Bytes;
 use hangar_agent::logs::{LogQuery, LogRecord};
 use hangar_api_types::LogEntry;
 
-use crate::ApiState;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Params;
 // Types named only in the OpenAPI annotations below.
@@ -34,7 +34,7 @@ fn line(r: LogRecord) -> Bytes {
 /// `GET /v1/hangar/apps/{app}/logs?machine_id=&since=&tail=&follow=`.
 #[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/logs", operation_id = "Logs_list", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("machine_id" = Option<String>, Query, description = "Only this machine (id or name; `instance` works too)"), ("since" = Option<String>, Query, description = "Only lines at or after this RFC 3339 time"), ("tail" = Option<i64>, Query, description = "At most this many of the newest lines (default 100, at most 10000)"), ("follow" = Option<bool>, Query, description = "Keep the response open and stream new lines")), responses((status = 200, description = "One LogEntry per line", content_type = "application/x-ndjson", body = LogEntry), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn logs(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {

@@ -18,9 +18,10 @@ use hangar_api_types::{
 use hangar_core::Signal;
 
 // Types named only in the OpenAPI annotations below.
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params, parse_config, parse_signal, present, stop_options};
-use crate::{ApiState, Principal, views};
+use crate::{Principal, views};
 #[allow(unused_imports)]
 use hangar_api_types::*;
 
@@ -36,7 +37,7 @@ pub(crate) fn nonce(headers: &HeaderMap) -> Option<String> {
 /// `POST /v1/apps/{app}/machines/{id}`: full config replacement.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}", operation_id = "Machines_update", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), request_body = UpdateMachineRequest, responses((status = 200, body = Machine), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn update(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     Body(req): Body<UpdateMachineRequest>,
@@ -69,7 +70,7 @@ pub async fn update(
 /// `GET .../versions`, newest first.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/versions", operation_id = "Machines_list_versions", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = Vec<MachineVersion>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn versions(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<MachineVersion>>> {
     let v = s.agent.machine_versions(&app, &id)?;
@@ -87,7 +88,7 @@ pub async fn versions(
 /// or the body.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/restart", operation_id = "Machines_restart", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased"), ("signal" = Option<String>, Query, description = "Stop signal"), ("timeout" = Option<String>, Query, description = "Time before SIGKILL"), ("force_stop" = Option<bool>, Query, description = "Kill at once")), request_body = RestartRequest, responses((status = 200, body = OkResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn restart(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -106,7 +107,7 @@ pub async fn restart(
 /// `POST .../signal` with a signal name or number.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/signal", operation_id = "Machines_signal", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = SignalRequest, responses((status = 200, body = OkResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn signal(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     Body(req): Body<SignalRequest>,
 ) -> ApiResult<Json<OkResponse>> {
@@ -120,7 +121,7 @@ pub async fn signal(
 /// `POST .../suspend`: freezes the machine's processes.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/suspend", operation_id = "Machines_suspend", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn suspend(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<OkResponse>> {
@@ -133,7 +134,7 @@ pub async fn suspend(
 /// `POST .../cordon`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/cordon", operation_id = "Machines_cordon", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn cordon(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<OkResponse>> {
@@ -145,7 +146,7 @@ pub async fn cordon(
 /// `POST .../uncordon`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/uncordon", operation_id = "Machines_uncordon", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn uncordon(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<OkResponse>> {
@@ -175,7 +176,7 @@ fn envelope<T>(data: T) -> LeaseEnvelope<T> {
 /// `fly machine leases clear` reads it to release a stuck lease.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", operation_id = "Machines_show_lease", tag = "Leases", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = LeaseEnvelope<Lease>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get_lease(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<LeaseEnvelope<Lease>>> {
     let l = s
@@ -189,7 +190,7 @@ pub async fn get_lease(
 /// `ttl` in seconds comes from the query (fly-go) or the body (the spec).
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", operation_id = "Machines_create_lease", tag = "Leases", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased"), ("ttl" = Option<i64>, Query, description = "Seconds (also in the body)")), request_body = CreateLeaseRequest, responses((status = 201, description = "Acquired", body = LeaseEnvelope<Lease>), (status = 200, description = "Refreshed", body = LeaseEnvelope<Lease>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse)))]
 pub async fn acquire_lease(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -228,7 +229,7 @@ pub async fn acquire_lease(
 /// `DELETE .../lease` with the nonce header.
 #[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}/lease", operation_id = "Machines_release_lease", tag = "Leases", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = LeaseEnvelope<OkResponse>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse)))]
 pub async fn release_lease(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<LeaseEnvelope<OkResponse>>> {
@@ -240,7 +241,7 @@ pub async fn release_lease(
 /// `GET .../metadata`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", operation_id = "Machines_show_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = BTreeMap<String, String>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get_metadata(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<BTreeMap<String, String>>> {
     Ok(Json(s.agent.get_metadata(&app, &id)?))
@@ -249,7 +250,7 @@ pub async fn get_metadata(
 /// `PUT/PATCH .../metadata`: upserts; null or empty values remove keys.
 #[utoipa::path(method(put, patch), path = "/v1/apps/{app_name}/machines/{machine_id}/metadata", operation_id = "Machines_update_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = UpdateMetadataRequest, responses((status = 204, description = "Updated"), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn update_metadata(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     Body(req): Body<UpdateMetadataRequest>,
 ) -> ApiResult<StatusCode> {
@@ -263,7 +264,7 @@ pub async fn update_metadata(
 /// `GET .../metadata/{key}`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", operation_id = "Machines_get_metadata_key", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("key" = String, Path, description = "Metadata key")), responses((status = 200, body = MetadataValueResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get_metadata_key(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id, key)): Path<(String, String, String)>,
 ) -> ApiResult<Json<MetadataValueResponse>> {
     let md = s.agent.get_metadata(&app, &id)?;
@@ -277,7 +278,7 @@ pub async fn get_metadata_key(
 /// `POST .../metadata/{key}` with `{value}`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", operation_id = "Machines_upsert_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("key" = String, Path, description = "Metadata key")), request_body = UpsertMetadataKeyRequest, responses((status = 204, description = "Set"), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn set_metadata_key(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id, key)): Path<(String, String, String)>,
     Body(req): Body<UpsertMetadataKeyRequest>,
 ) -> ApiResult<StatusCode> {
@@ -293,7 +294,7 @@ pub async fn set_metadata_key(
 /// `DELETE .../metadata/{key}`.
 #[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}/metadata/{key}", operation_id = "Machines_delete_metadata", tag = "Metadata", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("key" = String, Path, description = "Metadata key")), responses((status = 204, description = "Removed"), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn delete_metadata_key(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id, key)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let mut changes = BTreeMap::new();
@@ -309,7 +310,7 @@ const MAX_EXEC_TIMEOUT: i64 = 600;
 /// `timeout` in seconds.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/exec", operation_id = "Machines_exec", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = MachineExecRequest, responses((status = 200, body = ExecResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 408, description = "Deadline exceeded", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn exec(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     Body(req): Body<MachineExecRequest>,
 ) -> ApiResult<Json<ExecResponse>> {
@@ -413,7 +414,7 @@ fn split_words(line: &str) -> Option<Vec<String>> {
 /// (asc, desc).
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/ps", operation_id = "Machines_list_processes", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("sort_by" = Option<String>, Query, description = "pid, cpu, rss, rtime or command"), ("order" = Option<String>, Query, description = "asc or desc")), responses((status = 200, body = Vec<ProcessStat>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn ps(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<ProcessStat>>> {
@@ -472,7 +473,7 @@ fn memory_view(m: hangar_runtime::MemoryInfo) -> MemoryResponse {
 /// `GET .../memory`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/memory", operation_id = "Machines_get_memory", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = MemoryResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn memory(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<MemoryResponse>> {
     Ok(Json(memory_view(s.agent.memory(&app, &id).await?)))
@@ -481,7 +482,7 @@ pub async fn memory(
 /// `PUT .../memory` with `{limit_mb}`: changes the running machine's limit.
 #[utoipa::path(put, path = "/v1/apps/{app_name}/machines/{machine_id}/memory", operation_id = "Machines_set_memory_limit", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), request_body = SetMemoryLimitRequest, responses((status = 200, body = MemoryResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn set_memory(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     Body(req): Body<SetMemoryLimitRequest>,
 ) -> ApiResult<Json<MemoryResponse>> {

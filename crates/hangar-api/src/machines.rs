@@ -15,6 +15,7 @@ use hangar_api_types::{
 use hangar_core::MachineState;
 
 // Types named only in the OpenAPI annotations below.
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params, parse_config, stop_options};
 use crate::machine_ops::nonce;
@@ -35,7 +36,7 @@ fn full_view(s: &ApiState, rec: hangar_agent::MachineRecord) -> ApiResult<Machin
 /// `summary` and `metadata.KEY=VALUE` filters.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines", operation_id = "Machines_list", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("include_deleted" = Option<bool>, Query, description = "Include destroyed machines"), ("region" = Option<String>, Query, description = "Only this region"), ("state" = Option<String>, Query, description = "Comma-separated states"), ("summary" = Option<bool>, Query, description = "Omit config and events")), responses((status = 200, body = Vec<Machine>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn list(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
@@ -86,7 +87,7 @@ fn json_bytes(body: bytes::Bytes) -> Response {
 /// leased, its `nonce` in the response.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines", operation_id = "Machines_create", tag = "Machines", params(("app_name" = String, Path, description = "App name")), request_body = CreateMachineRequest, responses((status = 200, body = Machine), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 422, description = "Unprocessable", body = ErrorResponse)))]
 pub async fn create(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     Extension(who): Extension<Principal>,
     Body(req): Body<CreateMachineRequest>,
@@ -135,7 +136,7 @@ pub async fn create(
 /// `GET /v1/apps/{app}/machines/{id}`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}", operation_id = "Machines_show", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id")), responses((status = 200, body = Machine), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let row = s.agent.get_machine_row(&app, &id)?;
@@ -145,7 +146,7 @@ pub async fn get(
 /// `POST /v1/apps/{app}/machines/{id}/start`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/start", operation_id = "Machines_start", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), responses((status = 200, body = StartResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn start(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Json<StartResponse>> {
@@ -163,7 +164,7 @@ pub async fn start(
 /// `POST /v1/apps/{app}/machines/{id}/stop` with optional `{signal, timeout}`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/machines/{machine_id}/stop", operation_id = "Machines_stop", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased")), request_body = StopRequest, responses((status = 200, body = OkResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn stop(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     headers: HeaderMap,
     Body(req): Body<StopRequest>,
@@ -178,7 +179,7 @@ pub async fn stop(
 /// `DELETE /v1/apps/{app}/machines/{id}?force=` (fly-go sends `kill=`).
 #[utoipa::path(delete, path = "/v1/apps/{app_name}/machines/{machine_id}", operation_id = "Machines_delete", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("fly-machine-lease-nonce" = Option<String>, Header, description = "Nonce of the machine's lease, needed while it is leased"), ("force" = Option<bool>, Query, description = "Kill it if it runs (also `kill`)")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Conflict (leased, busy, taken)", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn destroy(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -194,7 +195,7 @@ pub async fn destroy(
 /// `GET /v1/apps/{app}/machines/{id}/wait?state=&timeout=&version=`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/wait", operation_id = "Machines_wait", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("state" = Option<String>, Query, description = "Desired states, repeated or comma-separated (default started)"), ("timeout" = Option<i64>, Query, description = "Seconds, 1 to 60 (default 60)"), ("version" = Option<String>, Query, description = "Version to wait on")), responses((status = 200, body = WaitMachineResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 408, description = "Deadline exceeded", body = ErrorResponse), (status = 412, description = "Precondition failed", body = ErrorResponse)))]
 pub async fn wait(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<WaitMachineResponse>> {
@@ -262,7 +263,7 @@ pub async fn wait(
 /// `GET /v1/apps/{app}/machines/{id}/events?limit=`, newest first.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/machines/{machine_id}/events", operation_id = "Machines_list_events", tag = "Machines", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("limit" = Option<i64>, Query, description = "Most events (default 20)")), responses((status = 200, body = Vec<MachineEvent>), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn events(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<MachineEvent>>> {

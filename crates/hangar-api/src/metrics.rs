@@ -10,7 +10,8 @@ use hangar_agent::Agent;
 use hangar_metrics::{Collector, DescriptorEncoder, consts};
 use prometheus_client::encoding::EncodeLabelSet;
 
-use crate::{ApiError, ApiState, Principal};
+use crate::Shared;
+use crate::{ApiError, Principal};
 
 /// The content type Prometheus asks for and reads.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -18,7 +19,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics", operation_id = "Metrics_scrape", tag = "Hangar extensions", responses((status = 200, description = "Prometheus' text format (OpenMetrics 1.0): machines by app and state, machine operations, start and stop durations, image pulls, proxy requests by app and status, autostarts and autostops, health checks, each running machine's CPU time and memory", content_type = "application/openmetrics-text", body = String), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 403, description = "Not the admin token", body = hangar_api_types::ErrorResponse)))]
 pub async fn scrape(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     axum::Extension(who): axum::Extension<Principal>,
 ) -> Response {
     if who != Principal::Admin {

@@ -10,9 +10,10 @@ use hangar_api_types::{
 };
 
 // Types named only in the OpenAPI annotations below.
+use crate::Principal;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Params;
-use crate::{ApiState, Principal};
 #[allow(unused_imports)]
 use hangar_api_types::*;
 
@@ -21,7 +22,7 @@ use hangar_api_types::*;
 /// ordered by last change; a page may be short after filtering.
 #[utoipa::path(get, path = "/v1/orgs/{org_slug}/machines", operation_id = "Machines_org_list", tag = "Machines", params(("org_slug" = String, Path, description = "Organization"), ("include_deleted" = Option<bool>, Query, description = "Include destroyed machines"), ("region" = Option<String>, Query, description = "Only this region"), ("state" = Option<String>, Query, description = "Comma-separated states"), ("summary" = Option<bool>, Query, description = "Omit config"), ("updated_after" = Option<String>, Query, description = "RFC 3339"), ("cursor" = Option<String>, Query, description = "From next_cursor"), ("limit" = Option<i64>, Query, description = "At most 1000")), responses((status = 200, body = OrgMachinesResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn org_machines(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(org): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<OrgMachinesResponse>> {
@@ -97,7 +98,7 @@ pub async fn org_machines(
 /// host's, or every region a host of the cluster is in; a region whose
 /// hosts are all down or drained says `(no capacity)`).
 #[utoipa::path(get, path = "/v1/platform/regions", operation_id = "Platform_regions_get", tag = "Platform", responses((status = 200, body = RegionResponse), (status = 401, description = "No or bad token", body = ErrorResponse)))]
-pub async fn regions(State(s): State<ApiState>) -> Json<RegionResponse> {
+pub async fn regions(State(s): State<Shared>) -> Json<RegionResponse> {
     let code = s.agent.region().to_owned();
     let row = |code: &str, name: String| RegionRow {
         name,

@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
 use crate::ApiState;
+use crate::Shared;
 use crate::error::ApiResult;
 
 /// What the API needs of the proxy (hangard's proxy implements it).
@@ -103,10 +104,7 @@ pub fn host_of(s: &ApiState) -> Option<String> {
 
 /// `GET /v1/hangar/apps/{app}/proxy`.
 #[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/proxy", operation_id = "Apps_proxy", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), responses((status = 200, description = "The proxy's view of the app: its machines (in rotation or why not, load, idle time, services) and the last hour's starts, autostarts and autostops", body = AppProxy), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 404, description = "Not found", body = hangar_api_types::ErrorResponse)))]
-pub async fn proxy(
-    State(s): State<ApiState>,
-    Path(app): Path<String>,
-) -> ApiResult<Json<AppProxy>> {
+pub async fn proxy(State(s): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<AppProxy>> {
     s.agent.get_app(&app)?;
     let host = host_of(&s);
     let machines = s

@@ -16,13 +16,14 @@ use axum::routing::{get, post};
 use base64::Engine;
 use hangar_registry::{RegistryError, Storage};
 
+use crate::Shared;
 use crate::extract::Params;
 use crate::{ApiState, Principal};
 
 const API_VERSION: &str = "registry/2.0";
 
 /// The `/v2` routes, with their own authentication.
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: crate::Shared) -> Router {
     Router::new()
         .route("/v2/", get(base))
         .route("/v2", get(base))
@@ -124,7 +125,7 @@ fn token(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
+async fn authenticate(State(s): State<Shared>, mut req: Request, next: Next) -> Response {
     let unauthorized =
         |m: &str| RegErr(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m.into()).into_response();
     let Some(t) = token(req.headers()) else {
@@ -206,7 +207,7 @@ fn created(name: &str, digest: &str) -> Response {
 /// `POST /v2/<name>/blobs/uploads/`: a session, or (`?digest=`) the whole
 /// blob at once; a cross-repository `mount` falls back to a session.
 async fn start_upload(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(name): Path<String>,
     axum::Extension(who): axum::Extension<Principal>,
     RawQuery(q): RawQuery,
@@ -238,7 +239,7 @@ async fn start_upload(
 }
 
 async fn upload_status(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, id)): Path<(String, String)>,
 ) -> RegResult<Response> {
     let size = storage(&s)?.upload_size(&name, &id)?;
@@ -247,7 +248,7 @@ async fn upload_status(
 
 /// `PATCH`: a chunk (in order, with `Content-Range`) or the whole stream.
 async fn upload_chunk(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -281,7 +282,7 @@ async fn upload_chunk(
 
 /// `PUT ?digest=`: commit, with the last bytes (or all of them) in the body.
 async fn upload_commit(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     body: Body,
@@ -301,7 +302,7 @@ async fn upload_commit(
 }
 
 async fn upload_cancel(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, id)): Path<(String, String)>,
 ) -> RegResult<StatusCode> {
     storage(&s)?.cancel(&name, &id)?;
@@ -310,7 +311,7 @@ async fn upload_cancel(
 
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`.
 async fn blob(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, digest)): Path<(String, String)>,
     method: Method,
 ) -> RegResult<Response> {
@@ -354,7 +355,7 @@ async fn blob_delete() -> RegErr {
 /// `GET`/`HEAD /v2/<name>/manifests/<tag or digest>`: as pushed, with its
 /// media type.
 async fn manifest(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, reference)): Path<(String, String)>,
     method: Method,
 ) -> RegResult<Response> {
@@ -379,7 +380,7 @@ async fn manifest(
 const MAX_MANIFEST: usize = 4 << 20;
 
 async fn put_manifest(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, reference)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -412,7 +413,7 @@ async fn put_manifest(
 }
 
 async fn delete_manifest(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((name, reference)): Path<(String, String)>,
 ) -> RegResult<StatusCode> {
     if !reference.starts_with("sha256:") {
@@ -439,7 +440,7 @@ async fn delete_manifest(
 
 /// `GET /v2/<name>/tags/list?n=&last=`.
 async fn tags(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> RegResult<Response> {

@@ -17,9 +17,10 @@ use hangar_core::release::{ReleaseReason, ReleaseStatus};
 use hangar_deploy::{NewRelease, Options, Step};
 use serde_json::Value;
 
+use crate::Principal;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params};
-use crate::{ApiState, Principal};
 // Types named only in the OpenAPI annotations below.
 #[allow(unused_imports)]
 use hangar_api_types::*;
@@ -172,7 +173,7 @@ fn new_release(app: &str, who: &Principal, b: CreateReleaseRequest) -> ApiResult
 /// `GET /v1/apps/{app}/releases`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/releases", operation_id = "Releases_list", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("limit" = Option<i64>, Query, description = "At most this many, newest first (default 25)")), responses((status = 200, body = ListReleasesResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn list(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<ListReleasesResponse>> {
@@ -196,7 +197,7 @@ pub async fn list(
 /// `POST /v1/apps/{app}/releases`: a deploy, run by hangard.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/releases", operation_id = "Releases_create", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("dry_run" = Option<bool>, Query, description = "Only show the plan")), request_body = CreateReleaseRequest, responses((status = 201, description = "Made; hangard runs it", body = Release), (status = 200, description = "dry_run: the plan", body = ReleasePlan), (status = 400, description = "Bad definition or options", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 409, description = "Another release of the app is unfinished", body = ErrorResponse), (status = 422, description = "Image cannot be used", body = ErrorResponse)))]
 pub async fn create(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
@@ -250,7 +251,7 @@ pub async fn create(
 /// `GET /v1/apps/{app}/releases/{id}` (an id, `vN` or `N`).
 #[utoipa::path(get, path = "/v1/apps/{app_name}/releases/{release}", operation_id = "Releases_show", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("release" = String, Path, description = "Release id, or version (`v3` or `3`)")), responses((status = 200, body = Release), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, key)): Path<(String, String)>,
 ) -> ApiResult<Json<Release>> {
     let rel = s.agent.get_release(&app, &key)?;
@@ -266,7 +267,7 @@ pub async fn get(
 /// `POST /v1/apps/{app}/releases/{id}/cancel`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/releases/{release}/cancel", operation_id = "Releases_cancel", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("release" = String, Path, description = "Release id or version")), responses((status = 200, description = "Cancelling: it rolls back what it changed", body = Release), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "It has ended", body = ErrorResponse)))]
 pub async fn cancel(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, key)): Path<(String, String)>,
 ) -> ApiResult<Json<Release>> {
     let rel = s.deploy.cancel(&app, &key)?;
@@ -294,7 +295,7 @@ fn line(e: EventRow) -> Vec<u8> {
 /// `GET /v1/apps/{app}/releases/{id}/events?after=N&follow=true`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/releases/{release}/events", operation_id = "Releases_events", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("release" = String, Path, description = "Release id or version"), ("after" = Option<i64>, Query, description = "Only events after this seq"), ("follow" = Option<bool>, Query, description = "Keep streaming until the release ends")), responses((status = 200, description = "One ReleaseEvent per line", content_type = "application/x-ndjson", body = ReleaseEvent), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn events(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {

@@ -12,6 +12,7 @@ use hangar_api_types::{
     SetAppSecretRequest, SetAppSecretResponse,
 };
 
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Params};
 use crate::{ApiState, Principal};
@@ -65,7 +66,7 @@ fn shown(
 /// `GET /v1/apps/{app}/secrets`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/secrets", operation_id = "Secrets_list", tag = "Secrets", params(("app_name" = String, Path, description = "App name"), ("min_version" = Option<String>, Query, description = "412 until the app's secrets reach this version (`version` works too)"), ("show_secrets" = Option<bool>, Query, description = "Include values (admin token only)")), responses((status = 200, body = AppSecrets), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "show_secrets with an app token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Version not reached", body = ErrorResponse)))]
 pub async fn list(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
@@ -88,7 +89,7 @@ pub async fn list(
 /// `POST /v1/apps/{app}/secrets` with `{"values": {"NAME": "value" | null}}`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/secrets", operation_id = "Secrets_update", tag = "Secrets", params(("app_name" = String, Path, description = "App name")), request_body = AppSecretsUpdateRequest, responses((status = 200, body = AppSecretsUpdateResp), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn update(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     Body(req): Body<AppSecretsUpdateRequest>,
 ) -> ApiResult<Json<AppSecretsUpdateResp>> {
@@ -104,7 +105,7 @@ pub async fn update(
 /// `GET /v1/apps/{app}/secrets/{name}`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/secrets/{secret_name}", operation_id = "Secret_get", tag = "Secrets", params(("app_name" = String, Path, description = "App name"), ("secret_name" = String, Path, description = "Secret name"), ("min_version" = Option<String>, Query, description = "412 until the app's secrets reach this version"), ("show_secrets" = Option<bool>, Query, description = "Include the value (admin token only)")), responses((status = 200, body = AppSecret), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "show_secrets with an app token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Version not reached", body = ErrorResponse)))]
 pub async fn get(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, name)): Path<(String, String)>,
     Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
@@ -119,7 +120,7 @@ pub async fn get(
 /// `POST /v1/apps/{app}/secrets/{name}` with `{"value": "..."}`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/secrets/{secret_name}", operation_id = "Secret_create", tag = "Secrets", params(("app_name" = String, Path, description = "App name"), ("secret_name" = String, Path, description = "Secret name")), request_body = SetAppSecretRequest, responses((status = 201, body = SetAppSecretResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn set(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, name)): Path<(String, String)>,
     Body(req): Body<SetAppSecretRequest>,
 ) -> ApiResult<(StatusCode, Json<SetAppSecretResponse>)> {
@@ -146,7 +147,7 @@ pub async fn set(
 /// `DELETE /v1/apps/{app}/secrets/{name}`.
 #[utoipa::path(delete, path = "/v1/apps/{app_name}/secrets/{secret_name}", operation_id = "Secret_delete", tag = "Secrets", params(("app_name" = String, Path, description = "App name"), ("secret_name" = String, Path, description = "Secret name")), responses((status = 200, body = DeleteAppSecretResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn delete(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, name)): Path<(String, String)>,
 ) -> ApiResult<Json<DeleteAppSecretResponse>> {
     let version = s.agent.delete_secret(&app, &name)?;

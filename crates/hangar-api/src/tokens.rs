@@ -12,6 +12,7 @@ use hangar_api_types::{
 };
 
 // Types named only in the OpenAPI annotations below.
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 use crate::{ApiState, Principal};
@@ -68,7 +69,7 @@ fn view(t: hangar_agent::TokenRow) -> AppToken {
 /// duration): a token that can act on this app only.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/deploy_token", operation_id = "App_create_deploy_token", tag = "Tokens", params(("app_name" = String, Path, description = "App name")), request_body = CreateAppDeployTokenRequest, responses((status = 200, body = CreateAppResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "Another app's token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn deploy_token(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     Extension(who): Extension<Principal>,
     Body(req): Body<CreateAppDeployTokenRequest>,
@@ -85,7 +86,7 @@ pub async fn deploy_token(
 /// themselves).
 #[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/tokens", operation_id = "Tokens_list", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), responses((status = 200, body = Vec<AppToken>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "Another app's token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn list(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<AppToken>>> {
     Ok(Json(
@@ -99,7 +100,7 @@ pub async fn list(
 
 /// `GET /v1/hangar/tokens`: every app's tokens (admin token only).
 #[utoipa::path(get, path = "/v1/hangar/tokens", operation_id = "Tokens_list_all", tag = "Hangar extensions", responses((status = 200, body = Vec<AppToken>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "An app's token", body = ErrorResponse)))]
-pub async fn list_all(State(s): State<ApiState>) -> ApiResult<Json<Vec<AppToken>>> {
+pub async fn list_all(State(s): State<Shared>) -> ApiResult<Json<Vec<AppToken>>> {
     Ok(Json(
         s.agent.list_tokens(None)?.into_iter().map(view).collect(),
     ))
@@ -109,7 +110,7 @@ pub async fn list_all(State(s): State<ApiState>) -> ApiResult<Json<Vec<AppToken>
 /// token, shown once.
 #[utoipa::path(post, path = "/v1/hangar/apps/{app_name}/tokens", operation_id = "Tokens_create", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), request_body = CreateAppTokenRequest, responses((status = 200, body = CreatedAppToken), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "Another app's token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn create(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     Extension(who): Extension<Principal>,
     Body(req): Body<CreateAppTokenRequest>,
@@ -132,7 +133,7 @@ pub async fn create(
 /// tokens, and every token it minted.
 #[utoipa::path(delete, path = "/v1/hangar/apps/{app_name}/tokens/{token_id}", operation_id = "Tokens_revoke", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("token_id" = String, Path, description = "Token id")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "Another app's token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn revoke(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<OkResponse>> {
     s.agent.revoke_token(&id, Some(&app))?;
@@ -143,7 +144,7 @@ pub async fn revoke(
 /// only).
 #[utoipa::path(delete, path = "/v1/hangar/tokens/{token_id}", operation_id = "Tokens_revoke_any", tag = "Hangar extensions", params(("token_id" = String, Path, description = "Token id")), responses((status = 200, body = OkResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 403, description = "An app's token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn revoke_any(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<OkResponse>> {
     s.agent.revoke_token(&id, None)?;

@@ -16,7 +16,7 @@ use axum::response::Response;
 use hangar_runtime::{Terminal, TtyRequest};
 use serde::Deserialize;
 
-use crate::ApiState;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Params;
 // Types named only in the OpenAPI annotations below.
@@ -52,7 +52,7 @@ fn size(p: &Params, key: &str, default: u16) -> ApiResult<u16> {
 /// `GET /v1/hangar/apps/{app}/machines/{id}/exec/tty?command=...&rows=&cols=&term=`.
 #[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/machines/{machine_id}/exec/tty", operation_id = "Machines_exec_tty", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name"), ("machine_id" = String, Path, description = "Machine id"), ("command" = Vec<String>, Query, description = "Program and arguments, one `command` parameter each (default /bin/sh)"), ("rows" = Option<u16>, Query, description = "Terminal height (default 24)"), ("cols" = Option<u16>, Query, description = "Terminal width (default 80)"), ("term" = Option<String>, Query, description = "TERM for the command (default xterm-256color)")), responses((status = 101, description = "WebSocket: binary messages carry terminal bytes both ways; the client sends text {\"resize\":{\"rows\":R,\"cols\":C}}; the server ends with text {\"exit_code\":N}"), (status = 400, description = "Bad request or not a WebSocket request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "The machine is not running", body = ErrorResponse)))]
 pub async fn tty(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 
+use crate::Shared;
 use crate::{ApiError, ApiState};
 
 /// The session cookie's name.
@@ -35,7 +36,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 
 /// The dashboard's routes (outside the API's authentication: the page
 /// itself holds nothing, and logging in is how a session starts).
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: crate::Shared) -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(index))
@@ -70,7 +71,7 @@ struct TokenQuery {
 }
 
 /// `GET /ui/`: the page; with `?token=` it logs in first.
-async fn index(State(s): State<ApiState>, Query(q): Query<TokenQuery>) -> Response {
+async fn index(State(s): State<Shared>, Query(q): Query<TokenQuery>) -> Response {
     if let Some(token) = q.token {
         return start_session(&s, &token);
     }
@@ -91,7 +92,7 @@ struct LoginForm {
 }
 
 /// `POST /ui/login` (the page's form).
-async fn login(State(s): State<ApiState>, axum::Form(f): axum::Form<LoginForm>) -> Response {
+async fn login(State(s): State<Shared>, axum::Form(f): axum::Form<LoginForm>) -> Response {
     start_session(&s, &f.token)
 }
 
@@ -144,7 +145,7 @@ pub fn session_token(headers: &HeaderMap) -> Option<&str> {
 /// to fetch what they show again.
 #[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/watch", operation_id = "Apps_watch", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), responses((status = 200, description = "Server-sent events: `change` with this host's state version, whenever it changes", content_type = "text/event-stream", body = String), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 404, description = "Not found", body = hangar_api_types::ErrorResponse)))]
 pub async fn watch(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     s.agent.get_app(&app)?;

@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use hangar_agent::Agent;
 use serde::{Deserialize, Serialize};
 
-use crate::ApiState;
+use crate::Shared;
 use crate::error::ApiResult;
 
 /// How many samples are kept (ten minutes at the default interval).
@@ -251,10 +251,7 @@ fn app_usage(app: &str) -> AppUsage {
 
 /// `GET /v1/hangar/apps/{app}/usage`.
 #[utoipa::path(get, path = "/v1/hangar/apps/{app_name}/usage", operation_id = "Apps_usage", tag = "Hangar extensions", params(("app_name" = String, Path, description = "App name")), responses((status = 200, description = "The last ten minutes: each running machine's CPU, memory and network (every host's, in a cluster), the app's request rate and latency through this host's proxy (and each host's, in a cluster), and the last hour's start latencies", body = AppUsage), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 404, description = "Not found", body = hangar_api_types::ErrorResponse)))]
-pub async fn usage(
-    State(s): State<ApiState>,
-    Path(app): Path<String>,
-) -> ApiResult<Json<AppUsage>> {
+pub async fn usage(State(s): State<Shared>, Path(app): Path<String>) -> ApiResult<Json<AppUsage>> {
     s.agent.get_app(&app)?;
     let mut u = app_usage(&app);
     let since = hangar_metrics::unix_now() - crate::proxy_view::ACTIVITY_SECS;

@@ -21,6 +21,7 @@ use http::HeaderMap;
 use tokio::io::AsyncWriteExt;
 
 use crate::ApiState;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use hangar_agent::AgentError;
 use hangar_agent::volumes::VolumeImport;
@@ -41,7 +42,7 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
 /// `GET /v1/apps/{app}/volumes/{id}/export`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/volumes/{volume_id}/export", operation_id = "Volumes_export", tag = "Hangar", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), responses((status = 200, description = "The volume's image, zstd-compressed; its fstype, size and sealed key in hangar-volume-* headers", content_type = "application/zstd"), (status = 401, description = "No or bad token", body = hangar_api_types::ErrorResponse), (status = 404, description = "Not found", body = hangar_api_types::ErrorResponse)))]
 pub async fn export(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let x = s.agent.export_volume(&app, &id).await?;

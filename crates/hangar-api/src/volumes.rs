@@ -9,6 +9,7 @@ use hangar_api_types::{
 };
 
 use crate::ApiState;
+use crate::Shared;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Body;
 // Types named only in the OpenAPI annotations below.
@@ -68,7 +69,7 @@ fn snapshot_view(s: SnapshotRecord) -> VolumeSnapshot {
 /// `GET /v1/apps/{app}/volumes`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/volumes", operation_id = "Volumes_list", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("summary" = Option<bool>, Query, description = "Accepted (usage is always included)")), responses((status = 200, body = Vec<Volume>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn list(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<Volume>>> {
     let list = s.agent.list_volumes(&app)?;
@@ -78,7 +79,7 @@ pub async fn list(
 /// `POST /v1/apps/{app}/volumes`.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/volumes", operation_id = "Volumes_create", tag = "Volumes", params(("app_name" = String, Path, description = "App name")), request_body = CreateVolumeRequest, responses((status = 200, body = Volume), (status = 400, description = "Bad request (also: no capacity)", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 422, description = "Region", body = ErrorResponse)))]
 pub async fn create(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path(app): Path<String>,
     headers: http::HeaderMap,
     Body(req): Body<CreateVolumeRequest>,
@@ -127,7 +128,7 @@ pub async fn create(
 /// `GET /v1/apps/{app}/volumes/{id}`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/volumes/{volume_id}", operation_id = "Volumes_get_by_id", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), responses((status = 200, body = Volume), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn get(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Volume>> {
     let v = s.agent.get_volume(&app, &id)?;
@@ -137,7 +138,7 @@ pub async fn get(
 /// `PUT /v1/apps/{app}/volumes/{id}`.
 #[utoipa::path(put, path = "/v1/apps/{app_name}/volumes/{volume_id}", operation_id = "Volumes_update", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), request_body = UpdateVolumeRequest, responses((status = 200, body = Volume), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn update(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     Body(req): Body<UpdateVolumeRequest>,
 ) -> ApiResult<Json<Volume>> {
@@ -150,7 +151,7 @@ pub async fn update(
 /// `DELETE /v1/apps/{app}/volumes/{id}`.
 #[utoipa::path(delete, path = "/v1/apps/{app_name}/volumes/{volume_id}", operation_id = "Volume_delete", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), responses((status = 200, body = Volume), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse), (status = 412, description = "Bound to a machine", body = ErrorResponse)))]
 pub async fn delete(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Volume>> {
     let v = s.agent.delete_volume(&app, &id).await?;
@@ -160,7 +161,7 @@ pub async fn delete(
 /// `PUT /v1/apps/{app}/volumes/{id}/extend`.
 #[utoipa::path(put, path = "/v1/apps/{app_name}/volumes/{volume_id}/extend", operation_id = "Volumes_extend", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), request_body = ExtendVolumeRequest, responses((status = 200, body = ExtendVolumeResponse), (status = 400, description = "Bad request", body = ErrorResponse), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn extend(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
     Body(req): Body<ExtendVolumeRequest>,
 ) -> ApiResult<Json<ExtendVolumeResponse>> {
@@ -177,7 +178,7 @@ pub async fn extend(
 /// `GET /v1/apps/{app}/volumes/{id}/snapshots`.
 #[utoipa::path(get, path = "/v1/apps/{app_name}/volumes/{volume_id}/snapshots", operation_id = "Volumes_list_snapshots", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), responses((status = 200, body = Vec<VolumeSnapshot>), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn snapshots(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Vec<VolumeSnapshot>>> {
     let list = s.agent.list_snapshots(&app, &id)?;
@@ -188,7 +189,7 @@ pub async fn snapshots(
 /// Fly answers.
 #[utoipa::path(post, path = "/v1/apps/{app_name}/volumes/{volume_id}/snapshots", operation_id = "createVolumeSnapshot", tag = "Volumes", params(("app_name" = String, Path, description = "App name"), ("volume_id" = String, Path, description = "Volume id")), responses((status = 200, description = "Taken"), (status = 401, description = "No or bad token", body = ErrorResponse), (status = 404, description = "Not found", body = ErrorResponse)))]
 pub async fn snapshot(
-    State(s): State<ApiState>,
+    State(s): State<Shared>,
     Path((app, id)): Path<(String, String)>,
 ) -> ApiResult<()> {
     s.agent.create_snapshot(&app, &id).await?;
