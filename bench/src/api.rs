@@ -12,45 +12,17 @@
 //! Run it through `bench/api.sh`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use hangar_api_types::{CreateMachineRequest, MachineConfig};
-use hangar_bench::{median, wrk_with};
+use hangar_bench::{median, rate, wrk_with};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
 
 const MACHINES: usize = 100;
 const CLIENTS: usize = 10;
-
-/// Runs `op` on every id with `CLIENTS` at a time; operations per second.
-async fn rate<F, Fut>(ids: &[String], op: F) -> anyhow::Result<f64>
-where
-    F: Fn(String) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let op = Arc::new(op);
-    let queue = Arc::new(std::sync::Mutex::new(ids.to_vec()));
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (op, queue) = (op.clone(), queue.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = queue.lock().unwrap().pop();
-                let Some(id) = next else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                op(id).await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
-}
 
 /// A server answering every GET with `body` as JSON: the ceiling.
 async fn ceiling(body: Arc<Vec<u8>>) -> anyhow::Result<std::net::SocketAddr> {
@@ -110,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let slots: Vec<String> = (0..MACHINES).map(|i| i.to_string()).collect();
     let create_rate = {
         let (c, req, made) = (c.clone(), req.clone(), made.clone());
-        rate(&slots, move |_| {
+        rate(slots, CLIENTS, move |_| {
             let (c, req, made) = (c.clone(), req.clone(), made.clone());
             async move {
                 let id = c.create_machine("api", &req).await?.id;
@@ -172,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         let c = c.clone();
         let ids = ids.clone();
         async move {
-            rate(&ids, move |id| {
+            rate(ids, CLIENTS, move |id| {
                 let c = c.clone();
                 async move {
                     match what {

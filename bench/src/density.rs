@@ -15,46 +15,16 @@
 //! Run it through `bench/density.sh`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use hangar_api_types::{CreateMachineRequest, MachineConfig};
-use hangar_bench::{median, nginx_layer, wrk_with};
+use hangar_api_types::CreateMachineRequest;
+use hangar_bench::{median, nginx_layer, rate, start_nginx_machine, wrk_with};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
 
 const CLIENTS: usize = 10;
-
-/// Runs `op` on every item with `CLIENTS` at a time; items per second.
-async fn rate<T, F, Fut>(items: Vec<T>, op: F) -> anyhow::Result<f64>
-where
-    T: Send + 'static,
-    F: Fn(T) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let n = items.len();
-    let op = Arc::new(op);
-    let queue = Arc::new(std::sync::Mutex::new(items));
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let (op, queue) = (op.clone(), queue.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = queue.lock().unwrap().pop();
-                let Some(item) = next else {
-                    return Ok::<(), anyhow::Error>(());
-                };
-                op(item).await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
-}
 
 /// A `kB` field of a `/proc` file, in MiB.
 fn proc_kb(path: &str, field: &str) -> anyhow::Result<f64> {
@@ -183,24 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let c = d.client();
     c.create_app("web").await?;
     c.create_app("idle").await?;
-    let web: MachineConfig = serde_json::from_value(serde_json::json!({
-        "image": format!("{}/bench/web:v1", reg.addr),
-        "init": {"cmd": ["/usr/sbin/nginx", "-c", "/etc/nginx-bench.conf", "-p", "/tmp"]},
-        "services": [{"internal_port": 8080, "autostart": true,
-            "concurrency": {"type": "requests", "soft_limit": 10000, "hard_limit": 10000},
-            "ports": [{"port": 80, "handlers": ["http"]}]}],
-    }))?;
-    let m = c
-        .create_machine(
-            "web",
-            &CreateMachineRequest {
-                config: Some(web),
-                ..Default::default()
-            },
-        )
-        .await?;
-    c.wait_machine("web", &m.id, &["started"], Duration::from_secs(60))
-        .await?;
+    start_nginx_machine(&c, "web", &format!("{}/bench/web:v1", reg.addr)).await?;
     let idle = CreateMachineRequest {
         config: Some(serde_json::from_value(serde_json::json!({
             "image": format!("{}/bench/bb:v1", reg.addr),
@@ -229,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let made = Arc::new(std::sync::Mutex::new(vec![first.clone()]));
     let create_rate = {
         let (c, made) = (c.clone(), made.clone());
-        rate((1..machines).collect(), move |_| {
+        rate((1..machines).collect(), CLIENTS, move |_| {
             let (c, idle, made) = (c.clone(), idle.clone(), made.clone());
             async move {
                 let id = create(c, idle).await?;
@@ -251,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
     let ids: Vec<String> = made.lock().unwrap().clone();
     let destroy_rate = {
         let c = c.clone();
-        rate(ids, move |id| {
+        rate(ids, CLIENTS, move |id| {
             let c = c.clone();
             async move {
                 c.destroy_machine("idle", &id, true).await?;

@@ -203,3 +203,62 @@ pub fn nginx_layer() -> anyhow::Result<Layer> {
         .file("etc/nginx-bench.conf", conf.as_bytes(), 0o644)
         .file("www/index.html", b"hello from a machine\n", 0o644))
 }
+
+/// Runs `op` on every item with `clients` at a time; items per second.
+pub async fn rate<T, F, Fut>(items: Vec<T>, clients: usize, op: F) -> anyhow::Result<f64>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let n = items.len();
+    let op = std::sync::Arc::new(op);
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(items));
+    let t = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (op, queue) = (op.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some(item) = next else {
+                    return Ok::<(), anyhow::Error>(());
+                };
+                op(item).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Creates, in `app`, a machine of `image` (built with [`nginx_layer`])
+/// serving HTTP on 8080 behind the proxy's port 80, and waits until it is
+/// started; its id.
+pub async fn start_nginx_machine(
+    c: &hangar_client::Client,
+    app: &str,
+    image: &str,
+) -> anyhow::Result<String> {
+    let config: hangar_api_types::MachineConfig = serde_json::from_value(serde_json::json!({
+        "image": image,
+        "init": {"cmd": ["/usr/sbin/nginx", "-c", "/etc/nginx-bench.conf", "-p", "/tmp"]},
+        "services": [{"internal_port": 8080, "autostart": true,
+            "concurrency": {"type": "requests", "soft_limit": 10000, "hard_limit": 10000},
+            "ports": [{"port": 80, "handlers": ["http"]}]}],
+    }))?;
+    let m = c
+        .create_machine(
+            app,
+            &hangar_api_types::CreateMachineRequest {
+                config: Some(config),
+                ..Default::default()
+            },
+        )
+        .await?;
+    c.wait_machine(app, &m.id, &["started"], std::time::Duration::from_secs(60))
+        .await?;
+    Ok(m.id)
+}

@@ -21,8 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hangar_api_types::{CreateMachineRequest, MachineConfig, MachineExecRequest};
-use hangar_bench::{Wrk, median, nginx_layer, wrk};
+use hangar_api_types::MachineExecRequest;
+use hangar_bench::{Wrk, median, nginx_layer, start_nginx_machine, wrk};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
@@ -159,28 +159,11 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let c = d.client();
     c.create_app("bench").await?;
-    let config: MachineConfig = serde_json::from_value(serde_json::json!({
-        "image": format!("{}/bench/web:v1", reg.addr),
-        "init": {"cmd": ["/usr/sbin/nginx", "-c", "/etc/nginx-bench.conf", "-p", "/tmp"]},
-        "services": [{"internal_port": 8080, "autostart": true,
-            "concurrency": {"type": "requests", "soft_limit": 10000, "hard_limit": 10000},
-            "ports": [{"port": 80, "handlers": ["http"]}]}],
-    }))?;
-    let m = c
-        .create_machine(
-            "bench",
-            &CreateMachineRequest {
-                config: Some(config),
-                ..Default::default()
-            },
-        )
-        .await?;
-    c.wait_machine("bench", &m.id, &["started"], Duration::from_secs(60))
-        .await?;
+    let id = start_nginx_machine(&c, "bench", &format!("{}/bench/web:v1", reg.addr)).await?;
     let v4 = c
         .exec(
             "bench",
-            &m.id,
+            &id,
             &MachineExecRequest {
                 command: Some(vec![
                     "/bin/sh".into(),
@@ -271,22 +254,20 @@ async fn main() -> anyhow::Result<()> {
     let mut own = Vec::new();
     let mut first = Vec::new();
     for _ in 0..runs.max(5) {
-        c.stop_machine("bench", &m.id, Some("SIGKILL"), None)
-            .await?;
-        c.wait_machine("bench", &m.id, &["stopped"], Duration::from_secs(60))
+        c.stop_machine("bench", &id, Some("SIGKILL"), None).await?;
+        c.wait_machine("bench", &id, &["stopped"], Duration::from_secs(60))
             .await?;
         let t = Instant::now();
-        c.start_machine("bench", &m.id).await?;
-        c.wait_machine("bench", &m.id, &["started"], Duration::from_secs(60))
+        c.start_machine("bench", &id).await?;
+        c.wait_machine("bench", &id, &["started"], Duration::from_secs(60))
             .await?;
         while std::net::TcpStream::connect(&upstream).is_err() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         own.push(t.elapsed().as_secs_f64() * 1e3);
 
-        c.stop_machine("bench", &m.id, Some("SIGKILL"), None)
-            .await?;
-        c.wait_machine("bench", &m.id, &["stopped"], Duration::from_secs(60))
+        c.stop_machine("bench", &id, Some("SIGKILL"), None).await?;
+        c.wait_machine("bench", &id, &["stopped"], Duration::from_secs(60))
             .await?;
         let t = Instant::now();
         let r = http
@@ -309,6 +290,6 @@ async fn main() -> anyhow::Result<()> {
         "  first request / own start        {:.2}x  (goal: <= 1.2x)",
         first_m / own_m
     );
-    c.destroy_machine("bench", &m.id, true).await?;
+    c.destroy_machine("bench", &id, true).await?;
     Ok(())
 }

@@ -377,17 +377,19 @@ pub fn bridge_of(host_if: &str) -> Option<String> {
     std::fs::read_link(Path::new("/sys/class/net").join(host_if).join("master"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|b| {
-            (b.starts_with(BRIDGE_PREFIX) || b.starts_with(LEGACY_BRIDGE_PREFIX))
-                && check_ifname(b).is_ok()
-        })
+        .filter(|b| is_hangar_bridge(b))
+}
+
+/// Whether `name` is a valid interface name of a Hangar bridge.
+fn is_hangar_bridge(name: &str) -> bool {
+    (name.starts_with(BRIDGE_PREFIX) || name.starts_with(LEGACY_BRIDGE_PREFIX))
+        && check_ifname(name).is_ok()
 }
 
 /// Removes the Hangar bridge `bridge` if no link is a port of it any more
 /// (after a machine's namespace went, taking its veth pair with it).
 pub fn remove_bridge_if_empty(bridge: &str) -> Result<(), NetError> {
-    check_ifname(bridge)?;
-    if !(bridge.starts_with(BRIDGE_PREFIX) || bridge.starts_with(LEGACY_BRIDGE_PREFIX)) {
+    if !is_hangar_bridge(bridge) {
         return Err(NetError::Invalid(format!(
             "{bridge:?} is not a Hangar bridge"
         )));

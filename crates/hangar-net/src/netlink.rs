@@ -174,24 +174,22 @@ pub(crate) fn inside(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), N
             .execute()
             .await
             .map_err(nl_err("bring eth0 up"))?;
-        let r4 = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(bridge.gateway4)
-            .build();
-        h.route()
-            .add(r4)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err("add the IPv4 default route"))?;
-        let r6 = RouteMessageBuilder::<Ipv6Addr>::new()
-            .gateway(bridge.gateway6)
-            .build();
-        h.route()
-            .add(r6)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl_err("add the IPv6 default route"))?;
+        let defaults = [
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(bridge.gateway4)
+                .build(),
+            RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(bridge.gateway6)
+                .build(),
+        ];
+        for route in defaults {
+            h.route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl_err("add a default route"))?;
+        }
         Ok(())
     })
 }
