@@ -213,7 +213,11 @@ async fn main() -> anyhow::Result<()> {
         cpu[1].push(per_request(nginx_cpu(ng.id()) - before, &w));
         results[2].push(w);
     }
-    let _ = ng.kill();
+    // SIGTERM, so nginx's master ends its workers before it goes (a
+    // SIGKILL would leave them running).
+    let _ = Command::new("kill")
+        .args(["-TERM", &ng.id().to_string()])
+        .status();
     let _ = ng.wait();
 
     println!();
