@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Density: MACHINES idle machines on this host, hangard's RSS and the host's
 # memory per machine, and the API and the proxy with them present beside
-# the same reads with one, in one run.
+# the same reads with one, in one run; then a mixed load (the proxy, the API
+# and stop/start cycles at once) with the machines present.
 # Usage: bench/density.sh [MACHINES] [RUNS] [SECONDS]   (default 1000, 3, 5).
 # Needs root; installs what it uses. Traffic stays on this host.
 set -euo pipefail

@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" -ne 0 ]; then exec sudo -E "$0" "$@"; fi
-packages=(crun docker-registry busybox-static iproute2 nftables nginx-light wrk)
+packages=(crun docker-registry busybox-static iproute2 nftables nginx-light haproxy wrk)
 . scripts/packages.sh
 install_packages "${packages[@]}"
 # nginx-light's package starts a system nginx on port 80; the benchmark runs
 # its own on a free loopback port.
-systemctl stop nginx 2>/dev/null || true
+systemctl stop nginx haproxy 2>/dev/null || true
 cargo build --release --quiet --bins -p hangard -p hangar -p hangar-bench
 HANGAR_BIN_DIR="$PWD/target/release" ./target/release/hangar-bench-proxy "${1:-5}" "${2:-10}"

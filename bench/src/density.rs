@@ -9,17 +9,21 @@
 //! ratio between the two states is what the machines present cost a
 //! request. Beside them: hangard's RSS, the host's memory per idle machine
 //! (`MemAvailable` before and after), and how much of it is the machines'
-//! own (their cgroups' memory, `hangar_machine_memory_bytes`). Then every
-//! idle machine is destroyed, 10 at a time.
+//! own (their cgroups' memory, `hangar_machine_memory_bytes`). Then, with
+//! the machines present, a mixed load: the proxy and `GET` of one machine
+//! under wrk (16 connections each) and stop/start cycles of idle machines
+//! (10 clients), each alone and then all three at once, with the share of
+//! its own figure each keeps. Then every idle machine is destroyed, 10 at
+//! a time.
 //!
 //! Run it through `bench/density.sh`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hangar_api_types::CreateMachineRequest;
-use hangar_bench::{median, nginx_layer, rate, start_nginx_machine, wrk_with};
+use hangar_bench::{Wrk, median, nginx_layer, rate, start_nginx_machine, wrk_with};
 use hangar_test_utils::daemon::Daemon;
 use hangar_test_utils::image::ImageBuilder;
 use hangar_test_utils::registry::Registry;
@@ -88,9 +92,11 @@ struct Reads {
     proxy: Vec<f64>,
 }
 
-async fn reads(d: &Daemon, one: &str, runs: usize, seconds: u32) -> anyhow::Result<Reads> {
+/// The three reads, each a URL and its one header: `GET` of one machine,
+/// `GET` of the list of `web`, the proxy to `web`.
+fn targets(d: &Daemon, one: &str) -> [(String, String); 3] {
     let auth = format!("Authorization: Bearer {}", d.token);
-    let targets = [
+    [
         (
             format!("{}/v1/apps/idle/machines/{one}", d.url),
             auth.clone(),
@@ -100,24 +106,118 @@ async fn reads(d: &Daemon, one: &str, runs: usize, seconds: u32) -> anyhow::Resu
             format!("http://{}/", d.proxy_http),
             "Host: web.localhost".to_owned(),
         ),
-    ];
+    ]
+}
+
+/// wrk with `conns` connections against a target, off the runtime's
+/// threads; fails on any error answer.
+async fn load(target: &(String, String), seconds: u32, conns: u32) -> anyhow::Result<Wrk> {
+    let (url, headers) = (target.0.clone(), vec![target.1.clone()]);
+    let w = tokio::task::spawn_blocking(move || wrk_with(&url, &headers, seconds, conns)).await??;
+    anyhow::ensure!(
+        w.non_2xx == 0 && w.socket_errors == 0,
+        "{} non-2xx answers and {} socket errors from {}",
+        w.non_2xx,
+        w.socket_errors,
+        target.0
+    );
+    Ok(w)
+}
+
+/// Stops and starts machines of `idle`, [`CLIENTS`] at a time (each client
+/// cycling through machines of its own), each operation until its state
+/// is reached, for about `seconds`; operations per second.
+async fn stop_start(
+    c: &hangar_client::Client,
+    ids: &[String],
+    seconds: u32,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(seconds.into());
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let mine: Vec<String> = ids
+            .iter()
+            .skip(k)
+            .step_by(CLIENTS)
+            .take(5)
+            .cloned()
+            .collect();
+        anyhow::ensure!(!mine.is_empty(), "too few machines for {CLIENTS} clients");
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ops = 0u64;
+            for id in mine.iter().cycle() {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                c.stop_machine("idle", id, None, None).await?;
+                c.wait_machine("idle", id, &["stopped"], Duration::from_secs(60))
+                    .await?;
+                c.start_machine("idle", id).await?;
+                c.wait_machine("idle", id, &["started"], Duration::from_secs(60))
+                    .await?;
+                ops += 2;
+            }
+            Ok::<u64, anyhow::Error>(ops)
+        }));
+    }
+    let mut ops = 0;
+    for task in tasks {
+        ops += task.await??;
+    }
+    Ok(ops as f64 / t.elapsed().as_secs_f64())
+}
+
+/// One mixed round: the proxy and `GET` of one machine under wrk (16
+/// connections each) and stop/start cycles, each alone and then all three
+/// at once; (alone, together) for each.
+struct Mixed {
+    proxy: Vec<(Wrk, Wrk)>,
+    api: Vec<(Wrk, Wrk)>,
+    ops: Vec<(f64, f64)>,
+}
+
+async fn mixed(
+    d: &Daemon,
+    one: &str,
+    cycled: &[String],
+    runs: usize,
+    seconds: u32,
+) -> anyhow::Result<Mixed> {
+    let [api_t, _, proxy_t] = targets(d, one);
+    let c = d.client();
+    let mut out = Mixed {
+        proxy: Vec::new(),
+        api: Vec::new(),
+        ops: Vec::new(),
+    };
+    for _ in 0..runs {
+        let proxy_alone = load(&proxy_t, seconds, 16).await?;
+        let api_alone = load(&api_t, seconds, 16).await?;
+        let ops_alone = stop_start(&c, cycled, seconds).await?;
+        let (proxy, api, ops) = tokio::join!(
+            load(&proxy_t, seconds, 16),
+            load(&api_t, seconds, 16),
+            stop_start(&c, cycled, seconds)
+        );
+        out.proxy.push((proxy_alone, proxy?));
+        out.api.push((api_alone, api?));
+        out.ops.push((ops_alone, ops?));
+    }
+    Ok(out)
+}
+
+async fn reads(d: &Daemon, one: &str, runs: usize, seconds: u32) -> anyhow::Result<Reads> {
+    let targets = targets(d, one);
     let mut out = Reads {
         one: Vec::new(),
         list: Vec::new(),
         proxy: Vec::new(),
     };
     for _ in 0..runs {
-        for (i, (url, header)) in targets.iter().enumerate() {
-            let (url, headers) = (url.clone(), vec![header.clone()]);
-            let w = tokio::task::spawn_blocking(move || wrk_with(&url, &headers, seconds, 32))
-                .await??;
-            anyhow::ensure!(
-                w.non_2xx == 0 && w.socket_errors == 0,
-                "{} non-2xx answers and {} socket errors from {}",
-                w.non_2xx,
-                w.socket_errors,
-                targets[i].0
-            );
+        for (i, target) in targets.iter().enumerate() {
+            let w = load(target, seconds, 32).await?;
             [&mut out.one, &mut out.list, &mut out.proxy][i].push(w.rps);
         }
     }
@@ -200,8 +300,10 @@ async fn main() -> anyhow::Result<()> {
     let cpu1 = idle_cpu(pid, 10).await?;
     let after = reads(&d, &first, runs, seconds).await?;
     let rss2 = rss()?;
-
     let ids: Vec<String> = made.lock().unwrap().clone();
+    let cycled: Vec<String> = ids.iter().filter(|i| **i != first).cloned().collect();
+    let mix = mixed(&d, &first, &cycled, runs, seconds).await?;
+
     let destroy_rate = {
         let c = c.clone();
         rate(ids, CLIENTS, move |id| {
@@ -262,5 +364,41 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  created, until started                   {create_rate:>8.1} /s (10 clients)");
     println!("  destroyed, until destroyed               {destroy_rate:>8.1} /s (10 clients)");
+
+    println!(
+        "\nMixed, with {machines} machines present: each load alone, then the three at once \
+         ({seconds}s x {runs} runs, medians)"
+    );
+    println!(
+        "  {:<34} {:>10} {:>10} {:>7} {:>12} {:>12}",
+        "", "alone", "together", "share", "p99 alone", "p99 together"
+    );
+    let mut shares = 0.0;
+    for (what, v) in [
+        ("proxy to web, 16 conns (req/s)", &mix.proxy),
+        ("GET one machine, 16 conns (req/s)", &mix.api),
+    ] {
+        let alone = median(v.iter().map(|x| x.0.rps).collect());
+        let together = median(v.iter().map(|x| x.1.rps).collect());
+        let p99a = median(v.iter().map(|x| x.0.p99_ms).collect());
+        let p99t = median(v.iter().map(|x| x.1.p99_ms).collect());
+        shares += together / alone;
+        println!(
+            "  {what:<34} {alone:>10.0} {together:>10.0} {:>6.2}x {p99a:>9.2} ms {p99t:>9.2} ms",
+            together / alone
+        );
+    }
+    let alone = median(mix.ops.iter().map(|x| x.0).collect());
+    let together = median(mix.ops.iter().map(|x| x.1).collect());
+    shares += together / alone;
+    println!(
+        "  {:<34} {alone:>10.1} {together:>10.1} {:>6.2}x",
+        "stop/start, 10 clients (ops/s)",
+        together / alone
+    );
+    println!(
+        "  sum of the shares {shares:.2} (1.0: the three split the CPU with nothing lost to \
+         contention; more: they use what one alone leaves idle)"
+    );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! What the benchmarks share: running `wrk` and reading its report, medians.
 
+pub mod peers;
 pub mod start;
 
 use std::process::{Command, Stdio};
@@ -261,4 +262,53 @@ pub async fn start_nginx_machine(
     c.wait_machine(app, &m.id, &["started"], std::time::Duration::from_secs(60))
         .await?;
     Ok(m.id)
+}
+
+/// A machine's private IPv4 address on its network, as the machine sees it.
+pub async fn machine_v4(c: &hangar_client::Client, app: &str, id: &str) -> anyhow::Result<String> {
+    let out = c
+        .exec(
+            app,
+            id,
+            &hangar_api_types::MachineExecRequest {
+                command: Some(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "ip -4 -o addr show dev eth0".into(),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await?
+        .stdout;
+    Ok(out
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .context("the machine's IPv4 address")?
+        .to_owned())
+}
+
+/// A registry holding `bench/web:v1` (busybox and [`nginx_layer`]) and a
+/// `hangard` pulling from it whose proxy stops no machine for being idle
+/// during a run; the image's reference.
+pub async fn web_daemon() -> anyhow::Result<(
+    hangar_test_utils::registry::Registry,
+    hangar_test_utils::daemon::Daemon,
+    String,
+)> {
+    let reg = hangar_test_utils::registry::Registry::start().await;
+    let image = hangar_test_utils::image::ImageBuilder::busybox()
+        .layer(nginx_layer()?)
+        .build();
+    reg.push("bench/web", "v1", &image).await;
+    let d = hangar_test_utils::daemon::Daemon::start(&[
+        "--insecure-registry".into(),
+        reg.addr.clone(),
+        "--proxy-idle-timeout".into(),
+        "1h".into(),
+    ])
+    .await;
+    let image = format!("{}/bench/web:v1", reg.addr);
+    Ok((reg, d, image))
 }

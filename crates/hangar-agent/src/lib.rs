@@ -161,6 +161,11 @@ pub struct AgentConfig {
     /// The host's memory: no machine may ask for more. Read from
     /// `/proc/meminfo` when absent.
     pub host_memory_mb: Option<u64>,
+    /// Where machines' runners (and the work they spawn: pulls, root
+    /// filesystems, containers) run. hangard gives them a runtime of their
+    /// own, so that lifecycle work never queues ahead of API requests on
+    /// the runtime serving them; the caller's runtime when absent.
+    pub machines_runtime: Option<tokio::runtime::Handle>,
 }
 
 impl AgentConfig {
@@ -181,6 +186,7 @@ impl AgentConfig {
             shared_ip: None,
             pids_limit: None,
             host_memory_mb: None,
+            machines_runtime: None,
         }
     }
 }
@@ -191,6 +197,34 @@ pub type NetworkHook = Arc<dyn Fn(&network::Block) + Send + Sync>;
 /// How long a destroy request waits for the machine to be destroyed before
 /// it answers anyway (the teardown goes on).
 const DESTROY_ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// How many generated names a create tries before it gives up.
+pub const NAME_DRAWS: u32 = 8;
+
+/// A generated machine name (Fly's style, `adjective-noun-1234`).
+fn draw_name() -> String {
+    #[cfg(any(test, feature = "test-support"))]
+    if let Some(name) = names_for_tests::NEXT.with(|q| q.borrow_mut().pop_front()) {
+        return name;
+    }
+    hangar_core::names::generate()
+}
+
+/// Tests choose the names a create draws on this thread.
+#[cfg(any(test, feature = "test-support"))]
+pub mod names_for_tests {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    thread_local! {
+        pub(crate) static NEXT: RefCell<VecDeque<String>> = const { RefCell::new(VecDeque::new()) };
+    }
+
+    /// The next names drawn on this thread, in order (then random ones).
+    pub fn queue(names: &[&str]) {
+        NEXT.with(|q| q.borrow_mut().extend(names.iter().map(|n| n.to_string())));
+    }
+}
 
 /// The one organization of a single-host installation.
 pub const DEFAULT_ORG: &str = "personal";
@@ -223,6 +257,8 @@ pub(crate) struct Shared {
     pub pids_limit: Option<u64>,
     /// [`AgentConfig::host_memory_mb`], resolved.
     pub host_memory_mb: Option<u64>,
+    /// [`AgentConfig::machines_runtime`].
+    pub machines_runtime: Option<tokio::runtime::Handle>,
     /// Called with a block when a machine opens it (hangard serves DNS on
     /// its gateway and lets its network's traffic through).
     network_hook: Mutex<Option<NetworkHook>>,
@@ -444,6 +480,7 @@ impl Agent {
             shared_ip: cfg.shared_ip,
             pids_limit: cfg.pids_limit,
             host_memory_mb: cfg.host_memory_mb.or_else(host_memory_mb),
+            machines_runtime: cfg.machines_runtime.clone(),
             network_hook: Mutex::new(None),
             runners: Mutex::new(HashMap::new()),
             remote: std::sync::OnceLock::new(),
@@ -787,6 +824,7 @@ impl Agent {
                 )));
             }
         };
+        let generated = req.name.as_deref().is_none_or(str::is_empty);
         let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
             Some(n) if hangar_core::names::valid_machine_name(n) => n.to_owned(),
             Some(n) => {
@@ -794,7 +832,7 @@ impl Agent {
                     "invalid machine name {n:?}: use up to 63 letters, digits, dashes and underscores"
                 )));
             }
-            None => hangar_core::names::generate(),
+            None => draw_name(),
         };
         let now = store::now_rfc3339();
         let machine_id = MachineId::generate();
@@ -836,15 +874,25 @@ impl Agent {
                     .iter()
                     .any(|(f, _)| *f == b)
         };
-        let address = match self.shared.store.insert_machine(
-            &mut rec,
-            &event,
-            Some((&app.network, &self.shared.net, &block_free)),
-        ) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = self.shared.store.release_volumes(rec.id.as_str());
-                return Err(e);
+        // A generated name can be taken (there are about 37 million: with
+        // 10,000 machines in an app, one create in about 3,700 draws a
+        // name in use): draw another, as a user would pick another.
+        let mut draws = 1;
+        let address = loop {
+            match self.shared.store.insert_machine(
+                &mut rec,
+                &event,
+                Some((&app.network, &self.shared.net, &block_free)),
+            ) {
+                Ok(a) => break a,
+                Err(AgentError::Conflict(_)) if generated && draws < NAME_DRAWS => {
+                    draws += 1;
+                    rec.name = draw_name();
+                }
+                Err(e) => {
+                    let _ = self.shared.store.release_volumes(rec.id.as_str());
+                    return Err(e);
+                }
             }
         };
         if let Some((a, true)) = address {

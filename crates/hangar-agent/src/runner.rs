@@ -135,7 +135,10 @@ impl Runner {
             schedule_at: None,
             schedule_armed_for: None,
         };
-        tokio::spawn(runner.run());
+        match runner.shared.machines_runtime.clone() {
+            Some(rt) => rt.spawn(runner.run()),
+            None => tokio::spawn(runner.run()),
+        };
         Handle {
             tx,
             status: status_rx,

@@ -996,3 +996,34 @@ async fn an_exit_already_recorded_is_not_counted_again_after_a_crash() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_generated_name_in_use_is_drawn_again() {
+    let e = env().await;
+    let mut named = new_machine(serde_json::json!({"image": "busybox"}));
+    named.name = Some("red-paper-9074".into());
+    e.agent.create_machine("app", named).await.unwrap();
+    // The first draw is taken: the create draws again.
+    hangar_agent::names_for_tests::queue(&["red-paper-9074", "blue-river-1234"]);
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    assert_eq!(m.name, "blue-river-1234");
+    // A name the user gave is never replaced.
+    let mut named = new_machine(serde_json::json!({"image": "busybox"}));
+    named.name = Some("blue-river-1234".into());
+    let err = e.agent.create_machine("app", named).await.unwrap_err();
+    assert!(matches!(err, AgentError::Conflict(_)), "{err:?}");
+    // Every draw taken: the create fails, with nothing left behind.
+    let taken = vec!["red-paper-9074"; hangar_agent::NAME_DRAWS as usize];
+    hangar_agent::names_for_tests::queue(&taken);
+    let err = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Conflict(_)), "{err:?}");
+    assert_eq!(e.agent.list_machines("app", true).unwrap().len(), 2);
+}

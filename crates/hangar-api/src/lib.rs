@@ -75,6 +75,23 @@ pub struct ApiState {
     pub renderings: Arc<rendered::Renderings>,
 }
 
+impl ApiState {
+    /// The API of `agent` alone, with `token` as the admin token: no image
+    /// store, registry, cluster or proxy.
+    pub fn bare(agent: Agent, token: &str) -> ApiState {
+        ApiState {
+            deploy: hangar_deploy::Deployer::new(agent.clone()),
+            agent,
+            images: None,
+            auth: Arc::new(Auth::new(token)),
+            registry: None,
+            cluster: None,
+            proxy: None,
+            renderings: Default::default(),
+        }
+    }
+}
+
 /// Who a request acts as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {

@@ -32,16 +32,7 @@ async fn api() -> Api {
     )
     .await
     .unwrap();
-    let app = router(ApiState {
-        agent: agent.clone(),
-        images: None,
-        auth: Arc::new(Auth::new(TOKEN)),
-        deploy: hangar_deploy::Deployer::new(agent.clone()),
-        registry: None,
-        cluster: None,
-        proxy: None,
-        renderings: Default::default(),
-    });
+    let app = router(ApiState::bare(agent.clone(), TOKEN));
     Api {
         app,
         rt,

@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::http::Request;
 use hangar_agent::images::fake::FakeImages;
 use hangar_agent::{Agent, AgentConfig};
-use hangar_api::{ApiState, Auth, router};
+use hangar_api::{ApiState, router};
 use hangar_runtime::fake::FakeRuntime;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -128,16 +128,7 @@ impl Harness {
         .await
         .unwrap();
         Harness {
-            app: router(ApiState {
-                agent: agent.clone(),
-                images: None,
-                auth: Arc::new(Auth::new(TOKEN)),
-                deploy: hangar_deploy::Deployer::new(agent.clone()),
-                registry: None,
-                cluster: None,
-                proxy: None,
-                renderings: Default::default(),
-            }),
+            app: router(ApiState::bare(agent.clone(), TOKEN)),
             spec: Spec::load(),
             covered: BTreeSet::new(),
             failures: Vec::new(),

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::Request;
 use hangar_agent::images::fake::FakeImages;
 use hangar_agent::{Agent, AgentConfig};
-use hangar_api::{ApiState, Auth, router};
+use hangar_api::{ApiState, router};
 use hangar_runtime::fake::FakeRuntime;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -302,16 +302,7 @@ fn thousands_of_generated_requests_never_fail_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakeRuntime::new());
     let agent = open(&rt, dir.path(), fake.clone());
-    let app = router(ApiState {
-        agent: agent.clone(),
-        images: None,
-        auth: Arc::new(Auth::new(TOKEN)),
-        deploy: hangar_deploy::Deployer::new(agent.clone()),
-        registry: None,
-        cluster: None,
-        proxy: None,
-        renderings: Default::default(),
-    });
+    let app = router(ApiState::bare(agent.clone(), TOKEN));
     rt.block_on(async { agent.create_app("f", None, None).unwrap() });
     let mut ids = Vec::new();
     for _ in 0..4 {

@@ -49,7 +49,8 @@ struct Want {
 
 struct Running {
     want: Want,
-    task: tokio::task::JoinHandle<()>,
+    /// A listener's task per proxy worker (UDP: one).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The open listeners.
@@ -68,20 +69,20 @@ impl Drop for Listeners {
             .unwrap_or_else(|p| p.into_inner())
             .drain()
         {
-            r.task.abort();
+            r.tasks.iter().for_each(|t| t.abort());
         }
     }
 }
 
 // The pool's addresses may be routed to this host without being on one of
-// its interfaces.
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+// its interfaces. `shared`: one listener per proxy worker (SO_REUSEPORT).
+fn bind_tcp(addr: SocketAddr, shared: bool) -> std::io::Result<socket2::Socket> {
     let how = Bind {
         tcp: true,
-        shared: false,
+        shared,
         freebind: true,
     };
-    TcpListener::from_std(bind(addr, how)?.into())
+    bind(addr, how)
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -147,10 +148,10 @@ impl Proxy {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         open.retain(|k, r| {
-            let keep = wanted.get(k) == Some(&r.want) && !r.task.is_finished();
+            let keep = wanted.get(k) == Some(&r.want) && !r.tasks.iter().any(|t| t.is_finished());
             if !keep {
                 tracing::info!(ip = %k.ip, port = k.port, udp = k.udp, "proxy closing a dedicated listener");
-                r.task.abort();
+                r.tasks.iter().for_each(|t| t.abort());
             }
             keep
         });
@@ -165,11 +166,13 @@ impl Proxy {
                 continue;
             }
             let addr = SocketAddr::new(key.ip, key.port);
-            let task = if key.udp {
+            let tasks = if key.udp {
                 match bind_udp(addr) {
-                    Ok(sock) => {
-                        tokio::spawn(Arc::clone(self).serve_udp(sock, want.app.clone(), key.port))
-                    }
+                    Ok(sock) => vec![tokio::spawn(Arc::clone(self).serve_udp(
+                        sock,
+                        want.app.clone(),
+                        key.port,
+                    ))],
                     Err(e) => {
                         if failed.insert(key.clone()) {
                             tracing::warn!(%addr, app = %want.app, error = %e, "cannot listen on a dedicated address (UDP)");
@@ -178,8 +181,8 @@ impl Proxy {
                     }
                 }
             } else {
-                match bind_tcp(addr) {
-                    Ok(l) => tokio::spawn(Arc::clone(self).serve_tcp(l, want.clone(), key.port)),
+                match self.open_tcp(addr, &want, key.port) {
+                    Ok(tasks) => tasks,
                     Err(e) => {
                         if failed.insert(key.clone()) {
                             tracing::warn!(%addr, app = %want.app, error = %e, "cannot listen on a dedicated address");
@@ -190,8 +193,46 @@ impl Proxy {
             };
             failed.remove(&key);
             tracing::info!(%addr, app = %want.app, handlers = ?want.handlers, udp = key.udp, "proxy listening on a dedicated address");
-            open.insert(key, Running { want, task });
+            open.insert(key, Running { want, tasks });
         }
+    }
+
+    /// Listens on `addr` once per proxy worker, each listener served on
+    /// its worker's thread as the proxy's own ports are (or, before the
+    /// workers exist, once on this runtime).
+    fn open_tcp(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        want: &Want,
+        port: u16,
+    ) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let workers = self.workers.get().map_or(&[][..], Vec::as_slice);
+        if workers.is_empty() {
+            let l = TcpListener::from_std(bind_tcp(addr, false)?.into())?;
+            return Ok(vec![tokio::spawn(Arc::clone(self).serve_tcp(
+                l,
+                want.clone(),
+                port,
+            ))]);
+        }
+        let socks = workers
+            .iter()
+            .map(|_| bind_tcp(addr, true))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(socks
+            .into_iter()
+            .zip(workers)
+            .map(|(sock, worker)| {
+                let (me, want) = (Arc::clone(self), want.clone());
+                // The listener joins the worker's reactor there.
+                worker.spawn(async move {
+                    match TcpListener::from_std(sock.into()) {
+                        Ok(l) => me.serve_tcp(l, want, port).await,
+                        Err(e) => tracing::warn!(%addr, error = %e, "dedicated listener"),
+                    }
+                })
+            })
+            .collect())
     }
 
     async fn serve_tcp(self: Arc<Self>, listener: TcpListener, want: Want, port: u16) {
@@ -274,7 +315,7 @@ impl Proxy {
         port: u16,
         may_tunnel: bool,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let owned = self.backends_on(app, port, Protocol::Tcp);
         let backends = owned.iter().map(|(b, s)| (b, s)).collect();
@@ -311,7 +352,7 @@ impl Proxy {
         chosen: crate::Chosen<'_>,
         origin: &tunnel::Origin,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
         let (peer, local, proxy_proto) = (origin.peer, origin.local, origin.proxy_proto);
         let _guard = chosen.guard;
@@ -329,7 +370,16 @@ impl Proxy {
         {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        // A plain TCP client: splice, zero copy. A TLS stream or a tunnel
+        // goes through user space.
+        match (&mut client as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>() {
+            Some(tcp) => {
+                let _ = crate::splice::relay(tcp, &mut upstream).await;
+            }
+            None => {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        }
     }
 
     /// Relays datagrams: each client gets an upstream socket of its own to

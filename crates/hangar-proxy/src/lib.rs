@@ -43,6 +43,7 @@ mod headers;
 mod listen;
 mod placement;
 mod route;
+mod splice;
 mod statics;
 pub mod tls;
 mod tunnel;
@@ -198,6 +199,9 @@ pub enum ProxyError {
     /// TLS setup failed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A worker thread or its runtime could not start.
+    #[error("cannot start a proxy worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -215,6 +219,8 @@ pub struct Proxy {
     dedicated: dedicated::Listeners,
     /// TLS for `tls` handlers (made when the proxy starts serving).
     tls: std::sync::OnceLock<tokio_rustls::TlsAcceptor>,
+    /// The worker threads' runtimes (made when the proxy starts serving).
+    workers: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
     /// `Fly-Region`, ready to send.
     region: HeaderValue,
 }
@@ -234,6 +240,7 @@ impl Proxy {
             starting: Mutex::new(HashMap::new()),
             dedicated: Default::default(),
             tls: std::sync::OnceLock::new(),
+            workers: std::sync::OnceLock::new(),
             region: HeaderValue::from_str(&cfg.region).unwrap_or(HeaderValue::from_static("local")),
             cfg,
         })

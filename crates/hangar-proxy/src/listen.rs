@@ -51,7 +51,7 @@ impl Proxy {
         let mut tasks = Vec::new();
         let acceptor = tls::acceptor(&self.cfg.tls_cert, &self.cfg.tls_key, &self.cfg.domain)?;
         let _ = self.tls.set(acceptor.clone());
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.workers()?;
         for (addr, tls) in [(self.cfg.http, None), (self.cfg.https, Some(acceptor))] {
             let Some(addr) = addr else { continue };
             // One listener per worker (SO_REUSEPORT), each on a runtime of
@@ -59,7 +59,7 @@ impl Proxy {
             // served start to end on one thread, with that thread's pool
             // of connections to machines.
             let mut listeners = Vec::new();
-            for _ in 0..workers {
+            for _ in workers {
                 listeners.push(
                     bind(
                         addr,
@@ -72,31 +72,17 @@ impl Proxy {
                     .map_err(|source| ProxyError::Listen { addr, source })?,
                 );
             }
-            tracing::info!(%addr, workers, tls = tls.is_some(), domain = %self.cfg.domain, "proxy serving");
-            for (i, l) in listeners.into_iter().enumerate() {
+            tracing::info!(%addr, workers = workers.len(), tls = tls.is_some(), domain = %self.cfg.domain, "proxy serving");
+            for (l, worker) in listeners.into_iter().zip(workers) {
                 let me = Arc::clone(self);
                 let tls = tls.clone();
-                std::thread::Builder::new()
-                    .name(format!("proxy-{}-{i}", addr.port()))
-                    .spawn(move || {
-                        let rt = match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(rt) => rt,
-                            Err(e) => {
-                                tracing::error!(error = %e, "proxy worker runtime");
-                                return;
-                            }
-                        };
-                        rt.block_on(async move {
-                            match tokio::net::TcpListener::from_std(l.into()) {
-                                Ok(l) => me.accept(l, tls).await,
-                                Err(e) => tracing::error!(error = %e, "proxy worker listener"),
-                            }
-                        });
-                    })
-                    .map_err(|source| ProxyError::Listen { addr, source })?;
+                // The listener joins the worker's reactor there.
+                tasks.push(worker.spawn(async move {
+                    match tokio::net::TcpListener::from_std(l.into()) {
+                        Ok(l) => me.accept(l, tls).await,
+                        Err(e) => tracing::error!(error = %e, "proxy worker listener"),
+                    }
+                }));
             }
         }
         let me = Arc::clone(self);
@@ -114,6 +100,45 @@ impl Proxy {
             }
         }));
         Ok(tasks)
+    }
+
+    /// The worker threads, a runtime of its own each, one per CPU; started
+    /// on first use and kept for the life of the process.
+    pub(crate) fn workers(&self) -> Result<&[tokio::runtime::Handle], ProxyError> {
+        if let Some(w) = self.workers.get() {
+            return Ok(w);
+        }
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            let _ = tx.send(Ok(rt.handle().clone()));
+                            // Drives whatever is spawned on the handle.
+                            rt.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                })
+                .and_then(|_| {
+                    rx.recv()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("proxy worker ended")))
+                })
+                .map(|h| handles.push(h))
+                .map_err(ProxyError::Worker)?;
+        }
+        // Two callers at once: the first set wins, the other's threads
+        // idle.
+        Ok(self.workers.get_or_init(|| handles))
     }
 
     pub(crate) async fn accept(

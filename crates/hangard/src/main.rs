@@ -272,11 +272,19 @@ fn main() -> anyhow::Result<()> {
         .with(tracing_subscriber::fmt::layer().with_target(false))
         .with(traces.as_ref().map(traces::layer))
         .init();
+    // Machines' lifecycle work runs on a runtime of its own (see
+    // `AgentConfig::machines_runtime`), beside the one serving the API.
+    let machines = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("machines")
+        .build()
+        .context("starting the machines' async runtime")?;
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(args, traces.is_some()));
+        .block_on(run(args, traces.is_some(), machines.handle().clone()));
+    machines.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(t) = traces {
         // The last spans go out before the process ends.
         if let Err(e) = t.shutdown() {
@@ -286,7 +294,7 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
+async fn run(args: Args, traced: bool, machines: tokio::runtime::Handle) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("hangard must run as root (it mounts file systems and creates containers)");
@@ -500,6 +508,7 @@ async fn run(args: Args, traced: bool) -> anyhow::Result<()> {
             check_host_addresses: true,
             pids_limit: args.machine_pids_limit,
             host_memory_mb: None,
+            machines_runtime: Some(machines),
             ip_pool: Some(args.ip_pool),
             shared_ip: args.public_ip.or_else(|| {
                 let ip = args.proxy_http.0?.ip();
