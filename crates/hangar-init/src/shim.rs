@@ -115,6 +115,9 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    // Nothing of hangard's working directory is held (hangard spawns the
+    // shim without changing it).
+    let _ = std::env::set_current_dir("/");
     // The lock stays ours (it is shared with hangard's copy until hangard
     // closes it); the runtime and the container must not inherit it.
     if let Some(fd) = opts.lock_fd {

@@ -167,6 +167,10 @@ pub fn config(spec: &WorkloadSpec, who: &Identity, paths: &BundlePaths<'_>, nofi
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             ],
             "cgroupsPath": paths.cgroup,
+            // Nothing the host mounts or unmounts later reaches the
+            // container: the host lets go of its root mount once the
+            // container holds it (see `OciRuntime::release_rootfs`).
+            "rootfsPropagation": "rprivate",
             "resources": {
                 "devices": [{"allow": false, "access": "rwm"}],
                 "memory": {"limit": memory},

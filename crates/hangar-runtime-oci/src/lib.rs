@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! bundle/config.json    the OCI spec (see bundle.rs)
-//! bundle/rootfs/        overlay: image layers (lower) + upper/ (writable)
+//! bundle/rootfs/        overlay: image layers (lower) + upper/ (writable),
+//!                       mounted on the host until the container holds it
 //! upper/ work/          the machine's writable layer; wiped after every run,
 //!                       so each start begins from a clean root filesystem
 //! etc/hosts etc/hostname
@@ -27,6 +28,7 @@ pub mod fsutil;
 pub mod host;
 pub mod netns;
 mod procs;
+mod spawn;
 mod tty;
 
 use std::collections::HashMap;
@@ -35,7 +37,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hangar_core::machine::Observed;
 use hangar_core::{ExitInfo, Isolation, MachineId, Signal};
@@ -707,52 +709,56 @@ impl OciRuntime {
         std::fs::write(&tmp, engine.flavor.binary())
             .and_then(|()| std::fs::rename(&tmp, dir.join(ENGINE_FILE)))
             .map_err(|e| failed("start", id, format!("recording the runtime: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&self.cfg.init_path);
-        cmd.arg("shim")
-            .arg("--id")
-            .arg(id.as_str())
-            .arg("--runtime")
-            .arg(&engine.path)
-            .arg("--runtime-root")
-            .arg(&engine.root)
-            .arg("--bundle")
-            .arg(bundle_dir)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--log")
-            .arg(dir.join("logs/machine.log"))
-            .arg("--log-max-bytes")
-            .arg(self.cfg.log_max_bytes.to_string())
-            .arg("--oom-file")
-            .arg(self.oom_file(id))
-            .arg("--lock-fd")
-            .arg(SHIM_LOCK_FD.to_string())
-            .args(standby.then_some("--standby"))
-            .args((!engine.flavor.preserves_fds()).then_some("--no-status-fd"))
-            .args(
-                engine
-                    .flags
-                    .iter()
-                    .flat_map(|f| ["--runtime-flag", f.as_str()]),
-            )
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        pass_fd(&mut cmd, lock_raw, SHIM_LOCK_FD);
-        let mut child = cmd
-            .spawn()
+        let log_max = self.cfg.log_max_bytes.to_string();
+        let lock_fd = SHIM_LOCK_FD.to_string();
+        let (state, log, oom) = (
+            dir.join("state"),
+            dir.join("logs/machine.log"),
+            self.oom_file(id),
+        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "shim".as_ref(),
+            "--id".as_ref(),
+            id.as_str().as_ref(),
+            "--runtime".as_ref(),
+            engine.path.as_os_str(),
+            "--runtime-root".as_ref(),
+            engine.root.as_os_str(),
+            "--bundle".as_ref(),
+            bundle_dir.as_os_str(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--log".as_ref(),
+            log.as_os_str(),
+            "--log-max-bytes".as_ref(),
+            log_max.as_ref(),
+            "--oom-file".as_ref(),
+            oom.as_os_str(),
+            "--lock-fd".as_ref(),
+            lock_fd.as_ref(),
+        ];
+        if standby {
+            args.push("--standby".as_ref());
+        }
+        if !engine.flavor.preserves_fds() {
+            args.push("--no-status-fd".as_ref());
+        }
+        for f in &engine.flags {
+            args.push("--runtime-flag".as_ref());
+            args.push(f.as_ref());
+        }
+        // Not through `Command`: its fd placement forks hangard (see spawn.rs).
+        let child = spawn::spawn(&self.cfg.init_path, &args, &[(lock_raw, SHIM_LOCK_FD)])
             .map_err(|e| failed("start", id, format!("spawning the shim: {e}")))?;
         drop(lock);
-        let pid = child.id().unwrap_or(0) as i32;
-        let pidfd = pidfd_open(pid).map_err(|e| failed("start", id, e))?;
-        let shim = Shim { pid, pidfd };
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| failed("start", id, "no shim stdout"))?;
-        // The shim lives on in its own session; tokio reaps it when it ends.
-        drop(child);
+        // Our child: it is reaped when waited on, or when its handle goes.
+        let pidfd = pidfd_open(child.pid).map_err(|e| failed("start", id, e))?;
+        let shim = Shim {
+            pid: child.pid,
+            pidfd,
+        };
+        let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(child.stdout)
+            .map_err(|e| failed("start", id, format!("the shim's stdout: {e}")))?;
         Ok((shim, tokio::io::BufReader::new(stdout).lines()))
     }
 
@@ -843,13 +849,51 @@ impl OciRuntime {
         self.adopt_shim(id)
     }
 
+    /// Lets go of the host's mount of the machine's root filesystem once
+    /// its container holds its own (crun and runc pivot into a copy, in a
+    /// mount namespace of its own that nothing propagates to): every mount
+    /// of the host is copied by each container made after, so a host that
+    /// kept one per machine would make each start slower than the last.
+    /// The prepared bundle is spent, so a later start prepares anew.
+    fn release_rootfs(&self, id: &MachineId, flavor: OciFlavor) {
+        if flavor == OciFlavor::Runsc {
+            return;
+        }
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let rootfs = self.dir(id).join("bundle/rootfs");
+        if let Err(e) = fsutil::unmount(&rootfs) {
+            tracing::debug!(machine = %id, error = %e, "cannot unmount the host's root mount");
+        }
+    }
+
+    /// A pidfd of the machine's container init, if it runs: the pid the
+    /// runtime recorded, proven to be the machine's own process (in its
+    /// cgroup, read while the pidfd shows it alive, so that a reused pid is
+    /// never mistaken for it).
+    fn container_init(&self, id: &MachineId) -> Option<OwnedFd> {
+        let text = std::fs::read_to_string(self.dir(id).join("state/container.pid")).ok()?;
+        let pid: i32 = text.trim().parse().ok().filter(|p| *p > 0)?;
+        let fd = pidfd_open(pid).ok()?;
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let own = self.cgroup(id);
+        let own = own.trim_matches('/');
+        let inside = cgroups.lines().any(|l| {
+            let path = l.splitn(3, ':').nth(2).unwrap_or("").trim_matches('/');
+            path == own || path.strip_prefix(own).is_some_and(|r| r.starts_with('/'))
+        });
+        (inside && !pidfd_ended(&fd)).then_some(fd)
+    }
+
     fn read_exit(&self, id: &MachineId) -> Option<ExitInfo> {
         let b = std::fs::read(self.dir(id).join("state/exit.json")).ok()?;
         serde_json::from_slice(&b).ok()
     }
 }
 
-type ShimReports = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+type ShimReports = tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::pipe::Receiver>>;
 
 /// The shim's next report line (a minute at most; null if none).
 async fn read_report(reports: &mut ShimReports) -> serde_json::Value {
@@ -931,19 +975,27 @@ pub fn lock_held(lock: &Path) -> bool {
     }
 }
 
-/// Sends SIGKILL to the process behind `pidfd` (nothing if it has ended).
-pub fn kill_pidfd(pidfd: &OwnedFd) {
-    // SAFETY: pidfd_send_signal on a pidfd we own; a process that has
-    // already ended makes it fail harmlessly.
-    unsafe {
+/// Sends signal `sig` to the process behind `pidfd`.
+fn send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo, no flags.
+    let r = unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            0,
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
             0,
         )
     };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends SIGKILL to the process behind `pidfd` (nothing if it has ended).
+pub fn kill_pidfd(pidfd: &OwnedFd) {
+    let _ = send_signal(pidfd, libc::SIGKILL);
 }
 
 /// Makes `cmd`'s process get our fd `fd` as its fd `target` (without
@@ -980,16 +1032,70 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Waits until the process behind `pidfd` has ended, then reaps it if it
 /// is our child.
 pub async fn wait_pidfd(shim: &Shim) -> io::Result<()> {
+    if ended(shim) {
+        reap(shim);
+        return Ok(());
+    }
     let dup = shim.pidfd.try_clone()?;
     // SAFETY: `dup` is an OwnedFd that stays open, unchanged, for as long as
     // the AsyncFd owns it.
     let afd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
         .map_err(|e| io::Error::other(e.to_string()))?;
     let _guard = afd.readable().await?;
-    let mut status = 0;
-    // SAFETY: waitpid with WNOHANG on a pid; ECHILD (not our child) is fine.
-    unsafe { libc::waitpid(shim.pid, &mut status, libc::WNOHANG) };
+    reap(shim);
     Ok(())
+}
+
+/// Whether a shim has ended, without waiting (a pidfd is readable once
+/// its process has exited).
+pub fn ended(shim: &Shim) -> bool {
+    pidfd_ended(&shim.pidfd)
+}
+
+/// Whether the process behind `pidfd` has ended, without waiting.
+fn pidfd_ended(pidfd: &OwnedFd) -> bool {
+    let mut fds = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd that lives across the call, timeout 0.
+    let n = unsafe { libc::poll(&mut fds, 1, 0) };
+    n == 1 && fds.revents & (libc::POLLIN | libc::POLLHUP) != 0
+}
+
+/// Reaps an ended shim if it is our child (through its pidfd: never
+/// another process that took its pid).
+fn reap(shim: &Shim) {
+    // SAFETY: a zeroed siginfo_t is valid for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our pidfd with WNOHANG; ECHILD (not our child, or
+    // reaped already) is fine.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            shim.pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // A kernel before 5.4 (no P_PIDFD): by pid, as the shim has ended
+        // and is not reaped yet (its pidfd is readable), so its pid is
+        // still its own.
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG on a pid; ECHILD is fine.
+        unsafe { libc::waitpid(shim.pid, &mut status, libc::WNOHANG) };
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        // A shim of ours that ended unwaited leaves no zombie behind.
+        if ended(self) {
+            reap(self);
+        }
+    }
 }
 
 /// Waits for a shim's end for at most `timeout`; true if it ended.
@@ -1022,7 +1128,7 @@ impl Runtime for OciRuntime {
         if self.shim(id).is_some() {
             return Err(failed("start", id, "a workload is already running"));
         }
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         if let Some(standby) = self.take_standby(id) {
             if self.standby_fits(&standby, spec) {
                 match self.release(id, standby).await {
@@ -1030,7 +1136,7 @@ impl Runtime for OciRuntime {
                         tracing::debug!(
                             machine = %id,
                             runtime_ms,
-                            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+                            total_ms = ms(t0.elapsed()),
                             "container started from its standby"
                         );
                         return Ok(());
@@ -1052,13 +1158,14 @@ impl Runtime for OciRuntime {
         let report = read_report(&mut reports).await;
         drop(reports);
         if report.get("pid").and_then(|p| p.as_i64()).is_some() {
+            self.release_rootfs(id, engine.flavor);
             self.set_shim(id, Some(shim));
             tracing::debug!(
                 machine = %id,
-                prepare_ms = prepared.as_secs_f64() * 1e3,
-                spawned_ms = spawned.as_secs_f64() * 1e3,
+                prepare_ms = ms(prepared),
+                spawned_ms = ms(spawned),
                 runtime_ms = report.get("runtime_ms").and_then(|v| v.as_f64()).unwrap_or_default(),
-                total_ms = t0.elapsed().as_secs_f64() * 1e3,
+                total_ms = ms(t0.elapsed()),
                 "container started"
             );
             return Ok(());
@@ -1084,8 +1191,10 @@ impl Runtime for OciRuntime {
             }
             self.dismiss(id, standby).await;
         }
+        let t0 = Instant::now();
         let volumes = self.attach_volumes(spec).await?;
         let bundle_dir = blocking(|| self.prepare(spec, &volumes))?;
+        let prepared = t0.elapsed();
         let hash = spec_hash(spec);
         self.prepared
             .lock()
@@ -1094,14 +1203,16 @@ impl Runtime for OciRuntime {
         if !self.cfg.precreate {
             return Ok(());
         }
-        let (shim, mut reports) = self
-            .spawn_shim(id, self.engine_for(spec)?, &bundle_dir, true)
-            .await?;
+        let engine = self.engine_for(spec)?;
+        let (shim, mut reports) = self.spawn_shim(id, engine, &bundle_dir, true).await?;
         let report = read_report(&mut reports).await;
         if report.get("created").and_then(|c| c.as_bool()) == Some(true) {
+            self.release_rootfs(id, engine.flavor);
             tracing::debug!(
                 machine = %id,
                 runtime_ms = report.get("runtime_ms").and_then(|v| v.as_f64()).unwrap_or_default(),
+                prepare_ms = ms(prepared),
+                total_ms = ms(t0.elapsed()),
                 "next container created"
             );
             self.standbys
@@ -1270,8 +1381,21 @@ impl Runtime for OciRuntime {
     }
 
     async fn signal(&self, id: &MachineId, signal: Signal) -> Result<(), RuntimeError> {
-        if self.shim(id).is_none() {
+        let Some(shim) = self.shim(id) else {
             return Err(RuntimeError::NotRunning(id.clone()));
+        };
+        // crun and runc signal the container's init and nothing more: so
+        // does this, through a pidfd, without spawning the runtime (a fork
+        // of hangard and an exec of the runtime, per stop).
+        if self.engine_of(id).flavor != OciFlavor::Runsc {
+            if let Some(init) = self.container_init(id) {
+                if send_signal(&init, signal.number()).is_ok() {
+                    return Ok(());
+                }
+                if ended(&shim) || pidfd_ended(&init) {
+                    return Err(RuntimeError::NotRunning(id.clone()));
+                }
+            }
         }
         let out = self
             .runtime_cmd(id)
@@ -1323,6 +1447,7 @@ impl Runtime for OciRuntime {
     }
 
     async fn cleanup(&self, id: &MachineId) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
         let dir = self.dir(id);
         let cgroup = cgroups::MachineCgroup::new(&self.cgroup(id));
         if let Some(standby) = self.take_standby(id) {
@@ -1331,7 +1456,19 @@ impl Runtime for OciRuntime {
         if let Some(shim) = self.orphan_standby(id) {
             self.end_standby_shim(id, &shim).await;
         }
-        if let Some(shim) = self.shim(id).or_else(|| self.adopt_shim(id).map(Arc::new)) {
+        // A shim that has ended (the machine exited, or was stopped) has
+        // nothing left to kill; stray processes in its cgroup go below.
+        let live = self
+            .shim(id)
+            .or_else(|| self.adopt_shim(id).map(Arc::new))
+            .filter(|s| {
+                let done = ended(s);
+                if done {
+                    reap(s);
+                }
+                !done
+            });
+        if let Some(shim) = live {
             // SIGKILL reaches frozen processes only once they thaw.
             if self.is_frozen(id) {
                 let _ = self
@@ -1360,6 +1497,7 @@ impl Runtime for OciRuntime {
                 wait_pidfd_for(&shim, Duration::from_secs(5)).await;
             }
         }
+        let killed = t0.elapsed();
         self.set_shim(id, None);
         self.prepared
             .lock()
@@ -1388,11 +1526,13 @@ impl Runtime for OciRuntime {
                 .map_err(|e| failed("cleanup", id, e))?;
             cgroup.remove().map_err(|e| failed("cleanup", id, e))?;
         }
+        let deleted = t0.elapsed();
         let rootfs = dir.join("bundle/rootfs");
         fsutil::unmount(&rootfs).map_err(|e| failed("cleanup", id, e))?;
         if fsutil::is_mounted(&rootfs) {
             return Err(failed("cleanup", id, "root filesystem is still mounted"));
         }
+        let unmounted = t0.elapsed();
         for d in ["upper", "work"] {
             fsutil::remove_tree(&dir.join(d)).map_err(|e| failed("cleanup", id, e))?;
         }
@@ -1400,6 +1540,14 @@ impl Runtime for OciRuntime {
             let _ = std::fs::remove_file(dir.join(f));
         }
         fsutil::remove_tree(&self.secrets_dir(id)).map_err(|e| failed("cleanup", id, e))?;
+        tracing::debug!(
+            machine = %id,
+            killed_ms = ms(killed),
+            deleted_ms = ms(deleted),
+            unmounted_ms = ms(unmounted),
+            total_ms = ms(t0.elapsed()),
+            "cleaned up"
+        );
         Ok(())
     }
 
@@ -1441,6 +1589,11 @@ impl Runtime for OciRuntime {
     fn log_path(&self, id: &MachineId) -> Option<PathBuf> {
         Some(self.dir(id).join("logs/machine.log"))
     }
+}
+
+/// A duration in milliseconds, for timings in logs.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 /// Runs `f`, which blocks (it runs tools, mounts, waits on the network
@@ -1550,7 +1703,7 @@ mod tests {
         let other: MachineId = "abcdef01234567".parse().unwrap();
         std::fs::create_dir_all(rt.dir(&other).join("state")).unwrap();
         std::fs::write(rt.dir(&other).join("state/shim.pid"), "1 1\n").unwrap();
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         assert_eq!(rt.observe(&other).await.unwrap(), Observed::Absent);
         assert!(t0.elapsed() < Duration::from_secs(1));
     }

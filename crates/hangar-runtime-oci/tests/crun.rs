@@ -436,7 +436,19 @@ async fn destroy_leaves_no_process_mount_or_cgroup() {
         .join("machines")
         .join(s.id.as_str())
         .join("bundle/rootfs");
-    assert!(hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    // The container holds its root; the host keeps no mount of it (each
+    // container made later copies every mount of the host).
+    assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("{}/bundle/rootfs", s.id)),
+        "the host still mounts the root of {}",
+        s.id
+    );
+    let root = std::fs::read_dir(format!("/proc/{}/root/bin", container_pid(&env, &s.id)))
+        .unwrap()
+        .count();
+    assert!(root > 0, "the container's root is empty");
     rt.destroy(&s.id).await.unwrap();
     assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -481,7 +493,8 @@ async fn prewarmed_starts_use_a_clean_root_and_the_current_spec() {
     assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
     rt.cleanup(&s.id).await.unwrap();
 
-    // Prewarmed for the same spec: mounted and ready, nothing running.
+    // Prewarmed for the same spec: its container made and waiting, its
+    // root clean and held by the container alone.
     rt.prewarm(&s).await.unwrap();
     let rootfs = env
         .dir
@@ -489,9 +502,11 @@ async fn prewarmed_starts_use_a_clean_root_and_the_current_spec() {
         .join("machines")
         .join(s.id.as_str())
         .join("bundle/rootfs");
-    assert!(hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    assert!(!hangar_runtime_oci::fsutil::is_mounted(&rootfs));
+    let waiting = format!("/proc/{}/root", container_pid(&env, &s.id));
+    assert!(Path::new(&waiting).join("bin").exists());
     assert!(
-        !rootfs.join("tmp/dirty").exists(),
+        !Path::new(&waiting).join("tmp/dirty").exists(),
         "the prewarmed root is not clean"
     );
     s.process.argv = vec![
@@ -572,7 +587,7 @@ async fn freeze_thaw_exec_ps_and_memory() {
             .path()
             .join("machines")
             .join(s.id.as_str())
-            .join("bundle/rootfs/tmp/count"),
+            .join("upper/tmp/count"),
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -581,7 +596,7 @@ async fn freeze_thaw_exec_ps_and_memory() {
             .path()
             .join("machines")
             .join(s.id.as_str())
-            .join("bundle/rootfs/tmp/count"),
+            .join("upper/tmp/count"),
     )
     .unwrap();
     assert_eq!(a, b, "a frozen machine kept running");
@@ -916,4 +931,19 @@ async fn a_stopped_machines_next_container_waits_created_and_only_its_own_spec_s
             .join(s.id.as_str())
             .exists()
     );
+}
+
+/// The host pid of machine `id`'s container init (from its shim's state).
+fn container_pid(env: &Env, id: &MachineId) -> i32 {
+    let path = env
+        .dir
+        .path()
+        .join("machines")
+        .join(id.as_str())
+        .join("state/container.pid");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
 }
