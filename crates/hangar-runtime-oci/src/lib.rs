@@ -1048,7 +1048,7 @@ pub async fn wait_pidfd(shim: &Shim) -> io::Result<()> {
 
 /// Whether a shim has ended, without waiting (a pidfd is readable once
 /// its process has exited).
-pub fn ended(shim: &Shim) -> bool {
+fn ended(shim: &Shim) -> bool {
     pidfd_ended(&shim.pidfd)
 }
 
@@ -1457,17 +1457,12 @@ impl Runtime for OciRuntime {
             self.end_standby_shim(id, &shim).await;
         }
         // A shim that has ended (the machine exited, or was stopped) has
-        // nothing left to kill; stray processes in its cgroup go below.
+        // nothing left to kill (its handle reaps it when dropped below);
+        // stray processes in its cgroup go below.
         let live = self
             .shim(id)
             .or_else(|| self.adopt_shim(id).map(Arc::new))
-            .filter(|s| {
-                let done = ended(s);
-                if done {
-                    reap(s);
-                }
-                !done
-            });
+            .filter(|s| !ended(s));
         if let Some(shim) = live {
             // SIGKILL reaches frozen processes only once they thaw.
             if self.is_frozen(id) {

@@ -48,14 +48,17 @@ async fn last_exit(c: &Client, id: &str) -> Value {
     e.request.unwrap()["exit_event"].clone()
 }
 
-fn process_running(needle: &str) -> bool {
+/// The command lines of the host's processes, one a line.
+fn processes() -> String {
     let out = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.contains(needle))
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn process_running(needle: &str) -> bool {
+    processes().lines().any(|l| l.contains(needle))
 }
 
 #[tokio::test]
@@ -169,11 +172,7 @@ async fn stop_start_destroy_and_nothing_left_behind() {
     );
     // The shim that ran it is gone; a stopped machine's next container
     // may already wait under a standby shim of its own.
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .unwrap();
-    let ps = String::from_utf8_lossy(&ps.stdout);
+    let ps = processes();
     assert!(
         !ps.lines()
             .any(|l| l.contains(&format!("shim --id {id}")) && !l.contains("--standby")),
