@@ -92,6 +92,9 @@ pub(crate) struct Runner {
     status: watch::Sender<Status>,
     image: Option<ResolvedImage>,
     prepare: Option<JoinHandle<()>>,
+    /// The network wiring done while the image is resolved; every effect
+    /// that touches the workload waits for it first.
+    wiring: Option<JoinHandle<()>>,
     prepare_gen: u64,
     exit_gen: u64,
     timers: HashMap<Timer, Instant>,
@@ -127,6 +130,7 @@ impl Runner {
             status,
             image: None,
             prepare: None,
+            wiring: None,
             prepare_gen: 0,
             exit_gen: 0,
             timers: HashMap::new(),
@@ -507,6 +511,20 @@ impl Runner {
     async fn execute(&mut self, effect: Effect) -> Option<Input> {
         let id = self.rec.id.clone();
         let rt = self.shared.runtime.clone();
+        if let Some(wiring) = self.wiring.take() {
+            let touches = matches!(
+                effect,
+                Effect::StartWorkload
+                    | Effect::Prewarm
+                    | Effect::CleanupWorkload
+                    | Effect::DestroyWorkload
+            );
+            if touches {
+                let _ = wiring.await;
+            } else {
+                self.wiring = Some(wiring);
+            }
+        }
         match effect {
             Effect::PrepareImage => {
                 self.prepare_gen += 1;
@@ -517,6 +535,7 @@ impl Runner {
                         return Some(Input::Prepared);
                     }
                 }
+                self.wire_ahead();
                 let images = self.shared.images.clone();
                 let tx = self.tx.clone();
                 let generation = self.prepare_gen;
@@ -610,6 +629,32 @@ impl Runner {
                 None
             }
         }
+    }
+
+    /// Wires the machine to its private network while its image is
+    /// resolved (the two take about as long), so that its start finds
+    /// that done.
+    fn wire_ahead(&mut self) {
+        if self.wiring.is_some() {
+            return;
+        }
+        let net = match self
+            .shared
+            .store
+            .address_of(self.rec.id.as_str(), &self.shared.net)
+        {
+            Ok(Some(a)) => a.attachment(self.shared.dns),
+            _ => return,
+        };
+        let rt = self.shared.runtime.clone();
+        let id = self.rec.id.clone();
+        let isolation = self.rec.spec.isolation;
+        self.wiring = Some(tokio::spawn(async move {
+            if let Err(e) = rt.prepare_network(&id, isolation, &net).await {
+                // The start wires it again and reports what fails.
+                tracing::debug!(machine = %id, error = %e, "network not wired ahead");
+            }
+        }));
     }
 
     /// The reference to prepare: the digest pulled before, so that a

@@ -66,6 +66,43 @@ fn ev(k: &str, s: &str) -> (String, String) {
 }
 
 #[tokio::test]
+async fn a_new_machine_is_wired_while_its_image_resolves_and_starts_after() {
+    let e = env().await;
+    // The wiring takes longer than the (instant) image: the start waits.
+    e.rt.set_wire_delay(Duration::from_millis(150));
+    let m = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let calls = e.rt.calls();
+    let at = |want: &dyn Fn(&Call) -> bool| calls.iter().position(want).unwrap();
+    let began = at(&|c| *c == Call::PrepareNetwork(m.id.clone()));
+    let done = at(&|c| *c == Call::NetworkPrepared(m.id.clone()));
+    let started = at(&|c| matches!(c, Call::Start(s) if s.id == m.id));
+    assert!(began < done && done < started, "{calls:?}");
+
+    // Its next start has the image at hand: nothing is wired ahead.
+    e.agent
+        .stop_machine("app", m.id.as_str(), None, None, None)
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Stopped).await;
+    e.agent
+        .start_machine("app", m.id.as_str(), None)
+        .await
+        .unwrap();
+    wait(&e.agent, m.id.as_str(), MachineState::Started).await;
+    let wired =
+        e.rt.calls()
+            .iter()
+            .filter(|c| **c == Call::PrepareNetwork(m.id.clone()))
+            .count();
+    assert_eq!(wired, 1);
+}
+
+#[tokio::test]
 async fn create_starts_and_stop_stops() {
     let e = env().await;
     let m = e

@@ -38,6 +38,11 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+
+/// What a manifest request accepts (oci-client's own list).
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 use serde::{Deserialize, Serialize};
 
 pub use local::{LocalManifest, LocalRegistry};
@@ -366,6 +371,11 @@ struct Inner {
     /// A client for peers: plain HTTP.
     peer_client: oci_client::Client,
     layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Asks open registries what a tag names (see [`ImageStore::head_open`]).
+    head_client: reqwest::Client,
+    insecure: Vec<String>,
+    /// Registries that answered a `HEAD` without credentials with 401.
+    closed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ImageStore {
@@ -390,6 +400,15 @@ impl ImageStore {
                 }
             }
         }
+        let head_client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("hangar/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ImageError::Registry {
+                reference: String::new(),
+                reason: format!("cannot make an HTTP client: {e}"),
+            })?;
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
             platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
@@ -418,6 +437,9 @@ impl ImageStore {
                     ..ClientConfig::default()
                 }),
                 layer_locks: Mutex::new(HashMap::new()),
+                head_client,
+                insecure: opts.insecure_registries,
+                closed: Mutex::new(Default::default()),
             }),
         })
     }
@@ -950,7 +972,10 @@ impl Inner {
         // for the tag), not the manifest and the config again.
         let served = match name.digest {
             Some(_) => None,
-            None => client.fetch_manifest_digest(&reference, &auth).await.ok(),
+            None => match self.head_open(&reference, &auth).await {
+                Some(d) => Some(d),
+                None => client.fetch_manifest_digest(&reference, &auth).await.ok(),
+            },
         };
         if let Some(served) = &served {
             if let Some(img) = self.still_current(name, served)? {
@@ -1003,6 +1028,60 @@ impl Inner {
             .try_collect()
             .await?;
         self.file_pulled(name, digest, image_config, layers, served.as_deref())
+    }
+
+    /// The digest a registry that anyone may read serves for `reference`'s
+    /// tag, asked with one `HEAD` of its manifest. oci-client asks such a
+    /// registry `/v2/` before every request (it keeps no token for it,
+    /// there is none), a second round trip on every create. None (ask
+    /// through oci-client) with credentials, for a registry that answered
+    /// 401 before, or without a digest in the answer.
+    async fn head_open(
+        &self,
+        reference: &oci_client::Reference,
+        auth: &RegistryAuth,
+    ) -> Option<String> {
+        if !matches!(auth, RegistryAuth::Anonymous) || reference.namespace().is_some() {
+            return None;
+        }
+        let registry = reference.resolve_registry();
+        let closed = |c: &Mutex<std::collections::HashSet<String>>| {
+            c.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(registry)
+        };
+        if closed(&self.closed) {
+            return None;
+        }
+        let scheme = if self.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{}",
+            reference.repository(),
+            reference.tag().unwrap_or("latest")
+        );
+        let res = self
+            .head_client
+            .head(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES)
+            .send()
+            .await
+            .ok()?;
+        if res.status() == reqwest::StatusCode::UNAUTHORIZED {
+            self.closed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(registry.to_owned());
+            return None;
+        }
+        if !res.status().is_success() {
+            return None;
+        }
+        let digest = res.headers().get("docker-content-digest")?.to_str().ok()?;
+        reference::valid_digest(digest).then(|| digest.to_owned())
     }
 
     /// The image the tag of `name` was pulled as, if the registry still

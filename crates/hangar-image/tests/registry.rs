@@ -290,3 +290,113 @@ async fn imports_oci_and_docker_archives() {
         vec!["docker.io/library/demo:v1", "example.com/team/app:2"]
     );
 }
+
+/// A relay on loopback to `target` that notes the request line of every
+/// request passing through it.
+struct Counting {
+    addr: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Counting {
+    async fn start(target: &str) -> Counting {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, seen) = (target.to_owned(), lines.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let seen = seen.clone();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                tokio::spawn(async move {
+                    let (mut buf, mut pending) = (vec![0u8; 16384], Vec::new());
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                            let line = String::from_utf8_lossy(&pending[..end]).into_owned();
+                            pending.drain(..end + 2);
+                            if line.ends_with(" HTTP/1.1") {
+                                seen.lock().unwrap().push(line);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Counting { addr, lines }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lines.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn an_open_registry_is_asked_once_per_tag_check() {
+    if !hangar_test_utils::host_tier(
+        "an_open_registry_is_asked_once_per_tag_check",
+        &["docker-registry"],
+    ) {
+        return;
+    }
+    let reg = Registry::start().await;
+    let img = ImageBuilder::busybox().build();
+    reg.push("test/once", "v1", &img).await;
+    let relay = Counting::start(&reg.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ImageStore::open(
+        dir.path().join("images"),
+        StoreOptions {
+            insecure_registries: vec![relay.addr.clone()],
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let name = format!("{}/test/once:v1", relay.addr);
+    assert_eq!(s.resolve(&name).await.unwrap().digest, img.digest());
+    relay.take();
+    // The tag checked again: one HEAD, without asking `/v2/` first.
+    for _ in 0..3 {
+        assert_eq!(s.resolve(&name).await.unwrap().digest, img.digest());
+        assert_eq!(
+            relay.take(),
+            vec!["HEAD /v2/test/once/manifests/v1 HTTP/1.1".to_owned()]
+        );
+    }
+    assert_eq!(s.unchanged_count(), 3);
+
+    // A registry that wants credentials: its 401 is remembered, the
+    // checks after go through the token dance (and fail clearly here).
+    let closed = Registry::start_with_auth("hangar", "s3cret").await;
+    let relay = Counting::start(&closed.addr).await;
+    let s = ImageStore::open(
+        dir.path().join("images-closed"),
+        StoreOptions {
+            insecure_registries: vec![relay.addr.clone()],
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let name = format!("{}/test/once:v1", relay.addr);
+    for round in 0..2 {
+        let err = s.resolve(&name).await.unwrap_err();
+        assert!(matches!(err, ImageError::Unauthorized { .. }), "{err}");
+        let lines = relay.take();
+        let direct = lines
+            .iter()
+            .take_while(|l| !l.starts_with("GET /v2/ "))
+            .count();
+        assert_eq!(direct, if round == 0 { 1 } else { 0 }, "{lines:?}");
+    }
+}

@@ -451,13 +451,7 @@ impl OciRuntime {
         let rootfs = bundle_dir.join("rootfs");
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let err = |op: &'static str| move |e: io::Error| failed(op, id, e);
-        std::fs::create_dir_all(&dir).map_err(err("create machine dirs"))?;
-        let netns_path = dir.join("netns");
-        netns::ensure(&netns_path).map_err(err("create network namespace"))?;
-        if let Some(net) = &spec.network {
-            self.connect(id, &netns_path, net)
-                .map_err(err("connect to the private network"))?;
-        }
+        let netns_path = self.wire(id, spec.network.as_ref())?;
         fsutil::unmount(&rootfs).map_err(err("unmount stale rootfs"))?;
         fsutil::remove_tree(&upper).map_err(err("reset writable layer"))?;
         fsutil::remove_tree(&work).map_err(err("reset writable layer"))?;
@@ -546,6 +540,25 @@ impl OciRuntime {
             let _ = fsutil::unmount(&rootfs);
         }
         result
+    }
+
+    /// The machine's directory and network namespace, wired to `net`:
+    /// the part of a start that does not depend on the image.
+    fn wire(
+        &self,
+        id: &MachineId,
+        net: Option<&hangar_runtime::NetworkAttachment>,
+    ) -> Result<PathBuf, RuntimeError> {
+        let err = |op: &'static str| move |e: io::Error| failed(op, id, e);
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir).map_err(err("create machine dirs"))?;
+        let netns_path = dir.join("netns");
+        netns::ensure(&netns_path).map_err(err("create network namespace"))?;
+        if let Some(net) = net {
+            self.connect(id, &netns_path, net)
+                .map_err(err("connect to the private network"))?;
+        }
+        Ok(netns_path)
     }
 
     /// Wires the machine's namespace to its network's bridge, unless that
@@ -1233,6 +1246,18 @@ impl Runtime for OciRuntime {
         self.end_standby_shim(id, &shim).await;
         let _ = std::fs::remove_file(self.dir(id).join("state/exit.json"));
         Err(failed("prewarm", id, reason))
+    }
+
+    async fn prepare_network(
+        &self,
+        id: &MachineId,
+        _isolation: Option<Isolation>,
+        net: &hangar_runtime::NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        if self.shim(id).is_some() {
+            return Ok(());
+        }
+        blocking(|| self.wire(id, Some(net))).map(drop)
     }
 
     async fn connect_network(

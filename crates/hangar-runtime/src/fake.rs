@@ -31,6 +31,10 @@ pub enum Call {
     Observe(MachineId),
     /// `prewarm`.
     Prewarm(MachineId),
+    /// `prepare_network` began.
+    PrepareNetwork(MachineId),
+    /// `prepare_network` returned.
+    NetworkPrepared(MachineId),
     /// `freeze`.
     Freeze(MachineId),
     /// `thaw`.
@@ -52,6 +56,7 @@ pub struct FakeRuntime {
     fail_next_start: Mutex<Option<String>>,
     observed: Mutex<HashMap<MachineId, Observed>>,
     destroy_delay: Mutex<std::time::Duration>,
+    wire_delay: Mutex<std::time::Duration>,
 }
 
 impl FakeRuntime {
@@ -92,6 +97,11 @@ impl FakeRuntime {
     /// Every `destroy` takes this long (a real teardown takes a while).
     pub fn set_destroy_delay(&self, d: std::time::Duration) {
         *self.destroy_delay.lock().unwrap() = d;
+    }
+
+    /// Every `prepare_network` takes this long.
+    pub fn set_wire_delay(&self, d: std::time::Duration) {
+        *self.wire_delay.lock().unwrap() = d;
     }
 
     /// The next `start` fails with `reason`.
@@ -268,6 +278,19 @@ impl Runtime for FakeRuntime {
 
     async fn prewarm(&self, spec: &WorkloadSpec) -> Result<(), RuntimeError> {
         self.record(Call::Prewarm(spec.id.clone()));
+        Ok(())
+    }
+
+    async fn prepare_network(
+        &self,
+        id: &MachineId,
+        _isolation: Option<hangar_core::Isolation>,
+        _net: &crate::NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        self.record(Call::PrepareNetwork(id.clone()));
+        let delay = *self.wire_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.record(Call::NetworkPrepared(id.clone()));
         Ok(())
     }
 

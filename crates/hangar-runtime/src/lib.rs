@@ -317,6 +317,21 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Wires a machine that is about to start for the first time to `net`
+    /// ahead of its start (while its image is being resolved), so that the
+    /// start finds that part done; `isolation` is what the machine asks
+    /// for. The start still checks, and does it when this did not. The
+    /// default does nothing.
+    async fn prepare_network(
+        &self,
+        id: &MachineId,
+        isolation: Option<Isolation>,
+        net: &NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        let _ = (id, isolation, net);
+        Ok(())
+    }
+
     /// Makes sure a running workload is wired to `net` as it says (after an
     /// address change, or a link lost while `hangard` was away); does
     /// nothing when it already is. The default does nothing.

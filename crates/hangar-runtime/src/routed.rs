@@ -103,6 +103,18 @@ impl Runtime for Routed {
         self.for_spec(spec)?.prewarm(spec).await
     }
 
+    async fn prepare_network(
+        &self,
+        id: &MachineId,
+        isolation: Option<Isolation>,
+        net: &NetworkAttachment,
+    ) -> Result<(), RuntimeError> {
+        self.for_isolation(isolation.unwrap_or(self.default))
+            .map_err(RuntimeError::InvalidSpec)?
+            .prepare_network(id, isolation, net)
+            .await
+    }
+
     async fn connect_network(
         &self,
         id: &MachineId,
