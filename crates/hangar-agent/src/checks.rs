@@ -78,9 +78,6 @@ pub(crate) struct Checks {
     machines: Mutex<HashMap<String, MachineChecks>>,
     /// Bumped whenever a machine's standing changes.
     generation: std::sync::atomic::AtomicU64,
-    /// The state store's change counter (plus one) when the started
-    /// machines were last read: they are read again only after a change.
-    read_at: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
@@ -137,40 +134,85 @@ impl Agent {
                 let Some(shared) = weak.upgrade() else {
                     return;
                 };
-                if let Err(e) = tick(&shared) {
-                    tracing::warn!(error = %e, "health checks pass failed");
-                }
+                tick(&shared);
             }
         });
     }
 }
 
-fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
-    let now = Instant::now();
-    // Stored plus one, so that the first tick (0 stored) always reads.
-    let version = shared.store.changes().wrapping_add(1);
-    let changed = shared
-        .checks
-        .read_at
-        .swap(version, std::sync::atomic::Ordering::AcqRel)
-        != version;
-    // The started machines are read again only when something changed.
-    let started = if changed {
-        let live = shared.store.live_machines().inspect_err(|_| {
-            // Read again next time.
+/// Follows a machine's record after each of its transitions (and when its
+/// task begins): a started machine with checks is checked, afresh for a new
+/// version; any other is not, and holds no entry (its checks read empty).
+/// Its task calls this, so a pass never reads the machines from the store.
+pub(crate) fn follow(shared: &Shared, rec: &crate::store::MachineRecord) {
+    let id = rec.id.as_str();
+    let checked = rec.core.state == MachineState::Started && !rec.spec.checks.is_empty();
+    if !checked {
+        let removed = shared
+            .checks
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .is_some();
+        if removed {
             shared
                 .checks
-                .read_at
-                .store(0, std::sync::atomic::Ordering::Release);
-        })?;
-        Some(
-            live.into_iter()
-                .filter(|m| m.core.state == MachineState::Started)
-                .collect::<Vec<_>>(),
-        )
-    } else {
-        None
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        return;
+    }
+    let current = |map: &HashMap<String, MachineChecks>| {
+        map.get(id).is_some_and(|c| c.instance == rec.instance_id)
     };
+    if current(
+        &shared
+            .checks
+            .machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    ) {
+        return;
+    }
+    let ip = match shared.store.address_of(id, &shared.net) {
+        Ok(a) => a.map(|a| IpAddr::V4(a.ipv4())),
+        Err(e) => {
+            tracing::warn!(machine = %id, error = %e, "cannot read the machine's address for its checks");
+            None
+        }
+    };
+    let now = Instant::now();
+    let stamp = crate::store::now_rfc3339();
+    let defs = rec.spec.checks.clone();
+    let entry = MachineChecks {
+        instance: rec.instance_id.clone(),
+        ip,
+        results: defs
+            .iter()
+            .map(|d| CheckResult {
+                name: d.name.clone(),
+                status: Health::Warning,
+                output: "waiting for the first check".into(),
+                updated_at: stamp.clone(),
+                gates_traffic: d.gates_traffic,
+            })
+            .collect(),
+        next_due: defs.iter().map(|d| now + d.grace_period).collect(),
+        running: vec![false; defs.len()],
+        defs,
+    };
+    shared
+        .checks
+        .machines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_owned(), entry);
+}
+
+/// One pass: starts the checks that are due.
+fn tick(shared: &Arc<Shared>) {
+    let now = Instant::now();
     let mut due = Vec::new();
     {
         let mut map = shared
@@ -178,52 +220,6 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
             .machines
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(started) = &started {
-            let before = map.len();
-            map.retain(|id, _| started.iter().any(|m| m.id.as_str() == id));
-            if map.len() != before {
-                shared
-                    .checks
-                    .generation
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            }
-            for m in started {
-                let id = m.id.to_string();
-                if map.get(&id).is_some_and(|c| c.instance == m.instance_id) {
-                    continue;
-                }
-                let defs = m.spec.checks.clone();
-                let ip = if defs.is_empty() {
-                    None
-                } else {
-                    shared
-                        .store
-                        .address_of(m.id.as_str(), &shared.net)?
-                        .map(|a| IpAddr::V4(a.ipv4()))
-                };
-                let stamp = crate::store::now_rfc3339();
-                map.insert(
-                    id,
-                    MachineChecks {
-                        instance: m.instance_id.clone(),
-                        ip,
-                        results: defs
-                            .iter()
-                            .map(|d| CheckResult {
-                                name: d.name.clone(),
-                                status: Health::Warning,
-                                output: "waiting for the first check".into(),
-                                updated_at: stamp.clone(),
-                                gates_traffic: d.gates_traffic,
-                            })
-                            .collect(),
-                        next_due: defs.iter().map(|d| now + d.grace_period).collect(),
-                        running: vec![false; defs.len()],
-                        defs,
-                    },
-                );
-            }
-        }
         for (id, mc) in map.iter_mut() {
             let Some(ip) = mc.ip else { continue };
             for i in 0..mc.defs.len() {
@@ -275,7 +271,6 @@ fn tick(shared: &Arc<Shared>) -> Result<(), crate::AgentError> {
             };
         });
     }
-    Ok(())
 }
 
 /// The client for HTTP checks (one that verifies certificates, one that

@@ -795,15 +795,20 @@ impl Agent {
         app: &str,
         req: NewMachine,
     ) -> Result<MachineRecord, AgentError> {
-        let app = self.get_app(app)?;
-        self.ensure_cluster_network(&app.network).await?;
+        // Not `get_app`: that counts the app's machines.
+        let network = self
+            .shared
+            .store
+            .app_network(app)?
+            .ok_or_else(|| AgentError::NotFound(format!("app {app} not found")))?;
+        self.ensure_cluster_network(&network).await?;
         let Parsed { json, spec } = req.config;
         self.check_isolation(&spec)?;
         self.check_capacity_for(&spec)?;
-        self.check_standbys(&app.name, None, &spec)?;
-        self.check_secrets_version(&app.name, req.min_secrets_version)?;
-        self.check_file_secrets(&app.name, &spec)?;
-        let volume = self.mount_volume(&app.name, None, &spec)?;
+        self.check_standbys(app, None, &spec)?;
+        self.check_secrets_version(app, req.min_secrets_version)?;
+        self.check_file_secrets(app, &spec)?;
+        let volume = self.mount_volume(app, None, &spec)?;
         let image_ref = self
             .shared
             .images
@@ -842,7 +847,7 @@ impl Agent {
         }
         let mut rec = MachineRecord {
             id: machine_id.clone(),
-            app: app.name.clone(),
+            app: app.to_owned(),
             name,
             region,
             // A standby settles in `stopped`, like skip_launch.
@@ -882,7 +887,7 @@ impl Agent {
             match self.shared.store.insert_machine(
                 &mut rec,
                 &event,
-                Some((&app.network, &self.shared.net, &block_free)),
+                Some((&network, &self.shared.net, &block_free)),
             ) {
                 Ok(a) => break a,
                 Err(AgentError::Conflict(_)) if generated && draws < NAME_DRAWS => {

@@ -195,6 +195,7 @@ impl Runner {
             }
         }
         Box::pin(self.handle(Input::Resume(observed), None)).await;
+        crate::checks::follow(&self.shared, &self.rec);
 
         while self.rec.core.state != MachineState::Destroyed {
             let next = self
@@ -454,6 +455,7 @@ impl Runner {
                         }
                         let state = self.rec.core.state;
                         let instance_id = self.rec.instance_id.clone();
+                        crate::checks::follow(&self.shared, &self.rec);
                         self.status.send_modify(|s| {
                             s.instance_id = instance_id;
                             if s.state != state {

@@ -104,6 +104,15 @@ impl Store {
             .map_err(db)
     }
 
+    /// The private network of the app named `name` (without counting its
+    /// machines, as [`Store::get_app`] does).
+    pub fn app_network(&self, name: &str) -> Result<Option<String>, AgentError> {
+        self.conn()
+            .prepare_cached("SELECT network FROM apps WHERE name = ?1")
+            .and_then(|mut st| st.query_row(params![name], |r| r.get(0)).optional())
+            .map_err(db)
+    }
+
     /// Whether an app named `name` exists (without counting its machines).
     pub fn app_exists(&self, name: &str) -> Result<bool, AgentError> {
         self.conn()

@@ -5,7 +5,7 @@ use hangar_core::spec::{ImageRef, MachineSpec, Parsed};
 use hangar_core::{MachineId, MachineState};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, db, json_err, now_ms, now_rfc3339};
+use super::{Store, db, exec_cached, json_err, now_ms, now_rfc3339};
 use crate::AgentError;
 
 /// Events kept per machine; older ones are pruned.
@@ -250,8 +250,11 @@ impl Store {
             }
             None => None,
         };
-        let r = tx.execute(
-            &format!("INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+        let r = exec_cached(
+            &tx,
+            &format!(
+                "INSERT INTO machines ({MACHINE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ),
             params![
                 m.id.as_str(),
                 m.app,
@@ -283,13 +286,15 @@ impl Store {
             }
             Err(e) => return Err(db(e)),
         }
-        tx.execute(
+        exec_cached(
+            &tx,
             "INSERT INTO machine_versions (machine_id, version, config, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![m.id.as_str(), m.instance_id, config, m.created_at],
         )
         .map_err(db)?;
         insert_event(&tx, &m.id, event)?;
-        tx.execute(
+        exec_cached(
+            &tx,
             "UPDATE apps SET status = 'deployed' WHERE name = ?1",
             params![m.app],
         )
@@ -439,7 +444,8 @@ impl Store {
         let now = now_rfc3339();
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        tx.execute(
+        exec_cached(
+            &tx,
             "UPDATE machines SET state = ?2, restart_count = ?3, launch = ?4, updated_at = ?5, updated_at_ms = ?6 WHERE id = ?1",
             params![
                 id.as_str(),
@@ -454,12 +460,14 @@ impl Store {
         if let Some(v) = version {
             let config = serde_json::to_string(&v.config.json).map_err(json_err)?;
             let image_ref = serde_json::to_string(&v.image_ref).map_err(json_err)?;
-            tx.execute(
+            exec_cached(
+                &tx,
                 "UPDATE machines SET instance_id = ?2, config = ?3, image_ref = ?4 WHERE id = ?1",
                 params![id.as_str(), v.instance_id, config, image_ref],
             )
             .map_err(db)?;
-            tx.execute(
+            exec_cached(
+                &tx,
                 "INSERT INTO machine_versions (machine_id, version, config, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![id.as_str(), v.instance_id, config, now],
             )
@@ -470,7 +478,8 @@ impl Store {
             last = insert_event(&tx, id, e)?;
         }
         if !events.is_empty() {
-            tx.execute(
+            exec_cached(
+                &tx,
                 "DELETE FROM machine_events WHERE machine_id = ?1 AND seq <= (
                     SELECT seq FROM machine_events WHERE machine_id = ?1
                     ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
@@ -485,12 +494,12 @@ impl Store {
     /// Records the image a machine actually runs.
     pub fn set_image_ref(&self, id: &MachineId, image_ref: &ImageRef) -> Result<(), AgentError> {
         let s = serde_json::to_string(image_ref).map_err(json_err)?;
-        self.conn()
-            .execute(
-                "UPDATE machines SET image_ref = ?2 WHERE id = ?1",
-                params![id.as_str(), s],
-            )
-            .map_err(db)?;
+        exec_cached(
+            &self.conn(),
+            "UPDATE machines SET image_ref = ?2 WHERE id = ?1",
+            params![id.as_str(), s],
+        )
+        .map_err(db)?;
         Ok(())
     }
 
@@ -681,7 +690,8 @@ fn insert_event(
         .map(serde_json::to_string)
         .transpose()
         .map_err(json_err)?;
-    tx.execute(
+    exec_cached(
+        tx,
         "INSERT INTO machine_events (id, machine_id, type, status, source, timestamp, request)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![

@@ -46,7 +46,18 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0011_cluster.sql"),
     include_str!("../../migrations/0012_release_hosts.sql"),
     include_str!("../../migrations/0013_machine_rev.sql"),
+    include_str!("../../migrations/0014_block_usage.sql"),
 ];
+
+/// Runs `sql` through the connection's statement cache (parsing a
+/// statement costs more than running most of ours).
+pub(crate) fn exec_cached(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(p)
+}
 
 /// The database. Cheap to clone.
 #[derive(Clone)]
@@ -330,8 +341,68 @@ mod tests {
         let (n, new) = s.allocate_address("default", "m4", &plan).unwrap();
         assert!(!new);
         assert_eq!(n.ipv4().to_string(), "10.231.5.2");
+        // The blocks' usage was counted by the migration, and followed after.
+        assert_eq!(block_usage(&s), vec![(5, 3, 3), (9, 1, 1)]);
         assert_eq!(s.installation_id().unwrap(), plan.installation, "kept");
         assert_ne!(plan.installation, 0);
+    }
+
+    /// Each block: `(block, used as kept, addresses it holds)`.
+    fn block_usage(s: &Store) -> Vec<(i64, i64, i64)> {
+        let conn = s.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT b.block, b.used, (SELECT COUNT(*) FROM ip_allocations a WHERE a.block = b.block)
+                 FROM network_blocks b ORDER BY b.block",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A create finds the first block with room by its kept usage: the
+    /// usage follows every allocation and release, a freed host is taken
+    /// again first, and a block left empty goes.
+    #[test]
+    fn block_usage_follows_allocations_and_releases() {
+        use crate::network::BLOCK_HOSTS;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let plan = crate::network::NetPlan {
+            range: crate::network::NetRange::default(),
+            installation: s.installation_id().unwrap(),
+            host: 1,
+        };
+        let mut blocks = Vec::new();
+        for i in 0..BLOCK_HOSTS + 2 {
+            let (a, _) = s
+                .allocate_address("default", &format!("m{i}"), &plan)
+                .unwrap();
+            blocks.push(a.block);
+        }
+        let (first, second) = (blocks[0], blocks[BLOCK_HOSTS as usize]);
+        assert_ne!(first, second);
+        assert_eq!(
+            block_usage(&s),
+            vec![
+                (i64::from(first), BLOCK_HOSTS, BLOCK_HOSTS),
+                (i64::from(second), 2, 2)
+            ]
+        );
+        // A host freed in the full block is the next one given.
+        s.release_address("m7").unwrap();
+        let (a, new) = s.allocate_address("default", "again", &plan).unwrap();
+        assert!(!new);
+        assert_eq!((a.block, a.ipv4().octets()[3]), (first, 9));
+        // The second block emptied: it goes.
+        s.release_address(&format!("m{}", BLOCK_HOSTS)).unwrap();
+        s.release_address(&format!("m{}", BLOCK_HOSTS + 1)).unwrap();
+        assert_eq!(
+            block_usage(&s),
+            vec![(i64::from(first), BLOCK_HOSTS, BLOCK_HOSTS)]
+        );
     }
 
     #[test]

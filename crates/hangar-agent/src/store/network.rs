@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Store, db};
+use super::{Store, db, exec_cached};
 use crate::AgentError;
 use crate::network::{Address, BLOCK_HOSTS, Block, MAX_NETWORKS, NetPlan};
 
@@ -176,11 +176,13 @@ impl Store {
         {
             return Ok((plan.address(net, block as u8, host as u8), false));
         }
-        // The lowest free host of the network's blocks, in order.
+        // The lowest free host of the network's blocks with room, in order
+        // (a block's `used` is kept by triggers; a block that turns out
+        // full all the same is passed over).
         let blocks = ids(
             tx,
-            "SELECT block FROM network_blocks WHERE network = ?1 ORDER BY block",
-            params![network],
+            "SELECT block FROM network_blocks WHERE network = ?1 AND used < ?2 ORDER BY block",
+            params![network, BLOCK_HOSTS],
         )?;
         for block in blocks {
             let used = ids(
@@ -367,7 +369,7 @@ fn ids(
     sql: &str,
     p: impl rusqlite::Params,
 ) -> Result<Vec<i64>, AgentError> {
-    let mut st = tx.prepare(sql).map_err(db)?;
+    let mut st = tx.prepare_cached(sql).map_err(db)?;
     let rows = st.query_map(p, |r| r.get(0)).map_err(db)?;
     rows.collect::<Result<_, _>>().map_err(db)
 }
@@ -379,7 +381,8 @@ fn insert_allocation(
     network: &str,
     machine: &str,
 ) -> Result<(), AgentError> {
-    tx.execute(
+    exec_cached(
+        tx,
         "INSERT INTO ip_allocations (block, host, network, machine_id) VALUES (?1, ?2, ?3, ?4)",
         params![block, host, network, machine],
     )
@@ -389,7 +392,8 @@ fn insert_allocation(
 
 fn release_empty_blocks(tx: &rusqlite::Transaction<'_>) -> Result<(), AgentError> {
     tx.execute(
-        "DELETE FROM network_blocks WHERE block NOT IN (SELECT block FROM ip_allocations)",
+        "DELETE FROM network_blocks WHERE NOT EXISTS
+            (SELECT 1 FROM ip_allocations a WHERE a.block = network_blocks.block)",
         [],
     )
     .map_err(db)?;
