@@ -518,6 +518,67 @@ async fn restart_of_hangard_adopts_and_records_missed_exits() {
     wait(&agent, a.id.as_str(), MachineState::Stopped).await;
 }
 
+/// A machine's checks follow its state: a started machine with checks
+/// has them (waiting, then probed), one without checks or not started has
+/// none, and a new hangard finds them again for a machine it adopts.
+#[tokio::test]
+async fn checks_follow_the_machine_through_stops_and_restarts_of_hangard() {
+    let e = env().await;
+    let cfg = serde_json::json!({
+        "image": "busybox",
+        "checks": {"alive": {"type": "tcp", "port": 8080, "interval": "15s", "grace_period": "10s"}}
+    });
+    let m = e
+        .agent
+        .create_machine("app", new_machine(cfg))
+        .await
+        .unwrap();
+    let plain = e
+        .agent
+        .create_machine("app", new_machine(serde_json::json!({"image": "busybox"})))
+        .await
+        .unwrap();
+    let id = m.id.as_str();
+    wait(&e.agent, id, MachineState::Started).await;
+    wait(&e.agent, plain.id.as_str(), MachineState::Started).await;
+    let names = |agent: &Agent, id: &str| -> Vec<String> {
+        agent.checks(id).into_iter().map(|c| c.name).collect()
+    };
+    assert_eq!(names(&e.agent, id), vec!["alive"]);
+    assert!(e.agent.checks(plain.id.as_str()).is_empty());
+    let generation = e.agent.checks_generation();
+
+    e.agent
+        .stop_machine("app", id, None, None, None)
+        .await
+        .unwrap();
+    wait(&e.agent, id, MachineState::Stopped).await;
+    assert!(e.agent.checks(id).is_empty());
+    assert!(
+        e.agent.checks_generation() > generation,
+        "a machine left the checks"
+    );
+    e.agent.start_machine("app", id, None).await.unwrap();
+    wait(&e.agent, id, MachineState::Started).await;
+    assert_eq!(names(&e.agent, id), vec!["alive"]);
+
+    e.agent.shutdown().await;
+    drop(e.agent);
+    let agent = open(&e.dir, &e.rt).await;
+    wait(&agent, id, MachineState::Started).await;
+    // The machine's task follows it as it resumes.
+    hangar_test_utils::wait_until(
+        Duration::from_secs(5),
+        "the adopted machine's checks",
+        || {
+            let got = names(&agent, id);
+            async move { (got == ["alive"]).then_some(()) }
+        },
+    )
+    .await;
+    assert!(agent.checks(plain.id.as_str()).is_empty());
+}
+
 #[tokio::test]
 async fn app_delete_with_force_destroys_machines() {
     let e = env().await;
