@@ -176,6 +176,34 @@ struct Mixed {
     proxy: Vec<(Wrk, Wrk)>,
     api: Vec<(Wrk, Wrk)>,
     ops: Vec<(f64, f64)>,
+    /// The host's CPU time (all processes, ms) per stop or start, alone.
+    cpu_per_op: Vec<f64>,
+}
+
+/// CPU time the host has spent busy (every CPU, ms), from `/proc/stat`.
+fn host_busy_ms() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("no cpu line in /proc/stat"))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    anyhow::ensure!(v.len() >= 5, "short cpu line in /proc/stat");
+    // user nice system idle iowait irq softirq steal ...: all but idle and
+    // iowait, in clock ticks.
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy * 1000.0 / hz)
 }
 
 async fn mixed(
@@ -191,11 +219,16 @@ async fn mixed(
         proxy: Vec::new(),
         api: Vec::new(),
         ops: Vec::new(),
+        cpu_per_op: Vec::new(),
     };
     for _ in 0..runs {
         let proxy_alone = load(&proxy_t, seconds, 16).await?;
         let api_alone = load(&api_t, seconds, 16).await?;
+        let (busy, t) = (host_busy_ms()?, Instant::now());
         let ops_alone = stop_start(&c, cycled, seconds).await?;
+        let done = ops_alone * t.elapsed().as_secs_f64();
+        out.cpu_per_op
+            .push((host_busy_ms()? - busy) / done.max(1.0));
         let (proxy, api, ops) = tokio::join!(
             load(&proxy_t, seconds, 16),
             load(&api_t, seconds, 16),
@@ -395,6 +428,10 @@ async fn main() -> anyhow::Result<()> {
         "  {:<34} {alone:>10.1} {together:>10.1} {:>6.2}x",
         "stop/start, 10 clients (ops/s)",
         together / alone
+    );
+    println!(
+        "  host CPU per stop or start, alone: {:.1} ms (every process, the bench's own included)",
+        median(mix.cpu_per_op.clone())
     );
     println!(
         "  sum of the shares {shares:.2} (1.0: the three split the CPU with nothing lost to \

@@ -947,3 +947,53 @@ fn container_pid(env: &Env, id: &MachineId) -> i32 {
         .parse()
         .unwrap()
 }
+
+/// A container that ended is deleted by its shim without starting crun:
+/// crun's state and the container's cgroup (in every hierarchy) go, as
+/// `crun delete` would remove them, and crun no longer lists it.
+#[tokio::test]
+async fn an_ended_container_is_deleted_without_starting_the_runtime() {
+    if !hangar_test_utils::host_tier(
+        "an_ended_container_is_deleted_without_starting_the_runtime",
+        &["crun"],
+    ) {
+        return;
+    }
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let s = spec(&env, "sleep 0.2; exit 3");
+    rt.start(&s).await.unwrap();
+    let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("hangar-test").join(s.id.as_str()))
+        .filter(|d| d.is_dir())
+        .collect();
+    assert!(!cgroups.is_empty(), "the container has no cgroup");
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 3);
+    let state = env.dir.path().join("run/crun").join(s.id.as_str());
+    hangar_test_utils::wait_until(Duration::from_secs(10), "crun's state removed", || {
+        let gone = !state.exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    for d in &cgroups {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    let shim_log = env
+        .dir
+        .path()
+        .join("machines")
+        .join(s.id.as_str())
+        .join("state/shim.log");
+    let text = std::fs::read_to_string(shim_log).unwrap_or_default();
+    assert!(!text.contains("deletes the container"), "{text}");
+    let list = std::process::Command::new("crun")
+        .arg("--root")
+        .arg(env.dir.path().join("run/crun"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(s.id.as_str()));
+    rt.destroy(&s.id).await.unwrap();
+}
