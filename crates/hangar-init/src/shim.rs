@@ -518,10 +518,12 @@ pub(crate) fn report(v: &serde_json::Value) {
 
 fn cleanup(o: &Options) {
     if let Err(why) = delete_ended(o, Path::new(CGROUP_ROOT)) {
-        shim_log(
-            o,
-            &format!("{} deletes the container: {why}", o.runtime.display()),
-        );
+        if why != NOT_CRUN {
+            shim_log(
+                o,
+                &format!("{} deletes the container: {why}", o.runtime.display()),
+            );
+        }
         let _ = runtime(o)
             .arg("delete")
             .arg("--force")
@@ -535,6 +537,8 @@ fn cleanup(o: &Options) {
 }
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Another runtime's containers are always deleted by it (not logged).
+const NOT_CRUN: &str = "not crun";
 
 /// What `crun delete` does for a container that has ended, done here
 /// without starting crun (starting it costs more CPU than the work): its
@@ -545,7 +549,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// removed.
 fn delete_ended(o: &Options, cgroup_root: &Path) -> Result<(), &'static str> {
     if o.runtime.file_name().and_then(|n| n.to_str()) != Some("crun") {
-        return Err("not crun");
+        return Err(NOT_CRUN);
     }
     let state = o.runtime_root.join(&o.id);
     let status: serde_json::Value = fs::read(state.join("status"))
