@@ -7,7 +7,7 @@
 //!                     ├─ pipes ──► machine.log (JSON lines, rotated)
 //!                     ├─ waits for the container's init (pidfd)
 //!                     ├─ writes exit.json (exit code, signal, oom)
-//!                     └─ crun delete; exits
+//!                     └─ deletes the container (its cgroup, crun's state); exits
 //! ```
 //!
 //! With `--standby` (a stopped machine's next start, made ahead) the shim
@@ -545,8 +545,8 @@ const NOT_CRUN: &str = "not crun";
 /// cgroup's directories removed (empty: nothing of the container runs),
 /// then crun's state directory. Says why not, for `crun delete --force` to
 /// do it all, with another runtime, a systemd cgroup, hooks, or anything
-/// left in the cgroup (a process, a child cgroup); then nothing was
-/// removed.
+/// left in the cgroup (a process, a child cgroup): then nothing was
+/// removed (crun finishes what a failed removal left).
 fn delete_ended(o: &Options, cgroup_root: &Path) -> Result<(), &'static str> {
     if o.runtime.file_name().and_then(|n| n.to_str()) != Some("crun") {
         return Err(NOT_CRUN);

@@ -772,7 +772,13 @@ impl OciRuntime {
         };
         let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(child.stdout)
             .map_err(|e| failed("start", id, format!("the shim's stdout: {e}")))?;
-        Ok((shim, tokio::io::BufReader::new(stdout).lines()))
+        // A stopped machine's standby keeps this reader until its start:
+        // sized for the shim's one-line reports, not tokio's 8 KiB (a
+        // longer line still reads whole).
+        Ok((
+            shim,
+            tokio::io::BufReader::with_capacity(REPORT_BUFFER, stdout).lines(),
+        ))
     }
 
     fn take_standby(&self, id: &MachineId) -> Option<Standby> {
@@ -905,6 +911,9 @@ impl OciRuntime {
         serde_json::from_slice(&b).ok()
     }
 }
+
+/// The buffer of the reader of a shim's reports.
+const REPORT_BUFFER: usize = 512;
 
 type ShimReports = tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::pipe::Receiver>>;
 
