@@ -1099,11 +1099,11 @@ impl Agent {
         let destroy = matches!(input, machine::Input::Destroy { .. });
         if let Some(h) = self.shared.runner(&rec.id) {
             let (reply, rx) = oneshot::channel();
-            let msg = Msg::Request {
+            let msg = Msg::Request(Box::new(runner::Request {
                 input,
-                version: version.map(Box::new),
+                version,
                 reply,
-            };
+            }));
             if h.tx.send(msg).await.is_ok() {
                 if let Ok(r) = rx.await {
                     return r;

@@ -377,9 +377,12 @@ impl Agent {
             .runner(&rec.id)
             .ok_or_else(|| crate::denied(machine::Denied::Destroyed))?;
         let (reply, rx) = oneshot::channel();
-        h.tx.send(Msg::Metadata { changes, reply })
-            .await
-            .map_err(|_| crate::denied(machine::Denied::Destroyed))?;
+        h.tx.send(Msg::Metadata {
+            changes: Box::new(changes),
+            reply,
+        })
+        .await
+        .map_err(|_| crate::denied(machine::Denied::Destroyed))?;
         rx.await
             .map_err(|_| crate::denied(machine::Denied::Destroyed))??;
         Ok(())

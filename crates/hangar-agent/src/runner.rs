@@ -36,19 +36,16 @@ use crate::{AgentError, Shared, spec};
 /// A reply to a request: the state before it.
 pub(crate) type Reply = oneshot::Sender<Result<MachineState, AgentError>>;
 
-/// Messages to a runner.
+/// Messages to a runner. Small (each variant's payload boxed): every
+/// machine's channel allocates room for 32 of them when it is made.
 pub(crate) enum Msg {
     /// A request: an input for the state machine, answered with the state
     /// before it or why it was refused. An update brings its new config
     /// version, committed with the transition it causes.
-    Request {
-        input: Input,
-        version: Option<Box<NewVersion>>,
-        reply: Reply,
-    },
+    Request(Box<Request>),
     /// Metadata changes (`None` removes a key); no new version.
     Metadata {
-        changes: BTreeMap<String, Option<String>>,
+        changes: Box<BTreeMap<String, Option<String>>>,
         reply: Reply,
     },
     Prepared {
@@ -57,9 +54,18 @@ pub(crate) enum Msg {
     },
     Exited {
         generation: u64,
-        info: ExitInfo,
+        info: Box<ExitInfo>,
     },
     Shutdown,
+}
+
+const _: () = assert!(std::mem::size_of::<Msg>() <= 24);
+
+/// See [`Msg::Request`].
+pub(crate) struct Request {
+    pub input: Input,
+    pub version: Option<NewVersion>,
+    pub reply: Reply,
 }
 
 /// What the runner publishes after every change.
@@ -219,17 +225,18 @@ impl Runner {
             };
             match msg {
                 None | Some(Msg::Shutdown) => break,
-                Some(Msg::Request {
-                    input,
-                    version,
-                    reply,
-                }) => {
-                    self.pending_version = version.map(|v| *v);
+                Some(Msg::Request(r)) => {
+                    let Request {
+                        input,
+                        version,
+                        reply,
+                    } = *r;
+                    self.pending_version = version;
                     Box::pin(self.handle(input, Some(reply))).await;
                     self.pending_version = None;
                 }
                 Some(Msg::Metadata { changes, reply }) => {
-                    let r = self.set_metadata(changes);
+                    let r = self.set_metadata(*changes);
                     let _ = reply.send(r);
                 }
                 Some(Msg::Prepared { generation, result }) => {
@@ -248,7 +255,7 @@ impl Runner {
                 }
                 Some(Msg::Exited { generation, info }) => {
                     if generation == self.exit_gen {
-                        Box::pin(self.handle(Input::WorkloadExited(info), None)).await;
+                        Box::pin(self.handle(Input::WorkloadExited(*info), None)).await;
                     }
                 }
             }
@@ -682,7 +689,12 @@ impl Runner {
                 error: Some(e.to_string()),
                 ..ExitInfo::default()
             });
-            let _ = tx.send(Msg::Exited { generation, info }).await;
+            let _ = tx
+                .send(Msg::Exited {
+                    generation,
+                    info: Box::new(info),
+                })
+                .await;
         });
     }
 
