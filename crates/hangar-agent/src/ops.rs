@@ -377,10 +377,10 @@ impl Agent {
             .runner(&rec.id)
             .ok_or_else(|| crate::denied(machine::Denied::Destroyed))?;
         let (reply, rx) = oneshot::channel();
-        h.tx.send(Msg::Metadata {
-            changes: Box::new(changes),
+        h.tx.send(Msg::Metadata(Box::new(crate::runner::Metadata {
+            changes,
             reply,
-        })
+        })))
         .await
         .map_err(|_| crate::denied(machine::Denied::Destroyed))?;
         rx.await

@@ -44,10 +44,7 @@ pub(crate) enum Msg {
     /// version, committed with the transition it causes.
     Request(Box<Request>),
     /// Metadata changes (`None` removes a key); no new version.
-    Metadata {
-        changes: Box<BTreeMap<String, Option<String>>>,
-        reply: Reply,
-    },
+    Metadata(Box<Metadata>),
     Prepared {
         generation: u64,
         result: Box<Result<ResolvedImage, hangar_image::ImageError>>,
@@ -60,6 +57,12 @@ pub(crate) enum Msg {
 }
 
 const _: () = assert!(std::mem::size_of::<Msg>() <= 24);
+
+/// See [`Msg::Metadata`].
+pub(crate) struct Metadata {
+    pub changes: BTreeMap<String, Option<String>>,
+    pub reply: Reply,
+}
 
 /// See [`Msg::Request`].
 pub(crate) struct Request {
@@ -235,8 +238,9 @@ impl Runner {
                     Box::pin(self.handle(input, Some(reply))).await;
                     self.pending_version = None;
                 }
-                Some(Msg::Metadata { changes, reply }) => {
-                    let r = self.set_metadata(*changes);
+                Some(Msg::Metadata(m)) => {
+                    let Metadata { changes, reply } = *m;
+                    let r = self.set_metadata(changes);
                     let _ = reply.send(r);
                 }
                 Some(Msg::Prepared { generation, result }) => {
