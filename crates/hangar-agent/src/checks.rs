@@ -163,16 +163,14 @@ pub(crate) fn follow(shared: &Shared, rec: &crate::store::MachineRecord) {
         }
         return;
     }
-    let current = |map: &HashMap<String, MachineChecks>| {
-        map.get(id).is_some_and(|c| c.instance == rec.instance_id)
-    };
-    if current(
-        &shared
-            .checks
-            .machines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    ) {
+    let current = shared
+        .checks
+        .machines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(id)
+        .is_some_and(|c| c.instance == rec.instance_id);
+    if current {
         return;
     }
     let ip = match shared.store.address_of(id, &shared.net) {

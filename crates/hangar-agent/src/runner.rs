@@ -6,6 +6,7 @@
 //!   exit watcher ──Msg::Exited{gen}────────────────────────────►│  apply() → commit → reply → effects
 //!   timers, the schedule (in the runner's select loop) ────────►┘
 //!                                   │
+//!                                   ├─ checks::follow ──────────► health checks
 //!                                   └─ watch::Sender<Status> ──► wait endpoint, list
 //! ```
 //!
@@ -15,7 +16,9 @@
 //! Effects that finish quickly (start, signal, cleanup, destroy) run inline and
 //! feed their outcome back as the next input; slow ones (image pulls) and
 //! waits (process exits) run in tasks that post a message back, tagged with a
-//! generation so that an answer to a cancelled effect is dropped.
+//! generation so that an answer to a cancelled effect is dropped. While the
+//! image of a first start is resolved, a task wires the machine's network
+//! ahead; the effects that touch the workload wait for it first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

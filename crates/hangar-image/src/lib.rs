@@ -1045,12 +1045,12 @@ impl Inner {
             return None;
         }
         let registry = reference.resolve_registry();
-        let closed = |c: &Mutex<std::collections::HashSet<String>>| {
-            c.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(registry)
-        };
-        if closed(&self.closed) {
+        let closed = self
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(registry);
+        if closed {
             return None;
         }
         let scheme = if self.insecure.iter().any(|r| r == registry) {
