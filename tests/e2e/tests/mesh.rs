@@ -100,6 +100,12 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     ) {
         return;
     }
+    // Dropped after the daemons: their cgroup parents go with them.
+    let _cgroups = CgroupParents(
+        (0..REGIONS.len())
+            .map(|i| format!("hangar-mesh-{}-{i}", std::process::id()))
+            .collect(),
+    );
     let lan = Lan::new(3);
     let pg = Postgres::start_on(&lan.gateway, &lan.network());
     pg.create_db("hangar");
@@ -130,7 +136,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
             "--proxy-idle-timeout",
             "2s",
             "--cgroup-parent",
-            &format!("/hangar-mesh-{}-{i}", std::process::id()),
+            &format!("/{}", _cgroups.0[i]),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -819,6 +825,25 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
 }
 
 /// Runs `f` on a thread of its own in network namespace `/run/netns/<ns>`.
+/// The daemons' cgroup parents, removed (in every hierarchy) when the
+/// test ends: each daemon removes its machines' cgroups, not the parent it
+/// was given.
+struct CgroupParents(Vec<String>);
+
+impl Drop for CgroupParents {
+    fn drop(&mut self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for h in hierarchies.flatten() {
+            for name in &self.0 {
+                // Only an empty cgroup can be removed; a busy one stays.
+                let _ = std::fs::remove_dir(h.path().join(name));
+            }
+        }
+    }
+}
+
 async fn in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || {
