@@ -520,6 +520,7 @@ impl Daemon {
                     .stderr(Stdio::null())
                     .status();
             }
+            remove_cgroups(&id);
         }
         // Volumes still attached: their mounts, then their loop devices.
         if let Ok(rd) = std::fs::read_dir(self.data_dir.join("volumes/mnt")) {
@@ -552,4 +553,35 @@ impl Daemon {
             }
         }
     }
+}
+
+/// Removes machine `id`'s cgroup (a directory named after it under any
+/// cgroup parent, in every hierarchy), children first, once its processes
+/// are gone: `runsc delete` leaves the sandbox's cgroup behind.
+fn remove_cgroups(id: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for h in hierarchies.flatten() {
+        let Ok(parents) = std::fs::read_dir(h.path()) else {
+            continue;
+        };
+        for parent in parents.flatten() {
+            let dir = parent.path().join(id);
+            if dir.is_dir() {
+                remove_tree_of_cgroups(&dir);
+            }
+        }
+    }
+}
+
+fn remove_tree_of_cgroups(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree_of_cgroups(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
