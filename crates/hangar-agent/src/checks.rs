@@ -80,15 +80,25 @@ pub(crate) struct Checks {
     generation: std::sync::atomic::AtomicU64,
 }
 
+impl Checks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineChecks>> {
+        self.machines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A machine's standing changed.
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl Agent {
     /// The latest results of machine `id`'s checks (empty when it has none
     /// or is not started).
     pub fn checks(&self, id: &str) -> Vec<CheckResult> {
         self.shared
             .checks
-            .machines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .map()
             .get(id)
             .map(|m| m.results.clone())
             .unwrap_or_default()
@@ -100,9 +110,7 @@ impl Agent {
     pub fn version_checks(&self, id: &str, instance: &str) -> Vec<CheckResult> {
         self.shared
             .checks
-            .machines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .map()
             .get(id)
             .filter(|m| m.instance == instance)
             .map(|m| m.results.clone())
@@ -148,26 +156,15 @@ pub(crate) fn follow(shared: &Shared, rec: &crate::store::MachineRecord) {
     let id = rec.id.as_str();
     let checked = rec.core.state == MachineState::Started && !rec.spec.checks.is_empty();
     if !checked {
-        let removed = shared
-            .checks
-            .machines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-            .is_some();
+        let removed = shared.checks.map().remove(id).is_some();
         if removed {
-            shared
-                .checks
-                .generation
-                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            shared.checks.bump();
         }
         return;
     }
     let current = shared
         .checks
-        .machines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .map()
         .get(id)
         .is_some_and(|c| c.instance == rec.instance_id);
     if current {
@@ -200,12 +197,7 @@ pub(crate) fn follow(shared: &Shared, rec: &crate::store::MachineRecord) {
         running: vec![false; defs.len()],
         defs,
     };
-    shared
-        .checks
-        .machines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id.to_owned(), entry);
+    shared.checks.map().insert(id.to_owned(), entry);
 }
 
 /// One pass: starts the checks that are due.
@@ -213,11 +205,7 @@ fn tick(shared: &Arc<Shared>) {
     let now = Instant::now();
     let mut due = Vec::new();
     {
-        let mut map = shared
-            .checks
-            .machines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut map = shared.checks.map();
         for (id, mc) in map.iter_mut() {
             let Some(ip) = mc.ip else { continue };
             for i in 0..mc.defs.len() {
@@ -232,11 +220,7 @@ fn tick(shared: &Arc<Shared>) {
         let shared = Arc::clone(shared);
         tokio::spawn(async move {
             let (ok, output) = probe(&def, ip).await;
-            let mut map = shared
-                .checks
-                .machines
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut map = shared.checks.map();
             let Some(mc) = map.get_mut(&id).filter(|m| m.instance == instance) else {
                 return;
             };
@@ -254,10 +238,7 @@ fn tick(shared: &Arc<Shared>) {
                 })
                 .inc();
             if mc.results[i].status != status {
-                shared
-                    .checks
-                    .generation
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                shared.checks.bump();
                 tracing::info!(machine = %id, check = %def.name, status = status.as_str(), %output, "health check changed");
             }
             mc.results[i] = CheckResult {

@@ -8,10 +8,15 @@ use hangar_test_utils::image::{Compression, ImageBuilder, Layer};
 use hangar_test_utils::registry::Registry;
 
 fn store(dir: &Path, reg: &Registry) -> ImageStore {
+    store_at(&dir.join("images"), &reg.addr)
+}
+
+/// A store at `root` that reaches `addr` over plain HTTP.
+fn store_at(root: &Path, addr: &str) -> ImageStore {
     ImageStore::open(
-        dir.join("images"),
+        root,
         StoreOptions {
-            insecure_registries: vec![reg.addr.clone()],
+            insecure_registries: vec![addr.to_owned()],
             ..StoreOptions::default()
         },
     )
@@ -355,14 +360,7 @@ async fn an_open_registry_is_asked_once_per_tag_check() {
     reg.push("test/once", "v1", &img).await;
     let relay = Counting::start(&reg.addr).await;
     let dir = tempfile::tempdir().unwrap();
-    let s = ImageStore::open(
-        dir.path().join("images"),
-        StoreOptions {
-            insecure_registries: vec![relay.addr.clone()],
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let s = store_at(&dir.path().join("images"), &relay.addr);
     let name = format!("{}/test/once:v1", relay.addr);
     assert_eq!(s.resolve(&name).await.unwrap().digest, img.digest());
     relay.take();
@@ -380,14 +378,7 @@ async fn an_open_registry_is_asked_once_per_tag_check() {
     // checks after go through the token dance (and fail clearly here).
     let closed = Registry::start_with_auth("hangar", "s3cret").await;
     let relay = Counting::start(&closed.addr).await;
-    let s = ImageStore::open(
-        dir.path().join("images-closed"),
-        StoreOptions {
-            insecure_registries: vec![relay.addr.clone()],
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    let s = store_at(&dir.path().join("images-closed"), &relay.addr);
     let name = format!("{}/test/once:v1", relay.addr);
     for round in 0..2 {
         let err = s.resolve(&name).await.unwrap_err();

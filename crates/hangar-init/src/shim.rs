@@ -591,7 +591,9 @@ fn delete_ended(o: &Options, cgroup_root: &Path) -> Result<(), &'static str> {
 }
 
 /// The directories of cgroup `path` in every hierarchy mounted under
-/// `root` (one on a cgroup v2 host, one a controller on v1).
+/// `root` (one on a cgroup v2 host, one a controller on v1): what
+/// `MachineCgroup::dirs` in hangar-runtime-oci finds, which the shim (a
+/// static executable that crate builds) cannot call.
 fn cgroup_dirs(root: &Path, path: &str) -> Vec<PathBuf> {
     if root.join("cgroup.controllers").exists() {
         let d = root.join(path);

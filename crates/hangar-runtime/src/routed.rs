@@ -60,7 +60,12 @@ impl Routed {
     }
 
     fn for_spec(&self, spec: &WorkloadSpec) -> Result<&Arc<dyn Runtime>, RuntimeError> {
-        self.for_isolation(spec.isolation.unwrap_or(self.default))
+        self.for_kind(spec.isolation)
+    }
+
+    /// The runtime for a machine that asks for `isolation` (or for none).
+    fn for_kind(&self, isolation: Option<Isolation>) -> Result<&Arc<dyn Runtime>, RuntimeError> {
+        self.for_isolation(isolation.unwrap_or(self.default))
             .map_err(RuntimeError::InvalidSpec)
     }
 
@@ -109,8 +114,7 @@ impl Runtime for Routed {
         isolation: Option<Isolation>,
         net: &NetworkAttachment,
     ) -> Result<(), RuntimeError> {
-        self.for_isolation(isolation.unwrap_or(self.default))
-            .map_err(RuntimeError::InvalidSpec)?
+        self.for_kind(isolation)?
             .prepare_network(id, isolation, net)
             .await
     }
