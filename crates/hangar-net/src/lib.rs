@@ -307,6 +307,17 @@ pub fn connect(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), NetErro
         let _ = netlink::remove(host_if);
         return Err(e);
     }
+    // The host end's queue is activated after the carrier comes up, as
+    // the namespace's end was (see `netlink::inside`).
+    let state = Path::new("/sys/class/net").join(host_if).join("operstate");
+    let deadline = std::time::Instant::now() + netlink::PASSING_WAIT;
+    while std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "up") {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(link = host_if, "a new link does not pass traffic yet");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressHeaderFlags;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, State};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -53,6 +53,7 @@ where
             }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
+                .enable_time()
                 .build()
                 .map_err(io_err("start a runtime"))?;
             rt.block_on(async {
@@ -174,6 +175,7 @@ pub(crate) fn inside(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), N
             .execute()
             .await
             .map_err(nl_err("bring eth0 up"))?;
+        wait_until_passing(&h, eth0).await?;
         let defaults = [
             RouteMessageBuilder::<Ipv4Addr>::new()
                 .gateway(bridge.gateway4)
@@ -192,6 +194,39 @@ pub(crate) fn inside(netns: &Path, bridge: &Bridge, link: &Link) -> Result<(), N
         }
         Ok(())
     })
+}
+
+/// How long a new link may take to pass traffic before it is left to
+/// catch up on its own.
+pub(crate) const PASSING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits until the link `index` passes traffic. A veth end brought up
+/// has its carrier at once, but the kernel activates its queue (and tells
+/// the bridge) a moment later, from a work queue; until then what it
+/// sends is dropped. The first neighbor request lost that way costs the
+/// host's first contact with the machine a second (the retransmit time).
+async fn wait_until_passing(h: &Handle, index: u32) -> Result<(), NetError> {
+    let deadline = tokio::time::Instant::now() + PASSING_WAIT;
+    loop {
+        let mut links = h.link().get().match_index(index).execute();
+        let up = links
+            .try_next()
+            .await
+            .map_err(nl_err("look up a link"))?
+            .is_some_and(|l| {
+                l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+            });
+        if up {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(index, "a new link does not pass traffic yet");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// Removes the host link `name` if it is there.
