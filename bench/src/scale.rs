@@ -38,6 +38,25 @@ fn rss_mib() -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// How long a scrape of `/metrics` takes (ms), median of `n`: it reports
+/// every machine of the host by app and state.
+async fn scrape_ms(base: &str, n: usize) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let r = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .error_for_status()?;
+        r.bytes().await?;
+        took.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(took))
+}
+
 /// `GET` of one machine and of `web`'s list, `runs` times each; req/s.
 async fn reads(base: &str, one: &str, runs: usize, seconds: u32) -> anyhow::Result<[Vec<f64>; 2]> {
     let auth = vec![format!("Authorization: Bearer {TOKEN}")];
@@ -108,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
     reads(&base, &first, 1, 1).await?;
     let rss0 = rss_mib()?;
     let before = reads(&base, &first, runs, seconds).await?;
+    let scrape0 = scrape_ms(&base, 15).await?;
 
     let create_rate = {
         let c = c.clone();
@@ -121,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(present == machines, "{present} machines, not {machines}");
     let rss1 = rss_mib()?;
     let after = reads(&base, &first, runs, seconds).await?;
+    let scrape1 = scrape_ms(&base, 15).await?;
 
     println!(
         "\nScale, simulated: {machines} machines in one app (the agent and the API for real, \
@@ -140,6 +161,11 @@ async fn main() -> anyhow::Result<()> {
         let (b, a) = (median(before[i].clone()), median(after[i].clone()));
         println!("  {what:<36} {b:>12.0} {a:>16.0} {:>7.2}x", a / b);
     }
+    println!(
+        "  {:<36} {scrape0:>12.2} {scrape1:>16.2} {:>7.2}x",
+        "GET /metrics (ms, median of 15)",
+        scrape1 / scrape0
+    );
     println!("  {:<36} {rss0:>12.1} {rss1:>16.1}", "process RSS (MiB)");
     println!(
         "  RSS per machine                      {:>8.1} KiB",

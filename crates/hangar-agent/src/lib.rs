@@ -690,13 +690,18 @@ impl Agent {
         self.shared.store.list_apps(org_slug)
     }
 
-    /// Every machine of every app on this host (destroyed ones left out).
-    pub fn all_machines(&self) -> Result<Vec<MachineRecord>, AgentError> {
-        let mut out = Vec::new();
-        for app in self.shared.store.list_apps(DEFAULT_ORG)? {
-            out.extend(self.shared.store.list_machines(&app.name, false)?);
-        }
-        Ok(out)
+    /// Every machine of every app on this host (destroyed ones left out),
+    /// in brief: app, id and state.
+    pub fn machine_briefs(&self) -> Result<Vec<store::MachineBrief>, AgentError> {
+        self.shared.store.machine_briefs()
+    }
+
+    /// The started machines of this host whose config has a `metrics`
+    /// section, with that section.
+    pub fn started_with_metrics(
+        &self,
+    ) -> Result<Vec<(store::MachineBrief, serde_json::Value)>, AgentError> {
+        self.shared.store.started_with_metrics()
     }
 
     /// What a machine's workload has used (CPU time, memory), when it

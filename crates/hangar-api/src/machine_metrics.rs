@@ -32,11 +32,7 @@ pub(crate) struct Target {
 /// collected.
 pub(crate) fn targets(agent: &Agent) -> Vec<Target> {
     let mut out = Vec::new();
-    for m in agent.all_machines().unwrap_or_default() {
-        if m.core.state != hangar_core::MachineState::Started {
-            continue;
-        }
-        let metrics = &m.config["metrics"];
+    for (m, metrics) in agent.started_with_metrics().unwrap_or_default() {
         let Some(port) = metrics["port"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
@@ -59,7 +55,7 @@ pub(crate) fn targets(agent: &Agent) -> Vec<Target> {
             continue;
         };
         out.push(Target {
-            app: m.app.clone(),
+            app: m.app,
             machine: m.id.to_string(),
             url: format!("{scheme}://{}:{port}{path}", addr.ipv4()),
         });

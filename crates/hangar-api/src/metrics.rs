@@ -74,9 +74,9 @@ impl Collector for FromAgent {
         let mut memory = Vec::new();
         let mut rx = Vec::new();
         let mut tx = Vec::new();
-        for m in self.0.all_machines().unwrap_or_default() {
+        for m in self.0.machine_briefs().unwrap_or_default() {
             *states
-                .entry((m.app.clone(), m.core.state.to_string()))
+                .entry((m.app.clone(), m.state.to_string()))
                 .or_default() += 1;
             if let Some(u) = self.0.machine_usage(&m.id) {
                 let labels = MachineLabels {

@@ -80,10 +80,13 @@ pub fn start_sampling(agent: Agent, interval: Duration) {
 fn sample(agent: &Agent) {
     let at = now();
     let machines: Vec<_> = agent
-        .all_machines()
+        .machine_briefs()
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|m| Some((m.app.clone(), m.id.to_string(), agent.machine_usage(&m.id)?)))
+        .filter_map(|m| {
+            let usage = agent.machine_usage(&m.id)?;
+            Some((m.app, m.id.to_string(), usage))
+        })
         .collect();
     let requests = hangar_metrics::proxy_totals();
     let mut h = history().lock().unwrap_or_else(|p| p.into_inner());

@@ -222,7 +222,76 @@ pub struct MachineRev {
     pub region: String,
 }
 
+/// A machine in brief, for passes over every machine of the host
+/// (metrics, usage): no config parsed.
+#[derive(Debug, Clone)]
+pub struct MachineBrief {
+    /// Its app.
+    pub app: String,
+    /// Id.
+    pub id: MachineId,
+    /// State.
+    pub state: MachineState,
+}
+
+fn id_from_db(i: usize, s: String) -> rusqlite::Result<MachineId> {
+    s.parse().map_err(|e: hangar_core::ids::IdError| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    })
+}
+
 impl Store {
+    /// Every machine of the host that is not destroyed, in brief, by app.
+    pub fn machine_briefs(&self) -> Result<Vec<MachineBrief>, AgentError> {
+        self.conn()
+            .prepare_cached(
+                "SELECT app_name, id, state FROM machines WHERE state != 'destroyed' ORDER BY app_name, created_at, id",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    Ok(MachineBrief {
+                        app: r.get(0)?,
+                        id: id_from_db(1, r.get(1)?)?,
+                        state: state_from_db(&r.get::<_, String>(2)?)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(db)
+    }
+
+    /// The started machines whose config has a `metrics` section, with
+    /// that section: only it is read out of each config.
+    pub fn started_with_metrics(
+        &self,
+    ) -> Result<Vec<(MachineBrief, serde_json::Value)>, AgentError> {
+        let rows: Vec<(MachineBrief, String)> = self
+            .conn()
+            .prepare_cached(
+                "SELECT app_name, id, json_extract(config, '$.metrics') FROM machines
+                 WHERE state = 'started' AND json_type(config, '$.metrics') = 'object'
+                 ORDER BY app_name, created_at, id",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    Ok((
+                        MachineBrief {
+                            app: r.get(0)?,
+                            id: id_from_db(1, r.get(1)?)?,
+                            state: MachineState::Started,
+                        },
+                        r.get(2)?,
+                    ))
+                })?
+                .collect::<Result<_, _>>()
+            })
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(m, metrics)| Some((m, serde_json::from_str(&metrics).ok()?)))
+            .collect())
+    }
+
     /// Inserts a new machine, its first version and its first event; with
     /// `network`, gives it an address on that network in the same
     /// transaction (so a crash never leaves an address without its machine)
@@ -369,16 +438,9 @@ impl Store {
             .prepare_cached(&sql)
             .and_then(|mut st| {
                 st.query_map(params![app], |r| {
-                    let id: String = r.get(0)?;
                     let state: String = r.get(2)?;
                     Ok(MachineRev {
-                        id: id.parse().map_err(|e: hangar_core::ids::IdError| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                0,
-                                rusqlite::types::Type::Text,
-                                e.into(),
-                            )
-                        })?,
+                        id: id_from_db(0, r.get(0)?)?,
                         rev: r.get(1)?,
                         state: state_from_db(&state)?,
                         region: r.get(3)?,

@@ -28,7 +28,8 @@ pub(crate) mod volumes;
 pub use apps::{AppRecord, TokenRow};
 pub use cluster::CatalogChange;
 pub use machines::{
-    EventRow, LeaseRow, MachineRecord, MachineRev, MachineRow, NetworkSlot, NewEvent, NewVersion,
+    EventRow, LeaseRow, MachineBrief, MachineRecord, MachineRev, MachineRow, NetworkSlot, NewEvent,
+    NewVersion,
 };
 pub use releases::{ReleaseEvent, ReleaseRow};
 
@@ -264,6 +265,58 @@ mod tests {
             source: "user".into(),
             request: None,
         }
+    }
+
+    #[test]
+    fn briefs_and_metrics_sections_are_read_without_whole_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("hangar.db")).unwrap();
+        s.insert_app(&app("b")).unwrap();
+        s.insert_app(&app("a")).unwrap();
+        let with = |app: &str, metrics: serde_json::Value| {
+            let mut m = machine(app, &format!("m{metrics}"));
+            m.config["metrics"] = metrics;
+            s.insert_machine(&mut m, &ev("launch"), None).unwrap();
+            m
+        };
+        let set = |m: &MachineRecord, state| {
+            let mut core = m.core.clone();
+            core.state = state;
+            s.commit_transition(&m.id, &core, &[ev("x")], None).unwrap();
+        };
+        let scraped = with("b", serde_json::json!({"port": 9091, "path": "/m"}));
+        let not_started = with("a", serde_json::json!({"port": 9091}));
+        let no_section = with("a", serde_json::Value::Null);
+        let not_an_object = with("a", serde_json::json!("9091"));
+        let gone = with("a", serde_json::json!({"port": 1}));
+        for m in [&scraped, &no_section, &not_an_object, &gone] {
+            set(m, MachineState::Started);
+        }
+        set(&gone, MachineState::Destroyed);
+
+        let briefs = s.machine_briefs().unwrap();
+        let mut got: Vec<_> = briefs
+            .iter()
+            .map(|b| (b.app.as_str(), b.id.clone(), b.state))
+            .collect();
+        assert!(got.is_sorted_by_key(|b| b.0), "by app: {got:?}");
+        got.sort_by(|x, y| (x.0, x.1.as_str()).cmp(&(y.0, y.1.as_str())));
+        let mut want = vec![
+            ("a", not_started.id.clone(), MachineState::Created),
+            ("a", no_section.id.clone(), MachineState::Started),
+            ("a", not_an_object.id.clone(), MachineState::Started),
+            ("b", scraped.id.clone(), MachineState::Started),
+        ];
+        want.sort_by(|x, y| (x.0, x.1.as_str()).cmp(&(y.0, y.1.as_str())));
+        assert_eq!(got, want);
+        let metrics = s.started_with_metrics().unwrap();
+        assert_eq!(metrics.len(), 1, "{metrics:?}");
+        assert_eq!(metrics[0].0.id, scraped.id);
+        assert_eq!(metrics[0].0.app, "b");
+        assert_eq!(
+            metrics[0].1,
+            serde_json::json!({"port": 9091, "path": "/m"})
+        );
     }
 
     #[test]
