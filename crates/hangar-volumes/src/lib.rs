@@ -160,8 +160,8 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 /// Whether `path` (not followed if a symbolic link) is the root of a
-/// mount; `None` when the kernel cannot tell (no `statx`, or too old to
-/// report it) or `path` cannot be looked up.
+/// mount (false when nothing is there); `None` when the kernel cannot tell
+/// (no `statx`, too old to report it, or the lookup failed otherwise).
 fn mount_root(path: &Path) -> Option<bool> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

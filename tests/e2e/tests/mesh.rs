@@ -101,7 +101,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
         return;
     }
     // Dropped after the daemons: their cgroup parents go with them.
-    let _cgroups = CgroupParents(
+    let cgroups = CgroupParents(
         (0..REGIONS.len())
             .map(|i| format!("hangar-mesh-{}-{i}", std::process::id()))
             .collect(),
@@ -136,7 +136,7 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
             "--proxy-idle-timeout",
             "2s",
             "--cgroup-parent",
-            &format!("/{}", _cgroups.0[i]),
+            &format!("/{}", cgroups.0[i]),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -824,7 +824,6 @@ async fn machines_on_different_hosts_talk_over_the_mesh_and_networks_stay_apart(
     drop(lan);
 }
 
-/// Runs `f` on a thread of its own in network namespace `/run/netns/<ns>`.
 /// The daemons' cgroup parents, removed (in every hierarchy) when the
 /// test ends: each daemon removes its machines' cgroups, not the parent it
 /// was given.
@@ -844,6 +843,7 @@ impl Drop for CgroupParents {
     }
 }
 
+/// Runs `f` on a thread of its own in network namespace `/run/netns/<ns>`.
 async fn in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || {

@@ -129,9 +129,7 @@ fn machine_from_row(
     let state: String = r.get(4)?;
     Ok((
         MachineRecord {
-            id: id.parse().map_err(|e: hangar_core::ids::IdError| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-            })?,
+            id: id_from_db(0, id)?,
             app: r.get(1)?,
             name: r.get(2)?,
             region: r.get(3)?,
