@@ -716,6 +716,15 @@ impl OciRuntime {
         // the lock when this copy closes): see `live_shim`.
         let lock = self.lock_shim(id)?;
         let lock_raw = lock.as_raw_fd();
+        // No shim lives (the lock is ours), so a container of this id the
+        // runtime still knows was left by one that was killed before it
+        // could delete it (a standby dismissed by a hangard that died
+        // between killing its shim and deleting its container): it goes, or
+        // the new one's create finds it there.
+        if self.engine_of(id).knows(id) {
+            tracing::info!(machine = %id, "deleting a container its ended supervisor left");
+            self.delete_unheld(id).await;
+        }
         // Which runtime the container is made with, for what follows
         // (signals, exec, its end), also after a restart of hangard.
         let tmp = dir.join(format!("{ENGINE_FILE}.tmp"));
@@ -841,6 +850,12 @@ impl OciRuntime {
     async fn end_standby_shim(&self, id: &MachineId, shim: &Shim) {
         kill_pidfd(&shim.pidfd);
         wait_pidfd_for(shim, Duration::from_secs(5)).await;
+        self.delete_unheld(id).await;
+    }
+
+    /// Deletes the machine's container, which no shim holds (its shim was
+    /// ended, or none lives), and the state of a standby.
+    async fn delete_unheld(&self, id: &MachineId) {
         let _ = self
             .runtime_cmd(id)
             .arg("delete")
@@ -1469,6 +1484,10 @@ impl Runtime for OciRuntime {
         // machine is not running; the next prewarm or start makes another.
         if let Some(shim) = self.orphan_standby(id) {
             self.end_standby_shim(id, &shim).await;
+        } else if self.dir(id).join("state/standby").exists() && !self.shim_lock_held(id) {
+            // Its shim was killed before it deleted the container (with the
+            // hangard that dismissed it): the container still waits.
+            self.delete_unheld(id).await;
         }
         if let Some(shim) = self.live_shim(id).await {
             self.set_shim(id, Some(shim));

@@ -997,3 +997,69 @@ async fn an_ended_container_is_deleted_without_starting_the_runtime() {
     assert!(!String::from_utf8_lossy(&list.stdout).contains(s.id.as_str()));
     rt.destroy(&s.id).await.unwrap();
 }
+
+/// hangard killed while it dismissed a standby (its shim killed, its
+/// container not yet deleted): the next hangard finds the machine not
+/// running, leaves no waiting container behind, and a start makes the
+/// machine's container afresh rather than failing on the one left.
+#[tokio::test]
+async fn a_container_left_by_a_killed_standby_does_not_block_the_next_start() {
+    if !hangar_test_utils::host_tier(
+        "a_container_left_by_a_killed_standby_does_not_block_the_next_start",
+        &["crun"],
+    ) {
+        return;
+    }
+    let env = env().await;
+    let rt = runtime(env.dir.path());
+    let s = spec(&env, "echo fresh");
+    let state = env
+        .dir
+        .path()
+        .join("machines")
+        .join(s.id.as_str())
+        .join("state");
+    let kill_shim = || {
+        let text = std::fs::read_to_string(state.join("shim.pid")).unwrap();
+        let pid: i32 = text.split_whitespace().next().unwrap().parse().unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        hangar_test_utils::wait_until(Duration::from_secs(10), "the shim to end", move || {
+            let gone = hangar_runtime_oci::proc_start_time(pid).is_none();
+            async move { gone.then_some(()) }
+        })
+    };
+
+    // Observed by the next hangard: the leftover goes at once.
+    rt.prewarm(&s).await.unwrap();
+    assert_eq!(crun_status(&env, &s.id).as_deref(), Some("created"));
+    kill_shim().await;
+    drop(rt);
+    assert_eq!(crun_status(&env, &s.id).as_deref(), Some("created"));
+    let rt = runtime(env.dir.path());
+    assert_eq!(rt.observe(&s.id).await.unwrap(), Observed::Absent);
+    assert_eq!(
+        crun_status(&env, &s.id),
+        None,
+        "the leftover container stays"
+    );
+    assert!(!any_process_of(&s.id), "a process of the leftover is left");
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    rt.cleanup(&s.id).await.unwrap();
+
+    // Started without an observe first (the container appeared after it):
+    // the start clears the leftover itself.
+    rt.prewarm(&s).await.unwrap();
+    kill_shim().await;
+    drop(rt);
+    let rt = runtime(env.dir.path());
+    assert_eq!(crun_status(&env, &s.id).as_deref(), Some("created"));
+    rt.start(&s).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 0);
+    let lines: Vec<String> = log(&rt, &s.id).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(lines, ["fresh", "fresh"]);
+    rt.destroy(&s.id).await.unwrap();
+    assert_eq!(crun_status(&env, &s.id), None);
+    assert!(!any_process_of(&s.id), "a process of the machine is left");
+}
