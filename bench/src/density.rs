@@ -206,6 +206,30 @@ fn host_busy_ms() -> anyhow::Result<f64> {
     Ok(busy * 1000.0 / hz)
 }
 
+/// Starts `perf record -a -g` into `$HANGAR_BENCH_PERF` if it is set.
+fn profile_start() -> anyhow::Result<Option<tokio::process::Child>> {
+    let Some(out) = std::env::var_os("HANGAR_BENCH_PERF") else {
+        return Ok(None);
+    };
+    let child = tokio::process::Command::new("perf")
+        .args(["record", "-a", "-g", "-F", "97", "-q", "-o"])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("perf (linux-perf)")?;
+    Ok(Some(child))
+}
+
+/// Ends the profile `profile_start` began (SIGINT: perf writes it out).
+async fn profile_stop(perf: Option<tokio::process::Child>) {
+    let Some(mut perf) = perf else { return };
+    if let Some(pid) = perf.id() {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    }
+    let _ = perf.wait().await;
+}
+
 async fn mixed(
     d: &Daemon,
     one: &str,
@@ -224,8 +248,12 @@ async fn mixed(
     for _ in 0..runs {
         let proxy_alone = load(&proxy_t, seconds, 16).await?;
         let api_alone = load(&api_t, seconds, 16).await?;
+        // `HANGAR_BENCH_PERF=FILE`: a system-wide profile of this phase
+        // (`perf record -a -g`), to find where a stop/start's CPU goes.
+        let perf = profile_start()?;
         let (busy, t) = (host_busy_ms()?, Instant::now());
         let ops_alone = stop_start(&c, cycled, seconds).await?;
+        profile_stop(perf).await;
         let done = ops_alone * t.elapsed().as_secs_f64();
         out.cpu_per_op
             .push((host_busy_ms()? - busy) / done.max(1.0));

@@ -142,6 +142,9 @@ pub fn main(args: &[String]) -> i32 {
 
 fn run(o: &Options) -> io::Result<()> {
     let _ = fs::remove_file(o.state_dir.join(EXIT_FILE));
+    // The machine's cgroup outlives its containers: only kills after this
+    // count for this one.
+    let oom_before = o.oom_file.as_deref().map(oom_kills).unwrap_or(0);
     write_atomic(
         &o.state_dir.join(SHIM_PID_FILE),
         format!("{} {}\n", std::process::id(), start_time("self")?).as_bytes(),
@@ -260,7 +263,7 @@ fn run(o: &Options) -> io::Result<()> {
         },
     };
     info.exited_at_ms = sys::now_ms();
-    info.oom_killed = o.oom_file.as_deref().is_some_and(oom_killed);
+    info.oom_killed = o.oom_file.as_deref().map(oom_kills).unwrap_or(0) > oom_before;
     write_atomic(
         &o.state_dir.join(EXIT_FILE),
         serde_json::to_string(&info)
@@ -541,9 +544,14 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const NOT_CRUN: &str = "not crun";
 
 /// What `crun delete` does for a container that has ended, done here
-/// without starting crun (starting it costs more CPU than the work): its
-/// cgroup's directories removed (empty: nothing of the container runs),
-/// then crun's state directory. Says why not, for `crun delete --force` to
+/// without starting crun (starting it costs more CPU than the work): crun's
+/// state directory removed, once the cgroup is found empty (nothing of the
+/// container runs). Unlike `crun delete` it leaves the cgroup, empty, for
+/// the machine's next container (hangard removes it with the machine):
+/// removing a cgroup and making it again costs the kernel work that grows
+/// with the cgroups and filesystems of the host (the memory controller's
+/// offlining walks every filesystem's reclaim lists; a new cpuset checks
+/// every sibling). Says why not, for `crun delete --force` to
 /// do it all, with another runtime, a systemd cgroup, hooks, or anything
 /// left in the cgroup (a process, a child cgroup): then nothing was
 /// removed (crun finishes what a failed removal left).
@@ -579,13 +587,6 @@ fn delete_ended(o: &Options, cgroup_root: &Path) -> Result<(), &'static str> {
     }
     if !dirs.iter().all(|d| empty_cgroup(d)) {
         return Err("its cgroup is not empty");
-    }
-    for d in &dirs {
-        match fs::remove_dir(d) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => return Err("its cgroup cannot be removed"),
-        }
     }
     fs::remove_dir_all(&state).map_err(|_| "its state cannot be removed")
 }
@@ -645,16 +646,16 @@ fn shim_log(o: &Options, msg: &str) {
     }
 }
 
-/// Whether the memory cgroup's `oom_kill` counter is above zero (cgroup v1
-/// `memory.oom_control` and v2 `memory.events` both carry the line).
-fn oom_killed(path: &Path) -> bool {
-    fs::read_to_string(path).is_ok_and(|text| {
-        text.lines().any(|l| {
-            l.strip_prefix("oom_kill ")
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > 0)
+/// The memory cgroup's `oom_kill` counter (cgroup v1 `memory.oom_control`
+/// and v2 `memory.events` both carry the line); 0 without one.
+fn oom_kills(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
         })
-    })
+        .unwrap_or(0)
 }
 
 /// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks,
@@ -699,10 +700,12 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let f = dir.join("memory.oom_control");
         fs::write(&f, "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n").unwrap();
-        assert!(!oom_killed(&f));
+        assert_eq!(oom_kills(&f), 0);
         fs::write(&f, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
-        assert!(oom_killed(&f));
-        assert!(!oom_killed(&dir.join("missing")));
+        assert_eq!(oom_kills(&f), 2);
+        fs::write(&f, "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").unwrap();
+        assert_eq!(oom_kills(&f), 1);
+        assert_eq!(oom_kills(&dir.join("missing")), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -192,10 +192,23 @@ impl MachineCgroup {
     /// Removes the cgroup's directories (children first). Fails while a
     /// process is left in one.
     pub(crate) fn remove(&self) -> io::Result<()> {
+        self.remove_dirs(true)
+    }
+
+    /// Removes the cgroups the workload made below the machine's, which
+    /// stays (empty, thawed) for the machine's next container.
+    pub(crate) fn remove_below(&self) -> io::Result<()> {
+        self.remove_dirs(false)
+    }
+
+    fn remove_dirs(&self, itself: bool) -> io::Result<()> {
         let mut first_error = None;
         for d in self.dirs() {
             let mut all = Vec::new();
             walk(&d, &mut |dir| all.push(dir.to_owned()));
+            if !itself {
+                all.retain(|dir| *dir != d);
+            }
             // Deepest first.
             all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
             for dir in all {

@@ -1565,14 +1565,24 @@ impl Runtime for OciRuntime {
                 .await;
         }
         // Nothing of the machine may outlive it: every process in its cgroup
-        // is killed, and the cgroup removed, before the machine counts as
-        // stopped or destroyed.
+        // is killed before the machine counts as stopped or destroyed. The
+        // cgroup itself stays, empty and thawed, for the next container
+        // (made again, it would cost the kernel work that grows with the
+        // cgroups of the host); destroy removes it.
         if cgroup.exists() {
             cgroup
                 .kill_all(Duration::from_secs(30))
                 .await
                 .map_err(|e| failed("cleanup", id, e))?;
-            cgroup.remove().map_err(|e| failed("cleanup", id, e))?;
+            cgroup
+                .remove_below()
+                .map_err(|e| failed("cleanup", id, e))?;
+            if self.is_frozen(id) {
+                cgroup
+                    .set_frozen(false)
+                    .await
+                    .map_err(|e| failed("cleanup", id, e))?;
+            }
         }
         let deleted = t0.elapsed();
         let rootfs = dir.join("bundle/rootfs");
@@ -1601,6 +1611,9 @@ impl Runtime for OciRuntime {
 
     async fn destroy(&self, id: &MachineId) -> Result<(), RuntimeError> {
         self.cleanup(id).await?;
+        cgroups::MachineCgroup::new(&self.cgroup(id))
+            .remove()
+            .map_err(|e| failed("destroy", id, e))?;
         let dir = self.dir(id);
         // Unmount its volumes from the host; their data stays.
         if let (Some(host), Ok(list)) = (

@@ -319,6 +319,14 @@ async fn memory_limit_kills_with_oom() {
     let exit = wait(&rt, &s.id).await;
     assert!(exit.oom_killed, "{exit:?}");
     assert_eq!(exit.exit_code, 137);
+    rt.cleanup(&s.id).await.unwrap();
+    // The machine's cgroup (and its count of OOM kills) outlives the run:
+    // the next run's exit is its own.
+    s.process.argv = vec!["/bin/sh".into(), "-c".into(), "exit 4".into()];
+    rt.start(&s).await.unwrap();
+    let exit = wait(&rt, &s.id).await;
+    assert!(!exit.oom_killed, "{exit:?}");
+    assert_eq!(exit.exit_code, 4);
     rt.destroy(&s.id).await.unwrap();
 }
 
@@ -656,6 +664,30 @@ async fn freeze_thaw_exec_ps_and_memory() {
     rt.set_memory_limit(&s.id, 256).await.unwrap();
     assert_eq!(rt.memory(&s.id).await.unwrap().limit_mb, 256);
 
+    // Stopped while frozen: its cgroup, kept for the next container, is
+    // left thawed, so the next run runs (and is not frozen from birth).
+    rt.freeze(&s.id).await.unwrap();
+    rt.cleanup(&s.id).await.unwrap();
+    // Even one found frozen with nothing in it.
+    let v1 = Path::new("/sys/fs/cgroup/freezer/hangar-test")
+        .join(s.id.as_str())
+        .join("freezer.state");
+    let v2 = Path::new("/sys/fs/cgroup/hangar-test")
+        .join(s.id.as_str())
+        .join("cgroup.freeze");
+    if v1.exists() {
+        std::fs::write(&v1, "FROZEN").unwrap();
+    } else {
+        std::fs::write(&v2, "1").unwrap();
+    }
+    rt.cleanup(&s.id).await.unwrap();
+    let mut again = s.clone();
+    again.process.argv = vec!["/bin/sh".into(), "-c".into(), "exit 5".into()];
+    rt.start(&again).await.unwrap();
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 5);
+    rt.cleanup(&s.id).await.unwrap();
+    rt.start(&s).await.unwrap();
+
     // A frozen machine is still destroyed cleanly.
     rt.freeze(&s.id).await.unwrap();
     rt.destroy(&s.id).await.unwrap();
@@ -977,8 +1009,11 @@ async fn an_ended_container_is_deleted_without_starting_the_runtime() {
         async move { gone.then_some(()) }
     })
     .await;
+    // The cgroup stays, empty, for the machine's next container, which
+    // runs in it; destroy removes it.
     for d in &cgroups {
-        assert!(!d.exists(), "{} is left", d.display());
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert!(procs.trim().is_empty(), "{}: {procs}", d.display());
     }
     let shim_log = env
         .dir
@@ -995,7 +1030,22 @@ async fn an_ended_container_is_deleted_without_starting_the_runtime() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&list.stdout).contains(s.id.as_str()));
+    rt.cleanup(&s.id).await.unwrap();
+    rt.start(&s).await.unwrap();
+    let pid = container_pid(&env, &s.id);
+    for d in &cgroups {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        assert!(
+            procs.lines().any(|p| p == pid.to_string()),
+            "{}",
+            d.display()
+        );
+    }
+    assert_eq!(wait(&rt, &s.id).await.exit_code, 3);
     rt.destroy(&s.id).await.unwrap();
+    for d in &cgroups {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
 }
 
 /// hangard killed while it dismissed a standby (its shim killed, its
