@@ -746,20 +746,38 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir.to_owned())
 }
 
-/// One hangard per data dir.
+/// One hangard per data dir. A hangard killed an instant ago may still
+/// hold the lock for a few milliseconds more, through a child it had forked
+/// that has not yet exec'd (the child shares the lock's open file until
+/// then): the lock is waited for a little before another hangard is
+/// assumed.
 fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    lock_within(dir, LOCK_WAIT)
+}
+
+fn lock_within(dir: &Path, wait: std::time::Duration) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join("hangard.lock"))?;
+    let deadline = std::time::Instant::now() + wait;
     // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another hangard is using {}", dir.display());
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "another hangard is using {} (its lock was held for {wait:?})",
+                dir.display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(f)
 }
+
+/// How long a new hangard waits for the data dir's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The other hosts' registries, as the image store reaches them: plain
 /// HTTP on their API address, with this host's admin token (every host
@@ -1052,5 +1070,42 @@ fn runsc_platform(arg: RunscPlatform) -> (&'static str, Option<&'static str>) {
             Some("/dev/kvm is PVM (kvm_pvm), on which gVisor's kvm platform hangs"),
         ),
         RunscPlatform::Auto => ("kvm", None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    /// A lock still shared by a child of a hangard that is gone (forked,
+    /// not yet exec'd) is taken once the child lets go; a lock held on is
+    /// refused.
+    #[test]
+    fn the_data_dir_lock_outwaits_a_dead_hangards_children_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = super::lock_within(dir.path(), Duration::ZERO).unwrap();
+        let raw = held.as_raw_fd();
+        // A child sharing the lock's open file for a while (its copy of
+        // the fd survives its exec here, where a real one's would not).
+        let mut child = std::process::Command::new("sleep");
+        child.arg("0.3");
+        // SAFETY: fcntl on an fd number between fork and exec.
+        unsafe {
+            child.pre_exec(move || {
+                libc::fcntl(raw, libc::F_SETFD, 0);
+                Ok(())
+            });
+        }
+        let mut child = child.spawn().unwrap();
+        drop(held);
+        let e = super::lock_within(dir.path(), Duration::from_millis(50)).unwrap_err();
+        assert!(e.to_string().contains("another hangard is using"), "{e}");
+        let t = Instant::now();
+        let _again = super::lock_within(dir.path(), Duration::from_secs(10)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        child.wait().unwrap();
+        assert!(super::lock_within(dir.path(), Duration::from_millis(50)).is_err());
     }
 }
